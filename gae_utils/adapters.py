@@ -1,0 +1,291 @@
+"""Adapters: the per-architecture facts the engine needs, stored as data.
+
+An :class:`Adapter` says, for one family of models, which modules are attention layers, where
+their attention probabilities can be read (a child module whose output *is* the probabilities,
+or an index into the attention module's output tuple), which modality each layer reads and
+writes, how to switch the family's fused attention off for one call, how the model is called,
+where its logits are, and how its tokens are laid out. Adding a model family is adding an entry
+to :data:`ADAPTERS` (or calling :func:`register_adapter`), not editing the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .layout import Readout, Segment, TokenLayout
+
+__all__ = [
+    "AttentionSite",
+    "Adapter",
+    "ADAPTERS",
+    "register_adapter",
+    "find_adapter",
+    "UnsupportedModelError",
+]
+
+
+class UnsupportedModelError(TypeError):
+    """Raised for a model whose attention probabilities no adapter knows how to capture."""
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where the attention probabilities of one kind of layer live.
+
+    Attributes:
+        module_class: class name of the attention module (matched on the class and its bases).
+        probs: how to read the probabilities ``(B, H, Nq, Nk)``: the name of a child module whose
+            output is them (timm's ``"attn_drop"``), or an index into the attention module's
+            output tuple (Hugging Face eager attention returns ``(output, weights)``).
+        kind: ``"self"`` or ``"cross"``.
+        query: modality of the queries (the rows).
+        key: modality of the keys (the columns).
+        group: layers sharing a group id inside one block are applied simultaneously
+            (two-direction co-attention, method.md); ``None`` for ordinary layers.
+    """
+
+    module_class: str
+    probs: str | int
+    kind: str = "self"
+    query: str = "image"
+    key: str = "image"
+    group: str | None = None
+
+
+def _timm_fused_flags(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    return [(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+@contextmanager
+def _eager_flags(model: nn.Module, flags: list[tuple[nn.Module, str, Any]]) -> Iterator[None]:
+    """Set ``attr = value`` on each module for the duration of the block, then restore."""
+    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in flags]
+    try:
+        for module, attr, value in flags:
+            setattr(module, attr, value)
+        yield
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)
+
+
+@contextmanager
+def timm_eager(model: nn.Module) -> Iterator[None]:
+    """Switch every timm ``fused_attn`` flag off for the block (timm reads it in ``forward``)."""
+    with _eager_flags(model, _timm_fused_flags(model)):
+        yield
+
+
+@contextmanager
+def hf_eager(model: nn.Module) -> Iterator[None]:
+    """Switch a Hugging Face model to the eager attention implementation for the block."""
+    config = getattr(model, "config", None)
+    original = getattr(config, "_attn_implementation", None)
+    if original in (None, "eager"):
+        yield
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    try:
+        if setter is not None:
+            setter("eager")
+        else:
+            config._attn_implementation = "eager"
+        if config._attn_implementation != "eager":
+            raise UnsupportedModelError(
+                f"{type(model).__name__} uses attn_implementation={original!r} and cannot switch to "
+                "'eager' at run time; load it with attn_implementation='eager'."
+            )
+        yield
+    finally:
+        if setter is not None:
+            setter(original)
+        else:
+            config._attn_implementation = original
+
+
+@contextmanager
+def _no_switch(model: nn.Module) -> Iterator[None]:
+    yield
+
+
+# ----------------------------------------------------------------------------- timm ViT family
+
+
+def _timm_check(model: nn.Module, images: Tensor) -> None:
+    _check_image_batch(images, getattr(model.patch_embed, "proj", None))
+    img_size = getattr(model.patch_embed, "img_size", None)
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "dynamic_img_pad", False)
+    if img_size is not None and not dynamic and tuple(images.shape[-2:]) != tuple(img_size):
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's {tuple(img_size)}; "
+            f"resize the images to {tuple(img_size)} or build the model with dynamic_img_size=True."
+        )
+
+
+def _timm_layout(model: nn.Module, images: Tensor) -> TokenLayout:
+    patch = model.patch_embed.patch_size
+    grid = (images.shape[-2] // patch[0], images.shape[-1] // patch[1])
+    prefix = int(model.num_prefix_tokens)
+    pool = getattr(model, "global_pool", "token")
+    if pool == "token":
+        # DeiT distilled averages the CLS and distillation heads' logits: explain both rows.
+        rows = (0, 1) if hasattr(model, "head_dist") else (0,)
+    elif pool in ("avg", "avgmax", "max"):
+        rows = None  # mean of the rows of the pooled (content) tokens
+    else:
+        raise UnsupportedModelError(
+            f"timm global_pool={pool!r} has no relevancy readout; use global_pool='token' or 'avg'."
+        )
+    seg = Segment("image", prefix + grid[0] * grid[1], prefix, grid)
+    return TokenLayout((seg,), (Readout("image", "image", "image", rows),))
+
+
+# --------------------------------------------------------------------- Hugging Face ViT / DeiT
+
+
+def _hf_check(model: nn.Module, images: Tensor) -> None:
+    _check_image_batch(images, None, channels=getattr(model.config, "num_channels", 3))
+    size = model.config.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) != size:
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's config.image_size {size}; "
+            f"resize the images to {size}."
+        )
+
+
+def _hf_layout(model: nn.Module, images: Tensor) -> TokenLayout:
+    patch = model.config.patch_size
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    name = type(model).__name__
+    prefix = 2 if name.startswith("DeiT") else 1  # DeiT adds a distillation token after CLS
+    rows = (0, 1) if name == "DeiTForImageClassificationWithTeacher" else (0,)
+    seg = Segment("image", prefix + grid[0] * grid[1], prefix, grid)
+    return TokenLayout((seg,), (Readout("image", "image", "image", rows),))
+
+
+def _check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | None = None) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected an image tensor (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(
+            f"expected images of shape (B, C, H, W), got {tuple(images.shape)}; "
+            "add a batch dimension with images[None] for a single image."
+        )
+    if channels is None and proj is not None:
+        channels = getattr(proj, "in_channels", None)
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"expected {channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Everything the engine needs to know about one model family.
+
+    Attributes:
+        name: short name shown in errors and results.
+        model_classes: class names this adapter serves (matched on the model's class and bases).
+        sites: the attention layers, as :class:`AttentionSite` entries.
+        eager: context manager switching fused attention off for one call.
+        call: ``call(model, inputs) -> output``.
+        logits: ``logits(output) -> (B, C)``.
+        check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
+        layout: ``layout(model, inputs) -> TokenLayout``.
+        family: one-line description for error messages.
+    """
+
+    name: str
+    model_classes: tuple[str, ...]
+    sites: tuple[AttentionSite, ...]
+    eager: Callable[[nn.Module], Any]
+    call: Callable[[nn.Module, Any], Any]
+    logits: Callable[[Any], Tensor]
+    check: Callable[[nn.Module, Any], None]
+    layout: Callable[[nn.Module, Any], TokenLayout]
+    family: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def matches(self, model: nn.Module) -> bool:
+        names = {cls.__name__ for cls in type(model).__mro__}
+        return any(name in names for name in self.model_classes)
+
+
+ADAPTERS: list[Adapter] = [
+    Adapter(
+        name="timm-vit",
+        model_classes=("VisionTransformer",),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
+        sites=(AttentionSite("Attention", probs="attn_drop"),),
+        eager=timm_eager,
+        call=lambda model, images: model(images),
+        logits=lambda out: out,
+        check=_timm_check,
+        layout=_timm_layout,
+        family="timm VisionTransformer (vit_*, deit_*, incl. distillation/register tokens, avg pooling)",
+    ),
+    Adapter(
+        name="hf-vit",
+        model_classes=(
+            "ViTForImageClassification",
+            "DeiTForImageClassification",
+            "DeiTForImageClassificationWithTeacher",
+        ),
+        sites=(AttentionSite("ViTAttention", probs=1), AttentionSite("DeiTAttention", probs=1)),
+        eager=hf_eager,
+        call=lambda model, images: model(pixel_values=images),
+        logits=lambda out: out.logits,
+        check=_hf_check,
+        layout=_hf_layout,
+        family="Hugging Face ViTForImageClassification / DeiTForImageClassification(WithTeacher)",
+    ),
+]
+
+
+def register_adapter(adapter: Adapter, first: bool = True) -> None:
+    """Add an adapter to the table (first by default, so it overrides built-in entries)."""
+    if first:
+        ADAPTERS.insert(0, adapter)
+    else:
+        ADAPTERS.append(adapter)
+
+
+def find_adapter(model: nn.Module) -> Adapter:
+    """The first adapter of :data:`ADAPTERS` that serves ``model``.
+
+    Raises:
+        UnsupportedModelError: naming the model's class, the supported families and how to
+            register an adapter.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter
+    families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
+    raise UnsupportedModelError(
+        f"no adapter captures the attention of {type(model).__name__}. Supported families:\n{families}\n"
+        "To add one, describe where its attention probabilities live with "
+        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) and call "
+        "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
+    )
+
+
+def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.Module, AttentionSite]]:
+    """All modules of ``model`` matching one of the adapter's sites, in registration order."""
+    found = []
+    for name, module in model.named_modules():
+        classes = {cls.__name__ for cls in type(module).__mro__}
+        for site in adapter.sites:
+            if site.module_class in classes:
+                found.append((name, module, site))
+                break
+    return found
+
+
+def is_float_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and torch.is_floating_point(x)

@@ -1,0 +1,286 @@
+"""The one figure module: style, plotting helpers and saving to ``figures/``.
+
+Every figure the workbook makes goes through :func:`save_figure`, which writes ``<name>.png`` and
+``<name>.pdf`` with stable names into :func:`figures_dir`. Heatmaps use ``inferno``, a
+perceptually uniform colour map whose lightness rises monotonically, so a relevance map still
+reads correctly when printed in greyscale; curves differ by line style and marker as well as by
+colour for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+if os.environ.get("MPLBACKEND") is None and not os.environ.get("DISPLAY"):
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+__all__ = [
+    "HEATMAP_CMAP",
+    "MATRIX_CMAP",
+    "PANEL",
+    "set_style",
+    "figures_dir",
+    "save_figure",
+    "show_image",
+    "overlay",
+    "plot_heatmap_grid",
+    "plot_panels",
+    "plot_explanation",
+    "plot_matrix",
+    "plot_perturbation_curves",
+]
+
+HEATMAP_CMAP = "inferno"
+MATRIX_CMAP = "viridis"
+PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
+LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "x"]
+METHOD_LABELS = {
+    "gae": "GAE (ours)",
+    "gae_last_layer": "GAE, last layer only",
+    "raw_attention": "raw attention",
+    "rollout": "rollout",
+    "attn_gradcam": "attention Grad-CAM",
+    "random": "random",
+}
+
+
+def set_style() -> None:
+    """Readable defaults for every workbook figure (font sizes, dpi, no top/right spines)."""
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "font.size": 10,
+            "axes.titlesize": 10,
+            "axes.labelsize": 10,
+            "legend.fontsize": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "image.cmap": HEATMAP_CMAP,
+            "pdf.fonttype": 42,
+        }
+    )
+
+
+def figures_dir() -> Path:
+    """Where figures go: ``$GAE_FIGURES_DIR``, else the repository's ``figures/``, else ``./figures``."""
+    if os.environ.get("GAE_FIGURES_DIR"):
+        return Path(os.environ["GAE_FIGURES_DIR"])
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").exists():
+        return repo / "figures"
+    return Path.cwd() / "figures"
+
+
+def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> list[Path]:
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf``.
+
+    Args:
+        fig: the figure.
+        name: stable file stem, e.g. ``"01_class_specific"``.
+        directory: defaults to :func:`figures_dir`.
+
+    Returns:
+        The two written paths.
+    """
+    directory = Path(directory) if directory is not None else figures_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.png", directory / f"{name}.pdf"]
+    for path in paths:
+        # fixed metadata so that re-running the workbook does not change unchanged PDFs
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else {"Software": None}
+        fig.savefig(path, metadata=metadata)
+    return paths
+
+
+def _to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(image, Tensor):
+        image = image.detach().float().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)  # (H, W, C)
+        image = image.numpy()
+    return np.clip(image, 0, 1)
+
+
+def show_image(ax: plt.Axes, image: Tensor | np.ndarray, title: str | None = None) -> None:
+    ax.imshow(_to_numpy_image(image))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+
+
+def overlay(
+    ax: plt.Axes,
+    image: Tensor | np.ndarray | None,
+    heat: Tensor | np.ndarray,
+    title: str | None = None,
+    alpha: float = 0.6,
+):
+    """Heatmap (values in [0, 1]) over a dimmed greyscale copy of the image."""
+    heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
+    if image is not None:
+        grey = _to_numpy_image(image).mean(axis=-1)
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha)
+    else:
+        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return artist
+
+
+def plot_heatmap_grid(
+    images: Tensor | None,
+    columns: Mapping[str, Tensor],
+    row_labels: Sequence[str] | None = None,
+    show_input: bool = True,
+    colorbar: bool = True,
+) -> plt.Figure:
+    """One row per example, one column per map (e.g. per method), heatmaps in [0, 1].
+
+    Args:
+        images: ``(R, 3, H, W)`` images shown in the first column (and under the maps), or None.
+        columns: ``{column title: (R, H, W)}`` maps in [0, 1].
+        row_labels: a label per row (e.g. the explained class).
+        show_input: add the input image as the first column.
+        colorbar: add one shared colour bar.
+    """
+    rows = next(iter(columns.values())).shape[0]
+    ncols = len(columns) + int(show_input and images is not None)
+    fig, axes = plt.subplots(rows, ncols, figsize=(PANEL * ncols, PANEL * rows), squeeze=False, layout="constrained")
+    artist = None
+    for r in range(rows):
+        c0 = 0
+        if show_input and images is not None:
+            show_image(axes[r, 0], images[r], "input" if r == 0 else None)
+            c0 = 1
+        for c, (title, maps) in enumerate(columns.items()):
+            artist = overlay(
+                axes[r, c0 + c], images[r] if images is not None else None, maps[r], title if r == 0 else None
+            )
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r])
+    if colorbar and artist is not None:
+        fig.colorbar(artist, ax=axes, shrink=0.6, label="relevance (min-max normalised)")
+    return fig
+
+
+def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], show_input: bool = True) -> plt.Figure:
+    """A grid of heatmaps over their images with a title per panel.
+
+    Args:
+        images: ``(R, 3, H, W)``.
+        maps: ``(R, C, H, W)`` in [0, 1].
+        titles: ``R`` rows of ``C`` titles.
+        show_input: first column shows the plain input.
+    """
+    rows, cols = maps.shape[:2]
+    ncols = cols + int(show_input)
+    fig, axes = plt.subplots(rows, ncols, figsize=(PANEL * ncols, PANEL * rows), squeeze=False, layout="constrained")
+    artist = None
+    for r in range(rows):
+        if show_input:
+            show_image(axes[r, 0], images[r], "input")
+        for c in range(cols):
+            artist = overlay(axes[r, c + int(show_input)], images[r], maps[r, c], titles[r][c])
+    fig.colorbar(artist, ax=axes, shrink=0.6, label="relevance (min-max normalised)")
+    return fig
+
+
+def plot_explanation(
+    explanation, images: Tensor | None = None, index: int | None = None, size: int | None = None, name: str = "image"
+) -> plt.Figure:
+    """Plot an :class:`~gae_utils.explanation.Explanation`: one panel per example (and per target).
+
+    Args:
+        explanation: the explanation.
+        images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
+        index: plot only this example.
+        size: heatmap size (default: the images' size, else the patch grid).
+        name: which relevance to plot.
+    """
+    if size is None and images is not None:
+        size = tuple(images.shape[-2:])
+    heat = explanation.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
+    if heat.ndim == 3:
+        heat = heat[:, None]
+    target = explanation.target
+    if target is not None and target.ndim == 1:
+        target = target[:, None]
+    examples = [index] if index is not None else list(range(heat.shape[0]))
+    k = heat.shape[1]
+    fig, axes = plt.subplots(
+        len(examples), k, figsize=(PANEL * k, PANEL * len(examples)), squeeze=False, layout="constrained"
+    )
+    for r, b in enumerate(examples):
+        for j in range(k):
+            title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
+            overlay(axes[r, j], images[b] if images is not None else None, heat[b, j], title)
+    fig.suptitle(f"{explanation.method} relevance")
+    return fig
+
+
+def plot_matrix(
+    ax: plt.Axes,
+    matrix: Tensor | np.ndarray,
+    title: str | None = None,
+    labels: Sequence[str] | None = None,
+    cmap: str = MATRIX_CMAP,
+):
+    """A token x token matrix (Abar, R) with its own colour scale."""
+    m = matrix.detach().float().cpu().numpy() if isinstance(matrix, Tensor) else np.asarray(matrix)
+    artist = ax.imshow(m, cmap=cmap)
+    if labels is not None:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    if title:
+        ax.set_title(title)
+    return artist
+
+
+def plot_perturbation_curves(
+    curves: Mapping[str, Tensor | Sequence[float]],
+    steps: Sequence[float],
+    title: str,
+    auc: Mapping[str, float] | None = None,
+    ax: plt.Axes | None = None,
+) -> plt.Figure:
+    """Accuracy against the fraction of removed pixels, one line per method (style + marker + colour)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(PANEL * 2, PANEL * 1.5), layout="constrained")
+    else:
+        fig = ax.figure
+    for i, (method, curve) in enumerate(curves.items()):
+        values = torch.as_tensor(curve, dtype=torch.float32).numpy()
+        label = METHOD_LABELS.get(method, method) + (f" (AUC {auc[method]:.1f})" if auc and method in auc else "")
+        ax.plot(
+            steps,
+            values,
+            linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            label=label,
+        )
+    ax.set_xlabel("fraction of pixels removed")
+    ax.set_ylabel("explained class still detected")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return fig
+
+
+set_style()

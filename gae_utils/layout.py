@@ -1,0 +1,109 @@
+"""Token layouts: which tokens belong to which modality and how an explanation is read.
+
+A relevancy map ``R[a, b]`` has one row per token of modality ``a`` and one column per token of
+modality ``b``. What a user wants is one row of it (the token the model pools, e.g. CLS) over
+the *content* tokens of a modality (image patches, words), without prefix tokens (CLS,
+distillation, register tokens). A :class:`TokenLayout` holds these facts as data, so that the
+engine never branches on the architecture (method.md, "Reading the answer").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Segment", "Readout", "TokenLayout"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The tokens of one modality.
+
+    Attributes:
+        modality: name used in the relevancy maps, e.g. ``"image"``.
+        n_tokens: number of tokens, prefix included.
+        prefix: number of leading non-content tokens (CLS, distillation, registers).
+        grid: ``(h, w)`` patch grid of the content tokens for image modalities, else ``None``.
+    """
+
+    modality: str
+    n_tokens: int
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+
+    @property
+    def n_content(self) -> int:
+        return self.n_tokens - self.prefix
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How to read one relevance vector from the relevancy maps.
+
+    Attributes:
+        name: key in ``Explanation.relevance`` (usually the modality of the columns).
+        rows_of: modality whose token(s) are explained (the rows of the map).
+        columns_of: modality whose content tokens get relevance (the columns).
+        rows: indices of the explained rows; several rows are averaged (mean-pooled models,
+            DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
+    """
+
+    name: str
+    rows_of: str
+    columns_of: str
+    rows: tuple[int, ...] | None = (0,)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Segments of every modality plus the readouts that turn maps into relevance vectors."""
+
+    segments: tuple[Segment, ...]
+    readouts: tuple[Readout, ...]
+
+    def segment(self, modality: str) -> Segment:
+        for seg in self.segments:
+            if seg.modality == modality:
+                return seg
+        raise KeyError(f"no modality {modality!r} in layout; have {[s.modality for s in self.segments]}")
+
+    def row_indices(self, readout: Readout) -> list[int]:
+        seg = self.segment(readout.rows_of)
+        if readout.rows is None:
+            return list(range(seg.prefix, seg.n_tokens))
+        return list(readout.rows)
+
+    def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
+        """Read every relevance vector of the layout.
+
+        Args:
+            maps: relevancy maps ``{(a, b): (..., Na, Nb)}``.
+
+        Returns:
+            ``{name: (..., n_content)}`` raw relevance of the explained row(s) over the content
+            tokens of the column modality.
+        """
+        out = {}
+        for readout in self.readouts:
+            full = maps[(readout.rows_of, readout.columns_of)]  # (..., Na, Nb)
+            rows = torch.as_tensor(self.row_indices(readout), device=full.device)
+            row = full.index_select(-2, rows).mean(dim=-2)  # (..., Nb)
+            out[readout.name] = row[..., self.segment(readout.columns_of).prefix :]  # (..., n_content)
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TokenLayout:
+        segments = tuple(
+            Segment(s["modality"], s["n_tokens"], s["prefix"], tuple(s["grid"]) if s["grid"] else None)
+            for s in data["segments"]
+        )
+        readouts = tuple(
+            Readout(r["name"], r["rows_of"], r["columns_of"], tuple(r["rows"]) if r["rows"] is not None else None)
+            for r in data["readouts"]
+        )
+        return cls(segments, readouts)

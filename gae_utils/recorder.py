@@ -1,0 +1,258 @@
+"""Recording attention probabilities and their gradients from an unmodified model.
+
+:class:`AttentionRecorder` is the one owner of every hook an explanation uses. As a context
+manager it switches fused attention off, puts the model in eval mode, and registers forward hooks
+that capture each layer's attention probabilities ``A`` (method.md, "What is recorded"), in the
+order the layers run. :meth:`AttentionRecorder.backward` then asks autograd for ``dy/dA`` only:
+the gradient flows from the scalar target of each example back to the first attention map of each
+modality, tensor hooks on every captured ``A`` reduce ``(dA * A)^+`` over heads (Eq. 5) as soon as
+its gradient arrives, and no parameter ``.grad`` is created. On exit (also after an exception)
+every hook is removed and every flag, mode and handle is restored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .adapters import Adapter, AttentionSite, attention_modules
+from .rules import head_average
+
+__all__ = ["LayerRecord", "AttentionRecorder", "AttentionCaptureError"]
+
+
+class AttentionCaptureError(RuntimeError):
+    """The model ran but its attention probabilities could not be captured."""
+
+
+@dataclass
+class LayerRecord:
+    """What one attention layer left behind in one explanation.
+
+    Attributes:
+        name: the attention module's qualified name in the model.
+        kind: ``"self"`` or ``"cross"``.
+        query: modality of the rows.
+        key: modality of the columns.
+        group: co-attention group id (layers of one group are applied simultaneously), or None.
+        attn_mean: ``(B, Nq, Nk)`` attention probabilities averaged over heads.
+        cam: ``(B, K, Nq, Nk)`` Eq. 5 map ``mean_h (dA * A)^+`` for each of the K targets.
+        attn: ``(B, H, Nq, Nk)`` per-head probabilities, kept when requested (explorer, Grad-CAM).
+        grad: ``(B, K, H, Nq, Nk)`` per-head gradients, kept when requested.
+    """
+
+    name: str
+    kind: str
+    query: str
+    key: str
+    group: str | None
+    attn_mean: Tensor
+    cam: Tensor | None = None
+    attn: Tensor | None = None
+    grad: Tensor | None = None
+
+
+@dataclass
+class _Live:
+    """A captured probability tensor still attached to the autograd graph."""
+
+    record: LayerRecord
+    probs: Tensor  # (B, H, Nq, Nk)
+    keep_heads: bool
+    cams: list[Tensor | None] = field(default_factory=list)
+    grads: list[Tensor | None] = field(default_factory=list)
+
+
+def _needs_graph(x: Any) -> bool:
+    return isinstance(x, Tensor) and torch.is_floating_point(x) and not x.requires_grad
+
+
+class AttentionRecorder:
+    """Context manager owning the hooks, flags and mode of one explanation.
+
+    Args:
+        model: the unmodified model.
+        adapter: the adapter describing where its attention lives.
+        keep_heads: keep per-head ``A`` and ``dA`` of every layer (explorer); otherwise only of
+            the last layer of each modality (attention Grad-CAM needs it).
+        eval_mode: run the model in eval mode (dropout off) for the call; the original
+            ``training`` flag of every submodule is restored afterwards.
+
+    Example:
+        >>> with AttentionRecorder(model, adapter) as rec:
+        ...     out = model(x)
+        ...     rec.backward(out[:, [3]])          # (B, K) scores
+        >>> rec.records                             # list[LayerRecord], in forward order
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, keep_heads: bool = False, eval_mode: bool = True):
+        self.model = model
+        self.adapter = adapter
+        self.keep_heads = keep_heads
+        self.eval_mode = eval_mode
+        self.records: list[LayerRecord] = []
+        self._live: list[_Live] = []
+        self._handles: list[RemovableHandle] = []
+        self._tensor_handles: list[Any] = []
+        self._exits: list[Any] = []
+        self._training: list[tuple[nn.Module, bool]] = []
+        self._target_index = 0
+        self.num_modules = 0
+
+    # ------------------------------------------------------------------ context management
+    def __enter__(self) -> AttentionRecorder:
+        try:
+            modules = attention_modules(self.model, self.adapter)
+            if not modules:
+                raise AttentionCaptureError(
+                    f"{type(self.model).__name__} matched adapter {self.adapter.name!r} but has no module of "
+                    f"class {[s.module_class for s in self.adapter.sites]}; the adapter's sites do not describe "
+                    "this model. Register an adapter whose sites name its attention modules."
+                )
+            self.num_modules = len(modules)
+            switch = self.adapter.eager(self.model)
+            switch.__enter__()
+            self._exits.append(switch)
+            if self.eval_mode:
+                self._training = [(m, m.training) for m in self.model.modules()]
+                self.model.eval()
+            for name, module, site in modules:
+                self._handles.append(module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True))
+                if isinstance(site.probs, str):
+                    child = module.get_submodule(site.probs)
+                    self._handles.append(child.register_forward_hook(self._capture_output(name, site)))
+                else:
+                    self._handles.append(module.register_forward_hook(self._capture_item(name, site)))
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._restore()
+        return False  # never swallow an exception
+
+    def _restore(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for handle in self._tensor_handles:
+            handle.remove()
+        self._handles.clear()
+        self._tensor_handles.clear()
+        for module, training in self._training:
+            module.training = training
+        self._training.clear()
+        while self._exits:
+            self._exits.pop().__exit__(None, None, None)
+        self._live.clear()
+
+    # ------------------------------------------------------------------ forward hooks
+    @staticmethod
+    def _ensure_grad(module: nn.Module, args: tuple, kwargs: dict):
+        """Let gradients reach ``A`` in a frozen model without touching ``requires_grad`` of parameters.
+
+        If the hidden states entering the attention module carry no graph (all parameters frozen,
+        input not requiring grad), they are replaced by a detached copy that requires grad: the
+        same values, so the output is unchanged.
+        """
+        if not torch.is_grad_enabled():
+            return None
+        if args and _needs_graph(args[0]):
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        key = next((k for k in ("hidden_states", "x", "query") if _needs_graph(kwargs.get(k))), None)
+        if not args and key is not None:
+            return args, {**kwargs, key: kwargs[key].detach().requires_grad_(True)}
+        return None
+
+    def _capture_output(self, name: str, site: AttentionSite):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self._capture(name, site, output)
+
+        return hook
+
+    def _capture_item(self, name: str, site: AttentionSite):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            probs = output[site.probs] if isinstance(output, (tuple, list)) else None
+            self._capture(name, site, probs)
+
+        return hook
+
+    def _capture(self, name: str, site: AttentionSite, probs: Tensor | None) -> None:
+        if not isinstance(probs, Tensor) or probs.ndim != 4:
+            raise AttentionCaptureError(
+                f"attention module {name!r} returned no attention probabilities (got "
+                f"{type(probs).__name__}); its fused/SDPA path is active. Load the model with "
+                "attn_implementation='eager' (Hugging Face) or check the adapter's eager switch."
+            )
+        record = LayerRecord(name, site.kind, site.query, site.key, site.group, probs.detach().mean(dim=1))
+        self.records.append(record)
+        if not probs.requires_grad:
+            return  # forward under no_grad: nothing to differentiate
+        live = _Live(record, probs, self.keep_heads)
+        self._live.append(live)
+        self._tensor_handles.append(probs.register_hook(self._on_grad(live)))
+
+    def _on_grad(self, live: _Live):
+        def hook(grad: Tensor) -> None:
+            k = self._target_index
+            live.cams[k] = head_average(live.probs.detach(), grad)  # (B, Nq, Nk)
+            if live.keep_heads:
+                live.grads[k] = grad.detach()
+
+        return hook
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, scores: Tensor) -> list[LayerRecord]:
+        """Gradients of each target column with respect to every captured ``A``.
+
+        Args:
+            scores: ``(B, K)`` one scalar per example and target. One backward pass per target
+                column serves the whole batch.
+
+        Returns:
+            The records, with ``cam`` (and ``attn``/``grad`` where kept) filled in.
+        """
+        if not self.records:
+            raise AttentionCaptureError(
+                f"no attention probabilities were captured from {type(self.model).__name__}: the forward "
+                "pass did not run any hooked attention module."
+            )
+        if len(self._live) != len(self.records):
+            raise AttentionCaptureError(
+                "attention was captured without a graph; call the model with gradients enabled."
+            )
+        if not scores.requires_grad:
+            raise AttentionCaptureError("the target score does not depend on the model's attention (no graph).")
+        if scores.ndim != 2:
+            raise ValueError(f"scores must be (B, K), got {tuple(scores.shape)}")
+        n_targets = scores.shape[1]
+        last_of = {}
+        for i, live in enumerate(self._live):
+            live.cams = [None] * n_targets
+            live.grads = [None] * n_targets
+            last_of[live.record.query] = i
+        for i in last_of.values():
+            self._live[i].keep_heads = True
+        roots = list(
+            {live.record.query: live.probs for live in reversed(self._live)}.values()
+        )  # first of each modality
+        for k in range(n_targets):
+            self._target_index = k
+            torch.autograd.grad(scores[:, k].sum(), roots, retain_graph=k < n_targets - 1, allow_unused=True)
+        for live in self._live:
+            missing = [k for k, cam in enumerate(live.cams) if cam is None]
+            if missing:
+                raise AttentionCaptureError(
+                    f"no gradient reached attention layer {live.record.name!r}; the target does not depend on it "
+                    "through the recorded graph."
+                )
+            live.record.cam = torch.stack(live.cams, dim=1)  # (B, K, Nq, Nk)
+            if live.keep_heads:
+                live.record.attn = live.probs.detach()
+                live.record.grad = torch.stack(live.grads, dim=1)  # (B, K, H, Nq, Nk)
+        self._live.clear()
+        return self.records

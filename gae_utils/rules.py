@@ -1,0 +1,141 @@
+"""Relevancy propagation rules of Generic Attention-model Explainability.
+
+Pure functions of tensors implementing Chefer, Gur & Wolf, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV 2021,
+arXiv:2103.15679), Section 3, Eq. 5-11, plus the baselines the paper compares against,
+computed from the same recorded attention maps.
+
+Every function is batched over any number of leading dimensions, keeps the dtype and device
+of its inputs, and never modifies its arguments in place. Shapes use ``B`` for the batch,
+``H`` for heads, ``Nq``/``Nk`` for query/key tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "head_average",
+    "self_attention_update",
+    "normalize_self_relevancy",
+    "cross_attention_update",
+    "rollout_step",
+    "gradcam_row",
+]
+
+
+def head_average(attn: Tensor, grad: Tensor) -> Tensor:
+    """Gradient-weighted attention averaged over heads (Eq. 5).
+
+    ``Abar = E_h[(grad * attn)^+]``: the positive part of the element-wise product of the
+    attention probabilities and their gradient, averaged over heads.
+
+    Args:
+        attn: attention probabilities, ``(..., H, Nq, Nk)``.
+        grad: gradient of the target with respect to ``attn``, same shape.
+
+    Returns:
+        ``(..., Nq, Nk)`` aggregated map.
+    """
+    if attn.shape != grad.shape:
+        raise ValueError(f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same shape")
+    return (grad * attn).clamp(min=0).mean(dim=-3)  # (..., Nq, Nk)
+
+
+def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
+    """Self-attention rule (Eq. 6 and Eq. 7): ``R + Abar @ R``.
+
+    Applies to ``R[s, s]`` (Eq. 6) and to every ``R[s, q]`` of another modality (Eq. 7)
+    when a self-attention layer of modality ``s`` runs.
+
+    Args:
+        relevancy: ``(..., Ns, Nx)`` the map ``R[s, x]`` before the layer.
+        attn_bar: ``(..., Ns, Ns)`` aggregated self-attention of modality ``s`` (Eq. 5).
+
+    Returns:
+        ``(..., Ns, Nx)`` the map after the layer.
+    """
+    return relevancy + attn_bar @ relevancy  # (..., Ns, Ns) @ (..., Ns, Nx)
+
+
+def normalize_self_relevancy(relevancy: Tensor) -> Tensor:
+    """Residual normalisation of a self-relevancy map (Eq. 8 and Eq. 9).
+
+    ``Rhat = R - I``; ``Rbar = Rhat / Rhat.sum(-1) + I``. Rows of ``Rhat`` that sum to zero
+    (tokens no layer has touched yet) are left as identity rows instead of dividing by zero.
+
+    Args:
+        relevancy: ``(..., N, N)`` the map ``R[x, x]``.
+
+    Returns:
+        ``(..., N, N)`` the normalised map ``Rbar[x, x]``.
+    """
+    n = relevancy.shape[-1]
+    eye = torch.eye(n, dtype=relevancy.dtype, device=relevancy.device)  # (N, N)
+    residual = relevancy - eye  # (..., N, N)
+    row_sum = residual.sum(dim=-1, keepdim=True)  # (..., N, 1)
+    safe = torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
+    return residual / safe + eye
+
+
+def cross_attention_update(
+    r_sq: Tensor, r_ss: Tensor, r_qq: Tensor, r_qs: Tensor, attn_bar: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Cross-attention rule, queries from modality ``s``, keys from ``q`` (Eq. 10 and Eq. 11).
+
+    ``R[s, q] += Rbar[s, s]^T @ Abar @ Rbar[q, q]`` (Eq. 10, with ``Rbar`` from Eq. 8-9) and
+    ``R[s, s] += Abar @ R[q, s]`` (Eq. 11). Both additions are computed from the maps as they
+    were before the layer.
+
+    Args:
+        r_sq: ``(..., Ns, Nq)`` map ``R[s, q]`` before the layer.
+        r_ss: ``(..., Ns, Ns)`` map ``R[s, s]``.
+        r_qq: ``(..., Nq, Nq)`` map ``R[q, q]``.
+        r_qs: ``(..., Nq, Ns)`` map ``R[q, s]``.
+        attn_bar: ``(..., Ns, Nq)`` aggregated cross-attention (Eq. 5).
+
+    Returns:
+        The additions ``(delta_sq, delta_ss)`` of shapes ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``;
+        callers add them, so that the two directions of a co-attention block can be computed
+        from the same maps before either is applied.
+    """
+    r_bar_ss = normalize_self_relevancy(r_ss)  # (..., Ns, Ns)
+    r_bar_qq = normalize_self_relevancy(r_qq)  # (..., Nq, Nq)
+    delta_sq = r_bar_ss.transpose(-1, -2) @ attn_bar @ r_bar_qq  # (..., Ns, Ns) @ (..., Ns, Nq) @ (..., Nq, Nq)
+    delta_ss = attn_bar @ r_qs  # (..., Ns, Nq) @ (..., Nq, Ns)
+    return delta_sq, delta_ss
+
+
+def rollout_step(attn_mean: Tensor) -> Tensor:
+    """One layer of attention rollout (Abnar & Zuidema 2020): ``0.5 * A + 0.5 * I``, rows renormalised.
+
+    Args:
+        attn_mean: ``(..., N, N)`` attention averaged over heads.
+
+    Returns:
+        ``(..., N, N)`` row-stochastic matrix; rollout multiplies these from the first layer
+        to the last (``joint = step_l @ joint``).
+    """
+    n = attn_mean.shape[-1]
+    eye = torch.eye(n, dtype=attn_mean.dtype, device=attn_mean.device)  # (N, N)
+    step = 0.5 * attn_mean + 0.5 * eye  # (..., N, N)
+    return step / step.sum(dim=-1, keepdim=True)
+
+
+def gradcam_row(attn_row: Tensor, grad_row: Tensor) -> Tensor:
+    """Attention Grad-CAM on one attention row per head (the paper's ``generate_cam_attn`` baseline).
+
+    Each head is weighted by the mean of its gradient row over the explained key tokens;
+    the map is the head mean of ``weight * attn_row``, clamped at zero.
+
+    Args:
+        attn_row: ``(..., H, N)`` the explained query's attention over the key tokens to map
+            (e.g. a ViT CLS row without the CLS column).
+        grad_row: ``(..., H, N)`` its gradient.
+
+    Returns:
+        ``(..., N)`` map.
+    """
+    weight = grad_row.mean(dim=-1, keepdim=True)  # (..., H, 1)
+    return (weight * attn_row).mean(dim=-2).clamp(min=0)  # (..., N)

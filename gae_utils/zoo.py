@@ -1,0 +1,193 @@
+"""Model zoo: the embedded offline models and timm models with pretrained weights.
+
+``load("shapes-vit")`` builds the small ShapesWorld ViT (a timm ``VisionTransformer``) and loads
+its safetensors checkpoint shipped inside the package; ``load("vit_base_patch16_224",
+pretrained=True)`` returns timm's pretrained model when the weights can be downloaded, and
+otherwise raises an error that points to the embedded models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "EMBEDDED",
+    "ModelCard",
+    "load",
+    "load_card",
+    "build",
+    "save_checkpoint",
+    "weights_dir",
+    "PretrainedUnavailableError",
+]
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (no network, no cache)."""
+
+
+@dataclass
+class ModelCard:
+    """What is stored beside a checkpoint: how to build the model and how it was trained.
+
+    Attributes:
+        name: zoo name, e.g. ``"shapes-vit"``.
+        arch: builder key (``"timm-vit"``).
+        kwargs: keyword arguments of the builder.
+        classes: class names, index-aligned with the logits.
+        image_size: input side in pixels.
+        training: the training recipe and the measured held-out metrics.
+    """
+
+    name: str
+    arch: str
+    kwargs: dict
+    classes: list[str]
+    image_size: int
+    training: dict = field(default_factory=dict)
+
+
+def weights_dir() -> Path:
+    return WEIGHTS
+
+
+def _build_timm_vit(**kwargs) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(**kwargs)
+
+
+BUILDERS = {"timm-vit": _build_timm_vit}
+
+# Architectures of the embedded models (the checkpoint cards repeat them with the training record).
+EMBEDDED: dict[str, ModelCard] = {
+    "shapes-vit": ModelCard(
+        name="shapes-vit",
+        arch="timm-vit",
+        kwargs=dict(
+            img_size=64,
+            patch_size=8,
+            in_chans=3,
+            num_classes=16,
+            embed_dim=64,
+            depth=4,
+            num_heads=4,
+            mlp_ratio=2.0,
+            global_pool="token",
+            class_token=True,
+        ),
+        classes=[],  # filled from gae_utils.shapes.CLASS_NAMES at build time
+        image_size=64,
+    ),
+}
+
+
+def build(card: ModelCard) -> nn.Module:
+    """Instantiate the architecture of ``card`` with fresh weights."""
+    if card.arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {card.arch!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[card.arch](**card.kwargs)
+
+
+def load_card(name: str) -> ModelCard:
+    path = WEIGHTS / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint card for {name!r} at {path}; "
+            f"train it with `python -m gae_utils.train {name}` or `make models`."
+        )
+    return ModelCard(**json.loads(path.read_text()))
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | None = None) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (the card) into ``directory``."""
+    directory = Path(directory) if directory is not None else WEIGHTS
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / f"{card.name}.safetensors"))
+    (directory / f"{card.name}.json").write_text(json.dumps(card.__dict__, indent=2) + "\n")
+    return directory / f"{card.name}.safetensors"
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (a DNS failure returns at once)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_unless_reachable() -> Iterator[None]:
+    """Without network, put huggingface_hub in offline mode for the call: the local cache is
+    used if it has the weights, otherwise the call fails at once instead of retrying for a minute."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    if not saved and not hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def load(
+    name: str, pretrained: bool = True, device: str | torch.device = "cpu", directory: Path | None = None, **kwargs
+) -> nn.Module:
+    """Load a model by name, in eval mode.
+
+    Args:
+        name: an embedded model (``"shapes-vit"``) or any timm model name.
+        pretrained: for timm names, download timm's pretrained weights (needs network or a
+            populated cache); ``False`` gives random weights of the same architecture.
+        device: where to put the model.
+        directory: read embedded checkpoints from here instead of the package.
+        **kwargs: passed to ``timm.create_model`` for timm names.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        PretrainedUnavailableError: the pretrained weights cannot be fetched.
+    """
+    if name in EMBEDDED:
+        directory = Path(directory) if directory is not None else WEIGHTS
+        path = directory / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{name!r} has no checkpoint in {directory}; run `make models` to train it.")
+        card = ModelCard(**json.loads(path.read_text()))
+        model = build(card)
+        model.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+        model.card = card  # what it is and how it was trained, for notebooks and reports
+        return model.to(device).eval()
+    import timm
+
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs).to(device).eval()
+    try:
+        with _offline_unless_reachable():
+            model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # network, hub or cache errors all mean: no weights here
+        raise PretrainedUnavailableError(
+            f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
+            f"Offline, use the embedded models ({', '.join(EMBEDDED)}) with gae_utils.zoo.load('shapes-vit'), "
+            f"or pretrained=False for random weights of the same architecture."
+        ) from err
+    return model.to(device).eval()

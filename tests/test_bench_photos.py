@@ -1,0 +1,38 @@
+"""Benchmark script on a small model (numbers are reported, not asserted) and the photo helpers."""
+
+import pytest
+import torch
+
+import gae_utils as gu
+from gae_utils import bench
+from gae_utils.photos import imagenet_label, load_photos, photo_batch
+
+
+def test_benchmark_runs_and_agrees_with_the_authors_style_loop():
+    result = bench.run_benchmark("vit_tiny_patch16_224", batch=2, repeats=1, memory=False)
+    assert result["max_abs_diff_vs_authors_style"] < 1e-3
+    assert set(result["ratios"]) >= {
+        "gae / forward",
+        "gae / floor",
+        "gae_k5 / forward",
+        "authors_style / gae (per image)",
+    }
+    assert all(v > 0 for v in result["seconds"].values())
+
+
+def test_memory_probe_reports_positive_peaks():
+    assert bench._peak_mib("gae", "vit_tiny_patch16_224", 1, "cpu") > 0
+
+
+def test_photos_with_an_architecture_identical_random_model():
+    pytest.importorskip("skimage")
+    images = load_photos(size=64)
+    assert images.shape == (3, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    model = gu.zoo.load("vit_tiny_patch16_224", pretrained=False)
+    photos, inputs = photo_batch(model)
+    assert photos.shape == inputs.shape == (3, 3, 224, 224)
+    with torch.no_grad():
+        top2 = model(inputs).topk(2).indices
+    exp = gu.explain(model, inputs, target=top2)
+    assert exp.relevance["image"].shape == (3, 2, 196)
+    assert imagenet_label(281).lower().startswith("tabby")
