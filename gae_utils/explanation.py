@@ -93,6 +93,7 @@ class Explanation:
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata)."""
         path = Path(path).with_suffix("")
+        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()}
         tensors.update({f"maps/{a}|{b}": v.detach().cpu().contiguous() for (a, b), v in self.maps.items()})
         tensors["scores"] = self.scores.detach().cpu().contiguous()

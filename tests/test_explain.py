@@ -314,8 +314,8 @@ def test_hf_and_timm_agree_on_shared_weights(images):
 
 def test_save_load_round_trip(vit, images, tmp_path):
     exp = explain(vit, images, target=torch.tensor([[1, 2]] * 4), method="gae")
-    exp.save(tmp_path / "exp")
-    back = gu.Explanation.load(tmp_path / "exp")
+    exp.save(tmp_path / "runs" / "exp")  # parent folders are created
+    back = gu.Explanation.load(tmp_path / "runs" / "exp")
     assert back.method == "gae" and back.multi_target and back.layout == exp.layout
     torch.testing.assert_close(back.relevance["image"], exp.relevance["image"])
     torch.testing.assert_close(back.maps[("image", "image")], exp.maps[("image", "image")])
