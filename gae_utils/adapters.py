@@ -10,7 +10,7 @@ to :data:`ADAPTERS` (or calling :func:`register_adapter`), not editing the engin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +184,37 @@ def _check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | N
         raise ValueError(f"expected {channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
 
 
+# ------------------------------------------------------------------- Hugging Face text encoders
+
+
+def _text_check(model: nn.Module, inputs: Any) -> None:
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+        raise TypeError(
+            "a text encoder takes the tokenizer's output as a dict with 'input_ids' and 'attention_mask' "
+            "(tokenizer(texts, padding=True, return_tensors='pt'))"
+        )
+    ids = inputs["input_ids"]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (B, L) with L > 0, got {tuple(ids.shape)}; is the text empty?")
+    mask = inputs.get("attention_mask")
+    if mask is not None and (mask.sum(dim=1) == 0).any():
+        empty = (mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+        raise ValueError(f"examples {empty} have no tokens (empty text); remove them before explaining")
+
+
+def text_mean_weights(inputs: dict) -> Tensor:
+    """Row weights of mean pooling over the non-padding tokens: ``(B, L)``, rows summing to 1."""
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
+    mask = mask.float()
+    return mask / mask.sum(dim=1, keepdim=True)
+
+
+def _text_mean_layout(model: nn.Module, inputs: dict) -> TokenLayout:
+    seg = Segment("text", inputs["input_ids"].shape[1], prefix=0)
+    return TokenLayout((seg,), (Readout("text", "text", "text", "weights"),), {"text": text_mean_weights(inputs)})
+
+
 @dataclass(frozen=True)
 class Adapter:
     """Everything the engine needs to know about one model family.
@@ -194,7 +225,7 @@ class Adapter:
         sites: the attention layers, as :class:`AttentionSite` entries.
         eager: context manager switching fused attention off for one call.
         call: ``call(model, inputs) -> output``.
-        logits: ``logits(output) -> (B, C)``.
+        logits: ``logits(output) -> (B, C)``; None for encoders (targets must then be callables).
         check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
         layout: ``layout(model, inputs) -> TokenLayout``.
         family: one-line description for error messages.
@@ -205,7 +236,7 @@ class Adapter:
     sites: tuple[AttentionSite, ...]
     eager: Callable[[nn.Module], Any]
     call: Callable[[nn.Module, Any], Any]
-    logits: Callable[[Any], Tensor]
+    logits: Callable[[Any], Tensor] | None
     check: Callable[[nn.Module, Any], None]
     layout: Callable[[nn.Module, Any], TokenLayout]
     family: str = ""
@@ -242,6 +273,17 @@ ADAPTERS: list[Adapter] = [
         check=_hf_check,
         layout=_hf_layout,
         family="Hugging Face ViTForImageClassification / DeiTForImageClassification(WithTeacher)",
+    ),
+    Adapter(
+        name="hf-bert-encoder",
+        model_classes=("BertModel",),
+        sites=(AttentionSite("BertSelfAttention", probs=1, query="text", key="text"),),
+        eager=hf_eager,
+        call=lambda model, inputs: model(**inputs),
+        logits=None,
+        check=_text_check,
+        layout=_text_mean_layout,
+        family="Hugging Face BertModel text encoders (e.g. sentence-transformers MiniLM), mean-pooled",
     ),
 ]
 

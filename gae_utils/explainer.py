@@ -8,7 +8,7 @@ computed from that one recording (:meth:`Recording.explanation`); ``explain`` do
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ class Recording:
     Attributes:
         layers: recorded layers in forward order.
         layout: token layout of the inputs.
-        logits: ``(B, C)`` model logits (detached).
+        logits: ``(B, C)`` model logits (detached); None for encoders without class logits.
         output: the model's raw output (detached where it is a tensor).
         target: ``(B, K)`` explained class indices, or None for a callable target.
         scores: ``(B, K)`` the explained scalars.
@@ -43,7 +43,7 @@ class Recording:
 
     layers: list[LayerRecord]
     layout: TokenLayout
-    logits: Tensor
+    logits: Tensor | None
     output: Any
     target: Tensor | None
     scores: Tensor
@@ -86,7 +86,7 @@ class Recording:
 
 def _check_finite(inputs: Any) -> None:
     tensors = (
-        inputs.values() if isinstance(inputs, dict) else (inputs if isinstance(inputs, (tuple, list)) else [inputs])
+        inputs.values() if isinstance(inputs, Mapping) else (inputs if isinstance(inputs, (tuple, list)) else [inputs])
     )
     for t in tensors:
         if isinstance(t, Tensor) and torch.is_floating_point(t) and not torch.isfinite(t).all():
@@ -96,17 +96,23 @@ def _check_finite(inputs: Any) -> None:
             )
 
 
-def _resolve_target(target: Target, output: Any, logits: Tensor) -> tuple[Tensor | None, Tensor, bool]:
+def _resolve_target(target: Target, output: Any, logits: Tensor | None) -> tuple[Tensor | None, Tensor, bool]:
     """Turn ``target`` into ``(indices (B, K) | None, scores (B, K), multi_target)``."""
-    batch, num_classes = logits.shape
     if callable(target) and not isinstance(target, Tensor):
         scores = target(output)
+        batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
         if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
             raise ValueError(
-                f"a callable target must return one score per example, shape ({batch},) or ({batch}, K); got "
+                f"a callable target must return one score per example, shape (B,) or (B, K); got "
                 f"{getattr(scores, 'shape', type(scores).__name__)}"
             )
         return None, scores if scores.ndim == 2 else scores[:, None], scores.ndim == 2
+    if logits is None:
+        raise ValueError(
+            "this model has no class logits (an encoder): pass target=callable(output) -> (B,) scores, "
+            "e.g. a similarity, or use gae_utils.similarity.explain_similarity for sentence pairs."
+        )
+    batch, num_classes = logits.shape
     if target is None:
         index = logits.argmax(dim=-1)  # (B,)
     elif isinstance(target, int):
@@ -165,8 +171,8 @@ def record(
     with AttentionRecorder(model, adapter, keep_heads=keep_heads, eval_mode=eval_mode) as rec:
         with torch.enable_grad():
             output = adapter.call(model, inputs)
-            logits = adapter.logits(output)
-            if not torch.isfinite(logits).all():
+            logits = adapter.logits(output) if adapter.logits is not None else None
+            if logits is not None and not torch.isfinite(logits).all():
                 raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
             index, scores, multi = _resolve_target(target, output, logits)
             layers = rec.backward(scores)
@@ -180,7 +186,8 @@ def record(
             f"the adapter's layout expects {layout.segments[0].n_tokens} tokens but attention has {n_tokens}"
         )
     detached = output.detach() if isinstance(output, Tensor) else output
-    return Recording(layers, layout, logits.detach(), detached, index, scores.detach(), multi, type(model).__name__)
+    logits = logits.detach() if logits is not None else None
+    return Recording(layers, layout, logits, detached, index, scores.detach(), multi, type(model).__name__)
 
 
 def explain(

@@ -96,6 +96,7 @@ class Explanation:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()}
         tensors.update({f"maps/{a}|{b}": v.detach().cpu().contiguous() for (a, b), v in self.maps.items()})
+        tensors.update({f"layout_weights/{k}": v.detach().cpu().contiguous() for k, v in self.layout.weights.items()})
         tensors["scores"] = self.scores.detach().cpu().contiguous()
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()
@@ -124,7 +125,9 @@ class Explanation:
             target=tensors.get("target"),
             scores=tensors["scores"],
             method=meta["method"],
-            layout=TokenLayout.from_dict(meta["layout"]),
+            layout=TokenLayout.from_dict(
+                meta["layout"], {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("layout_weights/")}
+            ),
             start_layer=meta["start_layer"],
             model_name=meta["model_name"],
             multi_target=meta["multi_target"],

@@ -9,9 +9,8 @@ engine never branches on the architecture (method.md, "Reading the answer").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 __all__ = ["Segment", "Readout", "TokenLayout"]
@@ -48,12 +47,14 @@ class Readout:
         columns_of: modality whose content tokens get relevance (the columns).
         rows: indices of the explained rows; several rows are averaged (mean-pooled models,
             DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
+            ``"weights"`` means per-example row weights ``TokenLayout.weights[name]`` of shape
+            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token).
     """
 
     name: str
     rows_of: str
     columns_of: str
-    rows: tuple[int, ...] | None = (0,)
+    rows: tuple[int, ...] | str | None = (0,)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TokenLayout:
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
+    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, Na)}
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
@@ -69,11 +71,17 @@ class TokenLayout:
                 return seg
         raise KeyError(f"no modality {modality!r} in layout; have {[s.modality for s in self.segments]}")
 
-    def row_indices(self, readout: Readout) -> list[int]:
+    def row_weights(self, readout: Readout, like: Tensor) -> Tensor:
+        """Weights of the explained rows, ``(Na,)`` shared by the batch or ``(B, Na)`` per example."""
         seg = self.segment(readout.rows_of)
-        if readout.rows is None:
-            return list(range(seg.prefix, seg.n_tokens))
-        return list(readout.rows)
+        if readout.rows == "weights":
+            if readout.name not in self.weights:
+                raise ValueError(f"readout {readout.name!r} asks for per-example row weights but the layout has none")
+            return self.weights[readout.name].to(like)  # (B, Na)
+        rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
+        weights = like.new_zeros(seg.n_tokens)  # (Na,)
+        weights[rows] = 1.0 / len(rows)
+        return weights
 
     def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
         """Read every relevance vector of the layout.
@@ -87,23 +95,33 @@ class TokenLayout:
         """
         out = {}
         for readout in self.readouts:
-            full = maps[(readout.rows_of, readout.columns_of)]  # (..., Na, Nb)
-            rows = torch.as_tensor(self.row_indices(readout), device=full.device)
-            row = full.index_select(-2, rows).mean(dim=-2)  # (..., Nb)
+            full = maps[(readout.rows_of, readout.columns_of)]  # (B, [K,] Na, Nb)
+            weights = self.row_weights(readout, full)  # (Na,) or (B, Na)
+            if weights.ndim == 2:
+                weights = weights.reshape(weights.shape[0], *([1] * (full.ndim - 3)), 1, -1)  # (B, [1,] 1, Na)
+            else:
+                weights = weights[None]  # (1, Na), broadcast over the batch
+            row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
             out[readout.name] = row[..., self.segment(readout.columns_of).prefix :]  # (..., n_content)
         return out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready description (per-example ``weights`` are tensors and are saved separately)."""
+        return {
+            "segments": [vars(s) for s in self.segments],
+            "readouts": [vars(r) for r in self.readouts],
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> TokenLayout:
+    def from_dict(cls, data: dict, weights: dict[str, Tensor] | None = None) -> TokenLayout:
         segments = tuple(
             Segment(s["modality"], s["n_tokens"], s["prefix"], tuple(s["grid"]) if s["grid"] else None)
             for s in data["segments"]
         )
         readouts = tuple(
-            Readout(r["name"], r["rows_of"], r["columns_of"], tuple(r["rows"]) if r["rows"] is not None else None)
+            Readout(
+                r["name"], r["rows_of"], r["columns_of"], tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]
+            )
             for r in data["readouts"]
         )
-        return cls(segments, readouts)
+        return cls(segments, readouts, dict(weights or {}))

@@ -229,7 +229,19 @@ class AttentionRecorder:
             raise AttentionCaptureError("the target score does not depend on the model's attention (no graph).")
         if scores.ndim != 2:
             raise ValueError(f"scores must be (B, K), got {tuple(scores.shape)}")
-        n_targets = scores.shape[1]
+        batch = self.records[0].attn_mean.shape[0]
+        if scores.shape[0] != batch:
+            raise ValueError(f"scores have {scores.shape[0]} rows but the model ran on a batch of {batch}")
+        return self.backward_objectives([scores[:, k].sum() for k in range(scores.shape[1])])
+
+    def backward_objectives(self, objectives: list[Tensor]) -> list[LayerRecord]:
+        """One backward pass per scalar objective; objective ``k`` fills target column ``k``.
+
+        Exact per example when each example's score depends only on that example's tokens (a
+        batch of independent inputs, or the two sentences of one pair): the gradient of the sum
+        with respect to example ``i``'s attention is then the gradient of its own score.
+        """
+        n_targets = len(objectives)
         last_of = {}
         for i, live in enumerate(self._live):
             live.cams = [None] * n_targets
@@ -240,9 +252,9 @@ class AttentionRecorder:
         roots = list(
             {live.record.query: live.probs for live in reversed(self._live)}.values()
         )  # first of each modality
-        for k in range(n_targets):
+        for k, objective in enumerate(objectives):
             self._target_index = k
-            torch.autograd.grad(scores[:, k].sum(), roots, retain_graph=k < n_targets - 1, allow_unused=True)
+            torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
         for live in self._live:
             missing = [k for k, cam in enumerate(live.cams) if cam is None]
             if missing:

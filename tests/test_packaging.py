@@ -24,8 +24,9 @@ def test_environment_yml_lists_exactly_the_pyproject_dependencies():
     for extra in project["optional-dependencies"].values():
         wanted |= {CONDA_NAMES.get(_name(r), _name(r)) for r in extra}
     text = (ROOT / "environment.yml").read_text()
-    section = text.split("dependencies:", 1)[1].split("  - pip:", 1)[0]
+    section, pip_section = text.split("dependencies:", 1)[1].split("  - pip:", 1)
     conda = {_name(line.strip()[2:]) for line in section.splitlines() if re.match(r"^  - [a-zA-Z]", line)}
+    conda |= {_name(line.strip()[2:]) for line in pip_section.splitlines() if re.match(r"^      - [a-zA-Z]", line)}
     conda -= {"python", "pip"}
     assert conda == wanted, f"only in environment.yml: {conda - wanted}; only in pyproject: {wanted - conda}"
     # same lower bounds in both files
