@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layout import Readout, Segment, TokenLayout
@@ -48,6 +49,8 @@ class AttentionSite:
         key: modality of the keys (the columns).
         group: layers sharing a group id inside one block are applied simultaneously
             (two-direction co-attention, method.md); ``None`` for ordinary layers.
+        within: only modules whose qualified name has this component (e.g. ``"vision_model"``),
+            for models whose towers share an attention class.
     """
 
     module_class: str
@@ -56,6 +59,7 @@ class AttentionSite:
     query: str = "image"
     key: str = "image"
     group: str | None = None
+    within: str | None = None
 
 
 def _timm_fused_flags(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
@@ -215,6 +219,39 @@ def _text_mean_layout(model: nn.Module, inputs: dict) -> TokenLayout:
     return TokenLayout((seg,), (Readout("text", "text", "text", "weights"),), {"text": text_mean_weights(inputs)})
 
 
+# ------------------------------------------------------------------ Hugging Face CLIP (dual encoder)
+
+
+def clip_eot_index(model: nn.Module, input_ids: Tensor) -> Tensor:
+    """Index of the token CLIP's text tower pools (EOT), as ``CLIPTextTransformer`` picks it: ``(B,)``."""
+    eos = model.config.text_config.eos_token_id
+    if eos == 2:  # legacy configs: the EOT token has the largest id
+        return input_ids.argmax(dim=-1)
+    return (input_ids == eos).int().argmax(dim=-1)
+
+
+def _clip_check(model: nn.Module, inputs: Any) -> None:
+    if not isinstance(inputs, Mapping) or "pixel_values" not in inputs or "input_ids" not in inputs:
+        raise TypeError("CLIP takes a dict with 'pixel_values' (images) and 'input_ids'/'attention_mask' (texts)")
+    _text_check(model, {k: v for k, v in inputs.items() if k != "pixel_values"})
+    size = model.config.vision_config.image_size
+    _check_image_batch(inputs["pixel_values"], None, channels=model.config.vision_config.num_channels)
+    if tuple(inputs["pixel_values"].shape[-2:]) != (size, size):
+        raise ValueError(
+            f"image size {tuple(inputs['pixel_values'].shape[-2:])} does not match the model's "
+            f"vision_config.image_size {(size, size)}; resize the images to {(size, size)}."
+        )
+
+
+def _clip_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    ids = inputs["input_ids"]
+    eot = F.one_hot(clip_eot_index(model, ids), ids.shape[1]).float()  # (B_t, L)
+    segments = (Segment("image", 1 + side * side, 1, (side, side)), Segment("text", ids.shape[1], 0))
+    readouts = (Readout("image", "image", "image", (0,)), Readout("text", "text", "text", "weights"))
+    return TokenLayout(segments, readouts, {"text": eot})
+
+
 @dataclass(frozen=True)
 class Adapter:
     """Everything the engine needs to know about one model family.
@@ -229,6 +266,8 @@ class Adapter:
         check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
         layout: ``layout(model, inputs) -> TokenLayout``.
         family: one-line description for error messages.
+        towers: the modalities are separate towers with their own batches (dual encoders): each
+            is explained on its own (:func:`gae_utils.dual.explain_dual`).
     """
 
     name: str
@@ -240,6 +279,7 @@ class Adapter:
     check: Callable[[nn.Module, Any], None]
     layout: Callable[[nn.Module, Any], TokenLayout]
     family: str = ""
+    towers: bool = False
     extra: dict = field(default_factory=dict)
 
     def matches(self, model: nn.Module) -> bool:
@@ -285,6 +325,21 @@ ADAPTERS: list[Adapter] = [
         layout=_text_mean_layout,
         family="Hugging Face BertModel text encoders (e.g. sentence-transformers MiniLM), mean-pooled",
     ),
+    Adapter(
+        name="hf-clip",
+        model_classes=("CLIPModel",),
+        sites=(
+            AttentionSite("CLIPAttention", probs=1, query="image", key="image", within="vision_model"),
+            AttentionSite("CLIPAttention", probs=1, query="text", key="text", within="text_model"),
+        ),
+        eager=hf_eager,
+        call=lambda model, inputs: model(**inputs),
+        logits=lambda out: out.logits_per_image,
+        check=_clip_check,
+        layout=_clip_layout,
+        family="Hugging Face CLIPModel (image tower read at CLS, text tower at EOT), via gae_utils.dual",
+        towers=True,
+    ),
 ]
 
 
@@ -323,7 +378,7 @@ def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.
     for name, module in model.named_modules():
         classes = {cls.__name__ for cls in type(module).__mro__}
         for site in adapter.sites:
-            if site.module_class in classes:
+            if site.module_class in classes and (site.within is None or site.within in name.split(".")):
                 found.append((name, module, site))
                 break
     return found

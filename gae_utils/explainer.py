@@ -165,6 +165,11 @@ def record(
         A :class:`Recording`.
     """
     adapter = adapter or find_adapter(model)
+    if adapter.towers:
+        raise ValueError(
+            f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
+            "gae_utils.dual.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."
+        )
     _check_finite(inputs)
     adapter.check(model, inputs)
     layout = adapter.layout(model, inputs)

@@ -206,6 +206,17 @@ class AttentionRecorder:
         return hook
 
     # ------------------------------------------------------------------ backward
+    def _check_captured(self) -> None:
+        if not self.records:
+            raise AttentionCaptureError(
+                f"no attention probabilities were captured from {type(self.model).__name__}: the forward "
+                "pass did not run any hooked attention module."
+            )
+        if len(self._live) != len(self.records):
+            raise AttentionCaptureError(
+                "attention was captured without a graph; call the model with gradients enabled."
+            )
+
     def backward(self, scores: Tensor) -> list[LayerRecord]:
         """Gradients of each target column with respect to every captured ``A``.
 
@@ -216,15 +227,7 @@ class AttentionRecorder:
         Returns:
             The records, with ``cam`` (and ``attn``/``grad`` where kept) filled in.
         """
-        if not self.records:
-            raise AttentionCaptureError(
-                f"no attention probabilities were captured from {type(self.model).__name__}: the forward "
-                "pass did not run any hooked attention module."
-            )
-        if len(self._live) != len(self.records):
-            raise AttentionCaptureError(
-                "attention was captured without a graph; call the model with gradients enabled."
-            )
+        self._check_captured()
         if not scores.requires_grad:
             raise AttentionCaptureError("the target score does not depend on the model's attention (no graph).")
         if scores.ndim != 2:
@@ -234,14 +237,25 @@ class AttentionRecorder:
             raise ValueError(f"scores have {scores.shape[0]} rows but the model ran on a batch of {batch}")
         return self.backward_objectives([scores[:, k].sum() for k in range(scores.shape[1])])
 
-    def backward_objectives(self, objectives: list[Tensor]) -> list[LayerRecord]:
+    def backward_objectives(
+        self, objectives: list[Tensor], modalities: list[set[str] | None] | None = None
+    ) -> list[LayerRecord]:
         """One backward pass per scalar objective; objective ``k`` fills target column ``k``.
 
         Exact per example when each example's score depends only on that example's tokens (a
         batch of independent inputs, or the two sentences of one pair): the gradient of the sum
         with respect to example ``i``'s attention is then the gradient of its own score.
+
+        Args:
+            objectives: K scalars.
+            modalities: for each objective, the modalities whose layers need its gradient (None:
+                all). The backward pass then stops at those modalities' first maps, so a dual
+                encoder's image target does not pay for a backward through the text tower. Layers
+                of other modalities get zeros in that column.
         """
+        self._check_captured()
         n_targets = len(objectives)
+        modalities = modalities or [None] * n_targets
         last_of = {}
         for i, live in enumerate(self._live):
             live.cams = [None] * n_targets
@@ -249,22 +263,23 @@ class AttentionRecorder:
             last_of[live.record.query] = i
         for i in last_of.values():
             self._live[i].keep_heads = True
-        roots = list(
-            {live.record.query: live.probs for live in reversed(self._live)}.values()
-        )  # first of each modality
+        first_of = {live.record.query: live.probs for live in reversed(self._live)}  # first map of each modality
         for k, objective in enumerate(objectives):
             self._target_index = k
+            roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]
             torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
         for live in self._live:
-            missing = [k for k, cam in enumerate(live.cams) if cam is None]
-            if missing:
+            wanted = [k for k in range(n_targets) if modalities[k] is None or live.record.query in modalities[k]]
+            if any(live.cams[k] is None for k in wanted):
                 raise AttentionCaptureError(
                     f"no gradient reached attention layer {live.record.name!r}; the target does not depend on it "
                     "through the recorded graph."
                 )
-            live.record.cam = torch.stack(live.cams, dim=1)  # (B, K, Nq, Nk)
+            zeros = torch.zeros_like(live.record.attn_mean)
+            live.record.cam = torch.stack([c if c is not None else zeros for c in live.cams], dim=1)  # (B, K, Nq, Nk)
             if live.keep_heads:
                 live.record.attn = live.probs.detach()
-                live.record.grad = torch.stack(live.grads, dim=1)  # (B, K, H, Nq, Nk)
+                zero_grad = torch.zeros_like(live.probs)
+                live.record.grad = torch.stack([g if g is not None else zero_grad for g in live.grads], dim=1)
         self._live.clear()
         return self.records

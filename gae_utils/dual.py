@@ -1,0 +1,132 @@
+"""Dual encoders (CLIP-style): each tower explained on its own, the target being a pair's similarity.
+
+method.md, "Reading the answer": a dual encoder's image and text towers never attend to each
+other, so each is explained with the self-attention rule (Eq. 5-6) and read at the token it pools
+(CLIP: the image tower's CLS row, the text tower's EOT row), the target being the similarity of the
+chosen (image, text) pair.
+
+One forward pass embeds every image and every text; :func:`explain_dual` then explains every
+(image, text) pair of the batch:
+
+- image ``i`` for text ``j``: the gradient of ``sum_i s[i, j]`` restricted to the image tower is
+  exactly ``d s[i, j] / d A_i`` (image ``i`` appears only in row ``i``): one backward pass *through
+  the image tower only* per text;
+- text ``j`` for image ``i``: likewise ``sum_j s[i, j]``, one backward pass through the text tower
+  only per image.
+
+So one image against 64 captions costs one text-tower backward (batch 64) and 64 image-tower
+backwards of a single image, never a backward through both towers per pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import Adapter, find_adapter
+from .engine import compute_maps
+from .explanation import Explanation
+from .layout import TokenLayout
+from .recorder import AttentionRecorder, LayerRecord
+
+__all__ = ["DualExplanation", "explain_dual"]
+
+
+@dataclass
+class DualExplanation:
+    """Every (image, text) pair of a batch, explained on both towers.
+
+    Attributes:
+        logits: ``(B_i, B_t)`` the model's similarity logits.
+        image: ``relevance["image"]`` is ``(B_i, B_t, N_patches)``: image ``i``'s patches for text ``j``.
+        text: ``relevance["text"]`` is ``(B_t, B_i, L)``: text ``j``'s tokens for image ``i``.
+    """
+
+    logits: Tensor
+    image: Explanation
+    text: Explanation
+
+
+def _tower(
+    layers: list[LayerRecord], columns: slice, layout: TokenLayout, modality: str, method: str, start_layer: int
+) -> tuple[dict, dict]:
+    own = [
+        replace(layer, cam=layer.cam[:, columns], grad=layer.grad[:, columns] if layer.grad is not None else None)
+        for layer in layers
+        if layer.query == modality
+    ]
+    if not 0 <= start_layer < len(own):
+        raise ValueError(f"start_layer={start_layer} is out of range for the {modality} tower's {len(own)} layers")
+    segment = layout.segment(modality)
+    readout = next(r for r in layout.readouts if r.name == modality)
+    sub = TokenLayout((segment,), (readout,), {k: v for k, v in layout.weights.items() if k == modality})
+    maps = compute_maps(method, own, sub, start_layer if method in ("gae", "rollout") else 0)
+    return maps, sub.read(maps)
+
+
+def explain_dual(
+    model: nn.Module,
+    images: Tensor,
+    texts: Mapping,
+    method: str = "gae",
+    image_start_layer: int = 0,
+    text_start_layer: int = 0,
+    adapter: Adapter | None = None,
+) -> DualExplanation:
+    """Explain the similarity of every (image, text) pair of a batch with a dual encoder.
+
+    Args:
+        model: a dual encoder served by an adapter with ``towers=True`` (Hugging Face ``CLIPModel``).
+        images: ``(B_i, 3, H, W)`` pixel values as the model expects them.
+        texts: tokenizer output (``input_ids``, ``attention_mask``) of ``B_t`` texts.
+        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS`.
+        image_start_layer: first aggregated image-tower layer (the authors use it for CLIP ViT-B/16).
+        text_start_layer: first aggregated text-tower layer.
+        adapter: overrides the adapter lookup.
+
+    Returns:
+        A :class:`DualExplanation`.
+    """
+    adapter = adapter or find_adapter(model)
+    if not adapter.towers:
+        raise ValueError(f"{type(model).__name__} is not a dual encoder; use gae_utils.explain")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf values; clean or re-normalise them before explaining.")
+    inputs = {"pixel_values": images, **dict(texts)}
+    adapter.check(model, inputs)
+    layout = adapter.layout(model, inputs)
+    with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
+        output = adapter.call(model, inputs)
+        logits = adapter.logits(output)  # (B_i, B_t)
+        n_images, n_texts = logits.shape
+        objectives = [logits[:, j].sum() for j in range(n_texts)] + [logits[i, :].sum() for i in range(n_images)]
+        towers = [{"image"}] * n_texts + [{"text"}] * n_images
+        layers = rec.backward_objectives(objectives, towers)
+    image_maps, image_rel = _tower(layers, slice(0, n_texts), layout, "image", method, image_start_layer)
+    text_maps, text_rel = _tower(layers, slice(n_texts, None), layout, "text", method, text_start_layer)
+    scores = logits.detach()
+
+    def explanation(maps: dict, relevance: dict, modality: str, start: int, scores: Tensor) -> Explanation:
+        segment = layout.segment(modality)
+        readout = next(r for r in layout.readouts if r.name == modality)
+        weights = {k: v for k, v in layout.weights.items() if k == modality}
+        return Explanation(
+            relevance={k: v.detach() for k, v in relevance.items()},
+            maps={k: v.detach() for k, v in maps.items()},
+            target=None,
+            scores=scores,
+            method=method,
+            layout=TokenLayout((segment,), (readout,), weights),
+            start_layer=start,
+            model_name=type(model).__name__,
+            multi_target=True,
+        )
+
+    return DualExplanation(
+        logits=scores,
+        image=explanation(image_maps, image_rel, "image", image_start_layer, scores),
+        text=explanation(text_maps, text_rel, "text", text_start_layer, scores.T),
+    )
