@@ -212,6 +212,78 @@ def run_benchmark(
     return result
 
 
+def _random_clip(device: torch.device, small: bool = False) -> nn.Module:
+    """A CLIP with random weights: ViT-B/32-sized by default (CLIPConfig's defaults), tiny for tests."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    if small:
+        config = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+            vision_config=dict(
+                image_size=64,
+                patch_size=16,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+            ),
+            projection_dim=16,
+        )
+    else:
+        config = CLIPConfig()
+    config._attn_implementation = "eager"
+    return CLIPModel(config).to(device).eval()
+
+
+def run_dual_benchmark(
+    captions: int = 64, device: str = "cpu", repeats: int = 3, per_pair: int = 8, small: bool = False
+) -> dict:
+    """One image against ``captions`` captions: :func:`gae_utils.dual.explain_dual` against a plain
+    forward of the same batch, and against explaining pair by pair (one forward and one backward of
+    both towers per pair, the way users do it today; timed on ``per_pair`` pairs, scaled to all)."""
+    from .dual import explain_dual
+
+    dev = torch.device(device)
+    model = _random_clip(dev, small)
+    size = model.config.vision_config.image_size
+    image = torch.rand(1, 3, size, size, device=dev)
+    ids = torch.randint(1, 1000, (captions, 16), device=dev)
+    ids[:, 0], ids[:, -1] = model.config.text_config.bos_token_id, model.config.text_config.eos_token_id
+    ids[:, 8:-1] = model.config.text_config.pad_token_id or 0
+    ids[:, 7] = model.config.text_config.eos_token_id
+    mask = (torch.arange(16, device=dev) < 8).long().expand(captions, -1).contiguous()
+    texts = {"input_ids": ids, "attention_mask": mask}
+
+    def forward():
+        with torch.no_grad():
+            model(pixel_values=image, **texts)
+
+    def one_pair(j: int):
+        out = model(pixel_values=image, input_ids=ids[j : j + 1], attention_mask=mask[j : j + 1])
+        model.zero_grad(set_to_none=True)
+        out.logits_per_image[0, 0].backward()  # what a per-pair .backward() explanation pays
+
+    seconds = {
+        "forward": _time(forward, dev, repeats),
+        "explain_dual": _time(lambda: explain_dual(model, image, texts), dev, repeats),
+        "per_pair_loop": _time(lambda: [one_pair(j) for j in range(per_pair)], dev, 1) * captions / per_pair,
+    }
+    model.zero_grad(set_to_none=True)
+    return {
+        "model": "CLIP ViT-B/32 config, random weights" if not small else "tiny CLIP",
+        "captions": captions,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "ratios": {
+            "explain_dual / forward": seconds["explain_dual"] / seconds["forward"],
+            "per_pair_loop / explain_dual": seconds["per_pair_loop"] / seconds["explain_dual"],
+        },
+        "per_pair_loop_note": f"timed on {per_pair} pairs, scaled by {captions / per_pair:g}",
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
@@ -220,8 +292,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--dual", action="store_true", help="one image against --captions captions on a random CLIP")
+    parser.add_argument("--captions", type=int, default=64)
     args = parser.parse_args(argv)
-    result = run_benchmark(args.model, args.batch, args.device, args.repeats, memory=not args.no_memory)
+    if args.dual:
+        result = run_dual_benchmark(args.captions, args.device, args.repeats)
+    else:
+        result = run_benchmark(args.model, args.batch, args.device, args.repeats, memory=not args.no_memory)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

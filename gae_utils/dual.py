@@ -39,6 +39,8 @@ __all__ = ["DualExplanation", "explain_dual"]
 class DualExplanation:
     """Every (image, text) pair of a batch, explained on both towers.
 
+    With ``pairs="diagonal"`` the pair dimension is absent: ``(B, N)`` relevance, ``(B,)`` logits.
+
     Attributes:
         logits: ``(B_i, B_t)`` the model's similarity logits.
         image: ``relevance["image"]`` is ``(B_i, B_t, N_patches)``: image ``i``'s patches for text ``j``.
@@ -74,6 +76,7 @@ def explain_dual(
     method: str = "gae",
     image_start_layer: int = 0,
     text_start_layer: int = 0,
+    pairs: str = "all",
     adapter: Adapter | None = None,
 ) -> DualExplanation:
     """Explain the similarity of every (image, text) pair of a batch with a dual encoder.
@@ -85,11 +88,16 @@ def explain_dual(
         method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS`.
         image_start_layer: first aggregated image-tower layer (the authors use it for CLIP ViT-B/16).
         text_start_layer: first aggregated text-tower layer.
+        pairs: ``"all"`` (every image with every text) or ``"diagonal"`` (image ``i`` with text
+            ``i`` only, ``B_i == B_t``): then one backward pass of ``sum_i s[i, i]`` serves both
+            towers and every pair exactly, and relevance has no pair dimension.
         adapter: overrides the adapter lookup.
 
     Returns:
         A :class:`DualExplanation`.
     """
+    if pairs not in ("all", "diagonal"):
+        raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
     adapter = adapter or find_adapter(model)
     if not adapter.towers:
         raise ValueError(f"{type(model).__name__} is not a dual encoder; use gae_utils.explain")
@@ -102,12 +110,23 @@ def explain_dual(
         output = adapter.call(model, inputs)
         logits = adapter.logits(output)  # (B_i, B_t)
         n_images, n_texts = logits.shape
-        objectives = [logits[:, j].sum() for j in range(n_texts)] + [logits[i, :].sum() for i in range(n_images)]
-        towers = [{"image"}] * n_texts + [{"text"}] * n_images
-        layers = rec.backward_objectives(objectives, towers)
-    image_maps, image_rel = _tower(layers, slice(0, n_texts), layout, "image", method, image_start_layer)
-    text_maps, text_rel = _tower(layers, slice(n_texts, None), layout, "text", method, text_start_layer)
+        if pairs == "diagonal":
+            if n_images != n_texts:
+                raise ValueError(f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}")
+            layers = rec.backward_objectives([logits.diagonal().sum()])
+            image_cols = text_cols = slice(0, 1)
+        else:
+            objectives = [logits[:, j].sum() for j in range(n_texts)] + [logits[i, :].sum() for i in range(n_images)]
+            towers = [{"image"}] * n_texts + [{"text"}] * n_images
+            layers = rec.backward_objectives(objectives, towers)
+            image_cols, text_cols = slice(0, n_texts), slice(n_texts, None)
+    image_maps, image_rel = _tower(layers, image_cols, layout, "image", method, image_start_layer)
+    text_maps, text_rel = _tower(layers, text_cols, layout, "text", method, text_start_layer)
     scores = logits.detach()
+    if pairs == "diagonal":
+        image_maps, text_maps = ({k: v[:, 0] for k, v in m.items()} for m in (image_maps, text_maps))
+        image_rel, text_rel = ({k: v[:, 0] for k, v in r.items()} for r in (image_rel, text_rel))
+        scores = scores.diagonal()
 
     def explanation(maps: dict, relevance: dict, modality: str, start: int, scores: Tensor) -> Explanation:
         segment = layout.segment(modality)
@@ -122,11 +141,11 @@ def explain_dual(
             layout=TokenLayout((segment,), (readout,), weights),
             start_layer=start,
             model_name=type(model).__name__,
-            multi_target=True,
+            multi_target=pairs == "all",
         )
 
     return DualExplanation(
         logits=scores,
         image=explanation(image_maps, image_rel, "image", image_start_layer, scores),
-        text=explanation(text_maps, text_rel, "text", text_start_layer, scores.T),
+        text=explanation(text_maps, text_rel, "text", text_start_layer, scores.T if pairs == "all" else scores),
     )

@@ -36,6 +36,7 @@ __all__ = [
     "plot_panels",
     "plot_explanation",
     "plot_matrix",
+    "plot_token_relevance",
     "plot_perturbation_curves",
 ]
 
@@ -232,6 +233,24 @@ def plot_explanation(
             overlay(axes[r, j], images[b] if images is not None else None, heat[b, j], title)
     fig.suptitle(f"{explanation.method} relevance")
     return fig
+
+
+def plot_token_relevance(
+    ax: plt.Axes, tokens: Sequence[str], relevance: Tensor | Sequence[float], title: str | None = None
+):
+    """One sentence as a strip of cells, each token's relevance (min-max normalised) as its shade."""
+    values = torch.as_tensor(relevance, dtype=torch.float32)[: len(tokens)]
+    span = values.max() - values.min()
+    values = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+    artist = ax.imshow(values[None].numpy(), cmap=HEATMAP_CMAP, vmin=0, vmax=1, aspect="auto")
+    for i, (token, v) in enumerate(zip(tokens, values.tolist())):
+        color = "black" if v > 0.6 else "white"
+        ax.text(i, 0, token, ha="center", va="center", fontsize=9 if len(token) <= 7 else 7, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, loc="left")
+    return artist
 
 
 def plot_matrix(

@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,7 +180,151 @@ def train_shapes_vit(
     return model, card
 
 
-TRAINERS = {"shapes-vit": train_shapes_vit}
+CAPTION_LENGTH = 12  # [BOS] + at most 8 words + [EOS], padded
+
+
+def encode_captions(captions, vocab) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption word lists -> ``(input_ids (N, 12), attention_mask (N, 12))`` for shapes-clip's text tower."""
+    return vocab.encode_batch(
+        [c.words for c in captions],
+        cls_token=False,
+        sep_token=False,
+        length=CAPTION_LENGTH,
+        bos_token=True,
+        eos_token=True,
+    )
+
+
+def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> shapes-clip's pixel values (its processor step; CLIP's patch projection has no bias)."""
+    return (images - PIXEL_MEAN) / PIXEL_STD
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, candidates: int = 100) -> dict[str, float]:
+    """Image -> caption top-1 among ``candidates`` captions of different scenes (one true caption each).
+
+    A hit is the scene's own caption, or one with exactly its text (two scenes can share a caption).
+    """
+    from .language import Vocabulary, caption
+
+    vocab = Vocabulary.captions()
+    device = next(model.parameters()).device
+    hits = total = 0
+    rng = np.random.default_rng(0)
+    for start in range(0, n - candidates + 1, candidates):
+        batch = world.batch(candidates, start=start)
+        caps = [caption(scene, rng) for scene in batch.scenes]
+        ids, mask = encode_captions(caps, vocab)
+        out = model(
+            pixel_values=normalize_pixels(batch.images).to(device),
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+        )
+        best = out.logits_per_image.argmax(dim=1).cpu()  # (C,)
+        hits += sum(caps[int(b)].text == caps[i].text for i, b in enumerate(best))
+        total += candidates
+    return {"image_to_caption_top1": hits / total, "candidates": candidates, "n": total}
+
+
+def train_shapes_clip(
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup: int = 100,
+    train_scenes: int = 40_000,
+    seed: int = 0,
+    eval_n: int = 1000,
+    out: Path | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelCard]:
+    """Train ``shapes-clip`` (a small Hugging Face ``CLIPModel``) contrastively on ShapesWorld captions.
+
+    Every step pairs ``batch_size`` scenes with one of their true captions, drawn at random from all
+    of them (:func:`gae_utils.language.all_captions`); the loss is CLIP's symmetric InfoNCE over the batch.
+
+    Returns:
+        ``(model, card)``; the card's ``training`` holds the recipe and held-out retrieval accuracy.
+    """
+    from tqdm.auto import tqdm
+
+    from .language import Vocabulary, all_captions
+
+    torch.manual_seed(seed)
+    vocab = Vocabulary.captions()
+    card = ModelCard(**{**EMBEDDED["shapes-clip"].__dict__, "classes": list(vocab.tokens)})
+    model = build(card).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    world = ShapesWorld(seed=TRAIN_SEED + seed)
+    started = time.perf_counter()
+    images, options = [], []  # images (N, 3, H, W); per scene the row range of its encoded captions
+    ids_all, mask_all = [], []
+    count = 0
+    for start in tqdm(range(0, train_scenes, 2000), desc="scenes", disable=not progress):
+        batch = world.batch(min(2000, train_scenes - start), start=start)
+        images.append(batch.images)
+        for scene in batch.scenes:
+            caps = all_captions(scene)
+            ids, mask = encode_captions(caps, vocab)
+            ids_all.append(ids)
+            mask_all.append(mask)
+            options.append((count, len(caps)))
+            count += len(caps)
+    images_t, ids_t, mask_t = torch.cat(images), torch.cat(ids_all), torch.cat(mask_all)
+    first = torch.tensor([o[0] for o in options])
+    number = torch.tensor([o[1] for o in options])
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.cat(
+        [torch.randperm(train_scenes, generator=gen) for _ in range(math.ceil(steps * batch_size / train_scenes))]
+    )
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc="shapes-clip", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        pick = first[idx] + (torch.rand(len(idx), generator=gen) * number[idx]).long()  # one caption per scene
+        result = model(
+            pixel_values=normalize_pixels(images_t[idx]).to(device),
+            input_ids=ids_t[pick].to(device),
+            attention_mask=mask_t[pick].to(device),
+            return_loss=True,
+        )
+        opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(result.loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    seconds = time.perf_counter() - started
+    model.eval()
+    metrics = retrieval_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
+    model.cpu()
+    card.training = {
+        "task": "contrastive (image, caption) pairs, CLIP loss over the batch",
+        "input_normalization": f"pixel_values = (x - {PIXEL_MEAN}) / {PIXEL_STD} (gae_utils.train.normalize_pixels)",
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup": warmup,
+        "train_scenes": train_scenes,
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "loss_first_10": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
+        "loss_last_10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+        "heldout_seed": HELDOUT_SEED,
+        "heldout": metrics,
+    }
+    if out is not None:
+        save_checkpoint(model, card, out)
+    return model, card
+
+
+TRAINERS = {"shapes-vit": train_shapes_vit, "shapes-clip": train_shapes_clip}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,15 @@ def _build_timm_vit(**kwargs) -> nn.Module:
     return VisionTransformer(**kwargs)
 
 
-BUILDERS = {"timm-vit": _build_timm_vit}
+def _build_hf_clip(text_config: dict, vision_config: dict, projection_dim: int) -> nn.Module:
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
+    config._attn_implementation = "eager"
+    return CLIPModel(config)
+
+
+BUILDERS = {"timm-vit": _build_timm_vit, "hf-clip": _build_hf_clip}
 
 # Architectures of the embedded models (the checkpoint cards repeat them with the training record).
 EMBEDDED: dict[str, ModelCard] = {
@@ -87,6 +95,34 @@ EMBEDDED: dict[str, ModelCard] = {
             class_token=True,
         ),
         classes=[],  # filled from gae_utils.shapes.CLASS_NAMES at build time
+        image_size=64,
+    ),
+    "shapes-clip": ModelCard(
+        name="shapes-clip",
+        arch="hf-clip",
+        kwargs=dict(
+            text_config=dict(
+                vocab_size=20,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=12,
+                pad_token_id=0,
+                bos_token_id=4,
+                eos_token_id=5,
+            ),
+            vision_config=dict(
+                image_size=64,
+                patch_size=8,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+            ),
+            projection_dim=64,
+        ),
+        classes=[],  # the caption vocabulary, filled at build time
         image_size=64,
     ),
 }
@@ -131,7 +167,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 @contextmanager
-def _offline_unless_reachable() -> Iterator[None]:
+def offline_unless_reachable() -> Iterator[None]:
     """Without network, put huggingface_hub in offline mode for the call: the local cache is
     used if it has the weights, otherwise the call fails at once instead of retrying for a minute."""
     try:
@@ -182,7 +218,7 @@ def load(
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs).to(device).eval()
     try:
-        with _offline_unless_reachable():
+        with offline_unless_reachable():
             model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(

@@ -36,3 +36,9 @@ def test_photos_with_an_architecture_identical_random_model():
     exp = gu.explain(model, inputs, target=top2)
     assert exp.relevance["image"].shape == (3, 2, 196)
     assert imagenet_label(281).lower().startswith("tabby")
+
+
+def test_dual_benchmark_runs_on_a_tiny_clip():
+    result = bench.run_dual_benchmark(captions=6, repeats=1, per_pair=2, small=True)
+    assert set(result["ratios"]) == {"explain_dual / forward", "per_pair_loop / explain_dual"}
+    assert all(v > 0 for v in result["seconds"].values())

@@ -120,3 +120,18 @@ def test_generic_explain_points_to_explain_dual_and_state_is_restored():
         explain_dual(model, torch.rand(1, 3, 48, 48), tokenized(CAPTIONS))
     explain_dual(model, torch.rand(1, 3, 32, 32), tokenized(CAPTIONS))
     assert before == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+def test_diagonal_pairs_equal_the_all_pairs_diagonal_with_one_backward():
+    model = tiny_clip()
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    full = explain_dual(model, images, tokenized(CAPTIONS))
+    diag = explain_dual(model, images, tokenized(CAPTIONS), pairs="diagonal")
+    assert diag.image.relevance["image"].shape == (3, 16) and diag.logits.shape == (3,)
+    idx = torch.arange(3)
+    torch.testing.assert_close(
+        diag.image.relevance["image"], full.image.relevance["image"][idx, idx], rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(diag.text.relevance["text"], full.text.relevance["text"][idx, idx], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="as many images as texts"):
+        explain_dual(model, images[:2], tokenized(CAPTIONS), pairs="diagonal")

@@ -47,3 +47,17 @@ def test_gae_beats_baselines_on_300_heldout_scenes():
     assert gae["pointing"] >= 0.9, results
     assert gae["pointing"] >= rollout["pointing"] and gae["pointing"] >= raw["pointing"], results
     assert gae["pos_auc"] <= rollout["pos_auc"] and gae["pos_auc"] <= raw["pos_auc"], results
+
+
+def test_clip_evaluation_form(tmp_path):
+    path = tmp_path / "clip.json"
+    results = evaluate.main(
+        ["--model", "shapes-clip", "--n", "20", "--seed", "3", "--json", str(path), "--no-progress"]
+    )
+    written = json.loads(path.read_text())
+    assert (
+        set(written) == set(results) == {"gae", "gae_last_layer", "raw_attention", "rollout", "attn_gradcam", "random"}
+    )
+    for row in written.values():
+        assert 0 <= row["pointing_pixel"] <= row["pointing"] + 1e-9 <= 1 + 1e-9
+        assert 0 <= row["content_mass"] <= 1 and 0.4 < row["content_share"] < 0.8

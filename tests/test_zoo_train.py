@@ -56,3 +56,30 @@ def test_timm_names_with_random_weights_and_offline_pretrained_error(monkeypatch
 def test_unknown_embedded_checkpoint_points_to_make_models(tmp_path):
     with pytest.raises(FileNotFoundError, match="make models"):
         zoo.load("shapes-vit", directory=tmp_path)
+
+
+def test_shipped_shapes_clip_card_is_reproducible():
+    from gae_utils.train import retrieval_accuracy
+
+    model = zoo.load("shapes-clip")
+    assert gu.find_adapter(model).name == "hf-clip"
+    recorded = model.card.training["heldout"]
+    fresh = retrieval_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=recorded["n"])
+    assert fresh["image_to_caption_top1"] == pytest.approx(recorded["image_to_caption_top1"], abs=1e-9)
+    assert recorded["image_to_caption_top1"] > 0.5  # chance is 1/100
+
+
+def test_short_clip_training_run_lowers_the_loss(tmp_path):
+    from gae_utils.train import train_shapes_clip
+
+    model, card = train_shapes_clip(
+        steps=25, batch_size=32, train_scenes=400, warmup=5, lr=3e-3, eval_n=100, out=tmp_path, progress=False
+    )
+    assert card.training["loss_last_10"] < card.training["loss_first_10"]
+    loaded = zoo.load("shapes-clip", directory=tmp_path)
+    x = torch.rand(2, 3, 64, 64)
+    ids = torch.tensor([[4, 6, 15, 10, 5, 0], [4, 6, 9, 17, 5, 0]])
+    with torch.no_grad():
+        a = loaded(pixel_values=x, input_ids=ids).logits_per_image
+        b = model(pixel_values=x, input_ids=ids).logits_per_image
+    torch.testing.assert_close(a, b)
