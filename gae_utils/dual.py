@@ -116,10 +116,13 @@ def explain_dual(
             layers = rec.backward_objectives([logits.diagonal().sum()])
             image_cols = text_cols = slice(0, 1)
         else:
-            objectives = [logits[:, j].sum() for j in range(n_texts)] + [logits[i, :].sum() for i in range(n_images)]
-            towers = [{"image"}] * n_texts + [{"text"}] * n_images
-            layers = rec.backward_objectives(objectives, towers)
-            image_cols, text_cols = slice(0, n_texts), slice(n_texts, None)
+            # image i for text j: column j of the logits, every image at once; the B_t passes through
+            # the image tower run as one vectorised backward
+            columns = torch.eye(n_texts, dtype=logits.dtype, device=logits.device)  # (B_t, B_t)
+            rec.batched_backward(logits, columns[:, None, :].expand(-1, n_images, -1), "image")  # (B_t, B_i, B_t)
+            # text j for image i: row i of the logits, one pass through the text tower per image
+            layers = rec.backward_objectives([logits[i, :].sum() for i in range(n_images)], [{"text"}] * n_images)
+            image_cols, text_cols = slice(0, n_texts), slice(0, n_images)
     image_maps, image_rel = _tower(layers, image_cols, layout, "image", method, image_start_layer)
     text_maps, text_rel = _tower(layers, text_cols, layout, "text", method, text_start_layer)
     scores = logits.detach()

@@ -101,6 +101,7 @@ class AttentionRecorder:
         self._exits: list[Any] = []
         self._training: list[tuple[nn.Module, bool]] = []
         self._target_index = 0
+        self._hooks_off = False
         self.num_modules = 0
 
     # ------------------------------------------------------------------ context management
@@ -198,6 +199,8 @@ class AttentionRecorder:
 
     def _on_grad(self, live: _Live):
         def hook(grad: Tensor) -> None:
+            if self._hooks_off:
+                return  # a batched (vmapped) backward reads its gradients itself
             k = self._target_index
             live.cams[k] = head_average(live.probs.detach(), grad)  # (B, Nq, Nk)
             if live.keep_heads:
@@ -206,6 +209,39 @@ class AttentionRecorder:
         return hook
 
     # ------------------------------------------------------------------ backward
+    def batched_backward(self, output: Tensor, grad_outputs: Tensor, modality: str) -> None:
+        """K backward passes at once (``is_grads_batched``) for the layers of one modality.
+
+        ``grad_outputs[k]`` selects target ``k`` (e.g. one column of a similarity matrix); the K
+        passes run as one vectorised backward, exact like K separate ones. Sets ``cam`` of the
+        modality's layers to ``(B, K, Nq, Nk)``. The graph is kept for later backward passes.
+
+        Args:
+            output: the tensor the targets are read from, e.g. ``(B_i, B_t)`` logits.
+            grad_outputs: ``(K, *output.shape)``.
+            modality: whose layers to fill.
+        """
+        self._check_captured()
+        lives = [live for live in self._live if live.record.query == modality]
+        if not lives:
+            raise ValueError(f"no recorded layers of modality {modality!r}")
+        self._hooks_off = True
+        try:
+            grads = torch.autograd.grad(
+                output,
+                [live.probs for live in lives],
+                grad_outputs=grad_outputs,
+                is_grads_batched=True,
+                retain_graph=True,
+            )
+        finally:
+            self._hooks_off = False
+        for i, (live, grad) in enumerate(zip(lives, grads)):  # grad: (K, B, H, Nq, Nk)
+            live.record.cam = head_average(live.probs.detach().unsqueeze(0), grad).transpose(0, 1)  # (B, K, Nq, Nk)
+            if i == len(lives) - 1 or live.keep_heads:
+                live.record.attn = live.probs.detach()
+                live.record.grad = grad.transpose(0, 1)  # (B, K, H, Nq, Nk)
+
     def _check_captured(self) -> None:
         if not self.records:
             raise AttentionCaptureError(
@@ -268,7 +304,10 @@ class AttentionRecorder:
             self._target_index = k
             roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]
             torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
+        requested = None if any(m is None for m in modalities) else set().union(*modalities)
         for live in self._live:
+            if requested is not None and live.record.query not in requested:
+                continue  # filled by another backward (e.g. batched_backward) or not asked for
             wanted = [k for k in range(n_targets) if modalities[k] is None or live.record.query in modalities[k]]
             if any(live.cams[k] is None for k in wanted):
                 raise AttentionCaptureError(

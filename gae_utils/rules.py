@@ -33,13 +33,15 @@ def head_average(attn: Tensor, grad: Tensor) -> Tensor:
 
     Args:
         attn: attention probabilities, ``(..., H, Nq, Nk)``.
-        grad: gradient of the target with respect to ``attn``, same shape.
+        grad: gradient of the target with respect to ``attn``, same shape (leading dimensions
+            may broadcast, e.g. K targets' gradients against one ``attn``).
 
     Returns:
         ``(..., Nq, Nk)`` aggregated map.
     """
-    if attn.shape != grad.shape:
-        raise ValueError(f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same shape")
+    if attn.shape[-3:] != grad.shape[-3:]:
+        raise ValueError(f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same (H, Nq, Nk)")
+    torch.broadcast_shapes(attn.shape, grad.shape)
     return (grad * attn).clamp(min=0).mean(dim=-3)  # (..., Nq, Nk)
 
 
