@@ -118,9 +118,16 @@ def _gae(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -
     return propagate(layers, start_layer=start_layer)
 
 
+def _last_of_each_pair(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
+    """The last layer of every (query, key) modality pair, in forward order (a ViT: its last layer)."""
+    last = {(layer.query, layer.key): layer for layer in layers}
+    return [layer for layer in layers if last[(layer.query, layer.key)] is layer]
+
+
 def _gae_last_layer(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Ablation "ours without aggregation": only the last layer's ``I + Abar``."""
-    return propagate(layers[-1:])
+    """Ablation "ours without aggregation": only the last layer's ``I + Abar`` (for several
+    modalities, the last layer of each (query, key) pair, with the same rules)."""
+    return propagate(_last_of_each_pair(layers))
 
 
 def _targets_shape(layers: Sequence[LayerRecord]) -> int:
@@ -128,15 +135,18 @@ def _targets_shape(layers: Sequence[LayerRecord]) -> int:
 
 
 def _raw_attention(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Last layer's attention averaged over heads (target independent)."""
-    last = layers[-1]
+    """Last layer's attention averaged over heads (target independent), for each (query, key) pair."""
     k = _targets_shape(layers)
-    attn = last.attn_mean.unsqueeze(1).expand(-1, k, -1, -1)  # (B, K, Nq, Nk)
-    return {(last.query, last.key): attn}
+    return {
+        (layer.query, layer.key): layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1)
+        for layer in _last_of_each_pair(layers)
+    }
 
 
 def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers."""
+    """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers.
+
+    Rollout has no rule for cross-attention: a readout across modalities has no rollout map."""
     k = _targets_shape(layers)
     maps: Maps = {}
     for modality in dict.fromkeys(layer.query for layer in layers):
@@ -155,16 +165,18 @@ def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: in
 
 
 def _attn_gradcam(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Attention Grad-CAM on the last layer, every row (the readout picks the explained one)."""
-    last = layers[-1]
-    if last.attn is None or last.grad is None:
-        raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}; they were not kept")
-    prefix = layout.segment(last.key).prefix
-    attn = last.attn.unsqueeze(1)[..., prefix:]  # (B, 1, H, Nq, Nc)
-    grad = last.grad[..., prefix:]  # (B, K, H, Nq, Nc)
-    cam = gradcam_row(attn.transpose(-2, -3), grad.transpose(-2, -3))  # (B, K, Nq, Nc)
-    pad = cam.new_zeros(*cam.shape[:-1], prefix)  # prefix columns carry no relevance
-    return {(last.query, last.key): torch.cat([pad, cam], dim=-1)}
+    """Attention Grad-CAM on the last layer of each (query, key) pair, every row (the readout picks one)."""
+    maps: Maps = {}
+    for last in _last_of_each_pair(layers):
+        if last.attn is None or last.grad is None:
+            raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}; they were not kept")
+        prefix = layout.segment(last.key).prefix
+        attn = last.attn.unsqueeze(1)[..., prefix:]  # (B, 1, H, Nq, Nc)
+        grad = last.grad[..., prefix:]  # (B, K, H, Nq, Nc)
+        cam = gradcam_row(attn.transpose(-2, -3), grad.transpose(-2, -3))  # (B, K, Nq, Nc)
+        pad = cam.new_zeros(*cam.shape[:-1], prefix)  # prefix columns carry no relevance
+        maps[(last.query, last.key)] = torch.cat([pad, cam], dim=-1)
+    return maps
 
 
 METHODS: dict[str, Callable[[Sequence[LayerRecord], TokenLayout, int], Maps]] = {
@@ -194,4 +206,8 @@ def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {method_names()}")
-    return METHODS[method](layers, layout, start_layer)
+    maps = METHODS[method](layers, layout, start_layer)
+    missing = [(r.rows_of, r.columns_of) for r in layout.readouts if (r.rows_of, r.columns_of) not in maps]
+    if missing:
+        raise ValueError(f"method {method!r} gives no map for {missing} (rollout has no cross-attention rule)")
+    return maps

@@ -55,6 +55,7 @@ class Readout:
     rows_of: str
     columns_of: str
     rows: tuple[int, ...] | str | None = (0,)
+    drop_self: bool = False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class TokenLayout:
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
+            if readout.drop_self and isinstance(readout.rows, tuple):
+                row = row.clone()
+                row[..., list(readout.rows)] = 0
             out[readout.name] = row[..., self.segment(readout.columns_of).prefix :]  # (..., n_content)
         return out
 

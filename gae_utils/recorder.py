@@ -43,6 +43,7 @@ class LayerRecord:
         cam: ``(B, K, Nq, Nk)`` Eq. 5 map ``mean_h (dA * A)^+`` for each of the K targets.
         attn: ``(B, H, Nq, Nk)`` per-head probabilities, kept when requested (explorer, Grad-CAM).
         grad: ``(B, K, H, Nq, Nk)`` per-head gradients, kept when requested.
+        reached: False when no gradient reached the layer (the target does not depend on it).
     """
 
     name: str
@@ -54,6 +55,7 @@ class LayerRecord:
     cam: Tensor | None = None
     attn: Tensor | None = None
     grad: Tensor | None = None
+    reached: bool = True
 
 
 @dataclass
@@ -102,6 +104,7 @@ class AttentionRecorder:
         self._training: list[tuple[nn.Module, bool]] = []
         self._target_index = 0
         self._hooks_off = False
+        self._calls: dict[str, int] = {}
         self.num_modules = 0
 
     # ------------------------------------------------------------------ context management
@@ -114,7 +117,7 @@ class AttentionRecorder:
                     f"class {[s.module_class for s in self.adapter.sites]}; the adapter's sites do not describe "
                     "this model. Register an adapter whose sites name its attention modules."
                 )
-            self.num_modules = len(modules)
+            self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)  # captures expected
             switch = self.adapter.eager(self.model)
             switch.__enter__()
             self._exits.append(switch)
@@ -189,7 +192,14 @@ class AttentionRecorder:
                 f"{type(probs).__name__}); its fused/SDPA path is active. Load the model with "
                 "attn_implementation='eager' (Hugging Face) or check the adapter's eager switch."
             )
-        record = LayerRecord(name, site.kind, site.query, site.key, site.group, probs.detach().mean(dim=1))
+        kind, query, key, group = site.kind, site.query, site.key, site.group
+        if site.calls:  # one module called several times per forward, each call a different direction
+            n = self._calls.get(name, 0)
+            self._calls[name] = n + 1
+            query, key = site.calls[n % len(site.calls)]
+            kind = "self" if query == key else "cross"
+            group = f"{name}#{n // len(site.calls)}" if group == "module" else group
+        record = LayerRecord(name, kind, query, key, group, probs.detach().mean(dim=1))
         self.records.append(record)
         if not probs.requires_grad:
             return  # forward under no_grad: nothing to differentiate
@@ -296,7 +306,7 @@ class AttentionRecorder:
         for i, live in enumerate(self._live):
             live.cams = [None] * n_targets
             live.grads = [None] * n_targets
-            last_of[live.record.query] = i
+            last_of[(live.record.query, live.record.key)] = i  # baselines read the last layer of each pair
         for i in last_of.values():
             self._live[i].keep_heads = True
         first_of = {live.record.query: live.probs for live in reversed(self._live)}  # first map of each modality
@@ -305,15 +315,18 @@ class AttentionRecorder:
             roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]
             torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
         requested = None if any(m is None for m in modalities) else set().union(*modalities)
+        if not any(c is not None for live in self._live for c in live.cams):
+            raise AttentionCaptureError(
+                "no gradient reached any recorded attention map: the target does not depend on the captured "
+                "attention (a capture site outside the computation that produced the target?)"
+            )
         for live in self._live:
             if requested is not None and live.record.query not in requested:
                 continue  # filled by another backward (e.g. batched_backward) or not asked for
-            wanted = [k for k in range(n_targets) if modalities[k] is None or live.record.query in modalities[k]]
-            if any(live.cams[k] is None for k in wanted):
-                raise AttentionCaptureError(
-                    f"no gradient reached attention layer {live.record.name!r}; the target does not depend on it "
-                    "through the recorded graph."
-                )
+            # A layer no gradient reaches does not influence the target (LXMERT's last image->text
+            # cross-attention feeds only the image stream, which the answer head never reads):
+            # dy/dA = 0 there, so its Eq. 5 map is zero.
+            live.record.reached = any(c is not None for c in live.cams)
             zeros = torch.zeros_like(live.record.attn_mean)
             live.record.cam = torch.stack([c if c is not None else zeros for c in live.cams], dim=1)  # (B, K, Nq, Nk)
             if live.keep_heads:

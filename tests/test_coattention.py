@@ -1,0 +1,142 @@
+"""Two-stream co-attention (Hugging Face LXMERT): Eq. 6-11 with the simultaneous cross-modality update."""
+
+import pytest
+import torch
+
+import gae_utils as gu
+
+
+def tiny_lxmert(seed=0):
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LxmertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        l_layers=2,
+        x_layers=2,
+        r_layers=1,
+        visual_feat_dim=8,
+        visual_pos_dim=4,
+        num_qa_labels=5,
+    )
+    return transformers.LxmertForQuestionAnswering(config).eval()
+
+
+def inputs(batch=3, words=6, regions=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(3, 30, (batch, words), generator=g),
+        "attention_mask": torch.ones(batch, words, dtype=torch.long),
+        "visual_feats": torch.randn(batch, regions, 8, generator=g),
+        "visual_pos": torch.rand(batch, regions, 4, generator=g),
+    }
+
+
+def reference(model, x, target):
+    """One example at a time, retain_grad() and .backward(); the rules of method.md written out."""
+    out_text, out_image = [], []
+    for b in range(x["input_ids"].shape[0]):
+        calls = []
+        handles = []
+        for name, module in model.named_modules():
+            if type(module).__name__ == "LxmertAttention":
+
+                def keep(mod, args, output, name=name):
+                    output.retain_grad()
+                    calls.append((name, output))
+
+                handles.append(module.dropout.register_forward_hook(keep))
+        one = {k: v[b : b + 1] for k, v in x.items()}
+        logits = model(**one).question_answering_score
+        for h in handles:
+            h.remove()
+        logits[0, target[b]].backward()
+        nt, ni = one["input_ids"].shape[1], one["visual_feats"].shape[1]
+        r = {"tt": torch.eye(nt), "ii": torch.eye(ni), "ti": torch.zeros(nt, ni), "it": torch.zeros(ni, nt)}
+
+        def bar(a):
+            grad = a.grad if a.grad is not None else torch.zeros_like(a)  # no gradient reached: dy/dA = 0
+            return (grad * a).clamp(min=0).mean(dim=1)[0]
+
+        def norm(m):
+            hat = m - torch.eye(m.shape[0])
+            sums = hat.sum(-1, keepdim=True)
+            return torch.where(sums == 0, hat, hat / torch.where(sums == 0, torch.ones_like(sums), sums)) + torch.eye(
+                m.shape[0]
+            )
+
+        def self_layer(s, o, a):
+            r[s + s] = r[s + s] + a @ r[s + s]
+            r[s + o] = r[s + o] + a @ r[s + o]
+
+        i = 0
+        while i < len(calls):
+            name, a = calls[i]
+            if "visual_attention" in name:  # text->image then image->text, both from the maps before the block
+                a_ti, a_it = bar(a), bar(calls[i + 1][1])
+                d_ti = norm(r["tt"]).T @ a_ti @ norm(r["ii"])
+                d_tt = a_ti @ r["it"]
+                d_it = norm(r["ii"]).T @ a_it @ norm(r["tt"])
+                d_ii = a_it @ r["ti"]
+                r["ti"], r["tt"], r["it"], r["ii"] = r["ti"] + d_ti, r["tt"] + d_tt, r["it"] + d_it, r["ii"] + d_ii
+                i += 2
+                continue
+            if ".layer." in name or "lang_self_att" in name:
+                self_layer("t", "i", bar(a))
+            else:
+                self_layer("i", "t", bar(a))
+            i += 1
+        text = r["tt"][0].clone()
+        text[0] = 0  # the authors zero R[t, t][0, 0]
+        out_text.append(text)
+        out_image.append(r["ti"][0])
+        model.zero_grad(set_to_none=True)
+    return torch.stack(out_text), torch.stack(out_image)
+
+
+def test_lxmert_matches_the_rules_written_out():
+    model = tiny_lxmert()
+    x = inputs()
+    target = torch.tensor([0, 3, 4])
+    exp = gu.explain(model, x, target=target)
+    text, image = reference(model, x, target)
+    assert exp.relevance["text"].shape == (3, 6) and exp.relevance["image"].shape == (3, 4)
+    torch.testing.assert_close(exp.relevance["text"], text, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(exp.relevance["image"], image, rtol=1e-4, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_lxmert_records_directions_groups_and_unreached_layers():
+    model = tiny_lxmert()
+    rec = gu.record(model, inputs(batch=2))
+    kinds = [(layer.kind, layer.query, layer.key) for layer in rec.layers]
+    assert kinds.count(("cross", "text", "image")) == 2 and kinds.count(("cross", "image", "text")) == 2
+    cross = [layer for layer in rec.layers if layer.kind == "cross"]
+    assert cross[0].group == cross[1].group != cross[2].group == cross[3].group
+    # the answer reads the text stream: the last image->text attention and image self-attention do not reach it
+    assert [layer.reached for layer in rec.layers[-4:]] == [True, False, True, False]
+
+
+@pytest.mark.parametrize("method", ["gae_last_layer", "raw_attention", "attn_gradcam"])
+def test_lxmert_baselines_read_both_modalities(method):
+    exp = gu.explain(tiny_lxmert(), inputs(batch=2), method=method)
+    assert exp.relevance["text"].shape == (2, 6) and exp.relevance["image"].shape == (2, 4)
+    assert torch.isfinite(exp.relevance["image"]).all()
+
+
+def test_rollout_has_no_cross_modal_map_and_says_so():
+    with pytest.raises(ValueError, match="rollout has no cross-attention rule"):
+        gu.explain(tiny_lxmert(), inputs(batch=2), method="rollout")
+
+
+def test_lxmert_bad_inputs():
+    model = tiny_lxmert()
+    bad = inputs(batch=2)
+    bad["visual_pos"] = bad["visual_pos"][:, :3]
+    with pytest.raises(ValueError, match="visual_feats"):
+        gu.explain(model, bad)
+    with pytest.raises(TypeError, match="visual_feats"):
+        gu.explain(model, {"input_ids": bad["input_ids"]})
