@@ -140,3 +140,34 @@ def test_lxmert_bad_inputs():
         gu.explain(model, bad)
     with pytest.raises(TypeError, match="visual_feats"):
         gu.explain(model, {"input_ids": bad["input_ids"]})
+
+
+def test_patch_regions_are_the_image_patches_with_their_boxes():
+    from gae_utils.train import normalize_pixels, patch_regions
+
+    images = torch.rand(2, 3, 64, 64)
+    feats, boxes = patch_regions(images)
+    assert feats.shape == (2, 64, 192) and boxes.shape == (2, 64, 4)
+    # region 9 is the patch at row 1, column 1
+    torch.testing.assert_close(feats[1, 9], normalize_pixels(images)[1, :, 8:16, 8:16].reshape(-1))
+    torch.testing.assert_close(boxes[0, 9], torch.tensor([0.125, 0.125, 0.25, 0.25]))
+
+
+def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
+    from gae_utils import zoo
+    from gae_utils.language import Vocabulary, sample_question
+    from gae_utils.shapes import ShapesWorld
+    from gae_utils.train import train_shapes_vqa, vqa_inputs
+
+    model, card = train_shapes_vqa(
+        steps=25, batch_size=32, train_scenes=400, warmup=5, lr=3e-3, eval_n=50, out=tmp_path, progress=False
+    )
+    assert card.training["loss_last_10"] < card.training["loss_first_10"]
+    assert set(card.training["heldout"]) >= {"accuracy", "accuracy_colour", "accuracy_count"}
+    loaded = zoo.load("shapes-vqa", directory=tmp_path)
+    batch = ShapesWorld(seed=4).batch(3)
+    import numpy as np
+
+    qs = [sample_question(s, np.random.default_rng(0)) for s in batch.scenes]
+    exp = gu.explain(loaded, vqa_inputs(batch.images, qs, Vocabulary.questions()))
+    assert exp.relevance["image"].shape == (3, 64) and exp.relevance["text"].shape == (3, 10)
