@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +75,72 @@ def fold_input_normalization(model: nn.Module, mean: float, std: float) -> None:
         proj.weight /= std
 
 
-def _training_set(world: ShapesWorld, n: int, progress: bool, chunk: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+def _epoch_order(n: int, steps: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Scene indices for every step: the training set reshuffled each epoch, ``(>= steps * batch_size,)``."""
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(steps * batch_size / n))])
+
+
+def _optimise(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    lr: float,
+    warmup: int,
+    batch_loss: Callable[[int], torch.Tensor],
+    name: str,
+    progress: bool,
+) -> list[float]:
+    """The loop every embedded model shares: warm-up + cosine LR, gradient clipping at 1, a tqdm bar.
+
+    ``batch_loss(step)`` builds step ``step``'s batch and returns its loss. Returns the loss per step.
+    """
     from tqdm.auto import tqdm
 
-    images, labels = [], []
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=name, disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        loss = batch_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    model.eval()
+    return losses
+
+
+def _training_record(recipe: dict, losses: list[float], seconds: float, heldout: dict) -> dict:
+    """The card's ``training`` entry: the recipe, the time, the start and end of the loss curve, held-out metrics."""
+    return {
+        **recipe,
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "loss_first_10": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
+        "loss_last_10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+        "heldout_seed": HELDOUT_SEED,
+        "heldout": heldout,
+    }
+
+
+def _training_set(
+    world: ShapesWorld, n: int, progress: bool, keep_scenes: bool = False, chunk: int = 2000
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Scenes ``0..n-1`` of ``world``: images ``(n, 3, H, W)``, labels ``(n, 16)`` and, if asked, the scene records."""
+    from tqdm.auto import tqdm
+
+    images, labels, scenes = [], [], []
     for start in tqdm(range(0, n, chunk), desc="scenes", disable=not progress):
         batch = world.batch(min(chunk, n - start), start=start)
         images.append(batch.images)
         labels.append(batch.labels)
-    return torch.cat(images), torch.cat(labels)
+        if keep_scenes:
+            scenes.extend(batch.scenes)
+    return torch.cat(images), torch.cat(labels), scenes
 
 
 def train_shapes_vit(
@@ -117,7 +175,6 @@ def train_shapes_vit(
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe, loss curve and held-out metrics.
     """
-    from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     card = ModelCard(**{**EMBEDDED["shapes-vit"].__dict__, "classes": list(CLASS_NAMES)})
@@ -129,34 +186,21 @@ def train_shapes_vit(
     )
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images, labels = _training_set(world, train_scenes, progress)  # (N, 3, H, W), (N, 16)
+    images, labels, _ = _training_set(world, train_scenes, progress)  # (N, 3, H, W), (N, 16)
     gen = torch.Generator().manual_seed(seed)
-    order = torch.cat(
-        [torch.randperm(train_scenes, generator=gen) for _ in range(math.ceil(steps * batch_size / train_scenes))]
-    )
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc="shapes-vit", disable=not progress)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
+    order = _epoch_order(train_scenes, steps, batch_size, gen)
+
+    def batch_loss(step: int) -> torch.Tensor:
         idx = order[step * batch_size : (step + 1) * batch_size]
         x = images[idx].to(device)  # (b, 3, H, W)
         flip = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips keep every label
         x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-        loss = F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+        return F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
+
+    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-vit", progress)
     seconds = time.perf_counter() - started
     fold_input_normalization(model, PIXEL_MEAN, PIXEL_STD)
-    metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
-    model.eval()
-    card.training = {
+    recipe = {
         "task": "multi-label (colour, shape) classification, BCE on 16 logits",
         "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD}, folded into patch_embed.proj after training",
         "steps": steps,
@@ -167,13 +211,10 @@ def train_shapes_vit(
         "weight_decay": weight_decay,
         "warmup": warmup,
         "seed": seed,
-        "train_seconds": round(seconds, 1),
-        "threads": torch.get_num_threads(),
-        "loss_first_10": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
-        "loss_last_10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
-        "heldout_seed": HELDOUT_SEED,
-        "heldout": metrics,
     }
+    card.training = _training_record(
+        recipe, losses, seconds, evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
+    )
     model.cpu()
     if out is not None:
         save_checkpoint(model, card, out)
@@ -247,7 +288,6 @@ def train_shapes_clip(
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and held-out retrieval accuracy.
     """
-    from tqdm.auto import tqdm
 
     from .language import Vocabulary, all_captions
 
@@ -258,52 +298,29 @@ def train_shapes_clip(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images, options = [], []  # images (N, 3, H, W); per scene the row range of its encoded captions
-    ids_all, mask_all = [], []
-    count = 0
-    for start in tqdm(range(0, train_scenes, 2000), desc="scenes", disable=not progress):
-        batch = world.batch(min(2000, train_scenes - start), start=start)
-        images.append(batch.images)
-        for scene in batch.scenes:
-            caps = all_captions(scene)
-            ids, mask = encode_captions(caps, vocab)
-            ids_all.append(ids)
-            mask_all.append(mask)
-            options.append((count, len(caps)))
-            count += len(caps)
-    images_t, ids_t, mask_t = torch.cat(images), torch.cat(ids_all), torch.cat(mask_all)
-    first = torch.tensor([o[0] for o in options])
-    number = torch.tensor([o[1] for o in options])
+    images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
+    captions = [all_captions(scene) for scene in scenes]  # every true caption of each scene
+    ids_t, mask_t = encode_captions([c for caps in captions for c in caps], vocab)  # (sum of counts, 12)
+    number = torch.tensor([len(caps) for caps in captions])  # (N,)
+    first = torch.cumsum(number, 0) - number  # row of each scene's first caption
     gen = torch.Generator().manual_seed(seed)
-    order = torch.cat(
-        [torch.randperm(train_scenes, generator=gen) for _ in range(math.ceil(steps * batch_size / train_scenes))]
-    )
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc="shapes-clip", disable=not progress)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
+    order = _epoch_order(train_scenes, steps, batch_size, gen)
+
+    def batch_loss(step: int) -> torch.Tensor:
         idx = order[step * batch_size : (step + 1) * batch_size]
         pick = first[idx] + (torch.rand(len(idx), generator=gen) * number[idx]).long()  # one caption per scene
-        result = model(
+        return model(
             pixel_values=normalize_pixels(images_t[idx]).to(device),
             input_ids=ids_t[pick].to(device),
             attention_mask=mask_t[pick].to(device),
             return_loss=True,
-        )
-        opt.zero_grad(set_to_none=True)
-        result.loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(result.loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+        ).loss
+
+    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-clip", progress)
     seconds = time.perf_counter() - started
-    model.eval()
     metrics = retrieval_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
     model.cpu()
-    card.training = {
+    recipe = {
         "task": "contrastive (image, caption) pairs, CLIP loss over the batch",
         "input_normalization": f"pixel_values = (x - {PIXEL_MEAN}) / {PIXEL_STD} (gae_utils.train.normalize_pixels)",
         "steps": steps,
@@ -312,13 +329,8 @@ def train_shapes_clip(
         "warmup": warmup,
         "train_scenes": train_scenes,
         "seed": seed,
-        "train_seconds": round(seconds, 1),
-        "threads": torch.get_num_threads(),
-        "loss_first_10": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
-        "loss_last_10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
-        "heldout_seed": HELDOUT_SEED,
-        "heldout": metrics,
     }
+    card.training = _training_record(recipe, losses, seconds, metrics)
     if out is not None:
         save_checkpoint(model, card, out)
     return model, card
@@ -396,7 +408,6 @@ def train_shapes_vqa(
     Each step asks one question per scene, drawn with :func:`gae_utils.language.sample_question`;
     cross-entropy over :data:`gae_utils.language.ANSWERS`.
     """
-    from tqdm.auto import tqdm
 
     from .language import ANSWERS, Vocabulary, sample_question
 
@@ -407,41 +418,24 @@ def train_shapes_vqa(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    scenes, images = [], []
-    for start in tqdm(range(0, train_scenes, 2000), desc="scenes", disable=not progress):
-        batch = world.batch(min(2000, train_scenes - start), start=start)
-        scenes.extend(batch.scenes)
-        images.append(batch.images)
-    images_t = torch.cat(images)
+    images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
     answer_index = {a: i for i, a in enumerate(ANSWERS)}
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    order = torch.cat(
-        [torch.randperm(train_scenes, generator=gen) for _ in range(math.ceil(steps * batch_size / train_scenes))]
-    )
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc="shapes-vqa", disable=not progress)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
+    order = _epoch_order(train_scenes, steps, batch_size, gen)
+
+    def batch_loss(step: int) -> torch.Tensor:
         idx = order[step * batch_size : (step + 1) * batch_size]
         qs = [sample_question(scenes[i], rng) for i in idx.tolist()]
         inputs = {k: v.to(device) for k, v in vqa_inputs(images_t[idx], qs, vocab).items()}
         labels = torch.tensor([answer_index[q.answer] for q in qs], device=device)
-        loss = F.cross_entropy(model(**inputs).question_answering_score, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+        return F.cross_entropy(model(**inputs).question_answering_score, labels)
+
+    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-vqa", progress)
     seconds = time.perf_counter() - started
-    model.eval()
     metrics = vqa_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
     model.cpu()
-    card.training = {
+    recipe = {
         "task": "VQA over ShapesWorld questions (colour, shape, exists, count), cross-entropy over the answers",
         "regions": "every 8x8 patch, (x - 0.5) / 0.25, flattened (gae_utils.train.patch_regions)",
         "steps": steps,
@@ -450,13 +444,8 @@ def train_shapes_vqa(
         "warmup": warmup,
         "train_scenes": train_scenes,
         "seed": seed,
-        "train_seconds": round(seconds, 1),
-        "threads": torch.get_num_threads(),
-        "loss_first_10": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
-        "loss_last_10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
-        "heldout_seed": HELDOUT_SEED,
-        "heldout": metrics,
     }
+    card.training = _training_record(recipe, losses, seconds, metrics)
     if out is not None:
         save_checkpoint(model, card, out)
     return model, card
