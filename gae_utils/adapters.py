@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -312,7 +312,6 @@ class Adapter:
     layout: Callable[[nn.Module, Any], TokenLayout]
     family: str = ""
     towers: bool = False
-    extra: dict = field(default_factory=dict)
 
     def matches(self, model: nn.Module) -> bool:
         names = {cls.__name__ for cls in type(model).__mro__}
@@ -439,7 +438,3 @@ def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.
                 found.append((name, module, site))
                 break
     return found
-
-
-def is_float_tensor(x: Any) -> bool:
-    return isinstance(x, Tensor) and torch.is_floating_point(x)

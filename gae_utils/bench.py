@@ -214,26 +214,14 @@ def run_benchmark(
 
 def _random_clip(device: torch.device, small: bool = False) -> nn.Module:
     """A CLIP with random weights: ViT-B/32-sized by default (CLIPConfig's defaults), tiny for tests."""
-    from transformers import CLIPConfig, CLIPModel
+    from .zoo import BUILDERS
 
     torch.manual_seed(0)
     if small:
-        config = CLIPConfig(
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-            vision_config=dict(
-                image_size=64,
-                patch_size=16,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-            ),
-            projection_dim=16,
-        )
-    else:
-        config = CLIPConfig()
-    config._attn_implementation = "eager"
-    return CLIPModel(config).to(device).eval()
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        vision = dict(image_size=64, patch_size=16, **text)
+        return BUILDERS["hf-clip"](text, vision, projection_dim=16).to(device).eval()
+    return BUILDERS["hf-clip"]({}, {}, projection_dim=512).to(device).eval()
 
 
 def run_dual_benchmark(

@@ -53,8 +53,17 @@ class DualExplanation:
 
 
 def _tower(
-    layers: list[LayerRecord], columns: slice, layout: TokenLayout, modality: str, method: str, start_layer: int
-) -> tuple[dict, dict]:
+    model: nn.Module,
+    layers: list[LayerRecord],
+    columns: slice,
+    layout: TokenLayout,
+    modality: str,
+    method: str,
+    start_layer: int,
+    scores: Tensor,
+    diagonal: bool,
+) -> Explanation:
+    """One tower's explanation from its own layers, target columns ``columns`` of their Eq. 5 maps."""
     own = [
         replace(layer, cam=layer.cam[:, columns], grad=layer.grad[:, columns] if layer.grad is not None else None)
         for layer in layers
@@ -62,11 +71,21 @@ def _tower(
     ]
     if not 0 <= start_layer < len(own):
         raise ValueError(f"start_layer={start_layer} is out of range for the {modality} tower's {len(own)} layers")
-    segment = layout.segment(modality)
-    readout = next(r for r in layout.readouts if r.name == modality)
-    sub = TokenLayout((segment,), (readout,), {k: v for k, v in layout.weights.items() if k == modality})
-    maps = compute_maps(method, own, sub, start_layer if method in ("gae", "rollout") else 0)
-    return maps, sub.read(maps)
+    sub = layout.only(modality)
+    maps = compute_maps(method, own, sub, start_layer if method in ("gae", "rollout") else 0)  # (B, K, N, N)
+    relevance = sub.read(maps)  # (B, K, n)
+    squeeze = (lambda t: t[:, 0]) if diagonal else (lambda t: t)  # diagonal pairs: one target per example
+    return Explanation(
+        relevance={k: squeeze(v).detach() for k, v in relevance.items()},
+        maps={k: squeeze(v).detach() for k, v in maps.items()},
+        target=None,
+        scores=scores,
+        method=method,
+        layout=sub,
+        start_layer=start_layer,
+        model_name=type(model).__name__,
+        multi_target=not diagonal,
+    )
 
 
 def explain_dual(
@@ -123,32 +142,11 @@ def explain_dual(
             # text j for image i: row i of the logits, one pass through the text tower per image
             layers = rec.backward_objectives([logits[i, :].sum() for i in range(n_images)], [{"text"}] * n_images)
             image_cols, text_cols = slice(0, n_texts), slice(0, n_images)
-    image_maps, image_rel = _tower(layers, image_cols, layout, "image", method, image_start_layer)
-    text_maps, text_rel = _tower(layers, text_cols, layout, "text", method, text_start_layer)
-    scores = logits.detach()
-    if pairs == "diagonal":
-        image_maps, text_maps = ({k: v[:, 0] for k, v in m.items()} for m in (image_maps, text_maps))
-        image_rel, text_rel = ({k: v[:, 0] for k, v in r.items()} for r in (image_rel, text_rel))
-        scores = scores.diagonal()
-
-    def explanation(maps: dict, relevance: dict, modality: str, start: int, scores: Tensor) -> Explanation:
-        segment = layout.segment(modality)
-        readout = next(r for r in layout.readouts if r.name == modality)
-        weights = {k: v for k, v in layout.weights.items() if k == modality}
-        return Explanation(
-            relevance={k: v.detach() for k, v in relevance.items()},
-            maps={k: v.detach() for k, v in maps.items()},
-            target=None,
-            scores=scores,
-            method=method,
-            layout=TokenLayout((segment,), (readout,), weights),
-            start_layer=start,
-            model_name=type(model).__name__,
-            multi_target=pairs == "all",
-        )
-
+    scores = logits.detach()  # (B_i, B_t)
+    diagonal = pairs == "diagonal"
+    image_scores, text_scores = (scores.diagonal(), scores.diagonal()) if diagonal else (scores, scores.T)
     return DualExplanation(
-        logits=scores,
-        image=explanation(image_maps, image_rel, "image", image_start_layer, scores),
-        text=explanation(text_maps, text_rel, "text", text_start_layer, scores.T if pairs == "all" else scores),
+        logits=image_scores,
+        image=_tower(model, layers, image_cols, layout, "image", method, image_start_layer, image_scores, diagonal),
+        text=_tower(model, layers, text_cols, layout, "text", method, text_start_layer, text_scores, diagonal),
     )

@@ -63,6 +63,21 @@ HIGHER_IS_BETTER = {
 }
 
 
+def _localisation(grid_maps: Tensor, pixel_maps: Tensor, masks: Tensor) -> dict[str, float]:
+    """Pointing at the map's own grid and at pixels, and relevance mass, against ``masks`` ``(P, H, W)``.
+
+    Args:
+        grid_maps: ``(P, h, w)`` maps at the token grid.
+        pixel_maps: ``(P, H, W)`` the same maps upsampled to the masks.
+        masks: ``(P, H, W)`` bool ground truth.
+    """
+    return {
+        "pointing": pointing_game(grid_maps, masks_to_grid(masks, tuple(grid_maps.shape[-2:]))).float().mean().item(),
+        "pointing_pixel": pointing_game(pixel_maps, masks).float().mean().item(),
+        "mass": relevance_mass(pixel_maps, masks).mean().item(),
+    }
+
+
 def _class_targets(labels: Tensor, k: int = 3) -> tuple[Tensor, Tensor]:
     """Present classes per scene, padded to ``k`` by repeating the first: ``(B, k)`` and a valid mask."""
     targets = torch.zeros(labels.shape[0], k, dtype=torch.long)
@@ -141,9 +156,7 @@ def evaluate_vit(
         neg = perturbation_curve(still_detected, images, m, targets, positive=False, batch_size=256)
         curves[method] = torch.stack([pos, neg])
         results[method] = {
-            "pointing": pointing_game(g, masks_to_grid(masks, tuple(g.shape[-2:]))).float().mean().item(),
-            "pointing_pixel": pointing_game(m, masks).float().mean().item(),
-            "mass": relevance_mass(m, masks).mean().item(),
+            **_localisation(g, m, masks),
             "pixel_accuracy": seg["pixel_accuracy"],
             "miou": seg["miou"],
             "map": seg["map"],
@@ -222,9 +235,7 @@ def evaluate_clip(
         g = torch.cat(grid_maps[method])  # (P, h, w)
         up = upsample_maps(g, size)
         results[method] = {
-            "pointing": pointing_game(g, masks_to_grid(masks, tuple(g.shape[-2:]))).float().mean().item(),
-            "pointing_pixel": pointing_game(up, masks).float().mean().item(),
-            "mass": relevance_mass(up, masks).mean().item(),
+            **_localisation(g, up, masks),
             "content_mass": torch.cat(text_mass[method]).mean().item(),
             "content_share": torch.cat(content_all).mean().item(),
             "pairs": float(g.shape[0]),

@@ -72,6 +72,14 @@ class TokenLayout:
                 return seg
         raise KeyError(f"no modality {modality!r} in layout; have {[s.modality for s in self.segments]}")
 
+    def only(self, modality: str) -> TokenLayout:
+        """The layout of one modality: its segment, its readout, its per-example weights (one tower)."""
+        return TokenLayout(
+            (self.segment(modality),),
+            tuple(r for r in self.readouts if r.name == modality),
+            {k: v for k, v in self.weights.items() if k == modality},
+        )
+
     def row_weights(self, readout: Readout, like: Tensor) -> Tensor:
         """Weights of the explained rows, ``(Na,)`` shared by the batch or ``(B, Na)`` per example."""
         seg = self.segment(readout.rows_of)

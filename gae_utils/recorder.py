@@ -243,6 +243,8 @@ class AttentionRecorder:
                 grad_outputs=grad_outputs,
                 is_grads_batched=True,
                 retain_graph=True,
+                allow_unused=True,
+                materialize_grads=True,  # a layer the targets do not reach gets dy/dA = 0
             )
         finally:
             self._hooks_off = False

@@ -22,7 +22,6 @@ __all__ = [
     "EMBEDDED",
     "ModelCard",
     "load",
-    "load_card",
     "build",
     "save_checkpoint",
     "weights_dir",
@@ -160,16 +159,6 @@ def build(card: ModelCard) -> nn.Module:
     if card.arch not in BUILDERS:
         raise ValueError(f"unknown architecture {card.arch!r}; known: {sorted(BUILDERS)}")
     return BUILDERS[card.arch](**card.kwargs)
-
-
-def load_card(name: str) -> ModelCard:
-    path = WEIGHTS / f"{name}.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no checkpoint card for {name!r} at {path}; "
-            f"train it with `python -m gae_utils.train {name}` or `make models`."
-        )
-    return ModelCard(**json.loads(path.read_text()))
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | None = None) -> Path:
