@@ -284,6 +284,109 @@ def _lxmert_layout(model: nn.Module, inputs: Any) -> TokenLayout:
     return TokenLayout(segments, readouts)
 
 
+# ------------------------------------------------------- single-stream vision-language models
+
+
+def _joint_check(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> None:
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs or not any(k in inputs for k in image_keys):
+        raise TypeError(
+            f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and {' or '.join(image_keys)} "
+            "(the model's processor output)"
+        )
+    _text_check(model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs})
+
+
+# ViLT feeds its image patches in a random order (``ViltEmbeddings.visual_embed`` draws them with
+# ``torch.multinomial``). The adapter runs the model and recomputes the order under the same seed,
+# inside ``torch.random.fork_rng`` so that the caller's random state is untouched.
+_VILT_SEED = 0
+
+
+def _vilt_check(model: nn.Module, inputs: Any) -> None:
+    _joint_check(model, inputs, ("pixel_values",))
+    size = model.config.image_size
+    _check_image_batch(inputs["pixel_values"], None, channels=model.config.num_channels)
+    if inputs["pixel_values"].shape[0] != inputs["input_ids"].shape[0]:
+        raise ValueError(
+            f"{inputs['pixel_values'].shape[0]} images for {inputs['input_ids'].shape[0]} questions; "
+            "pass one image per question"
+        )
+    if min(inputs["pixel_values"].shape[-2:]) < model.config.patch_size:
+        raise ValueError(f"images of {tuple(inputs['pixel_values'].shape[-2:])} are smaller than a patch ({size})")
+
+
+def _vilt_call(model: nn.Module, inputs: Any) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_VILT_SEED)
+        return model(**inputs)
+
+
+def _vilt_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+    pixels = inputs["pixel_values"]
+    mask = inputs.get("pixel_mask")
+    mask = (
+        torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long, device=pixels.device)
+        if mask is None
+        else mask
+    )
+    embeddings = model.vilt.embeddings
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(_VILT_SEED)
+        _, _, (patch_index, _) = embeddings.visual_embed(pixels, mask, max_image_length=model.config.max_image_length)
+    patch = model.config.patch_size
+    grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+    positions = patch_index[..., 0] * grid[1] + patch_index[..., 1]  # (B, P) raster index of each image token
+    text = Segment("text", inputs["input_ids"].shape[1], 0, stream="joint")
+    image = Segment("image", 1 + positions.shape[1], 1, grid, stream="joint", offset=text.n_tokens)
+    readouts = (
+        Readout("text", "text", "text", (0,), drop_self=True),  # the [CLS] row of the R[t, t] block, [0, 0] zeroed
+        Readout("image", "text", "image", (0,)),  # the [CLS] row of the R[t, i] block
+    )
+    return TokenLayout(
+        (Segment("joint", text.n_tokens + image.n_tokens), text, image), readouts, {}, {"image": positions}
+    )
+
+
+def _visualbert_check(model: nn.Module, inputs: Any) -> None:
+    _joint_check(model, inputs, ("visual_embeds",))
+    feats = inputs["visual_embeds"]
+    if feats.ndim != 3 or feats.shape[0] != inputs["input_ids"].shape[0]:
+        raise ValueError(
+            f"visual_embeds must be (B, R, F) for the batch of {inputs['input_ids'].shape[0]} questions, "
+            f"got {tuple(feats.shape)}"
+        )
+    if feats.shape[-1] != model.config.visual_embedding_dim:
+        raise ValueError(
+            f"visual_embeds have {feats.shape[-1]} features but config.visual_embedding_dim is "
+            f"{model.config.visual_embedding_dim}"
+        )
+
+
+def visualbert_answer_index(inputs: Mapping) -> Tensor:
+    """Token ``VisualBertForQuestionAnswering`` classifies: the last text token before [SEP], ``(B,)``."""
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
+    return mask.sum(dim=1) - 2
+
+
+def _visualbert_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+    ids = inputs["input_ids"]
+    text = Segment("text", ids.shape[1], 0, stream="joint")
+    image = Segment("image", inputs["visual_embeds"].shape[1], 0, stream="joint", offset=text.n_tokens)
+    joint = Segment("joint", text.n_tokens + image.n_tokens)
+    if type(model).__name__ == "VisualBertForQuestionAnswering" or any(
+        c.__name__ == "VisualBertForQuestionAnswering" for c in type(model).__mro__
+    ):
+        rows = F.one_hot(visualbert_answer_index(inputs), ids.shape[1]).float()  # (B, L)
+        readouts = (
+            Readout("text", "text", "text", "weights", drop_self=True),
+            Readout("image", "text", "image", "weights"),
+        )
+        return TokenLayout((joint, text, image), readouts, {"text": rows, "image": rows})
+    readouts = (Readout("text", "text", "text", (0,), drop_self=True), Readout("image", "text", "image", (0,)))
+    return TokenLayout((joint, text, image), readouts)
+
+
 @dataclass(frozen=True)
 class Adapter:
     """Everything the engine needs to know about one model family.
@@ -370,6 +473,28 @@ ADAPTERS: list[Adapter] = [
         layout=_clip_layout,
         family="Hugging Face CLIPModel (image tower read at CLS, text tower at EOT), via gae_utils.dual",
         towers=True,
+    ),
+    Adapter(
+        name="hf-vilt",
+        model_classes=("ViltForQuestionAnswering", "ViltForImageAndTextRetrieval"),
+        sites=(AttentionSite("ViltSelfAttention", probs="dropout", query="joint", key="joint"),),
+        eager=_no_switch,
+        call=_vilt_call,
+        logits=lambda out: out.logits,
+        check=_vilt_check,
+        layout=_vilt_layout,
+        family="Hugging Face ViLT (one stream over text + image patches, read at the text [CLS] row)",
+    ),
+    Adapter(
+        name="hf-visualbert",
+        model_classes=("VisualBertForQuestionAnswering", "VisualBertForVisualReasoning"),
+        sites=(AttentionSite("VisualBertSelfAttention", probs="dropout", query="joint", key="joint"),),
+        eager=_no_switch,
+        call=lambda model, inputs: model(**inputs),
+        logits=lambda out: out.logits,
+        check=_visualbert_check,
+        layout=_visualbert_layout,
+        family="Hugging Face VisualBERT (one stream over text + region features you supply)",
     ),
     Adapter(
         name="hf-lxmert",

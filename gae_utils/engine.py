@@ -49,7 +49,9 @@ def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tens
     return maps
 
 
-def _deltas(layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str]) -> Maps:
+def _deltas(
+    layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool = True
+) -> Maps:
     """The additions one layer makes to the maps (computed from ``maps`` as they are)."""
     s, q = layer.query, layer.key
     if layer.kind == "self":
@@ -58,7 +60,9 @@ def _deltas(layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequen
         # Eq. 6 for R[s, s], Eq. 7 for every R[s, x], x != s.
         return {(s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)] for x in modalities}
     if layer.kind == "cross":
-        delta_sq, delta_ss = cross_attention_update(maps[(s, q)], maps[(s, s)], maps[(q, q)], maps[(q, s)], attn_bar)
+        delta_sq, delta_ss = cross_attention_update(
+            maps[(s, q)], maps[(s, s)], maps[(q, q)], maps[(q, s)], attn_bar, normalize
+        )
         return {(s, q): delta_sq, (s, s): delta_ss}  # Eq. 10, Eq. 11
     raise ValueError(f"unknown layer kind {layer.kind!r} in {layer.name!r}")
 
@@ -68,6 +72,7 @@ def propagate(
     attn_bars: Sequence[Tensor] | None = None,
     start_layer: int = 0,
     history: list[Maps] | None = None,
+    normalize: bool = True,
 ) -> Maps:
     """Apply the self- and cross-attention rules over the recorded layers, in order.
 
@@ -81,6 +86,8 @@ def propagate(
             Eq. 5 map ``layer.cam`` of shape ``(B, K, Nq, Nk)``.
         start_layer: layers with a smaller index are skipped (the authors' CLIP ViT-B/16 option).
         history: if given, a copy of the maps after each applied layer (or group) is appended.
+        normalize: apply the residual normalisation (Eq. 8-9) in cross-attention layers; False
+            is the paper's ablation.
 
     Returns:
         ``{(a, b): (..., Na, Nb)}`` relevancy maps of every ordered pair of modalities.
@@ -101,7 +108,7 @@ def propagate(
         if layers[i].group is not None:
             while j < len(layers) and layers[j].group == layers[i].group:
                 j += 1
-        additions = [_deltas(layers[n], bars[n], maps, modalities) for n in range(i, j)]
+        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize) for n in range(i, j)]
         for delta in additions:
             for key, value in delta.items():
                 maps[key] = maps[key] + value
@@ -116,6 +123,12 @@ def propagate(
 
 def _gae(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
     return propagate(layers, start_layer=start_layer)
+
+
+def _gae_no_norm(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Ablation: GAE without the residual normalisation of Eq. 8-9 in cross-attention layers
+    (the same as ``gae`` for self-attention-only models)."""
+    return propagate(layers, start_layer=start_layer, normalize=False)
 
 
 def _last_of_each_pair(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
@@ -146,8 +159,14 @@ def _raw_attention(layers: Sequence[LayerRecord], layout: TokenLayout, start_lay
 def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
     """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers.
 
-    Rollout has no rule for cross-attention: a readout across modalities has no rollout map."""
+    Rollout has no rule for cross-attention. For models with cross-attention layers, the maps are
+    the propagation rules (Eq. 6-11) applied to the head-averaged attention of every layer, with
+    no gradients: rollout's "attention only" idea carried through the bi-modal rules.
+    """
     k = _targets_shape(layers)
+    if any(layer.kind == "cross" for layer in layers):
+        bars = [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1) for layer in layers]  # (B, K, Nq, Nk)
+        return propagate(layers, bars, start_layer=start_layer)
     maps: Maps = {}
     for modality in dict.fromkeys(layer.query for layer in layers):
         own = [
@@ -185,11 +204,15 @@ METHODS: dict[str, Callable[[Sequence[LayerRecord], TokenLayout, int], Maps]] = 
     "raw_attention": _raw_attention,
     "rollout": _rollout,
     "attn_gradcam": _attn_gradcam,
+    "gae_no_norm": _gae_no_norm,
 }
 
+ABLATIONS = ("gae_no_norm",)  # differ from a listed method only for models with cross-attention
 
-def method_names() -> list[str]:
-    return list(METHODS)
+
+def method_names(ablations: bool = False) -> list[str]:
+    """Names of the methods; ``ablations=True`` adds :data:`ABLATIONS`."""
+    return [m for m in METHODS if ablations or m not in ABLATIONS]
 
 
 def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int = 0) -> Maps:
@@ -205,9 +228,10 @@ def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout
         ``{(a, b): (B, K, Na, Nb)}``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {method_names()}")
+        raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     maps = METHODS[method](layers, layout, start_layer)
-    missing = [(r.rows_of, r.columns_of) for r in layout.readouts if (r.rows_of, r.columns_of) not in maps]
+    needed = [(layout.segment(r.rows_of).source, layout.segment(r.columns_of).source) for r in layout.readouts]
+    missing = [pair for pair in needed if pair not in maps]
     if missing:
-        raise ValueError(f"method {method!r} gives no map for {missing} (rollout has no cross-attention rule)")
+        raise ValueError(f"method {method!r} gives no map for {missing}")
     return maps

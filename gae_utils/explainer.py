@@ -234,8 +234,8 @@ def explain(
         >>> exp.relevance["image"].shape                 # (B, 196) for a 224/16 ViT
         >>> exp.heatmap(224)                             # (B, 224, 224) in [0, 1]
     """
-    if method not in method_names():
-        raise ValueError(f"unknown method {method!r}; choose one of {method_names()}")
+    if method not in method_names(ablations=True):
+        raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     adapter = adapter or find_adapter(model)
     rec = record(model, inputs, target, adapter=adapter, keep_heads=False, eval_mode=eval_mode)
     if verify:

@@ -25,12 +25,25 @@ class Segment:
         n_tokens: number of tokens, prefix included.
         prefix: number of leading non-content tokens (CLS, distillation, registers).
         grid: ``(h, w)`` patch grid of the content tokens for image modalities, else ``None``.
+        stream: the engine modality whose maps hold these tokens, when the segment is a view of a
+            joint stream (single-stream models such as ViLT and VisualBERT concatenate text and
+            image tokens into one sequence: the engine sees one modality, ``"joint"``, and the
+            readouts take its blocks, text rows x image columns); ``None``: the segment is itself
+            an engine modality.
+        offset: index of the segment's first token in ``stream``.
     """
 
     modality: str
     n_tokens: int
     prefix: int = 0
     grid: tuple[int, int] | None = None
+    stream: str | None = None
+    offset: int = 0
+
+    @property
+    def source(self) -> str:
+        """The engine modality whose maps hold this segment's tokens."""
+        return self.stream or self.modality
 
     @property
     def n_content(self) -> int:
@@ -60,11 +73,22 @@ class Readout:
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Segments of every modality plus the readouts that turn maps into relevance vectors."""
+    """Segments of every modality plus the readouts that turn maps into relevance vectors.
+
+    Attributes:
+        segments: the engine modalities first (``segments[0]`` is the first recorded layer's),
+            then any views of a joint stream.
+        readouts: how each relevance vector is read.
+        weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
+        positions: per-example grid positions ``{modality: (B, n_content)}`` of content tokens that
+            reach the model in another order than raster order (ViLT shuffles its patches): token
+            ``j`` of example ``b`` sits at raster index ``positions[m][b, j]`` of the segment's grid.
+    """
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
     weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, Na)}
+    positions: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {modality: (B, n_content)}
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
@@ -78,6 +102,7 @@ class TokenLayout:
             (self.segment(modality),),
             tuple(r for r in self.readouts if r.name == modality),
             {k: v for k, v in self.weights.items() if k == modality},
+            {k: v for k, v in self.positions.items() if k == modality},
         )
 
     def row_weights(self, readout: Readout, like: Tensor) -> Tensor:
@@ -104,18 +129,35 @@ class TokenLayout:
         """
         out = {}
         for readout in self.readouts:
-            full = maps[(readout.rows_of, readout.columns_of)]  # (B, [K,] Na, Nb)
+            rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
+            full = maps[(rows.source, cols.source)]  # (B, [K,] Na, Nb) of the engine modalities
+            full = full[..., rows.offset : rows.offset + rows.n_tokens, cols.offset : cols.offset + cols.n_tokens]
             weights = self.row_weights(readout, full)  # (Na,) or (B, Na)
-            if weights.ndim == 2:
+            per_example = weights.ndim == 2
+            if per_example:
                 weights = weights.reshape(weights.shape[0], *([1] * (full.ndim - 3)), 1, -1)  # (B, [1,] 1, Na)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
-            if readout.drop_self and isinstance(readout.rows, tuple):
-                row = row.clone()
-                row[..., list(readout.rows)] = 0
-            out[readout.name] = row[..., self.segment(readout.columns_of).prefix :]  # (..., n_content)
+            if readout.drop_self and readout.rows_of == readout.columns_of:
+                if per_example:  # zero the columns of the explained rows
+                    row = row * (weights.squeeze(-2) == 0)
+                elif readout.rows is not None:
+                    row = row.clone()
+                    row[..., list(readout.rows)] = 0
+            row = row[..., cols.prefix :]  # (B, [K,] n_content) in token order
+            if readout.columns_of in self.positions:
+                row = self._to_grid_order(row, self.positions[readout.columns_of], cols)
+            out[readout.name] = row
         return out
+
+    @staticmethod
+    def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:
+        """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing duplicates)."""
+        cells = seg.grid[0] * seg.grid[1] if seg.grid else positions.max().item() + 1
+        index = positions.to(row.device).reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1)  # (B, [1,] n)
+        index = index.expand_as(row)
+        return row.new_zeros(*row.shape[:-1], cells).scatter_add(-1, index, row)
 
     def to_dict(self) -> dict:
         """JSON-ready description (per-example ``weights`` are tensors and are saved separately)."""
@@ -127,12 +169,23 @@ class TokenLayout:
     @classmethod
     def from_dict(cls, data: dict, weights: dict[str, Tensor] | None = None) -> TokenLayout:
         segments = tuple(
-            Segment(s["modality"], s["n_tokens"], s["prefix"], tuple(s["grid"]) if s["grid"] else None)
+            Segment(
+                s["modality"],
+                s["n_tokens"],
+                s["prefix"],
+                tuple(s["grid"]) if s["grid"] else None,
+                s.get("stream"),
+                s.get("offset", 0),
+            )
             for s in data["segments"]
         )
         readouts = tuple(
             Readout(
-                r["name"], r["rows_of"], r["columns_of"], tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]
+                r["name"],
+                r["rows_of"],
+                r["columns_of"],
+                tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"],
+                r.get("drop_self", False),
             )
             for r in data["readouts"]
         )

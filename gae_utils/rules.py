@@ -82,7 +82,7 @@ def normalize_self_relevancy(relevancy: Tensor) -> Tensor:
 
 
 def cross_attention_update(
-    r_sq: Tensor, r_ss: Tensor, r_qq: Tensor, r_qs: Tensor, attn_bar: Tensor
+    r_sq: Tensor, r_ss: Tensor, r_qq: Tensor, r_qs: Tensor, attn_bar: Tensor, normalize: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Cross-attention rule, queries from modality ``s``, keys from ``q`` (Eq. 10 and Eq. 11).
 
@@ -96,14 +96,16 @@ def cross_attention_update(
         r_qq: ``(..., Nq, Nq)`` map ``R[q, q]``.
         r_qs: ``(..., Nq, Ns)`` map ``R[q, s]``.
         attn_bar: ``(..., Ns, Nq)`` aggregated cross-attention (Eq. 5).
+        normalize: apply Eq. 8-9 to ``R[s, s]`` and ``R[q, q]``; False is the paper's ablation
+            that uses them as they are.
 
     Returns:
         The additions ``(delta_sq, delta_ss)`` of shapes ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``;
         callers add them, so that the two directions of a co-attention block can be computed
         from the same maps before either is applied.
     """
-    r_bar_ss = normalize_self_relevancy(r_ss)  # (..., Ns, Ns)
-    r_bar_qq = normalize_self_relevancy(r_qq)  # (..., Nq, Nq)
+    r_bar_ss = normalize_self_relevancy(r_ss) if normalize else r_ss  # (..., Ns, Ns)
+    r_bar_qq = normalize_self_relevancy(r_qq) if normalize else r_qq  # (..., Nq, Nq)
     delta_sq = r_bar_ss.transpose(-1, -2) @ attn_bar @ r_bar_qq  # (..., Ns, Ns) @ (..., Ns, Nq) @ (..., Nq, Nq)
     delta_ss = attn_bar @ r_qs  # (..., Ns, Nq) @ (..., Nq, Ns)
     return delta_sq, delta_ss

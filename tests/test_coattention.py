@@ -127,9 +127,26 @@ def test_lxmert_baselines_read_both_modalities(method):
     assert torch.isfinite(exp.relevance["image"]).all()
 
 
-def test_rollout_has_no_cross_modal_map_and_says_so():
-    with pytest.raises(ValueError, match="rollout has no cross-attention rule"):
-        gu.explain(tiny_lxmert(), inputs(batch=2), method="rollout")
+def test_rollout_through_cross_attention_uses_the_rules_on_mean_attention():
+    rec = gu.record(tiny_lxmert(), inputs(batch=2))
+    bars = [layer.attn_mean[:, None] for layer in rec.layers]  # (B, 1, Nq, Nk): no gradients
+    expected = gu.engine.propagate(rec.layers, bars)
+    got = rec.explanation("rollout")
+    torch.testing.assert_close(got.relevance["image"], expected[("text", "image")][:, 0, 0])
+
+
+def test_ablation_without_normalisation_differs_only_with_cross_attention(vit):
+    rec = gu.record(tiny_lxmert(), inputs(batch=2))
+    plain, ablation = rec.explanation("gae"), rec.explanation("gae_no_norm")
+    assert not torch.allclose(plain.relevance["image"], ablation.relevance["image"])
+    unnormalised = gu.engine.propagate(rec.layers, normalize=False)[("text", "image")][:, 0, 0]
+    torch.testing.assert_close(ablation.relevance["image"], unnormalised)
+    assert "gae_no_norm" not in gu.engine.method_names() and "gae_no_norm" in gu.engine.method_names(True)
+    images = torch.rand(2, 3, 32, 32)
+    rec_vit = gu.record(vit, images)
+    torch.testing.assert_close(
+        rec_vit.explanation("gae").relevance["image"], rec_vit.explanation("gae_no_norm").relevance["image"]
+    )
 
 
 def test_lxmert_bad_inputs():
