@@ -272,6 +272,60 @@ def run_dual_benchmark(
     }
 
 
+def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, model_name: str = "shapes-vqa") -> dict:
+    """A batch of image-question pairs on a co-attention model: ``explain`` (GAE, predicted answers)
+    against a plain forward of the same batch.
+
+    ``model_name`` is ``"shapes-vqa"`` (the embedded model on ShapesWorld questions, region
+    features computed beforehand, as LXMERT's detector features are) or ``"lxmert-base"`` (the
+    LXMERT-base configuration with random weights: 9 language, 5 vision, 5 cross-modality layers,
+    36 regions of 2048 features, 20-token questions).
+    """
+    from .explainer import explain
+
+    dev = torch.device(device)
+    if model_name == "shapes-vqa":
+        import numpy as np
+
+        from .language import Vocabulary, sample_question
+        from .shapes import ShapesWorld
+        from .train import vqa_inputs
+        from .zoo import load
+
+        model = load("shapes-vqa").to(dev).eval()
+        scenes = ShapesWorld(seed=5).batch(batch)
+        rng = np.random.default_rng(0)
+        qs = [sample_question(scene, rng) for scene in scenes.scenes]
+        inputs = {k: v.to(dev) for k, v in vqa_inputs(scenes.images, qs, Vocabulary.questions()).items()}
+    elif model_name == "lxmert-base":
+        from transformers import LxmertConfig, LxmertForQuestionAnswering
+
+        torch.manual_seed(0)
+        model = LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=3129)).to(dev).eval()
+        inputs = {
+            "input_ids": torch.randint(1000, 2000, (batch, 20), device=dev),
+            "attention_mask": torch.ones(batch, 20, dtype=torch.long, device=dev),
+            "visual_feats": torch.rand(batch, 36, 2048, device=dev),
+            "visual_pos": torch.rand(batch, 36, 4, device=dev),
+        }
+    else:
+        raise ValueError(f"unknown model {model_name!r}; choose 'shapes-vqa' or 'lxmert-base'")
+
+    def forward():
+        with torch.no_grad():
+            model(**inputs)
+
+    seconds = {"forward": _time(forward, dev, repeats), "explain": _time(lambda: explain(model, inputs), dev, repeats)}
+    return {
+        "model": model_name,
+        "batch": batch,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "ratios": {"explain / forward": seconds["explain"] / seconds["forward"]},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
@@ -282,9 +336,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dual", action="store_true", help="one image against --captions captions on a random CLIP")
     parser.add_argument("--captions", type=int, default=64)
+    parser.add_argument(
+        "--vqa", choices=["shapes-vqa", "lxmert-base"], default=None, help="image-question pairs (--batch, e.g. 16)"
+    )
     args = parser.parse_args(argv)
     if args.dual:
         result = run_dual_benchmark(args.captions, args.device, args.repeats)
+    elif args.vqa:
+        result = run_vqa_benchmark(args.batch, args.device, args.repeats, args.vqa)
     else:
         result = run_benchmark(args.model, args.batch, args.device, args.repeats, memory=not args.no_memory)
     print(json.dumps(result, indent=2))

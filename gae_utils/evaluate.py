@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from .metrics import (
 )
 from .shapes import ShapesWorld
 
-__all__ = ["evaluate_vit", "main"]
+__all__ = ["evaluate_vit", "evaluate_clip", "evaluate_vqa", "VQA_STEPS", "EVALUATORS", "main"]
 
 HIGHER_IS_BETTER = {
     "pointing_pixel": True,
@@ -60,6 +61,12 @@ HIGHER_IS_BETTER = {
     "map": True,
     "pos_auc": False,
     "neg_auc": True,
+    "text_top1": True,
+    "key_rank": False,
+    "image_pos_auc": False,
+    "image_neg_auc": True,
+    "text_pos_auc": False,
+    "text_neg_auc": True,
 }
 
 
@@ -243,6 +250,162 @@ def evaluate_clip(
     return results
 
 
+VQA_STEPS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+"""Fractions of image regions (or question words) removed in the bi-modal perturbation test (evaluation.md)."""
+
+
+def _keep_most(scores: Tensor, removed: int, valid: Tensor | None = None) -> Tensor:
+    """Boolean ``(B, N)`` keep-mask dropping the ``removed`` highest ``scores`` of each row among ``valid``."""
+    scores = scores.masked_fill(~valid, float("-inf")) if valid is not None else scores
+    order = scores.argsort(dim=-1, descending=True, stable=True)  # (B, N)
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep.scatter_(1, order[:, :removed], False)
+    return keep
+
+
+def _drop_regions(inputs: dict, relevance: Tensor, fraction: float, positive: bool) -> dict:
+    """Remove a fraction of the image regions, most (positive) or least (negative) relevant first.
+
+    A model cannot attend over zero regions: with every region removed it sees one blank region
+    (zero features, zero box).
+    """
+    b, r = relevance.shape
+    removed = math.floor(round(fraction * r, 6))
+    if removed == r:
+        blank = inputs["visual_feats"].new_zeros(b, 1, inputs["visual_feats"].shape[-1])
+        return {**inputs, "visual_feats": blank, "visual_pos": inputs["visual_pos"].new_zeros(b, 1, 4)}
+    keep = _keep_most(relevance if positive else -relevance, removed)  # (B, R), the same count per row
+    index = keep.nonzero()[:, 1].reshape(b, r - removed)  # kept regions in their order
+    feats, pos = inputs["visual_feats"], inputs["visual_pos"]
+    return {
+        **inputs,
+        "visual_feats": feats.gather(1, index[..., None].expand(-1, -1, feats.shape[-1])),
+        "visual_pos": pos.gather(1, index[..., None].expand(-1, -1, pos.shape[-1])),
+    }
+
+
+def _drop_words(inputs: dict, relevance: Tensor, words: Tensor, fraction: float, positive: bool) -> dict:
+    """Remove a fraction of each question's words; [CLS], [SEP] stay, kept tokens keep their order.
+
+    ``words`` is the ``(B, L)`` mask of removable tokens. Questions are re-padded to the same length.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    rows_ids, rows_mask = [], []
+    for b in range(ids.shape[0]):
+        removed = math.floor(round(fraction * int(words[b].sum()), 6))
+        keep = _keep_most((relevance[b] if positive else -relevance[b])[None], removed, words[b][None])[0]
+        keep &= mask[b].bool()
+        kept = ids[b][keep]
+        rows_ids.append(torch.cat([kept, ids.new_zeros(ids.shape[1] - len(kept))]))
+        rows_mask.append(torch.cat([mask.new_ones(len(kept)), mask.new_zeros(ids.shape[1] - len(kept))]))
+    return {**inputs, "input_ids": torch.stack(rows_ids), "attention_mask": torch.stack(rows_mask)}
+
+
+def evaluate_vqa(
+    model: nn.Module,
+    n: int = 300,
+    seed: int = 7,
+    batch_size: int = 100,
+    methods: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
+    """Score every method on ``n`` fresh (scene, question) pairs of a ShapesWorld VQA model.
+
+    The predicted answer of each question is explained (target None).
+
+    - Image, against the union mask of the objects the question refers to (questions with
+      referents): ``pointing`` (the most relevant region holds object pixels), ``pointing_pixel``,
+      ``mass``.
+    - Text, against the question's key words (the words that determine the answer, e.g. the shape
+      in "what colour is the triangle"): ``text_top1`` (the most relevant word is a key word) and
+      ``key_rank`` (rank of the best-ranked key word among the question's words, 1 = first).
+    - Perturbation (evaluation.md): image regions, or question words ([CLS] and [SEP] never
+      removed), are removed most relevant first (``*_pos_auc``, lower is better) or least relevant
+      first (``*_neg_auc``, higher is better) at :data:`VQA_STEPS`; answer accuracy against the
+      ground truth at each step; AUC = trapezoid over the fractions x 100.
+
+    Returns:
+        ``({method: {metric: value}}, {method: (4, S) curves: image pos, image neg, text pos, text neg})``.
+    """
+    from tqdm.auto import tqdm
+
+    from .language import ANSWERS, SPECIAL_TOKENS, Vocabulary, sample_question
+    from .train import vqa_inputs
+
+    methods = methods or method_names(ablations=True)
+    vocab = Vocabulary.questions()
+    world = ShapesWorld(seed=seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    names = [*methods, "random"]
+    image_rel: dict[str, list[Tensor]] = {m: [] for m in names}
+    text_rel: dict[str, list[Tensor]] = {m: [] for m in names}
+    inputs_all, answers_all, masks_all, has_ref_all, words_all, keys_all = [], [], [], [], [], []
+    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
+        batch = world.batch(min(batch_size, n - start), start=start)
+        qs = [sample_question(scene, rng) for scene in batch.scenes]
+        x = {k: v.to(device) for k, v in vqa_inputs(batch.images, qs, vocab).items()}
+        rec = record(model, x)
+        for method in methods:
+            exp = rec.explanation(method)
+            image_rel[method].append(exp.relevance["image"].float().cpu())  # (B, R)
+            text_rel[method].append(exp.relevance["text"].float().cpu())  # (B, L)
+        ids = x["input_ids"].cpu()
+        words = ids >= len(SPECIAL_TOKENS)  # (B, L) the question's words; [CLS], [SEP], [PAD] are never removed
+        image_rel["random"].append(torch.rand(image_rel[methods[0]][-1].shape, generator=gen))
+        text_rel["random"].append(torch.rand(ids.shape, generator=gen) * words)
+        keys = torch.zeros(ids.shape, dtype=torch.bool)  # (B, L): the key words ([CLS] first, so word w is token w + 1)
+        empty = torch.zeros(batch.images.shape[-2:], dtype=torch.bool)
+        for b, q in enumerate(qs):
+            keys[b, [1 + w for w in q.key_words]] = True
+            labels = [batch.scenes[b].objects[o].label for o in q.referents]
+            masks_all.append(batch.masks[b, labels].any(0) if labels else empty)
+            has_ref_all.append(bool(labels))
+        inputs_all.append({k: v.cpu() for k, v in x.items()})
+        answers_all.append(torch.tensor([ANSWERS.index(q.answer) for q in qs]))
+        words_all.append(words)
+        keys_all.append(keys)
+    x = {k: torch.cat([i[k] for i in inputs_all]) for k in inputs_all[0]}
+    answers, words, keys = torch.cat(answers_all), torch.cat(words_all), torch.cat(keys_all)
+    has_ref = torch.tensor(has_ref_all)
+    masks = torch.stack(masks_all)[has_ref]  # (P, H, W)
+    side = math.isqrt(image_rel[methods[0]][0].shape[-1])
+
+    @torch.no_grad()
+    def accuracy(inputs: dict) -> float:
+        right = 0
+        for i in range(0, answers.shape[0], 500):
+            chunk = {k: v[i : i + 500].to(device) for k, v in inputs.items()}
+            right += (model(**chunk).question_answering_score.argmax(-1).cpu() == answers[i : i + 500]).sum().item()
+        return right / answers.shape[0]
+
+    results: dict[str, dict[str, float]] = {}
+    curves: dict[str, Tensor] = {}
+    for method in tqdm(names, desc="score", disable=not progress):
+        image, text = torch.cat(image_rel[method]), torch.cat(text_rel[method])  # (N, R), (N, L)
+        grid = image[has_ref].reshape(-1, side, side)  # (P, h, w)
+        masked = text.masked_fill(~words, float("-inf"))
+        best_key = masked.masked_fill(~keys, float("-inf")).amax(1)  # (N,) relevance of the best key word
+        rank = (masked > best_key[:, None]).sum(-1) + 1  # (N,) 1 = a key word comes first
+        curve = torch.tensor(
+            [[accuracy(_drop_regions(x, image, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
+            + [[accuracy(_drop_words(x, text, words, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
+        )  # (4, S)
+        curves[method] = curve
+        results[method] = {
+            **_localisation(grid, upsample_maps(grid, tuple(masks.shape[-2:])), masks),
+            "text_top1": keys.gather(1, masked.argmax(1, keepdim=True)).float().mean().item(),
+            "key_rank": rank.float().mean().item(),
+            "image_pos_auc": perturbation_auc(curve[0], VQA_STEPS),
+            "image_neg_auc": perturbation_auc(curve[1], VQA_STEPS),
+            "text_pos_auc": perturbation_auc(curve[2], VQA_STEPS),
+            "text_neg_auc": perturbation_auc(curve[3], VQA_STEPS),
+            "pairs": float(answers.shape[0]),
+        }
+    return results, curves
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table, best value of each metric marked with ``*``."""
     metrics = [k for k in next(iter(results.values())) if k != "pairs"]
@@ -256,18 +419,38 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     for method, row in results.items():
         cells = "".join((f"{row[k]:.4f}" + ("*" if best[k] == method else " ")).rjust(16) for k in metrics)
         lines.append(method.ljust(16) + cells)
-    lines.append("higher is better except pos_auc; * marks the best method (random excluded)")
+    lower = [k for k in metrics if not HIGHER_IS_BETTER[k]]
+    lines.append(f"higher is better except {', '.join(lower)}; * marks the best method (random excluded)")
     return "\n".join(lines)
+
+
+def _run_vit(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return evaluate_vit(model, start_layer=args.start_layer, progress=not args.no_progress, **kwargs)[0]
+
+
+def _run_clip(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return evaluate_clip(model, progress=not args.no_progress, **kwargs)
+
+
+def _run_vqa(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return evaluate_vqa(model, progress=not args.no_progress, **kwargs)[0]
+
+
+EVALUATORS = {"shapes-vit": _run_vit, "shapes-clip": _run_clip, "shapes-vqa": _run_vqa}
+"""Embedded model -> its evaluation (``model, parsed CLI arguments -> {method: {metric: value}}``)."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description="Score explanation methods against ShapesWorld ground truth.")
-    parser.add_argument("--model", default="shapes-vit", choices=["shapes-vit", "shapes-clip"], help="embedded model")
+    parser.add_argument("--model", default="shapes-vit", choices=list(EVALUATORS), help="embedded model")
     parser.add_argument("--n", type=int, default=300, help="number of fresh scenes")
     parser.add_argument("--seed", type=int, default=7, help="ShapesWorld seed of the evaluation scenes")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--start-layer", type=int, default=0)
-    parser.add_argument("--methods", nargs="*", default=None, choices=method_names())
+    parser.add_argument("--start-layer", type=int, default=0, help="first layer aggregated (shapes-vit)")
+    parser.add_argument("--methods", nargs="*", default=None, choices=method_names(ablations=True))
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -275,25 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     model = load(args.model)
     started = time.perf_counter()
-    if args.model == "shapes-clip":
-        results = evaluate_clip(
-            model,
-            n=args.n,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            methods=args.methods,
-            progress=not args.no_progress,
-        )
-    else:
-        results, _ = evaluate_vit(
-            model,
-            n=args.n,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            methods=args.methods,
-            start_layer=args.start_layer,
-            progress=not args.no_progress,
-        )
+    results = EVALUATORS[args.model](model, args)
     pairs = int(next(iter(results.values()))["pairs"])
     elapsed = time.perf_counter() - started
     print(f"{args.model}: {args.n} scenes (seed {args.seed}), {pairs} explained pairs, {elapsed:.1f} s")

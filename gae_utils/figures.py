@@ -43,14 +43,15 @@ __all__ = [
 HEATMAP_CMAP = "inferno"
 MATRIX_CMAP = "viridis"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
-LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-MARKERS = ["o", "s", "^", "D", "v", "x"]
+LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "x", "P"]
 METHOD_LABELS = {
     "gae": "GAE (ours)",
     "gae_last_layer": "GAE, last layer only",
     "raw_attention": "raw attention",
     "rollout": "rollout",
     "attn_gradcam": "attention Grad-CAM",
+    "gae_no_norm": "GAE without Eq. 8-9",
     "random": "random",
 }
 
@@ -277,8 +278,10 @@ def plot_perturbation_curves(
     title: str,
     auc: Mapping[str, float] | None = None,
     ax: plt.Axes | None = None,
+    xlabel: str = "fraction of pixels removed",
+    ylabel: str = "explained class still detected",
 ) -> plt.Figure:
-    """Accuracy against the fraction of removed pixels, one line per method (style + marker + colour)."""
+    """Accuracy against the fraction of removed tokens, one line per method (style + marker + colour)."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(PANEL * 2, PANEL * 1.5), layout="constrained")
     else:
@@ -294,8 +297,8 @@ def plot_perturbation_curves(
             markersize=4,
             label=label,
         )
-    ax.set_xlabel("fraction of pixels removed")
-    ax.set_ylabel("explained class still detected")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.legend(frameon=False)

@@ -8,10 +8,15 @@ pass, one backward per class, per-head maps kept); each slider then calls a pure
   aggregated map ``Abar`` of layer ``l`` (Eq. 5), or one head's ``(dA * A)^+`` at layer ``l``;
   each as the explained row over the image and as the full token x token matrix.
 - :func:`render_methods`: GAE beside the baselines for one example and class.
+
+For two-stream models (co-attention VQA), :func:`render_flow` shows the four maps
+``R[t, t], R[t, i], R[i, t], R[i, i]`` step by step and :func:`render_stream_row` one row of one
+map over the image or the words; :func:`coattention_explorer` wires them to widgets.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -21,7 +26,7 @@ from torch import Tensor, nn
 
 from .engine import method_names
 from .explainer import Recording, record
-from .figures import METHOD_LABELS, PANEL, overlay, plot_matrix, show_image
+from .figures import METHOD_LABELS, PANEL, overlay, plot_matrix, plot_token_relevance, show_image
 from .layout import TokenLayout
 
 __all__ = [
@@ -33,6 +38,13 @@ __all__ = [
     "render_methods",
     "explorer",
     "VIEWS",
+    "PAIRS",
+    "layer_labels",
+    "flow_steps",
+    "render_flow",
+    "stream_row",
+    "render_stream_row",
+    "coattention_explorer",
 ]
 
 VIEWS = ("relevancy", "attn_bar", "head")
@@ -243,4 +255,231 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     update()
     return W.VBox(
         [W.HBox([index, target]), method, start, out_methods, W.HBox([view]), W.HBox([layer, head]), out_layer]
+    )
+
+
+# ------------------------------------------------------------------ two modalities (co-attention)
+
+PAIRS = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
+"""The four relevancy maps of a two-stream model, in the order the flow figures show them."""
+
+
+def layer_labels(rec: Recording) -> list[str]:
+    """One label per recorded layer: ``"3 cross text->image"``, ``"0 self text"``."""
+    labels = []
+    for i, layer in enumerate(rec.layers):
+        what = f"self {layer.query}" if layer.kind == "self" else f"cross {layer.query}->{layer.key}"
+        labels.append(f"{i} {what}")
+    return labels
+
+
+def flow_steps(rec: Recording) -> list[str]:
+    """One label per entry of :meth:`Recording.history`: a layer, or a co-attention block's two
+    cross-attention directions applied together (method.md)."""
+    labels, names = [], layer_labels(rec)
+    i = 0
+    while i < len(rec.layers):
+        j = i + 1
+        if rec.layers[i].group is not None:
+            while j < len(rec.layers) and rec.layers[j].group == rec.layers[i].group:
+                j += 1
+        labels.append(" + ".join(names[i:j]))
+        i = j
+    return labels
+
+
+def render_flow(
+    rec: Recording,
+    index: int = 0,
+    target: int = 0,
+    steps: Sequence[int] | None = None,
+    tokens: Sequence[str] | None = None,
+) -> plt.Figure:
+    """How relevance flows between two streams: the four maps ``R[t, t], R[t, i], R[i, t], R[i, i]``
+    (columns) after each chosen step of the propagation (rows), for one example and target.
+
+    Args:
+        rec: a recording of a two-modality model (text and image).
+        index: example in the batch.
+        target: target column.
+        steps: indices into :func:`flow_steps` (default: every step).
+        tokens: the example's text tokens, to label the text axes.
+    """
+    history = rec.history()
+    labels = flow_steps(rec)
+    steps = list(range(len(history))) if steps is None else [s % len(history) for s in steps]
+    fig, axes = plt.subplots(
+        len(steps), 4, figsize=(PANEL * 4.2, PANEL * 1.05 * len(steps)), squeeze=False, layout="constrained"
+    )
+    for row, step in enumerate(steps):
+        for col, (a, b) in enumerate(PAIRS):
+            ax = axes[row, col]
+            plot_matrix(ax, history[step][(a, b)][index, target], f"R[{a}, {b}]" if row == 0 else None)
+            if tokens is not None and a == "text":
+                ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
+            else:
+                ax.set_yticks([])
+            if tokens is not None and b == "text" and row == len(steps) - 1:
+                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
+            else:
+                ax.set_xticks([])
+        axes[row, 0].set_ylabel(f"after {labels[step]}", fontsize=7)
+    return fig
+
+
+def stream_row(
+    rec: Recording,
+    index: int,
+    target: int,
+    step: int,
+    pair: tuple[str, str],
+    token: int,
+    view: str = "relevancy",
+    head: int = 0,
+) -> Tensor:
+    """Row ``token`` of map ``pair`` for one example: ``R`` after propagation step ``step``, or, for
+    ``view="head"``, ``(dA * A)^+`` of one head of recorded layer ``step`` (that layer's own pair).
+
+    Returns:
+        ``(N_columns,)``.
+    """
+    if view == "relevancy":
+        history = rec.history()
+        if not -len(history) <= step < len(history):
+            raise ValueError(f"step {step} is out of range (0..{len(history) - 1})")
+        matrix = history[step][pair][index, target]  # (Na, Nb)
+    elif view == "head":
+        layer = rec.layers[step % len(rec.layers)]
+        if (layer.query, layer.key) != pair:
+            raise ValueError(f"layer {step} attends {layer.query}->{layer.key}, not {pair[0]}->{pair[1]}")
+        matrix = layer_matrix(rec, index, target, step % len(rec.layers), "head", head)
+    else:
+        raise ValueError(f"unknown view {view!r}; choose 'relevancy' or 'head'")
+    if not 0 <= token < matrix.shape[0]:
+        raise ValueError(f"token {token} is out of range: {pair[0]} has {matrix.shape[0]} tokens")
+    return matrix[token]
+
+
+def render_stream_row(
+    rec: Recording,
+    images: Tensor,
+    tokens: Sequence[Sequence[str]],
+    index: int = 0,
+    target: int = 0,
+    step: int = -1,
+    pair: tuple[str, str] = ("text", "image"),
+    token: int = 0,
+    view: str = "relevancy",
+    head: int = 0,
+    target_names: Sequence[str] | None = None,
+) -> plt.Figure:
+    """One row of one map as what it is about: over the image for image columns (a heatmap on the
+    region grid), over the words for text columns.
+
+    Args:
+        rec: a recording of a two-modality model whose image tokens form a square grid.
+        images: ``(B, 3, H, W)`` the images shown under the heatmaps.
+        tokens: the text tokens of every example.
+        index, target, step, pair, token, view, head: see :func:`stream_row`.
+        target_names: names of the target columns (the answers).
+    """
+    row = stream_row(rec, index, target, step, pair, token, view, head).float().cpu()
+    a, b = pair
+    words = list(tokens[index])
+    who = f"'{words[token]}'" if a == "text" and token < len(words) else f"{a} token {token}"
+    name = target_names[target] if target_names is not None else f"target {target}"
+    where = f"after step {step % len(rec.history())}" if view == "relevancy" else f"layer {step}, head {head}"
+    title = f"R[{a}, {b}] row of {who} ({name}), {where}" if view == "relevancy" else f"(dA*A)+ of {who}, {where}"
+    if b == "image":
+        side = math.isqrt(row.shape[-1])
+        grid = row.reshape(1, 1, side, side)
+        heat = F.interpolate(grid, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+        span = heat.max() - heat.min()
+        heat = (heat - heat.min()) / span if span > 0 else torch.zeros_like(heat)
+        fig, axes = plt.subplots(1, 2, figsize=(PANEL * 2.2, PANEL * 1.2), layout="constrained")
+        show_image(axes[0], images[index], "input")
+        overlay(axes[1], images[index], heat, None)
+        fig.suptitle(title, fontsize=9)
+        return fig
+    fig, ax = plt.subplots(figsize=(PANEL * 3.5, 0.9), layout="constrained")
+    plot_token_relevance(ax, words, row[: len(words)], title)
+    return fig
+
+
+def coattention_explorer(
+    rec: Recording,
+    images: Tensor,
+    tokens: Sequence[Sequence[str]],
+    target_names: Sequence[str] | None = None,
+):
+    """An ipywidgets explorer of a two-stream recording (record it with ``keep_heads=True`` and the
+    targets to browse): example, target, map, text token, propagation step or layer, head.
+
+    Returns:
+        An ``ipywidgets.VBox``; display it in a notebook.
+    """
+    import ipywidgets as W
+    from IPython.display import display
+
+    steps, layers = flow_steps(rec), layer_labels(rec)
+    n_targets = rec.scores.shape[1]
+    names = list(target_names) if target_names is not None else [f"target {k}" for k in range(n_targets)]
+    index = W.IntSlider(0, 0, images.shape[0] - 1, description="example")
+    target = W.Dropdown(options=[(n, k) for k, n in enumerate(names)], value=0, description="target")
+    pair = W.Dropdown(options=[(f"R[{a}, {b}]", (a, b)) for a, b in PAIRS], value=("text", "image"), description="map")
+    token = W.Dropdown(description="row token")
+    view = W.ToggleButtons(options=["relevancy", "head"], description="view")
+    step = W.Dropdown(options=[(s, i) for i, s in enumerate(steps)], value=len(steps) - 1, description="after")
+    layer = W.Dropdown(options=[(s, i) for i, s in enumerate(layers)], value=len(layers) - 1, description="layer")
+    head = W.IntSlider(0, 0, rec.layers[-1].attn.shape[1] - 1 if rec.layers[-1].attn is not None else 0)
+    head.description = "head"
+    out_flow, out_row = W.Output(), W.Output()
+
+    def show(out, fig):
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+
+    def set_tokens(*_):
+        a = pair.value[0]
+        n = len(tokens[index.value]) if a == "text" else rec.layout.segment("image").n_tokens
+        labels = list(tokens[index.value]) if a == "text" else [f"region {r}" for r in range(n)]
+        token.options = [(f"{i} {t}", i) for i, t in enumerate(labels)]
+        token.value = 0
+
+    def update(*_):
+        if token.value is None:
+            return
+        show(out_flow, render_flow(rec, index.value, target.value, tokens=tokens[index.value]))
+        at = step.value if view.value == "relevancy" else layer.value
+        try:
+            fig = render_stream_row(
+                rec,
+                images,
+                tokens,
+                index.value,
+                target.value,
+                at,
+                pair.value,
+                token.value,
+                view.value,
+                head.value,
+                names,
+            )
+        except ValueError as err:  # a head view of a layer that does not attend this pair
+            with out_row:
+                out_row.clear_output(wait=True)
+                print(err)
+            return
+        show(out_row, fig)
+
+    for control in (index, pair):
+        control.observe(set_tokens, names="value")
+    for control in (index, target, pair, token, view, step, layer, head):
+        control.observe(update, names="value")
+    set_tokens()
+    update()
+    return W.VBox(
+        [W.HBox([index, target]), W.HBox([pair, token]), view, W.HBox([step, layer, head]), out_row, out_flow]
     )

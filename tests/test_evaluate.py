@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gae_utils import evaluate, zoo
 
@@ -61,3 +62,28 @@ def test_clip_evaluation_form(tmp_path):
     for row in written.values():
         assert 0 <= row["pointing_pixel"] <= row["pointing"] + 1e-9 <= 1 + 1e-9
         assert 0 <= row["content_mass"] <= 1 and 0.4 < row["content_share"] < 0.8
+
+
+def test_vqa_perturbation_removes_regions_in_relevance_order():
+    feats = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)  # region r of example b has feature 4b + r
+    x = {"visual_feats": feats, "visual_pos": feats.expand(-1, -1, 4).clone(), "input_ids": torch.ones(2, 3)}
+    relevance = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.8, 0.1, 0.3, 0.0]])
+    half = evaluate._drop_regions(x, relevance, 0.5, positive=True)
+    assert half["visual_feats"][..., 0].tolist() == [[0, 3], [5, 7]]  # the two most relevant gone, order kept
+    least = evaluate._drop_regions(x, relevance, 0.25, positive=False)
+    assert least["visual_feats"][..., 0].tolist() == [[1, 2, 3], [4, 5, 6]]
+    everything = evaluate._drop_regions(x, relevance, 1.0, positive=True)
+    assert everything["visual_feats"].shape == (2, 1, 1) and everything["visual_feats"].abs().sum() == 0
+
+
+def test_vqa_perturbation_keeps_cls_sep_and_word_order():
+    # [CLS]=1 w w w [SEP]=2 [PAD]=0; the second question is shorter
+    ids = torch.tensor([[1, 10, 11, 12, 2, 0], [1, 20, 21, 2, 0, 0]])
+    mask = (ids != 0).long()
+    words = ids > 2
+    relevance = torch.tensor([[9.0, 0.5, 0.9, 0.1, 9.0, 0.0], [9.0, 0.2, 0.7, 9.0, 0.0, 0.0]])
+    out = evaluate._drop_words({"input_ids": ids, "attention_mask": mask}, relevance, words, 0.5, positive=True)
+    assert out["input_ids"].tolist() == [[1, 10, 12, 2, 0, 0], [1, 20, 2, 0, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]]
+    out = evaluate._drop_words({"input_ids": ids, "attention_mask": mask}, relevance, words, 1.0, positive=False)
+    assert out["input_ids"].tolist() == [[1, 2, 0, 0, 0, 0], [1, 2, 0, 0, 0, 0]]

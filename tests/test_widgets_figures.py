@@ -67,7 +67,7 @@ def test_render_methods_and_steps(setup):
     vit, images, rec = setup
     fig = widgets.render_methods(rec, images, index=0, target=1, highlight="gae")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len([t for t in titles if t in figures.METHOD_LABELS.values()]) == len(gu.METHODS)
+    assert len([t for t in titles if t in figures.METHOD_LABELS.values()]) == len(gu.engine.method_names())
     gae_ax = next(ax for ax in fig.axes if ax.get_title() == figures.METHOD_LABELS["gae"])
     heat = torch.as_tensor(gae_ax.images[1].get_array().data)
     torch.testing.assert_close(heat, rec.explanation("gae").heatmap(32)[0, 1])

@@ -1,0 +1,167 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Co-attention VQA: how relevance flows between the question and the image
+#
+# A two-stream model (LXMERT) reads the question and the image regions in separate streams,
+# each with its own self-attention, and lets them meet in cross-modality layers where text attends
+# to image and image attends to text. GAE keeps four relevancy maps, `R[t, t]`, `R[t, i]`,
+# `R[i, t]` and `R[i, i]`, starting from identities and zeros:
+#
+# - a self-attention layer of a stream updates that stream's rows (Eq. 6-7);
+# - a cross-attention layer adds `Rbar[s, s]^T Abar Rbar[q, q]` to `R[s, q]` (Eq. 10, with the
+#   residual normalisation of Eq. 8-9) and `Abar R[q, s]` to `R[s, s]` (Eq. 11); the two directions
+#   of one block are computed from the same maps, then added together.
+#
+# The answer is read at the question's `[CLS]` token: the image explanation is its row of
+# `R[t, i]`, the text explanation its row of `R[t, t]` (with `[CLS]` itself zeroed).
+#
+# `shapes-vqa` is a small Hugging Face `LxmertForQuestionAnswering` trained by this repository on
+# ShapesWorld questions. Like LXMERT, whose regions come from an object detector, it reads region
+# features computed by another network: here the patch states of `shapes-vit`. Set `GAE_SMOKE=1`
+# for a quick run.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+
+import gae_utils as gu
+from gae_utils import figures, widgets
+from gae_utils.evaluate import VQA_STEPS, evaluate_vqa, format_table
+from gae_utils.language import ANSWERS, Vocabulary, questions
+from gae_utils.shapes import ShapesBatch, ShapesWorld
+from gae_utils.train import vqa_inputs
+
+SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
+
+# %% [markdown]
+# ## The model and its held-out answer accuracy
+# One question per held-out scene, 1,000 scenes, measured at the end of training.
+
+# %%
+vqa = gu.zoo.load("shapes-vqa")
+vqa.card.training["heldout"]
+
+# %% [markdown]
+# ## One image, several questions
+# Each question refers to different objects, so each gets its own image map (the `[CLS]` row of
+# `R[t, i]`) and its own word strip (the `[CLS]` row of `R[t, t]`).
+
+# %%
+vocab = Vocabulary.questions()
+world = ShapesWorld(seed=123)
+scene = next(s for s in world.scenes(200) if len(s.objects) == 3 and len({o.shape for o in s.objects}) == 3)
+asked = questions(scene)
+by_kind = {}
+for q in asked:
+    if q.kind not in by_kind or (q.kind == "exists" and q.answer == "yes"):
+        by_kind[q.kind] = q
+chosen = list(by_kind.values())
+image = ShapesBatch.from_scenes([scene] * len(chosen)).images
+x = vqa_inputs(image, chosen, vocab)
+exp = gu.explain(vqa, x)
+predicted = [ANSWERS[k] for k in exp.target.tolist()]
+titles = [[f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]]
+fig = figures.plot_panels(image[:1], exp.heatmap(64)[None], titles)
+figures.save_figure(fig, "03_vqa_image_per_question")
+
+# %%
+fig, axes = plt.subplots(len(chosen), 1, figsize=(figures.PANEL * 3, 0.55 * len(chosen)), layout="constrained")
+for k, (ax, q) in enumerate(zip(axes, chosen)):
+    figures.plot_token_relevance(ax, q.words, exp.relevance["text"][k, 1 : 1 + len(q.words)], title=None)
+fig.suptitle("word relevance for the predicted answer ([CLS] row of R[t, t])")
+figures.save_figure(fig, "03_vqa_words_per_question")
+
+# %% [markdown]
+# ## How relevance flows between the streams
+# The four maps after each step of the propagation, for the first question. Text rows start as
+# the identity; `R[t, i]` stays zero until the first cross-modality block lets the question
+# attend to the image. A step that merges two cross-attentions is one co-attention block.
+
+# %%
+tokens = [["[CLS]", *q.words, "[SEP]"] + ["[PAD]"] * (x["input_ids"].shape[1] - len(q.words) - 2) for q in chosen]
+rec = gu.record(vqa, x, keep_heads=True)
+steps = widgets.flow_steps(rec)
+for i, label in enumerate(steps):
+    print(i, label)
+fig = widgets.render_flow(rec, index=0, target=0, tokens=tokens[0])
+figures.save_figure(fig, "03_vqa_flow")
+
+# %% [markdown]
+# ## Perturbation tests and ground truth
+# Remove image regions (or question words; `[CLS]` and `[SEP]` stay) most relevant first
+# (positive: accuracy should fall fast) or least relevant first (negative: it should hold), at the
+# LXMERT steps of the paper. Ground truth: do the image maps point at the objects the question
+# refers to, and is a key word of the question (the shape in "what colour is the triangle") the
+# most relevant word? The workbook scores 300 held-out questions (`python -m gae_utils.evaluate
+# --model shapes-vqa` runs the same code).
+
+# %%
+results, curves = evaluate_vqa(vqa, n=40 if SMOKE else 300, seed=7)
+print(format_table(results))
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(figures.PANEL * 7.2, figures.PANEL * 1.6), layout="constrained")
+panels = [("image", "positive", 0), ("image", "negative", 1), ("text", "positive", 2), ("text", "negative", 3)]
+for ax, (what, sign, row) in zip(axes, panels):
+    key = f"{what}_{sign[:3]}_auc"
+    figures.plot_perturbation_curves(
+        {m: c[row] for m, c in curves.items()},
+        VQA_STEPS,
+        f"{what} tokens, {sign}",
+        auc={m: r[key] for m, r in results.items()},
+        ax=ax,
+        xlabel=f"fraction of {'regions' if what == 'image' else 'words'} removed",
+        ylabel="answer accuracy",
+    )
+    ax.legend(frameon=False, fontsize=6)
+figures.save_figure(fig, "03_vqa_perturbation")
+
+# %% [markdown]
+# ## Explore
+# Pick a question, an answer to explain, a map and its row token, then walk through the
+# propagation steps, or look at one head's `(dA * A)+` at one layer.
+
+# %%
+top = rec.logits.topk(3, dim=-1).indices  # (B, 3): the three most likely answers of each question
+explore = gu.record(vqa, x, target=top, keep_heads=True)
+widgets.coattention_explorer(explore, image, tokens, target_names=[f"answer #{k + 1}" for k in range(3)])
+
+# %% [markdown]
+# ## Single-stream models
+# ViLT and VisualBERT concatenate words and image tokens into one stream; GAE then keeps a single
+# map over the joint sequence and reads its blocks: the `[CLS]` row over the words (`R[t, t]`)
+# and over the image tokens (`R[t, i]`). ViLT feeds its patches in a random order; the adapter
+# puts the relevance back on the patch grid. With network access the pretrained ViLT VQA model
+# runs on a photo:
+
+# %%
+try:
+    from transformers import ViltForQuestionAnswering, ViltProcessor
+
+    with gu.zoo.offline_unless_reachable():
+        vilt = ViltForQuestionAnswering.from_pretrained("dandelin/vilt-b32-finetuned-vqa").eval()
+        processor = ViltProcessor.from_pretrained("dandelin/vilt-b32-finetuned-vqa")
+except OSError as err:
+    print("pretrained ViLT unavailable offline:", str(err)[:160])
+else:
+    from gae_utils.photos import load_photos
+
+    photo = load_photos(["chelsea"], size=384)
+    inputs = processor(images=list(photo), text=["what animal is this?"], return_tensors="pt", do_rescale=False)
+    vexp = gu.explain(vilt, dict(inputs))
+    answer = vilt.config.id2label[int(vexp.target[0])]
+    fig = figures.plot_panels(photo, vexp.heatmap(384)[:, None], [[f"what animal is this? -> {answer}"]])
+    figures.save_figure(fig, "03_vilt_photo")
