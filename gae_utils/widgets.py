@@ -45,6 +45,8 @@ __all__ = [
     "stream_row",
     "render_stream_row",
     "coattention_explorer",
+    "render_dual_pair",
+    "dual_explorer",
 ]
 
 VIEWS = ("relevancy", "attn_bar", "head")
@@ -483,3 +485,89 @@ def coattention_explorer(
     return W.VBox(
         [W.HBox([index, target]), W.HBox([pair, token]), view, W.HBox([step, layer, head]), out_row, out_flow]
     )
+
+
+# ----------------------------------------------------------------------------- dual encoders
+
+
+def render_dual_pair(
+    model: nn.Module,
+    images: Tensor,
+    texts: dict,
+    words: Sequence[Sequence[str]],
+    image: int = 0,
+    caption: int = 0,
+    method: str = "gae",
+    image_start_layer: int = 0,
+    pixel_values: Tensor | None = None,
+    word_offset: int = 1,
+) -> plt.Figure:
+    """One (image, caption) pair of a dual encoder: the image tower's map for the pair's similarity
+    over the image, and the text tower's word relevance for it.
+
+    Args:
+        model: a dual encoder (Hugging Face ``CLIPModel``).
+        images: ``(B_i, 3, H, W)`` images in [0, 1] to show.
+        texts: tokenizer output of the captions.
+        words: the words of every caption (shown without the special tokens).
+        image: which image.
+        caption: which caption.
+        method: ``gae`` or a baseline.
+        image_start_layer: first aggregated image-tower layer.
+        pixel_values: what the model takes for ``images`` (default: ``images`` themselves).
+        word_offset: token index of the first word (1: after ``[BOS]``).
+    """
+    from .dual import explain_dual
+
+    pixels = images if pixel_values is None else pixel_values
+    one = {k: v[caption : caption + 1] for k, v in texts.items()}
+    dual = explain_dual(
+        model, pixels[image : image + 1], one, method=method, image_start_layer=image_start_layer, pairs="diagonal"
+    )
+    heat = dual.image.heatmap(tuple(images.shape[-2:]))[0]  # (H, W)
+    text = dual.text.relevance["text"][0]  # (L,)
+    first = word_offset
+    fig = plt.figure(figsize=(PANEL * 3, PANEL * 1.5), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[4, 1])
+    show_image(fig.add_subplot(grid[0, 0]), images[image], "input")
+    label = METHOD_LABELS.get(method, method)
+    overlay(fig.add_subplot(grid[0, 1]), images[image], heat, f"{label}, logit {float(dual.logits[0]):.2f}")
+    plot_token_relevance(fig.add_subplot(grid[1, :]), words[caption], text[first : first + len(words[caption])])
+    return fig
+
+
+def dual_explorer(
+    model: nn.Module,
+    images: Tensor,
+    texts: dict,
+    words: Sequence[Sequence[str]],
+    pixel_values: Tensor | None = None,
+):
+    """An ipywidgets explorer of a dual encoder: image, caption, method, image-tower start layer.
+
+    Returns:
+        An ``ipywidgets.VBox``; display it in a notebook.
+    """
+    import ipywidgets as W
+    from IPython.display import display
+
+    n_layers = getattr(getattr(model.config, "vision_config", None), "num_hidden_layers", 1)
+    image = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
+    caption = W.Dropdown(options=[(" ".join(w), k) for k, w in enumerate(words)], value=0, description="caption")
+    method = W.ToggleButtons(options=method_names(), description="method")
+    start = W.IntSlider(0, 0, n_layers - 1, description="start_layer")
+    out = W.Output()
+
+    def update(*_):
+        fig = render_dual_pair(
+            model, images, texts, words, image.value, caption.value, method.value, start.value, pixel_values
+        )
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+
+    for control in (image, caption, method, start):
+        control.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([image, caption]), method, start, out])

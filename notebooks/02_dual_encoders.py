@@ -29,9 +29,10 @@ import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 import gae_utils as gu
-from gae_utils import figures
+from gae_utils import figures, widgets
 from gae_utils.dual import explain_dual
 from gae_utils.language import Vocabulary, all_captions, negative_caption
 from gae_utils.shapes import ShapesBatch, ShapesWorld
@@ -72,6 +73,24 @@ for k, (ax, cap) in enumerate(zip(axes, captions)):
     figures.plot_token_relevance(ax, cap.words, words, title=None)
 fig.suptitle("word relevance for the pair's similarity (EOT row of the text tower)")
 figures.save_figure(fig, "02_clip_text_per_caption")
+
+# %% [markdown]
+# ## Explore
+# Pick an image of the batch and a caption; the map and the word strip explain that pair's
+# similarity. The method toggle shows the baselines on the same pair; `start_layer` leaves the
+# image tower's first layers out of the aggregation.
+
+# %%
+batch = world.batch(4, start=7)
+texts = {"input_ids": ids, "attention_mask": mask}
+words = [c.words for c in captions]
+widgets.dual_explorer(
+    clip,
+    torch.cat([image, batch.images]),
+    texts,
+    words,
+    pixel_values=normalize_pixels(torch.cat([image, batch.images])),
+)
 
 # %% [markdown]
 # ## A real pretrained sentence encoder: which words carry the similarity?

@@ -135,3 +135,27 @@ def test_diagonal_pairs_equal_the_all_pairs_diagonal_with_one_backward():
     torch.testing.assert_close(diag.text.relevance["text"], full.text.relevance["text"][idx, idx], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="as many images as texts"):
         explain_dual(model, images[:2], tokenized(CAPTIONS), pairs="diagonal")
+
+
+def test_dual_pair_figure_and_explorer_callback():
+    import matplotlib.pyplot as plt
+
+    from gae_utils import widgets
+    from gae_utils.bench import _random_clip
+
+    model = _random_clip(torch.device("cpu"), small=True)
+    images = torch.rand(2, 3, 64, 64)
+    ids = torch.tensor([[49406, 320, 1929, 49407, 0], [49406, 320, 49407, 0, 0]])
+    ids[ids >= model.config.text_config.vocab_size] = model.config.text_config.eos_token_id
+    ids[:, 0] = model.config.text_config.bos_token_id
+    texts = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    words = [["a", "cat"], ["a"]]
+    fig = widgets.render_dual_pair(model, images, texts, words, image=1, caption=0, method="gae")
+    strip = fig.axes[-1]
+    assert [t.get_text() for t in strip.texts] == ["a", "cat"]
+    plt.close(fig)
+    from gae_utils.dual import explain_dual
+
+    one = explain_dual(model, images[1:2], {k: v[:1] for k, v in texts.items()}, pairs="diagonal")
+    full = explain_dual(model, images, texts)
+    torch.testing.assert_close(one.image.relevance["image"][0], full.image.relevance["image"][1, 0])
