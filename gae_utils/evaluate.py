@@ -60,6 +60,8 @@ HIGHER_IS_BETTER = {
     "map": True,
     "pos_auc": False,
     "neg_auc": True,
+    "alignment_accuracy": True,
+    "exact_match": True,
 }
 
 
@@ -243,6 +245,97 @@ def evaluate_clip(
     return results
 
 
+# ----------------------------------------------------------------------------- seq2seq (shapes-translate)
+
+ROLLOUT_NOTE = (
+    "rollout: no source relevance; rollout has no rule for cross-attention, so R[target, source] does not exist "
+    "(its decoder-only map would give prefix relevance only)"
+)
+
+
+def evaluate_translate(
+    model: nn.Module,
+    n: int = 300,
+    seed: int = 7,
+    batch_size: int = 50,
+    methods: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Alignment accuracy of every method on ``n`` fresh captions of ``ShapesWorld(seed=seed)``.
+
+    Each caption is translated greedily; generations equal to the reference translation
+    (:func:`gae_utils.language.translate`) are explained token by token in one call
+    (:func:`gae_utils.seq2seq.record_generation`), and for each generated word the argmax of its
+    source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
+    the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
+    decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps.
+
+    Returns:
+        ``({method: {"alignment_accuracy", "pairs", "exact_match"}}, notes)``; methods that give no
+        source relevance (rollout) are left out and explained in ``notes``.
+    """
+    from tqdm.auto import tqdm
+
+    from .language import caption, translate
+    from .seq2seq import (
+        alignment_hits,
+        encode_sources,
+        encode_targets,
+        greedy_decode,
+        record_generation,
+        translate_vocabulary,
+    )
+
+    methods = methods or method_names()
+    vocab = translate_vocabulary()
+    world = ShapesWorld(seed=seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    hits: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
+    notes: list[str] = []
+    exact_total = 0
+    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
+        caps = [caption(scene, rng) for scene in world.scenes(min(batch_size, n - start), start=start)]
+        trs = [translate(c) for c in caps]
+        inputs = {k: v.to(device) for k, v in encode_sources(caps, vocab).items()}
+        truth = encode_targets(trs, vocab).to(device)  # (B, T + 1)
+        out = greedy_decode(model, inputs, vocab.bos_id, vocab.eos_id, vocab.pad_id, truth.shape[1] - 1)
+        out = torch.nn.functional.pad(out, (0, truth.shape[1] - out.shape[1]), value=vocab.pad_id)
+        exact = (out[:, : truth.shape[1]] == truth).all(dim=1)  # (B,) generation equals the reference
+        exact_total += int(exact.sum())
+        if not exact.any():
+            continue
+        keep = exact.nonzero().flatten()
+        kept = [trs[i] for i in keep.tolist()]
+        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep])
+        for method in methods:
+            try:
+                relevance = rec.explanation(method).relevance["source"]  # (b, T, S)
+            except ValueError as err:
+                if method == "rollout" and "cross-attention" in str(err):
+                    if ROLLOUT_NOTE not in notes:
+                        notes.append(ROLLOUT_NOTE)
+                    continue
+                raise
+            hits[method].append(alignment_hits(relevance.float().cpu(), kept))
+        random_maps = torch.rand(
+            len(kept), truth.shape[1] - 1, inputs["input_ids"].shape[1], generator=gen
+        )  # (b, T, S)
+        hits["random"].append(alignment_hits(random_maps, kept))
+    results = {}
+    for method, values in hits.items():
+        if not values:
+            continue
+        h = torch.cat(values)
+        results[method] = {
+            "alignment_accuracy": h.float().mean().item(),
+            "exact_match": exact_total / n,
+            "pairs": float(h.numel()),
+        }
+    return results, notes
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table, best value of each metric marked with ``*``."""
     metrics = [k for k in next(iter(results.values())) if k != "pairs"]
@@ -262,7 +355,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description="Score explanation methods against ShapesWorld ground truth.")
-    parser.add_argument("--model", default="shapes-vit", choices=["shapes-vit", "shapes-clip"], help="embedded model")
+    parser.add_argument(
+        "--model",
+        default="shapes-vit",
+        choices=["shapes-vit", "shapes-clip", "shapes-translate"],
+        help="embedded model",
+    )
     parser.add_argument("--n", type=int, default=300, help="number of fresh scenes")
     parser.add_argument("--seed", type=int, default=7, help="ShapesWorld seed of the evaluation scenes")
     parser.add_argument("--batch-size", type=int, default=50)
@@ -275,7 +373,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     model = load(args.model)
     started = time.perf_counter()
-    if args.model == "shapes-clip":
+    notes: list[str] = []
+    if args.model == "shapes-translate":
+        results, notes = evaluate_translate(
+            model,
+            n=args.n,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            methods=args.methods,
+            progress=not args.no_progress,
+        )
+    elif args.model == "shapes-clip":
         results = evaluate_clip(
             model,
             n=args.n,
@@ -298,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     elapsed = time.perf_counter() - started
     print(f"{args.model}: {args.n} scenes (seed {args.seed}), {pairs} explained pairs, {elapsed:.1f} s")
     print(format_table(results))
+    for note in notes:
+        print(note)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -168,7 +168,8 @@ def record(
     if adapter.token_logits is not None and not callable(target):
         raise ValueError(
             f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
-            "gae_utils.seq2seq.explain_generation(model, source_inputs, generated), or pass target=callable(output) -> (B,)."
+            "gae_utils.seq2seq.explain_generation(model, source_inputs, generated), "
+            "or pass target=callable(output) -> (B,)."
         )
     if adapter.towers:
         raise ValueError(

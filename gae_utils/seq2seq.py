@@ -56,7 +56,8 @@ def _seq2seq_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     if adapter.token_logits is None:
         raise ValueError(
             f"{type(model).__name__} (adapter {adapter.name!r}) is not an encoder-decoder; explain it with "
-            "gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing torch.nn.Transformer."
+            "gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
+            "torch.nn.Transformer."
         )
     return adapter
 
@@ -90,7 +91,8 @@ def _check_generation(inputs: Any, generated: Any, steps: Sequence[int] | None) 
         )
     if not isinstance(generated, Tensor) or generated.dtype.is_floating_point:
         raise TypeError(
-            f"generated must be a (B, 1 + T) tensor of token ids (e.g. model.generate(...)), got {type(generated).__name__}"
+            "generated must be a (B, 1 + T) tensor of token ids (e.g. model.generate(...)), got "
+            f"{type(generated).__name__}"
         )
     if generated.ndim != 2 or generated.shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
@@ -368,7 +370,9 @@ def encode_sources(captions, vocab, length: int | None = SOURCE_LENGTH) -> dict[
 
 
 def encode_targets(translations, vocab, length: int | None = TARGET_LENGTH) -> Tensor:
-    """Translations -> ``(N, T + 1)`` ids ``[BOS] words [EOS] [PAD]...`` (decoder inputs = [:, :-1], labels = [:, 1:])."""
+    """Translations -> ``(N, T + 1)`` ids ``[BOS] words [EOS] [PAD]..``.
+
+    Decoder inputs are ``[:, :-1]``, labels ``[:, 1:]``."""
     ids, _ = vocab.encode_batch(
         [t.target for t in translations],
         cls_token=False,
