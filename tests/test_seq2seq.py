@@ -344,3 +344,86 @@ def test_explanation_with_target_rows_saves_and_loads(tmp_path):
     torch.testing.assert_close(back.relevance["source"], exp.relevance["source"])
     torch.testing.assert_close(back.layout.read(back.maps)["source"], exp.relevance["source"])
     assert back.extra == exp.extra
+
+
+# ----------------------------------------------------------------------------- shapes-translate
+
+
+def test_shapes_translate_card_number_is_recomputed_from_the_checkpoint():
+    from gae_utils.shapes import ShapesWorld
+    from gae_utils.train import HELDOUT_SEED, translation_accuracy
+
+    model = gu.zoo.load("shapes-translate")
+    heldout = model.card.training["heldout"]
+    assert heldout["exact_match"] >= 0.95
+    again = translation_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=heldout["n"])
+    assert again["exact_match"] == pytest.approx(heldout["exact_match"], abs=1e-9)
+    assert find_adapter(model).name == "hf-marian"  # the shipped model exercises a real adapter
+
+
+def test_translation_trainer_smoke(tmp_path):
+    from gae_utils.train import train_shapes_translate
+
+    model, card = train_shapes_translate(steps=3, batch_size=8, train_scenes=5, eval_n=4, out=tmp_path, progress=False)
+    assert (tmp_path / "shapes-translate.safetensors").exists()
+    back = gu.zoo.load("shapes-translate", directory=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    assert set(card.training["heldout"]) >= {"exact_match", "n", "unseen_exact_match"}
+
+
+def test_evaluate_translate_reports_every_method_and_explains_rollout():
+    from gae_utils.evaluate import evaluate_translate, format_table, main
+
+    model = gu.zoo.load("shapes-translate")
+    results, notes = evaluate_translate(model, n=12, batch_size=6, progress=False)
+    assert set(results) == {"gae", "gae_last_layer", "raw_attention", "attn_gradcam", "random"}
+    assert all(0 <= r["alignment_accuracy"] <= 1 and r["pairs"] > 0 for r in results.values())
+    assert results["raw_attention"]["alignment_accuracy"] > results["random"]["alignment_accuracy"]
+    assert any("rollout" in note and "cross-attention" in note for note in notes)
+    assert "alignment_accuracy" in format_table(results)
+    out = main(["--model", "shapes-translate", "--n", "6", "--batch-size", "6", "--no-progress"])
+    assert set(out) == set(results)
+
+
+def test_translation_widgets_render_pure_figures():
+    import matplotlib.pyplot as plt
+
+    from gae_utils import widgets
+
+    model = tiny_marian()
+    inputs, generated = batch()
+    rec = record_generation(model, {k: v[:1] for k, v in inputs.items()}, generated[:1], keep_heads=True)
+    src, tgt = [f"s{i}" for i in range(7)], [f"t{i}" for i in range(5)]
+    for method in ("gae", "raw_attention", "attn_gradcam"):
+        plt.close(widgets.render_translation(rec, src, tgt, method=method, step=3))
+    fig = widgets.render_translation_layer(rec, src, tgt, step=1, layer=0, head=1)
+    assert len(fig.axes) >= 2
+    plt.close(fig)
+    torch.testing.assert_close(widgets.cross_attention_matrix(rec, 0, -1, None), rec.layers[-1].attn_mean[0])
+    with pytest.raises(ValueError, match="out of range"):
+        widgets.render_translation(rec, src, tgt, step=5)
+    with pytest.raises(ValueError, match="out of range"):
+        widgets.cross_attention_matrix(rec, 0, 0, head=9)
+
+
+def test_seq2seq_benchmark_runs_on_a_tiny_marian():
+    from gae_utils import bench
+
+    result = bench.run_seq2seq_benchmark(length=6, repeats=1, small=True)
+    assert set(result["ratios"]) >= {"explain_all / forward", "per_token_backward / explain_all"}
+    assert all(v > 0 for v in result["seconds"].values())
+
+
+def test_pretrained_marian_fails_fast_offline_or_loads():
+    import time
+
+    from gae_utils.seq2seq import load_marian
+
+    started = time.perf_counter()
+    try:
+        model, tokenizer = load_marian()
+    except gu.zoo.PretrainedUnavailableError as err:
+        assert "shapes-translate" in str(err)
+        assert time.perf_counter() - started < 30
+    else:
+        assert find_adapter(model).name == "hf-marian"
