@@ -260,6 +260,7 @@ def evaluate_translate(
     batch_size: int = 50,
     methods: list[str] | None = None,
     progress: bool = True,
+    score: str = "logit",
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Alignment accuracy of every method on ``n`` fresh captions of ``ShapesWorld(seed=seed)``.
 
@@ -268,7 +269,8 @@ def evaluate_translate(
     (:func:`gae_utils.seq2seq.record_generation`), and for each generated word the argmax of its
     source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
     the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
-    decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps.
+    decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps. ``score``
+    is the explained scalar per token: its ``"logit"`` (method.md) or its ``"log_prob"``.
 
     Returns:
         ``({method: {"alignment_accuracy", "pairs", "exact_match"}}, notes)``; methods that give no
@@ -308,7 +310,7 @@ def evaluate_translate(
             continue
         keep = exact.nonzero().flatten()
         kept = [trs[i] for i in keep.tolist()]
-        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep])
+        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep], score=score)
         for method in methods:
             try:
                 relevance = rec.explanation(method).relevance["source"]  # (b, T, S)
@@ -367,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--start-layer", type=int, default=0)
     parser.add_argument("--methods", nargs="*", default=None, choices=method_names())
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
+    parser.add_argument(
+        "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate: explained scalar per token"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from .zoo import load
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             batch_size=args.batch_size,
             methods=args.methods,
             progress=not args.no_progress,
+            score=args.score,
         )
     elif args.model == "shapes-clip":
         results = evaluate_clip(

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 MARIAN_EN_DE = "Helsinki-NLP/opus-mt-en-de"
+SCORES = ("logit", "log_prob")
 
 
 def _seq2seq_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
@@ -120,6 +121,7 @@ def record_generation(
     generated: Tensor,
     steps: Sequence[int] | None = None,
     *,
+    score: str = "logit",
     adapter: Adapter | None = None,
     keep_heads: bool = False,
     eval_mode: bool = True,
@@ -133,6 +135,9 @@ def record_generation(
             ``generate()`` returns them; finished sequences padded after their EOS).
         steps: the generated positions to explain (default: all T). Step ``t`` is the logit of
             ``generated[:, t + 1]`` given ``generated[:, : t + 1]``.
+        score: the explained scalar of each token: ``"logit"`` (method.md: its logit at step ``t``)
+            or ``"log_prob"`` (its log-softmax, i.e. the logit minus the log-sum-exp of all logits
+            at that step: what raises this token *against the other tokens*).
         adapter: overrides the adapter lookup.
         keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
         eval_mode: explain in eval mode (restored afterwards).
@@ -144,6 +149,8 @@ def record_generation(
     """
     adapter = _seq2seq_adapter(model, adapter)
     steps = _check_generation(inputs, generated, steps)
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
     full = {
         "input_ids": inputs["input_ids"],
         "attention_mask": inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])),
@@ -170,7 +177,8 @@ def record_generation(
                 raise ValueError(f"generated holds ids outside the model's {logits.shape[-1]} output tokens")
             if not torch.isfinite(logits).all():
                 raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
-            scores = logits.gather(-1, labels[..., None])[..., 0]  # (B, T) logit of each generated token
+            scored = logits.log_softmax(dim=-1) if score == "log_prob" else logits  # (B, T, V)
+            scores = scored.gather(-1, labels[..., None])[..., 0]  # (B, T) score of each generated token
             # target k selects column steps[k] of every example: K backward passes as one vectorised pass
             select = torch.zeros(k, batch, n, dtype=scores.dtype, device=scores.device)  # (K, B, T)
             select[torch.arange(k), :, torch.tensor(steps)] = 1
@@ -201,6 +209,7 @@ def explain_generation(
     start_layer: int = 0,
     steps: Sequence[int] | None = None,
     *,
+    score: str = "logit",
     adapter: Adapter | None = None,
     eval_mode: bool = True,
 ) -> Explanation:
@@ -217,6 +226,7 @@ def explain_generation(
             cross-attention rule and raises for the source readout).
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: generated positions to explain (default all).
+        score: ``"logit"`` (default, method.md) or ``"log_prob"`` (see :func:`record_generation`).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
 
@@ -227,7 +237,7 @@ def explain_generation(
         ``target`` the explained token ids and ``extra["steps"]`` the explained step indices and
         ``extra["real_steps"]`` how many steps of each example are real tokens (up to its EOS).
     """
-    rec = record_generation(model, inputs, generated, steps, adapter=adapter, eval_mode=eval_mode)
+    rec = record_generation(model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode)
     exp = rec.explanation(method, start_layer)
     real = generation_steps(generated, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id"))
     exp.extra = {

@@ -102,6 +102,23 @@ print(format_table(results))
 print("\n".join(notes))
 
 # %% [markdown]
+# GAE explains the generated token's *logit* (method.md). In a softmax classifier a logit can be
+# raised by evidence shared with its competitors (attending to any shape word raises every shape
+# logit), and Eq. 5 keeps only the positive part of `dA * A`. Explaining the token's log-probability
+# instead (the logit minus the log-sum-exp over the vocabulary: what raises this token against the
+# others) removes the shared part; compare the two on the same captions.
+
+# %%
+results_lp, _ = evaluate_translate(
+    model, n=20 if SMOKE else 300, batch_size=20 if SMOKE else 50, progress=False, score="log_prob"
+)
+print(format_table(results_lp))
+rec_lp = record_generation(model, inputs, generated, score="log_prob", keep_heads=True)
+fig = widgets.render_translation(rec_lp, source_tokens, target_tokens, method="gae", step=2)
+fig.suptitle("target: log-probability of each generated token")
+figures.save_figure(fig, "05_translation_tokens_log_prob")
+
+# %% [markdown]
 # ## Explorer
 # Generated token, method, cross-attention layer and head; each control calls a pure function of
 # `gae_utils.widgets` (`render_translation`, `render_translation_layer`).

@@ -427,3 +427,15 @@ def test_pretrained_marian_fails_fast_offline_or_loads():
         assert time.perf_counter() - started < 30
     else:
         assert find_adapter(model).name == "hf-marian"
+
+
+def test_log_prob_score_explains_the_log_softmax():
+    model = tiny_marian()
+    inputs, generated = batch()
+    rec = record_generation(model, inputs, generated, score="log_prob")
+    expected = rec.logits.log_softmax(-1).gather(-1, generated[:, 1:, None])[..., 0]  # logits stay raw
+    torch.testing.assert_close(rec.scores, expected)
+    logit = explain_generation(model, inputs, generated).relevance["source"]
+    assert not torch.allclose(rec.explanation("gae").relevance["source"], logit)
+    with pytest.raises(ValueError, match="unknown score"):
+        explain_generation(model, inputs, generated, score="prob")
