@@ -253,11 +253,12 @@ def test_model_unchanged_after_explain_and_after_an_exception(family):
     explain_generation(model, inputs, generated)
     _assert_same(before, _state(model))
     assert all(p.grad is None for p in model.parameters())
-    bad = generated.clone()
-    bad[0, 2] = 10_000  # not a token of the model: raises inside the recorder
-    with pytest.raises((ValueError, IndexError)):
-        explain_generation(model, inputs, bad)
-    _assert_same(before, _state(model))
+    for position in (2, -1):  # a decoder input (the forward raises) or only a label (raises after it)
+        bad = generated.clone()
+        bad[0, position] = 10_000  # not a token of the model
+        with pytest.raises((ValueError, IndexError)):
+            explain_generation(model, inputs, bad)
+        _assert_same(before, _state(model))
 
 
 def test_frozen_model_is_explained_identically():
