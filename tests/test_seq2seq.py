@@ -440,3 +440,75 @@ def test_log_prob_score_explains_the_log_softmax():
     assert not torch.allclose(rec.explanation("gae").relevance["source"], logit)
     with pytest.raises(ValueError, match="unknown score"):
         explain_generation(model, inputs, generated, score="prob")
+
+
+def _manual_mha(mha, query, memory, mask):
+    """torch.nn.MultiheadAttention written out (batch_first, no dropout); returns output and (H, Nq, Nk) A."""
+    d, h = mha.embed_dim, mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.split(d)
+    b_q, b_k, b_v = mha.in_proj_bias.split(d)
+
+    def heads(x):
+        return x.reshape(x.shape[0], h, d // h).transpose(0, 1)  # (H, N, d/h)
+
+    q, k, v = heads(query @ w_q.T + b_q), heads(memory @ w_k.T + b_k), heads(memory @ w_v.T + b_v)
+    scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5 + mask  # (H, Nq, Nk)
+    attn = scores.softmax(dim=-1)
+    attn.retain_grad()
+    out = (attn @ v).transpose(0, 1).reshape(query.shape[0], d)
+    return mha.out_proj(out), attn
+
+
+def _manual_translator(model, ids, dec):
+    """TransformerTranslator's forward for one example (post-norm layers), keeping every A."""
+    tf = model.transformer
+    s, t = ids.shape[0], dec.shape[0]
+    x = model.src_embed(ids) + model.position.weight[:s]
+    no_mask = torch.zeros(s, s)
+    enc_maps, self_maps, cross_maps = [], [], []
+    for layer in tf.encoder.layers:
+        a, attn = _manual_mha(layer.self_attn, x, x, no_mask)
+        enc_maps.append(attn)
+        x = layer.norm1(x + a)
+        x = layer.norm2(x + layer.linear2(layer.activation(layer.linear1(x))))
+    memory = tf.encoder.norm(x)
+    y = model.tgt_embed(dec) + model.position.weight[:t]
+    causal = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+    for layer in tf.decoder.layers:
+        a, attn = _manual_mha(layer.self_attn, y, y, causal)
+        self_maps.append(attn)
+        y = layer.norm1(y + a)
+        a, attn = _manual_mha(layer.multihead_attn, y, memory, torch.zeros(t, s))
+        cross_maps.append(attn)
+        y = layer.norm2(y + a)
+        y = layer.norm3(y + layer.linear2(layer.activation(layer.linear1(y))))
+    return model.generator(tf.decoder.norm(y)), enc_maps, self_maps, cross_maps
+
+
+def test_torch_transformer_matches_a_written_out_reference():
+    model = tiny_torch()
+    inputs, generated = batch()
+    exp = explain_generation(model, inputs, generated)
+    n_steps = generated.shape[1] - 1
+    for b in range(3):
+        length = int(inputs["attention_mask"][b].sum())  # the reference runs the unpadded source
+        ids, dec = inputs["input_ids"][b, :length], generated[b, :-1]
+        for t in range(n_steps):
+            logits, enc, dec_self, cross = _manual_translator(model, ids, dec)
+            model.zero_grad()
+            logits[t, generated[b, t + 1]].backward()
+
+            def cam(a):
+                return (a.grad * a).clamp(min=0).mean(dim=0)  # Eq. 5
+
+            r_ss = torch.eye(length)
+            for a in enc:
+                r_ss = r_ss + cam(a) @ r_ss  # Eq. 6
+            r_tt, r_ts = torch.eye(n_steps), torch.zeros(n_steps, length)
+            for self_a, cross_a in zip(dec_self, cross):
+                c = cam(self_a)
+                r_tt, r_ts = r_tt + c @ r_tt, r_ts + c @ r_ts  # Eq. 6, 7
+                r_ts = r_ts + _normalise(r_tt).T @ cam(cross_a) @ _normalise(r_ss)  # Eq. 10
+            torch.testing.assert_close(exp.relevance["source"][b, t, :length], r_ts[t].detach(), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(exp.relevance["target"][b, t], r_tt[t].detach(), rtol=1e-4, atol=1e-6)
+    model.zero_grad(set_to_none=True)
