@@ -10,6 +10,7 @@ from .explainer import Recording, explain, record
 from .explanation import Explanation
 from .layout import Readout, Segment, TokenLayout
 from .recorder import AttentionCaptureError, AttentionRecorder, LayerRecord
+from .seq2seq import explain_generation
 
 try:
     __version__ = version("gae-workbook")
@@ -31,6 +32,7 @@ __all__ = [
     "TokenLayout",
     "UnsupportedModelError",
     "explain",
+    "explain_generation",
     "find_adapter",
     "propagate",
     "record",

@@ -55,6 +55,9 @@ class AttentionSite:
             cross-modality attention serves text->image, then image->text), the ``(query, key)``
             modalities of successive calls; ``group="module"`` then groups each cycle of calls
             into one simultaneous co-attention update.
+        graph_base: the returned probabilities are a view made *after* the module used them
+            (``torch.nn.MultiheadAttention`` returns ``weights.view(B, H, Nq, Nk)`` of the
+            ``(B*H, Nq, Nk)`` tensor its ``bmm`` read); gradients are then taken at the view's base.
     """
 
     module_class: str
@@ -65,6 +68,7 @@ class AttentionSite:
     group: str | None = None
     within: str | None = None
     calls: tuple[tuple[str, str], ...] | None = None
+    graph_base: bool = False
 
 
 def _timm_fused_flags(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
@@ -403,6 +407,11 @@ class Adapter:
         family: one-line description for error messages.
         towers: the modalities are separate towers with their own batches (dual encoders): each
             is explained on its own (:func:`gae_utils.dual.explain_dual`).
+        contains: also serve any model that *contains* a module of one of these classes (a user
+            model built around ``torch.nn.Transformer``); such an adapter documents the call
+            convention the model must follow.
+        token_logits: encoder-decoders: ``token_logits(output) -> (B, T, V)`` next-token logits of
+            every decoder position (:func:`gae_utils.seq2seq.explain_generation`).
     """
 
     name: str
@@ -415,10 +424,14 @@ class Adapter:
     layout: Callable[[nn.Module, Any], TokenLayout]
     family: str = ""
     towers: bool = False
+    contains: tuple[str, ...] = ()
+    token_logits: Callable[[Any], Tensor] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         names = {cls.__name__ for cls in type(model).__mro__}
-        return any(name in names for name in self.model_classes)
+        if any(name in names for name in self.model_classes):
+            return True
+        return bool(self.contains) and any(type(m).__name__ in self.contains for m in model.modules())
 
 
 ADAPTERS: list[Adapter] = [
@@ -522,6 +535,195 @@ ADAPTERS: list[Adapter] = [
         family="Hugging Face LxmertForQuestionAnswering (two streams, co-attention; region features supplied by you)",
     ),
 ]
+
+
+# --------------------------------------------------------------- encoder-decoders (seq2seq text)
+#
+# Modalities: "source" (encoder self-attention), "target" (causal decoder self-attention) and the
+# decoder's cross-attention target -> source (method.md, Eq. 6-11). Every seq2seq adapter takes the
+# same inputs, a dict with "input_ids" (B, S), "attention_mask" (B, S), "decoder_input_ids" (B, T)
+# and optionally "decoder_attention_mask" (B, T), and is explained token by token with
+# gae_utils.seq2seq.explain_generation. Where the probabilities live (transformers 5.x, eager):
+# Marian/BART attention returns (output, weights) -> index 1; T5Attention returns
+# (output, position_bias, weights) -> index 2 (its relative position bias is added to the scores
+# before the softmax and does not depend on A); torch.nn.MultiheadAttention returns per-head
+# weights only when called with need_weights=True, average_attn_weights=False, as a view made after
+# its bmm read them (graph_base=True).
+
+
+def _seq2seq_check(model: nn.Module, inputs: Any) -> None:
+    if not isinstance(inputs, Mapping) or not {"input_ids", "decoder_input_ids"} <= set(inputs):
+        raise TypeError(
+            "an encoder-decoder takes a dict with 'input_ids' (B, S), 'attention_mask' (B, S) and "
+            "'decoder_input_ids' (B, T); to explain a generation use "
+            "gae_utils.seq2seq.explain_generation(model, source_inputs, generated_ids)"
+        )
+    _text_check(model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs})
+    ids, dec = inputs["input_ids"], inputs["decoder_input_ids"]
+    if dec.ndim != 2 or dec.shape[1] == 0:
+        raise ValueError(
+            f"decoder_input_ids must be (B, T) with T > 0, got {tuple(dec.shape)}; the generation is empty"
+        )
+    if dec.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"decoder_input_ids has {dec.shape[0]} rows but input_ids has {ids.shape[0]}; pass one target per source"
+        )
+    limit = getattr(getattr(model, "config", None), "vocab_size", None)
+    for key in ("input_ids", "decoder_input_ids"):
+        if limit is not None and (inputs[key].min() < 0 or inputs[key].max() >= limit):
+            raise ValueError(
+                f"{key} holds ids outside the vocabulary (0..{limit - 1}); encode with the model's tokenizer"
+            )
+
+
+def seq2seq_last_row(inputs: Mapping) -> Tensor:
+    """One-hot ``(B, T)`` weights of each example's last real decoder position (the next-token row)."""
+    dec = inputs["decoder_input_ids"]
+    mask = inputs.get("decoder_attention_mask")
+    last = (
+        (mask.long().sum(dim=1) - 1).clamp(min=0) if mask is not None else torch.full_like(dec[:, 0], dec.shape[1] - 1)
+    )
+    return F.one_hot(last, dec.shape[1]).float()  # (B, T)
+
+
+def _seq2seq_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+    """Source and target tokens (no prefix); by default the last decoder row is read (next token)."""
+    segments = (
+        Segment("source", inputs["input_ids"].shape[1], 0),
+        Segment("target", inputs["decoder_input_ids"].shape[1], 0),
+    )
+    readouts = (Readout("source", "target", "source", "weights"), Readout("target", "target", "target", "weights"))
+    last = seq2seq_last_row(inputs)
+    return TokenLayout(segments, readouts, {"source": last, "target": last})
+
+
+def _hf_seq2seq_call(model: nn.Module, inputs: Mapping) -> Any:
+    return model(**inputs, use_cache=False)
+
+
+@contextmanager
+def mha_eager(model: nn.Module) -> Iterator[None]:
+    """Make every ``nn.MultiheadAttention`` of ``model`` return per-head probabilities for the block.
+
+    ``nn.TransformerEncoderLayer``/``DecoderLayer`` call their attention with ``need_weights=False``
+    and may take a fused fast path that bypasses the module: for the block the fast path is switched
+    off (``torch.backends.mha``) and a forward pre-hook sets ``need_weights=True,
+    average_attn_weights=False`` on each call. The hooks are removed and the flag restored after.
+    """
+    saved = torch.backends.mha.get_fastpath_enabled()
+
+    def per_head(module: nn.Module, args: tuple, kwargs: dict):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    handles = []
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        for module in model.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                handles.append(module.register_forward_pre_hook(per_head, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.backends.mha.set_fastpath_enabled(saved)
+
+
+def _torch_seq2seq_check(model: nn.Module, inputs: Any) -> None:
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters)
+    if params[:2] != ["input_ids", "decoder_input_ids"] or "attention_mask" not in params:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} contains a torch.nn.Transformer but its forward{tuple(params)} does not follow "
+            "the call convention model(input_ids, decoder_input_ids, attention_mask=None) -> logits (B, T, V) "
+            "(attention_mask: (B, S), 1 at real source tokens; the model applies the causal mask itself). "
+            "Wrap it in a module with that forward, or register an adapter with your own call."
+        )
+    _seq2seq_check(model, inputs)
+
+
+def _torch_seq2seq_call(model: nn.Module, inputs: Mapping) -> Any:
+    return model(inputs["input_ids"], inputs["decoder_input_ids"], attention_mask=inputs.get("attention_mask"))
+
+
+def _hf_seq2seq_sites(cls: str, probs: int, cross: str) -> tuple[AttentionSite, ...]:
+    """Cross-attention first: its module name also contains ``encoder`` in Marian/BART (``encoder_attn``)."""
+    return (
+        AttentionSite(cls, probs=probs, kind="cross", query="target", key="source", within=cross),
+        AttentionSite(cls, probs=probs, query="source", key="source", within="encoder"),
+        AttentionSite(cls, probs=probs, query="target", key="target", within="decoder"),
+    )
+
+
+SEQ2SEQ_ADAPTERS: list[Adapter] = [
+    Adapter(
+        name="hf-marian",
+        model_classes=("MarianMTModel",),
+        sites=_hf_seq2seq_sites("MarianAttention", 1, "encoder_attn"),
+        eager=hf_eager,
+        call=_hf_seq2seq_call,
+        logits=None,
+        check=_seq2seq_check,
+        layout=_seq2seq_layout,
+        family="Hugging Face MarianMTModel (source, causal target, cross-attention), via gae_utils.seq2seq",
+        token_logits=lambda out: out.logits,
+    ),
+    Adapter(
+        name="hf-bart",
+        model_classes=("BartForConditionalGeneration",),
+        sites=_hf_seq2seq_sites("BartAttention", 1, "encoder_attn"),
+        eager=hf_eager,
+        call=_hf_seq2seq_call,
+        logits=None,
+        check=_seq2seq_check,
+        layout=_seq2seq_layout,
+        family="Hugging Face BartForConditionalGeneration, via gae_utils.seq2seq",
+        token_logits=lambda out: out.logits,
+    ),
+    Adapter(
+        name="hf-t5",
+        model_classes=("T5ForConditionalGeneration",),
+        sites=_hf_seq2seq_sites("T5Attention", 2, "EncDecAttention"),
+        eager=hf_eager,
+        call=_hf_seq2seq_call,
+        logits=None,
+        check=_seq2seq_check,
+        layout=_seq2seq_layout,
+        family="Hugging Face T5ForConditionalGeneration (relative position bias), via gae_utils.seq2seq",
+        token_logits=lambda out: out.logits,
+    ),
+    Adapter(
+        name="torch-transformer",
+        model_classes=(),
+        contains=("Transformer",),  # any model holding a torch.nn.Transformer, called by the convention below
+        sites=(
+            AttentionSite(
+                "MultiheadAttention",
+                probs=1,
+                kind="cross",
+                query="target",
+                key="source",
+                within="multihead_attn",
+                graph_base=True,
+            ),
+            AttentionSite(
+                "MultiheadAttention", probs=1, query="source", key="source", within="encoder", graph_base=True
+            ),
+            AttentionSite(
+                "MultiheadAttention", probs=1, query="target", key="target", within="decoder", graph_base=True
+            ),
+        ),
+        eager=mha_eager,
+        call=_torch_seq2seq_call,
+        logits=None,
+        check=_torch_seq2seq_check,
+        layout=_seq2seq_layout,
+        family="models containing torch.nn.Transformer with forward(input_ids, decoder_input_ids, attention_mask=None) "
+        "-> logits (B, T, V), via gae_utils.seq2seq",
+        token_logits=lambda out: out,
+    ),
+]
+ADAPTERS.extend(SEQ2SEQ_ADAPTERS)
 
 
 def register_adapter(adapter: Adapter, first: bool = True) -> None:

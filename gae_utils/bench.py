@@ -326,6 +326,93 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
     }
 
 
+# ----------------------------------------------------------------------------- seq2seq
+
+
+def _random_marian(device: torch.device, small: bool = False) -> nn.Module:
+    """A Marian with random weights: opus-mt-en-de sized by default (d_model 512, 6+6 layers, 8 heads,
+    58,101 tokens), tiny for tests."""
+    from .zoo import BUILDERS
+
+    torch.manual_seed(0)
+    if small:
+        size = dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2)
+        size.update(decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=100)
+    else:
+        size = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8)
+        size.update(decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, vocab_size=58101)
+    config = dict(max_position_embeddings=512, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **size)
+    return BUILDERS["hf-marian"](**config).to(device).eval()
+
+
+def run_seq2seq_benchmark(
+    length: int = 32, batch: int = 1, device: str = "cpu", repeats: int = 3, small: bool = False
+) -> dict:
+    """Explaining every token of a ``length``-token generation against one teacher-forced forward.
+
+    - ``forward``: one teacher-forced forward (eager attention, no graph), the unit;
+    - ``floor``: forward with a graph + one backward to the attention maps (one token's cost);
+    - ``explain_all``: :func:`gae_utils.seq2seq.explain_generation`, all tokens, one vectorised backward;
+    - ``per_token_backward``: the same recording, one ``autograd.grad`` per token (``length`` passes
+      sharing one forward), i.e. what a ``.backward()`` per token costs at best.
+    """
+    from .adapters import find_adapter
+    from .recorder import AttentionRecorder
+    from .seq2seq import explain_generation
+
+    dev = torch.device(device)
+    model = _random_marian(dev, small)
+    adapter = find_adapter(model)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(2, vocab, (batch, length), generator=gen).to(dev),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=dev),
+    }
+    generated = torch.randint(2, vocab, (batch, length + 1), generator=gen).to(dev)
+    generated[:, 0] = model.config.decoder_start_token_id
+    full = {**inputs, "decoder_input_ids": generated[:, :-1]}
+    labels = generated[:, 1:, None]  # (B, T, 1)
+
+    def forward():
+        with adapter.eager(model), torch.no_grad():
+            adapter.call(model, full)
+
+    def scores(rec_model):
+        return adapter.token_logits(adapter.call(rec_model, full)).gather(-1, labels)[..., 0]  # (B, T)
+
+    def floor():
+        with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
+            rec.backward_objectives([scores(model)[:, -1].sum()])
+
+    def per_token():
+        with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
+            s = scores(model)
+            rec.backward_objectives([s[:, t].sum() for t in range(length)])
+
+    seconds = {
+        "forward": _time(forward, dev, repeats),
+        "floor": _time(floor, dev, repeats),
+        "explain_all": _time(lambda: explain_generation(model, inputs, generated), dev, repeats),
+        "per_token_backward": _time(per_token, dev, 1),
+    }
+    return {
+        "model": "Marian opus-mt-en-de config, random weights" if not small else "tiny Marian",
+        "generation_tokens": length,
+        "source_tokens": length,
+        "batch": batch,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "ratios": {
+            "explain_all / forward": seconds["explain_all"] / seconds["forward"],
+            "floor / forward": seconds["floor"] / seconds["forward"],
+            "explain_all / floor (tokens-equivalent backward passes)": seconds["explain_all"] / seconds["floor"],
+            "per_token_backward / explain_all": seconds["per_token_backward"] / seconds["explain_all"],
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
@@ -339,8 +426,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--vqa", choices=["shapes-vqa", "lxmert-base"], default=None, help="image-question pairs (--batch, e.g. 16)"
     )
+    parser.add_argument("--seq2seq", action="store_true", help="every token of a --length generation, random Marian")
+    parser.add_argument("--length", type=int, default=32)
     args = parser.parse_args(argv)
-    if args.dual:
+    if args.seq2seq:
+        result = run_seq2seq_benchmark(args.length, 1 if args.batch == 8 else args.batch, args.device, args.repeats)
+    elif args.dual:
         result = run_dual_benchmark(args.captions, args.device, args.repeats)
     elif args.vqa:
         result = run_vqa_benchmark(args.batch, args.device, args.repeats, args.vqa)

@@ -48,7 +48,7 @@ from .metrics import (
 )
 from .shapes import ShapesWorld
 
-__all__ = ["evaluate_vit", "evaluate_clip", "evaluate_vqa", "VQA_STEPS", "EVALUATORS", "main"]
+__all__ = ["evaluate_vit", "evaluate_clip", "evaluate_vqa", "evaluate_translate", "VQA_STEPS", "EVALUATORS", "main"]
 
 HIGHER_IS_BETTER = {
     "pointing_pixel": True,
@@ -67,6 +67,8 @@ HIGHER_IS_BETTER = {
     "image_neg_auc": True,
     "text_pos_auc": False,
     "text_neg_auc": True,
+    "alignment_accuracy": True,
+    "exact_match": True,
 }
 
 
@@ -406,6 +408,85 @@ def evaluate_vqa(
     return results, curves
 
 
+# ----------------------------------------------------------------------------- seq2seq (shapes-translate)
+
+
+def evaluate_translate(
+    model: nn.Module,
+    n: int = 300,
+    seed: int = 7,
+    batch_size: int = 50,
+    methods: list[str] | None = None,
+    progress: bool = True,
+    score: str = "logit",
+) -> dict[str, dict[str, float]]:
+    """Alignment accuracy of every method on ``n`` fresh captions of ``ShapesWorld(seed=seed)``.
+
+    Each caption is translated greedily; generations equal to the reference translation
+    (:func:`gae_utils.language.translate`) are explained token by token in one call
+    (:func:`gae_utils.seq2seq.record_generation`), and for each generated word the argmax of its
+    source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
+    the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
+    decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps. ``score``
+    is the explained scalar per token: its ``"logit"`` (method.md) or its ``"log_prob"``.
+
+    Returns:
+        ``{method: {"alignment_accuracy", "pairs", "exact_match"}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from .language import caption, translate
+    from .seq2seq import (
+        alignment_hits,
+        encode_sources,
+        encode_targets,
+        greedy_decode,
+        record_generation,
+        translate_vocabulary,
+    )
+
+    methods = methods or method_names()
+    vocab = translate_vocabulary()
+    world = ShapesWorld(seed=seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    hits: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
+    exact_total = 0
+    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
+        caps = [caption(scene, rng) for scene in world.scenes(min(batch_size, n - start), start=start)]
+        trs = [translate(c) for c in caps]
+        inputs = {k: v.to(device) for k, v in encode_sources(caps, vocab).items()}
+        truth = encode_targets(trs, vocab).to(device)  # (B, T + 1)
+        out = greedy_decode(model, inputs, vocab.bos_id, vocab.eos_id, vocab.pad_id, truth.shape[1] - 1)
+        out = torch.nn.functional.pad(out, (0, truth.shape[1] - out.shape[1]), value=vocab.pad_id)
+        exact = (out[:, : truth.shape[1]] == truth).all(dim=1)  # (B,) generation equals the reference
+        exact_total += int(exact.sum())
+        if not exact.any():
+            continue
+        keep = exact.nonzero().flatten()
+        kept = [trs[i] for i in keep.tolist()]
+        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep], score=score)
+        for method in methods:
+            relevance = rec.explanation(method).relevance["source"]  # (b, T, S)
+            hits[method].append(alignment_hits(relevance.float().cpu(), kept))
+        random_maps = torch.rand(
+            len(kept), truth.shape[1] - 1, inputs["input_ids"].shape[1], generator=gen
+        )  # (b, T, S)
+        hits["random"].append(alignment_hits(random_maps, kept))
+    results = {}
+    for method, values in hits.items():
+        if not values:
+            continue
+        h = torch.cat(values)
+        results[method] = {
+            "alignment_accuracy": h.float().mean().item(),
+            "exact_match": exact_total / n,
+            "pairs": float(h.numel()),
+        }
+    return results
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table, best value of each metric marked with ``*``."""
     metrics = [k for k in next(iter(results.values())) if k != "pairs"]
@@ -439,7 +520,17 @@ def _run_vqa(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, 
     return evaluate_vqa(model, progress=not args.no_progress, **kwargs)[0]
 
 
-EVALUATORS = {"shapes-vit": _run_vit, "shapes-clip": _run_clip, "shapes-vqa": _run_vqa}
+def _run_translate(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return evaluate_translate(model, progress=not args.no_progress, score=args.score, **kwargs)
+
+
+EVALUATORS = {
+    "shapes-vit": _run_vit,
+    "shapes-clip": _run_clip,
+    "shapes-vqa": _run_vqa,
+    "shapes-translate": _run_translate,
+}
 """Embedded model -> its evaluation (``model, parsed CLI arguments -> {method: {metric: value}}``)."""
 
 
@@ -453,6 +544,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--methods", nargs="*", default=None, choices=method_names(ablations=True))
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate: explained scalar per token"
+    )
     args = parser.parse_args(argv)
     from .zoo import load
 

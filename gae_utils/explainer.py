@@ -165,6 +165,12 @@ def record(
         A :class:`Recording`.
     """
     adapter = adapter or find_adapter(model)
+    if adapter.token_logits is not None and not callable(target):
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
+            "gae_utils.seq2seq.explain_generation(model, source_inputs, generated), "
+            "or pass target=callable(output) -> (B,)."
+        )
     if adapter.towers:
         raise ValueError(
             f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "

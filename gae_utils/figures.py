@@ -38,6 +38,7 @@ __all__ = [
     "plot_matrix",
     "plot_token_relevance",
     "plot_perturbation_curves",
+    "plot_alignment",
 ]
 
 HEATMAP_CMAP = "inferno"
@@ -306,3 +307,43 @@ def plot_perturbation_curves(
 
 
 set_style()
+
+
+# ----------------------------------------------------------------------------- seq2seq
+
+
+def plot_alignment(
+    ax: plt.Axes,
+    matrix: Tensor | np.ndarray,
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    title: str | None = None,
+    highlight: int | None = None,
+    normalise_rows: bool = True,
+):
+    """A target x source relevance (or attention) matrix with the tokens as tick labels.
+
+    Args:
+        ax: the axes.
+        matrix: ``(T, S)`` one row per generated token, one column per source token.
+        source_tokens: column labels (``S`` of them or fewer: extra columns are cut).
+        target_tokens: row labels.
+        title: axes title.
+        highlight: a row to frame (the selected generated token).
+        normalise_rows: min-max normalise each row (each token's own explanation) for display.
+    """
+    m = matrix.detach().float().cpu() if isinstance(matrix, Tensor) else torch.as_tensor(matrix, dtype=torch.float32)
+    m = m[: len(target_tokens), : len(source_tokens)]  # (T, S)
+    if normalise_rows:
+        lo, hi = m.amin(dim=1, keepdim=True), m.amax(dim=1, keepdim=True)
+        m = torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
+    artist = ax.imshow(m.numpy(), cmap=HEATMAP_CMAP, vmin=0 if normalise_rows else None, aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(target_tokens)), target_tokens, fontsize=8)
+    ax.set_xlabel("source token")
+    ax.set_ylabel("generated token")
+    if highlight is not None:
+        ax.add_patch(plt.Rectangle((-0.5, highlight - 0.5), m.shape[1], 1, fill=False, edgecolor="cyan", linewidth=2))
+    if title:
+        ax.set_title(title)
+    return artist

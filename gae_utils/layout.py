@@ -61,7 +61,9 @@ class Readout:
         rows: indices of the explained rows; several rows are averaged (mean-pooled models,
             DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
             ``"weights"`` means per-example row weights ``TokenLayout.weights[name]`` of shape
-            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token).
+            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token),
+            or per-target row weights of shape ``(B, K, Na)``: target ``k`` reads its own row(s)
+            (seq2seq: generated token ``t`` reads row ``t`` of ``R[target, source]``).
     """
 
     name: str
@@ -87,7 +89,7 @@ class TokenLayout:
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
-    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, Na)}
+    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, [K,] Na)}
     positions: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {modality: (B, n_content)}
 
     def segment(self, modality: str) -> Segment:
@@ -106,12 +108,13 @@ class TokenLayout:
         )
 
     def row_weights(self, readout: Readout, like: Tensor) -> Tensor:
-        """Weights of the explained rows, ``(Na,)`` shared by the batch or ``(B, Na)`` per example."""
+        """Weights of the explained rows: ``(Na,)`` shared by the batch, ``(B, Na)`` per example or
+        ``(B, K, Na)`` per example and target."""
         seg = self.segment(readout.rows_of)
         if readout.rows == "weights":
             if readout.name not in self.weights:
                 raise ValueError(f"readout {readout.name!r} asks for per-example row weights but the layout has none")
-            return self.weights[readout.name].to(like)  # (B, Na)
+            return self.weights[readout.name].to(like)  # (B, Na) or (B, K, Na)
         rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
         weights = like.new_zeros(seg.n_tokens)  # (Na,)
         weights[rows] = 1.0 / len(rows)
@@ -132,9 +135,16 @@ class TokenLayout:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
             full = maps[(rows.source, cols.source)]  # (B, [K,] Na, Nb) of the engine modalities
             full = full[..., rows.offset : rows.offset + rows.n_tokens, cols.offset : cols.offset + cols.n_tokens]
-            weights = self.row_weights(readout, full)  # (Na,) or (B, Na)
-            per_example = weights.ndim == 2
-            if per_example:
+            weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
+            per_example = weights.ndim >= 2
+            if weights.ndim == 3:  # one row per target: needs maps with a target dimension
+                if full.ndim != 4 or full.shape[1] != weights.shape[1]:
+                    raise ValueError(
+                        f"readout {readout.name!r} has row weights for {weights.shape[1]} targets but the map "
+                        f"has shape {tuple(full.shape)}; expected (B, {weights.shape[1]}, Na, Nb)"
+                    )
+                weights = weights.unsqueeze(-2)  # (B, K, 1, Na)
+            elif weights.ndim == 2:
                 weights = weights.reshape(weights.shape[0], *([1] * (full.ndim - 3)), 1, -1)  # (B, [1,] 1, Na)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch

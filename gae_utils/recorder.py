@@ -65,6 +65,7 @@ class _Live:
     record: LayerRecord
     probs: Tensor  # (B, H, Nq, Nk)
     keep_heads: bool
+    node: Tensor | None = None  # the tensor the model computed with, when ``probs`` is a later view of it
     cams: list[Tensor | None] = field(default_factory=list)
     grads: list[Tensor | None] = field(default_factory=list)
 
@@ -203,15 +204,24 @@ class AttentionRecorder:
         self.records.append(record)
         if not probs.requires_grad:
             return  # forward under no_grad: nothing to differentiate
-        live = _Live(record, probs, self.keep_heads)
+        node = probs
+        if site.graph_base:  # torch's MultiheadAttention returns a view made after its bmm read the base
+            if probs._base is None or probs._base.numel() != probs.numel():
+                raise AttentionCaptureError(
+                    f"attention module {name!r} returned probabilities that are not a view of the tensor it "
+                    "computed with; the adapter's site (graph_base=True) does not describe this module."
+                )
+            node = probs._base  # (B*H, Nq, Nk)
+        live = _Live(record, probs, self.keep_heads, node=node)
         self._live.append(live)
-        self._tensor_handles.append(probs.register_hook(self._on_grad(live)))
+        self._tensor_handles.append(node.register_hook(self._on_grad(live)))
 
     def _on_grad(self, live: _Live):
         def hook(grad: Tensor) -> None:
             if self._hooks_off:
                 return  # a batched (vmapped) backward reads its gradients itself
             k = self._target_index
+            grad = grad.reshape(live.probs.shape)  # (B, H, Nq, Nk)
             live.cams[k] = head_average(live.probs.detach(), grad)  # (B, Nq, Nk)
             if live.keep_heads:
                 live.grads[k] = grad.detach()
@@ -219,27 +229,30 @@ class AttentionRecorder:
         return hook
 
     # ------------------------------------------------------------------ backward
-    def batched_backward(self, output: Tensor, grad_outputs: Tensor, modality: str) -> None:
+    def batched_backward(self, output: Tensor, grad_outputs: Tensor, modality: str | None) -> None:
         """K backward passes at once (``is_grads_batched``) for the layers of one modality.
 
-        ``grad_outputs[k]`` selects target ``k`` (e.g. one column of a similarity matrix); the K
-        passes run as one vectorised backward, exact like K separate ones. Sets ``cam`` of the
-        modality's layers to ``(B, K, Nq, Nk)``. The graph is kept for later backward passes.
+        ``grad_outputs[k]`` selects target ``k`` (e.g. one column of a similarity matrix, or one
+        generated token's logit); the K passes run as one vectorised backward, exact like K
+        separate ones. Sets ``cam`` of the modality's layers to ``(B, K, Nq, Nk)``. The graph is
+        kept for later backward passes. Per-head ``A`` and ``dA`` are kept for the last layer of
+        each (query, key) pair (attention Grad-CAM) and, with ``keep_heads``, for every layer.
 
         Args:
             output: the tensor the targets are read from, e.g. ``(B_i, B_t)`` logits.
             grad_outputs: ``(K, *output.shape)``.
-            modality: whose layers to fill.
+            modality: whose layers to fill; ``None`` for every recorded layer (an encoder-decoder,
+                whose targets depend on both modalities).
         """
         self._check_captured()
-        lives = [live for live in self._live if live.record.query == modality]
+        lives = [live for live in self._live if modality is None or live.record.query == modality]
         if not lives:
             raise ValueError(f"no recorded layers of modality {modality!r}")
         self._hooks_off = True
         try:
             grads = torch.autograd.grad(
                 output,
-                [live.probs for live in lives],
+                [live.node if live.node is not None else live.probs for live in lives],
                 grad_outputs=grad_outputs,
                 is_grads_batched=True,
                 retain_graph=True,
@@ -248,9 +261,11 @@ class AttentionRecorder:
             )
         finally:
             self._hooks_off = False
-        for i, (live, grad) in enumerate(zip(lives, grads)):  # grad: (K, B, H, Nq, Nk)
+        last_of = {(live.record.query, live.record.key): i for i, live in enumerate(lives)}
+        for i, (live, grad) in enumerate(zip(lives, grads)):
+            grad = grad.reshape(grad.shape[0], *live.probs.shape)  # (K, B, H, Nq, Nk)
             live.record.cam = head_average(live.probs.detach().unsqueeze(0), grad).transpose(0, 1)  # (B, K, Nq, Nk)
-            if i == len(lives) - 1 or live.keep_heads:
+            if i in last_of.values() or live.keep_heads:
                 live.record.attn = live.probs.detach()
                 live.record.grad = grad.transpose(0, 1)  # (B, K, H, Nq, Nk)
 
@@ -311,7 +326,9 @@ class AttentionRecorder:
             last_of[(live.record.query, live.record.key)] = i  # baselines read the last layer of each pair
         for i in last_of.values():
             self._live[i].keep_heads = True
-        first_of = {live.record.query: live.probs for live in reversed(self._live)}  # first map of each modality
+        first_of = {  # first map of each modality
+            live.record.query: live.node if live.node is not None else live.probs for live in reversed(self._live)
+        }
         for k, objective in enumerate(objectives):
             self._target_index = k
             roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]

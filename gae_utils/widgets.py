@@ -47,6 +47,10 @@ __all__ = [
     "coattention_explorer",
     "render_dual_pair",
     "dual_explorer",
+    "cross_attention_matrix",
+    "render_translation",
+    "render_translation_layer",
+    "translation_explorer",
 ]
 
 VIEWS = ("relevancy", "attn_bar", "head")
@@ -571,3 +575,148 @@ def dual_explorer(
         control.observe(update, names="value")
     update()
     return W.VBox([W.HBox([image, caption]), method, start, out])
+
+
+# ----------------------------------------------------------------------------- seq2seq explorer
+
+
+def cross_attention_matrix(rec: Recording, index: int = 0, layer: int = -1, head: int | None = None) -> Tensor:
+    """A decoder cross-attention map ``(T, S)``: one cross-attention layer, one head or the head mean.
+
+    Args:
+        rec: a recording of :func:`gae_utils.seq2seq.record_generation` (``keep_heads=True`` for heads).
+        index: example in the batch.
+        layer: index among the cross-attention layers (``-1``: the last decoder layer).
+        head: a head, or ``None`` for the mean over heads (the raw-attention baseline).
+    """
+    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    if not cross:
+        raise ValueError("the recording has no cross-attention layer; record an encoder-decoder")
+    if not -len(cross) <= layer < len(cross):
+        raise ValueError(f"cross-attention layer {layer} is out of range (0..{len(cross) - 1})")
+    chosen = cross[layer]
+    if head is None:
+        return chosen.attn_mean[index]  # (T, S)
+    if chosen.attn is None:
+        raise ValueError("per-head maps were not kept; record with keep_heads=True")
+    if not 0 <= head < chosen.attn.shape[1]:
+        raise ValueError(f"head {head} is out of range (0..{chosen.attn.shape[1] - 1})")
+    return chosen.attn[index, head]  # (T, S)
+
+
+def render_translation(
+    rec: Recording,
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    index: int = 0,
+    method: str = "gae",
+    step: int = 0,
+    start_layer: int = 0,
+) -> plt.Figure:
+    """Token-by-token source relevance of ``method`` (generated x source) beside the last cross-attention,
+    and the selected token's prefix relevance (its row of ``R[target, target]``).
+
+    Args:
+        rec: a recording of :func:`gae_utils.seq2seq.record_generation` (every step explained).
+        source_tokens: the source tokens of example ``index`` (columns).
+        target_tokens: the generated tokens of example ``index`` (rows), as many as steps shown.
+        index: example in the batch.
+        method: ``gae`` or a baseline with a source map (rollout has none).
+        step: the selected generated token (framed; its prefix relevance is shown).
+        start_layer: first aggregated layer for ``gae``.
+    """
+    from .figures import plot_alignment, plot_token_relevance
+
+    if not 0 <= step < len(target_tokens):
+        raise ValueError(f"step {step} is out of range for {len(target_tokens)} generated tokens")
+    exp = rec.explanation(method, start_layer if method == "gae" else 0)
+    source = exp.relevance["source"][index]  # (K, S)
+    prefix = exp.relevance["target"][index, step, : step + 1]  # (t + 1,)
+    fig = plt.figure(figsize=(PANEL * 4.2, PANEL * 2.2), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[5, 1])
+    ax_rel, ax_att, ax_prefix = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
+    label = METHOD_LABELS.get(method, method)
+    plot_alignment(ax_rel, source, source_tokens, target_tokens, f"{label}: source relevance", highlight=step)
+    raw = cross_attention_matrix(rec, index)
+    plot_alignment(ax_att, raw, source_tokens, target_tokens, "last cross-attention, head mean", highlight=step)
+    inputs = ["<start>", *target_tokens][: step + 1]  # decoder inputs up to step t
+    plot_token_relevance(ax_prefix, inputs, prefix, f"prefix relevance of '{target_tokens[step]}' (decoder inputs)")
+    return fig
+
+
+def render_translation_layer(
+    rec: Recording,
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    index: int = 0,
+    step: int = 0,
+    layer: int = -1,
+    head: int | None = None,
+) -> plt.Figure:
+    """One decoder layer's cross-attention (one head or the mean) and its Eq. 5 map for token ``step``."""
+    from .figures import plot_alignment
+
+    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    attn = cross_attention_matrix(rec, index, layer, head)  # (T, S)
+    chosen = cross[layer]
+    if head is None:
+        cam = chosen.cam[index, step]  # (T, S) Eq. 5: mean over heads of (dA * A)+
+    else:
+        cam = (chosen.grad[index, step, head] * chosen.attn[index, head]).clamp(min=0)  # (T, S)
+    fig, axes = plt.subplots(1, 2, figsize=(PANEL * 4.2, PANEL * 1.8), layout="constrained")
+    which = "head mean" if head is None else f"head {head}"
+    number = layer % len(cross)
+    plot_alignment(axes[0], attn, source_tokens, target_tokens, f"cross-attention {number}, {which}", highlight=step)
+    plot_alignment(
+        axes[1], cam, source_tokens, target_tokens, f"(dA*A)+ for '{target_tokens[step]}', {which}", highlight=step
+    )
+    return fig
+
+
+def translation_explorer(
+    model: nn.Module, inputs: dict, generated: Tensor, source_tokens: Sequence[str], target_tokens: Sequence[str]
+):
+    """An ipywidgets explorer of one translation: generated token, method, cross-attention layer, head.
+
+    Args:
+        model: an encoder-decoder (see :func:`gae_utils.seq2seq.explain_generation`).
+        inputs: the source of one example, ``{"input_ids": (1, S), "attention_mask": (1, S)}``.
+        generated: ``(1, 1 + T)`` start token + generated tokens.
+        source_tokens: the S source tokens.
+        target_tokens: the T generated tokens.
+    """
+    import ipywidgets as W
+    from IPython.display import display
+
+    from .seq2seq import record_generation
+
+    rec = record_generation(model, inputs, generated, keep_heads=True)
+    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    methods = [m for m in method_names() if m != "rollout"]  # rollout has no cross-attention rule
+    step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], description="token")
+    method = W.ToggleButtons(options=methods, description="method")
+    layer = W.IntSlider(len(cross) - 1, 0, len(cross) - 1, description="cross layer")
+    head = W.Dropdown(
+        options=[("mean", None), *[(str(h), h) for h in range(cross[-1].attn.shape[1])]], description="head"
+    )
+    out_methods, out_layer = W.Output(), W.Output()
+
+    def show(out, fig):
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+
+    def update(*_):
+        show(out_methods, render_translation(rec, source_tokens, target_tokens, method=method.value, step=step.value))
+        show(
+            out_layer,
+            render_translation_layer(
+                rec, source_tokens, target_tokens, step=step.value, layer=layer.value, head=head.value
+            ),
+        )
+
+    for control in (step, method, layer, head):
+        control.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([step]), method, out_methods, W.HBox([layer, head]), out_layer])

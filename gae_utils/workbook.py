@@ -47,6 +47,8 @@ def execute_notebook(
 
     notebook = jupytext.read(path)
     env = {"GAE_SMOKE": "1" if smoke else "0", "MPLBACKEND": "Agg"}
+    # the kernel imports this checkout's package, also where another checkout is installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if figures is not None:
         env["GAE_FIGURES_DIR"] = str(figures)
     saved = {k: os.environ.get(k) for k in env}

@@ -82,6 +82,20 @@ def _build_hf_lxmert(**kwargs) -> nn.Module:
 
 BUILDERS = {"timm-vit": _build_timm_vit, "hf-clip": _build_hf_clip, "hf-lxmert": _build_hf_lxmert}
 
+
+# ------------------------------------------------------------------ seq2seq (shapes-translate)
+
+
+def _build_hf_marian(**kwargs) -> nn.Module:
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(**kwargs)
+    config._attn_implementation = "eager"
+    return MarianMTModel(config)
+
+
+BUILDERS["hf-marian"] = _build_hf_marian
+
 # Architectures of the embedded models (the checkpoint cards repeat them with the training record).
 EMBEDDED: dict[str, ModelCard] = {
     "shapes-vit": ModelCard(
@@ -152,6 +166,34 @@ EMBEDDED: dict[str, ModelCard] = {
         image_size=64,
     ),
 }
+
+# A tiny Hugging Face Marian translating ShapesWorld captions into the toy language
+# (gae_utils.language.translate); trained by `python -m gae_utils.train shapes-translate`.
+EMBEDDED["shapes-translate"] = ModelCard(
+    name="shapes-translate",
+    arch="hf-marian",
+    kwargs=dict(
+        vocab_size=32,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=16,
+        dropout=0.1,
+        pad_token_id=0,
+        eos_token_id=5,
+        decoder_start_token_id=4,
+        forced_eos_token_id=None,
+        scale_embedding=True,  # as the opus-mt models: token embeddings x sqrt(d_model) beside the sinusoids
+        share_encoder_decoder_embeddings=False,
+        tie_word_embeddings=False,
+    ),
+    classes=[],  # the shared caption + toy vocabulary, filled at build time
+    image_size=0,
+)
 
 
 def build(card: ModelCard) -> nn.Module:
