@@ -32,10 +32,16 @@ models: $(VENV)/.runtime
 	$(PY) -m gae_utils.train all
 
 evaluate: $(VENV)/.runtime
-	$(PY) -m gae_utils.evaluate --model shapes-vit --n 300 --seed 7 --json outputs/evaluate-shapes-vit.json
+	for m in shapes-vit shapes-clip shapes-vqa shapes-translate; do \
+		$(PY) -m gae_utils.evaluate --model $$m --n 300 --seed 7 --json outputs/evaluate-$$m.json || exit 1; \
+	done
 
 bench: $(VENV)/.runtime
 	$(PY) -m gae_utils.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
+	$(PY) -m gae_utils.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
+	$(PY) -m gae_utils.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
+	$(PY) -m gae_utils.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
+	$(PY) -m gae_utils.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

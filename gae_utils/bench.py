@@ -416,7 +416,9 @@ def run_seq2seq_benchmark(
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size (default: 8 images, 16 VQA pairs, 1 generation)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
@@ -430,13 +432,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=int, default=32)
     args = parser.parse_args(argv)
     if args.seq2seq:
-        result = run_seq2seq_benchmark(args.length, 1 if args.batch == 8 else args.batch, args.device, args.repeats)
+        result = run_seq2seq_benchmark(args.length, args.batch or 1, args.device, args.repeats)
     elif args.dual:
         result = run_dual_benchmark(args.captions, args.device, args.repeats)
     elif args.vqa:
-        result = run_vqa_benchmark(args.batch, args.device, args.repeats, args.vqa)
+        result = run_vqa_benchmark(args.batch or 16, args.device, args.repeats, args.vqa)
     else:
-        result = run_benchmark(args.model, args.batch, args.device, args.repeats, memory=not args.no_memory)
+        result = run_benchmark(args.model, args.batch or 8, args.device, args.repeats, memory=not args.no_memory)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -501,7 +501,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         cells = "".join((f"{row[k]:.4f}" + ("*" if best[k] == method else " ")).rjust(16) for k in metrics)
         lines.append(method.ljust(16) + cells)
     lower = [k for k in metrics if not HIGHER_IS_BETTER[k]]
-    lines.append(f"higher is better except {', '.join(lower)}; * marks the best method (random excluded)")
+    direction = f"higher is better except {', '.join(lower)}" if lower else "higher is better"
+    lines.append(f"{direction}; * marks the best method (random excluded)")
     return "\n".join(lines)
 
 

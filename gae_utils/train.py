@@ -338,10 +338,12 @@ def train_shapes_clip(
 
 QUESTION_LENGTH = 10  # [CLS] + at most 7 words + [SEP], padded
 PATCH = 8
+REGION_GRID = 4  # shapes-vqa's regions: a 4 x 4 grid of 16 x 16-pixel cells
+REGION_WINDOW = 16  # pixels each region's features see (its cell)
 
 
 def patch_regions(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] -> shapes-vqa's "regions": every 8x8 patch, normalised and flattened, with its box.
+    """Images in [0, 1] -> every 8x8 patch, normalised and flattened, with its box.
 
     Returns:
         ``visual_feats (B, 64, 192)`` and ``visual_pos (B, 64, 4)`` (x0, y0, x1, y1 in [0, 1]).
@@ -350,9 +352,53 @@ def patch_regions(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = normalize_pixels(images).unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # (B, C, h', w', P, P)
     gh, gw = x.shape[2], x.shape[3]
     feats = x.permute(0, 2, 3, 1, 4, 5).reshape(b, gh * gw, c * PATCH * PATCH)  # (B, h'w', C*P*P)
+    return feats, _grid_boxes(gh, gw, b, images.dtype)
+
+
+def _grid_boxes(gh: int, gw: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Boxes ``(B, gh*gw, 4)`` of the cells of a ``gh x gw`` grid, (x0, y0, x1, y1) in [0, 1], raster order."""
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     boxes = torch.stack([xs / gw, ys / gh, (xs + 1) / gw, (ys + 1) / gh], dim=-1).reshape(1, gh * gw, 4)
-    return feats, boxes.expand(b, -1, -1).to(images.dtype)
+    return boxes.expand(batch, -1, -1).to(dtype)
+
+
+def region_features(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] -> shapes-vqa's "regions", the counterpart of LXMERT's detector features.
+
+    Each region is one cell of a ``REGION_GRID x REGION_GRID`` grid; its features are the
+    normalised pixels of a ``REGION_WINDOW``-pixel window centred on the cell, flattened.
+
+    Returns:
+        ``visual_feats (B, G*G, 3*W*W)`` and ``visual_pos (B, G*G, 4)`` (the cells' boxes).
+    """
+    b, _, h, w = images.shape
+    stride = h // REGION_GRID
+    pad = (REGION_WINDOW - stride) // 2
+    feats = F.unfold(normalize_pixels(images), REGION_WINDOW, stride=stride, padding=pad)  # (B, 3*W*W, G*G)
+    return feats.transpose(1, 2), _grid_boxes(h // stride, w // stride, b, images.dtype)
+
+
+def region_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """shapes-vqa's region relevance ``(..., G*G)`` as images ``(..., H, W)``: bilinearly upsampled
+    from the region grid, min-max normalised per map."""
+    from .metrics import normalize_maps, upsample_maps
+
+    grid = relevance.reshape(*relevance.shape[:-1], REGION_GRID, REGION_GRID).float()
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    flat = upsample_maps(grid.reshape(-1, REGION_GRID, REGION_GRID), size)  # (M, H, W)
+    return normalize_maps(flat).reshape(*relevance.shape[:-1], *size)
+
+
+def region_labels(masks: torch.Tensor, min_cover: float = 0.15) -> torch.Tensor:
+    """The class that covers most of each region (16 = background when objects cover less than
+    ``min_cover`` of it): ``(B, G*G)`` targets of shapes-vqa's auxiliary region loss.
+
+    Args:
+        masks: ``(B, 16, H, W)`` class masks of a :class:`~gae_utils.shapes.ShapesBatch`.
+    """
+    cover = F.avg_pool2d(masks.float(), masks.shape[-1] // REGION_GRID)  # (B, 16, G, G) share of each cell
+    background = (cover.sum(1, keepdim=True) < min_cover).float() * 2  # beats any share <= 1
+    return torch.cat([cover, background], dim=1).argmax(1).flatten(1)  # (B, G*G)
 
 
 def encode_questions(questions, vocab) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,7 +408,7 @@ def encode_questions(questions, vocab) -> tuple[torch.Tensor, torch.Tensor]:
 
 def vqa_inputs(images: torch.Tensor, questions, vocab) -> dict:
     """Everything shapes-vqa takes for a batch of images and their questions."""
-    feats, boxes = patch_regions(images)
+    feats, boxes = region_features(images)
     ids, mask = encode_questions(questions, vocab)
     return {"input_ids": ids, "attention_mask": mask, "visual_feats": feats, "visual_pos": boxes}
 
@@ -392,10 +438,11 @@ def vqa_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, batch_size
 
 
 def train_shapes_vqa(
-    steps: int = 2000,
+    steps: int = 3000,
     batch_size: int = 128,
     lr: float = 1e-3,
     warmup: int = 100,
+    region_loss: float = 1.0,
     train_scenes: int = 40_000,
     seed: int = 0,
     eval_n: int = 1000,
@@ -403,19 +450,24 @@ def train_shapes_vqa(
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, ModelCard]:
-    """Train ``shapes-vqa`` (a small Hugging Face LXMERT over 8x8 patch "regions") on ShapesWorld questions.
+    """Train ``shapes-vqa`` (a small Hugging Face LXMERT over grid "regions") on ShapesWorld questions.
 
     Each step asks one question per scene, drawn with :func:`gae_utils.language.sample_question`;
-    cross-entropy over :data:`gae_utils.language.ANSWERS`.
+    cross-entropy over :data:`gae_utils.language.ANSWERS`. Like LXMERT's pre-training task of
+    classifying each region's detected object, an auxiliary head on the vision stream's output
+    predicts each region's class (:func:`region_labels`), weighted by ``region_loss``; the head
+    is discarded after training (the shipped model is a plain ``LxmertForQuestionAnswering``).
     """
 
     from .language import ANSWERS, Vocabulary, sample_question
+    from .shapes import ShapesBatch
 
     torch.manual_seed(seed)
     vocab = Vocabulary.questions()
     card = ModelCard(**{**EMBEDDED["shapes-vqa"].__dict__, "classes": list(ANSWERS)})
     model = build(card).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    region_head = nn.Linear(model.config.hidden_size, len(CLASS_NAMES) + 1).to(device)  # + background
+    opt = torch.optim.AdamW([*model.parameters(), *region_head.parameters()], lr=lr, weight_decay=0.01)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
     images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
@@ -426,10 +478,16 @@ def train_shapes_vqa(
 
     def batch_loss(step: int) -> torch.Tensor:
         idx = order[step * batch_size : (step + 1) * batch_size]
-        qs = [sample_question(scenes[i], rng) for i in idx.tolist()]
+        chosen = [scenes[i] for i in idx.tolist()]
+        qs = [sample_question(scene, rng) for scene in chosen]
         inputs = {k: v.to(device) for k, v in vqa_inputs(images_t[idx], qs, vocab).items()}
         labels = torch.tensor([answer_index[q.answer] for q in qs], device=device)
-        return F.cross_entropy(model(**inputs).question_answering_score, labels)
+        out = model.lxmert(**inputs)
+        loss = F.cross_entropy(model.answer_head(out.pooled_output), labels)
+        if region_loss:
+            regions = region_labels(ShapesBatch.from_scenes(chosen).masks).to(device)  # (B, R)
+            loss = loss + region_loss * F.cross_entropy(region_head(out.vision_output).flatten(0, 1), regions.flatten())
+        return loss
 
     losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-vqa", progress)
     seconds = time.perf_counter() - started
@@ -437,11 +495,16 @@ def train_shapes_vqa(
     model.cpu()
     recipe = {
         "task": "VQA over ShapesWorld questions (colour, shape, exists, count), cross-entropy over the answers",
-        "regions": "every 8x8 patch, (x - 0.5) / 0.25, flattened (gae_utils.train.patch_regions)",
+        "regions": (
+            f"a {REGION_GRID}x{REGION_GRID} grid; each region's features are the normalised pixels "
+            f"(x - 0.5) / 0.25 of a {REGION_WINDOW}-pixel window on its cell (gae_utils.train.region_features)"
+        ),
+        "region_loss": f"{region_loss} x cross-entropy of each region's class from the vision output (head discarded)",
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
         "warmup": warmup,
+        "weight_decay": 0.01,
         "train_scenes": train_scenes,
         "seed": seed,
     }

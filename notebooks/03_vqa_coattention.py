@@ -28,9 +28,8 @@
 # `R[t, i]`, the text explanation its row of `R[t, t]` (with `[CLS]` itself zeroed).
 #
 # `shapes-vqa` is a small Hugging Face `LxmertForQuestionAnswering` trained by this repository on
-# ShapesWorld questions. Like LXMERT, whose regions come from an object detector, it reads region
-# features computed by another network: here the patch states of `shapes-vit`. Set `GAE_SMOKE=1`
-# for a quick run.
+# ShapesWorld questions. LXMERT reads regions proposed by an object detector; here the regions are
+# the 16 cells of a 4 x 4 grid, each described by its pixels. Set `GAE_SMOKE=1` for a quick run.
 
 # %%
 import os
@@ -42,7 +41,7 @@ from gae_utils import figures, widgets
 from gae_utils.evaluate import VQA_STEPS, evaluate_vqa, format_table
 from gae_utils.language import ANSWERS, Vocabulary, questions
 from gae_utils.shapes import ShapesBatch, ShapesWorld
-from gae_utils.train import vqa_inputs
+from gae_utils.train import region_heatmap, vqa_inputs
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 
@@ -74,7 +73,7 @@ x = vqa_inputs(image, chosen, vocab)
 exp = gu.explain(vqa, x)
 predicted = [ANSWERS[k] for k in exp.target.tolist()]
 titles = [[f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]]
-fig = figures.plot_panels(image[:1], exp.heatmap(64)[None], titles)
+fig = figures.plot_panels(image[:1], region_heatmap(exp.relevance["image"], 64)[None], titles)
 figures.save_figure(fig, "03_vqa_image_per_question")
 
 # %%

@@ -170,6 +170,25 @@ def test_patch_regions_are_the_image_patches_with_their_boxes():
     torch.testing.assert_close(boxes[0, 9], torch.tensor([0.125, 0.125, 0.25, 0.25]))
 
 
+def test_regions_are_grid_windows_with_their_boxes_and_labels():
+    from gae_utils.shapes import ShapesWorld
+    from gae_utils.train import normalize_pixels, region_features, region_heatmap, region_labels
+
+    images = torch.rand(2, 3, 64, 64)
+    feats, boxes = region_features(images)
+    assert feats.shape == (2, 16, 768) and boxes.shape == (2, 16, 4)
+    # region 5 is the cell at row 1, column 1 (pixels 16..31)
+    torch.testing.assert_close(feats[1, 5], normalize_pixels(images)[1, :, 16:32, 16:32].reshape(-1))
+    torch.testing.assert_close(boxes[0, 5], torch.tensor([0.25, 0.25, 0.5, 0.5]))
+    batch = ShapesWorld(seed=3).batch(4)
+    labels = region_labels(batch.masks)  # (4, 16)
+    for b, scene in enumerate(batch.scenes):
+        present = {o.label for o in scene.objects}
+        assert set(labels[b].tolist()) <= present | {16} and set(labels[b].tolist()) & present
+    heat = region_heatmap(torch.arange(16.0).expand(2, 16), 64)
+    assert heat.shape == (2, 64, 64) and heat[0, 0, 0] == 0 and heat[0, -1, -1] == 1
+
+
 def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
     from gae_utils import zoo
     from gae_utils.language import Vocabulary, sample_question
@@ -179,6 +198,7 @@ def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
     model, card = train_shapes_vqa(
         steps=25, batch_size=32, train_scenes=400, warmup=5, lr=3e-3, eval_n=50, out=tmp_path, progress=False
     )
+    assert card.kwargs["visual_feat_dim"] == 768 and "region_loss" in card.training
     assert card.training["loss_last_10"] < card.training["loss_first_10"]
     assert set(card.training["heldout"]) >= {"accuracy", "accuracy_colour", "accuracy_count"}
     loaded = zoo.load("shapes-vqa", directory=tmp_path)
@@ -187,7 +207,7 @@ def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
 
     qs = [sample_question(s, np.random.default_rng(0)) for s in batch.scenes]
     exp = gu.explain(loaded, vqa_inputs(batch.images, qs, Vocabulary.questions()))
-    assert exp.relevance["image"].shape == (3, 64) and exp.relevance["text"].shape == (3, 10)
+    assert exp.relevance["image"].shape == (3, 16) and exp.relevance["text"].shape == (3, 10)
 
 
 def test_flow_steps_merge_a_co_attention_block_and_render():
