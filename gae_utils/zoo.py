@@ -144,8 +144,6 @@ EMBEDDED: dict[str, ModelCard] = {
         classes=[],  # the caption vocabulary, filled at build time
         image_size=64,
     ),
-    # Not shipped yet: the first recipe (2,000 steps x 64 on CPU) reached 0.489 held-out answer
-    # accuracy, far below the 0.9 target; `python -m gae_utils.train shapes-vqa` trains it.
     "shapes-vqa": ModelCard(
         name="shapes-vqa",
         arch="hf-lxmert",
