@@ -48,7 +48,9 @@ class Readout:
         rows: indices of the explained rows; several rows are averaged (mean-pooled models,
             DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
             ``"weights"`` means per-example row weights ``TokenLayout.weights[name]`` of shape
-            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token).
+            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token),
+            or per-(example, target) row weights ``(B, K, Na)`` when each target explains its own
+            row (DETR: target k is object query ``q_k``, weights one-hot at ``q_k``).
     """
 
     name: str
@@ -64,7 +66,7 @@ class TokenLayout:
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
-    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, Na)}
+    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, [K,] Na)}
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
@@ -81,7 +83,8 @@ class TokenLayout:
         )
 
     def row_weights(self, readout: Readout, like: Tensor) -> Tensor:
-        """Weights of the explained rows, ``(Na,)`` shared by the batch or ``(B, Na)`` per example."""
+        """Weights of the explained rows: ``(Na,)`` shared by the batch, ``(B, Na)`` per example or
+        ``(B, K, Na)`` per example and target."""
         seg = self.segment(readout.rows_of)
         if readout.rows == "weights":
             if readout.name not in self.weights:
@@ -106,7 +109,14 @@ class TokenLayout:
         for readout in self.readouts:
             full = maps[(readout.rows_of, readout.columns_of)]  # (B, [K,] Na, Nb)
             weights = self.row_weights(readout, full)  # (Na,) or (B, Na)
-            if weights.ndim == 2:
+            if weights.ndim == 3:  # one row per (example, target): full is (B, K, Na, Nb)
+                if full.ndim != 4 or full.shape[:2] != weights.shape[:2]:
+                    raise ValueError(
+                        f"readout {readout.name!r} has row weights for {tuple(weights.shape[:2])} (examples, "
+                        f"targets) but the map is {tuple(full.shape)}"
+                    )
+                weights = weights.unsqueeze(-2)  # (B, K, 1, Na)
+            elif weights.ndim == 2:
                 weights = weights.reshape(weights.shape[0], *([1] * (full.ndim - 3)), 1, -1)  # (B, [1,] 1, Na)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
