@@ -34,7 +34,7 @@ from torch import nn
 
 from .explainer import explain
 
-__all__ = ["run_benchmark", "main"]
+__all__ = ["run_benchmark", "run_detr_benchmark", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -272,6 +272,73 @@ def run_dual_benchmark(
     }
 
 
+# ----------------------------------------------------------------------------- DETR
+
+
+def run_detr_benchmark(
+    model_name: str = "shapes-detr", batch: int = 8, device: str = "cpu", repeats: int = 3, size: int = 320, k: int = 5
+) -> dict:
+    """Explaining every confident detection of a batch against a plain forward of the same batch.
+
+    ``shapes-detr``: the shipped checkpoint on ``batch`` held-out ShapesWorld scenes, targets = every
+    confident detection (the default of :func:`gae_utils.explain` for DETR). ``detr-r50``: DETR-R50's
+    architecture with random weights (no download) on ``size`` x ``size`` random images; random
+    weights detect nothing, so ``k`` queries per image stand in for the detections. One forward and
+    one backward per target column (the largest number of detections in an image) serve the batch;
+    ``per_detection_loop`` explains one (image, detection) at a time, the way a per-object
+    ``.backward()`` loop does (timed on one image, scaled to the batch).
+    """
+    from .zoo import load
+
+    dev = torch.device(device)
+    if model_name == "shapes-detr":
+        from .shapes import ShapesWorld
+        from .train import HELDOUT_SEED, normalize_pixels
+
+        model = load("shapes-detr", device=dev)
+        images = normalize_pixels(ShapesWorld(seed=HELDOUT_SEED).batch(batch).images).to(dev)
+        target = None
+    elif model_name == "detr-r50":
+        torch.manual_seed(0)
+        model = load("facebook/detr-resnet-50", pretrained=False, device=dev)
+        images = torch.randn(batch, 3, size, size, device=dev)
+        target = torch.arange(k, device=dev).expand(batch, -1)
+    else:
+        raise ValueError(f"unknown DETR benchmark model {model_name!r}; choose 'shapes-detr' or 'detr-r50'")
+
+    def forward():
+        with torch.no_grad():
+            model(pixel_values=images)
+
+    exp = explain(model, images, target=target)
+    queries = [[q for q in row if q >= 0] for row in exp.extra["queries"]]
+
+    def per_detection():
+        for q in queries[0]:
+            explain(model, images[:1], target=q)
+
+    seconds = {
+        "forward": _time(forward, dev, repeats),
+        "explain_all_detections": _time(lambda: explain(model, images, target=target), dev, repeats),
+        "per_detection_loop": _time(per_detection, dev, 1) * sum(map(len, queries)) / max(1, len(queries[0])),
+    }
+    return {
+        "model": "shapes-detr (shipped)"
+        if model_name == "shapes-detr"
+        else f"DETR-R50 config, random weights, {size}px",
+        "batch": batch,
+        "detections": [len(row) for row in queries],
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "ratios": {
+            "explain_all_detections / forward": seconds["explain_all_detections"] / seconds["forward"],
+            "per_detection_loop / explain_all_detections": seconds["per_detection_loop"]
+            / seconds["explain_all_detections"],
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
@@ -282,8 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dual", action="store_true", help="one image against --captions captions on a random CLIP")
     parser.add_argument("--captions", type=int, default=64)
+    parser.add_argument("--detr", choices=["shapes-detr", "detr-r50"], default=None, help="explain every detection")
+    parser.add_argument("--size", type=int, default=320, help="--detr detr-r50: image side in pixels")
     args = parser.parse_args(argv)
-    if args.dual:
+    if args.detr:
+        result = run_detr_benchmark(args.detr, args.batch, args.device, args.repeats, args.size)
+    elif args.dual:
         result = run_dual_benchmark(args.captions, args.device, args.repeats)
     else:
         result = run_benchmark(args.model, args.batch, args.device, args.repeats, memory=not args.no_memory)

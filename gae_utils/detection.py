@@ -31,6 +31,8 @@ __all__ = [
     "detect",
     "evaluate_detection",
     "object_heatmaps",
+    "match_to_objects",
+    "otsu_foreground",
     "CONFIDENCE",
 ]
 
@@ -206,3 +208,32 @@ def object_heatmaps(relevance: Tensor, grid: tuple[int, int], size: tuple[int, i
     hi = maps.amax(dim=(-2, -1), keepdim=True)
     maps = torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(maps))
     return maps.reshape(*lead, *size)  # (..., H, W)
+
+
+def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
+    """Pair detections with the ground-truth objects they found.
+
+    A detection finds the object of its predicted class with the highest box IoU, if that IoU is at
+    least ``iou_threshold`` (ShapesWorld has at most one object per class, so there is one candidate).
+
+    Returns:
+        ``[(detection index, object index)]`` for the detections that found an object, in order.
+    """
+    from .metrics import box_iou
+
+    g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
+    iou = box_iou(found.boxes.cpu().float(), g_boxes)  # (D, G)
+    pairs = []
+    for d in range(len(found)):
+        same = torch.tensor([o.label == int(found.labels[d]) for o in scene.objects])  # (G,)
+        best = torch.where(same, iou[d], torch.full_like(iou[d], -1.0)).max(0)
+        if float(best.values) >= iou_threshold:
+            pairs.append((d, int(best.indices)))
+    return pairs
+
+
+def otsu_foreground(maps: Tensor) -> Tensor:
+    """``(..., H, W)`` maps -> bool foreground ``map > otsu_threshold(map)`` (the DETR segmentation protocol)."""
+    from .metrics import otsu_threshold
+
+    return maps > otsu_threshold(maps)[..., None, None]

@@ -271,8 +271,7 @@ def evaluate_detr(
     """
     from tqdm.auto import tqdm
 
-    from .detection import detections
-    from .metrics import box_iou
+    from .detection import detections, match_to_objects
     from .train import normalize_pixels
 
     methods = methods or method_names()
@@ -292,18 +291,13 @@ def evaluate_detr(
         queries, masks, slots = [], [], []  # per image: scored queries; their objects' masks; (b, k) slots
         for b, (det, scene) in enumerate(zip(found, batch.scenes)):
             detected += len(det)
-            g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)
-            iou = box_iou(det.boxes, g_boxes)  # (D, G)
+            pairs = match_to_objects(det, scene, iou_threshold)
+            unmatched += len(det) - len(pairs)
             row = []
-            for d in range(len(det)):
-                same = torch.tensor([o.label == int(det.labels[d]) for o in scene.objects])  # (G,)
-                best = torch.where(same, iou[d], torch.full_like(iou[d], -1.0)).max(0)
-                if float(best.values) < iou_threshold:
-                    unmatched += 1
-                    continue
+            for d, o in pairs:
                 slots.append((b, len(row)))
                 row.append(int(det.queries[d]))
-                masks.append(torch.from_numpy(scene.objects[int(best.indices)].mask))
+                masks.append(torch.from_numpy(scene.objects[o].mask))
             queries.append(row)
         if not slots:
             continue

@@ -101,7 +101,13 @@ def _build_hf_detr(backbone_config: dict, **kwargs) -> nn.Module:
         **kwargs,
     )
     config._attn_implementation = "eager"
-    return DetrForObjectDetection(config)
+    model = DetrForObjectDetection(config)
+    # Transformers initialises every embedding with N(0, 0.02), which makes the object queries nearly
+    # identical (decoder outputs agree to 1e-4), so the set loss cannot tell them apart for thousands of
+    # steps; DETR's own code keeps torch's N(0, 1) for its query embeddings.
+    with torch.no_grad():
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+    return model
 
 
 BUILDERS["hf-detr"] = _build_hf_detr

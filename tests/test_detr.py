@@ -271,3 +271,39 @@ def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
+
+
+# ----------------------------------------------------------------------------- widgets
+
+
+def test_detr_render_callbacks():
+    import matplotlib.pyplot as plt
+
+    from gae_utils import widgets
+
+    model = tiny_detr(confident_class=2)
+    images = torch.rand(2, 3, 32, 32)
+    rec = widgets.explore_detr(model, images)
+    assert rec.layers[-1].attn is not None and rec.layers[2].grad is not None  # per-head maps kept
+    boxes = widgets.detr_boxes(rec, (32, 32))
+    assert boxes.shape == (2, 8, 4)
+    fig = widgets.render_detections(rec, images, index=1, method="raw_attention")
+    assert len(fig.axes) == 9
+    plt.close(fig)
+    for layer, view, head in ((-1, "attention", None), (-1, "attn_bar", 1), (2, "attention", 0), (4, "attn_bar", None)):
+        fig = widgets.render_detr_query(rec, images, index=0, detection=3, layer=layer, view=view, head=head)
+        assert len(fig.axes) == 3
+        plt.close(fig)
+    cross = rec.layers[-1]
+    torch.testing.assert_close(widgets.detr_layer_map(rec, 1, 3, -1), cross.attn_mean[1, 3])
+    torch.testing.assert_close(widgets.detr_layer_map(rec, 1, 3, -1, "attention", 2), cross.attn[1, 2, 3])
+    bar = widgets.detr_layer_map(rec, 1, 3, -1, "attn_bar", 2)
+    torch.testing.assert_close(bar, (cross.grad[1, 3, 2, 3] * cross.attn[1, 2, 3]).clamp(min=0))
+    with pytest.raises(ValueError, match="encoder layer"):
+        widgets.detr_layer_map(rec, 0, 0, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        widgets.render_detr_query(rec, images, index=0, detection=8)
+    with pytest.raises(ValueError, match="head 9"):
+        widgets.detr_layer_map(rec, 0, 0, -1, head=9)
+    with pytest.raises(ValueError, match="unknown view"):
+        widgets.detr_layer_map(rec, 0, 0, -1, view="heads")
