@@ -480,7 +480,9 @@ def _detr_call(model: nn.Module, inputs: Any) -> Any:
 def _detr_check(model: nn.Module, inputs: Any) -> None:
     if isinstance(inputs, Mapping) and "pixel_values" not in inputs:
         raise TypeError("DETR takes images (B, C, H, W) or a dict with 'pixel_values' (and optionally 'pixel_mask')")
-    _check_image_batch(_detr_pixels(inputs), None, channels=getattr(model.config, "num_channels", 3))
+    backbone = getattr(model.config, "backbone_config", None)
+    channels = getattr(backbone, "num_channels", None) if backbone is not None else None
+    _check_image_batch(_detr_pixels(inputs), None, channels=channels or getattr(model.config, "num_channels", 3))
 
 
 def detr_grid(n_tokens: int, size: tuple[int, int]) -> tuple[int, int]:

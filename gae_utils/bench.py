@@ -292,11 +292,12 @@ def run_detr_benchmark(
 
     dev = torch.device(device)
     if model_name == "shapes-detr":
+        from .detection import detr_pixels
         from .shapes import ShapesWorld
-        from .train import HELDOUT_SEED, normalize_pixels
+        from .train import HELDOUT_SEED
 
         model = load("shapes-detr", device=dev)
-        images = normalize_pixels(ShapesWorld(seed=HELDOUT_SEED).batch(batch).images).to(dev)
+        images = detr_pixels(ShapesWorld(seed=HELDOUT_SEED).batch(batch).images).to(dev)
         target = None
     elif model_name == "detr-r50":
         torch.manual_seed(0)

@@ -26,6 +26,7 @@ from .shapes import Scene, ShapesWorld
 __all__ = [
     "Detections",
     "scene_targets",
+    "detr_pixels",
     "cxcywh_to_xyxy",
     "detections",
     "detect",
@@ -58,6 +59,24 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.queries.numel())
+
+
+def detr_pixels(images: Tensor) -> Tensor:
+    """Images in [0, 1] ``(B, 3, H, W)`` -> shapes-detr's input ``(B, 5, H, W)``: normalised RGB plus two
+    coordinate channels (x and y in [-1, 1]).
+
+    DETR adds position embeddings to the attention's queries and keys only, never to the values, so a
+    box can only be regressed from position cues the backbone's features carry; a deep ResNet gets them
+    from its image-wide receptive field and zero padding, a 2-stage toy backbone does not (trained on RGB
+    alone, it predicts every box at the image's vertical centre). The coordinate channels give them.
+    """
+    from .train import normalize_pixels
+
+    b, _, h, w = images.shape
+    ys = torch.linspace(-1, 1, h, dtype=images.dtype, device=images.device)
+    xs = torch.linspace(-1, 1, w, dtype=images.dtype, device=images.device)
+    coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, H, W): x, y
+    return torch.cat([normalize_pixels(images), coords.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
 
 
 def scene_targets(scenes: list[Scene], flip: Tensor | None = None) -> list[dict[str, Tensor]]:
@@ -142,8 +161,6 @@ def evaluate_detection(
     Returns:
         ``{"map50": ..., "confident_precision": ..., "confident_recall": ..., "n": n}``.
     """
-    from .train import normalize_pixels
-
     training = [(m, m.training) for m in model.modules()]
     model.eval()
     device = next(model.parameters()).device
@@ -152,7 +169,7 @@ def evaluate_detection(
     try:
         for start in range(0, n, batch_size):
             batch = world.batch(min(batch_size, n - start), start=start)
-            out = model(pixel_values=normalize_pixels(batch.images).to(device))
+            out = model(pixel_values=detr_pixels(batch.images).to(device))
             size = tuple(batch.images.shape[-2:])
             scores, labels = class_probabilities(out.logits).max(-1)  # (B, Q)
             boxes = cxcywh_to_xyxy(out.pred_boxes, size)  # (B, Q, 4)

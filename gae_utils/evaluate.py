@@ -271,8 +271,7 @@ def evaluate_detr(
     """
     from tqdm.auto import tqdm
 
-    from .detection import detections, match_to_objects
-    from .train import normalize_pixels
+    from .detection import detections, detr_pixels, match_to_objects
 
     methods = methods or method_names()
     world = ShapesWorld(seed=seed)
@@ -286,7 +285,7 @@ def evaluate_detr(
         batch = world.batch(min(batch_size, n - start), start=start)
         size = tuple(batch.images.shape[-2:])
         with torch.no_grad():
-            out = model(pixel_values=normalize_pixels(batch.images).to(device))
+            out = model(pixel_values=detr_pixels(batch.images).to(device))
         found = detections(out.logits.cpu(), out.pred_boxes.cpu(), size)
         queries, masks, slots = [], [], []  # per image: scored queries; their objects' masks; (b, k) slots
         for b, (det, scene) in enumerate(zip(found, batch.scenes)):
@@ -301,7 +300,7 @@ def evaluate_detr(
             queries.append(row)
         if not slots:
             continue
-        rec = record(model, normalize_pixels(batch.images).to(device), target=queries)
+        rec = record(model, detr_pixels(batch.images).to(device), target=queries)
         index = torch.tensor(slots)  # (P, 2): (example, target slot)
         for method in methods:
             if method in missing:

@@ -455,9 +455,9 @@ def train_shapes_vqa(
 
 
 def train_shapes_detr(
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 16,
-    lr: float = 1e-3,
+    lr: float = 3e-4,
     weight_decay: float = 1e-4,
     warmup: int = 100,
     train_scenes: int = 20_000,
@@ -473,12 +473,13 @@ def train_shapes_detr(
     (class, L1 and generalised-IoU costs), cross-entropy over 16 classes + "no object" (weight 0.1),
     L1 + GIoU box losses, auxiliary losses after every decoder layer; Hugging Face's implementation
     (``labels=`` argument). Every parameter is trained from scratch, the backbone included.
-    Inputs are ``normalize_pixels(images)``; random horizontal flips mirror the boxes.
+    Inputs are ``detr_pixels(images)`` (normalised RGB + coordinate channels); random horizontal
+    flips of the RGB image mirror the boxes.
 
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and the held-out mAP@0.5.
     """
-    from .detection import evaluate_detection, scene_targets
+    from .detection import detr_pixels, evaluate_detection, scene_targets
 
     torch.manual_seed(seed)
     card = ModelCard(**{**EMBEDDED["shapes-detr"].__dict__, "classes": list(CLASS_NAMES)})
@@ -502,7 +503,7 @@ def train_shapes_detr(
         flip = torch.rand(len(idx), generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         labels = [{k: v.to(device) for k, v in t.items()} for t in scene_targets([scenes[i] for i in idx], flip)]
-        return model(pixel_values=normalize_pixels(x).to(device), labels=labels).loss
+        return model(pixel_values=detr_pixels(x).to(device), labels=labels).loss
 
     losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-detr", progress)
     seconds = time.perf_counter() - started
@@ -510,7 +511,7 @@ def train_shapes_detr(
     model.cpu()
     recipe = {
         "task": "object detection of ShapesWorld objects (16 classes), DETR set loss with Hungarian matching",
-        "input_normalization": f"pixel_values = (x - {PIXEL_MEAN}) / {PIXEL_STD} (gae_utils.train.normalize_pixels)",
+        "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD} + x, y coordinate channels (detection.detr_pixels)",
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,

@@ -210,13 +210,13 @@ EMBEDDED: dict[str, ModelCard] = {
 
 # A tiny DETR (Carion et al. 2020) for ShapesWorld boxes: a 2-stage ResNet (stride 8 -> 8x8 image
 # tokens at 64 px), 2 encoder + 2 decoder layers, 8 object queries, 16 classes + "no object".
-# Takes `gae_utils.train.normalize_pixels(images)`.
+# Takes `gae_utils.detection.detr_pixels(images)` (normalised RGB + 2 coordinate channels).
 EMBEDDED["shapes-detr"] = ModelCard(
     name="shapes-detr",
     arch="hf-detr",
     kwargs=dict(
         backbone_config=dict(
-            num_channels=3,
+            num_channels=5,  # RGB + x, y coordinate channels (gae_utils.detection.detr_pixels)
             embedding_size=32,
             hidden_sizes=[32, 64],
             depths=[1, 1],

@@ -32,10 +32,9 @@ import torch
 
 import gae_utils as gu
 from gae_utils import figures, widgets
-from gae_utils.detection import detections, match_to_objects, otsu_foreground
+from gae_utils.detection import detections, detr_pixels, match_to_objects, otsu_foreground
 from gae_utils.evaluate import evaluate_detr, format_table
 from gae_utils.shapes import CLASS_NAMES, ShapesWorld
-from gae_utils.train import normalize_pixels
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 METHODS = ["gae", "gae_last_layer", "raw_attention", "attn_gradcam"]  # rollout has no cross-attention rule
@@ -57,7 +56,7 @@ detr.card.training["heldout"]
 # %%
 world = ShapesWorld(seed=99)
 batch = world.batch(3 if SMOKE else 6)
-pixels = normalize_pixels(batch.images)
+pixels = detr_pixels(batch.images)  # normalised RGB + x, y coordinate channels
 rec = widgets.explore_detr(detr, pixels)
 print("explained queries per image:", rec.extra["queries"])
 for i in range(2 if SMOKE else 4):

@@ -8,7 +8,7 @@ import torch
 import gae_utils as gu
 from gae_utils import zoo
 from gae_utils.adapters import detr_grid, find_adapter
-from gae_utils.detection import detect, detections, object_heatmaps, scene_targets
+from gae_utils.detection import detect, detections, detr_pixels, object_heatmaps, scene_targets
 from gae_utils.explanation import Explanation
 from gae_utils.layout import Readout, Segment, TokenLayout
 from gae_utils.metrics import box_iou, detection_map
@@ -34,7 +34,7 @@ def detr():
 
 @pytest.fixture(scope="module")
 def pixels():
-    return torch.randn(3, 3, 32, 40, generator=torch.Generator().manual_seed(3))
+    return torch.randn(3, 5, 32, 40, generator=torch.Generator().manual_seed(3))  # shapes-detr: RGB + x, y
 
 
 def test_adapter_sites_grid_and_directions(detr, pixels):
@@ -101,7 +101,7 @@ def test_baselines_read_the_cross_attention_row(detr, pixels):
 
 def test_default_target_explains_every_confident_detection():
     model = tiny_detr(confident_class=5)
-    pixels = torch.randn(2, 3, 32, 32)
+    pixels = torch.randn(2, 5, 32, 32)
     found = detect(model, pixels)
     assert [len(d) for d in found] == [8, 8] and all((d.labels == 5).all() for d in found)
     exp = gu.explain(model, pixels)
@@ -128,8 +128,8 @@ def test_no_detection_and_bad_targets_name_the_fix(detr, pixels):
         gu.explain(detr, pixels, target=lambda out: out.logits[:, 0, 0])
     with pytest.raises(ValueError, match=r"images\[None\]"):
         gu.explain(detr, pixels[0], target=0)
-    with pytest.raises(ValueError, match="expected 3 channels"):
-        gu.explain(detr, pixels[:, :1], target=0)
+    with pytest.raises(ValueError, match="expected 5 channels"):
+        gu.explain(detr, pixels[:, :3], target=0)
     with pytest.raises(TypeError, match="pixel_values"):
         gu.explain(detr, {"images": pixels}, target=0)
 
@@ -234,6 +234,15 @@ def test_box_iou_and_detection_map_by_hand():
         detection_map(predictions, truth[:1])
 
 
+def test_detr_pixels_add_coordinate_channels():
+    images = torch.rand(2, 3, 4, 6)
+    x = detr_pixels(images)
+    assert x.shape == (2, 5, 4, 6)
+    torch.testing.assert_close(x[:, :3], (images - 0.5) / 0.25)
+    torch.testing.assert_close(x[0, 3, 0], torch.linspace(-1, 1, 6))  # x varies along the width
+    torch.testing.assert_close(x[1, 4, :, 2], torch.linspace(-1, 1, 4))  # y along the height
+
+
 def test_scene_targets_are_detr_boxes_and_flip():
     scene = ShapesWorld(seed=0).scene(0)
     target = scene_targets([scene])[0]
@@ -268,7 +277,7 @@ def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
     assert card.training["loss_last_10"] < card.training["loss_first_10"]
     assert 0.0 <= card.training["heldout"]["map50"] <= 1.0
     loaded = zoo.load("shapes-detr", directory=tmp_path)
-    x = torch.rand(2, 3, 64, 64)
+    x = detr_pixels(torch.rand(2, 3, 64, 64))
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
 
@@ -283,7 +292,7 @@ def test_detr_render_callbacks():
 
     model = tiny_detr(confident_class=2)
     images = torch.rand(2, 3, 32, 32)
-    rec = widgets.explore_detr(model, images)
+    rec = widgets.explore_detr(model, detr_pixels(images))
     assert rec.layers[-1].attn is not None and rec.layers[2].grad is not None  # per-head maps kept
     boxes = widgets.detr_boxes(rec, (32, 32))
     assert boxes.shape == (2, 8, 4)
@@ -307,3 +316,56 @@ def test_detr_render_callbacks():
         widgets.detr_layer_map(rec, 0, 0, -1, head=9)
     with pytest.raises(ValueError, match="unknown view"):
         widgets.detr_layer_map(rec, 0, 0, -1, view="heads")
+
+
+# ----------------------------------------------------------------------------- the shipped checkpoint
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return zoo.load("shapes-detr")
+
+
+def test_shipped_shapes_detr_card_is_reproducible(shipped):
+    from gae_utils.detection import evaluate_detection
+    from gae_utils.shapes import CLASS_NAMES
+    from gae_utils.train import HELDOUT_SEED
+
+    assert find_adapter(shipped).name == "hf-detr" and not shipped.training
+    assert shipped.card.classes == list(CLASS_NAMES)
+    recorded = shipped.card.training["heldout"]
+    fresh = evaluate_detection(shipped, ShapesWorld(seed=HELDOUT_SEED), n=recorded["n"])
+    assert fresh["map50"] == pytest.approx(recorded["map50"], abs=1e-4)
+    assert fresh["confident_recall"] == pytest.approx(recorded["confident_recall"], abs=1e-4)
+
+
+def test_shipped_detector_explains_each_detection_of_a_batch(shipped):
+    batch = ShapesWorld(seed=11).batch(6)
+    pixels = detr_pixels(batch.images)
+    found = detect(shipped, pixels)
+    exp = gu.explain(shipped, pixels)
+    assert [[q for q in row if q >= 0] for row in exp.extra["queries"]] == [d.queries.tolist() for d in found]
+    assert exp.relevance["image"].shape == (6, max(map(len, found)), 64)
+    for b, det in enumerate(found):
+        assert exp.target[b, : len(det)].tolist() == det.labels.tolist()
+
+
+def test_evaluate_detr_scores_every_method_and_says_why_rollout_has_none(shipped):
+    from gae_utils.evaluate import evaluate_detr, main
+
+    results, missing = evaluate_detr(shipped, n=12, batch_size=6, progress=False)
+    assert set(results) == {"gae", "gae_last_layer", "raw_attention", "attn_gradcam", "random"}
+    assert "cross-attention" in missing["rollout"]
+    for row in results.values():
+        assert 0 <= row["miou"] <= 1 and 0 <= row["pointing"] <= 1 and row["pairs"] > 0
+    out = main(["--model", "shapes-detr", "--n", "6", "--batch-size", "6", "--no-progress", "--methods", "gae"])
+    assert set(out) == {"gae", "random"}
+
+
+def test_detr_benchmark_reports_ratios(shipped):
+    from gae_utils.bench import run_detr_benchmark
+
+    result = run_detr_benchmark("shapes-detr", batch=2, repeats=1)
+    assert result["seconds"]["forward"] > 0 and result["ratios"]["explain_all_detections / forward"] > 1
+    with pytest.raises(ValueError, match="detr-r50"):
+        run_detr_benchmark("detr-r18")
