@@ -33,6 +33,7 @@ __all__ = [
     "evaluate_detection",
     "object_heatmaps",
     "match_to_objects",
+    "box_matched_queries",
     "otsu_foreground",
     "CONFIDENCE",
 ]
@@ -254,3 +255,40 @@ def otsu_foreground(maps: Tensor) -> Tensor:
     from .metrics import otsu_threshold
 
     return maps > otsu_threshold(maps)[..., None, None]
+
+
+def box_matched_queries(
+    pred_boxes: Tensor, scenes: list[Scene], iou_threshold: float = 0.5
+) -> list[list[tuple[int, int]]]:
+    """For every ground-truth object, the object query whose box overlaps it most (IoU >= threshold).
+
+    For a detector that localises objects but is not yet confident about their class (the shipped
+    shapes-detr: see its card), this picks the query that found each object regardless of its class
+    probability; the explained score is still that query's predicted-class logit.
+
+    Args:
+        pred_boxes: ``(B, Q, 4)`` DETR boxes (cx, cy, w, h in [0, 1]).
+        scenes: the B scenes.
+
+    Returns:
+        Per image, ``[(query, object index)]``; each query is used at most once (greedy by IoU).
+    """
+    from .metrics import box_iou
+
+    out = []
+    for b, scene in enumerate(scenes):
+        size = scene.image.shape[:2]
+        boxes = cxcywh_to_xyxy(pred_boxes[b].detach().cpu().float(), size)  # (Q, 4)
+        g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
+        iou = box_iou(boxes, g_boxes)  # (Q, G)
+        pairs, used = [], set()
+        for flat in iou.flatten().argsort(descending=True).tolist():
+            q, g = divmod(flat, iou.shape[1])
+            if iou[q, g] < iou_threshold:
+                break
+            if q in used or g in {o for _, o in pairs}:
+                continue
+            used.add(q)
+            pairs.append((q, g))
+        out.append(sorted(pairs, key=lambda p: p[1]))
+    return out

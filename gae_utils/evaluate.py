@@ -254,6 +254,7 @@ def evaluate_detr(
     methods: list[str] | None = None,
     iou_threshold: float = 0.5,
     progress: bool = True,
+    queries: str = "confident",
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Weakly supervised segmentation of every detected object of a ShapesWorld DETR (ICCV 2021, Sec. 5).
 
@@ -265,13 +266,21 @@ def evaluate_detr(
     are not scored). Reports ``pixel_accuracy``, ``miou`` (background/foreground, accumulated over
     the set), ``map`` (AP of the soft map), and the pointing game and relevance mass.
 
+    ``queries="matched"`` scores, instead of the confident detections, the query whose box best
+    overlaps each ground-truth object (IoU >= ``iou_threshold``) whatever its class confidence
+    (:func:`gae_utils.detection.box_matched_queries`), for a detector that localises well but is
+    rarely confident.
+
     Returns:
         ``({method: {metric: value}}, {method: why it has no numbers})``; rollout has no
         cross-attention rule, so it cannot read ``R[query, image]`` (method.md) and lands in the second dict.
     """
     from tqdm.auto import tqdm
 
-    from .detection import detections, detr_pixels, match_to_objects
+    from .detection import box_matched_queries, detections, detr_pixels, match_to_objects
+
+    if queries not in ("confident", "matched"):
+        raise ValueError(f"queries must be 'confident' or 'matched', got {queries!r}")
 
     methods = methods or method_names()
     world = ShapesWorld(seed=seed)
@@ -287,20 +296,25 @@ def evaluate_detr(
         with torch.no_grad():
             out = model(pixel_values=detr_pixels(batch.images).to(device))
         found = detections(out.logits.cpu(), out.pred_boxes.cpu(), size)
-        queries, masks, slots = [], [], []  # per image: scored queries; their objects' masks; (b, k) slots
+        targets, masks, slots = [], [], []  # per image: scored queries; their objects' masks; (b, k) slots
+        matched = box_matched_queries(out.pred_boxes.cpu(), batch.scenes, iou_threshold)
         for b, (det, scene) in enumerate(zip(found, batch.scenes)):
             detected += len(det)
-            pairs = match_to_objects(det, scene, iou_threshold)
-            unmatched += len(det) - len(pairs)
+            if queries == "confident":
+                pairs = [(int(det.queries[d]), o) for d, o in match_to_objects(det, scene, iou_threshold)]
+                unmatched += len(det) - len(pairs)
+            else:
+                pairs = matched[b]
+                unmatched += len(scene.objects) - len(pairs)  # objects no query localised
             row = []
-            for d, o in pairs:
+            for q, o in pairs:
                 slots.append((b, len(row)))
-                row.append(int(det.queries[d]))
-                masks.append(torch.from_numpy(scene.objects[o].mask))
-            queries.append(row)
+                row.append(q)
+                masks.append(torch.from_numpy(scene.objects[o].mask.copy()))
+            targets.append(row)
         if not slots:
             continue
-        rec = record(model, detr_pixels(batch.images).to(device), target=queries)
+        rec = record(model, detr_pixels(batch.images).to(device), target=targets)
         index = torch.tensor(slots)  # (P, 2): (example, target slot)
         for method in methods:
             if method in missing:
@@ -366,6 +380,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--methods", nargs="*", default=None, choices=method_names())
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--queries",
+        default="confident",
+        choices=["confident", "matched"],
+        help="shapes-detr: explain confident detections (p > 0.5) or the query that best localises each object",
+    )
     args = parser.parse_args(argv)
     from .zoo import load
 
@@ -383,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     elif args.model == "shapes-detr":
         results, missing = evaluate_detr(
             model,
+            queries=args.queries,
             n=args.n,
             seed=args.seed,
             batch_size=args.batch_size,

@@ -457,7 +457,7 @@ def train_shapes_vqa(
 def train_shapes_detr(
     steps: int = 3000,
     batch_size: int = 16,
-    lr: float = 3e-4,
+    lr: float = 6e-4,
     weight_decay: float = 1e-4,
     warmup: int = 100,
     train_scenes: int = 20_000,
@@ -466,6 +466,7 @@ def train_shapes_detr(
     out: Path | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    init: Path | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """Train ``shapes-detr`` (a tiny Hugging Face ``DetrForObjectDetection``) on ShapesWorld boxes.
 
@@ -476,6 +477,9 @@ def train_shapes_detr(
     Inputs are ``detr_pixels(images)`` (normalised RGB + coordinate channels); random horizontal
     flips of the RGB image mirror the boxes.
 
+    ``init``: a directory holding a shapes-detr checkpoint to continue from (a second schedule
+    on new scene order); its card's training record is kept under ``training["continued_from"]``.
+
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and the held-out mAP@0.5.
     """
@@ -484,6 +488,13 @@ def train_shapes_detr(
     torch.manual_seed(seed)
     card = ModelCard(**{**EMBEDDED["shapes-detr"].__dict__, "classes": list(CLASS_NAMES)})
     model = build(card).to(device)
+    previous = None
+    if init is not None:
+        from .zoo import load
+
+        start = load("shapes-detr", directory=init)
+        model.load_state_dict(start.state_dict())
+        previous = start.card.training
     for p in model.parameters():
         p.requires_grad_(True)  # Hugging Face freezes DETR's backbone stem for pretrained ResNets; ours starts random
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -522,6 +533,11 @@ def train_shapes_detr(
         "seed": seed,
     }
     card.training = _training_record(recipe, losses, seconds, metrics)
+    if previous is not None:
+        card.training["continued_from"] = previous
+        card.training["total_train_seconds"] = round(
+            seconds + previous.get("total_train_seconds", previous["train_seconds"]), 1
+        )
     if out is not None:
         save_checkpoint(model, card, out)
     return model, card

@@ -395,7 +395,13 @@ def explore_detr(model: nn.Module, pixel_values: Tensor, target=None) -> Recordi
     return record(model, pixel_values, target=target, keep_heads=True)
 
 
-def detr_explorer(model: nn.Module, pixel_values: Tensor, images: Tensor, class_names: Sequence[str] | None = None):
+def detr_explorer(
+    model: nn.Module,
+    pixel_values: Tensor,
+    images: Tensor,
+    class_names: Sequence[str] | None = None,
+    target=None,
+):
     """An ipywidgets explorer of DETR detections: image, detection, method, layer, head, view.
 
     Args:
@@ -403,11 +409,13 @@ def detr_explorer(model: nn.Module, pixel_values: Tensor, images: Tensor, class_
         pixel_values: what the model takes, ``(B, 3, H, W)``.
         images: the same images in [0, 1] for display.
         class_names: names of the classes.
+        target: explained queries (see :func:`gae_utils.adapters.detr_query_target`); None: the
+            confident detections.
     """
     import ipywidgets as W
     from IPython.display import display
 
-    rec = explore_detr(model, pixel_values)
+    rec = explore_detr(model, pixel_values, target)
     decoder = [i for i, layer in enumerate(rec.layers) if layer.query == "query"]
     n_heads = rec.layers[decoder[-1]].attn.shape[1]
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="image")

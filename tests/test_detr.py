@@ -337,28 +337,47 @@ def test_shipped_shapes_detr_card_is_reproducible(shipped):
     fresh = evaluate_detection(shipped, ShapesWorld(seed=HELDOUT_SEED), n=recorded["n"])
     assert fresh["map50"] == pytest.approx(recorded["map50"], abs=1e-4)
     assert fresh["confident_recall"] == pytest.approx(recorded["confident_recall"], abs=1e-4)
+    with pytest.raises(ValueError, match="'confident' or 'matched'"):
+        from gae_utils.evaluate import evaluate_detr
+
+        evaluate_detr(shipped, n=2, queries="all")
 
 
-def test_shipped_detector_explains_each_detection_of_a_batch(shipped):
+def test_shipped_detector_explains_each_object_of_a_batch(shipped):
+    from gae_utils.detection import box_matched_queries
+
     batch = ShapesWorld(seed=11).batch(6)
     pixels = detr_pixels(batch.images)
+    with torch.no_grad():
+        out = shipped(pixel_values=pixels)
+    matched = box_matched_queries(out.pred_boxes, batch.scenes)
+    assert sum(map(len, matched)) >= 0.8 * sum(len(s.objects) for s in batch.scenes)  # it localises
+    queries = [[q for q, _ in row] for row in matched]
+    exp = gu.explain(shipped, pixels, target=queries)
+    k = max(map(len, queries))
+    assert exp.relevance["image"].shape == (6, k, 64)
+    for b, row in enumerate(queries):
+        assert exp.extra["queries"][b] == row + [-1] * (k - len(row))
+        assert exp.target[b, : len(row)].tolist() == out.logits[b, row, :-1].argmax(-1).tolist()
     found = detect(shipped, pixels)
-    exp = gu.explain(shipped, pixels)
-    assert [[q for q in row if q >= 0] for row in exp.extra["queries"]] == [d.queries.tolist() for d in found]
-    assert exp.relevance["image"].shape == (6, max(map(len, found)), 64)
-    for b, det in enumerate(found):
-        assert exp.target[b, : len(det)].tolist() == det.labels.tolist()
+    if any(len(d) for d in found):  # the paper's default: every confident detection
+        default = gu.explain(shipped, pixels)
+        assert [[q for q in r if q >= 0] for r in default.extra["queries"]] == [d.queries.tolist() for d in found]
+    else:
+        with pytest.raises(ValueError, match="no object query"):
+            gu.explain(shipped, pixels)
 
 
 def test_evaluate_detr_scores_every_method_and_says_why_rollout_has_none(shipped):
     from gae_utils.evaluate import evaluate_detr, main
 
-    results, missing = evaluate_detr(shipped, n=12, batch_size=6, progress=False)
+    results, missing = evaluate_detr(shipped, n=12, batch_size=6, progress=False, queries="matched")
     assert set(results) == {"gae", "gae_last_layer", "raw_attention", "attn_gradcam", "random"}
     assert "cross-attention" in missing["rollout"]
     for row in results.values():
         assert 0 <= row["miou"] <= 1 and 0 <= row["pointing"] <= 1 and row["pairs"] > 0
-    out = main(["--model", "shapes-detr", "--n", "6", "--batch-size", "6", "--no-progress", "--methods", "gae"])
+    argv = ["--model", "shapes-detr", "--n", "6", "--batch-size", "6", "--no-progress", "--methods", "gae"]
+    out = main([*argv, "--queries", "matched"])
     assert set(out) == {"gae", "random"}
 
 
