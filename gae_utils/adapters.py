@@ -412,6 +412,10 @@ class Adapter:
             convention the model must follow.
         token_logits: encoder-decoders: ``token_logits(output) -> (B, T, V)`` next-token logits of
             every decoder position (:func:`gae_utils.seq2seq.explain_generation`).
+        targets: for models whose explained *row* depends on the target (DETR: the query of each
+            detection), ``targets(model, inputs, output, target, layout) -> (index (B, K) | None,
+            scores (B, K), multi_target, layout, extra)`` resolves the target after the forward pass
+            and returns the layout with per-(example, target) row weights; None: class logits.
     """
 
     name: str
@@ -426,6 +430,7 @@ class Adapter:
     towers: bool = False
     contains: tuple[str, ...] = ()
     token_logits: Callable[[Any], Tensor] | None = None
+    targets: Callable[..., tuple] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         names = {cls.__name__ for cls in type(model).__mro__}
@@ -765,3 +770,166 @@ def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.
                 found.append((name, module, site))
                 break
     return found
+
+
+# ------------------------------------------------------------------------ Hugging Face DETR
+# Encoder-decoder (Chefer et al. ICCV 2021, Sec. 4): "image" = the backbone's feature-grid tokens
+# (encoder self-attention), "query" = the object queries (decoder self-attention), and the decoder's
+# cross-attention from queries to image tokens. Transformers' DetrSelfAttention / DetrCrossAttention
+# return ``(output, weights)``; the weights are the post-softmax probabilities (B, H, Nq, Nk) on the
+# eager path only, so the adapter switches the model to eager attention for the call.
+
+
+@contextmanager
+def detr_eager(model: nn.Module) -> Iterator[None]:
+    """Eager attention for the block: DETR's attention modules read ``config._attn_implementation`` at
+    every call, so the flag is switched on each config they hold (``set_attn_implementation`` would
+    also visit the backbone, which refuses SDPA and could not be switched back)."""
+    configs = {
+        id(m.config): m.config
+        for m in model.modules()
+        if type(m).__name__.startswith("Detr") and hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
+    }
+    with _eager_flags(model, [(config, "_attn_implementation", "eager") for config in configs.values()]):
+        yield
+
+
+def _detr_pixels(inputs: Any) -> Tensor:
+    return inputs["pixel_values"] if isinstance(inputs, Mapping) else inputs
+
+
+def _detr_call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**{k: v for k, v in inputs.items() if k in ("pixel_values", "pixel_mask")})
+    return model(pixel_values=inputs)
+
+
+def _detr_check(model: nn.Module, inputs: Any) -> None:
+    if isinstance(inputs, Mapping) and "pixel_values" not in inputs:
+        raise TypeError("DETR takes images (B, C, H, W) or a dict with 'pixel_values' (and optionally 'pixel_mask')")
+    backbone = getattr(model.config, "backbone_config", None)
+    channels = getattr(backbone, "num_channels", None) if backbone is not None else None
+    _check_image_batch(_detr_pixels(inputs), None, channels=channels or getattr(model.config, "num_channels", 3))
+
+
+def detr_grid(n_tokens: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The backbone's feature grid ``(h, w)`` holding ``n_tokens`` tokens for images of ``size``.
+
+    Strided convolutions (kernel k, padding k // 2, stride 2) map a side n to ceil(n / 2); DETR's
+    backbones downsample by 4 to 64, so the grid is the first such halving that has ``n_tokens``.
+    """
+    h, w = size
+    for _ in range(7):
+        if h * w == n_tokens:
+            return h, w
+        h, w = -(-h // 2), -(-w // 2)
+    raise UnsupportedModelError(f"cannot place {n_tokens} encoder tokens on a grid for images of size {size}")
+
+
+def detr_query_target(model: nn.Module, output: Any, target: Any, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """The explained queries of a DETR batch and their predicted classes.
+
+    Args:
+        model: the DETR (unused; kept for the adapter's signature).
+        output: its ``DetrObjectDetectionOutput`` (``logits`` ``(B, Q, C + 1)``, last = no object).
+        target: ``None``: every confident detection of each image (best real-class probability >
+            ``threshold``); an ``int`` query for every image; a ``(B,)`` or ``(B, K)`` tensor of query
+            indices; or a list of B lists of query indices (images may differ in length).
+        threshold: confidence of a detection.
+
+    Returns:
+        ``queries (B, K)`` with -1 in the padding slots of images with fewer than K targets, and
+        ``classes (B, K)`` the explained class of each query (its most probable real class; -1 padded).
+    """
+    logits = output.logits  # (B, Q, C + 1)
+    batch, n_queries = logits.shape[:2]
+    probs = logits.detach().softmax(-1)[..., :-1]  # (B, Q, C)
+    best, classes = probs.max(-1)  # (B, Q) each
+    if target is None:
+        lists = [(best[b] > threshold).nonzero().flatten().tolist() for b in range(batch)]
+        if not any(lists):
+            raise ValueError(
+                f"no object query of any image has a class probability above {threshold}; "
+                "pass target=<query index> (or a list of query indices per image) to explain chosen queries."
+            )
+    elif isinstance(target, int):
+        lists = [[target]] * batch
+    elif isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise ValueError(f"target must hold query indices (integers), got dtype {target.dtype}")
+        t = target.reshape(batch, -1) if target.ndim <= 1 and target.numel() == batch else target
+        if t.ndim == 0:
+            t = t.expand(batch)[:, None]
+        if t.ndim != 2 or t.shape[0] != batch:
+            raise ValueError(
+                f"target of shape {tuple(target.shape)} does not fit a batch of {batch}: pass an int query, a "
+                f"({batch},) or ({batch}, K) tensor of query indices, or a list of {batch} lists."
+            )
+        lists = [[int(q) for q in row if int(q) >= 0] for row in t.tolist()]
+    elif isinstance(target, (list, tuple)):
+        if len(target) != batch or not all(isinstance(row, (list, tuple)) for row in target):
+            raise ValueError(f"a list target must hold one list of query indices per image ({batch} lists)")
+        lists = [[int(q) for q in row] for row in target]
+    else:
+        raise TypeError(
+            f"DETR targets are query indices (int, tensor or list of lists), got {type(target).__name__}; "
+            "a callable target has no explained row of R[query, image]."
+        )
+    bad = [q for row in lists for q in row if not 0 <= q < n_queries]
+    if bad:
+        raise ValueError(f"query index {bad[0]} is out of range: the model has {n_queries} object queries")
+    k = max(1, max(len(row) for row in lists))
+    queries = torch.full((batch, k), -1, dtype=torch.long, device=logits.device)
+    for b, row in enumerate(lists):
+        queries[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=logits.device)
+    safe = queries.clamp_min(0)  # (B, K)
+    picked = classes.gather(1, safe)  # (B, K)
+    return queries, torch.where(queries >= 0, picked, torch.full_like(picked, -1))
+
+
+def _detr_targets(model: nn.Module, inputs: Any, output: Any, target: Any, layout: TokenLayout):
+    """Scores ``(B, K)``: the class logit of each explained query (0 in padding slots, no gradient there),
+    and the layout completed with the grid and per-(example, target) row weights ``(B, K, Q)``."""
+    queries, classes = detr_query_target(model, output, target)
+    logits = output.logits  # (B, Q, C + 1)
+    valid = queries >= 0  # (B, K)
+    safe_q, safe_c = queries.clamp_min(0), classes.clamp_min(0)
+    per_query = logits.gather(1, safe_q[..., None].expand(-1, -1, logits.shape[-1]))  # (B, K, C + 1)
+    scores = per_query.gather(2, safe_c[..., None]).squeeze(-1)  # (B, K)
+    scores = torch.where(valid, scores, scores * 0)  # padding: a constant, its gradient is zero
+    n_queries = logits.shape[1]
+    rows = F.one_hot(safe_q, n_queries).to(logits.dtype) * valid[..., None]  # (B, K, Q)
+    n_image = output.encoder_last_hidden_state.shape[1]
+    grid = detr_grid(n_image, tuple(_detr_pixels(inputs).shape[-2:]))
+    segments = (Segment("image", n_image, 0, grid), Segment("query", n_queries, 0))
+    readouts = (
+        Readout("image", "query", "image", "weights"),  # row k of R[query, image]: the object's map
+        Readout("query", "query", "query", "weights"),  # row k of R[query, query]: how queries mix
+    )
+    layout = TokenLayout(segments, readouts, {"image": rows, "query": rows.clone()})
+    return classes, scores, True, layout, {"queries": queries}
+
+
+def _detr_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+    """Placeholder before the forward pass; :func:`_detr_targets` builds the real layout from the output."""
+    return TokenLayout((Segment("image", 0), Segment("query", model.config.num_queries)), ())
+
+
+ADAPTERS.append(
+    Adapter(
+        name="hf-detr",
+        model_classes=("DetrForObjectDetection",),
+        sites=(
+            AttentionSite("DetrSelfAttention", probs=1, query="image", key="image", within="encoder"),
+            AttentionSite("DetrSelfAttention", probs=1, query="query", key="query", within="decoder"),
+            AttentionSite("DetrCrossAttention", probs=1, kind="cross", query="query", key="image"),
+        ),
+        eager=detr_eager,
+        call=_detr_call,
+        logits=lambda out: out.logits,
+        check=_detr_check,
+        layout=_detr_layout,
+        family="Hugging Face DetrForObjectDetection (encoder over the feature grid, decoder over object queries)",
+        targets=_detr_targets,
+    )
+)

@@ -9,7 +9,7 @@ computed from that one recording (:meth:`Recording.explanation`); ``explain`` do
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,7 @@ class Recording:
     scores: Tensor
     multi_target: bool
     model_name: str
+    extra: dict = field(default_factory=dict)  # adapter-specific JSON-ready facts (DETR: the explained queries)
 
     def maps(self, method: str = "gae", start_layer: int = 0) -> dict[tuple[str, str], Tensor]:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
@@ -75,6 +76,7 @@ class Recording:
             start_layer=start_layer,
             model_name=self.model_name,
             multi_target=self.multi_target,
+            extra=dict(self.extra),
         )
 
     def history(self, start_layer: int = 0) -> list[dict[tuple[str, str], Tensor]]:
@@ -185,7 +187,12 @@ def record(
             logits = adapter.logits(output) if adapter.logits is not None else None
             if logits is not None and not torch.isfinite(logits).all():
                 raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
-            index, scores, multi = _resolve_target(target, output, logits)
+            extra: dict = {}
+            if adapter.targets is not None:  # the explained row depends on the target (DETR: its query)
+                index, scores, multi, layout, extra = adapter.targets(model, inputs, output, target, layout)
+                extra = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in extra.items()}
+            else:
+                index, scores, multi = _resolve_target(target, output, logits)
             layers = rec.backward(scores)
         if len(layers) != rec.num_modules:
             raise AttentionCaptureError(
@@ -198,7 +205,7 @@ def record(
         )
     detached = output.detach() if isinstance(output, Tensor) else output
     logits = logits.detach() if logits is not None else None
-    return Recording(layers, layout, logits, detached, index, scores.detach(), multi, type(model).__name__)
+    return Recording(layers, layout, logits, detached, index, scores.detach(), multi, type(model).__name__, extra)
 
 
 def explain(

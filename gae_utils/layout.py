@@ -62,8 +62,9 @@ class Readout:
             DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
             ``"weights"`` means per-example row weights ``TokenLayout.weights[name]`` of shape
             ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token),
-            or per-target row weights of shape ``(B, K, Na)``: target ``k`` reads its own row(s)
-            (seq2seq: generated token ``t`` reads row ``t`` of ``R[target, source]``).
+            or per-(example, target) row weights ``(B, K, Na)`` when each target explains its own
+            row (seq2seq: generated token ``t`` reads row ``t`` of ``R[target, source]``; DETR:
+            target ``k`` is object query ``q_k``, weights one-hot at ``q_k``).
     """
 
     name: str

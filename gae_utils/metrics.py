@@ -38,6 +38,8 @@ from torch import Tensor
 __all__ = [
     "PERTURBATION_STEPS",
     "average_precision",
+    "box_iou",
+    "detection_map",
     "normalize_maps",
     "otsu_threshold",
     "perturbation_auc",
@@ -540,3 +542,94 @@ def perturbation_auc(accuracies: Sequence[float] | Tensor, steps: Sequence[float
         )
     trapezoid = getattr(np, "trapezoid", None) or np.trapz
     return float(trapezoid(y, x) * 100)
+
+
+# --------------------------------------------------------------------------------------------
+# Object detection (DETR): mean average precision at an IoU threshold
+# --------------------------------------------------------------------------------------------
+
+
+def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    """Intersection over union of every pair of boxes ``(x0, y0, x1, y1)``.
+
+    Args:
+        boxes_a: ``(N, 4)``.
+        boxes_b: ``(M, 4)``.
+
+    Returns:
+        ``(N, M)`` IoU; pairs whose union is empty score 0.
+    """
+    if boxes_a.ndim != 2 or boxes_a.shape[-1] != 4 or boxes_b.ndim != 2 or boxes_b.shape[-1] != 4:
+        raise ValueError(f"boxes must be (N, 4) and (M, 4), got {tuple(boxes_a.shape)} and {tuple(boxes_b.shape)}.")
+    a, b = boxes_a.double(), boxes_b.double()
+    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)  # (N,)
+    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)  # (M,)
+    low = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+    high = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+    inter = (high - low).clamp_min(0).prod(dim=-1)  # (N, M)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def detection_map(
+    predictions: Sequence[tuple[Tensor, Tensor, Tensor]],
+    ground_truth: Sequence[tuple[Tensor, Tensor]],
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Mean average precision of a detector at one IoU threshold (PASCAL VOC 2010+ protocol).
+
+    For every class, the detections of all images are ranked by score; a detection is a true
+    positive when its IoU with a not yet matched ground-truth box of its class in its image is at
+    least ``iou_threshold`` (greedy, in score order, each box matched at most once), otherwise a
+    false positive. AP is the area under the precision-recall curve made monotone
+    (``P(r) = max_{r' >= r} P(r')``), summed over the recall steps. ``map`` is the mean AP over
+    the classes that have at least one ground-truth box (classes without boxes are skipped).
+
+    Args:
+        predictions: per image ``(boxes (D, 4) xyxy, scores (D,), labels (D,))``.
+        ground_truth: per image ``(boxes (G, 4) xyxy, labels (G,))``.
+        iou_threshold: minimum IoU of a true positive.
+
+    Returns:
+        ``{"map": ..., "num_classes": ..., "per_class": {label: AP}}``.
+    """
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} images of predictions but {len(ground_truth)} of ground truth.")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+    # (score, is_true_positive) of every detection, per class; number of ground-truth boxes per class.
+    ranked: dict[int, list[tuple[float, bool]]] = {}
+    num_truth: dict[int, int] = {}
+    for (p_boxes, p_scores, p_labels), (g_boxes, g_labels) in zip(predictions, ground_truth):
+        if p_boxes.shape[0] != p_scores.shape[0] or p_boxes.shape[0] != p_labels.shape[0]:
+            raise ValueError("each prediction needs as many scores and labels as boxes.")
+        for label in g_labels.tolist():
+            num_truth[label] = num_truth.get(label, 0) + 1
+        iou = box_iou(p_boxes.reshape(-1, 4), g_boxes.reshape(-1, 4))  # (D, G)
+        matched = torch.zeros(g_boxes.shape[0], dtype=torch.bool)
+        for d in p_scores.double().argsort(descending=True, stable=True).tolist():
+            label = int(p_labels[d])
+            candidates = (g_labels == label) & ~matched  # (G,)
+            hit = False
+            if candidates.any():
+                overlap = torch.where(candidates, iou[d], torch.full_like(iou[d], -1.0))
+                best = int(overlap.argmax())
+                if overlap[best] >= iou_threshold:
+                    matched[best] = True
+                    hit = True
+            ranked.setdefault(label, []).append((float(p_scores[d]), hit))
+    per_class = {}
+    for label, total in sorted(num_truth.items()):
+        entries = sorted(ranked.get(label, []), key=lambda e: -e[0])
+        hits = torch.tensor([h for _, h in entries], dtype=torch.float64)
+        true_pos = hits.cumsum(0)
+        precision = true_pos / torch.arange(1, len(entries) + 1, dtype=torch.float64)
+        recall = true_pos / total
+        if len(entries) == 0:
+            per_class[label] = 0.0
+            continue
+        envelope = precision.flip(0).cummax(0).values.flip(0)  # P(r) = max over r' >= r
+        steps = torch.diff(recall, prepend=torch.zeros(1, dtype=torch.float64))  # recall gained at each rank
+        per_class[label] = float((steps * envelope).sum())
+    mean = sum(per_class.values()) / len(per_class) if per_class else 0.0
+    return {"map": mean, "num_classes": len(per_class), "per_class": per_class}

@@ -51,6 +51,12 @@ __all__ = [
     "render_translation",
     "render_translation_layer",
     "translation_explorer",
+    "render_detections",
+    "render_detr_query",
+    "detr_layer_map",
+    "detr_boxes",
+    "explore_detr",
+    "detr_explorer",
 ]
 
 VIEWS = ("relevancy", "attn_bar", "head")
@@ -720,3 +726,214 @@ def translation_explorer(
         control.observe(update, names="value")
     update()
     return W.VBox([W.HBox([step]), method, out_methods, W.HBox([layer, head]), out_layer])
+
+
+# ----------------------------------------------------------------------------- DETR: one detected object
+# A DETR recording explains every confident detection of a batch at once (target k of image b is
+# object query ``rec.extra["queries"][b][k]``); the callbacks below show one of them.
+
+LAYER_VIEWS_DETR = ("attention", "attn_bar")
+
+
+def _detr_slot(rec: Recording, index: int, detection: int) -> int:
+    """The object query explained in target slot ``detection`` of image ``index``."""
+    queries = rec.extra.get("queries")
+    if queries is None:
+        raise ValueError("this recording has no object queries; record a DetrForObjectDetection")
+    if not 0 <= index < len(queries):
+        raise ValueError(f"image {index} is out of range (0..{len(queries) - 1})")
+    valid = [q for q in queries[index] if q >= 0]
+    if not 0 <= detection < len(valid):
+        raise ValueError(f"image {index} has {len(valid)} explained detections; detection {detection} is out of range")
+    return valid[detection]
+
+
+def detr_boxes(rec: Recording, size: tuple[int, int]) -> Tensor:
+    """``(B, K, 4)`` pixel boxes ``(x0, y0, x1, y1)`` of the explained queries (padding slots: zeros)."""
+    from .detection import cxcywh_to_xyxy
+
+    queries = torch.tensor(rec.extra["queries"])  # (B, K)
+    boxes = cxcywh_to_xyxy(rec.output.pred_boxes.detach().cpu(), size)  # (B, Q, 4)
+    picked = boxes.gather(1, queries.clamp_min(0)[..., None].expand(-1, -1, 4))  # (B, K, 4)
+    return picked * (queries >= 0)[..., None]
+
+
+def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> None:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+
+
+def _detr_name(rec: Recording, index: int, detection: int, class_names: Sequence[str] | None) -> str:
+    label = int(rec.target[index, detection])
+    score = float(rec.output.logits[index, _detr_slot(rec, index, detection)].detach().softmax(-1)[label])
+    name = class_names[label] if class_names is not None else f"class {label}"
+    return f"{name} ({score:.2f})"
+
+
+def render_detections(
+    rec: Recording,
+    images: Tensor,
+    index: int = 0,
+    method: str = "gae",
+    class_names: Sequence[str] | None = None,
+) -> plt.Figure:
+    """Every explained detection of image ``index``: its map (row k of ``R[query, image]``) beside its box."""
+    size = tuple(images.shape[-2:])
+    n = len([q for q in rec.extra["queries"][index] if q >= 0])
+    heat = rec.explanation(method).heatmap(size)[index]  # (K, H, W)
+    boxes = detr_boxes(rec, size)[index]  # (K, 4)
+    fig, axes = plt.subplots(1, n + 1, figsize=(PANEL * (n + 1), PANEL * 1.15), squeeze=False, layout="constrained")
+    show_image(axes[0, 0], images[index], "detections")
+    for k in range(n):
+        _draw_box(axes[0, 0], boxes[k])
+        overlay(axes[0, k + 1], images[index], heat[k], _detr_name(rec, index, k, class_names))
+        _draw_box(axes[0, k + 1], boxes[k])
+    return fig
+
+
+def detr_layer_map(
+    rec: Recording, index: int, detection: int, layer: int, view: str = "attention", head: int | None = None
+) -> Tensor:
+    """The row of one recorded layer for the explained query: ``(Nk,)`` over that layer's keys.
+
+    Encoder layers have no object-query rows and raise. ``view="attention"``: attention
+    probabilities (head ``head``, or the mean over heads); ``"attn_bar"``: the Eq. 5 map
+    ``mean_h (dA * A)^+`` (or one head's ``(dA * A)^+``) for this detection's target.
+    """
+    if view not in LAYER_VIEWS_DETR:
+        raise ValueError(f"unknown view {view!r}; choose one of {LAYER_VIEWS_DETR}")
+    if not -len(rec.layers) <= layer < len(rec.layers):
+        raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
+    record_ = rec.layers[layer]
+    if record_.query != "query":
+        raise ValueError(
+            f"layer {layer} ({record_.name}) is an encoder layer: its rows are image tokens, not object queries; "
+            "choose a decoder layer"
+        )
+    q = _detr_slot(rec, index, detection)
+    if head is None:
+        return record_.attn_mean[index, q] if view == "attention" else record_.cam[index, detection, q]
+    if record_.attn is None or record_.grad is None:
+        raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_detr does)")
+    if not 0 <= head < record_.attn.shape[1]:
+        raise ValueError(f"head {head} is out of range (0..{record_.attn.shape[1] - 1})")
+    attn = record_.attn[index, head, q]  # (Nk,)
+    return attn if view == "attention" else (record_.grad[index, detection, head, q] * attn).clamp(min=0)
+
+
+def render_detr_query(
+    rec: Recording,
+    images: Tensor,
+    index: int = 0,
+    detection: int = 0,
+    method: str = "gae",
+    layer: int = -1,
+    head: int | None = None,
+    view: str = "attention",
+    class_names: Sequence[str] | None = None,
+) -> plt.Figure:
+    """One detection: the method's map with the box, ``R[query, query]`` row (how the decoder mixed
+    the queries), and one decoder layer's row for this query (image grid for cross-attention,
+    queries for self-attention)."""
+    size = tuple(images.shape[-2:])
+    q = _detr_slot(rec, index, detection)
+    exp = rec.explanation(method)
+    box = detr_boxes(rec, size)[index, detection]
+    fig, axes = plt.subplots(1, 3, figsize=(PANEL * 3.4, PANEL * 1.15), layout="constrained")
+    overlay(axes[0], images[index], exp.heatmap(size)[index, detection], f"{METHOD_LABELS.get(method, method)}")
+    _draw_box(axes[0], box)
+    axes[0].set_xlabel(_detr_name(rec, index, detection, class_names))
+    mixing = rec.explanation("gae").relevance["query"][index, detection].detach().cpu()  # (Q,)
+    axes[1].bar(
+        range(len(mixing)), mixing.numpy(), color=["tab:orange" if j == q else "tab:blue" for j in range(len(mixing))]
+    )
+    axes[1].set_title(f"R[query, query], row {q}")
+    axes[1].set_xlabel("object query")
+    row = detr_layer_map(rec, index, detection, layer, view, head).detach().cpu()
+    record_ = rec.layers[layer]
+    what = "mean over heads" if head is None else f"head {head}"
+    title = f"layer {layer % len(rec.layers)} {record_.kind}, {view}\n{what}"
+    if record_.key == "image":
+        grid = rec.layout.segment("image").grid
+        up = F.interpolate(row.float().reshape(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0]
+        span = up.max() - up.min()
+        overlay(axes[2], images[index], (up - up.min()) / span if span > 0 else torch.zeros_like(up), title)
+        _draw_box(axes[2], box)
+    else:
+        axes[2].bar(range(len(row)), row.numpy())
+        axes[2].set_title(title)
+        axes[2].set_xlabel("object query")
+    return fig
+
+
+def explore_detr(model: nn.Module, pixel_values: Tensor, target=None) -> Recording:
+    """Record every confident detection (or ``target`` queries) of a batch with per-head maps kept."""
+    return record(model, pixel_values, target=target, keep_heads=True)
+
+
+def detr_explorer(
+    model: nn.Module,
+    pixel_values: Tensor,
+    images: Tensor,
+    class_names: Sequence[str] | None = None,
+    target=None,
+):
+    """An ipywidgets explorer of DETR detections: image, detection, method, layer, head, view.
+
+    Args:
+        model: a ``DetrForObjectDetection``.
+        pixel_values: what the model takes, ``(B, 3, H, W)``.
+        images: the same images in [0, 1] for display.
+        class_names: names of the classes.
+        target: explained queries (see :func:`gae_utils.adapters.detr_query_target`); None: the
+            confident detections.
+    """
+    import ipywidgets as W
+    from IPython.display import display
+
+    rec = explore_detr(model, pixel_values, target)
+    decoder = [i for i, layer in enumerate(rec.layers) if layer.query == "query"]
+    n_heads = rec.layers[decoder[-1]].attn.shape[1]
+    index = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
+    detection = W.Dropdown(description="detection")
+    method = W.ToggleButtons(options=[m for m in method_names() if m != "rollout"], description="method")
+    layer = W.SelectionSlider(options=decoder, value=decoder[-1], description="decoder layer")
+    head = W.Dropdown(options=[("mean", None)] + [(str(h), h) for h in range(n_heads)], description="head")
+    view = W.ToggleButtons(options=LAYER_VIEWS_DETR, description="layer view")
+    out_all, out_one = W.Output(), W.Output()
+
+    def show(out, fig):
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+
+    def refresh_detections(*_):
+        n = len([q for q in rec.extra["queries"][index.value] if q >= 0])
+        detection.options = [(_detr_name(rec, index.value, k, class_names), k) for k in range(n)]
+
+    def update(*_):
+        if detection.value is None:
+            return
+        show(out_all, render_detections(rec, images, index.value, method.value, class_names))
+        show(
+            out_one,
+            render_detr_query(
+                rec,
+                images,
+                index.value,
+                detection.value,
+                method.value,
+                layer.value,
+                head.value,
+                view.value,
+                class_names,
+            ),
+        )
+
+    index.observe(refresh_detections, names="value")
+    for control in (index, detection, method, layer, head, view):
+        control.observe(update, names="value")
+    refresh_detections()
+    update()
+    return W.VBox([W.HBox([index, detection]), method, out_all, W.HBox([layer, head]), view, out_one])

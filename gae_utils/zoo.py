@@ -96,6 +96,60 @@ def _build_hf_marian(**kwargs) -> nn.Module:
 
 BUILDERS["hf-marian"] = _build_hf_marian
 
+# ----------------------------------------------------------------------------- DETR (encoder-decoder)
+
+
+def _build_hf_detr(backbone_config: dict, **kwargs) -> nn.Module:
+    """A Hugging Face ``DetrForObjectDetection`` with a small Hugging Face ResNet backbone, no pretrained weights.
+
+    The backbone config's ``out_features`` picks the feature map the transformer reads (``"stage2"``:
+    stride 8, an 8x8 token grid for 64-pixel images). Eager attention, so the probabilities exist.
+    """
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    config = DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(**backbone_config),
+        **kwargs,
+    )
+    config._attn_implementation = "eager"
+    model = DetrForObjectDetection(config)
+    # Transformers initialises every embedding with N(0, 0.02), which makes the object queries nearly
+    # identical (decoder outputs agree to 1e-4), so the set loss cannot tell them apart for thousands of
+    # steps; DETR's own code keeps torch's N(0, 1) for its query embeddings.
+    with torch.no_grad():
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+    return model
+
+
+BUILDERS["hf-detr"] = _build_hf_detr
+
+# Hugging Face DETR checkpoints served by `load(name, pretrained=True)` (real weights need the hub or its cache).
+HF_DETR_NAMES = ("facebook/detr-resnet-50", "facebook/detr-resnet-101")
+
+
+def _load_hf_detr(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """``DetrForObjectDetection`` named ``name``: pretrained from the hub (or its cache), or random of the same size."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    if not pretrained:
+        # DETR-R50's architecture without any download: a timm ResNet-50 backbone with random weights.
+        depth = "resnet101" if name.endswith("101") else "resnet50"
+        config = DetrConfig(use_timm_backbone=True, backbone=depth, use_pretrained_backbone=False, **kwargs)
+        config._attn_implementation = "eager"
+        return DetrForObjectDetection(config)
+    try:
+        with offline_unless_reachable():
+            return DetrForObjectDetection.from_pretrained(name, attn_implementation="eager", **kwargs)
+    except Exception as err:  # network, hub or cache errors all mean: no weights here
+        raise PretrainedUnavailableError(
+            f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
+            "Offline, use the embedded detector with gae_utils.zoo.load('shapes-detr'), or "
+            f"gae_utils.zoo.load({name!r}, pretrained=False) for random weights of the same architecture."
+        ) from err
+
+
 # Architectures of the embedded models (the checkpoint cards repeat them with the training record).
 EMBEDDED: dict[str, ModelCard] = {
     "shapes-vit": ModelCard(
@@ -194,6 +248,39 @@ EMBEDDED["shapes-translate"] = ModelCard(
 )
 
 
+# A tiny DETR (Carion et al. 2020) for ShapesWorld boxes: a 2-stage ResNet (stride 8 -> 8x8 image
+# tokens at 64 px), 2 encoder + 2 decoder layers, 8 object queries, 16 classes + "no object".
+# Takes `gae_utils.detection.detr_pixels(images)` (normalised RGB + 2 coordinate channels).
+EMBEDDED["shapes-detr"] = ModelCard(
+    name="shapes-detr",
+    arch="hf-detr",
+    kwargs=dict(
+        backbone_config=dict(
+            num_channels=5,  # RGB + x, y coordinate channels (gae_utils.detection.detr_pixels)
+            embedding_size=32,
+            hidden_sizes=[32, 64],
+            depths=[1, 1],
+            layer_type="basic",
+            out_features=["stage2"],
+        ),
+        num_labels=16,
+        num_queries=8,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        dropout=0.0,
+        attention_dropout=0.0,
+        auxiliary_loss=True,
+    ),
+    classes=[],  # gae_utils.shapes.CLASS_NAMES, filled at build time
+    image_size=64,
+)
+
+
 def build(card: ModelCard) -> nn.Module:
     """Instantiate the architecture of ``card`` with fresh weights."""
     if card.arch not in BUILDERS:
@@ -246,7 +333,8 @@ def load(
     """Load a model by name, in eval mode.
 
     Args:
-        name: an embedded model (``"shapes-vit"``) or any timm model name.
+        name: an embedded model (``"shapes-vit"``), a Hugging Face DETR (``"facebook/detr-resnet-50"``)
+            or any timm model name.
         pretrained: for timm names, download timm's pretrained weights (needs network or a
             populated cache); ``False`` gives random weights of the same architecture.
         device: where to put the model.
@@ -269,6 +357,8 @@ def load(
         model.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
         model.card = card  # what it is and how it was trained, for notebooks and reports
         return model.to(device).eval()
+    if name in HF_DETR_NAMES:
+        return _load_hf_detr(name, pretrained, **kwargs).to(device).eval()
     import timm
 
     if not pretrained:

@@ -76,3 +76,47 @@ def reference_rollout(model, images):
 
 def upsample(maps, size):
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def reference_detr_gae(model, image, query):
+    """DETR relevance R[query, image] row ``query`` for one image (1, C, H, W), the rules written out.
+
+    The attention maps come from Hugging Face's own ``output_attentions=True`` (not from hooks), their
+    gradients from ``retain_grad()`` and ``.backward()`` on the query's predicted-class logit; then
+    encoder self-attention (Eq. 6), decoder self-attention (Eq. 6, 7) and cross-attention with the
+    residual normalisation (Eq. 8-11), layer by layer in forward order.
+    """
+    model.zero_grad()
+    out = model(pixel_values=image.clone(), output_attentions=True)
+    maps = [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
+    for a in maps:
+        a.retain_grad()
+    cls = int(out.logits[0, query, :-1].argmax())
+    out.logits[0, query, cls].backward()
+
+    def bar(a):
+        return (a.grad * a).clamp(min=0).mean(dim=1)[0].detach()  # Eq. 5
+
+    def normalise(r):
+        eye = torch.eye(r.shape[0], dtype=r.dtype)
+        hat = r - eye
+        total = hat.sum(dim=-1, keepdim=True)
+        return torch.where(total != 0, hat / torch.where(total != 0, total, torch.ones_like(total)), hat) + eye
+
+    n_img, n_q = out.encoder_attentions[0].shape[-1], out.decoder_attentions[0].shape[-1]
+    r_ii, r_qq = torch.eye(n_img), torch.eye(n_q)
+    r_qi, r_iq = torch.zeros(n_q, n_img), torch.zeros(n_img, n_q)
+    for a in out.encoder_attentions:
+        cam = bar(a)
+        r_ii = r_ii + cam @ r_ii
+        r_iq = r_iq + cam @ r_iq
+    for self_a, cross_a in zip(out.decoder_attentions, out.cross_attentions):
+        cam = bar(self_a)
+        r_qq = r_qq + cam @ r_qq
+        r_qi = r_qi + cam @ r_qi
+        cam = bar(cross_a)
+        add_qi = normalise(r_qq).T @ cam @ normalise(r_ii)
+        add_qq = cam @ r_iq
+        r_qi, r_qq = r_qi + add_qi, r_qq + add_qq
+    model.zero_grad()
+    return r_qi[query], r_qq[query], cls

@@ -1,0 +1,294 @@
+"""DETR on ShapesWorld: box targets, confident detections, held-out mAP and per-object maps.
+
+DETR (Carion et al., ECCV 2020) predicts a fixed set of object queries, each a class distribution
+(the last class is "no object") and a box. Chefer et al. (ICCV 2021, Sec. 4 and 5) explain one
+detected object through the class logit of its query: the explanation is row ``k`` of
+``R[query, image]`` reshaped to the backbone's feature grid. This module holds the DETR-specific
+pieces around that: ground-truth boxes of ShapesWorld scenes in DETR's format, the confident
+detections of a batch (probability > 0.5, "no object" excluded), the held-out mAP@0.5 of a
+detector, and each detected object's upsampled relevance map.
+
+Boxes are ``(x0, y0, x1, y1)`` in pixels unless said otherwise; DETR's own boxes are
+``(cx, cy, w, h)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .metrics import detection_map
+from .shapes import Scene, ShapesWorld
+
+__all__ = [
+    "Detections",
+    "scene_targets",
+    "detr_pixels",
+    "cxcywh_to_xyxy",
+    "detections",
+    "detect",
+    "evaluate_detection",
+    "object_heatmaps",
+    "match_to_objects",
+    "box_matched_queries",
+    "otsu_foreground",
+    "CONFIDENCE",
+]
+
+CONFIDENCE = 0.5
+"""A query is a detection when its most probable real class has probability above this (the paper's 0.5)."""
+
+
+@dataclass
+class Detections:
+    """The confident detections of one image.
+
+    Attributes:
+        queries: ``(D,)`` indices of the detecting object queries.
+        labels: ``(D,)`` predicted classes (no-object excluded).
+        scores: ``(D,)`` their probabilities.
+        boxes: ``(D, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels.
+    """
+
+    queries: Tensor
+    labels: Tensor
+    scores: Tensor
+    boxes: Tensor
+
+    def __len__(self) -> int:
+        return int(self.queries.numel())
+
+
+def detr_pixels(images: Tensor) -> Tensor:
+    """Images in [0, 1] ``(B, 3, H, W)`` -> shapes-detr's input ``(B, 5, H, W)``: normalised RGB plus two
+    coordinate channels (x and y in [-1, 1]).
+
+    DETR adds position embeddings to the attention's queries and keys only, never to the values, so a
+    box can only be regressed from position cues the backbone's features carry; a deep ResNet gets them
+    from its image-wide receptive field and zero padding, a 2-stage toy backbone does not (trained on RGB
+    alone, it predicts every box at the image's vertical centre). The coordinate channels give them.
+    """
+    from .train import normalize_pixels
+
+    b, _, h, w = images.shape
+    ys = torch.linspace(-1, 1, h, dtype=images.dtype, device=images.device)
+    xs = torch.linspace(-1, 1, w, dtype=images.dtype, device=images.device)
+    coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, H, W): x, y
+    return torch.cat([normalize_pixels(images), coords.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
+
+
+def scene_targets(scenes: list[Scene], flip: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """DETR's training targets: per scene ``{"class_labels": (G,), "boxes": (G, 4) cx, cy, w, h in [0, 1]}``.
+
+    Args:
+        scenes: the scenes.
+        flip: ``(B,)`` bool, scenes whose image is flipped horizontally (their boxes are mirrored).
+    """
+    targets = []
+    for b, scene in enumerate(scenes):
+        height, width = scene.image.shape[:2]
+        boxes = torch.tensor([obj.box for obj in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
+        boxes = boxes / torch.tensor([width, height, width, height], dtype=torch.float32)  # x1, y1 exclusive
+        if flip is not None and bool(flip[b]):
+            boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+        cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1)  # (G, 4)
+        labels = torch.tensor([obj.label for obj in scene.objects], dtype=torch.long)  # (G,)
+        targets.append({"class_labels": labels, "boxes": cxcywh})
+    return targets
+
+
+def cxcywh_to_xyxy(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """DETR boxes ``(..., 4)`` (cx, cy, w, h in [0, 1]) to pixels ``(x0, y0, x1, y1)`` for an image of ``(H, W)``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)  # (..., 4)
+    return xyxy * torch.tensor([size[1], size[0], size[1], size[0]], dtype=boxes.dtype, device=boxes.device)
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """``(B, Q, C + 1)`` logits -> ``(B, Q, C)`` probabilities of the real classes (softmax, no-object dropped)."""
+    return logits.softmax(-1)[..., :-1]
+
+
+def detections(logits: Tensor, pred_boxes: Tensor, size: tuple[int, int], threshold: float = CONFIDENCE) -> list:
+    """The confident detections of every image of a batch (any number per image, possibly none).
+
+    Args:
+        logits: ``(B, Q, C + 1)`` class logits, the last class being "no object".
+        pred_boxes: ``(B, Q, 4)`` boxes (cx, cy, w, h in [0, 1]).
+        size: image ``(H, W)`` in pixels.
+        threshold: a query is kept when its best real-class probability exceeds it.
+
+    Returns:
+        One :class:`Detections` per image.
+    """
+    if logits.ndim != 3 or pred_boxes.shape[:2] != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, Q, C+1) and boxes (B, Q, 4), got {tuple(logits.shape)}, {tuple(pred_boxes.shape)}"
+        )
+    scores, labels = class_probabilities(logits.detach()).max(-1)  # (B, Q) each
+    boxes = cxcywh_to_xyxy(pred_boxes.detach(), size)  # (B, Q, 4)
+    out = []
+    for b in range(logits.shape[0]):
+        keep = (scores[b] > threshold).nonzero().flatten()  # (D,)
+        out.append(Detections(keep, labels[b, keep], scores[b, keep], boxes[b, keep]))
+    return out
+
+
+@torch.no_grad()
+def detect(model: nn.Module, pixel_values: Tensor, threshold: float = CONFIDENCE) -> list[Detections]:
+    """Run a ``DetrForObjectDetection`` (in eval mode, restored after) and return its confident detections."""
+    training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        out = model(pixel_values=pixel_values)
+    finally:
+        for m, mode in training:
+            m.training = mode
+    return detections(out.logits, out.pred_boxes, tuple(pixel_values.shape[-2:]), threshold)
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: nn.Module, world: ShapesWorld, n: int = 1000, batch_size: int = 250, iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Held-out mAP@``iou_threshold`` of a ShapesWorld DETR over scenes ``0..n-1`` of ``world``.
+
+    Every query is a scored detection (its best real class and that class's probability), as
+    DETR is evaluated on COCO; also reports precision/recall of the confident detections (> 0.5).
+
+    Returns:
+        ``{"map50": ..., "confident_precision": ..., "confident_recall": ..., "n": n}``.
+    """
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    device = next(model.parameters()).device
+    predictions, truth = [], []
+    hits = kept = objects = 0
+    try:
+        for start in range(0, n, batch_size):
+            batch = world.batch(min(batch_size, n - start), start=start)
+            out = model(pixel_values=detr_pixels(batch.images).to(device))
+            size = tuple(batch.images.shape[-2:])
+            scores, labels = class_probabilities(out.logits).max(-1)  # (B, Q)
+            boxes = cxcywh_to_xyxy(out.pred_boxes, size)  # (B, Q, 4)
+            for b, scene in enumerate(batch.scenes):
+                g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)
+                g_labels = torch.tensor([o.label for o in scene.objects], dtype=torch.long)
+                predictions.append((boxes[b].cpu(), scores[b].cpu(), labels[b].cpu()))
+                truth.append((g_boxes, g_labels))
+                confident = scores[b].cpu() > CONFIDENCE
+                kept += int(confident.sum())
+                objects += len(scene.objects)
+                hits += _confident_hits(
+                    boxes[b].cpu()[confident], labels[b].cpu()[confident], g_boxes, g_labels, iou_threshold
+                )
+    finally:
+        for m, mode in training:
+            m.training = mode
+    result = detection_map(predictions, truth, iou_threshold)
+    return {
+        "map50" if iou_threshold == 0.5 else f"map{int(iou_threshold * 100)}": round(result["map"], 4),
+        "confident_precision": round(hits / max(1, kept), 4),
+        "confident_recall": round(hits / max(1, objects), 4),
+        "n": n,
+    }
+
+
+def _confident_hits(boxes: Tensor, labels: Tensor, g_boxes: Tensor, g_labels: Tensor, iou_threshold: float) -> int:
+    """Ground-truth objects found by a confident detection of their class with IoU >= threshold."""
+    from .metrics import box_iou
+
+    if len(boxes) == 0 or len(g_boxes) == 0:
+        return 0
+    iou = box_iou(boxes, g_boxes)  # (D, G)
+    same = labels[:, None] == g_labels[None, :]  # (D, G)
+    return int(((iou >= iou_threshold) & same).any(dim=0).sum())
+
+
+def object_heatmaps(relevance: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Per-object maps for display and segmentation: reshape to the feature grid, upsample, min-max normalise.
+
+    Args:
+        relevance: ``(..., h * w)`` raw relevance of explained queries over the image tokens.
+        grid: ``(h, w)`` backbone feature grid.
+        size: ``(H, W)`` image size.
+
+    Returns:
+        ``(..., H, W)`` maps in [0, 1] (a constant map gives zeros).
+    """
+    lead = relevance.shape[:-1]
+    maps = relevance.detach().float().reshape(-1, 1, *grid)  # (M, 1, h, w)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # (M, 1, H, W)
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    maps = torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(maps))
+    return maps.reshape(*lead, *size)  # (..., H, W)
+
+
+def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
+    """Pair detections with the ground-truth objects they found.
+
+    A detection finds the object of its predicted class with the highest box IoU, if that IoU is at
+    least ``iou_threshold`` (ShapesWorld has at most one object per class, so there is one candidate).
+
+    Returns:
+        ``[(detection index, object index)]`` for the detections that found an object, in order.
+    """
+    from .metrics import box_iou
+
+    g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
+    iou = box_iou(found.boxes.cpu().float(), g_boxes)  # (D, G)
+    pairs = []
+    for d in range(len(found)):
+        same = torch.tensor([o.label == int(found.labels[d]) for o in scene.objects])  # (G,)
+        best = torch.where(same, iou[d], torch.full_like(iou[d], -1.0)).max(0)
+        if float(best.values) >= iou_threshold:
+            pairs.append((d, int(best.indices)))
+    return pairs
+
+
+def otsu_foreground(maps: Tensor) -> Tensor:
+    """``(..., H, W)`` maps -> bool foreground ``map > otsu_threshold(map)`` (the DETR segmentation protocol)."""
+    from .metrics import otsu_threshold
+
+    return maps > otsu_threshold(maps)[..., None, None]
+
+
+def box_matched_queries(
+    pred_boxes: Tensor, scenes: list[Scene], iou_threshold: float = 0.5
+) -> list[list[tuple[int, int]]]:
+    """For every ground-truth object, the object query whose box overlaps it most (IoU >= threshold).
+
+    For a detector that localises objects but is not yet confident about their class (the shipped
+    shapes-detr: see its card), this picks the query that found each object regardless of its class
+    probability; the explained score is still that query's predicted-class logit.
+
+    Args:
+        pred_boxes: ``(B, Q, 4)`` DETR boxes (cx, cy, w, h in [0, 1]).
+        scenes: the B scenes.
+
+    Returns:
+        Per image, ``[(query, object index)]``; each query is used at most once (greedy by IoU).
+    """
+    from .metrics import box_iou
+
+    out = []
+    for b, scene in enumerate(scenes):
+        size = scene.image.shape[:2]
+        boxes = cxcywh_to_xyxy(pred_boxes[b].detach().cpu().float(), size)  # (Q, 4)
+        g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
+        iou = box_iou(boxes, g_boxes)  # (Q, G)
+        pairs, used = [], set()
+        for flat in iou.flatten().argsort(descending=True).tolist():
+            q, g = divmod(flat, iou.shape[1])
+            if iou[q, g] < iou_threshold:
+                break
+            if q in used or g in {o for _, o in pairs}:
+                continue
+            used.add(q)
+            pairs.append((q, g))
+        out.append(sorted(pairs, key=lambda p: p[1]))
+    return out
