@@ -312,6 +312,21 @@ def _drop_words(inputs: dict, relevance: Tensor, words: Tensor, fraction: float,
     return {**inputs, "input_ids": torch.stack(rows_ids), "attention_mask": torch.stack(rows_mask)}
 
 
+def _answer_score(score: str):
+    """The explained scalar of a question-answering model: None (the predicted answer's logit) or
+    a callable giving the predicted answer's log-probability."""
+    if score == "logit":
+        return None
+    if score != "log_prob":
+        raise ValueError(f"score must be 'logit' or 'log_prob', got {score!r}")
+
+    def log_prob(output) -> Tensor:
+        logits = output.question_answering_score  # (B, A)
+        return logits.log_softmax(-1).gather(1, logits.argmax(-1, keepdim=True))[:, 0]  # (B,)
+
+    return log_prob
+
+
 def evaluate_vqa(
     model: nn.Module,
     n: int = 300,
@@ -319,17 +334,21 @@ def evaluate_vqa(
     batch_size: int = 100,
     methods: list[str] | None = None,
     progress: bool = True,
+    score: str = "logit",
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
     """Score every method on ``n`` fresh (scene, question) pairs of a ShapesWorld VQA model.
 
-    The predicted answer of each question is explained (target None).
+    The predicted answer of each question is explained: its logit (``score="logit"``, as the
+    paper) or its log-probability (``score="log_prob"``: the logit minus the log-sum-exp over all
+    answers, i.e. what favours this answer over the others).
 
     - Image, against the union mask of the objects the question refers to (questions with
       referents): ``pointing`` (the most relevant region holds object pixels), ``pointing_pixel``,
       ``mass``.
     - Text, against the question's key words (the words that determine the answer, e.g. the shape
-      in "what colour is the triangle"): ``text_top1`` (the most relevant word is a key word) and
-      ``key_rank`` (rank of the best-ranked key word among the question's words, 1 = first).
+      in "what colour is the triangle"): ``key_rank``, the rank of the best-ranked key word among
+      the question's words (1 = first; a non-key word with equal relevance counts as ranked
+      before it), and ``text_top1``, the share of questions where that rank is 1.
     - Perturbation (evaluation.md): image regions, or question words ([CLS] and [SEP] never
       removed), are removed most relevant first (``*_pos_auc``, lower is better) or least relevant
       first (``*_neg_auc``, higher is better) at :data:`VQA_STEPS`; answer accuracy against the
@@ -357,7 +376,7 @@ def evaluate_vqa(
         batch = world.batch(min(batch_size, n - start), start=start)
         qs = [sample_question(scene, rng) for scene in batch.scenes]
         x = {k: v.to(device) for k, v in vqa_inputs(batch.images, qs, vocab).items()}
-        rec = record(model, x)
+        rec = record(model, x, target=_answer_score(score))
         for method in methods:
             exp = rec.explanation(method)
             image_rel[method].append(exp.relevance["image"].float().cpu())  # (B, R)
@@ -398,7 +417,8 @@ def evaluate_vqa(
         grid = image[has_ref].reshape(-1, side, side)  # (P, h, w)
         masked = text.masked_fill(~words, float("-inf"))
         best_key = masked.masked_fill(~keys, float("-inf")).amax(1)  # (N,) relevance of the best key word
-        rank = (masked > best_key[:, None]).sum(-1) + 1  # (N,) 1 = a key word comes first
+        # (N,) 1 = a key word comes first; ties count against the key word (a constant map ranks last)
+        rank = ((masked >= best_key[:, None]) & words & ~keys).sum(-1) + 1
         curve = torch.tensor(
             [[accuracy(_drop_regions(x, image, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
             + [[accuracy(_drop_words(x, text, words, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
@@ -406,7 +426,7 @@ def evaluate_vqa(
         curves[method] = curve
         results[method] = {
             **_localisation(grid, upsample_maps(grid, tuple(masks.shape[-2:])), masks),
-            "text_top1": keys.gather(1, masked.argmax(1, keepdim=True)).float().mean().item(),
+            "text_top1": (rank == 1).float().mean().item(),
             "key_rank": rank.float().mean().item(),
             "image_pos_auc": perturbation_auc(curve[0], VQA_STEPS),
             "image_neg_auc": perturbation_auc(curve[1], VQA_STEPS),
@@ -635,7 +655,7 @@ def _run_clip(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str,
 
 def _run_vqa(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_vqa(model, progress=not args.no_progress, **kwargs)[0]
+    return evaluate_vqa(model, progress=not args.no_progress, score=args.score, **kwargs)[0]
 
 
 def _run_translate(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -672,7 +692,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate: explained scalar per token"
+        "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate, shapes-vqa: explained scalar"
     )
     parser.add_argument(
         "--queries",

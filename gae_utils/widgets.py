@@ -308,7 +308,8 @@ def render_flow(
     tokens: Sequence[str] | None = None,
 ) -> plt.Figure:
     """How relevance flows between two streams: the four maps ``R[t, t], R[t, i], R[i, t], R[i, i]``
-    (columns) after each chosen step of the propagation (rows), for one example and target.
+    (columns) after each chosen step of the propagation (rows), for one example and target. The
+    self maps are shown minus their identity start.
 
     Args:
         rec: a recording of a two-modality model (text and image).
@@ -326,7 +327,10 @@ def render_flow(
     for row, step in enumerate(steps):
         for col, (a, b) in enumerate(PAIRS):
             ax = axes[row, col]
-            plot_matrix(ax, history[step][(a, b)][index, target], f"R[{a}, {b}]" if row == 0 else None)
+            matrix = history[step][(a, b)][index, target]  # (Na, Nb)
+            if a == b:  # the identity start dominates the colour scale: show what the layers added
+                matrix = matrix - torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+            plot_matrix(ax, matrix, (f"R[{a}, {b}] - I" if a == b else f"R[{a}, {b}]") if row == 0 else None)
             if tokens is not None and a == "text":
                 ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
             else:

@@ -87,3 +87,26 @@ def test_vqa_perturbation_keeps_cls_sep_and_word_order():
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]]
     out = evaluate._drop_words({"input_ids": ids, "attention_mask": mask}, relevance, words, 1.0, positive=False)
     assert out["input_ids"].tolist() == [[1, 2, 0, 0, 0, 0], [1, 2, 0, 0, 0, 0]]
+
+
+def test_vqa_evaluation_form_and_what_it_measures():
+    model = zoo.load("shapes-vqa")
+    results, curves = evaluate.evaluate_vqa(model, n=40, seed=3, batch_size=20, progress=False)
+    assert set(results) == {*gu_methods(), "random"}
+    for method, row in results.items():
+        assert 0 <= row["pointing_pixel"] <= row["pointing"] + 1e-9 <= 1 + 1e-9
+        assert 1 <= row["key_rank"] <= 7 and 0 <= row["text_top1"] <= 1
+        for key in ("image_pos_auc", "image_neg_auc", "text_pos_auc", "text_neg_auc"):
+            assert 0 <= row[key] <= 100
+        assert curves[method].shape == (4, len(evaluate.VQA_STEPS))
+    # nothing removed: the curves start at the model's accuracy on these questions, the same for every method
+    starts = {float(c[:, 0].min()) for c in curves.values()} | {float(c[:, 0].max()) for c in curves.values()}
+    assert len(starts) == 1 and starts.pop() > 0.8
+    # removing the most relevant regions first must hurt more than removing random ones, for GAE
+    assert results["gae"]["image_pos_auc"] < results["random"]["image_pos_auc"]
+
+
+def gu_methods():
+    from gae_utils.engine import method_names
+
+    return method_names(ablations=True)

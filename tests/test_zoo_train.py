@@ -83,3 +83,13 @@ def test_short_clip_training_run_lowers_the_loss(tmp_path):
         a = loaded(pixel_values=x, input_ids=ids).logits_per_image
         b = model(pixel_values=x, input_ids=ids).logits_per_image
     torch.testing.assert_close(a, b)
+
+
+def test_shipped_shapes_vqa_card_is_reproducible_and_meets_the_target():
+    from gae_utils.train import vqa_accuracy
+
+    model = zoo.load("shapes-vqa")
+    recorded = model.card.training["heldout"]
+    assert recorded["accuracy"] >= 0.9, recorded
+    measured = vqa_accuracy(model, ShapesWorld(seed=model.card.training["heldout_seed"]), n=recorded["n"])
+    assert measured == pytest.approx(recorded, abs=1e-6)
