@@ -660,42 +660,30 @@ def _hf_seq2seq_sites(cls: str, probs: int, cross: str) -> tuple[AttentionSite, 
     )
 
 
+def _hf_seq2seq_adapter(name: str, model_class: str, attention: str, probs: int, cross: str, family: str) -> Adapter:
+    """A Hugging Face encoder-decoder LM: the families differ only in these facts."""
+    return Adapter(
+        name=name,
+        model_classes=(model_class,),
+        sites=_hf_seq2seq_sites(attention, probs, cross),
+        eager=hf_eager,
+        call=_hf_seq2seq_call,
+        logits=None,
+        check=_seq2seq_check,
+        layout=_seq2seq_layout,
+        family=f"Hugging Face {model_class}{family}, via gae_utils.seq2seq",
+        token_logits=lambda out: out.logits,
+    )
+
+
 SEQ2SEQ_ADAPTERS: list[Adapter] = [
-    Adapter(
-        name="hf-marian",
-        model_classes=("MarianMTModel",),
-        sites=_hf_seq2seq_sites("MarianAttention", 1, "encoder_attn"),
-        eager=hf_eager,
-        call=_hf_seq2seq_call,
-        logits=None,
-        check=_seq2seq_check,
-        layout=_seq2seq_layout,
-        family="Hugging Face MarianMTModel (source, causal target, cross-attention), via gae_utils.seq2seq",
-        token_logits=lambda out: out.logits,
+    _hf_seq2seq_adapter(
+        "hf-marian", "MarianMTModel", "MarianAttention", 1, "encoder_attn", " (source, causal target, cross-attention)"
     ),
-    Adapter(
-        name="hf-bart",
-        model_classes=("BartForConditionalGeneration",),
-        sites=_hf_seq2seq_sites("BartAttention", 1, "encoder_attn"),
-        eager=hf_eager,
-        call=_hf_seq2seq_call,
-        logits=None,
-        check=_seq2seq_check,
-        layout=_seq2seq_layout,
-        family="Hugging Face BartForConditionalGeneration, via gae_utils.seq2seq",
-        token_logits=lambda out: out.logits,
-    ),
-    Adapter(
-        name="hf-t5",
-        model_classes=("T5ForConditionalGeneration",),
-        sites=_hf_seq2seq_sites("T5Attention", 2, "EncDecAttention"),
-        eager=hf_eager,
-        call=_hf_seq2seq_call,
-        logits=None,
-        check=_seq2seq_check,
-        layout=_seq2seq_layout,
-        family="Hugging Face T5ForConditionalGeneration (relative position bias), via gae_utils.seq2seq",
-        token_logits=lambda out: out.logits,
+    _hf_seq2seq_adapter("hf-bart", "BartForConditionalGeneration", "BartAttention", 1, "encoder_attn", ""),
+    # T5 returns (output, position_bias, weights)
+    _hf_seq2seq_adapter(
+        "hf-t5", "T5ForConditionalGeneration", "T5Attention", 2, "EncDecAttention", " (relative position bias)"
     ),
     Adapter(
         name="torch-transformer",
@@ -826,11 +814,10 @@ def detr_grid(n_tokens: int, size: tuple[int, int]) -> tuple[int, int]:
     raise UnsupportedModelError(f"cannot place {n_tokens} encoder tokens on a grid for images of size {size}")
 
 
-def detr_query_target(model: nn.Module, output: Any, target: Any, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+def detr_query_target(output: Any, target: Any, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
     """The explained queries of a DETR batch and their predicted classes.
 
     Args:
-        model: the DETR (unused; kept for the adapter's signature).
         output: its ``DetrObjectDetectionOutput`` (``logits`` ``(B, Q, C + 1)``, last = no object).
         target: ``None``: every confident detection of each image (best real-class probability >
             ``threshold``); an ``int`` query for every image; a ``(B,)`` or ``(B, K)`` tensor of query
@@ -890,7 +877,7 @@ def detr_query_target(model: nn.Module, output: Any, target: Any, threshold: flo
 def _detr_targets(model: nn.Module, inputs: Any, output: Any, target: Any, layout: TokenLayout):
     """Scores ``(B, K)``: the class logit of each explained query (0 in padding slots, no gradient there),
     and the layout completed with the grid and per-(example, target) row weights ``(B, K, Q)``."""
-    queries, classes = detr_query_target(model, output, target)
+    queries, classes = detr_query_target(output, target)
     logits = output.logits  # (B, Q, C + 1)
     valid = queries >= 0  # (B, K)
     safe_q, safe_c = queries.clamp_min(0), classes.clamp_min(0)
@@ -906,7 +893,7 @@ def _detr_targets(model: nn.Module, inputs: Any, output: Any, target: Any, layou
         Readout("image", "query", "image", "weights"),  # row k of R[query, image]: the object's map
         Readout("query", "query", "query", "weights"),  # row k of R[query, query]: how queries mix
     )
-    layout = TokenLayout(segments, readouts, {"image": rows, "query": rows.clone()})
+    layout = TokenLayout(segments, readouts, {"image": rows, "query": rows})
     return classes, scores, True, layout, {"queries": queries}
 
 

@@ -528,7 +528,7 @@ def evaluate_detr(
     iou_threshold: float = 0.5,
     progress: bool = True,
     queries: str = "confident",
-) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+) -> dict[str, dict[str, float]]:
     """Weakly supervised segmentation of every detected object of a ShapesWorld DETR (ICCV 2021, Sec. 5).
 
     Every confident detection (probability > 0.5, no-object excluded) of ``n`` fresh scenes is
@@ -545,8 +545,7 @@ def evaluate_detr(
     rarely confident.
 
     Returns:
-        ``({method: {metric: value}}, {method: why it has no numbers})``; rollout has no
-        cross-attention rule, so it cannot read ``R[query, image]`` (method.md) and lands in the second dict.
+        ``{method: {metric: value}}``.
     """
     from tqdm.auto import tqdm
 
@@ -560,7 +559,6 @@ def evaluate_detr(
     device = next(model.parameters()).device
     grid_maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     masks_all: list[Tensor] = []
-    missing: dict[str, str] = {}
     gen = torch.Generator().manual_seed(seed)
     detected = unmatched = 0
     for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
@@ -590,13 +588,7 @@ def evaluate_detr(
         rec = record(model, detr_pixels(batch.images).to(device), target=targets)
         index = torch.tensor(slots)  # (P, 2): (example, target slot)
         for method in methods:
-            if method in missing:
-                continue
-            try:
-                grid = rec.explanation(method).grid_relevance("image").float().cpu()  # (B, K, h, w)
-            except ValueError as err:  # a method with no R[query, image] (rollout)
-                missing[method] = str(err)
-                continue
+            grid = rec.explanation(method).grid_relevance("image").float().cpu()  # (B, K, h, w)
             grid_maps[method].append(grid[index[:, 0], index[:, 1]])  # (P, h, w)
         h, w = rec.layout.segment("image").grid
         grid_maps["random"].append(torch.rand(len(slots), h, w, generator=gen))
@@ -607,8 +599,6 @@ def evaluate_detr(
     size = tuple(masks_t.shape[-2:])
     results: dict[str, dict[str, float]] = {}
     for method, chunks in grid_maps.items():
-        if method in missing:
-            continue
         g = torch.cat(chunks)  # (P, h, w)
         up = upsample_maps(g, size)  # (P, H, W)
         seg = segmentation_scores(up, masks_t, threshold="otsu")
@@ -621,7 +611,7 @@ def evaluate_detr(
             "detections": float(detected),
             "unmatched": float(unmatched),
         }
-    return results, missing
+    return results
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -665,10 +655,7 @@ def _run_translate(model: nn.Module, args: argparse.Namespace) -> dict[str, dict
 
 def _run_detr(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    results, missing = evaluate_detr(model, queries=args.queries, progress=not args.no_progress, **kwargs)
-    for method, why in missing.items():
-        print(f"{method}: no numbers ({why})")
-    return results
+    return evaluate_detr(model, queries=args.queries, progress=not args.no_progress, **kwargs)
 
 
 EVALUATORS = {

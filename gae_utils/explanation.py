@@ -96,7 +96,8 @@ class Explanation:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()}
         tensors.update({f"maps/{a}|{b}": v.detach().cpu().contiguous() for (a, b), v in self.maps.items()})
-        tensors.update({f"layout_weights/{k}": v.detach().cpu().contiguous() for k, v in self.layout.weights.items()})
+        # readouts may share one weight tensor (DETR, VisualBERT); safetensors stores each name separately
+        tensors.update({f"layout_weights/{k}": v.detach().cpu().clone() for k, v in self.layout.weights.items()})
         tensors["scores"] = self.scores.detach().cpu().contiguous()
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()

@@ -65,7 +65,7 @@ class _Live:
     record: LayerRecord
     probs: Tensor  # (B, H, Nq, Nk)
     keep_heads: bool
-    node: Tensor | None = None  # the tensor the model computed with, when ``probs`` is a later view of it
+    node: Tensor  # the tensor the model computed with: ``probs``, or the base ``probs`` is a later view of
     cams: list[Tensor | None] = field(default_factory=list)
     grads: list[Tensor | None] = field(default_factory=list)
 
@@ -212,7 +212,7 @@ class AttentionRecorder:
                     "computed with; the adapter's site (graph_base=True) does not describe this module."
                 )
             node = probs._base  # (B*H, Nq, Nk)
-        live = _Live(record, probs, self.keep_heads, node=node)
+        live = _Live(record, probs, self.keep_heads, node)
         self._live.append(live)
         self._tensor_handles.append(node.register_hook(self._on_grad(live)))
 
@@ -252,7 +252,7 @@ class AttentionRecorder:
         try:
             grads = torch.autograd.grad(
                 output,
-                [live.node if live.node is not None else live.probs for live in lives],
+                [live.node for live in lives],
                 grad_outputs=grad_outputs,
                 is_grads_batched=True,
                 retain_graph=True,
@@ -327,7 +327,7 @@ class AttentionRecorder:
         for i in last_of.values():
             self._live[i].keep_heads = True
         first_of = {  # first map of each modality
-            live.record.query: live.node if live.node is not None else live.probs for live in reversed(self._live)
+            live.record.query: live.node for live in reversed(self._live)
         }
         for k, objective in enumerate(objectives):
             self._target_index = k

@@ -438,7 +438,7 @@ def vqa_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, batch_size
 
 
 def train_shapes_vqa(
-    steps: int = 3000,
+    steps: int = 4000,
     batch_size: int = 128,
     lr: float = 1e-3,
     warmup: int = 100,

@@ -62,6 +62,16 @@ __all__ = [
 VIEWS = ("relevancy", "attn_bar", "head")
 
 
+def _show(out, fig: plt.Figure) -> None:
+    """Replace what the ipywidgets ``Output`` area ``out`` shows with ``fig``, then close ``fig``."""
+    from IPython.display import display
+
+    with out:
+        out.clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
+
+
 def explore_record(model: nn.Module, images: Tensor, num_classes: int | None = None) -> Recording:
     """Record ``images`` for every class (K = num_classes targets) with per-head maps kept."""
     if num_classes is None:
@@ -229,7 +239,6 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
         An ``ipywidgets.VBox``; display it in a notebook.
     """
     import ipywidgets as W
-    from IPython.display import display
 
     rec = explore_record(model, images, len(class_names) if class_names is not None else None)
     n_layers = len(rec.layers)
@@ -247,17 +256,11 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     start = W.IntSlider(0, 0, n_layers - 1, description="start_layer")
     out_methods, out_layer = W.Output(), W.Output()
 
-    def show(out, fig):
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
-
     def update(*_):
         kwargs = dict(index=index.value, target=target.value, class_names=names)
-        show(out_methods, render_methods(rec, images, start_layer=start.value, highlight=method.value, **kwargs))
+        _show(out_methods, render_methods(rec, images, start_layer=start.value, highlight=method.value, **kwargs))
         lay = max(layer.value, start.value) if view.value == "relevancy" else layer.value
-        show(
+        _show(
             out_layer,
             render_layer(rec, images, layer=lay, view=view.value, head=head.value, start_layer=start.value, **kwargs),
         )
@@ -435,7 +438,6 @@ def coattention_explorer(
         An ``ipywidgets.VBox``; display it in a notebook.
     """
     import ipywidgets as W
-    from IPython.display import display
 
     steps, layers = flow_steps(rec), layer_labels(rec)
     n_targets = rec.scores.shape[1]
@@ -451,12 +453,6 @@ def coattention_explorer(
     head.description = "head"
     out_flow, out_row = W.Output(), W.Output()
 
-    def show(out, fig):
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
-
     def set_tokens(*_):
         a = pair.value[0]
         n = len(tokens[index.value]) if a == "text" else rec.layout.segment("image").n_tokens
@@ -467,7 +463,7 @@ def coattention_explorer(
     def update(*_):
         if token.value is None:
             return
-        show(out_flow, render_flow(rec, index.value, target.value, tokens=tokens[index.value]))
+        _show(out_flow, render_flow(rec, index.value, target.value, tokens=tokens[index.value]))
         at = step.value if view.value == "relevancy" else layer.value
         try:
             fig = render_stream_row(
@@ -488,7 +484,7 @@ def coattention_explorer(
                 out_row.clear_output(wait=True)
                 print(err)
             return
-        show(out_row, fig)
+        _show(out_row, fig)
 
     for control in (index, pair):
         control.observe(set_tokens, names="value")
@@ -563,7 +559,6 @@ def dual_explorer(
         An ``ipywidgets.VBox``; display it in a notebook.
     """
     import ipywidgets as W
-    from IPython.display import display
 
     n_layers = getattr(getattr(model.config, "vision_config", None), "num_hidden_layers", 1)
     image = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
@@ -576,10 +571,7 @@ def dual_explorer(
         fig = render_dual_pair(
             model, images, texts, words, image.value, caption.value, method.value, start.value, pixel_values
         )
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
+        _show(out, fig)
 
     for control in (image, caption, method, start):
         control.observe(update, names="value")
@@ -631,7 +623,7 @@ def render_translation(
         source_tokens: the source tokens of example ``index`` (columns).
         target_tokens: the generated tokens of example ``index`` (rows), as many as steps shown.
         index: example in the batch.
-        method: ``gae`` or a baseline with a source map (rollout has none).
+        method: ``gae`` or a baseline.
         step: the selected generated token (framed; its prefix relevance is shown).
         start_layer: first aggregated layer for ``gae``.
     """
@@ -696,13 +688,12 @@ def translation_explorer(
         target_tokens: the T generated tokens.
     """
     import ipywidgets as W
-    from IPython.display import display
 
     from .seq2seq import record_generation
 
     rec = record_generation(model, inputs, generated, keep_heads=True)
     cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
-    methods = [m for m in method_names() if m != "rollout"]  # rollout has no cross-attention rule
+    methods = method_names()
     step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], description="token")
     method = W.ToggleButtons(options=methods, description="method")
     layer = W.IntSlider(len(cross) - 1, 0, len(cross) - 1, description="cross layer")
@@ -711,15 +702,9 @@ def translation_explorer(
     )
     out_methods, out_layer = W.Output(), W.Output()
 
-    def show(out, fig):
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
-
     def update(*_):
-        show(out_methods, render_translation(rec, source_tokens, target_tokens, method=method.value, step=step.value))
-        show(
+        _show(out_methods, render_translation(rec, source_tokens, target_tokens, method=method.value, step=step.value))
+        _show(
             out_layer,
             render_translation_layer(
                 rec, source_tokens, target_tokens, step=step.value, layer=layer.value, head=head.value
@@ -893,24 +878,17 @@ def detr_explorer(
             confident detections.
     """
     import ipywidgets as W
-    from IPython.display import display
 
     rec = explore_detr(model, pixel_values, target)
     decoder = [i for i, layer in enumerate(rec.layers) if layer.query == "query"]
     n_heads = rec.layers[decoder[-1]].attn.shape[1]
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
     detection = W.Dropdown(description="detection")
-    method = W.ToggleButtons(options=[m for m in method_names() if m != "rollout"], description="method")
+    method = W.ToggleButtons(options=method_names(), description="method")
     layer = W.SelectionSlider(options=decoder, value=decoder[-1], description="decoder layer")
     head = W.Dropdown(options=[("mean", None)] + [(str(h), h) for h in range(n_heads)], description="head")
     view = W.ToggleButtons(options=LAYER_VIEWS_DETR, description="layer view")
     out_all, out_one = W.Output(), W.Output()
-
-    def show(out, fig):
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
 
     def refresh_detections(*_):
         n = len([q for q in rec.extra["queries"][index.value] if q >= 0])
@@ -919,8 +897,8 @@ def detr_explorer(
     def update(*_):
         if detection.value is None:
             return
-        show(out_all, render_detections(rec, images, index.value, method.value, class_names))
-        show(
+        _show(out_all, render_detections(rec, images, index.value, method.value, class_names))
+        _show(
             out_one,
             render_detr_query(
                 rec,

@@ -37,7 +37,7 @@ from gae_utils.evaluate import evaluate_detr, format_table
 from gae_utils.shapes import CLASS_NAMES, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
-METHODS = ["gae", "gae_last_layer", "raw_attention", "rollout", "attn_gradcam"]
+METHODS = gu.engine.method_names()
 
 # %% [markdown]
 # ## The detector and its held-out mAP@0.5
@@ -132,10 +132,8 @@ if rows:
 
 # %%
 queries = "confident" if targets is None else "matched"
-results, missing = evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS, queries=queries)
+results = evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS, queries=queries)
 print(format_table(results))
-for method, why in missing.items():
-    print(f"{method}: no numbers ({why})")
 
 # %% [markdown]
 # ## Explore

@@ -177,3 +177,11 @@ def test_single_stream_bad_inputs():
         gu.explain(vilt, {**y, "pixel_values": y["pixel_values"][:2]})
     with pytest.raises(ValueError, match="out of range"):
         gu.explain(vilt, y, target=5)
+
+
+def test_visualbert_explanation_saves_and_loads(tmp_path):
+    exp = gu.explain(tiny_visualbert(), visualbert_inputs())
+    exp.save(tmp_path / "vb")
+    back = gu.Explanation.load(tmp_path / "vb")
+    torch.testing.assert_close(back.relevance["image"], exp.relevance["image"])
+    torch.testing.assert_close(back.layout.weights["text"], exp.layout.weights["text"])
