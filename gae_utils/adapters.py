@@ -10,6 +10,7 @@ to :data:`ADAPTERS` (or calling :func:`register_adapter`), not editing the engin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -727,6 +728,31 @@ def register_adapter(adapter: Adapter, first: bool = True) -> None:
         ADAPTERS.append(adapter)
 
 
+MIN_TRANSFORMERS = (5, 15)
+"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0).
+Older releases return attention probabilities at other output positions (T5 before 5.15) or only
+when asked (ViT and DETR in 4.x and early 5.x), and name DETR's attention classes differently."""
+
+
+def _installed_transformers() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` naming the fix when Transformers is older than :data:`MIN_TRANSFORMERS`."""
+    version = version or _installed_transformers()
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise UnsupportedModelError(
+            f"transformers {version} is installed, but the Hugging Face adapters need transformers>={need}: "
+            f"older releases return the attention probabilities elsewhere or not at all. "
+            f"Upgrade with: pip install -U 'transformers>={need}'"
+        )
+
+
 def find_adapter(model: nn.Module) -> Adapter:
     """The first adapter of :data:`ADAPTERS` that serves ``model``.
 
@@ -738,6 +764,8 @@ def find_adapter(model: nn.Module) -> Adapter:
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     for adapter in ADAPTERS:
         if adapter.matches(model):
+            if type(model).__module__.startswith("transformers."):
+                check_transformers_version()
             return adapter
     families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
     raise UnsupportedModelError(

@@ -419,8 +419,7 @@ def run_detr_benchmark(
     """Explaining every confident detection of a batch against a plain forward of the same batch.
 
     ``shapes-detr``: the shipped checkpoint on ``batch`` held-out ShapesWorld scenes, targets = every
-    confident detection (the default of :func:`gae_utils.explain` for DETR), or, when it has none, the
-    query that best localises each object (:func:`gae_utils.detection.box_matched_queries`). ``detr-r50``: DETR-R50's
+    confident detection (the default of :func:`gae_utils.explain` for DETR). ``detr-r50``: DETR-R50's
     architecture with random weights (no download) on ``size`` x ``size`` random images; random
     weights detect nothing, so ``k`` queries per image stand in for the detections. One forward and
     one backward per target column (the largest number of detections in an image) serve the batch;
@@ -431,20 +430,14 @@ def run_detr_benchmark(
 
     dev = torch.device(device)
     if model_name == "shapes-detr":
-        from .detection import box_matched_queries, detr_pixels
+        from .detection import detr_pixels
         from .shapes import ShapesWorld
         from .train import HELDOUT_SEED
 
         model = load("shapes-detr", device=dev)
         scenes = ShapesWorld(seed=HELDOUT_SEED).batch(batch)
         images = detr_pixels(scenes.images).to(dev)
-        with torch.no_grad():
-            out = model(pixel_values=images)
-        confident = (out.logits.softmax(-1)[..., :-1].max(-1).values > 0.5).any()
-        # the shipped checkpoint localises well but is rarely confident: then each object's best-box query
-        target = (
-            None if confident else [[q for q, _ in row] for row in box_matched_queries(out.pred_boxes, scenes.scenes)]
-        )
+        target = None  # every confident detection (p > 0.5), the paper's default
     elif model_name == "detr-r50":
         torch.manual_seed(0)
         model = load("facebook/detr-resnet-50", pretrained=False, device=dev)

@@ -262,9 +262,9 @@ def box_matched_queries(
 ) -> list[list[tuple[int, int]]]:
     """For every ground-truth object, the object query whose box overlaps it most (IoU >= threshold).
 
-    For a detector that localises objects but is not yet confident about their class (the shipped
-    shapes-detr: see its card), this picks the query that found each object regardless of its class
-    probability; the explained score is still that query's predicted-class logit.
+    This picks the query that found each object regardless of its class probability (the
+    evaluation's ``--queries matched``, and a way to pair queries with ground-truth masks); explained,
+    its score is still that query's predicted-class logit.
 
     Args:
         pred_boxes: ``(B, Q, 4)`` DETR boxes (cx, cy, w, h in [0, 1]).

@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ __all__ = [
     "evaluate_vit",
     "evaluate_clip",
     "evaluate_vqa",
+    "vqa_word_study",
+    "key_word_rank",
     "evaluate_translate",
     "evaluate_detr",
     "VQA_STEPS",
@@ -327,6 +330,99 @@ def _answer_score(score: str):
     return log_prob
 
 
+def key_word_rank(text: Tensor, words: Tensor, keys: Tensor) -> Tensor:
+    """Rank of the best-ranked key word among a question's words (1 = first), ``(N,)``.
+
+    Args:
+        text: ``(N, L)`` word relevance (``[CLS]`` first).
+        words: ``(N, L)`` the question's words (special tokens and padding False).
+        keys: ``(N, L)`` its key words.
+
+    A non-key word with the same relevance as the best key word counts as ranked before it, so a
+    constant map ranks the key word last.
+    """
+    masked = text.masked_fill(~words, float("-inf"))
+    best_key = masked.masked_fill(~keys, float("-inf")).amax(1)  # (N,) relevance of the best key word
+    return ((masked >= best_key[:, None]) & words & ~keys).sum(-1) + 1
+
+
+def _question_batch(world: ShapesWorld, n: int, rng: np.random.Generator, vocab, start: int = 0):
+    """``n`` scenes of ``world`` from ``start``, one question each drawn with ``rng``: ``(batch, questions,
+    words, keys)``; ``words`` and ``keys`` are ``(n, L)`` masks of the question's words and its key words."""
+    from .language import SPECIAL_TOKENS, sample_question
+    from .train import encode_questions
+
+    batch = world.batch(n, start=start)
+    qs = [sample_question(scene, rng) for scene in batch.scenes]
+    ids, _ = encode_questions(qs, vocab)
+    words = ids >= len(SPECIAL_TOKENS)  # (n, L) the question's words; [CLS], [SEP], [PAD] excluded
+    keys = torch.zeros(ids.shape, dtype=torch.bool)  # (n, L) ([CLS] first, so word w is token w + 1)
+    for b, q in enumerate(qs):
+        keys[b, [1 + w for w in q.key_words]] = True
+    return batch, qs, words, keys
+
+
+def vqa_word_study(
+    model: nn.Module,
+    n: int = 300,
+    seed: int = 7,
+    scales: Sequence[float] = (1.0, 10.0, 100.0, 1000.0),
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
+    """Why GAE's word relevance on a ShapesWorld VQA model differs from the key words, in two tables.
+
+    1. For the answer's logit and its log-probability, each times every factor in ``scales``
+       (:meth:`~gae_utils.explainer.Recording.scaled`): GAE's key-word top-1 and rank, beside
+       rollout's. GAE adds ``Abar @ R`` to ``R = I``; when the gradients are small the identity
+       dominates and relevance reaching ``[CLS]`` through another word (a product of two layers'
+       maps) is second order.
+    2. For each question kind, the share of questions whose most relevant word is each word:
+       which word each method puts first when it misses the key word.
+
+    Returns:
+        ``({"gae logit x1": {"text_top1", "key_rank", "cam_row_sum"}, ..., "rollout": {...}},
+        {method label: {kind: {word: share}}})``; ``cam_row_sum`` is the mean row sum of the
+        ``[CLS]`` row of Eq. 5's map over the language layers (the size of ``Abar`` next to ``I``).
+    """
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from .language import Vocabulary
+    from .train import vqa_inputs
+
+    vocab = Vocabulary.questions()
+    batch, qs, words, keys = _question_batch(ShapesWorld(seed=seed), n, np.random.default_rng(seed), vocab)
+    x = vqa_inputs(batch.images, qs, vocab)
+    x = {k: v.to(next(model.parameters()).device) for k, v in x.items()}
+    ranks: dict[str, dict[str, float]] = {}
+    tops: dict[str, dict[str, dict[str, float]]] = {}
+
+    def score_text(label: str, text: Tensor, cam_row_sum: float | None = None) -> None:
+        rank = key_word_rank(text, words, keys)
+        ranks[label] = {"text_top1": (rank == 1).float().mean().item(), "key_rank": rank.float().mean().item()}
+        if cam_row_sum is not None:
+            ranks[label]["cam_row_sum"] = cam_row_sum
+        first = text.masked_fill(~words, float("-inf")).argmax(1) - 1  # (N,) index of the top word
+        counts: dict[str, Counter] = {}
+        for q, w in zip(qs, first.tolist()):
+            counts.setdefault(q.kind, Counter())[q.words[w]] += 1
+        tops[label] = {
+            kind: {w: c / sum(counter.values()) for w, c in counter.most_common()} for kind, counter in counts.items()
+        }
+
+    for score in tqdm(("logit", "log_prob"), desc="targets", disable=not progress):
+        rec = record(model, x, target=_answer_score(score))
+        language = [layer for layer in rec.layers if layer.query == "text" and layer.key == "text"]
+        row_sum = torch.stack([layer.cam[:, 0, 0].sum(-1) for layer in language]).mean().item()  # [CLS] rows
+        for factor in scales:
+            text = rec.scaled(factor).explanation("gae").relevance["text"].float().cpu()
+            score_text(f"gae {score} x{factor:g}", text, row_sum * factor)
+        if score == "logit":
+            score_text("rollout", rec.explanation("rollout").relevance["text"].float().cpu())
+    return ranks, tops
+
+
 def evaluate_vqa(
     model: nn.Module,
     n: int = 300,
@@ -335,12 +431,14 @@ def evaluate_vqa(
     methods: list[str] | None = None,
     progress: bool = True,
     score: str = "logit",
+    target_scale: float = 1.0,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
     """Score every method on ``n`` fresh (scene, question) pairs of a ShapesWorld VQA model.
 
     The predicted answer of each question is explained: its logit (``score="logit"``, as the
     paper) or its log-probability (``score="log_prob"``: the logit minus the log-sum-exp over all
-    answers, i.e. what favours this answer over the others).
+    answers, i.e. what favours this answer over the others). ``target_scale`` explains that scalar
+    times a constant (:meth:`~gae_utils.explainer.Recording.scaled`; 1 is the paper's GAE).
 
     - Image, against the union mask of the objects the question refers to (questions with
       referents): ``pointing`` (the most relevant region holds object pixels), ``pointing_pixel``,
@@ -359,7 +457,7 @@ def evaluate_vqa(
     """
     from tqdm.auto import tqdm
 
-    from .language import ANSWERS, SPECIAL_TOKENS, Vocabulary, sample_question
+    from .language import ANSWERS, Vocabulary
     from .train import vqa_inputs
 
     methods = methods or method_names(ablations=True)
@@ -373,22 +471,17 @@ def evaluate_vqa(
     text_rel: dict[str, list[Tensor]] = {m: [] for m in names}
     inputs_all, answers_all, masks_all, has_ref_all, words_all, keys_all = [], [], [], [], [], []
     for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch = world.batch(min(batch_size, n - start), start=start)
-        qs = [sample_question(scene, rng) for scene in batch.scenes]
+        batch, qs, words, keys = _question_batch(world, min(batch_size, n - start), rng, vocab, start)
         x = {k: v.to(device) for k, v in vqa_inputs(batch.images, qs, vocab).items()}
-        rec = record(model, x, target=_answer_score(score))
+        rec = record(model, x, target=_answer_score(score)).scaled(target_scale)
         for method in methods:
             exp = rec.explanation(method)
             image_rel[method].append(exp.relevance["image"].float().cpu())  # (B, R)
             text_rel[method].append(exp.relevance["text"].float().cpu())  # (B, L)
-        ids = x["input_ids"].cpu()
-        words = ids >= len(SPECIAL_TOKENS)  # (B, L) the question's words; [CLS], [SEP], [PAD] are never removed
         image_rel["random"].append(torch.rand(image_rel[methods[0]][-1].shape, generator=gen))
-        text_rel["random"].append(torch.rand(ids.shape, generator=gen) * words)
-        keys = torch.zeros(ids.shape, dtype=torch.bool)  # (B, L): the key words ([CLS] first, so word w is token w + 1)
+        text_rel["random"].append(torch.rand(words.shape, generator=gen) * words)  # [CLS], [SEP], [PAD] never removed
         empty = torch.zeros(batch.images.shape[-2:], dtype=torch.bool)
         for b, q in enumerate(qs):
-            keys[b, [1 + w for w in q.key_words]] = True
             labels = [batch.scenes[b].objects[o].label for o in q.referents]
             masks_all.append(batch.masks[b, labels].any(0) if labels else empty)
             has_ref_all.append(bool(labels))
@@ -415,10 +508,7 @@ def evaluate_vqa(
     for method in tqdm(names, desc="score", disable=not progress):
         image, text = torch.cat(image_rel[method]), torch.cat(text_rel[method])  # (N, R), (N, L)
         grid = image[has_ref].reshape(-1, side, side)  # (P, h, w)
-        masked = text.masked_fill(~words, float("-inf"))
-        best_key = masked.masked_fill(~keys, float("-inf")).amax(1)  # (N,) relevance of the best key word
-        # (N,) 1 = a key word comes first; ties count against the key word (a constant map ranks last)
-        rank = ((masked >= best_key[:, None]) & words & ~keys).sum(-1) + 1
+        rank = key_word_rank(text, words, keys)  # (N,)
         curve = torch.tensor(
             [[accuracy(_drop_regions(x, image, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
             + [[accuracy(_drop_words(x, text, words, f, positive)) for f in VQA_STEPS] for positive in (True, False)]
@@ -448,6 +538,7 @@ def evaluate_translate(
     methods: list[str] | None = None,
     progress: bool = True,
     score: str = "logit",
+    target_scale: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """Alignment accuracy of every method on ``n`` fresh captions of ``ShapesWorld(seed=seed)``.
 
@@ -457,7 +548,8 @@ def evaluate_translate(
     source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
     the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
     decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps. ``score``
-    is the explained scalar per token: its ``"logit"`` (method.md) or its ``"log_prob"``.
+    is the explained scalar per token: its ``"logit"`` (method.md) or its ``"log_prob"``;
+    ``target_scale`` multiplies it (:meth:`~gae_utils.explainer.Recording.scaled`).
 
     Returns:
         ``{method: {"alignment_accuracy", "pairs", "exact_match"}}``.
@@ -495,7 +587,9 @@ def evaluate_translate(
             continue
         keep = exact.nonzero().flatten()
         kept = [trs[i] for i in keep.tolist()]
-        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep], score=score)
+        rec = record_generation(model, {k: v[keep] for k, v in inputs.items()}, truth[keep], score=score).scaled(
+            target_scale
+        )
         for method in methods:
             relevance = rec.explanation(method).relevance["source"]  # (b, T, S)
             hits[method].append(alignment_hits(relevance.float().cpu(), kept))
@@ -541,8 +635,8 @@ def evaluate_detr(
 
     ``queries="matched"`` scores, instead of the confident detections, the query whose box best
     overlaps each ground-truth object (IoU >= ``iou_threshold``) whatever its class confidence
-    (:func:`gae_utils.detection.box_matched_queries`), for a detector that localises well but is
-    rarely confident.
+    (:func:`gae_utils.detection.box_matched_queries`): every object is scored once, also for a
+    detector that localises well but is not yet confident about the class.
 
     Returns:
         ``{method: {metric: value}}``.
@@ -623,10 +717,11 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         best[k] = (
             (max if HIGHER_IS_BETTER[k] else min)(values, key=values.get) if len(set(values.values())) > 1 else None
         )
-    lines = ["method".ljust(16) + "".join(k.rjust(16) for k in metrics)]
+    width = max(16, 2 + max(map(len, results)))
+    lines = ["method".ljust(width) + "".join(k.rjust(16) for k in metrics)]
     for method, row in results.items():
         cells = "".join((f"{row[k]:.4f}" + ("*" if best[k] == method else " ")).rjust(16) for k in metrics)
-        lines.append(method.ljust(16) + cells)
+        lines.append(method.ljust(width) + cells)
     lower = [k for k in metrics if not HIGHER_IS_BETTER[k]]
     direction = f"higher is better except {', '.join(lower)}" if lower else "higher is better"
     lines.append(f"{direction}; * marks the best method (random excluded)")
@@ -645,12 +740,16 @@ def _run_clip(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str,
 
 def _run_vqa(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_vqa(model, progress=not args.no_progress, score=args.score, **kwargs)[0]
+    return evaluate_vqa(
+        model, progress=not args.no_progress, score=args.score, target_scale=args.target_scale, **kwargs
+    )[0]
 
 
 def _run_translate(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_translate(model, progress=not args.no_progress, score=args.score, **kwargs)
+    return evaluate_translate(
+        model, progress=not args.no_progress, score=args.score, target_scale=args.target_scale, **kwargs
+    )
 
 
 def _run_detr(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -680,6 +779,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate, shapes-vqa: explained scalar"
+    )
+    parser.add_argument(
+        "--target-scale",
+        type=float,
+        default=1.0,
+        help="shapes-translate, shapes-vqa: explain the scalar times this constant (GAE is not scale-invariant)",
     )
     parser.add_argument(
         "--queries",

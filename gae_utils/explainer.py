@@ -9,7 +9,7 @@ computed from that one recording (:meth:`Recording.explanation`); ``explain`` do
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -78,6 +78,29 @@ class Recording:
             multi_target=self.multi_target,
             extra=dict(self.extra),
         )
+
+    def scaled(self, factor: float) -> Recording:
+        """The recording that explaining ``factor * score`` would give, without running the model again.
+
+        Exact: the gradients scale by ``factor`` and Eq. 5, ``mean_h (dA * A)^+``, is positively
+        homogeneous in ``dA``. GAE's sums ``I + Abar @ R`` (Eq. 6-11) are *not*: with small
+        gradients the identity dominates and ``R`` is close to ``I + sum_l Abar_l`` (first order),
+        with large ones the products of several layers' maps, the paths through intermediate
+        tokens, carry the relevance. This is the diagnostic for that sensitivity (``--target-scale``
+        of ``python -m gae_utils.evaluate``); ``rollout``, ``raw_attention`` and the ranking of
+        ``attn_gradcam`` do not depend on it.
+        """
+        if not factor > 0:
+            raise ValueError(f"factor must be positive (Eq. 5 keeps the positive part), got {factor}")
+        layers = [
+            replace(
+                layer,
+                cam=None if layer.cam is None else layer.cam * factor,
+                grad=None if layer.grad is None else layer.grad * factor,
+            )
+            for layer in self.layers
+        ]
+        return replace(self, layers=layers, scores=self.scores * factor)
 
     def history(self, start_layer: int = 0) -> list[dict[tuple[str, str], Tensor]]:
         """GAE relevancy maps after each layer: ``history[l][(a, b)]`` is ``(B, K, Na, Nb)``."""
@@ -193,11 +216,8 @@ def record(
                 extra = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in extra.items()}
             else:
                 index, scores, multi = _resolve_target(target, output, logits)
-            layers = rec.backward(scores)
-        if len(layers) != rec.num_modules:
-            raise AttentionCaptureError(
-                f"captured {len(layers)} attention maps but the model has {rec.num_modules} attention modules"
-            )
+            rec.backward(scores)
+        layers = rec.complete_records()
     n_tokens = layers[0].attn_mean.shape[-1]
     if layout.segments[0].n_tokens != n_tokens:
         raise AttentionCaptureError(

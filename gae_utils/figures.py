@@ -321,7 +321,7 @@ def plot_alignment(
     highlight: int | None = None,
     normalise_rows: bool = True,
 ):
-    """A target x source relevance (or attention) matrix with the tokens as tick labels.
+    """A target x source relevance (or attention) matrix with the tokens as tick labels (a seaborn heatmap).
 
     Args:
         ax: the axes.
@@ -331,19 +331,36 @@ def plot_alignment(
         title: axes title.
         highlight: a row to frame (the selected generated token).
         normalise_rows: min-max normalise each row (each token's own explanation) for display.
+
+    Returns:
+        The heatmap's mesh (for a colour bar).
     """
+    import seaborn as sns
+
     m = matrix.detach().float().cpu() if isinstance(matrix, Tensor) else torch.as_tensor(matrix, dtype=torch.float32)
     m = m[: len(target_tokens), : len(source_tokens)]  # (T, S)
     if normalise_rows:
         lo, hi = m.amin(dim=1, keepdim=True), m.amax(dim=1, keepdim=True)
         m = torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
-    artist = ax.imshow(m.numpy(), cmap=HEATMAP_CMAP, vmin=0 if normalise_rows else None, aspect="auto")
-    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(target_tokens)), target_tokens, fontsize=8)
+    sns.heatmap(
+        m.numpy(),
+        ax=ax,
+        cmap=HEATMAP_CMAP,
+        vmin=0 if normalise_rows else None,
+        vmax=1 if normalise_rows else None,
+        cbar=False,
+        xticklabels=list(source_tokens[: m.shape[1]]),
+        yticklabels=list(target_tokens[: m.shape[0]]),
+        linewidths=0.5,
+        linecolor="white",
+    )
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0, fontsize=8)
     ax.set_xlabel("source token")
     ax.set_ylabel("generated token")
-    if highlight is not None:
-        ax.add_patch(plt.Rectangle((-0.5, highlight - 0.5), m.shape[1], 1, fill=False, edgecolor="cyan", linewidth=2))
+    if highlight is not None:  # seaborn puts cell (i, j) on [j, j + 1] x [i, i + 1]
+        ax.add_patch(plt.Rectangle((0, highlight), m.shape[1], 1, fill=False, edgecolor="cyan", linewidth=2))
+    artist = ax.collections[0]
     if title:
         ax.set_title(title)
     return artist

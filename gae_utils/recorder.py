@@ -280,6 +280,14 @@ class AttentionRecorder:
                 "attention was captured without a graph; call the model with gradients enabled."
             )
 
+    def complete_records(self) -> list[LayerRecord]:
+        """The records, after checking that every hooked attention call was captured once."""
+        if len(self.records) != self.num_modules:
+            raise AttentionCaptureError(
+                f"captured {len(self.records)} attention maps but the model has {self.num_modules} attention modules"
+            )
+        return self.records
+
     def backward(self, scores: Tensor) -> list[LayerRecord]:
         """Gradients of each target column with respect to every captured ``A``.
 

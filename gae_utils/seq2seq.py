@@ -183,11 +183,7 @@ def record_generation(
             select = torch.zeros(k, batch, n, dtype=scores.dtype, device=scores.device)  # (K, B, T)
             select[torch.arange(k), :, torch.tensor(steps)] = 1
             rec.batched_backward(scores, select, None)
-        layers = rec.records
-        if len(layers) != rec.num_modules:
-            raise AttentionCaptureError(
-                f"captured {len(layers)} attention maps but the model has {rec.num_modules} attention modules"
-            )
+        layers = rec.complete_records()
     index = torch.tensor(steps, device=labels.device)
     return Recording(
         layers=layers,

@@ -389,14 +389,15 @@ def region_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> torc
     return normalize_maps(flat).reshape(*relevance.shape[:-1], *size)
 
 
-def region_labels(masks: torch.Tensor, min_cover: float = 0.15) -> torch.Tensor:
-    """The class that covers most of each region (16 = background when objects cover less than
-    ``min_cover`` of it): ``(B, G*G)`` targets of shapes-vqa's auxiliary region loss.
+def region_labels(masks: torch.Tensor, min_cover: float = 0.15, grid: int = REGION_GRID) -> torch.Tensor:
+    """The class that covers most of each cell of a ``grid x grid`` grid (16 = background when objects
+    cover less than ``min_cover`` of it): ``(B, G*G)`` row-major targets of the auxiliary region
+    losses of shapes-vqa (its regions) and shapes-detr (its encoder tokens).
 
     Args:
         masks: ``(B, 16, H, W)`` class masks of a :class:`~gae_utils.shapes.ShapesBatch`.
     """
-    cover = F.avg_pool2d(masks.float(), masks.shape[-1] // REGION_GRID)  # (B, 16, G, G) share of each cell
+    cover = F.avg_pool2d(masks.float(), masks.shape[-1] // grid)  # (B, 16, G, G) share of each cell
     background = (cover.sum(1, keepdim=True) < min_cover).float() * 2  # beats any share <= 1
     return torch.cat([cover, background], dim=1).argmax(1).flatten(1)  # (B, G*G)
 
@@ -622,12 +623,13 @@ def train_shapes_translate(
 
 
 def train_shapes_detr(
-    steps: int = 3000,
+    steps: int = 5000,
     batch_size: int = 16,
     lr: float = 6e-4,
     weight_decay: float = 1e-4,
     warmup: int = 100,
     train_scenes: int = 20_000,
+    region_loss: float = 1.0,
     seed: int = 0,
     eval_n: int = 1000,
     out: Path | None = None,
@@ -639,10 +641,17 @@ def train_shapes_detr(
 
     DETR's set loss (Carion et al. 2020): Hungarian matching of the 8 queries to the scene's objects
     (class, L1 and generalised-IoU costs), cross-entropy over 16 classes + "no object" (weight 0.1),
-    L1 + GIoU box losses, auxiliary losses after every decoder layer; Hugging Face's implementation
-    (``labels=`` argument). Every parameter is trained from scratch, the backbone included.
-    Inputs are ``detr_pixels(images)`` (normalised RGB + coordinate channels); random horizontal
-    flips of the RGB image mirror the boxes.
+    L1 + GIoU box losses (weights 2 and 1, the card's ``bbox_loss_coefficient`` and
+    ``giou_loss_coefficient``), auxiliary losses after every decoder layer; Hugging Face's
+    implementation (``labels=`` argument). Every parameter is trained from scratch, the backbone
+    included. Inputs are ``detr_pixels(images)`` (normalised RGB + coordinate channels); random
+    horizontal flips of the RGB image mirror the boxes.
+
+    Like shapes-vqa's region loss, an auxiliary head on the encoder's output tokens predicts the
+    class covering each token's 8x8 cell (:func:`region_labels`), weighted by ``region_loss``, and
+    is discarded after training. Without it the decoder learns the boxes but not the classes:
+    DETR's weights (L1 5, GIoU 2) and no region loss gave matched-query class accuracy 0.19
+    (colour 0.50) and mAP@0.5 0.04 after 4,500 steps.
 
     ``init``: a directory holding a shapes-detr checkpoint to continue from (a second schedule
     on new scene order); its card's training record is kept under ``training["continued_from"]``.
@@ -651,6 +660,7 @@ def train_shapes_detr(
         ``(model, card)``; the card's ``training`` holds the recipe and the held-out mAP@0.5.
     """
     from .detection import detr_pixels, evaluate_detection, scene_targets
+    from .shapes import ShapesBatch
 
     torch.manual_seed(seed)
     card = ModelCard(**{**EMBEDDED["shapes-detr"].__dict__, "classes": list(CLASS_NAMES)})
@@ -664,10 +674,15 @@ def train_shapes_detr(
         previous = start.card.training
     for p in model.parameters():
         p.requires_grad_(True)  # Hugging Face freezes DETR's backbone stem for pretrained ResNets; ours starts random
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    grid = card.image_size // 8  # the stage-2 feature map: stride 8
+    region_head = nn.Linear(model.config.d_model, len(CLASS_NAMES) + 1).to(device)  # + background
+    params = [*model.parameters(), *region_head.parameters()]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=lr,
     )
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
@@ -677,11 +692,19 @@ def train_shapes_detr(
 
     def batch_loss(step: int) -> torch.Tensor:
         idx = order[step * batch_size : (step + 1) * batch_size]
+        chosen = [scenes[i] for i in idx.tolist()]
         x = images_t[idx]  # (b, 3, H, W)
         flip = torch.rand(len(idx), generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        labels = [{k: v.to(device) for k, v in t.items()} for t in scene_targets([scenes[i] for i in idx], flip)]
-        return model(pixel_values=detr_pixels(x).to(device), labels=labels).loss
+        labels = [{k: v.to(device) for k, v in t.items()} for t in scene_targets(chosen, flip)]
+        out = model(pixel_values=detr_pixels(x).to(device), labels=labels)
+        if not region_loss:
+            return out.loss
+        masks = ShapesBatch.from_scenes(chosen).masks  # (b, 16, H, W)
+        masks = torch.where(flip[:, None, None, None], masks.flip(-1), masks)
+        cells = region_labels(masks, grid=grid).to(device)  # (b, G*G) row-major, as DETR flattens its tokens
+        aux = F.cross_entropy(region_head(out.encoder_last_hidden_state).flatten(0, 1), cells.flatten())
+        return out.loss + region_loss * aux
 
     losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-detr", progress)
     seconds = time.perf_counter() - started
@@ -690,6 +713,13 @@ def train_shapes_detr(
     recipe = {
         "task": "object detection of ShapesWorld objects (16 classes), DETR set loss with Hungarian matching",
         "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD} + x, y coordinate channels (detection.detr_pixels)",
+        "loss_weights": {
+            "class": 1.0,
+            "l1": model.config.bbox_loss_coefficient,
+            "giou": model.config.giou_loss_coefficient,
+            "no_object": model.config.eos_coefficient,
+        },
+        "region_loss": region_loss,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,

@@ -275,6 +275,8 @@ EMBEDDED["shapes-detr"] = ModelCard(
         dropout=0.0,
         attention_dropout=0.0,
         auxiliary_loss=True,
+        bbox_loss_coefficient=2,  # DETR's 5 and 2 drown the class loss of this tiny model (train_shapes_detr)
+        giou_loss_coefficient=1,
     ),
     classes=[],  # gae_utils.shapes.CLASS_NAMES, filled at build time
     image_size=64,

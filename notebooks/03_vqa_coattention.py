@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 
 import gae_utils as gu
 from gae_utils import figures, widgets
-from gae_utils.evaluate import VQA_STEPS, evaluate_vqa, format_table
+from gae_utils.evaluate import VQA_STEPS, evaluate_vqa, format_table, vqa_word_study
 from gae_utils.language import ANSWERS, Vocabulary, questions
 from gae_utils.shapes import ShapesBatch, ShapesWorld
 from gae_utils.train import region_heatmap, vqa_inputs
@@ -117,12 +117,53 @@ print(format_table(results))
 # %% [markdown]
 # On this model GAE does not win here. Explaining the answer's *logit* (as the paper does) credits
 # evidence that raises every answer of the question's kind; explaining its log-probability (what
-# favours this answer over the others) moves GAE's image maps much closer to the objects. The
-# text maps stay behind rollout's: see the README for the measured tables.
+# favours this answer over the others) moves GAE's image maps much closer to the objects.
 
 # %%
 results_lp, _ = evaluate_vqa(vqa, n=40 if SMOKE else 300, seed=7, score="log_prob")
 print(format_table(results_lp))
+
+# %% [markdown]
+# ## Why GAE's words are not the key words
+# Two effects, both measured on the same questions:
+#
+# - **Which word comes first.** When GAE misses the key word, its first word is nearly always the
+#   one that names the question's kind: "colour", "shape", "many", "there". That word raises the
+#   logit of *every* answer of its kind, so it is what the logit depends on most.
+# - **How large the gradients are.** GAE starts from `R = I` and adds `Abar @ R` at every layer.
+#   Here the `[CLS]` row of Eq. 5's `Abar` sums to a few hundredths in the language layers, next
+#   to the identity's 1, so `R` is close to `I + sum_l Abar_l`: relevance that reaches `[CLS]`
+#   through another word (a product of two layers' maps) is second order. Rollout mixes every
+#   layer half-and-half with the identity whatever the gradients. Explaining the same scalar
+#   times a constant (`Recording.scaled`, exact: Eq. 5 is linear in the gradient's scale) lets
+#   those paths count.
+
+# %%
+ranks, tops = vqa_word_study(vqa, n=60 if SMOKE else 300, seed=7)
+print(format_table(ranks))
+for label in ("gae logit x1", "gae log_prob x1000", "rollout"):
+    firsts = {kind: max(shares, key=shares.get) for kind, shares in sorted(tops[label].items())}
+    print(f"{label:20s} most frequent first word:", {k: f"{w} ({tops[label][k][w]:.0%})" for k, w in firsts.items()})
+
+# %%
+fig, ax = plt.subplots(figsize=(figures.PANEL * 2, figures.PANEL * 1.5), layout="constrained")
+for i, score in enumerate(("logit", "log_prob")):
+    rows = {float(k.rsplit("x", 1)[1]): v for k, v in ranks.items() if k.startswith(f"gae {score} ")}
+    ax.plot(
+        list(rows),
+        [v["text_top1"] for v in rows.values()],
+        marker="os"[i],
+        linestyle=("-", "--")[i],
+        label=f"GAE, answer {score.replace('_', '-')}",
+    )
+ax.axhline(ranks["rollout"]["text_top1"], color="0.3", linestyle=":", label="rollout")
+ax.set_xscale("log")
+ax.set_xlabel("factor on the explained scalar")
+ax.set_ylabel("key word ranked first")
+ax.set_ylim(0, 1)
+ax.set_title("GAE's word relevance depends on the gradients' scale")
+ax.legend(frameon=False)
+figures.save_figure(fig, "03_vqa_target_scale")
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(figures.PANEL * 7.2, figures.PANEL * 1.6), layout="constrained")

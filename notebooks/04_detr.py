@@ -51,20 +51,15 @@ detr.card.training["heldout"]
 # ## Every detected object, explained in one call
 # `gu.record` with no target explains every confident detection (class probability > 0.5,
 # "no object" excluded) of every image: one forward pass, one backward per detection slot for the
-# whole batch. Images may hold different numbers of detections. The shipped checkpoint localises
-# objects well but is rarely confident about their class (see its card), so, when no detection
-# passes 0.5, each object's best-box query is explained instead (its predicted-class logit).
+# whole batch. Images may hold different numbers of detections.
 
 # %%
 world = ShapesWorld(seed=99)
 batch = world.batch(3 if SMOKE else 6)
 pixels = detr_pixels(batch.images)  # normalised RGB + x, y coordinate channels
-found = detect(detr, pixels)
-with torch.no_grad():
-    boxes = detr(pixel_values=pixels).pred_boxes
-matched = box_matched_queries(boxes, batch.scenes)
-targets = None if any(len(d) for d in found) else [[q for q, _ in row] for row in matched]
-rec = widgets.explore_detr(detr, pixels, target=targets)
+for b, found in enumerate(detect(detr, pixels)):
+    print(f"image {b}:", [f"{CLASS_NAMES[c]} {p:.2f}" for c, p in zip(found.labels.tolist(), found.scores.tolist())])
+rec = widgets.explore_detr(detr, pixels)  # every confident detection
 print("explained queries per image:", rec.extra["queries"])
 for i in range(2 if SMOKE else 4):
     fig = widgets.render_detections(rec, batch.images, index=i, class_names=CLASS_NAMES)
@@ -110,6 +105,9 @@ figures.save_figure(fig, "04_detr_query_mixing")
 # First a few objects, then mIoU and pixel accuracy over fresh scenes, with the pointing game.
 
 # %%
+with torch.no_grad():
+    boxes = detr(pixel_values=pixels).pred_boxes
+matched = box_matched_queries(boxes, batch.scenes)  # (query, object) pairs with box IoU >= 0.5
 rows, heat, otsu, truth = [], [], [], []
 maps = gae.heatmap(size)  # (B, K, H, W)
 for b, scene in enumerate(batch.scenes[:3]):
@@ -131,8 +129,7 @@ if rows:
     figures.save_figure(fig, "04_detr_segmentation_examples")
 
 # %%
-queries = "confident" if targets is None else "matched"
-results = evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS, queries=queries)
+results = evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS)
 print(format_table(results))
 
 # %% [markdown]
@@ -141,7 +138,7 @@ print(format_table(results))
 # shows: the attention probabilities of the query's row or its Eq. 5 map `(dA * A)^+`.
 
 # %%
-widgets.detr_explorer(detr, pixels, batch.images, class_names=CLASS_NAMES, target=targets)
+widgets.detr_explorer(detr, pixels, batch.images, class_names=CLASS_NAMES)
 
 # %% [markdown]
 # ## Hugging Face DETR-R50 on photos (when pretrained weights can be downloaded)

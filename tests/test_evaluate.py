@@ -106,6 +106,24 @@ def test_vqa_evaluation_form_and_what_it_measures():
     assert results["gae"]["image_pos_auc"] < results["random"]["image_pos_auc"]
 
 
+def test_vqa_word_study_agrees_with_the_evaluation_and_counts_top_words():
+    model = zoo.load("shapes-vqa")
+    ranks, tops = evaluate.vqa_word_study(model, n=30, seed=3, scales=(1.0, 1000.0), progress=False)
+    assert set(ranks) == {"gae logit x1", "gae logit x1000", "gae log_prob x1", "gae log_prob x1000", "rollout"}
+    for score in ("logit", "log_prob"):  # the x1 rows are the evaluation's GAE on the same questions
+        table, _ = evaluate.evaluate_vqa(
+            model, n=30, seed=3, batch_size=10, methods=["gae", "rollout"], score=score, progress=False
+        )
+        assert ranks[f"gae {score} x1"]["key_rank"] == pytest.approx(table["gae"]["key_rank"])
+        assert ranks["rollout"]["text_top1"] == pytest.approx(table["rollout"]["text_top1"])
+        assert ranks[f"gae {score} x1000"]["cam_row_sum"] == pytest.approx(
+            1000 * ranks[f"gae {score} x1"]["cam_row_sum"]
+        )
+    for kinds in tops.values():
+        assert sum(sum(shares.values()) for shares in kinds.values()) == pytest.approx(len(kinds))
+        assert set(kinds) <= {"colour", "shape", "exists", "count"}
+
+
 def gu_methods():
     from gae_utils.engine import method_names
 

@@ -98,6 +98,22 @@ def test_target_forms_agree(vit, images):
     assert mixed.target is None and mixed.scores.shape == (4,)
 
 
+def test_scaled_recording_equals_explaining_the_scaled_score(vit, images):
+    rec = record(vit, images, target=3, keep_heads=True)
+    direct = record(vit, images, target=lambda out: 50.0 * out[:, 3], keep_heads=True)
+    scaled = rec.scaled(50.0)
+    for method in gu.engine.method_names():
+        torch.testing.assert_close(
+            scaled.explanation(method).relevance["image"], direct.explanation(method).relevance["image"]
+        )
+    torch.testing.assert_close(scaled.scores, direct.scores)
+    # GAE itself is not scale-invariant: I + Abar @ R weighs the identity against the gradients
+    small, large = rec.scaled(1e-3).explanation().relevance["image"], rec.scaled(1e3).explanation().relevance["image"]
+    assert not torch.allclose(small / small.amax(-1, keepdim=True), large / large.amax(-1, keepdim=True), atol=1e-3)
+    with pytest.raises(ValueError, match="positive"):
+        rec.scaled(-1.0)
+
+
 def test_no_side_effects(vit, images):
     vit.train()
     before = model_state(vit)
@@ -190,6 +206,21 @@ def test_unsupported_model_names_class_and_fix():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3))
     with pytest.raises(TypeError, match=r"(?s)Sequential.*Supported families.*register_adapter"):
         explain(model, torch.rand(2, 3))
+
+
+def test_old_transformers_is_named_with_the_fix(monkeypatch, images):
+    from gae_utils import adapters
+    from gae_utils.adapters import check_transformers_version
+
+    check_transformers_version("5.15.1")
+    check_transformers_version("6.0.0.dev0")
+    for old in ("4.57.6", "5.14.1"):
+        with pytest.raises(gu.UnsupportedModelError, match=r"transformers>=5\.15.*pip install -U"):
+            check_transformers_version(old)
+    model = tiny_hf_vit()
+    monkeypatch.setattr(adapters, "_installed_transformers", lambda: "4.57.6")
+    with pytest.raises(gu.UnsupportedModelError, match="4.57.6"):
+        explain(model, images)
 
 
 def test_adapter_that_captures_nothing_fails_loudly(vit, images):

@@ -117,3 +117,18 @@ def test_plot_explanation_and_perturbation_curves(setup):
     ax = fig.axes[0]
     assert len(ax.lines) == 2 and ax.lines[0].get_linestyle() != ax.lines[1].get_linestyle()
     plt.close(fig)
+
+
+def test_plot_alignment_is_a_row_normalised_seaborn_heatmap():
+    matrix = torch.tensor([[1.0, 3.0, 2.0, 9.0], [0.0, 0.5, 1.0, 9.0]])  # (T, S); the last column is cut
+    fig, ax = plt.subplots()
+    mesh = figures.plot_alignment(ax, matrix, ["a", "red", "circle"], ["circle", "red"], "t", highlight=1)
+    values = mesh.get_array().reshape(2, 3)
+    torch.testing.assert_close(
+        torch.as_tensor(values.data, dtype=torch.float32), torch.tensor([[0, 1, 0.5], [0, 0.5, 1]])
+    )
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "red", "circle"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["circle", "red"]
+    frame = ax.patches[-1]
+    assert (frame.get_xy(), frame.get_width(), frame.get_height()) == ((0, 1), 3, 1)  # row 1, all columns
+    plt.close(fig)
