@@ -309,7 +309,6 @@ _VILT_SEED = 0
 
 def _vilt_check(model: nn.Module, inputs: Any) -> None:
     _joint_check(model, inputs, ("pixel_values",))
-    size = model.config.image_size
     _check_image_batch(inputs["pixel_values"], None, channels=model.config.num_channels)
     if inputs["pixel_values"].shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
@@ -317,7 +316,10 @@ def _vilt_check(model: nn.Module, inputs: Any) -> None:
             "pass one image per question"
         )
     if min(inputs["pixel_values"].shape[-2:]) < model.config.patch_size:
-        raise ValueError(f"images of {tuple(inputs['pixel_values'].shape[-2:])} are smaller than a patch ({size})")
+        raise ValueError(
+            f"images of {tuple(inputs['pixel_values'].shape[-2:])} are smaller than one patch "
+            f"({model.config.patch_size} pixels); resize them with the ViLT processor"
+        )
 
 
 def _vilt_call(model: nn.Module, inputs: Any) -> Any:
@@ -379,9 +381,7 @@ def _visualbert_layout(model: nn.Module, inputs: Any) -> TokenLayout:
     text = Segment("text", ids.shape[1], 0, stream="joint")
     image = Segment("image", inputs["visual_embeds"].shape[1], 0, stream="joint", offset=text.n_tokens)
     joint = Segment("joint", text.n_tokens + image.n_tokens)
-    if type(model).__name__ == "VisualBertForQuestionAnswering" or any(
-        c.__name__ == "VisualBertForQuestionAnswering" for c in type(model).__mro__
-    ):
+    if any(c.__name__ == "VisualBertForQuestionAnswering" for c in type(model).__mro__):
         rows = F.one_hot(visualbert_answer_index(inputs), ids.shape[1]).float()  # (B, L)
         readouts = (
             Readout("text", "text", "text", "weights", drop_self=True),
@@ -652,12 +652,14 @@ def _torch_seq2seq_call(model: nn.Module, inputs: Mapping) -> Any:
     return model(inputs["input_ids"], inputs["decoder_input_ids"], attention_mask=inputs.get("attention_mask"))
 
 
-def _hf_seq2seq_sites(cls: str, probs: int, cross: str) -> tuple[AttentionSite, ...]:
-    """Cross-attention first: its module name also contains ``encoder`` in Marian/BART (``encoder_attn``)."""
+def _seq2seq_sites(cls: str, probs: int, cross: str, graph_base: bool = False) -> tuple[AttentionSite, ...]:
+    """Source, causal target and cross-attention sites of an encoder-decoder whose attention modules are
+    all of class ``cls``; the cross-attention modules are those whose name has the part ``cross``.
+    Cross-attention first: its module name also contains ``encoder`` in Marian/BART (``encoder_attn``)."""
     return (
-        AttentionSite(cls, probs=probs, kind="cross", query="target", key="source", within=cross),
-        AttentionSite(cls, probs=probs, query="source", key="source", within="encoder"),
-        AttentionSite(cls, probs=probs, query="target", key="target", within="decoder"),
+        AttentionSite(cls, probs, kind="cross", query="target", key="source", within=cross, graph_base=graph_base),
+        AttentionSite(cls, probs, query="source", key="source", within="encoder", graph_base=graph_base),
+        AttentionSite(cls, probs, query="target", key="target", within="decoder", graph_base=graph_base),
     )
 
 
@@ -666,7 +668,7 @@ def _hf_seq2seq_adapter(name: str, model_class: str, attention: str, probs: int,
     return Adapter(
         name=name,
         model_classes=(model_class,),
-        sites=_hf_seq2seq_sites(attention, probs, cross),
+        sites=_seq2seq_sites(attention, probs, cross),
         eager=hf_eager,
         call=_hf_seq2seq_call,
         logits=None,
@@ -690,23 +692,7 @@ SEQ2SEQ_ADAPTERS: list[Adapter] = [
         name="torch-transformer",
         model_classes=(),
         contains=("Transformer",),  # any model holding a torch.nn.Transformer, called by the convention below
-        sites=(
-            AttentionSite(
-                "MultiheadAttention",
-                probs=1,
-                kind="cross",
-                query="target",
-                key="source",
-                within="multihead_attn",
-                graph_base=True,
-            ),
-            AttentionSite(
-                "MultiheadAttention", probs=1, query="source", key="source", within="encoder", graph_base=True
-            ),
-            AttentionSite(
-                "MultiheadAttention", probs=1, query="target", key="target", within="decoder", graph_base=True
-            ),
-        ),
+        sites=_seq2seq_sites("MultiheadAttention", 1, "multihead_attn", graph_base=True),
         eager=mha_eager,
         call=_torch_seq2seq_call,
         logits=None,

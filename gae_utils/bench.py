@@ -54,6 +54,12 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
+def _machine(device: torch.device) -> dict:
+    """What every benchmark report says about where it ran: the device (the GPU's name), CPU threads, torch."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def _build(name: str, device: torch.device, eager: bool) -> nn.Module:
     import timm
 
@@ -192,9 +198,7 @@ def run_benchmark(
     result = {
         "model": name,
         "batch": batch,
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **_machine(dev),
         "seconds": seconds,
         "ratios": {
             "gae / forward": seconds["gae"] / seconds["forward"],
@@ -261,8 +265,7 @@ def run_dual_benchmark(
     return {
         "model": "CLIP ViT-B/32 config, random weights" if not small else "tiny CLIP",
         "captions": captions,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
+        **_machine(dev),
         "seconds": seconds,
         "ratios": {
             "explain_dual / forward": seconds["explain_dual"] / seconds["forward"],
@@ -319,8 +322,7 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
     return {
         "model": model_name,
         "batch": batch,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
+        **_machine(dev),
         "seconds": seconds,
         "ratios": {"explain / forward": seconds["explain"] / seconds["forward"]},
     }
@@ -401,8 +403,7 @@ def run_seq2seq_benchmark(
         "generation_tokens": length,
         "source_tokens": length,
         "batch": batch,
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "threads": torch.get_num_threads(),
+        **_machine(dev),
         "seconds": seconds,
         "ratios": {
             "explain_all / forward": seconds["explain_all"] / seconds["forward"],
@@ -468,8 +469,7 @@ def run_detr_benchmark(
         else f"DETR-R50 config, random weights, {size}px",
         "batch": batch,
         "detections": [len(row) for row in queries],
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
+        **_machine(dev),
         "seconds": seconds,
         "ratios": {
             "explain_all_detections / forward": seconds["explain_all_detections"] / seconds["forward"],

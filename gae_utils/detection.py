@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metrics import detection_map
+from .metrics import detection_map, normalize_maps, upsample_maps
+from .recorder import evaluating
 from .shapes import Scene, ShapesWorld
 
 __all__ = [
@@ -140,13 +140,8 @@ def detections(logits: Tensor, pred_boxes: Tensor, size: tuple[int, int], thresh
 @torch.no_grad()
 def detect(model: nn.Module, pixel_values: Tensor, threshold: float = CONFIDENCE) -> list[Detections]:
     """Run a ``DetrForObjectDetection`` (in eval mode, restored after) and return its confident detections."""
-    training = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with evaluating(model):
         out = model(pixel_values=pixel_values)
-    finally:
-        for m, mode in training:
-            m.training = mode
     return detections(out.logits, out.pred_boxes, tuple(pixel_values.shape[-2:]), threshold)
 
 
@@ -162,12 +157,10 @@ def evaluate_detection(
     Returns:
         ``{"map50": ..., "confident_precision": ..., "confident_recall": ..., "n": n}``.
     """
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()
     device = next(model.parameters()).device
     predictions, truth = [], []
     hits = kept = objects = 0
-    try:
+    with evaluating(model):
         for start in range(0, n, batch_size):
             batch = world.batch(min(batch_size, n - start), start=start)
             out = model(pixel_values=detr_pixels(batch.images).to(device))
@@ -185,9 +178,6 @@ def evaluate_detection(
                 hits += _confident_hits(
                     boxes[b].cpu()[confident], labels[b].cpu()[confident], g_boxes, g_labels, iou_threshold
                 )
-    finally:
-        for m, mode in training:
-            m.training = mode
     result = detection_map(predictions, truth, iou_threshold)
     return {
         "map50" if iou_threshold == 0.5 else f"map{int(iou_threshold * 100)}": round(result["map"], 4),
@@ -219,13 +209,8 @@ def object_heatmaps(relevance: Tensor, grid: tuple[int, int], size: tuple[int, i
     Returns:
         ``(..., H, W)`` maps in [0, 1] (a constant map gives zeros).
     """
-    lead = relevance.shape[:-1]
-    maps = relevance.detach().float().reshape(-1, 1, *grid)  # (M, 1, h, w)
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # (M, 1, H, W)
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    hi = maps.amax(dim=(-2, -1), keepdim=True)
-    maps = torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(maps))
-    return maps.reshape(*lead, *size)  # (..., H, W)
+    maps = relevance.detach().float().reshape(*relevance.shape[:-1], *grid)  # (..., h, w)
+    return normalize_maps(upsample_maps(maps, size))  # (..., H, W)
 
 
 def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5) -> list[tuple[int, int]]:

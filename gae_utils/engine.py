@@ -19,7 +19,7 @@ from .layout import TokenLayout
 from .recorder import LayerRecord
 from .rules import cross_attention_update, gradcam_row, rollout_step, self_attention_update
 
-__all__ = ["propagate", "METHODS", "method_names", "compute_maps", "initial_maps"]
+__all__ = ["propagate", "layer_steps", "METHODS", "method_names", "compute_maps", "initial_maps"]
 
 Maps = dict[tuple[str, str], Tensor]
 
@@ -67,6 +67,20 @@ def _deltas(
     raise ValueError(f"unknown layer kind {layer.kind!r} in {layer.name!r}")
 
 
+def layer_steps(layers: Sequence[LayerRecord], start_layer: int = 0) -> list[range]:
+    """The propagation steps from ``start_layer`` on: one layer, or the adjacent layers of one
+    co-attention group (same ``group`` id), whose additions are computed from the same maps."""
+    steps, i = [], start_layer
+    while i < len(layers):
+        j = i + 1
+        if layers[i].group is not None:
+            while j < len(layers) and layers[j].group == layers[i].group:
+                j += 1
+        steps.append(range(i, j))
+        i = j
+    return steps
+
+
 def propagate(
     layers: Sequence[LayerRecord],
     attn_bars: Sequence[Tensor] | None = None,
@@ -102,19 +116,13 @@ def propagate(
     sizes = _sizes(layers)
     maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
     modalities = list(sizes)
-    i = start_layer
-    while i < len(layers):
-        j = i + 1
-        if layers[i].group is not None:
-            while j < len(layers) and layers[j].group == layers[i].group:
-                j += 1
-        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize) for n in range(i, j)]
+    for step in layer_steps(layers, start_layer):
+        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize) for n in step]
         for delta in additions:
             for key, value in delta.items():
                 maps[key] = maps[key] + value
         if history is not None:
             history.append({key: value.clone() for key, value in maps.items()})
-        i = j
     return maps
 
 

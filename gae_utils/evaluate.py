@@ -380,7 +380,8 @@ def vqa_word_study(
        which word each method puts first when it misses the key word.
 
     Returns:
-        ``({"gae logit x1": {"text_top1", "key_rank", "cam_row_sum"}, ..., "rollout": {...}},
+        ``({"gae logit x1": {"text_top1", "key_rank", "score", "factor", "cam_row_sum"}, ...,
+        "rollout": {"text_top1", "key_rank"}},
         {method label: {kind: {word: share}}})``; ``cam_row_sum`` is the mean row sum of the
         ``[CLS]`` row of Eq. 5's map over the language layers (the size of ``Abar`` next to ``I``).
     """
@@ -398,11 +399,9 @@ def vqa_word_study(
     ranks: dict[str, dict[str, float]] = {}
     tops: dict[str, dict[str, dict[str, float]]] = {}
 
-    def score_text(label: str, text: Tensor, cam_row_sum: float | None = None) -> None:
+    def score_text(label: str, text: Tensor, **facts) -> None:
         rank = key_word_rank(text, words, keys)
-        ranks[label] = {"text_top1": (rank == 1).float().mean().item(), "key_rank": rank.float().mean().item()}
-        if cam_row_sum is not None:
-            ranks[label]["cam_row_sum"] = cam_row_sum
+        ranks[label] = {"text_top1": (rank == 1).float().mean().item(), "key_rank": rank.float().mean().item(), **facts}
         first = text.masked_fill(~words, float("-inf")).argmax(1) - 1  # (N,) index of the top word
         counts: dict[str, Counter] = {}
         for q, w in zip(qs, first.tolist()):
@@ -417,7 +416,7 @@ def vqa_word_study(
         row_sum = torch.stack([layer.cam[:, 0, 0].sum(-1) for layer in language]).mean().item()  # [CLS] rows
         for factor in scales:
             text = rec.scaled(factor).explanation("gae").relevance["text"].float().cpu()
-            score_text(f"gae {score} x{factor:g}", text, row_sum * factor)
+            score_text(f"gae {score} x{factor:g}", text, score=score, factor=factor, cam_row_sum=row_sum * factor)
         if score == "logit":
             score_text("rollout", rec.explanation("rollout").relevance["text"].float().cpu())
     return ranks, tops

@@ -19,7 +19,7 @@ from .adapters import Adapter, find_adapter
 from .engine import compute_maps, method_names, propagate
 from .explanation import Explanation
 from .layout import TokenLayout
-from .recorder import AttentionCaptureError, AttentionRecorder, LayerRecord
+from .recorder import AttentionCaptureError, AttentionRecorder, LayerRecord, evaluating
 
 __all__ = ["explain", "record", "Recording", "Target"]
 
@@ -277,15 +277,8 @@ def explain(
 
 
 def _verify(model: nn.Module, inputs: Any, adapter: Adapter, hooked: Tensor, eval_mode: bool) -> None:
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        if eval_mode:
-            model.eval()
-        with torch.no_grad():
-            stock = adapter.logits(adapter.call(model, inputs))
-    finally:
-        for m, training in modes:
-            m.training = training
+    with evaluating(model, eval_mode), torch.no_grad():
+        stock = adapter.logits(adapter.call(model, inputs))
     tol = 1e-4 if stock.dtype in (torch.float32, torch.float64) else 1e-2
     if not torch.allclose(stock, hooked.to(stock.dtype), atol=tol, rtol=tol):
         diff = (stock - hooked).abs().max().item()

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .metrics import normalize_maps  # noqa: E402
+
 __all__ = [
     "HEATMAP_CMAP",
     "MATRIX_CMAP",
@@ -39,6 +41,7 @@ __all__ = [
     "plot_token_relevance",
     "plot_perturbation_curves",
     "plot_alignment",
+    "plot_target_scale",
 ]
 
 HEATMAP_CMAP = "inferno"
@@ -306,6 +309,35 @@ def plot_perturbation_curves(
     return fig
 
 
+def plot_target_scale(ranks: Mapping[str, Mapping], ax: plt.Axes | None = None) -> plt.Figure:
+    """Key-word top-1 of GAE against the factor on the explained scalar, one line per target
+    (the first table of :func:`gae_utils.evaluate.vqa_word_study`), rollout as a reference line."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(PANEL * 2, PANEL * 1.5), layout="constrained")
+    else:
+        fig = ax.figure
+    scores = list(dict.fromkeys(row["score"] for row in ranks.values() if "factor" in row))
+    for i, score in enumerate(scores):
+        rows = sorted((row["factor"], row["text_top1"]) for row in ranks.values() if row.get("score") == score)
+        factors, top1 = zip(*rows)
+        ax.plot(
+            factors,
+            top1,
+            linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            label=f"GAE, answer {score.replace('_', '-')}",
+        )
+    if "rollout" in ranks:
+        ax.axhline(ranks["rollout"]["text_top1"], color="0.3", linestyle=":", label="rollout")
+    ax.set_xscale("log")
+    ax.set_xlabel("factor on the explained scalar")
+    ax.set_ylabel("key word ranked first")
+    ax.set_ylim(0, 1)
+    ax.set_title("GAE's word relevance depends on the gradients' scale")
+    ax.legend(frameon=False)
+    return fig
+
+
 set_style()
 
 
@@ -340,8 +372,7 @@ def plot_alignment(
     m = matrix.detach().float().cpu() if isinstance(matrix, Tensor) else torch.as_tensor(matrix, dtype=torch.float32)
     m = m[: len(target_tokens), : len(source_tokens)]  # (T, S)
     if normalise_rows:
-        lo, hi = m.amin(dim=1, keepdim=True), m.amax(dim=1, keepdim=True)
-        m = torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
+        m = normalize_maps(m[:, None, :])[:, 0]  # each row to [0, 1] (a constant row gives zeros)
     sns.heatmap(
         m.numpy(),
         ax=ax,

@@ -12,6 +12,8 @@ every hook is removed and every flag, mode and handle is restored.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,21 @@ from torch.utils.hooks import RemovableHandle
 from .adapters import Adapter, AttentionSite, attention_modules
 from .rules import head_average
 
-__all__ = ["LayerRecord", "AttentionRecorder", "AttentionCaptureError"]
+__all__ = ["LayerRecord", "AttentionRecorder", "AttentionCaptureError", "evaluating"]
+
+
+@contextmanager
+def evaluating(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """The block runs ``model`` in eval mode; every module's own train/eval flag is restored after,
+    also when the block raises. ``enabled=False`` leaves the modes alone."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        if enabled:
+            model.eval()
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class AttentionCaptureError(RuntimeError):
@@ -70,6 +86,12 @@ class _Live:
     grads: list[Tensor | None] = field(default_factory=list)
 
 
+def _last_of_each_pair(lives: list[_Live]) -> set[int]:
+    """Indices of the last layer of every (query, key) modality pair: the layers the baselines
+    (raw attention, attention Grad-CAM) read, whose per-head maps are always kept."""
+    return set({(live.record.query, live.record.key): i for i, live in enumerate(lives)}.values())
+
+
 def _needs_graph(x: Any) -> bool:
     return isinstance(x, Tensor) and torch.is_floating_point(x) and not x.requires_grad
 
@@ -102,7 +124,6 @@ class AttentionRecorder:
         self._handles: list[RemovableHandle] = []
         self._tensor_handles: list[Any] = []
         self._exits: list[Any] = []
-        self._training: list[tuple[nn.Module, bool]] = []
         self._target_index = 0
         self._hooks_off = False
         self._calls: dict[str, int] = {}
@@ -122,9 +143,9 @@ class AttentionRecorder:
             switch = self.adapter.eager(self.model)
             switch.__enter__()
             self._exits.append(switch)
-            if self.eval_mode:
-                self._training = [(m, m.training) for m in self.model.modules()]
-                self.model.eval()
+            modes = evaluating(self.model, self.eval_mode)
+            modes.__enter__()
+            self._exits.append(modes)
             for name, module, site in modules:
                 self._handles.append(module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True))
                 if isinstance(site.probs, str):
@@ -148,9 +169,6 @@ class AttentionRecorder:
             handle.remove()
         self._handles.clear()
         self._tensor_handles.clear()
-        for module, training in self._training:
-            module.training = training
-        self._training.clear()
         while self._exits:
             self._exits.pop().__exit__(None, None, None)
         self._live.clear()
@@ -261,11 +279,11 @@ class AttentionRecorder:
             )
         finally:
             self._hooks_off = False
-        last_of = {(live.record.query, live.record.key): i for i, live in enumerate(lives)}
+        last = _last_of_each_pair(lives)
         for i, (live, grad) in enumerate(zip(lives, grads)):
             grad = grad.reshape(grad.shape[0], *live.probs.shape)  # (K, B, H, Nq, Nk)
             live.record.cam = head_average(live.probs.detach().unsqueeze(0), grad).transpose(0, 1)  # (B, K, Nq, Nk)
-            if i in last_of.values() or live.keep_heads:
+            if i in last or live.keep_heads:
                 live.record.attn = live.probs.detach()
                 live.record.grad = grad.transpose(0, 1)  # (B, K, H, Nq, Nk)
 
@@ -327,16 +345,12 @@ class AttentionRecorder:
         self._check_captured()
         n_targets = len(objectives)
         modalities = modalities or [None] * n_targets
-        last_of = {}
-        for i, live in enumerate(self._live):
+        for live in self._live:
             live.cams = [None] * n_targets
             live.grads = [None] * n_targets
-            last_of[(live.record.query, live.record.key)] = i  # baselines read the last layer of each pair
-        for i in last_of.values():
+        for i in _last_of_each_pair(self._live):
             self._live[i].keep_heads = True
-        first_of = {  # first map of each modality
-            live.record.query: live.node for live in reversed(self._live)
-        }
+        first_of = {live.record.query: live.node for live in reversed(self._live)}  # first map of each modality
         for k, objective in enumerate(objectives):
             self._target_index = k
             roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]

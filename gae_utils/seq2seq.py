@@ -32,7 +32,7 @@ from .adapters import Adapter, find_adapter
 from .explainer import Recording, _check_finite
 from .explanation import Explanation
 from .layout import TokenLayout
-from .recorder import AttentionCaptureError, AttentionRecorder
+from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
 
 __all__ = [
     "TransformerTranslator",
@@ -218,8 +218,8 @@ def explain_generation(
             convention ``model(input_ids, decoder_input_ids, attention_mask=None) -> (B, T, V)``.
         inputs: the source batch, ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
         generated: ``(B, 1 + T)`` decoder start token + generated tokens (e.g. ``model.generate``).
-        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS` (``rollout`` has no
-            cross-attention rule and raises for the source readout).
+        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS` (``rollout`` applies the
+            rules to the head-mean attention, with no gradients).
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: generated positions to explain (default all).
         score: ``"logit"`` (default, method.md) or ``"log_prob"`` (see :func:`record_generation`).
@@ -263,9 +263,7 @@ def greedy_decode(
     mask = inputs.get("attention_mask", torch.ones_like(ids))
     out = torch.full((ids.shape[0], 1), start_id, dtype=torch.long, device=ids.device)  # (B, 1)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with evaluating(model):
         for _ in range(max_new_tokens):
             logits = adapter.token_logits(
                 adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
@@ -276,9 +274,6 @@ def greedy_decode(
             done |= nxt == eos_id
             if done.all():
                 break
-    finally:
-        for m, training in modes:
-            m.training = training
     return out
 
 

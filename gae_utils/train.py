@@ -127,6 +127,21 @@ def _training_record(recipe: dict, losses: list[float], seconds: float, heldout:
     }
 
 
+def _fresh(name: str, classes, seed: int, device: str | torch.device) -> tuple[ModelCard, nn.Module]:
+    """Seed torch, then build embedded model ``name`` with fresh weights and its card (``classes`` filled in)."""
+    torch.manual_seed(seed)
+    card = ModelCard(**{**EMBEDDED[name].__dict__, "classes": list(classes)})
+    return card, build(card).to(device)
+
+
+def _finish(model: nn.Module, card: ModelCard, training: dict, out: Path | None) -> tuple[nn.Module, ModelCard]:
+    """Attach the training record to the card, save the checkpoint into ``out`` (if given), return both."""
+    card.training = training
+    if out is not None:
+        save_checkpoint(model, card, out)
+    return model, card
+
+
 def _training_set(
     world: ShapesWorld, n: int, progress: bool, keep_scenes: bool = False, chunk: int = 2000
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -176,9 +191,7 @@ def train_shapes_vit(
         ``(model, card)``; the card's ``training`` holds the recipe, loss curve and held-out metrics.
     """
 
-    torch.manual_seed(seed)
-    card = ModelCard(**{**EMBEDDED["shapes-vit"].__dict__, "classes": list(CLASS_NAMES)})
-    model = build(card).to(device)
+    card, model = _fresh("shapes-vit", CLASS_NAMES, seed, device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     opt = torch.optim.AdamW(
@@ -212,13 +225,8 @@ def train_shapes_vit(
         "warmup": warmup,
         "seed": seed,
     }
-    card.training = _training_record(
-        recipe, losses, seconds, evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
-    )
-    model.cpu()
-    if out is not None:
-        save_checkpoint(model, card, out)
-    return model, card
+    metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
+    return _finish(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 CAPTION_LENGTH = 12  # [BOS] + at most 8 words + [EOS], padded
@@ -291,10 +299,8 @@ def train_shapes_clip(
 
     from .language import Vocabulary, all_captions
 
-    torch.manual_seed(seed)
     vocab = Vocabulary.captions()
-    card = ModelCard(**{**EMBEDDED["shapes-clip"].__dict__, "classes": list(vocab.tokens)})
-    model = build(card).to(device)
+    card, model = _fresh("shapes-clip", vocab.tokens, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
@@ -330,29 +336,12 @@ def train_shapes_clip(
         "train_scenes": train_scenes,
         "seed": seed,
     }
-    card.training = _training_record(recipe, losses, seconds, metrics)
-    if out is not None:
-        save_checkpoint(model, card, out)
-    return model, card
+    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 QUESTION_LENGTH = 10  # [CLS] + at most 7 words + [SEP], padded
-PATCH = 8
 REGION_GRID = 4  # shapes-vqa's regions: a 4 x 4 grid of 16 x 16-pixel cells
 REGION_WINDOW = 16  # pixels each region's features see (its cell)
-
-
-def patch_regions(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] -> every 8x8 patch, normalised and flattened, with its box.
-
-    Returns:
-        ``visual_feats (B, 64, 192)`` and ``visual_pos (B, 64, 4)`` (x0, y0, x1, y1 in [0, 1]).
-    """
-    b, c, h, w = images.shape
-    x = normalize_pixels(images).unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # (B, C, h', w', P, P)
-    gh, gw = x.shape[2], x.shape[3]
-    feats = x.permute(0, 2, 3, 1, 4, 5).reshape(b, gh * gw, c * PATCH * PATCH)  # (B, h'w', C*P*P)
-    return feats, _grid_boxes(gh, gw, b, images.dtype)
 
 
 def _grid_boxes(gh: int, gw: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -463,10 +452,8 @@ def train_shapes_vqa(
     from .language import ANSWERS, Vocabulary, sample_question
     from .shapes import ShapesBatch
 
-    torch.manual_seed(seed)
     vocab = Vocabulary.questions()
-    card = ModelCard(**{**EMBEDDED["shapes-vqa"].__dict__, "classes": list(ANSWERS)})
-    model = build(card).to(device)
+    card, model = _fresh("shapes-vqa", ANSWERS, seed, device)
     region_head = nn.Linear(model.config.hidden_size, len(CLASS_NAMES) + 1).to(device)  # + background
     opt = torch.optim.AdamW([*model.parameters(), *region_head.parameters()], lr=lr, weight_decay=0.01)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
@@ -509,10 +496,7 @@ def train_shapes_vqa(
         "train_scenes": train_scenes,
         "seed": seed,
     }
-    card.training = _training_record(recipe, losses, seconds, metrics)
-    if out is not None:
-        save_checkpoint(model, card, out)
-    return model, card
+    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 # ----------------------------------------------------------------------------- shapes-translate
@@ -573,10 +557,8 @@ def train_shapes_translate(
     """
     from .seq2seq import encode_sources, encode_targets, translate_vocabulary
 
-    torch.manual_seed(seed)
     vocab = translate_vocabulary()
-    card = ModelCard(**{**EMBEDDED["shapes-translate"].__dict__, "classes": list(vocab.tokens)})
-    model = build(card).to(device)
+    card, model = _fresh("shapes-translate", vocab.tokens, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     started = time.perf_counter()
     captions, translations = _translation_pairs(ShapesWorld(seed=TRAIN_SEED + seed), train_scenes)
@@ -613,10 +595,7 @@ def train_shapes_translate(
         "seed": seed,
         "decoding": "greedy (gae_utils.seq2seq.greedy_decode)",
     }
-    card.training = _training_record(recipe, losses, seconds, metrics)
-    if out is not None:
-        save_checkpoint(model, card, out)
-    return model, card
+    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 # ----------------------------------------------------------------------------- shapes-detr
@@ -662,9 +641,7 @@ def train_shapes_detr(
     from .detection import detr_pixels, evaluate_detection, scene_targets
     from .shapes import ShapesBatch
 
-    torch.manual_seed(seed)
-    card = ModelCard(**{**EMBEDDED["shapes-detr"].__dict__, "classes": list(CLASS_NAMES)})
-    model = build(card).to(device)
+    card, model = _fresh("shapes-detr", CLASS_NAMES, seed, device)
     previous = None
     if init is not None:
         from .zoo import load
@@ -729,15 +706,13 @@ def train_shapes_detr(
         "augmentation": "horizontal flip (boxes mirrored)",
         "seed": seed,
     }
-    card.training = _training_record(recipe, losses, seconds, metrics)
+    training = _training_record(recipe, losses, seconds, metrics)
     if previous is not None:
-        card.training["continued_from"] = previous
-        card.training["total_train_seconds"] = round(
+        training["continued_from"] = previous
+        training["total_train_seconds"] = round(
             seconds + previous.get("total_train_seconds", previous["train_seconds"]), 1
         )
-    if out is not None:
-        save_checkpoint(model, card, out)
-    return model, card
+    return _finish(model, card, training, out)
 
 
 TRAINERS = {"shapes-vit": train_shapes_vit, "shapes-clip": train_shapes_clip, "shapes-vqa": train_shapes_vqa}

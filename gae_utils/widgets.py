@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import method_names
+from .engine import layer_steps, method_names
 from .explainer import Recording, record
 from .figures import METHOD_LABELS, PANEL, overlay, plot_matrix, plot_token_relevance, show_image
 from .layout import TokenLayout
+from .metrics import normalize_maps, upsample_maps
 
 __all__ = [
     "explore_record",
@@ -291,16 +292,8 @@ def layer_labels(rec: Recording) -> list[str]:
 def flow_steps(rec: Recording) -> list[str]:
     """One label per entry of :meth:`Recording.history`: a layer, or a co-attention block's two
     cross-attention directions applied together (method.md)."""
-    labels, names = [], layer_labels(rec)
-    i = 0
-    while i < len(rec.layers):
-        j = i + 1
-        if rec.layers[i].group is not None:
-            while j < len(rec.layers) and rec.layers[j].group == rec.layers[i].group:
-                j += 1
-        labels.append(" + ".join(names[i:j]))
-        i = j
-    return labels
+    names = layer_labels(rec)
+    return [" + ".join(names[i] for i in step) for step in layer_steps(rec.layers)]
 
 
 def render_flow(
@@ -411,10 +404,7 @@ def render_stream_row(
     title = f"R[{a}, {b}] row of {who} ({name}), {where}" if view == "relevancy" else f"(dA*A)+ of {who}, {where}"
     if b == "image":
         side = math.isqrt(row.shape[-1])
-        grid = row.reshape(1, 1, side, side)
-        heat = F.interpolate(grid, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
-        span = heat.max() - heat.min()
-        heat = (heat - heat.min()) / span if span > 0 else torch.zeros_like(heat)
+        heat = normalize_maps(upsample_maps(row.reshape(side, side), tuple(images.shape[-2:])))  # (H, W)
         fig, axes = plt.subplots(1, 2, figsize=(PANEL * 2.2, PANEL * 1.2), layout="constrained")
         show_image(axes[0], images[index], "input")
         overlay(axes[1], images[index], heat, None)
@@ -844,9 +834,7 @@ def render_detr_query(
     title = f"layer {layer % len(rec.layers)} {record_.kind}, {view}\n{what}"
     if record_.key == "image":
         grid = rec.layout.segment("image").grid
-        up = F.interpolate(row.float().reshape(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0]
-        span = up.max() - up.min()
-        overlay(axes[2], images[index], (up - up.min()) / span if span > 0 else torch.zeros_like(up), title)
+        overlay(axes[2], images[index], normalize_maps(upsample_maps(row.reshape(*grid), size)), title)
         _draw_box(axes[2], box)
     else:
         axes[2].bar(range(len(row)), row.numpy())

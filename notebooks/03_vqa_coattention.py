@@ -70,7 +70,8 @@ for q in asked:
 chosen = list(by_kind.values())
 image = ShapesBatch.from_scenes([scene] * len(chosen)).images
 x = vqa_inputs(image, chosen, vocab)
-exp = gu.explain(vqa, x)
+rec = gu.record(vqa, x, keep_heads=True)  # one forward and backward serve every figure of this scene
+exp = rec.explanation("gae")
 predicted = [ANSWERS[k] for k in exp.target.tolist()]
 titles = [[f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]]
 fig = figures.plot_panels(image[:1], region_heatmap(exp.relevance["image"], 64)[None], titles)
@@ -92,7 +93,6 @@ figures.save_figure(fig, "03_vqa_words_per_question")
 
 # %%
 tokens = [["[CLS]", *q.words, "[SEP]"] + ["[PAD]"] * (x["input_ids"].shape[1] - len(q.words) - 2) for q in chosen]
-rec = gu.record(vqa, x, keep_heads=True)
 steps = widgets.flow_steps(rec)
 for i, label in enumerate(steps):
     print(i, label)
@@ -146,23 +146,7 @@ for label in ("gae logit x1", "gae log_prob x1000", "rollout"):
     print(f"{label:20s} most frequent first word:", {k: f"{w} ({tops[label][k][w]:.0%})" for k, w in firsts.items()})
 
 # %%
-fig, ax = plt.subplots(figsize=(figures.PANEL * 2, figures.PANEL * 1.5), layout="constrained")
-for i, score in enumerate(("logit", "log_prob")):
-    rows = {float(k.rsplit("x", 1)[1]): v for k, v in ranks.items() if k.startswith(f"gae {score} ")}
-    ax.plot(
-        list(rows),
-        [v["text_top1"] for v in rows.values()],
-        marker="os"[i],
-        linestyle=("-", "--")[i],
-        label=f"GAE, answer {score.replace('_', '-')}",
-    )
-ax.axhline(ranks["rollout"]["text_top1"], color="0.3", linestyle=":", label="rollout")
-ax.set_xscale("log")
-ax.set_xlabel("factor on the explained scalar")
-ax.set_ylabel("key word ranked first")
-ax.set_ylim(0, 1)
-ax.set_title("GAE's word relevance depends on the gradients' scale")
-ax.legend(frameon=False)
+fig = figures.plot_target_scale(ranks)
 figures.save_figure(fig, "03_vqa_target_scale")
 
 # %%

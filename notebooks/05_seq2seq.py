@@ -81,10 +81,11 @@ exp = explain_generation(model, inputs, generated)
 
 # %% [markdown]
 # ## Every method on the same recording
-# Rollout has no rule for cross-attention, so it gives no source relevance at all.
+# Rollout has no rule of its own for cross-attention; here it is the propagation rules applied to
+# the head-averaged attention of every layer, with no gradients.
 
 # %%
-methods = ["gae", "gae_last_layer", "raw_attention", "attn_gradcam"]
+methods = gu.engine.method_names()
 fig, axes = plt.subplots(1, len(methods), figsize=(figures.PANEL * 1.9 * len(methods), figures.PANEL * 1.6))
 for ax, method in zip(axes, methods):
     rows = rec.explanation(method).relevance["source"][0]  # (T, S)

@@ -159,17 +159,6 @@ def test_lxmert_bad_inputs():
         gu.explain(model, {"input_ids": bad["input_ids"]})
 
 
-def test_patch_regions_are_the_image_patches_with_their_boxes():
-    from gae_utils.train import normalize_pixels, patch_regions
-
-    images = torch.rand(2, 3, 64, 64)
-    feats, boxes = patch_regions(images)
-    assert feats.shape == (2, 64, 192) and boxes.shape == (2, 64, 4)
-    # region 9 is the patch at row 1, column 1
-    torch.testing.assert_close(feats[1, 9], normalize_pixels(images)[1, :, 8:16, 8:16].reshape(-1))
-    torch.testing.assert_close(boxes[0, 9], torch.tensor([0.125, 0.125, 0.25, 0.25]))
-
-
 def test_regions_are_grid_windows_with_their_boxes_and_labels():
     from gae_utils.shapes import ShapesWorld
     from gae_utils.train import normalize_pixels, region_features, region_heatmap, region_labels

@@ -2,10 +2,11 @@
 
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from gae_utils import evaluate, zoo
+from gae_utils import evaluate, figures, zoo
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,12 @@ def test_vqa_word_study_agrees_with_the_evaluation_and_counts_top_words():
         assert ranks[f"gae {score} x1000"]["cam_row_sum"] == pytest.approx(
             1000 * ranks[f"gae {score} x1"]["cam_row_sum"]
         )
+    fig = figures.plot_target_scale(ranks)  # one line per target over the factors, rollout as a reference
+    logit, log_prob, rollout = fig.axes[0].lines
+    assert list(logit.get_xdata()) == [1.0, 1000.0]
+    assert list(log_prob.get_ydata()) == [ranks[f"gae log_prob x{f}"]["text_top1"] for f in (1, 1000)]
+    assert list(rollout.get_ydata()) == [ranks["rollout"]["text_top1"]] * 2
+    plt.close(fig)
     for kinds in tops.values():
         assert sum(sum(shares.values()) for shares in kinds.values()) == pytest.approx(len(kinds))
         assert set(kinds) <= {"colour", "shape", "exists", "count"}

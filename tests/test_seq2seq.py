@@ -17,25 +17,28 @@ from gae_utils.seq2seq import (
 V = 30
 
 
+# Marian and BART share their configuration keys: the same tiny size for both
+BART_FAMILY = dict(
+    vocab_size=V,
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    max_position_embeddings=32,
+    pad_token_id=0,
+    eos_token_id=5,
+    decoder_start_token_id=4,
+)
+
+
 def tiny_marian(seed=0, attn="eager"):
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.MarianConfig(
-        vocab_size=V,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        eos_token_id=5,
-        decoder_start_token_id=4,
-        attn_implementation=attn,
-    )
+    config = transformers.MarianConfig(**BART_FAMILY, attn_implementation=attn)
     return transformers.MarianMTModel(config).eval()
 
 
@@ -43,22 +46,7 @@ def tiny_bart(seed=0):
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.BartConfig(
-        vocab_size=V,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        bos_token_id=4,
-        eos_token_id=5,
-        decoder_start_token_id=4,
-        attn_implementation="eager",
-    )
+    config = transformers.BartConfig(**BART_FAMILY, bos_token_id=4, attn_implementation="eager")
     return transformers.BartForConditionalGeneration(config).eval()
 
 
