@@ -1,16 +1,26 @@
-"""gae-workbook: Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021) for
-unmodified transformers, with baselines, metrics, plots and explorers on the same recordings."""
+"""gae_utils: Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021) for unmodified
+transformers, with the paper's baselines computed from the same recording.
+
+Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``recorder`` (the one
+hook owner) -> ``records`` -> ``layout`` -> ``targets`` -> ``explainer`` (the one recording
+skeleton) -> ``explanation``; ``adapters/`` (one file per model family); the task entry points
+``generation``, ``dual`` and ``similarity`` are short wrappers over ``explainer.record``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import metrics, shapes, zoo
 from .adapters import ADAPTERS, Adapter, AttentionSite, UnsupportedModelError, find_adapter, register_adapter
-from .engine import METHODS, propagate
+from .dual import DualExplanation, explain_dual
 from .explainer import Recording, explain, record
 from .explanation import Explanation
+from .generation import explain_generation, record_generation
 from .layout import Readout, Segment, TokenLayout
-from .recorder import AttentionCaptureError, AttentionRecorder, LayerRecord
-from .seq2seq import explain_generation
+from .methods import METHODS, Method, method_names
+from .propagation import propagate
+from .recorder import AttentionCaptureError, AttentionRecorder
+from .records import LayerRecord
+from .similarity import PairExplanation, explain_similarity
+from .targets import ClassTarget, PairSimilarity, QueryTarget, ScoreTarget, Selection, Target, TokenTarget
 
 try:
     __version__ = version("gae-workbook")
@@ -23,21 +33,32 @@ __all__ = [
     "AttentionCaptureError",
     "AttentionRecorder",
     "AttentionSite",
+    "ClassTarget",
+    "DualExplanation",
     "Explanation",
     "LayerRecord",
     "METHODS",
+    "Method",
+    "PairExplanation",
+    "PairSimilarity",
+    "QueryTarget",
     "Readout",
     "Recording",
+    "ScoreTarget",
     "Segment",
+    "Selection",
+    "Target",
     "TokenLayout",
+    "TokenTarget",
     "UnsupportedModelError",
     "explain",
+    "explain_dual",
     "explain_generation",
+    "explain_similarity",
     "find_adapter",
+    "method_names",
     "propagate",
     "record",
+    "record_generation",
     "register_adapter",
-    "metrics",
-    "shapes",
-    "zoo",
 ]

@@ -15,7 +15,9 @@ One forward pass embeds every image and every text; :func:`explain_dual` then ex
   only per image.
 
 So one image against 64 captions costs one text-tower backward (batch 64) and 64 image-tower
-backwards of a single image, never a backward through both towers per pair.
+backwards of a single image, never a backward through both towers per pair. The target object is
+:class:`~gae_utils.targets.PairSimilarity`; this module runs it through :func:`gae_utils.record`
+and splits the recording into its two towers.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .engine import compute_maps
+from .explainer import Recording, record
 from .explanation import Explanation
-from .layout import TokenLayout
-from .recorder import AttentionRecorder, LayerRecord
+from .targets import PairSimilarity, dual_encoder_target
 
 __all__ = ["DualExplanation", "explain_dual"]
 
@@ -52,40 +52,13 @@ class DualExplanation:
     text: Explanation
 
 
-def _tower(
-    model: nn.Module,
-    layers: list[LayerRecord],
-    columns: slice,
-    layout: TokenLayout,
-    modality: str,
-    method: str,
-    start_layer: int,
-    scores: Tensor,
-    diagonal: bool,
-) -> Explanation:
-    """One tower's explanation from its own layers, target columns ``columns`` of their Eq. 5 maps."""
-    own = [
-        replace(layer, cam=layer.cam[:, columns], grad=layer.grad[:, columns] if layer.grad is not None else None)
-        for layer in layers
-        if layer.query == modality
-    ]
+def _tower(rec: Recording, modality: str, scores: Tensor, method: str, start_layer: int) -> Explanation:
+    """One tower's explanation from its own layers (their target columns are the other tower's examples)."""
+    own = [layer for layer in rec.layers if layer.query == modality]
     if not 0 <= start_layer < len(own):
         raise ValueError(f"start_layer={start_layer} is out of range for the {modality} tower's {len(own)} layers")
-    sub = layout.only(modality)
-    maps = compute_maps(method, own, sub, start_layer if method in ("gae", "rollout") else 0)  # (B, K, N, N)
-    relevance = sub.read(maps)  # (B, K, n)
-    squeeze = (lambda t: t[:, 0]) if diagonal else (lambda t: t)  # diagonal pairs: one target per example
-    return Explanation(
-        relevance={k: squeeze(v).detach() for k, v in relevance.items()},
-        maps={k: squeeze(v).detach() for k, v in maps.items()},
-        target=None,
-        scores=scores,
-        method=method,
-        layout=sub,
-        start_layer=start_layer,
-        model_name=type(model).__name__,
-        multi_target=not diagonal,
-    )
+    tower = replace(rec, layers=own, layout=rec.layout.only(modality), scores=scores)
+    return tower.explanation(method, start_layer)
 
 
 def explain_dual(
@@ -97,56 +70,34 @@ def explain_dual(
     text_start_layer: int = 0,
     pairs: str = "all",
     adapter: Adapter | None = None,
+    eval_mode: bool = True,
 ) -> DualExplanation:
     """Explain the similarity of every (image, text) pair of a batch with a dual encoder.
 
     Args:
-        model: a dual encoder served by an adapter with ``towers=True`` (Hugging Face ``CLIPModel``).
+        model: a dual encoder (Hugging Face ``CLIPModel``).
         images: ``(B_i, 3, H, W)`` pixel values as the model expects them.
         texts: tokenizer output (``input_ids``, ``attention_mask``) of ``B_t`` texts.
-        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS`.
+        method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
         image_start_layer: first aggregated image-tower layer (the authors use it for CLIP ViT-B/16).
         text_start_layer: first aggregated text-tower layer.
         pairs: ``"all"`` (every image with every text) or ``"diagonal"`` (image ``i`` with text
             ``i`` only, ``B_i == B_t``): then one backward pass of ``sum_i s[i, i]`` serves both
             towers and every pair exactly, and relevance has no pair dimension.
         adapter: overrides the adapter lookup.
+        eval_mode: explain in eval mode (restored afterwards).
 
     Returns:
         A :class:`DualExplanation`.
     """
-    if pairs not in ("all", "diagonal"):
-        raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
+    target = PairSimilarity(pairs)
     adapter = adapter or find_adapter(model)
-    if not adapter.towers:
+    if adapter.target is not dual_encoder_target:
         raise ValueError(f"{type(model).__name__} is not a dual encoder; use gae_utils.explain")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or Inf values; clean or re-normalise them before explaining.")
-    inputs = {"pixel_values": images, **dict(texts)}
-    adapter.check(model, inputs)
-    layout = adapter.layout(model, inputs)
-    with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
-        output = adapter.call(model, inputs)
-        logits = adapter.logits(output)  # (B_i, B_t)
-        n_images, n_texts = logits.shape
-        if pairs == "diagonal":
-            if n_images != n_texts:
-                raise ValueError(f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}")
-            layers = rec.backward_objectives([logits.diagonal().sum()])
-            image_cols = text_cols = slice(0, 1)
-        else:
-            # image i for text j: column j of the logits, every image at once; the B_t passes through
-            # the image tower run as one vectorised backward
-            columns = torch.eye(n_texts, dtype=logits.dtype, device=logits.device)  # (B_t, B_t)
-            rec.batched_backward(logits, columns[:, None, :].expand(-1, n_images, -1), "image")  # (B_t, B_i, B_t)
-            # text j for image i: row i of the logits, one pass through the text tower per image
-            layers = rec.backward_objectives([logits[i, :].sum() for i in range(n_images)], [{"text"}] * n_images)
-            image_cols, text_cols = slice(0, n_texts), slice(0, n_images)
-    scores = logits.detach()  # (B_i, B_t)
-    diagonal = pairs == "diagonal"
-    image_scores, text_scores = (scores.diagonal(), scores.diagonal()) if diagonal else (scores, scores.T)
+    rec = record(model, {"pixel_values": images, **dict(texts)}, target, adapter=adapter, eval_mode=eval_mode)
+    scores = rec.scores  # (B_i, B_t), or (B, 1) for diagonal pairs
     return DualExplanation(
-        logits=image_scores,
-        image=_tower(model, layers, image_cols, layout, "image", method, image_start_layer, image_scores, diagonal),
-        text=_tower(model, layers, text_cols, layout, "text", method, text_start_layer, text_scores, diagonal),
+        logits=scores if rec.multi_target else scores[:, 0],
+        image=_tower(rec, "image", scores, method, image_start_layer),
+        text=_tower(rec, "text", scores.T if rec.multi_target else scores, method, text_start_layer),
     )

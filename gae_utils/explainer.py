@@ -8,7 +8,7 @@ computed from that one recording (:meth:`Recording.explanation`); ``explain`` do
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,14 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .engine import compute_maps, method_names, propagate
 from .explanation import Explanation
 from .layout import TokenLayout
-from .recorder import AttentionCaptureError, AttentionRecorder, LayerRecord, evaluating
+from .methods import compute_maps, method_names
+from .propagation import propagate
+from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
+from .records import LayerRecord
+from .targets import Target, TargetLike
 
-__all__ = ["explain", "record", "Recording", "Target"]
-
-Target = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
+__all__ = ["explain", "record", "Recording"]
 
 
 @dataclass
@@ -33,9 +34,11 @@ class Recording:
     Attributes:
         layers: recorded layers in forward order.
         layout: token layout of the inputs.
-        logits: ``(B, C)`` model logits (detached); None for encoders without class logits.
-        output: the model's raw output (detached where it is a tensor).
-        target: ``(B, K)`` explained class indices, or None for a callable target.
+        logits: the adapter's reading of the output, detached: ``(B, C)`` class logits, ``(B, T, V)``
+            next-token logits, ``(B, Q, C + 1)`` per object query, ``(B_i, B_t)`` pair
+            similarities; None for encoders without a head.
+        output: the model's raw output (tensors detached).
+        target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity targets).
         scores: ``(B, K)`` the explained scalars.
         multi_target: True when the caller asked for K targets per example.
         model_name: class name of the model.
@@ -49,7 +52,7 @@ class Recording:
     scores: Tensor
     multi_target: bool
     model_name: str
-    extra: dict = field(default_factory=dict)  # adapter-specific JSON-ready facts (DETR: the explained queries)
+    extra: dict = field(default_factory=dict)  # JSON-ready facts of the target (DETR: the explained queries)
 
     def maps(self, method: str = "gae", start_layer: int = 0) -> dict[tuple[str, str], Tensor]:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
@@ -58,11 +61,6 @@ class Recording:
     def explanation(self, method: str = "gae", start_layer: int = 0) -> Explanation:
         """The :class:`Explanation` of ``method`` (``gae``, ``gae_last_layer``, ``raw_attention``,
         ``rollout``, ``attn_gradcam``) from this recording."""
-        if not 0 <= start_layer < len(self.layers):
-            raise ValueError(
-                f"start_layer={start_layer} is out of range: the model has {len(self.layers)} attention layers "
-                f"(use 0..{len(self.layers) - 1})."
-            )
         maps = self.maps(method, start_layer)
         relevance = self.layout.read(maps)  # {name: (B, K, N)}
         squeeze = (lambda t: t) if self.multi_target else (lambda t: t.squeeze(1))
@@ -95,7 +93,7 @@ class Recording:
         layers = [
             replace(
                 layer,
-                cam=None if layer.cam is None else layer.cam * factor,
+                attn_bar=None if layer.attn_bar is None else layer.attn_bar * factor,
                 grad=None if layer.grad is None else layer.grad * factor,
             )
             for layer in self.layers
@@ -121,53 +119,36 @@ def _check_finite(inputs: Any) -> None:
             )
 
 
-def _resolve_target(target: Target, output: Any, logits: Tensor | None) -> tuple[Tensor | None, Tensor, bool]:
-    """Turn ``target`` into ``(indices (B, K) | None, scores (B, K), multi_target)``."""
-    if callable(target) and not isinstance(target, Tensor):
-        scores = target(output)
-        batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
-        if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
-            raise ValueError(
-                f"a callable target must return one score per example, shape (B,) or (B, K); got "
-                f"{getattr(scores, 'shape', type(scores).__name__)}"
-            )
-        return None, scores if scores.ndim == 2 else scores[:, None], scores.ndim == 2
-    if logits is None:
-        raise ValueError(
-            "this model has no class logits (an encoder): pass target=callable(output) -> (B,) scores, "
-            "e.g. a similarity, or use gae_utils.similarity.explain_similarity for sentence pairs."
-        )
-    batch, num_classes = logits.shape
-    if target is None:
-        index = logits.argmax(dim=-1)  # (B,)
-    elif isinstance(target, int):
-        index = torch.full((batch,), target, dtype=torch.long, device=logits.device)
-    else:
-        index = torch.as_tensor(target, device=logits.device)
-        if index.dtype.is_floating_point or index.dtype == torch.bool:
-            raise ValueError(f"target must hold class indices (integers), got dtype {index.dtype}")
-        index = index.long()
-        if index.ndim == 0:
-            index = index.expand(batch)
-    multi = index.ndim == 2
-    if index.ndim not in (1, 2) or index.shape[0] != batch:
-        raise ValueError(
-            f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int, a ({batch},) "
-            f"tensor, or a ({batch}, K) tensor for K targets per example."
-        )
-    if index.numel() and (index.min() < 0 or index.max() >= num_classes):
-        raise ValueError(
-            f"target class {int(index.max() if index.max() >= num_classes else index.min())} is out of range: "
-            f"the model has {num_classes} classes (0..{num_classes - 1})."
-        )
-    index = index if multi else index[:, None]  # (B, K)
-    return index, logits.gather(1, index), multi
+def _detached(output: Any) -> Any:
+    """The output with its tensors detached, so that a kept recording holds no autograd graph."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, Mapping):  # Hugging Face ModelOutput
+        try:
+            return type(output)(**{k: _detached(v) for k, v in output.items()})
+        except TypeError:
+            return {k: _detached(v) for k, v in output.items()}
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(v) for v in output)
+    return output
+
+
+def _check_token_counts(layers: list[LayerRecord], layout: TokenLayout) -> None:
+    """Every recorded layer's size must match the layout's segment of its modality."""
+    sizes = {s.modality: s.n_tokens for s in layout.segments if s.stream is None}
+    for layer in layers:
+        for modality, n in ((layer.query, layer.attn_mean.shape[-2]), (layer.key, layer.attn_mean.shape[-1])):
+            if modality in sizes and sizes[modality] != n:
+                raise AttentionCaptureError(
+                    f"the adapter's layout expects {sizes[modality]} {modality} tokens but attention layer "
+                    f"{layer.name!r} has {n}"
+                )
 
 
 def record(
     model: nn.Module,
     inputs: Any,
-    target: Target = None,
+    target: TargetLike | Target = None,
     *,
     adapter: Adapter | None = None,
     keep_heads: bool = False,
@@ -175,13 +156,19 @@ def record(
 ) -> Recording:
     """Run ``model`` once, capture every attention map and its gradient for each target.
 
+    The one recording skeleton of the library: every entry point (``explain``,
+    ``explain_generation``, ``explain_dual``, ``explain_similarity``) runs through it with its own
+    :class:`~gae_utils.targets.Target`, so every path gets the same input checks, the same
+    recorder and the same capture-completeness checks.
+
     Args:
-        model: an unmodified model served by an adapter (timm ViT/DeiT, Hugging Face ViT/DeiT,
-            or one you registered).
+        model: an unmodified model served by an adapter (see ``gae_utils.adapters.ADAPTERS``).
         inputs: what the adapter passes to the model (images ``(B, C, H, W)`` for ViTs).
         target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a
-            ``(B, K)`` tensor (K targets per example from one forward pass), or a callable
-            ``output -> (B,)`` scores (regression, similarity, any custom scalar).
+            ``(B, K)`` tensor (K targets per example from one forward pass), a callable
+            ``output -> (B,)`` scores (regression, similarity, any custom scalar), or a
+            :class:`~gae_utils.targets.Target`. The adapter says how its family reads it
+            (DETR: object query indices).
         adapter: overrides the adapter lookup.
         keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
         eval_mode: explain the model in eval mode (restored afterwards).
@@ -190,17 +177,7 @@ def record(
         A :class:`Recording`.
     """
     adapter = adapter or find_adapter(model)
-    if adapter.token_logits is not None and not callable(target):
-        raise ValueError(
-            f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
-            "gae_utils.seq2seq.explain_generation(model, source_inputs, generated), "
-            "or pass target=callable(output) -> (B,)."
-        )
-    if adapter.towers:
-        raise ValueError(
-            f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
-            "gae_utils.dual.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."
-        )
+    target = target if isinstance(target, Target) else adapter.target(model, target)
     _check_finite(inputs)
     adapter.check(model, inputs)
     layout = adapter.layout(model, inputs)
@@ -210,28 +187,27 @@ def record(
             logits = adapter.logits(output) if adapter.logits is not None else None
             if logits is not None and not torch.isfinite(logits).all():
                 raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
-            extra: dict = {}
-            if adapter.targets is not None:  # the explained row depends on the target (DETR: its query)
-                index, scores, multi, layout, extra = adapter.targets(model, inputs, output, target, layout)
-                extra = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in extra.items()}
-            else:
-                index, scores, multi = _resolve_target(target, output, logits)
-            rec.backward(scores)
+            selection = target.select(model, inputs, output, logits, layout)
+            target.backward(rec, selection)
         layers = rec.complete_records()
-    n_tokens = layers[0].attn_mean.shape[-1]
-    if layout.segments[0].n_tokens != n_tokens:
-        raise AttentionCaptureError(
-            f"the adapter's layout expects {layout.segments[0].n_tokens} tokens but attention has {n_tokens}"
-        )
-    detached = output.detach() if isinstance(output, Tensor) else output
-    logits = logits.detach() if logits is not None else None
-    return Recording(layers, layout, logits, detached, index, scores.detach(), multi, type(model).__name__, extra)
+    _check_token_counts(layers, selection.layout)
+    return Recording(
+        layers=layers,
+        layout=selection.layout,
+        logits=None if logits is None else logits.detach(),
+        output=_detached(output),
+        target=selection.index,
+        scores=selection.scores.detach(),
+        multi_target=selection.multi_target,
+        model_name=type(model).__name__,
+        extra=selection.extra,
+    )
 
 
 def explain(
     model: nn.Module,
     inputs: Any,
-    target: Target = None,
+    target: TargetLike | Target = None,
     method: str = "gae",
     start_layer: int = 0,
     *,
@@ -270,7 +246,7 @@ def explain(
     if method not in method_names(ablations=True):
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     adapter = adapter or find_adapter(model)
-    rec = record(model, inputs, target, adapter=adapter, keep_heads=False, eval_mode=eval_mode)
+    rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, rec.logits, eval_mode)
     return rec.explanation(method, start_layer)

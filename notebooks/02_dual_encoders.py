@@ -31,12 +31,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import gae_utils as gu
-from gae_utils import figures, widgets
 from gae_utils.dual import explain_dual
-from gae_utils.language import Vocabulary, all_captions, negative_caption
-from gae_utils.shapes import ShapesBatch, ShapesWorld
-from gae_utils.train import encode_captions, normalize_pixels
+from gae_workbook import figures, widgets, zoo
+from shapesworld.inputs import encode_captions, normalize_pixels
+from shapesworld.language import Vocabulary, all_captions, negative_caption
+from shapesworld.scenes import ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 
@@ -45,7 +44,7 @@ SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 # Image -> caption top-1 among 100 captions of different scenes, measured at the end of training.
 
 # %%
-clip = gu.zoo.load("shapes-clip")
+clip = zoo.load("shapes-clip")
 clip.card.training["heldout"]
 
 # %% [markdown]
@@ -99,7 +98,8 @@ widgets.dual_explorer(
 
 # %%
 try:
-    from gae_utils.similarity import explain_similarity, load_minilm
+    from gae_utils.similarity import explain_similarity
+    from gae_workbook.zoo import load_minilm
 
     minilm, tokenizer = load_minilm()
 except ModuleNotFoundError as err:
@@ -129,13 +129,13 @@ else:
 try:
     from transformers import CLIPModel, CLIPProcessor
 
-    with gu.zoo.offline_unless_reachable():  # fail at once without network instead of retrying
+    with zoo.offline_unless_reachable():  # fail at once without network instead of retrying
         openai_clip = CLIPModel.from_pretrained("openai/clip-vit-base-patch32", attn_implementation="eager").eval()
         processor = CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")
 except OSError as err:
     print("pretrained CLIP unavailable offline:", str(err)[:160])
 else:
-    from gae_utils.photos import load_photos
+    from gae_workbook.photos import load_photos
 
     photo = load_photos(["chelsea"], size=224)
     inputs = processor(

@@ -37,11 +37,11 @@ import os
 import matplotlib.pyplot as plt
 
 import gae_utils as gu
-from gae_utils import figures, widgets
-from gae_utils.evaluate import VQA_STEPS, evaluate_vqa, format_table, vqa_word_study
-from gae_utils.language import ANSWERS, Vocabulary, questions
-from gae_utils.shapes import ShapesBatch, ShapesWorld
-from gae_utils.train import region_heatmap, vqa_inputs
+from gae_workbook import figures, widgets, zoo
+from gae_workbook.evaluate import VQA_STEPS, evaluate_vqa, format_table, vqa_word_study
+from shapesworld.inputs import region_heatmap, vqa_inputs
+from shapesworld.language import ANSWERS, Vocabulary, questions
+from shapesworld.scenes import ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 
@@ -50,7 +50,7 @@ SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 # One question per held-out scene, 1,000 scenes, measured at the end of training.
 
 # %%
-vqa = gu.zoo.load("shapes-vqa")
+vqa = zoo.load("shapes-vqa")
 vqa.card.training["heldout"]
 
 # %% [markdown]
@@ -188,13 +188,13 @@ widgets.coattention_explorer(explore, image, tokens, target_names=[f"answer #{k 
 try:
     from transformers import ViltForQuestionAnswering, ViltProcessor
 
-    with gu.zoo.offline_unless_reachable():
+    with zoo.offline_unless_reachable():
         vilt = ViltForQuestionAnswering.from_pretrained("dandelin/vilt-b32-finetuned-vqa").eval()
         processor = ViltProcessor.from_pretrained("dandelin/vilt-b32-finetuned-vqa")
 except OSError as err:
     print("pretrained ViLT unavailable offline:", str(err)[:160])
 else:
-    from gae_utils.photos import load_photos
+    from gae_workbook.photos import load_photos
 
     photo = load_photos(["chelsea"], size=384)
     inputs = processor(images=list(photo), text=["what animal is this?"], return_tensors="pt", do_rescale=False)

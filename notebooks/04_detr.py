@@ -31,20 +31,22 @@ import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
-from gae_utils import figures, widgets
-from gae_utils.detection import box_matched_queries, detect, detr_pixels, otsu_foreground
-from gae_utils.evaluate import evaluate_detr, format_table
-from gae_utils.shapes import CLASS_NAMES, ShapesWorld
+from gae_utils.methods import method_label
+from gae_workbook import figures, widgets, zoo
+from gae_workbook.detection import box_matched_queries, detect, otsu_foreground
+from gae_workbook.evaluate import evaluate_detr, format_table
+from shapesworld.inputs import detr_pixels
+from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
-METHODS = gu.engine.method_names()
+METHODS = gu.method_names()
 
 # %% [markdown]
 # ## The detector and its held-out mAP@0.5
 # Measured at the end of training on 1,000 scenes it never saw.
 
 # %%
-detr = gu.zoo.load("shapes-detr")
+detr = zoo.load("shapes-detr")
 detr.card.training["heldout"]
 
 # %% [markdown]
@@ -74,7 +76,7 @@ for i in range(2 if SMOKE else 4):
 size = tuple(batch.images.shape[-2:])
 slots = [(b, k) for b, row in enumerate(rec.extra["queries"][:3]) for k, q in enumerate(row) if q >= 0]
 columns = {
-    figures.METHOD_LABELS[m]: torch.stack([rec.explanation(m).heatmap(size)[b, k] for b, k in slots]) for m in METHODS
+    method_label(m): torch.stack([rec.explanation(m).heatmap(size)[b, k] for b, k in slots]) for m in METHODS
 }
 labels = [CLASS_NAMES[int(rec.target[b, k])] for b, k in slots]
 fig = figures.plot_heatmap_grid(batch.images[[b for b, _ in slots]], columns, row_labels=labels)
@@ -145,11 +147,11 @@ widgets.detr_explorer(detr, pixels, batch.images, class_names=CLASS_NAMES)
 
 # %%
 try:
-    detr_r50 = gu.zoo.load("facebook/detr-resnet-50", pretrained=True)
-except gu.zoo.PretrainedUnavailableError as err:
+    detr_r50 = zoo.load("facebook/detr-resnet-50", pretrained=True)
+except zoo.PretrainedUnavailableError as err:
     print("pretrained DETR unavailable offline:", str(err)[:160])
 else:
-    from gae_utils.photos import load_photos
+    from gae_workbook.photos import load_photos
 
     photos = load_photos(["astronaut", "coffee"], size=512)
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

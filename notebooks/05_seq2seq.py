@@ -33,11 +33,13 @@ import os
 import matplotlib.pyplot as plt
 
 import gae_utils as gu
-from gae_utils import figures, widgets
-from gae_utils.evaluate import evaluate_translate, format_table
-from gae_utils.language import caption, translate
-from gae_utils.seq2seq import encode_sources, explain_generation, greedy_decode, record_generation, translate_vocabulary
-from gae_utils.shapes import ShapesWorld
+from gae_utils.generation import explain_generation, greedy_decode, record_generation
+from gae_utils.methods import method_label
+from gae_workbook import figures, widgets, zoo
+from gae_workbook.evaluate import evaluate_translate, format_table
+from shapesworld.inputs import encode_sources, translate_vocabulary
+from shapesworld.language import caption, translate
+from shapesworld.scenes import ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 
@@ -47,7 +49,7 @@ SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
 # `unseen_exact_match` counts only captions whose text never occurred in training.
 
 # %%
-model = gu.zoo.load("shapes-translate")
+model = zoo.load("shapes-translate")
 model.card.training["heldout"]
 
 # %% [markdown]
@@ -85,11 +87,11 @@ exp = explain_generation(model, inputs, generated)
 # the head-averaged attention of every layer, with no gradients.
 
 # %%
-methods = gu.engine.method_names()
+methods = gu.method_names()
 fig, axes = plt.subplots(1, len(methods), figsize=(figures.PANEL * 1.9 * len(methods), figures.PANEL * 1.6))
 for ax, method in zip(axes, methods):
     rows = rec.explanation(method).relevance["source"][0]  # (T, S)
-    figures.plot_alignment(ax, rows, source_tokens, target_tokens, figures.METHOD_LABELS[method])
+    figures.plot_alignment(ax, rows, source_tokens, target_tokens, method_label(method))
 fig.tight_layout()
 figures.save_figure(fig, "05_translation_methods")
 
@@ -135,10 +137,10 @@ if not SMOKE:
 
 # %%
 try:
-    from gae_utils.seq2seq import load_marian
+    from gae_workbook.zoo import load_marian
 
     marian, tokenizer = load_marian()
-except gu.zoo.PretrainedUnavailableError as err:
+except zoo.PretrainedUnavailableError as err:
     print("pretrained Marian unavailable offline:", str(err)[:160])
 else:
     batch = tokenizer(["The small dog is sleeping under the red table."], return_tensors="pt")

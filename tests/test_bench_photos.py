@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import gae_utils as gu
-from gae_utils import bench
-from gae_utils.photos import imagenet_label, load_photos, photo_batch
+from gae_workbook import bench, zoo
+from gae_workbook.photos import imagenet_label, load_photos, photo_batch
 
 
 def test_benchmark_runs_and_agrees_with_the_authors_style_loop():
@@ -28,7 +28,7 @@ def test_photos_with_an_architecture_identical_random_model():
     pytest.importorskip("skimage")
     images = load_photos(size=64)
     assert images.shape == (3, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
-    model = gu.zoo.load("vit_tiny_patch16_224", pretrained=False)
+    model = zoo.load("vit_tiny_patch16_224", pretrained=False)
     photos, inputs = photo_batch(model)
     assert photos.shape == inputs.shape == (3, 3, 224, 224)
     with torch.no_grad():

@@ -130,7 +130,7 @@ def test_lxmert_baselines_read_both_modalities(method):
 def test_rollout_through_cross_attention_uses_the_rules_on_mean_attention():
     rec = gu.record(tiny_lxmert(), inputs(batch=2))
     bars = [layer.attn_mean[:, None] for layer in rec.layers]  # (B, 1, Nq, Nk): no gradients
-    expected = gu.engine.propagate(rec.layers, bars)
+    expected = gu.propagate(rec.layers, bars)
     got = rec.explanation("rollout")
     torch.testing.assert_close(got.relevance["image"], expected[("text", "image")][:, 0, 0])
 
@@ -139,9 +139,9 @@ def test_ablation_without_normalisation_differs_only_with_cross_attention(vit):
     rec = gu.record(tiny_lxmert(), inputs(batch=2))
     plain, ablation = rec.explanation("gae"), rec.explanation("gae_no_norm")
     assert not torch.allclose(plain.relevance["image"], ablation.relevance["image"])
-    unnormalised = gu.engine.propagate(rec.layers, normalize=False)[("text", "image")][:, 0, 0]
+    unnormalised = gu.propagate(rec.layers, normalize=False)[("text", "image")][:, 0, 0]
     torch.testing.assert_close(ablation.relevance["image"], unnormalised)
-    assert "gae_no_norm" not in gu.engine.method_names() and "gae_no_norm" in gu.engine.method_names(True)
+    assert "gae_no_norm" not in gu.method_names() and "gae_no_norm" in gu.method_names(True)
     images = torch.rand(2, 3, 32, 32)
     rec_vit = gu.record(vit, images)
     torch.testing.assert_close(
@@ -160,8 +160,9 @@ def test_lxmert_bad_inputs():
 
 
 def test_regions_are_grid_windows_with_their_boxes_and_labels():
-    from gae_utils.shapes import ShapesWorld
-    from gae_utils.train import normalize_pixels, region_features, region_heatmap, region_labels
+    from shapesworld.inputs import normalize_pixels, region_features, region_heatmap
+    from shapesworld.scenes import ShapesWorld
+    from shapesworld.targets import region_labels
 
     images = torch.rand(2, 3, 64, 64)
     feats, boxes = region_features(images)
@@ -179,10 +180,11 @@ def test_regions_are_grid_windows_with_their_boxes_and_labels():
 
 
 def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
-    from gae_utils import zoo
-    from gae_utils.language import Vocabulary, sample_question
-    from gae_utils.shapes import ShapesWorld
-    from gae_utils.train import train_shapes_vqa, vqa_inputs
+    from gae_workbook import zoo
+    from gae_workbook.train import train_shapes_vqa
+    from shapesworld.inputs import vqa_inputs
+    from shapesworld.language import Vocabulary, sample_question
+    from shapesworld.scenes import ShapesWorld
 
     model, card = train_shapes_vqa(
         steps=25, batch_size=32, train_scenes=400, warmup=5, lr=3e-3, eval_n=50, out=tmp_path, progress=False
@@ -202,7 +204,7 @@ def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
 def test_flow_steps_merge_a_co_attention_block_and_render():
     import matplotlib.pyplot as plt
 
-    from gae_utils import widgets
+    from gae_workbook import widgets
 
     model = tiny_lxmert()
     x = inputs(batch=2, regions=4)

@@ -6,13 +6,16 @@ import pytest
 import torch
 
 import gae_utils as gu
-from gae_utils import zoo
-from gae_utils.adapters import detr_grid, find_adapter
-from gae_utils.detection import detect, detections, detr_pixels, object_heatmaps, scene_targets
+from gae_utils.adapters import find_adapter
+from gae_utils.adapters.hf_detr import detr_grid
 from gae_utils.explanation import Explanation
 from gae_utils.layout import Readout, Segment, TokenLayout
-from gae_utils.metrics import box_iou, detection_map
-from gae_utils.shapes import ShapesWorld
+from gae_workbook import zoo
+from gae_workbook.detection import detect, detections, object_heatmaps
+from gae_workbook.metrics import box_iou, detection_map
+from shapesworld.inputs import detr_pixels
+from shapesworld.scenes import ShapesWorld
+from shapesworld.targets import scene_targets
 from tests.reference import reference_detr_gae
 
 
@@ -97,7 +100,7 @@ def test_baselines_read_the_cross_attention_row(detr, pixels):
     assert rec.explanation("gae_last_layer").relevance["image"].shape == (3, 2, 20)
     rollout = rec.explanation("rollout").relevance["image"]  # the rules on head-mean attention
     bars = [layer.attn_mean[:, None].expand(-1, 2, -1, -1) for layer in rec.layers]
-    expected = rec.layout.read(gu.engine.propagate(rec.layers, bars))["image"]
+    expected = rec.layout.read(gu.propagate(rec.layers, bars))["image"]
     torch.testing.assert_close(rollout, expected)
 
 
@@ -271,7 +274,7 @@ def test_pretrained_detr_fails_fast_offline(monkeypatch):
 
 
 def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
-    from gae_utils.train import train_shapes_detr
+    from gae_workbook.train import train_shapes_detr
 
     model, card = train_shapes_detr(
         steps=20, batch_size=8, train_scenes=160, warmup=5, eval_n=20, out=tmp_path, progress=False
@@ -290,7 +293,7 @@ def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
 def test_detr_render_callbacks():
     import matplotlib.pyplot as plt
 
-    from gae_utils import widgets
+    from gae_workbook import widgets
 
     model = tiny_detr(confident_class=2)
     images = torch.rand(2, 3, 32, 32)
@@ -329,9 +332,9 @@ def shipped():
 
 
 def test_shipped_shapes_detr_card_is_reproducible(shipped):
-    from gae_utils.detection import evaluate_detection
-    from gae_utils.shapes import CLASS_NAMES
-    from gae_utils.train import HELDOUT_SEED
+    from gae_workbook.detection import evaluate_detection
+    from gae_workbook.train import HELDOUT_SEED
+    from shapesworld.scenes import CLASS_NAMES
 
     assert find_adapter(shipped).name == "hf-detr" and not shipped.training
     assert shipped.card.classes == list(CLASS_NAMES)
@@ -340,13 +343,13 @@ def test_shipped_shapes_detr_card_is_reproducible(shipped):
     assert fresh["map50"] == pytest.approx(recorded["map50"], abs=1e-4)
     assert fresh["confident_recall"] == pytest.approx(recorded["confident_recall"], abs=1e-4)
     with pytest.raises(ValueError, match="'confident' or 'matched'"):
-        from gae_utils.evaluate import evaluate_detr
+        from gae_workbook.evaluate import evaluate_detr
 
         evaluate_detr(shipped, n=2, queries="all")
 
 
 def test_shipped_detector_explains_each_object_of_a_batch(shipped):
-    from gae_utils.detection import box_matched_queries
+    from gae_workbook.detection import box_matched_queries
 
     batch = ShapesWorld(seed=11).batch(6)
     pixels = detr_pixels(batch.images)
@@ -370,7 +373,7 @@ def test_shipped_detector_explains_each_object_of_a_batch(shipped):
 
 
 def test_shipped_detector_meets_the_aim_and_gae_segments_its_detections(shipped):
-    from gae_utils.evaluate import evaluate_detr
+    from gae_workbook.evaluate import evaluate_detr
 
     assert shipped.card.training["heldout"]["map50"] >= 0.8  # the aim, recomputed by the test above
     results = evaluate_detr(shipped, n=40, seed=5, methods=["gae", "rollout"], progress=False)
@@ -381,7 +384,7 @@ def test_shipped_detector_meets_the_aim_and_gae_segments_its_detections(shipped)
 
 
 def test_evaluate_detr_scores_every_method(shipped):
-    from gae_utils.evaluate import evaluate_detr, main
+    from gae_workbook.evaluate import evaluate_detr, main
 
     results = evaluate_detr(shipped, n=12, batch_size=6, progress=False, queries="matched")
     assert set(results) == {"gae", "gae_last_layer", "raw_attention", "rollout", "attn_gradcam", "random"}
@@ -393,7 +396,7 @@ def test_evaluate_detr_scores_every_method(shipped):
 
 
 def test_detr_benchmark_reports_ratios(shipped):
-    from gae_utils.bench import run_detr_benchmark
+    from gae_workbook.bench import run_detr_benchmark
 
     result = run_detr_benchmark("shapes-detr", batch=2, repeats=1)
     assert result["seconds"]["forward"] > 0 and result["ratios"]["explain_all_detections / forward"] > 1

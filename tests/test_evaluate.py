@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from gae_utils import evaluate, figures, zoo
+from gae_workbook import evaluate, figures, zoo
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,6 @@ def test_vqa_word_study_agrees_with_the_evaluation_and_counts_top_words():
 
 
 def gu_methods():
-    from gae_utils.engine import method_names
+    from gae_utils.methods import method_names
 
     return method_names(ablations=True)

@@ -6,7 +6,7 @@ from conftest import tiny_hf_vit, tiny_timm_vit
 from reference import reference_gae, reference_rollout
 
 import gae_utils as gu
-from gae_utils import explain, record
+from gae_utils.explainer import explain, record
 
 
 def model_state(model):
@@ -102,7 +102,7 @@ def test_scaled_recording_equals_explaining_the_scaled_score(vit, images):
     rec = record(vit, images, target=3, keep_heads=True)
     direct = record(vit, images, target=lambda out: 50.0 * out[:, 3], keep_heads=True)
     scaled = rec.scaled(50.0)
-    for method in gu.engine.method_names():
+    for method in gu.method_names():
         torch.testing.assert_close(
             scaled.explanation(method).relevance["image"], direct.explanation(method).relevance["image"]
         )
@@ -228,7 +228,7 @@ def test_adapter_that_captures_nothing_fails_loudly(vit, images):
         name="broken",
         model_classes=("VisionTransformer",),
         sites=(gu.AttentionSite("NoSuchAttention", "attn_drop"),),
-        eager=gu.adapters.timm_eager,
+        eager=gu.adapters.timm_vit.timm_eager,
         call=lambda m, x: m(x),
         logits=lambda o: o,
         check=lambda m, x: None,
@@ -241,7 +241,7 @@ def test_adapter_that_captures_nothing_fails_loudly(vit, images):
 def test_fused_path_without_switch_fails_loudly(vit, images):
     """An adapter that forgets to switch fused attention off must not return an empty map."""
     timm_adapter = gu.find_adapter(vit)
-    no_switch = gu.Adapter(**{**timm_adapter.__dict__, "eager": gu.adapters._no_switch})
+    no_switch = gu.Adapter(**{**timm_adapter.__dict__, "eager": gu.adapters.base.no_switch})
     with pytest.raises(gu.AttentionCaptureError, match="no attention probabilities were captured"):
         explain(vit, images, adapter=no_switch)
 
@@ -368,7 +368,7 @@ def test_methods_relevance_properties(vit, images):
     full_row = rec.layers[-1].attn_mean[:, 0]  # (B, 17) sums to 1
     torch.testing.assert_close(raw.relevance["image"], full_row[:, 1:])
     last = rec.explanation("gae_last_layer")
-    torch.testing.assert_close(last.relevance["image"], rec.layers[-1].cam[:, 0, 0, 1:])
+    torch.testing.assert_close(last.relevance["image"], rec.layers[-1].attn_bar[:, 0, 0, 1:])
     cam = rec.explanation("attn_gradcam").relevance["image"]
     assert (cam >= 0).all()
     attn = rec.layers[-1].attn[:, :, 0, 1:]  # (B, H, 16)
@@ -432,7 +432,7 @@ def test_registering_an_adapter_for_a_custom_model(monkeypatch):
             name="tiny",
             model_classes=("_TinyTokenModel",),
             sites=(gu.AttentionSite("_TinyAttention", probs="probs", query="tokens", key="tokens"),),
-            eager=gu.adapters._no_switch,
+            eager=gu.adapters.base.no_switch,
             call=lambda m, x: m(x),
             logits=lambda out: out,
             check=lambda m, x: None,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gae_utils.language import (
+from shapesworld.language import (
     ANSWERS,
     MAX_COUNT,
     PLURALS,
@@ -28,7 +28,7 @@ from gae_utils.language import (
     sample_question,
     translate,
 )
-from gae_utils.shapes import COLOUR_RGB, COLOURS, SHAPES, Scene, SceneObject, ShapesWorld
+from shapesworld.scenes import COLOUR_RGB, COLOURS, SHAPES, Scene, SceneObject, ShapesWorld
 
 N_SCENES = 300
 

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from gae_utils.metrics import (
+from gae_utils.maps import normalize_maps, upsample_maps
+from gae_workbook.metrics import (
     PERTURBATION_STEPS,
     average_precision,
-    normalize_maps,
     otsu_threshold,
     perturbation_auc,
     perturbation_curve,
     pointing_game,
     relevance_mass,
     segmentation_scores,
-    upsample_maps,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +421,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_masks_to_grid_marks_cells_holding_any_mask_pixel():
-    from gae_utils.metrics import masks_to_grid
+    from gae_workbook.metrics import masks_to_grid
 
     masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     masks[0, 0, 3] = True  # one pixel in the top-right 2x2 cell

@@ -67,7 +67,7 @@ def test_notebooks_define_no_functions_or_classes():
 
 
 def test_shipped_checkpoints_are_safetensors_only():
-    weights = ROOT / "gae_utils" / "weights"
+    weights = ROOT / "gae_workbook" / "weights"
     files = {p.suffix for p in weights.iterdir()}
     assert files <= {".safetensors", ".json"}, files
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()

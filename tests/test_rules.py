@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gae_utils.engine import propagate
+from gae_utils.propagation import propagate
 from gae_utils.recorder import LayerRecord
 from gae_utils.rules import (
     cross_attention_update,
@@ -74,7 +74,7 @@ def test_cross_attention_update_is_batched():
 
 def _layer(name, kind, query, key, cam, group=None):
     cam = cam[None, None]  # (B=1, K=1, Nq, Nk)
-    return LayerRecord(name, kind, query, key, group, attn_mean=cam[:, 0], cam=cam)
+    return LayerRecord(name, kind, query, key, group, attn_mean=cam[:, 0], attn_bar=cam)
 
 
 def test_co_attention_block_is_simultaneous():

@@ -5,14 +5,10 @@ import torch
 
 import gae_utils as gu
 from gae_utils.adapters import find_adapter
-from gae_utils.seq2seq import (
-    TransformerTranslator,
-    alignment_hits,
-    explain_generation,
-    generation_steps,
-    greedy_decode,
-    record_generation,
-)
+from gae_utils.generation import explain_generation, generation_steps, greedy_decode, record_generation
+from gae_workbook import zoo
+from gae_workbook.evaluate import alignment_hits
+from gae_workbook.models import TransformerTranslator
 
 V = 30
 
@@ -176,7 +172,7 @@ def test_one_vectorised_backward_equals_one_backward_per_token(family):
     for t in (0, 2, 4):
         one = record_generation(model, inputs, generated, steps=[t])  # one target: an ordinary backward
         for all_layer, one_layer in zip(rec.layers, one.layers):
-            torch.testing.assert_close(all_layer.cam[:, t], one_layer.cam[:, 0], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(all_layer.attn_bar[:, t], one_layer.attn_bar[:, 0], rtol=1e-5, atol=1e-7)
         exp = one.explanation("gae")
         torch.testing.assert_close(exp.relevance["source"][:, 0], rec.explanation("gae").relevance["source"][:, t])
 
@@ -188,7 +184,7 @@ def test_hooked_logits_equal_the_stock_model(family):
     rec = record_generation(model, inputs, generated)
     adapter = find_adapter(model)
     with torch.no_grad():
-        stock = adapter.token_logits(adapter.call(model, {**inputs, "decoder_input_ids": generated[:, :-1]}))
+        stock = adapter.logits(adapter.call(model, {**inputs, "decoder_input_ids": generated[:, :-1]}))
     torch.testing.assert_close(rec.logits, stock, rtol=1e-5, atol=1e-5)
     assert len(rec.layers) == 2 + 2 * 2  # encoder self, then decoder self + cross per layer
     assert [(r.query, r.key) for r in rec.layers[2:4]] == [("target", "target"), ("target", "source")]
@@ -212,7 +208,7 @@ def test_rollout_goes_through_cross_attention_on_mean_attention():
     rec = record_generation(model, inputs, generated)
     k = rec.scores.shape[1]
     bars = [layer.attn_mean[:, None].expand(-1, k, -1, -1) for layer in rec.layers]  # (B, K, Nq, Nk): no gradients
-    maps = gu.engine.propagate(rec.layers, bars)
+    maps = gu.propagate(rec.layers, bars)
     exp = rec.explanation("rollout")
     assert exp.relevance["source"].shape == (3, 5, 7)
     torch.testing.assert_close(exp.relevance["source"], rec.layout.read(maps)["source"])
@@ -315,7 +311,7 @@ def test_generation_steps_and_greedy_decode():
 
 
 def test_alignment_hits_by_hand():
-    from gae_utils.language import Caption, translate
+    from shapesworld.language import Caption, translate
 
     words = "a red circle left of a blue square".split()
     tr = translate(Caption(" ".join(words), tuple(words), (0, 1), (0, 0, 0, None, None, 1, 1, 1)))
@@ -344,10 +340,10 @@ def test_explanation_with_target_rows_saves_and_loads(tmp_path):
 
 
 def test_shapes_translate_card_number_is_recomputed_from_the_checkpoint():
-    from gae_utils.shapes import ShapesWorld
-    from gae_utils.train import HELDOUT_SEED, translation_accuracy
+    from gae_workbook.train import HELDOUT_SEED, translation_accuracy
+    from shapesworld.scenes import ShapesWorld
 
-    model = gu.zoo.load("shapes-translate")
+    model = zoo.load("shapes-translate")
     heldout = model.card.training["heldout"]
     assert heldout["exact_match"] >= 0.95
     again = translation_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=heldout["n"])
@@ -356,19 +352,19 @@ def test_shapes_translate_card_number_is_recomputed_from_the_checkpoint():
 
 
 def test_translation_trainer_smoke(tmp_path):
-    from gae_utils.train import train_shapes_translate
+    from gae_workbook.train import train_shapes_translate
 
     model, card = train_shapes_translate(steps=3, batch_size=8, train_scenes=5, eval_n=4, out=tmp_path, progress=False)
     assert (tmp_path / "shapes-translate.safetensors").exists()
-    back = gu.zoo.load("shapes-translate", directory=tmp_path)
+    back = zoo.load("shapes-translate", directory=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
     assert set(card.training["heldout"]) >= {"exact_match", "n", "unseen_exact_match"}
 
 
 def test_evaluate_translate_reports_every_method():
-    from gae_utils.evaluate import evaluate_translate, format_table, main
+    from gae_workbook.evaluate import evaluate_translate, format_table, main
 
-    model = gu.zoo.load("shapes-translate")
+    model = zoo.load("shapes-translate")
     results = evaluate_translate(model, n=12, batch_size=6, progress=False)
     assert set(results) == {"gae", "gae_last_layer", "raw_attention", "rollout", "attn_gradcam", "random"}
     assert all(0 <= r["alignment_accuracy"] <= 1 and r["pairs"] > 0 for r in results.values())
@@ -381,7 +377,7 @@ def test_evaluate_translate_reports_every_method():
 def test_translation_widgets_render_pure_figures():
     import matplotlib.pyplot as plt
 
-    from gae_utils import widgets
+    from gae_workbook import widgets
 
     model = tiny_marian()
     inputs, generated = batch()
@@ -400,7 +396,7 @@ def test_translation_widgets_render_pure_figures():
 
 
 def test_seq2seq_benchmark_runs_on_a_tiny_marian():
-    from gae_utils import bench
+    from gae_workbook import bench
 
     result = bench.run_seq2seq_benchmark(length=6, repeats=1, small=True)
     assert set(result["ratios"]) >= {"explain_all / forward", "per_token_backward / explain_all"}
@@ -410,12 +406,12 @@ def test_seq2seq_benchmark_runs_on_a_tiny_marian():
 def test_pretrained_marian_fails_fast_offline_or_loads():
     import time
 
-    from gae_utils.seq2seq import load_marian
+    from gae_workbook.zoo import load_marian
 
     started = time.perf_counter()
     try:
         model, tokenizer = load_marian()
-    except gu.zoo.PretrainedUnavailableError as err:
+    except zoo.PretrainedUnavailableError as err:
         assert "shapes-translate" in str(err)
         assert time.perf_counter() - started < 30
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gae_utils.shapes import (
+from shapesworld.scenes import (
     CLASS_NAMES,
     COLOUR_JITTER,
     COLOUR_RGB,

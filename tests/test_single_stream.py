@@ -107,7 +107,7 @@ def test_visualbert_matches_reference_per_block():
     x = visualbert_inputs()
     exp = gu.explain(model, x, target=torch.tensor([0, 3, 4]))
     words = x["input_ids"].shape[1]
-    rows = gu.adapters.visualbert_answer_index(x)
+    rows = gu.adapters.hf_visualbert.visualbert_answer_index(x)
     assert rows.tolist() == [4, 3, 4]
     maps = reference_joint(model, x, [0, 3, 4], "VisualBertSelfAttention", rows)
     for b, r in enumerate(maps):
@@ -127,7 +127,7 @@ def test_vilt_matches_reference_in_raster_order():
     assert exp.grid_relevance("image").shape == (3, 4, 4)
     # The reference runs each example alone, so it draws its own patch order: compare sorted values
     # of the image row (order-free) and the text row exactly; the raster order is checked below.
-    maps = reference_joint(model, x, target, "ViltSelfAttention", [0, 0, 0], seed=gu.adapters._VILT_SEED)
+    maps = reference_joint(model, x, target, "ViltSelfAttention", [0, 0, 0], seed=gu.adapters.hf_vilt._VILT_SEED)
     for b, r in enumerate(maps):
         text = r[0, :words].clone()
         text[0] = 0
@@ -139,7 +139,7 @@ def test_vilt_matches_reference_in_raster_order():
 def test_vilt_patch_order_is_undone():
     """A bright patch that decides the answer must be found at its place in the grid."""
     model = tiny_vilt()
-    layout = gu.adapters._vilt_layout(model, vilt_inputs())
+    layout = gu.adapters.hf_vilt._vilt_layout(model, vilt_inputs())
     positions = layout.positions["image"]
     assert positions.shape == (3, 16)
     for b in range(3):

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_timm_vit
 
 import gae_utils as gu
-from gae_utils import figures, widgets
+from gae_workbook import figures, widgets
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,11 @@ def test_layer_matrix_views(setup):
     vit, images, rec = setup
     last = widgets.layer_matrix(rec, 1, 4, 2, "relevancy")
     torch.testing.assert_close(last, rec.maps("gae")[("image", "image")][1, 4])
-    torch.testing.assert_close(widgets.layer_matrix(rec, 1, 4, 0, "relevancy"), torch.eye(17) + rec.layers[0].cam[1, 4])
-    torch.testing.assert_close(widgets.layer_matrix(rec, 0, 2, 1, "attn_bar"), rec.layers[1].cam[0, 2])
+    first = widgets.layer_matrix(rec, 1, 4, 0, "relevancy")
+    torch.testing.assert_close(first, torch.eye(17) + rec.layers[0].attn_bar[1, 4])
+    torch.testing.assert_close(widgets.layer_matrix(rec, 0, 2, 1, "attn_bar"), rec.layers[1].attn_bar[0, 2])
     heads = torch.stack([widgets.layer_matrix(rec, 0, 2, 1, "head", head=h) for h in range(4)])
-    torch.testing.assert_close(heads.mean(0), rec.layers[1].cam[0, 2])  # Eq. 5 is the head mean
+    torch.testing.assert_close(heads.mean(0), rec.layers[1].attn_bar[0, 2])  # Eq. 5 is the head mean
     with pytest.raises(ValueError, match="layer 5 is out of range"):
         widgets.layer_matrix(rec, 0, 0, 5, "attn_bar")
     with pytest.raises(ValueError, match="head 9 is out of range"):
@@ -67,8 +68,9 @@ def test_render_methods_and_steps(setup):
     vit, images, rec = setup
     fig = widgets.render_methods(rec, images, index=0, target=1, highlight="gae")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len([t for t in titles if t in figures.METHOD_LABELS.values()]) == len(gu.engine.method_names())
-    gae_ax = next(ax for ax in fig.axes if ax.get_title() == figures.METHOD_LABELS["gae"])
+    labels = [gu.METHODS[m].label for m in gu.method_names()]
+    assert len([t for t in titles if t in labels]) == len(labels)
+    gae_ax = next(ax for ax in fig.axes if ax.get_title() == gu.METHODS["gae"].label)
     heat = torch.as_tensor(gae_ax.images[1].get_array().data)
     torch.testing.assert_close(heat, rec.explanation("gae").heatmap(32)[0, 1])
     plt.close(fig)
@@ -109,7 +111,9 @@ def test_plot_explanation_and_perturbation_curves(setup):
     vit, images, _ = setup
     exp = gu.explain(vit, images, target=torch.tensor([[1, 2], [3, 4]]))
     fig = exp.plot(images)
-    assert len(fig.axes) == 4 and "class 4" in fig.axes[3].get_title()
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and "class 4" in panels[3].get_title()
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] == ["relevance (min-max per map)"]
     plt.close(fig)
     fig = figures.plot_perturbation_curves(
         {"gae": [1, 0.5, 0.2], "rollout": [1, 0.7, 0.4]}, [0, 0.1, 0.2], "t", auc={"gae": 1.0}

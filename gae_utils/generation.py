@@ -14,9 +14,11 @@ one-hot selections of the ``(B, T)`` token scores, exact like T separate ``.back
 Each token then reads its own row of the ``(B, T, Na, Nb)`` maps (per-target row weights of
 :class:`~gae_utils.layout.TokenLayout`).
 
-Supported families are listed in :data:`gae_utils.adapters.SEQ2SEQ_ADAPTERS` (Hugging Face
-Marian, BART, T5, and models built around ``torch.nn.Transformer`` such as
-:class:`TransformerTranslator`). This module also holds the ``shapes-translate`` task helpers.
+Supported families: the adapters whose target rule is
+:func:`~gae_utils.targets.generation_target` (Hugging Face Marian, BART, T5, and models built
+around ``torch.nn.Transformer``; see :mod:`gae_utils.adapters.seq2seq`). The target object is
+:class:`~gae_utils.targets.TokenTarget`; :func:`record_generation` only builds the
+teacher-forced inputs and hands both to :func:`gae_utils.record`.
 """
 
 from __future__ import annotations
@@ -25,36 +27,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .explainer import Recording, _check_finite
+from .explainer import Recording, record
 from .explanation import Explanation
-from .layout import TokenLayout
-from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
+from .recorder import evaluating
+from .targets import SCORES, TokenTarget, generation_target
 
-__all__ = [
-    "TransformerTranslator",
-    "explain_generation",
-    "record_generation",
-    "generation_steps",
-    "greedy_decode",
-    "load_marian",
-    "translate_vocabulary",
-    "encode_sources",
-    "encode_targets",
-    "alignment_hits",
-    "MARIAN_EN_DE",
-]
-
-MARIAN_EN_DE = "Helsinki-NLP/opus-mt-en-de"
-SCORES = ("logit", "log_prob")
+__all__ = ["explain_generation", "record_generation", "generation_steps", "greedy_decode"]
 
 
 def _seq2seq_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     adapter = adapter or find_adapter(model)
-    if adapter.token_logits is None:
+    if adapter.target is not generation_target:
         raise ValueError(
             f"{type(model).__name__} (adapter {adapter.name!r}) is not an encoder-decoder; explain it with "
             "gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
@@ -156,45 +142,8 @@ def record_generation(
         "attention_mask": inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])),
         "decoder_input_ids": generated[:, :-1],  # (B, T) teacher forcing
     }
-    _check_finite(full)
-    adapter.check(model, full)
-    labels = generated[:, 1:]  # (B, T) the token each step produced
-    base = adapter.layout(model, full)
-    batch, n = labels.shape
-    k = len(steps)
-    rows = F.one_hot(torch.tensor(steps, device=labels.device), n).to(torch.float32)  # (K, T)
-    rows = rows.expand(batch, -1, -1)  # (B, K, T): target k reads row steps[k]
-    layout = TokenLayout(base.segments, base.readouts, {r.name: rows for r in base.readouts})
-    with AttentionRecorder(model, adapter, keep_heads=keep_heads, eval_mode=eval_mode) as rec:
-        with torch.enable_grad():
-            output = adapter.call(model, full)
-            logits = adapter.token_logits(output)  # (B, T, V)
-            if logits.ndim != 3 or logits.shape[:2] != labels.shape:
-                raise AttentionCaptureError(
-                    f"the model returned logits of shape {tuple(logits.shape)}, expected (B, T, V) = ({batch}, {n}, V)"
-                )
-            if labels.min() < 0 or labels.max() >= logits.shape[-1]:
-                raise ValueError(f"generated holds ids outside the model's {logits.shape[-1]} output tokens")
-            if not torch.isfinite(logits).all():
-                raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
-            scored = logits.log_softmax(dim=-1) if score == "log_prob" else logits  # (B, T, V)
-            scores = scored.gather(-1, labels[..., None])[..., 0]  # (B, T) score of each generated token
-            # target k selects column steps[k] of every example: K backward passes as one vectorised pass
-            select = torch.zeros(k, batch, n, dtype=scores.dtype, device=scores.device)  # (K, B, T)
-            select[torch.arange(k), :, torch.tensor(steps)] = 1
-            rec.batched_backward(scores, select, None)
-        layers = rec.complete_records()
-    index = torch.tensor(steps, device=labels.device)
-    return Recording(
-        layers=layers,
-        layout=layout,
-        logits=logits.detach(),
-        output=None,
-        target=labels[:, index],  # (B, K)
-        scores=scores.detach()[:, index],  # (B, K)
-        multi_target=True,
-        model_name=type(model).__name__,
-    )
+    target = TokenTarget(generated[:, 1:], steps, score)  # labels (B, T): the token each step produced
+    return record(model, full, target, adapter=adapter, keep_heads=keep_heads, eval_mode=eval_mode)
 
 
 def explain_generation(
@@ -218,7 +167,7 @@ def explain_generation(
             convention ``model(input_ids, decoder_input_ids, attention_mask=None) -> (B, T, V)``.
         inputs: the source batch, ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
         generated: ``(B, 1 + T)`` decoder start token + generated tokens (e.g. ``model.generate``).
-        method: ``gae`` or a baseline of :data:`gae_utils.engine.METHODS` (``rollout`` applies the
+        method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS` (``rollout`` applies the
             rules to the head-mean attention, with no gradients).
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: generated positions to explain (default all).
@@ -265,7 +214,7 @@ def greedy_decode(
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     with evaluating(model):
         for _ in range(max_new_tokens):
-            logits = adapter.token_logits(
+            logits = adapter.logits(
                 adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
             )
             nxt = logits[:, -1].argmax(dim=-1)  # (B,)
@@ -277,133 +226,6 @@ def greedy_decode(
     return out
 
 
-class TransformerTranslator(nn.Module):
-    """A translation model around ``torch.nn.Transformer``, following the documented call convention.
-
-    ``forward(input_ids (B, S), decoder_input_ids (B, T), attention_mask (B, S) | None) -> (B, T, V)``;
-    the causal mask is applied inside, learned position embeddings, separate source/target
-    embeddings. Any model with this forward that contains a ``torch.nn.Transformer`` is explained
-    by the ``torch-transformer`` adapter.
-    """
-
-    def __init__(
-        self,
-        src_vocab: int,
-        tgt_vocab: int,
-        d_model: int = 64,
-        nhead: int = 4,
-        num_encoder_layers: int = 2,
-        num_decoder_layers: int = 2,
-        dim_feedforward: int = 128,
-        dropout: float = 0.1,
-        max_len: int = 64,
-        pad_token_id: int = 0,
-        eos_token_id: int | None = None,
-    ):
-        super().__init__()
-        self.pad_token_id, self.eos_token_id, self.vocab_size = pad_token_id, eos_token_id, max(src_vocab, tgt_vocab)
-        self.src_embed = nn.Embedding(src_vocab, d_model)
-        self.tgt_embed = nn.Embedding(tgt_vocab, d_model)
-        self.position = nn.Embedding(max_len, d_model)
-        self.transformer = nn.Transformer(
-            d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, batch_first=True
-        )
-        self.generator = nn.Linear(d_model, tgt_vocab)
-
-    def forward(self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        s, t = input_ids.shape[1], decoder_input_ids.shape[1]
-        src = self.src_embed(input_ids) + self.position.weight[:s]  # (B, S, D)
-        tgt = self.tgt_embed(decoder_input_ids) + self.position.weight[:t]  # (B, T, D)
-        causal = nn.Transformer.generate_square_subsequent_mask(t, device=tgt.device, dtype=tgt.dtype)  # (T, T)
-        padding = None if attention_mask is None else ~attention_mask.bool()  # (B, S), True = ignore
-        hidden = self.transformer(
-            src,
-            tgt,
-            tgt_mask=causal,
-            src_key_padding_mask=padding,
-            memory_key_padding_mask=padding,
-            tgt_is_causal=True,
-        )  # (B, T, D)
-        return self.generator(hidden)  # (B, T, V)
-
-
-def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
-    """A pretrained Hugging Face Marian model (eager attention, eval mode) and its tokenizer.
-
-    Raises:
-        PretrainedUnavailableError: no network and no local cache (fails at once offline).
-    """
-    from transformers import MarianMTModel, MarianTokenizer
-
-    from .zoo import PretrainedUnavailableError, offline_unless_reachable
-
-    try:
-        with offline_unless_reachable():
-            tokenizer = MarianTokenizer.from_pretrained(name)
-            model = MarianMTModel.from_pretrained(name, attn_implementation="eager")
-    except Exception as err:  # network, hub or cache errors all mean: no weights here
-        raise PretrainedUnavailableError(
-            f"could not load pretrained {name!r} ({type(err).__name__}: {str(err)[:200]}). Offline, use the "
-            "embedded translation model: gae_utils.zoo.load('shapes-translate')."
-        ) from err
-    return model.eval(), tokenizer
-
-
 # ----------------------------------------------------------------------------- shapes-translate task
 
-SOURCE_LENGTH = 9  # at most 8 caption words + [EOS]
-TARGET_LENGTH = 7  # [BOS] + at most 5 toy words + [EOS]
 
-
-def translate_vocabulary():
-    """One vocabulary for captions and toy words (Marian shares its embeddings between both sides)."""
-    from .language import TOY_LEXICON, Vocabulary
-
-    return Vocabulary([*Vocabulary.captions().tokens[6:], *TOY_LEXICON.values()])
-
-
-def encode_sources(captions, vocab, length: int | None = SOURCE_LENGTH) -> dict[str, Tensor]:
-    """Captions -> ``{"input_ids": (N, S), "attention_mask": (N, S)}``, ``words [EOS]`` (Marian style)."""
-    ids, mask = vocab.encode_batch(
-        [c.words for c in captions], cls_token=False, sep_token=False, eos_token=True, length=length
-    )
-    return {"input_ids": ids, "attention_mask": mask.long()}
-
-
-def encode_targets(translations, vocab, length: int | None = TARGET_LENGTH) -> Tensor:
-    """Translations -> ``(N, T + 1)`` ids ``[BOS] words [EOS] [PAD]..``.
-
-    Decoder inputs are ``[:, :-1]``, labels ``[:, 1:]``."""
-    ids, _ = vocab.encode_batch(
-        [t.target for t in translations],
-        cls_token=False,
-        sep_token=False,
-        bos_token=True,
-        eos_token=True,
-        length=length,
-    )
-    return ids
-
-
-def alignment_hits(relevance: Tensor, translations: Sequence, steps: Sequence[int] | None = None) -> Tensor:
-    """Whether the most relevant source word of each generated word is one of its aligned words.
-
-    Args:
-        relevance: ``(B, K, S)`` source relevance of K explained steps (``words [EOS] [PAD]..`` columns).
-        translations: the B reference :class:`~gae_utils.language.Translation` (the generation
-            must equal them word for word for the alignment to apply).
-        steps: the step of each of the K columns (default ``0..K-1``); step ``t`` is target word ``t``.
-
-    Returns:
-        ``(P,)`` bool, one entry per (example, target word) pair that was explained.
-    """
-    steps = list(range(relevance.shape[1])) if steps is None else list(steps)
-    hits = []
-    for b, tr in enumerate(translations):
-        n_words = len(tr.source)
-        for k, t in enumerate(steps):
-            if t >= len(tr.target):
-                continue  # the EOS step has no aligned word
-            best = int(relevance[b, k, :n_words].argmax())  # words only: EOS and padding excluded
-            hits.append(best in tr.alignment[t])
-    return torch.tensor(hits, dtype=torch.bool)

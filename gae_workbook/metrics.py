@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from gae_utils.maps import normalize_maps, upsample_maps
 
 __all__ = [
     "PERTURBATION_STEPS",
@@ -108,53 +109,6 @@ def _check_maps_masks(maps: Tensor, masks: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Map preparation
 # --------------------------------------------------------------------------------------------
-
-
-def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalises every map independently over its two trailing dimensions.
-
-    Args:
-        maps: Relevancy maps of shape ``(..., H, W)``.
-
-    Returns:
-        Tensor of the same shape with every map scaled to [0, 1]. Constant maps (max == min),
-        which carry no ranking information, become all zeros instead of 0/0 = NaN.
-    """
-    if maps.dim() < 2:
-        raise ValueError(f"maps must have at least 2 dims (..., H, W), got {tuple(maps.shape)}.")
-    if maps.shape[-1] == 0 or maps.shape[-2] == 0:
-        raise ValueError(f"maps have an empty spatial size {tuple(maps.shape[-2:])}.")
-    maps = _as_float(maps)
-    flat = maps.flatten(-2)  # (..., H*W)
-    low = flat.amin(dim=-1)[..., None, None]  # (..., 1, 1)
-    high = flat.amax(dim=-1)[..., None, None]  # (..., 1, 1)
-    span = high - low
-    has_span = span > 0
-    scaled = (maps - low) / torch.where(has_span, span, torch.ones_like(span))
-    return torch.where(has_span, scaled, torch.zeros_like(scaled))
-
-
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly upsamples patch-level maps to pixel resolution.
-
-    Args:
-        maps: Maps of shape ``(..., h, w)``, e.g. ``(N, 14, 14)`` for ViT-B/16 at 224 px.
-        size: Target ``(H, W)``.
-
-    Returns:
-        Tensor of shape ``(..., H, W)``, interpolated with ``mode="bilinear",
-        align_corners=False`` (as the authors' ``F.interpolate(..., scale_factor=16)``).
-    """
-    if maps.dim() < 2:
-        raise ValueError(f"maps must have at least 2 dims (..., h, w), got {tuple(maps.shape)}.")
-    if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}.")
-    maps = _as_float(maps)
-    leading = maps.shape[:-2]
-    h, w = maps.shape[-2:]
-    flat = maps.reshape(-1, 1, h, w)  # (B, 1, h, w)
-    up = F.interpolate(flat, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)  # (B, 1, H, W)
-    return up.reshape(*leading, int(size[0]), int(size[1]))  # (..., H, W)
 
 
 # --------------------------------------------------------------------------------------------

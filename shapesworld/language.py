@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .shapes import COLOURS, SHAPES, Scene, SceneObject
+from .scenes import COLOURS, SHAPES, Scene, SceneObject
 
 __all__ = [
     "ANSWERS",

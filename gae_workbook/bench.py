@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .explainer import explain
+from gae_utils.explainer import explain
 
 __all__ = ["run_benchmark", "main"]
 
@@ -234,7 +234,7 @@ def run_dual_benchmark(
     """One image against ``captions`` captions: :func:`gae_utils.dual.explain_dual` against a plain
     forward of the same batch, and against explaining pair by pair (one forward and one backward of
     both towers per pair, the way users do it today; timed on ``per_pair`` pairs, scaled to all)."""
-    from .dual import explain_dual
+    from gae_utils.dual import explain_dual
 
     dev = torch.device(device)
     model = _random_clip(dev, small)
@@ -284,15 +284,16 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
     LXMERT-base configuration with random weights: 9 language, 5 vision, 5 cross-modality layers,
     36 regions of 2048 features, 20-token questions).
     """
-    from .explainer import explain
+    from gae_utils.explainer import explain
 
     dev = torch.device(device)
     if model_name == "shapes-vqa":
         import numpy as np
 
-        from .language import Vocabulary, sample_question
-        from .shapes import ShapesWorld
-        from .train import vqa_inputs
+        from shapesworld.inputs import vqa_inputs
+        from shapesworld.language import Vocabulary, sample_question
+        from shapesworld.scenes import ShapesWorld
+
         from .zoo import load
 
         model = load("shapes-vqa").to(dev).eval()
@@ -358,9 +359,9 @@ def run_seq2seq_benchmark(
     - ``per_token_backward``: the same recording, one ``autograd.grad`` per token (``length`` passes
       sharing one forward), i.e. what a ``.backward()`` per token costs at best.
     """
-    from .adapters import find_adapter
-    from .recorder import AttentionRecorder
-    from .seq2seq import explain_generation
+    from gae_utils.adapters import find_adapter
+    from gae_utils.generation import explain_generation
+    from gae_utils.recorder import AttentionRecorder
 
     dev = torch.device(device)
     model = _random_marian(dev, small)
@@ -381,7 +382,7 @@ def run_seq2seq_benchmark(
             adapter.call(model, full)
 
     def scores(rec_model):
-        return adapter.token_logits(adapter.call(rec_model, full)).gather(-1, labels)[..., 0]  # (B, T)
+        return adapter.logits(adapter.call(rec_model, full)).gather(-1, labels)[..., 0]  # (B, T)
 
     def floor():
         with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
@@ -431,8 +432,9 @@ def run_detr_benchmark(
 
     dev = torch.device(device)
     if model_name == "shapes-detr":
-        from .detection import detr_pixels
-        from .shapes import ShapesWorld
+        from shapesworld.inputs import detr_pixels
+        from shapesworld.scenes import ShapesWorld
+
         from .train import HELDOUT_SEED
 
         model = load("shapes-detr", device=dev)

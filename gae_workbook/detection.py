@@ -19,15 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .metrics import detection_map, normalize_maps, upsample_maps
-from .recorder import evaluating
-from .shapes import Scene, ShapesWorld
+from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.recorder import evaluating
+from shapesworld.inputs import detr_pixels
+from shapesworld.scenes import Scene, ShapesWorld
+from shapesworld.targets import cxcywh_to_xyxy
+
+from .metrics import detection_map
 
 __all__ = [
     "Detections",
-    "scene_targets",
-    "detr_pixels",
-    "cxcywh_to_xyxy",
     "detections",
     "detect",
     "evaluate_detection",
@@ -60,51 +61,6 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.queries.numel())
-
-
-def detr_pixels(images: Tensor) -> Tensor:
-    """Images in [0, 1] ``(B, 3, H, W)`` -> shapes-detr's input ``(B, 5, H, W)``: normalised RGB plus two
-    coordinate channels (x and y in [-1, 1]).
-
-    DETR adds position embeddings to the attention's queries and keys only, never to the values, so a
-    box can only be regressed from position cues the backbone's features carry; a deep ResNet gets them
-    from its image-wide receptive field and zero padding, a 2-stage toy backbone does not (trained on RGB
-    alone, it predicts every box at the image's vertical centre). The coordinate channels give them.
-    """
-    from .train import normalize_pixels
-
-    b, _, h, w = images.shape
-    ys = torch.linspace(-1, 1, h, dtype=images.dtype, device=images.device)
-    xs = torch.linspace(-1, 1, w, dtype=images.dtype, device=images.device)
-    coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, H, W): x, y
-    return torch.cat([normalize_pixels(images), coords.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
-
-
-def scene_targets(scenes: list[Scene], flip: Tensor | None = None) -> list[dict[str, Tensor]]:
-    """DETR's training targets: per scene ``{"class_labels": (G,), "boxes": (G, 4) cx, cy, w, h in [0, 1]}``.
-
-    Args:
-        scenes: the scenes.
-        flip: ``(B,)`` bool, scenes whose image is flipped horizontally (their boxes are mirrored).
-    """
-    targets = []
-    for b, scene in enumerate(scenes):
-        height, width = scene.image.shape[:2]
-        boxes = torch.tensor([obj.box for obj in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
-        boxes = boxes / torch.tensor([width, height, width, height], dtype=torch.float32)  # x1, y1 exclusive
-        if flip is not None and bool(flip[b]):
-            boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
-        cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1)  # (G, 4)
-        labels = torch.tensor([obj.label for obj in scene.objects], dtype=torch.long)  # (G,)
-        targets.append({"class_labels": labels, "boxes": cxcywh})
-    return targets
-
-
-def cxcywh_to_xyxy(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """DETR boxes ``(..., 4)`` (cx, cy, w, h in [0, 1]) to pixels ``(x0, y0, x1, y1)`` for an image of ``(H, W)``."""
-    cx, cy, w, h = boxes.unbind(-1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)  # (..., 4)
-    return xyxy * torch.tensor([size[1], size[0], size[1], size[0]], dtype=boxes.dtype, device=boxes.device)
 
 
 def class_probabilities(logits: Tensor) -> Tensor:

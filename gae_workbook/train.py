@@ -21,7 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import CLASS_NAMES, ShapesWorld
+from shapesworld.inputs import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    REGION_GRID,
+    REGION_WINDOW,
+    encode_captions,
+    normalize_pixels,
+    vqa_inputs,
+)
+from shapesworld.scenes import CLASS_NAMES, ShapesWorld
+from shapesworld.targets import region_labels
+
 from .zoo import EMBEDDED, ModelCard, build, save_checkpoint
 
 __all__ = ["train_shapes_vit", "evaluate_multilabel", "TRAIN_SEED", "HELDOUT_SEED"]
@@ -61,7 +72,6 @@ def evaluate_multilabel(model: nn.Module, world: ShapesWorld, n: int = 1000, bat
 
 # Inputs are normalised with these during training, then the normalisation is folded into the
 # patch embedding (:func:`fold_input_normalization`): the shipped model takes images in [0, 1].
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 def fold_input_normalization(model: nn.Module, mean: float, std: float) -> None:
@@ -229,33 +239,13 @@ def train_shapes_vit(
     return _finish(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
 
 
-CAPTION_LENGTH = 12  # [BOS] + at most 8 words + [EOS], padded
-
-
-def encode_captions(captions, vocab) -> tuple[torch.Tensor, torch.Tensor]:
-    """Caption word lists -> ``(input_ids (N, 12), attention_mask (N, 12))`` for shapes-clip's text tower."""
-    return vocab.encode_batch(
-        [c.words for c in captions],
-        cls_token=False,
-        sep_token=False,
-        length=CAPTION_LENGTH,
-        bos_token=True,
-        eos_token=True,
-    )
-
-
-def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> shapes-clip's pixel values (its processor step; CLIP's patch projection has no bias)."""
-    return (images - PIXEL_MEAN) / PIXEL_STD
-
-
 @torch.no_grad()
 def retrieval_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, candidates: int = 100) -> dict[str, float]:
     """Image -> caption top-1 among ``candidates`` captions of different scenes (one true caption each).
 
     A hit is the scene's own caption, or one with exactly its text (two scenes can share a caption).
     """
-    from .language import Vocabulary, caption
+    from shapesworld.language import Vocabulary, caption
 
     vocab = Vocabulary.captions()
     device = next(model.parameters()).device
@@ -297,7 +287,7 @@ def train_shapes_clip(
         ``(model, card)``; the card's ``training`` holds the recipe and held-out retrieval accuracy.
     """
 
-    from .language import Vocabulary, all_captions
+    from shapesworld.language import Vocabulary, all_captions
 
     vocab = Vocabulary.captions()
     card, model = _fresh("shapes-clip", vocab.tokens, seed, device)
@@ -339,74 +329,10 @@ def train_shapes_clip(
     return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
-QUESTION_LENGTH = 10  # [CLS] + at most 7 words + [SEP], padded
-REGION_GRID = 4  # shapes-vqa's regions: a 4 x 4 grid of 16 x 16-pixel cells
-REGION_WINDOW = 16  # pixels each region's features see (its cell)
-
-
-def _grid_boxes(gh: int, gw: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    """Boxes ``(B, gh*gw, 4)`` of the cells of a ``gh x gw`` grid, (x0, y0, x1, y1) in [0, 1], raster order."""
-    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    boxes = torch.stack([xs / gw, ys / gh, (xs + 1) / gw, (ys + 1) / gh], dim=-1).reshape(1, gh * gw, 4)
-    return boxes.expand(batch, -1, -1).to(dtype)
-
-
-def region_features(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] -> shapes-vqa's "regions", the counterpart of LXMERT's detector features.
-
-    Each region is one cell of a ``REGION_GRID x REGION_GRID`` grid; its features are the
-    normalised pixels of a ``REGION_WINDOW``-pixel window centred on the cell, flattened.
-
-    Returns:
-        ``visual_feats (B, G*G, 3*W*W)`` and ``visual_pos (B, G*G, 4)`` (the cells' boxes).
-    """
-    b, _, h, w = images.shape
-    stride = h // REGION_GRID
-    pad = (REGION_WINDOW - stride) // 2
-    feats = F.unfold(normalize_pixels(images), REGION_WINDOW, stride=stride, padding=pad)  # (B, 3*W*W, G*G)
-    return feats.transpose(1, 2), _grid_boxes(h // stride, w // stride, b, images.dtype)
-
-
-def region_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """shapes-vqa's region relevance ``(..., G*G)`` as images ``(..., H, W)``: bilinearly upsampled
-    from the region grid, min-max normalised per map."""
-    from .metrics import normalize_maps, upsample_maps
-
-    grid = relevance.reshape(*relevance.shape[:-1], REGION_GRID, REGION_GRID).float()
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    flat = upsample_maps(grid.reshape(-1, REGION_GRID, REGION_GRID), size)  # (M, H, W)
-    return normalize_maps(flat).reshape(*relevance.shape[:-1], *size)
-
-
-def region_labels(masks: torch.Tensor, min_cover: float = 0.15, grid: int = REGION_GRID) -> torch.Tensor:
-    """The class that covers most of each cell of a ``grid x grid`` grid (16 = background when objects
-    cover less than ``min_cover`` of it): ``(B, G*G)`` row-major targets of the auxiliary region
-    losses of shapes-vqa (its regions) and shapes-detr (its encoder tokens).
-
-    Args:
-        masks: ``(B, 16, H, W)`` class masks of a :class:`~gae_utils.shapes.ShapesBatch`.
-    """
-    cover = F.avg_pool2d(masks.float(), masks.shape[-1] // grid)  # (B, 16, G, G) share of each cell
-    background = (cover.sum(1, keepdim=True) < min_cover).float() * 2  # beats any share <= 1
-    return torch.cat([cover, background], dim=1).argmax(1).flatten(1)  # (B, G*G)
-
-
-def encode_questions(questions, vocab) -> tuple[torch.Tensor, torch.Tensor]:
-    """Question word lists -> ``(input_ids (N, 10), attention_mask (N, 10))``, ``[CLS] words [SEP]``."""
-    return vocab.encode_batch([q.words for q in questions], length=QUESTION_LENGTH)
-
-
-def vqa_inputs(images: torch.Tensor, questions, vocab) -> dict:
-    """Everything shapes-vqa takes for a batch of images and their questions."""
-    feats, boxes = region_features(images)
-    ids, mask = encode_questions(questions, vocab)
-    return {"input_ids": ids, "attention_mask": mask, "visual_feats": feats, "visual_pos": boxes}
-
-
 @torch.no_grad()
 def vqa_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, batch_size: int = 250) -> dict[str, float]:
     """Held-out answer accuracy, one sampled question per scene, overall and per question kind."""
-    from .language import ANSWERS, QUESTION_KINDS, Vocabulary, sample_question
+    from shapesworld.language import ANSWERS, QUESTION_KINDS, Vocabulary, sample_question
 
     vocab = Vocabulary.questions()
     rng = np.random.default_rng(1)
@@ -449,8 +375,8 @@ def train_shapes_vqa(
     is discarded after training (the shipped model is a plain ``LxmertForQuestionAnswering``).
     """
 
-    from .language import ANSWERS, Vocabulary, sample_question
-    from .shapes import ShapesBatch
+    from shapesworld.language import ANSWERS, Vocabulary, sample_question
+    from shapesworld.scenes import ShapesBatch
 
     vocab = Vocabulary.questions()
     card, model = _fresh("shapes-vqa", ANSWERS, seed, device)
@@ -504,7 +430,7 @@ def train_shapes_vqa(
 
 def _translation_pairs(world: ShapesWorld, n_scenes: int):
     """Every true caption of scenes ``0..n_scenes-1`` with its toy translation."""
-    from .language import all_captions, translate
+    from shapesworld.language import all_captions, translate
 
     captions = [c for scene in world.scenes(n_scenes) for c in all_captions(scene)]
     return captions, [translate(c) for c in captions]
@@ -517,8 +443,9 @@ def translation_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, se
     ``unseen_exact_match`` is the exact match over the captions whose text is not in ``seen`` (the
     training captions), with their count.
     """
-    from .language import caption, translate
-    from .seq2seq import encode_sources, encode_targets, greedy_decode, translate_vocabulary
+    from gae_utils.generation import greedy_decode
+    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
+    from shapesworld.language import caption, translate
 
     vocab = translate_vocabulary()
     rng = np.random.default_rng(2)
@@ -555,7 +482,7 @@ def train_shapes_translate(
     become one word); teacher-forced cross-entropy over the target tokens, padding ignored.
     Held-out: greedy exact match on one caption per scene of ``ShapesWorld(seed=HELDOUT_SEED)``.
     """
-    from .seq2seq import encode_sources, encode_targets, translate_vocabulary
+    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
 
     vocab = translate_vocabulary()
     card, model = _fresh("shapes-translate", vocab.tokens, seed, device)
@@ -638,8 +565,11 @@ def train_shapes_detr(
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and the held-out mAP@0.5.
     """
-    from .detection import detr_pixels, evaluate_detection, scene_targets
-    from .shapes import ShapesBatch
+    from shapesworld.inputs import detr_pixels
+    from shapesworld.scenes import ShapesBatch
+    from shapesworld.targets import scene_targets
+
+    from .detection import evaluate_detection
 
     card, model = _fresh("shapes-detr", CLASS_NAMES, seed, device)
     previous = None

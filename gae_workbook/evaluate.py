@@ -36,8 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .engine import method_names
-from .explainer import record
+from gae_utils.explainer import record
+from gae_utils.maps import upsample_maps
+from gae_utils.methods import method_names
+from shapesworld.scenes import ShapesWorld
+
 from .metrics import (
     masks_to_grid,
     perturbation_auc,
@@ -45,9 +48,7 @@ from .metrics import (
     pointing_game,
     relevance_mass,
     segmentation_scores,
-    upsample_maps,
 )
-from .shapes import ShapesWorld
 
 __all__ = [
     "evaluate_vit",
@@ -206,9 +207,9 @@ def evaluate_clip(
     """
     from tqdm.auto import tqdm
 
-    from .dual import explain_dual
-    from .language import Vocabulary, caption
-    from .train import encode_captions, normalize_pixels
+    from gae_utils.dual import explain_dual
+    from shapesworld.inputs import encode_captions, normalize_pixels
+    from shapesworld.language import Vocabulary, caption
 
     methods = methods or method_names()
     vocab = Vocabulary.captions()
@@ -349,8 +350,8 @@ def key_word_rank(text: Tensor, words: Tensor, keys: Tensor) -> Tensor:
 def _question_batch(world: ShapesWorld, n: int, rng: np.random.Generator, vocab, start: int = 0):
     """``n`` scenes of ``world`` from ``start``, one question each drawn with ``rng``: ``(batch, questions,
     words, keys)``; ``words`` and ``keys`` are ``(n, L)`` masks of the question's words and its key words."""
-    from .language import SPECIAL_TOKENS, sample_question
-    from .train import encode_questions
+    from shapesworld.inputs import encode_questions
+    from shapesworld.language import SPECIAL_TOKENS, sample_question
 
     batch = world.batch(n, start=start)
     qs = [sample_question(scene, rng) for scene in batch.scenes]
@@ -389,8 +390,8 @@ def vqa_word_study(
 
     from tqdm.auto import tqdm
 
-    from .language import Vocabulary
-    from .train import vqa_inputs
+    from shapesworld.inputs import vqa_inputs
+    from shapesworld.language import Vocabulary
 
     vocab = Vocabulary.questions()
     batch, qs, words, keys = _question_batch(ShapesWorld(seed=seed), n, np.random.default_rng(seed), vocab)
@@ -413,7 +414,7 @@ def vqa_word_study(
     for score in tqdm(("logit", "log_prob"), desc="targets", disable=not progress):
         rec = record(model, x, target=_answer_score(score))
         language = [layer for layer in rec.layers if layer.query == "text" and layer.key == "text"]
-        row_sum = torch.stack([layer.cam[:, 0, 0].sum(-1) for layer in language]).mean().item()  # [CLS] rows
+        row_sum = torch.stack([layer.attn_bar[:, 0, 0].sum(-1) for layer in language]).mean().item()  # [CLS] rows
         for factor in scales:
             text = rec.scaled(factor).explanation("gae").relevance["text"].float().cpu()
             score_text(f"gae {score} x{factor:g}", text, score=score, factor=factor, cam_row_sum=row_sum * factor)
@@ -456,8 +457,8 @@ def evaluate_vqa(
     """
     from tqdm.auto import tqdm
 
-    from .language import ANSWERS, Vocabulary
-    from .train import vqa_inputs
+    from shapesworld.inputs import vqa_inputs
+    from shapesworld.language import ANSWERS, Vocabulary
 
     methods = methods or method_names(ablations=True)
     vocab = Vocabulary.questions()
@@ -555,15 +556,9 @@ def evaluate_translate(
     """
     from tqdm.auto import tqdm
 
-    from .language import caption, translate
-    from .seq2seq import (
-        alignment_hits,
-        encode_sources,
-        encode_targets,
-        greedy_decode,
-        record_generation,
-        translate_vocabulary,
-    )
+    from gae_utils.generation import greedy_decode, record_generation
+    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
+    from shapesworld.language import caption, translate
 
     methods = methods or method_names()
     vocab = translate_vocabulary()
@@ -642,7 +637,9 @@ def evaluate_detr(
     """
     from tqdm.auto import tqdm
 
-    from .detection import box_matched_queries, detections, detr_pixels, match_to_objects
+    from shapesworld.inputs import detr_pixels
+
+    from .detection import box_matched_queries, detections, match_to_objects
 
     if queries not in ("confident", "matched"):
         raise ValueError(f"queries must be 'confident' or 'matched', got {queries!r}")
@@ -809,3 +806,27 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 if __name__ == "__main__":
     main()
+
+
+def alignment_hits(relevance: Tensor, translations: Sequence, steps: Sequence[int] | None = None) -> Tensor:
+    """Whether the most relevant source word of each generated word is one of its aligned words.
+
+    Args:
+        relevance: ``(B, K, S)`` source relevance of K explained steps (``words [EOS] [PAD]..`` columns).
+        translations: the B reference :class:`~gae_utils.language.Translation` (the generation
+            must equal them word for word for the alignment to apply).
+        steps: the step of each of the K columns (default ``0..K-1``); step ``t`` is target word ``t``.
+
+    Returns:
+        ``(P,)`` bool, one entry per (example, target word) pair that was explained.
+    """
+    steps = list(range(relevance.shape[1])) if steps is None else list(steps)
+    hits = []
+    for b, tr in enumerate(translations):
+        n_words = len(tr.source)
+        for k, t in enumerate(steps):
+            if t >= len(tr.target):
+                continue  # the EOS step has no aligned word
+            best = int(relevance[b, k, :n_words].argmax())  # words only: EOS and padding excluded
+            hits.append(best in tr.alignment[t])
+    return torch.tensor(hits, dtype=torch.bool)

@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import layer_steps, method_names
-from .explainer import Recording, record
-from .figures import METHOD_LABELS, PANEL, overlay, plot_matrix, plot_token_relevance, show_image
-from .layout import TokenLayout
-from .metrics import normalize_maps, upsample_maps
+from gae_utils.explainer import Recording, record
+from gae_utils.layout import TokenLayout
+from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.methods import method_label, method_names
+from gae_utils.propagation import layer_steps
+
+from .figures import PANEL, overlay, plot_matrix, plot_token_relevance, show_image
 
 __all__ = [
     "explore_record",
@@ -129,7 +131,7 @@ def layer_matrix(
         key = (record_.query, record_.key)
         return rec.history(start_layer)[layer - start_layer][key][index, target]  # (N, N)
     if view == "attn_bar":
-        return record_.cam[index, target]  # (N, N)
+        return record_.attn_bar[index, target]  # (N, N)
     if record_.attn is None or record_.grad is None:
         raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_record does)")
     if not 0 <= head < record_.attn.shape[1]:
@@ -187,7 +189,7 @@ def render_steps(rec: Recording, images: Tensor, index: int = 0, target: int = 0
         overlay(
             axes[0, col],
             images[index],
-            row_heatmap(rec.layout, rec_layer.cam[index, target], size),
+            row_heatmap(rec.layout, rec_layer.attn_bar[index, target], size),
             f"Abar, layer {layer}",
         )
         overlay(
@@ -224,7 +226,7 @@ def render_methods(
     for ax, method in zip(axes[1:], methods):
         exp = rec.explanation(method, start_layer if method in ("gae", "rollout") else 0)
         heat = exp.heatmap(size)  # (B, K, H, W)
-        overlay(ax, images[index], heat[index, target], METHOD_LABELS.get(method, method))
+        overlay(ax, images[index], heat[index, target], method_label(method))
         if method == highlight:
             ax.set_title(ax.get_title(), fontweight="bold")
             for spine in ax.spines.values():
@@ -517,7 +519,7 @@ def render_dual_pair(
         pixel_values: what the model takes for ``images`` (default: ``images`` themselves).
         word_offset: token index of the first word (1: after ``[BOS]``).
     """
-    from .dual import explain_dual
+    from gae_utils.dual import explain_dual
 
     pixels = images if pixel_values is None else pixel_values
     one = {k: v[caption : caption + 1] for k, v in texts.items()}
@@ -530,7 +532,7 @@ def render_dual_pair(
     fig = plt.figure(figsize=(PANEL * 3, PANEL * 1.5), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=[4, 1])
     show_image(fig.add_subplot(grid[0, 0]), images[image], "input")
-    label = METHOD_LABELS.get(method, method)
+    label = method_label(method)
     overlay(fig.add_subplot(grid[0, 1]), images[image], heat, f"{label}, logit {float(dual.logits[0]):.2f}")
     plot_token_relevance(fig.add_subplot(grid[1, :]), words[caption], text[first : first + len(words[caption])])
     return fig
@@ -627,7 +629,7 @@ def render_translation(
     fig = plt.figure(figsize=(PANEL * 4.2, PANEL * 2.2), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=[5, 1])
     ax_rel, ax_att, ax_prefix = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
-    label = METHOD_LABELS.get(method, method)
+    label = method_label(method)
     plot_alignment(ax_rel, source, source_tokens, target_tokens, f"{label}: source relevance", highlight=step)
     raw = cross_attention_matrix(rec, index)
     plot_alignment(ax_att, raw, source_tokens, target_tokens, "last cross-attention, head mean", highlight=step)
@@ -652,7 +654,7 @@ def render_translation_layer(
     attn = cross_attention_matrix(rec, index, layer, head)  # (T, S)
     chosen = cross[layer]
     if head is None:
-        cam = chosen.cam[index, step]  # (T, S) Eq. 5: mean over heads of (dA * A)+
+        cam = chosen.attn_bar[index, step]  # (T, S) Eq. 5: mean over heads of (dA * A)+
     else:
         cam = (chosen.grad[index, step, head] * chosen.attn[index, head]).clamp(min=0)  # (T, S)
     fig, axes = plt.subplots(1, 2, figsize=(PANEL * 4.2, PANEL * 1.8), layout="constrained")
@@ -679,7 +681,7 @@ def translation_explorer(
     """
     import ipywidgets as W
 
-    from .seq2seq import record_generation
+    from gae_utils.generation import record_generation
 
     rec = record_generation(model, inputs, generated, keep_heads=True)
     cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
@@ -729,7 +731,7 @@ def _detr_slot(rec: Recording, index: int, detection: int) -> int:
 
 def detr_boxes(rec: Recording, size: tuple[int, int]) -> Tensor:
     """``(B, K, 4)`` pixel boxes ``(x0, y0, x1, y1)`` of the explained queries (padding slots: zeros)."""
-    from .detection import cxcywh_to_xyxy
+    from shapesworld.targets import cxcywh_to_xyxy
 
     queries = torch.tensor(rec.extra["queries"])  # (B, K)
     boxes = cxcywh_to_xyxy(rec.output.pred_boxes.detach().cpu(), size)  # (B, Q, 4)
@@ -791,7 +793,7 @@ def detr_layer_map(
         )
     q = _detr_slot(rec, index, detection)
     if head is None:
-        return record_.attn_mean[index, q] if view == "attention" else record_.cam[index, detection, q]
+        return record_.attn_mean[index, q] if view == "attention" else record_.attn_bar[index, detection, q]
     if record_.attn is None or record_.grad is None:
         raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_detr does)")
     if not 0 <= head < record_.attn.shape[1]:
@@ -819,7 +821,7 @@ def render_detr_query(
     exp = rec.explanation(method)
     box = detr_boxes(rec, size)[index, detection]
     fig, axes = plt.subplots(1, 3, figsize=(PANEL * 3.4, PANEL * 1.15), layout="constrained")
-    overlay(axes[0], images[index], exp.heatmap(size)[index, detection], f"{METHOD_LABELS.get(method, method)}")
+    overlay(axes[0], images[index], exp.heatmap(size)[index, detection], f"{method_label(method)}")
     _draw_box(axes[0], box)
     axes[0].set_xlabel(_detr_name(rec, index, detection, class_names))
     mixing = rec.explanation("gae").relevance["query"][index, detection].detach().cpu()  # (Q,)

@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .metrics import normalize_maps  # noqa: E402
+from gae_utils.maps import normalize_maps
+from gae_utils.methods import method_label
+from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, plot_explanation, to_numpy_image
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -44,20 +46,9 @@ __all__ = [
     "plot_target_scale",
 ]
 
-HEATMAP_CMAP = "inferno"
 MATRIX_CMAP = "viridis"
-PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
 LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1))]
 MARKERS = ["o", "s", "^", "D", "v", "x", "P"]
-METHOD_LABELS = {
-    "gae": "GAE (ours)",
-    "gae_last_layer": "GAE, last layer only",
-    "raw_attention": "raw attention",
-    "rollout": "rollout",
-    "attn_gradcam": "attention Grad-CAM",
-    "gae_no_norm": "GAE without Eq. 8-9",
-    "random": "random",
-}
 
 
 def set_style() -> None:
@@ -110,43 +101,16 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     return paths
 
 
-def _to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(image, Tensor):
-        image = image.detach().float().cpu()
-        if image.ndim == 3 and image.shape[0] in (1, 3):
-            image = image.permute(1, 2, 0)  # (H, W, C)
-        image = image.numpy()
-    return np.clip(image, 0, 1)
 
 
 def show_image(ax: plt.Axes, image: Tensor | np.ndarray, title: str | None = None) -> None:
-    ax.imshow(_to_numpy_image(image))
+    ax.imshow(to_numpy_image(image))
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title)
 
 
-def overlay(
-    ax: plt.Axes,
-    image: Tensor | np.ndarray | None,
-    heat: Tensor | np.ndarray,
-    title: str | None = None,
-    alpha: float = 0.6,
-):
-    """Heatmap (values in [0, 1]) over a dimmed greyscale copy of the image."""
-    heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
-    if image is not None:
-        grey = _to_numpy_image(image).mean(axis=-1)
-        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
-        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha)
-    else:
-        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title)
-    return artist
 
 
 def plot_heatmap_grid(
@@ -207,37 +171,6 @@ def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], s
     return fig
 
 
-def plot_explanation(
-    explanation, images: Tensor | None = None, index: int | None = None, size: int | None = None, name: str = "image"
-) -> plt.Figure:
-    """Plot an :class:`~gae_utils.explanation.Explanation`: one panel per example (and per target).
-
-    Args:
-        explanation: the explanation.
-        images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
-        index: plot only this example.
-        size: heatmap size (default: the images' size, else the patch grid).
-        name: which relevance to plot.
-    """
-    if size is None and images is not None:
-        size = tuple(images.shape[-2:])
-    heat = explanation.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
-    if heat.ndim == 3:
-        heat = heat[:, None]
-    target = explanation.target
-    if target is not None and target.ndim == 1:
-        target = target[:, None]
-    examples = [index] if index is not None else list(range(heat.shape[0]))
-    k = heat.shape[1]
-    fig, axes = plt.subplots(
-        len(examples), k, figsize=(PANEL * k, PANEL * len(examples)), squeeze=False, layout="constrained"
-    )
-    for r, b in enumerate(examples):
-        for j in range(k):
-            title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
-            overlay(axes[r, j], images[b] if images is not None else None, heat[b, j], title)
-    fig.suptitle(f"{explanation.method} relevance")
-    return fig
 
 
 def plot_token_relevance(
@@ -292,7 +225,7 @@ def plot_perturbation_curves(
         fig = ax.figure
     for i, (method, curve) in enumerate(curves.items()):
         values = torch.as_tensor(curve, dtype=torch.float32).numpy()
-        label = METHOD_LABELS.get(method, method) + (f" (AUC {auc[method]:.1f})" if auc and method in auc else "")
+        label = method_label(method) + (f" (AUC {auc[method]:.1f})" if auc and method in auc else "")
         ax.plot(
             steps,
             values,

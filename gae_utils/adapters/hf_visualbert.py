@@ -1,0 +1,73 @@
+"""Hugging Face VisualBERT: one stream over text tokens and region features the user supplies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layout import Readout, Segment, TokenLayout
+from .base import Adapter, AttentionSite, check_joint, no_switch
+
+__all__ = ["VISUALBERT_QA", "VISUALBERT_VR", "visualbert_answer_index"]
+
+
+def _visualbert_check(model: nn.Module, inputs: Any) -> None:
+    check_joint(model, inputs, ("visual_embeds",))
+    feats = inputs["visual_embeds"]
+    if feats.ndim != 3 or feats.shape[0] != inputs["input_ids"].shape[0]:
+        raise ValueError(
+            f"visual_embeds must be (B, R, F) for the batch of {inputs['input_ids'].shape[0]} questions, "
+            f"got {tuple(feats.shape)}"
+        )
+    if feats.shape[-1] != model.config.visual_embedding_dim:
+        raise ValueError(
+            f"visual_embeds have {feats.shape[-1]} features but config.visual_embedding_dim is "
+            f"{model.config.visual_embedding_dim}"
+        )
+
+
+def visualbert_answer_index(inputs: Mapping) -> Tensor:
+    """Token ``VisualBertForQuestionAnswering`` classifies: the last text token before [SEP], ``(B,)``."""
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
+    return mask.sum(dim=1) - 2
+
+
+def _visualbert_layout(model: nn.Module, inputs: Any, answer_row: bool) -> TokenLayout:
+    """Text then region tokens in one stream; read at the answer token (question answering) or [CLS]."""
+    ids = inputs["input_ids"]
+    text = Segment("text", ids.shape[1], 0, stream="joint")
+    image = Segment("image", inputs["visual_embeds"].shape[1], 0, stream="joint", offset=text.n_tokens)
+    joint = Segment("joint", text.n_tokens + image.n_tokens)
+    if answer_row:
+        rows = F.one_hot(visualbert_answer_index(inputs), ids.shape[1]).float()  # (B, L)
+        readouts = (
+            Readout("text", "text", "text", "weights", drop_self=True),
+            Readout("image", "text", "image", "weights"),
+        )
+        return TokenLayout((joint, text, image), readouts, {"text": rows, "image": rows})
+    readouts = (Readout("text", "text", "text", (0,), drop_self=True), Readout("image", "text", "image", (0,)))
+    return TokenLayout((joint, text, image), readouts)
+
+
+def _visualbert(name: str, model_class: str, answer_row: bool) -> Adapter:
+    return Adapter(
+        name=name,
+        model_classes=(model_class,),
+        sites=(AttentionSite("VisualBertSelfAttention", probs="dropout", query="joint", key="joint"),),
+        eager=no_switch,
+        call=lambda model, inputs: model(**inputs),
+        logits=lambda out: out.logits,
+        check=_visualbert_check,
+        layout=partial(_visualbert_layout, answer_row=answer_row),
+        family=f"Hugging Face {model_class} (one stream over text + region features you supply)",
+    )
+
+
+VISUALBERT_QA = _visualbert("hf-visualbert", "VisualBertForQuestionAnswering", answer_row=True)
+VISUALBERT_VR = _visualbert("hf-visualbert-vr", "VisualBertForVisualReasoning", answer_row=False)

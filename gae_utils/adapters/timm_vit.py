@@ -1,0 +1,85 @@
+"""timm ``VisionTransformer`` (ViT, DeiT with distillation token, register tokens, average pooling).
+
+timm computes attention in ``Attention.forward``; with ``fused_attn`` off the probabilities pass
+through ``attn_drop``, whose output the recorder reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..layout import Readout, Segment, TokenLayout
+from ..targets import Target, class_target
+from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, eager_flags
+
+__all__ = ["ADAPTER", "timm_eager"]
+
+
+def _timm_fused_flags(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    return [(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+@contextmanager
+def timm_eager(model: nn.Module) -> Iterator[None]:
+    """Switch every timm ``fused_attn`` flag off for the block (timm reads it in ``forward``)."""
+    with eager_flags(model, _timm_fused_flags(model)):
+        yield
+
+
+def _timm_check(model: nn.Module, images: Tensor) -> None:
+    check_image_batch(images, getattr(model.patch_embed, "proj", None))
+    img_size = getattr(model.patch_embed, "img_size", None)
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "dynamic_img_pad", False)
+    if img_size is not None and not dynamic and tuple(images.shape[-2:]) != tuple(img_size):
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's {tuple(img_size)}; "
+            f"resize the images to {tuple(img_size)} or build the model with dynamic_img_size=True."
+        )
+
+
+def _timm_layout(model: nn.Module, images: Tensor) -> TokenLayout:
+    patch = model.patch_embed.patch_size
+    grid = (images.shape[-2] // patch[0], images.shape[-1] // patch[1])
+    prefix = int(model.num_prefix_tokens)
+    pool = getattr(model, "global_pool", "token")
+    if pool == "token":
+        # DeiT distilled averages the CLS and distillation heads' logits: explain both rows.
+        rows = (0, 1) if hasattr(model, "head_dist") else (0,)
+    elif pool in ("avg", "avgmax", "max"):
+        rows = None  # mean of the rows of the pooled (content) tokens
+    else:
+        raise UnsupportedModelError(
+            f"timm global_pool={pool!r} has no relevancy readout; use global_pool='token' or 'avg'."
+        )
+    seg = Segment("image", prefix + grid[0] * grid[1], prefix, grid)
+    return TokenLayout((seg,), (Readout("image", "image", "image", rows),))
+
+
+def _timm_target(model: nn.Module, target: Any) -> Target:
+    """A headless timm model (``num_classes=0``: a feature extractor, e.g. a DINO or CLIP tower)
+    returns pooled features, not logits: it is explained only through a callable target."""
+    if getattr(model, "num_classes", None) == 0 and not isinstance(target, Target) and not callable(target):
+        raise ValueError(
+            f"{type(model).__name__} was built with num_classes=0: its output is a (B, D) feature vector, not class "
+            "logits, so there is no class to explain. Pass target=callable(features) -> (B,) scores (e.g. "
+            "lambda f: f @ direction, or a similarity to a reference embedding), or load the model with its head."
+        )
+    return class_target(model, target)
+
+
+ADAPTER = Adapter(
+    name="timm-vit",
+    model_classes=("VisionTransformer",),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
+    sites=(AttentionSite("Attention", probs="attn_drop"),),
+    eager=timm_eager,
+    call=lambda model, images: model(images),
+    logits=lambda out: out,
+    check=_timm_check,
+    layout=_timm_layout,
+    family="timm VisionTransformer (vit_*, deit_*, incl. distillation/register tokens, avg pooling)",
+    target=_timm_target,
+)

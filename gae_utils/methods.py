@@ -1,0 +1,168 @@
+"""The methods of the paper's comparison set, as one table computed from the same recording.
+
+Each :class:`Method` turns recorded layers into relevancy maps ``{(a, b): (B, K, Na, Nb)}``:
+GAE (Chefer et al. ICCV 2021, Eq. 5-11 through :func:`~gae_utils.propagation.propagate`), its
+ablations, and the baselines of Sec. 5 (raw attention, rollout, attention Grad-CAM). Figures,
+explorers and evaluation read a method's label and flags from :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .layout import TokenLayout
+from .propagation import Maps, propagate
+from .records import LayerRecord, last_of_each_pair
+from .rules import gradcam_row, rollout_step
+
+__all__ = ["Method", "METHODS", "method_names", "compute_maps", "method_label"]
+
+
+def _gae(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    return propagate(layers, start_layer=start_layer)
+
+
+def _gae_no_norm(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Ablation: GAE without the residual normalisation of Eq. 8-9 in cross-attention layers
+    (the same as ``gae`` for self-attention-only models)."""
+    return propagate(layers, start_layer=start_layer, normalize=False)
+
+
+def _last_layers(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
+    return [layers[i] for i in last_of_each_pair(layers)]
+
+
+def _gae_last_layer(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Ablation "ours without aggregation": only the last layer's ``I + Abar`` (for several
+    modalities, the last layer of each (query, key) pair, with the same rules)."""
+    return propagate(_last_layers(layers))
+
+
+def _n_targets(layers: Sequence[LayerRecord]) -> int:
+    attn_bar = layers[-1].attn_bar
+    return attn_bar.shape[1] if attn_bar is not None else 1
+
+
+def _raw_attention(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Last layer's attention averaged over heads (target independent), for each (query, key) pair."""
+    k = _n_targets(layers)
+    return {
+        (layer.query, layer.key): layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1) for layer in _last_layers(layers)
+    }
+
+
+def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers.
+
+    Rollout has no rule for cross-attention. For models with cross-attention layers, the maps are
+    the propagation rules (Eq. 6-11) applied to the head-averaged attention of every layer, with
+    no gradients: rollout's "attention only" idea carried through the bi-modal rules.
+    """
+    k = _n_targets(layers)
+    if any(layer.kind == "cross" for layer in layers):
+        bars = [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1) for layer in layers]  # (B, K, Nq, Nk)
+        return propagate(layers, bars, start_layer=start_layer)
+    maps: Maps = {}
+    for modality in dict.fromkeys(layer.query for layer in layers):
+        own = [
+            layer
+            for i, layer in enumerate(layers)
+            if i >= start_layer and layer.kind == "self" and layer.query == modality
+        ]
+        if not own:
+            continue
+        joint = rollout_step(own[0].attn_mean)  # (B, N, N)
+        for layer in own[1:]:
+            joint = rollout_step(layer.attn_mean) @ joint  # (B, N, N) @ (B, N, N)
+        maps[(modality, modality)] = joint.unsqueeze(1).expand(-1, k, -1, -1)  # (B, K, N, N)
+    return maps
+
+
+def _attn_gradcam(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
+    """Attention Grad-CAM on the last layer of each (query, key) pair, every row (the readout picks one)."""
+    maps: Maps = {}
+    for last in _last_layers(layers):
+        if last.attn is None or last.grad is None:
+            raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}; they were not kept")
+        prefix = layout.segment(last.key).prefix
+        attn = last.attn.unsqueeze(1)[..., prefix:]  # (B, 1, H, Nq, Nc)
+        grad = last.grad[..., prefix:]  # (B, K, H, Nq, Nc)
+        cam = gradcam_row(attn.transpose(-2, -3), grad.transpose(-2, -3))  # (B, K, Nq, Nc)
+        pad = cam.new_zeros(*cam.shape[:-1], prefix)  # prefix columns carry no relevance
+        maps[(last.query, last.key)] = torch.cat([pad, cam], dim=-1)
+    return maps
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison set.
+
+    Attributes:
+        name: the key users pass as ``method=``.
+        fn: ``fn(layers, layout, start_layer) -> {(a, b): (B, K, Na, Nb)}``.
+        label: how figures and tables name it.
+        uses_start_layer: aggregates layers from ``start_layer`` on (otherwise the option is ignored).
+        ablation: differs from a listed method only for some models; left out of default comparisons.
+    """
+
+    name: str
+    fn: Callable[[Sequence[LayerRecord], TokenLayout, int], Maps]
+    label: str
+    uses_start_layer: bool = False
+    ablation: bool = False
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("gae", _gae, "GAE (ours)", uses_start_layer=True),
+        Method("gae_last_layer", _gae_last_layer, "GAE, last layer only"),
+        Method("raw_attention", _raw_attention, "raw attention"),
+        Method("rollout", _rollout, "rollout", uses_start_layer=True),
+        Method("attn_gradcam", _attn_gradcam, "attention Grad-CAM"),
+        Method("gae_no_norm", _gae_no_norm, "GAE without Eq. 8-9", uses_start_layer=True, ablation=True),
+    )
+}
+
+
+def method_names(ablations: bool = False) -> list[str]:
+    """Names of the methods; ``ablations=True`` adds the ablations."""
+    return [name for name, m in METHODS.items() if ablations or not m.ablation]
+
+
+def method_label(name: str) -> str:
+    """The display label of a method (``"random"``, the evaluation's floor, is not a method)."""
+    return METHODS[name].label if name in METHODS else name
+
+
+def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int = 0) -> Maps:
+    """Relevancy maps of ``method`` from one recording.
+
+    Args:
+        method: one of :data:`METHODS`.
+        layers: the recorded layers.
+        layout: the token layout (Grad-CAM needs the prefix tokens).
+        start_layer: first layer aggregated (methods with ``uses_start_layer``; ignored by the others).
+
+    Returns:
+        ``{(a, b): (B, K, Na, Nb)}``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
+    if not layers:
+        raise ValueError("no attention layers were recorded")
+    if not 0 <= start_layer < len(layers):
+        raise ValueError(
+            f"start_layer={start_layer} is out of range: the model has {len(layers)} attention layers "
+            f"(use 0..{len(layers) - 1})."
+        )
+    spec = METHODS[method]
+    maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
+    needed = [(layout.segment(r.rows_of).source, layout.segment(r.columns_of).source) for r in layout.readouts]
+    missing = [pair for pair in needed if pair not in maps]
+    if missing:
+        raise ValueError(f"method {method!r} gives no map for {missing}")
+    return maps

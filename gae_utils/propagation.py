@@ -1,0 +1,125 @@
+"""The relevancy engine: from recorded attention layers to relevancy maps.
+
+:func:`propagate` consumes an ordered list of :class:`~gae_utils.recorder.LayerRecord` (each a
+self-attention layer of a modality or a cross-attention from one modality to another) and applies
+the rules of Chefer et al. ICCV 2021 (Eq. 5-11; see :mod:`gae_utils.rules`). It never looks at the
+architecture: a ViT, a two-stream co-attention model and an encoder-decoder differ only in the
+records they produce. The baselines of the paper's comparison set are computed from the same
+records (:data:`METHODS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .records import LayerRecord
+from .rules import cross_attention_update, self_attention_update
+
+__all__ = ["propagate", "layer_steps", "initial_maps", "Maps"]
+
+Maps = dict[tuple[str, str], Tensor]
+
+
+def _sizes(layers: Sequence[LayerRecord]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for layer in layers:
+        nq, nk = layer.attn_mean.shape[-2:]
+        for modality, n in ((layer.query, nq), (layer.key, nk)):
+            if sizes.setdefault(modality, n) != n:
+                raise ValueError(
+                    f"modality {modality!r} has {sizes[modality]} tokens in one layer and {n} in {layer.name!r}"
+                )
+    return sizes
+
+
+def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tensor) -> Maps:
+    """``R[x, x] = I`` and ``R[x, y] = 0`` for every ordered pair of modalities (method.md)."""
+    maps = {}
+    for a, na in sizes.items():
+        for b, nb in sizes.items():
+            if a == b:
+                eye = torch.eye(na, dtype=like.dtype, device=like.device)
+                maps[(a, b)] = eye.expand(*batch_shape, na, na).clone()  # (..., Na, Na)
+            else:
+                maps[(a, b)] = like.new_zeros(*batch_shape, na, nb)  # (..., Na, Nb)
+    return maps
+
+
+def _deltas(
+    layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool = True
+) -> Maps:
+    """The additions one layer makes to the maps (computed from ``maps`` as they are)."""
+    s, q = layer.query, layer.key
+    if layer.kind == "self":
+        if s != q:
+            raise ValueError(f"self-attention layer {layer.name!r} reads {q!r} but writes {s!r}")
+        # Eq. 6 for R[s, s], Eq. 7 for every R[s, x], x != s.
+        return {(s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)] for x in modalities}
+    if layer.kind == "cross":
+        delta_sq, delta_ss = cross_attention_update(
+            maps[(s, q)], maps[(s, s)], maps[(q, q)], maps[(q, s)], attn_bar, normalize
+        )
+        return {(s, q): delta_sq, (s, s): delta_ss}  # Eq. 10, Eq. 11
+    raise ValueError(f"unknown layer kind {layer.kind!r} in {layer.name!r}")
+
+
+def layer_steps(layers: Sequence[LayerRecord], start_layer: int = 0) -> list[range]:
+    """The propagation steps from ``start_layer`` on: one layer, or the adjacent layers of one
+    co-attention group (same ``group`` id), whose additions are computed from the same maps."""
+    steps, i = [], start_layer
+    while i < len(layers):
+        j = i + 1
+        if layers[i].group is not None:
+            while j < len(layers) and layers[j].group == layers[i].group:
+                j += 1
+        steps.append(range(i, j))
+        i = j
+    return steps
+
+
+def propagate(
+    layers: Sequence[LayerRecord],
+    attn_bars: Sequence[Tensor] | None = None,
+    start_layer: int = 0,
+    history: list[Maps] | None = None,
+    normalize: bool = True,
+) -> Maps:
+    """Apply the self- and cross-attention rules over the recorded layers, in order.
+
+    Layers of one co-attention group (same ``group`` id, adjacent) are applied simultaneously:
+    every addition of the group is computed from the maps as they were before the group, then all
+    are added (method.md, the LXMERT cross-modality layer).
+
+    Args:
+        layers: recorded layers in forward order.
+        attn_bars: the aggregated map of each layer, ``(..., Nq, Nk)``; defaults to each layer's
+            Eq. 5 map ``layer.attn_bar`` of shape ``(B, K, Nq, Nk)``.
+        start_layer: layers with a smaller index are skipped (the authors' CLIP ViT-B/16 option).
+        history: if given, a copy of the maps after each applied layer (or group) is appended.
+        normalize: apply the residual normalisation (Eq. 8-9) in cross-attention layers; False
+            is the paper's ablation.
+
+    Returns:
+        ``{(a, b): (..., Na, Nb)}`` relevancy maps of every ordered pair of modalities.
+    """
+    if not layers:
+        raise ValueError("no attention layers were recorded")
+    if not 0 <= start_layer < len(layers):
+        raise ValueError(
+            f"start_layer={start_layer} is out of range for {len(layers)} recorded layers (0..{len(layers) - 1})"
+        )
+    bars = list(attn_bars) if attn_bars is not None else [layer.attn_bar for layer in layers]
+    sizes = _sizes(layers)
+    maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
+    modalities = list(sizes)
+    for step in layer_steps(layers, start_layer):
+        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize) for n in step]
+        for delta in additions:
+            for key, value in delta.items():
+                maps[key] = maps[key] + value
+        if history is not None:
+            history.append({key: value.clone() for key, value in maps.items()})
+    return maps

@@ -1,0 +1,370 @@
+"""What is explained: target objects that pick each example's scalar(s) and the row(s) they read.
+
+Chefer et al. ICCV 2021, Sec. 3: the explained quantity is one scalar ``y_t`` per example (a class
+logit, a detected object's class logit, a generated token's logit, a pair's similarity); Eq. 5
+takes the gradient of that scalar with respect to every attention map. A :class:`Target` says
+which scalar, after the forward pass: :meth:`Target.select` returns the ``(B, K)`` scores (K
+targets per example), the explained indices and the layout whose row weights say which row of
+the relevancy maps each target reads; :meth:`Target.backward` asks the recorder for the gradients
+(by default one backward pass per target column). :func:`gae_utils.record` runs every target
+through the same steps: checks, recorder, forward, select, backward, capture-completeness check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layout import TokenLayout
+
+if TYPE_CHECKING:
+    from .recorder import AttentionRecorder
+
+__all__ = [
+    "Selection",
+    "Target",
+    "ClassTarget",
+    "ScoreTarget",
+    "QueryTarget",
+    "TokenTarget",
+    "PairSimilarity",
+    "SplitPairSimilarity",
+    "class_target",
+    "generation_target",
+    "dual_encoder_target",
+]
+
+TargetLike = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
+
+
+@dataclass
+class Selection:
+    """The explained scalars of one batch.
+
+    Attributes:
+        scores: ``(B, K)`` the scalars, still attached to the graph.
+        index: ``(B, K)`` the explained ids (classes, tokens), or None.
+        multi_target: the caller asked for K targets per example (results keep the K dimension).
+        layout: the token layout, with per-(example, target) row weights where each target reads
+            its own row.
+        extra: JSON-ready facts for the result (DETR: the explained queries).
+    """
+
+    scores: Tensor
+    index: Tensor | None
+    multi_target: bool
+    layout: TokenLayout
+    extra: dict = field(default_factory=dict)
+
+
+class Target:
+    """Base class: what to explain in a model's output, and how to differentiate it."""
+
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
+        """The explained scalars of this batch (called inside the recorder, gradients enabled).
+
+        Args:
+            model: the model.
+            inputs: its inputs.
+            output: what the adapter's call returned.
+            logits: the adapter's reading of ``output`` (None for encoders without a head).
+            layout: the adapter's layout of the inputs.
+        """
+        raise NotImplementedError
+
+    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
+        """Fill the recorder's Eq. 5 maps: one backward pass per target column (exact per example
+        when examples are independent)."""
+        recorder.backward(selection.scores)
+
+
+def _as_index(target: Any, batch: int, device: torch.device, what: str) -> Tensor:
+    """An int, a sequence or a tensor of integer ids as ``(B,)`` or ``(B, K)``."""
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    index = torch.as_tensor(target, device=device)
+    if index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(f"target must hold {what} indices (integers), got dtype {index.dtype}")
+    index = index.long()
+    return index.expand(batch) if index.ndim == 0 else index
+
+
+class ClassTarget(Target):
+    """A class logit per example: ``None`` (the predicted class), an ``int``, a ``(B,)`` tensor, or
+    a ``(B, K)`` tensor for K classes per example from one forward pass."""
+
+    def __init__(self, target: int | Sequence[int] | Tensor | None = None):
+        self.target = target
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        if logits is None:
+            raise ValueError(
+                f"{type(model).__name__} has no class logits (an encoder or a feature extractor without a "
+                "classification head): pass target=callable(output) -> (B,) scores, e.g. a similarity or a "
+                "projection of its features, or use gae_utils.explain_similarity for sentence pairs."
+            )
+        if logits.ndim != 2:
+            raise ValueError(f"class targets need (B, C) logits, but the model returned {tuple(logits.shape)}")
+        batch, num_classes = logits.shape
+        if self.target is None:
+            index = logits.argmax(dim=-1)  # (B,)
+        else:
+            index = _as_index(self.target, batch, logits.device, "class")
+        multi = index.ndim == 2
+        if index.ndim not in (1, 2) or index.shape[0] != batch:
+            raise ValueError(
+                f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int, a ({batch},) "
+                f"tensor, or a ({batch}, K) tensor for K targets per example."
+            )
+        if index.numel() and (index.min() < 0 or index.max() >= num_classes):
+            bad = int(index.max() if index.max() >= num_classes else index.min())
+            raise ValueError(
+                f"target class {bad} is out of range: the model has {num_classes} classes (0..{num_classes - 1})."
+            )
+        index = index if multi else index[:, None]  # (B, K)
+        return Selection(logits.gather(1, index), index, multi, layout)
+
+
+class ScoreTarget(Target):
+    """Any scalar of the output: ``fn(output) -> (B,)`` or ``(B, K)`` (regression, similarity, a
+    contrastive logit difference)."""
+
+    def __init__(self, fn: Callable[[Any], Tensor]):
+        self.fn = fn
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        scores = self.fn(output)
+        batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
+        if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
+            raise ValueError(
+                f"a callable target must return one score per example, shape (B,) or (B, K); got "
+                f"{getattr(scores, 'shape', type(scores).__name__)}"
+            )
+        return Selection(scores if scores.ndim == 2 else scores[:, None], None, scores.ndim == 2, layout)
+
+
+class QueryTarget(Target):
+    """Detected objects of a set-prediction detector (DETR): each target is one object query, its
+    score the logit of the query's most probable real class, its row that query's row of
+    ``R[query, image]`` (Chefer et al. ICCV 2021, Sec. 4).
+
+    Args:
+        target: ``None`` (every confident detection: best real-class probability above
+            ``threshold``), an ``int`` query for every image, a ``(B,)``/``(B, K)`` tensor of query
+            indices, or a list of B lists (images may differ in length; shorter ones are padded).
+        class_probabilities: ``(B, Q, C')`` logits -> ``(B, Q, C)`` probabilities of the real classes.
+        layout_of: ``(model, inputs, output) -> TokenLayout`` of the image and query tokens (the
+            detector's feature grid is known after the forward pass), with readouts named
+            ``"image"`` and ``"query"`` reading query rows through per-target weights.
+        threshold: confidence of a detection.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        class_probabilities: Callable[[Tensor], Tensor],
+        layout_of: Callable[[nn.Module, Any, Any], TokenLayout],
+        threshold: float = 0.5,
+    ):
+        if callable(target) and not isinstance(target, Tensor):
+            raise TypeError(
+                "detector targets are query indices (int, tensor or list of lists); a callable target has no "
+                "explained row of R[query, image]."
+            )
+        self.target, self.class_probabilities, self.layout_of, self.threshold = (
+            target,
+            class_probabilities,
+            layout_of,
+            threshold,
+        )
+
+    def queries(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """``queries (B, K)`` (-1 in padding slots) and ``classes (B, K)`` (their best real class, -1 padded)."""
+        batch, n_queries = logits.shape[:2]
+        best, classes = self.class_probabilities(logits.detach()).max(-1)  # (B, Q) each
+        target = self.target
+        if target is None:
+            lists = [(best[b] > self.threshold).nonzero().flatten().tolist() for b in range(batch)]
+            if not any(lists):
+                raise ValueError(
+                    f"no object query of any image has a class probability above {self.threshold}; "
+                    "pass target=<query index> (or a list of query indices per image) to explain chosen queries."
+                )
+        elif isinstance(target, (list, tuple)) and all(isinstance(row, (list, tuple)) for row in target):
+            if len(target) != batch:
+                raise ValueError(f"a list target must hold one list of query indices per image ({batch} lists)")
+            lists = [[int(q) for q in row] for row in target]
+        else:
+            index = _as_index(target, batch, logits.device, "query")
+            index = index.reshape(batch, -1) if index.ndim == 1 and index.numel() == batch else index
+            index = index[:, None] if index.ndim == 1 else index
+            if index.ndim != 2 or index.shape[0] != batch:
+                raise ValueError(
+                    f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int query, a "
+                    f"({batch},) or ({batch}, K) tensor of query indices, or a list of {batch} lists."
+                )
+            lists = [[int(q) for q in row if int(q) >= 0] for row in index.tolist()]
+        bad = [q for row in lists for q in row if not 0 <= q < n_queries]
+        if bad:
+            raise ValueError(f"query index {bad[0]} is out of range: the model has {n_queries} object queries")
+        k = max(1, max(len(row) for row in lists))
+        queries = torch.full((batch, k), -1, dtype=torch.long, device=logits.device)  # (B, K)
+        for b, row in enumerate(lists):
+            queries[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=logits.device)
+        picked = classes.gather(1, queries.clamp_min(0))  # (B, K)
+        return queries, torch.where(queries >= 0, picked, torch.full_like(picked, -1))
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        queries, classes = self.queries(logits)
+        valid = queries >= 0  # (B, K)
+        per_query = logits.gather(1, queries.clamp_min(0)[..., None].expand(-1, -1, logits.shape[-1]))  # (B, K, C')
+        scores = per_query.gather(2, classes.clamp_min(0)[..., None]).squeeze(-1)  # (B, K)
+        scores = torch.where(valid, scores, scores * 0)  # padding: a constant, its gradient is zero
+        rows = F.one_hot(queries.clamp_min(0), logits.shape[1]).to(logits.dtype) * valid[..., None]  # (B, K, Q)
+        full = self.layout_of(model, inputs, output)
+        layout = TokenLayout(full.segments, full.readouts, {r.name: rows for r in full.readouts}, full.positions)
+        return Selection(scores, classes, True, layout, {"queries": queries.tolist()})
+
+
+SCORES = ("logit", "log_prob")
+
+
+class TokenTarget(Target):
+    """Generated tokens of an encoder-decoder under teacher forcing: target ``k`` is the score of
+    token ``labels[:, steps[k]]`` at step ``steps[k]``, read at row ``steps[k]`` of the decoder maps.
+
+    The K gradients come from one vectorised backward pass (``is_grads_batched``) over the K
+    one-hot selections, exact like K separate passes.
+
+    Args:
+        labels: ``(B, T)`` the token each step produced.
+        steps: the explained steps.
+        score: ``"logit"`` or ``"log_prob"`` (the logit minus the log-sum-exp of the step's logits:
+            what raises this token *against the other tokens*).
+    """
+
+    def __init__(self, labels: Tensor, steps: Sequence[int], score: str = "logit"):
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
+        self.labels, self.steps, self.score = labels, list(steps), score
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        batch, n = self.labels.shape
+        if logits is None or logits.ndim != 3 or logits.shape[:2] != self.labels.shape:
+            shape = None if logits is None else tuple(logits.shape)
+            raise ValueError(
+                f"{type(model).__name__} returned logits of shape {shape}, expected (B, T, V) = ({batch}, {n}, V): "
+                "explain_generation needs an encoder-decoder's next-token logits"
+            )
+        if self.labels.min() < 0 or self.labels.max() >= logits.shape[-1]:
+            raise ValueError(f"generated holds ids outside the model's {logits.shape[-1]} output tokens")
+        scored = logits.log_softmax(dim=-1) if self.score == "log_prob" else logits  # (B, T, V)
+        self._all = scored.gather(-1, self.labels[..., None].to(logits.device))[..., 0]  # (B, T) every step's score
+        steps = torch.tensor(self.steps, device=logits.device)
+        rows = F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)  # (B, K, T): target k reads row steps[k]
+        layout = TokenLayout(layout.segments, layout.readouts, {r.name: rows for r in layout.readouts})
+        return Selection(self._all[:, steps], self.labels.to(logits.device)[:, steps], True, layout)
+
+    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
+        k, (batch, n) = len(self.steps), self._all.shape
+        select = torch.zeros(k, batch, n, dtype=self._all.dtype, device=self._all.device)  # (K, B, T)
+        select[torch.arange(k), :, torch.tensor(self.steps)] = 1
+        recorder.batched_backward(self._all, select, None)
+
+
+class PairSimilarity(Target):
+    """Every (image, text) pair of a dual encoder's batch, each tower explained on its own.
+
+    ``pairs="all"``: image ``i`` for text ``j`` is the gradient of ``sum_i s[i, j]`` restricted to
+    the image tower (image ``i`` appears only in row ``i``), one vectorised pass per text; text
+    ``j`` for image ``i`` is ``sum_j s[i, j]`` through the text tower only, one pass per image.
+    ``pairs="diagonal"``: image ``i`` with text ``i``, one pass of ``sum_i s[i, i]`` serves both.
+    """
+
+    def __init__(self, pairs: str = "all"):
+        if pairs not in ("all", "diagonal"):
+            raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
+        self.pairs = pairs
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        if logits is None or logits.ndim != 2:
+            raise ValueError(f"{type(model).__name__} returned no (B_images, B_texts) similarity logits")
+        n_images, n_texts = logits.shape
+        if self.pairs == "diagonal":
+            if n_images != n_texts:
+                raise ValueError(f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}")
+            return Selection(logits.diagonal()[:, None], None, False, layout)  # (B, 1)
+        return Selection(logits, None, True, layout)  # (B_i, B_t)
+
+    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
+        if self.pairs == "diagonal":
+            recorder.backward(selection.scores)
+            return
+        logits = selection.scores  # (B_i, B_t)
+        n_images, n_texts = logits.shape
+        columns = torch.eye(n_texts, dtype=logits.dtype, device=logits.device)  # (B_t, B_t)
+        recorder.batched_backward(logits, columns[:, None, :].expand(-1, n_images, -1), "image")  # (B_t, B_i, B_t)
+        recorder.backward_objectives([logits[i, :].sum() for i in range(n_images)], [{"text"}] * n_images)
+
+
+class SplitPairSimilarity(Target):
+    """Pairs embedded in one batch, first members then second members: target ``i`` is the cosine
+    similarity of ``embed[i]`` and ``embed[B + i]``. One backward pass of the summed similarities
+    serves every pair exactly (sentence ``i`` influences only ``sim_i``).
+
+    Args:
+        embed: ``(output, inputs) -> (2B, D)`` the pooled embeddings.
+    """
+
+    def __init__(self, embed: Callable[[Any, Any], Tensor]):
+        self.embed = embed
+
+    def select(self, model, inputs, output, logits, layout) -> Selection:
+        pooled = self.embed(output, inputs)  # (2B, D)
+        if pooled.shape[0] % 2:
+            raise ValueError(f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows")
+        half = pooled.shape[0] // 2
+        similarity = F.cosine_similarity(pooled[:half], pooled[half:], dim=-1)  # (B,)
+        return Selection(similarity[:, None], None, False, layout)
+
+    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
+        recorder.backward_objectives([selection.scores.sum()])
+
+
+def class_target(model: nn.Module, target: TargetLike) -> Target:
+    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`."""
+    if isinstance(target, Target):
+        return target
+    if callable(target) and not isinstance(target, Tensor):
+        return ScoreTarget(target)
+    return ClassTarget(target)
+
+
+def generation_target(model: nn.Module, target: TargetLike) -> Target:
+    """Encoder-decoders are explained per generated token (:func:`gae_utils.explain_generation`);
+    ``explain``/``record`` accept only a callable target for them."""
+    if isinstance(target, Target):
+        return target
+    if callable(target) and not isinstance(target, Tensor):
+        return ScoreTarget(target)
+    raise ValueError(
+        f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
+        "gae_utils.explain_generation(model, source_inputs, generated), or pass target=callable(output) -> (B,)."
+    )
+
+
+def dual_encoder_target(model: nn.Module, target: TargetLike) -> Target:
+    """Dual encoders are explained per (image, text) pair (:func:`gae_utils.explain_dual`)."""
+    if isinstance(target, Target):
+        return target
+    raise ValueError(
+        f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
+        "gae_utils.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."
+    )
