@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make workbook   install (first use) and execute every notebook, writing figures/
-#   make test       install dev extras (first use) and run the whole test suite
+#   make test       install dev extras (first use), run ruff, mypy (gae_utils) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[hf,minilm]"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
@@ -19,32 +19,34 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	touch $@
 
 workbook: $(VENV)/.runtime
-	$(PY) -m gae_utils.workbook
+	$(PY) -m gae_workbook.run $(WORKBOOK_ARGS)
 
 test: $(VENV)/.dev
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lab: $(VENV)/.runtime
 	$(PY) -m jupyter lab notebooks/
 
 models: $(VENV)/.runtime
-	$(PY) -m gae_utils.train all
+	$(PY) -m gae_workbook.train all
 
 evaluate: $(VENV)/.runtime
 	for m in shapes-vit shapes-clip shapes-vqa shapes-translate; do \
-		$(PY) -m gae_utils.evaluate --model $$m --n 300 --seed 7 --json outputs/evaluate-$$m.json || exit 1; \
+		$(PY) -m gae_workbook.evaluate --model $$m --n 300 --seed 7 --json outputs/evaluate-$$m.json || exit 1; \
 	done
 
 bench: $(VENV)/.runtime
-	$(PY) -m gae_utils.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
-	$(PY) -m gae_utils.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
-	$(PY) -m gae_utils.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
-	$(PY) -m gae_utils.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
-	$(PY) -m gae_utils.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
+	$(PY) -m gae_workbook.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
+	$(PY) -m gae_workbook.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
+	$(PY) -m gae_workbook.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
+	$(PY) -m gae_workbook.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
+	$(PY) -m gae_workbook.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 clean-venv:
 	rm -rf $(VENV)

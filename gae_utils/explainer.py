@@ -85,7 +85,7 @@ class Recording:
         gradients the identity dominates and ``R`` is close to ``I + sum_l Abar_l`` (first order),
         with large ones the products of several layers' maps, the paths through intermediate
         tokens, carry the relevance. This is the diagnostic for that sensitivity (``--target-scale``
-        of ``python -m gae_utils.evaluate``); ``rollout``, ``raw_attention`` and the ranking of
+        of ``python -m gae_workbook.evaluate``); ``rollout``, ``raw_attention`` and the ranking of
         ``attn_gradcam`` do not depend on it.
         """
         if not factor > 0:
@@ -252,9 +252,15 @@ def explain(
     return rec.explanation(method, start_layer)
 
 
-def _verify(model: nn.Module, inputs: Any, adapter: Adapter, hooked: Tensor, eval_mode: bool) -> None:
+def _verify(model: nn.Module, inputs: Any, adapter: Adapter, hooked: Tensor | None, eval_mode: bool) -> None:
+    if hooked is None:
+        raise ValueError(
+            f"verify=True compares the model's logits, but {type(model).__name__} (adapter {adapter.name!r}) has none"
+        )
+    assert adapter.logits is not None  # the hooked logits were read with it
     with evaluating(model, eval_mode), torch.no_grad():
         stock = adapter.logits(adapter.call(model, inputs))
+    assert stock is not None  # the same reading of the same model's output gave the hooked logits
     tol = 1e-4 if stock.dtype in (torch.float32, torch.float64) else 1e-2
     if not torch.allclose(stock, hooked.to(stock.dtype), atol=tol, rtol=tol):
         diff = (stock - hooked).abs().max().item()

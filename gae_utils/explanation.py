@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .layout import TokenLayout
 from .maps import grid_heatmap
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Explanation"]
 
@@ -75,7 +79,7 @@ class Explanation:
             raise ValueError(f"modality {name!r} has no spatial grid")
         return grid_heatmap(rel, grid, size)  # (..., H, W)
 
-    def plot(self, images: Tensor | None = None, index: int | None = None, **kwargs):
+    def plot(self, images: Tensor | None = None, index: int | None = None, **kwargs: Any) -> Figure:
         """Heatmaps (over the images when given) in one figure; see :func:`gae_utils.plotting.plot_explanation`."""
         from .plotting import plot_explanation
 
@@ -113,7 +117,11 @@ class Explanation:
         tensors = load_file(str(path) + ".safetensors")
         meta = json.loads(Path(str(path) + ".json").read_text())
         relevance = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("relevance/")}
-        maps = {tuple(k.split("/", 1)[1].split("|")): v for k, v in tensors.items() if k.startswith("maps/")}
+        maps = {
+            cast("tuple[str, str]", tuple(k.split("/", 1)[1].split("|"))): v
+            for k, v in tensors.items()
+            if k.startswith("maps/")
+        }
         return cls(
             relevance=relevance,
             maps=maps,

@@ -208,15 +208,17 @@ def greedy_decode(
     for Hugging Face models ``model.generate(..., do_sample=False, num_beams=1)`` gives the same ids.
     """
     adapter = _seq2seq_adapter(model, adapter)
+    read_logits = adapter.logits
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(ids))
     out = torch.full((ids.shape[0], 1), start_id, dtype=torch.long, device=ids.device)  # (B, 1)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     with evaluating(model):
         for _ in range(max_new_tokens):
-            logits = adapter.logits(
-                adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
-            )
+            output = adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
+            logits = read_logits(output) if read_logits is not None else None
+            if logits is None:
+                raise ValueError(f"adapter {adapter.name!r} reads no next-token logits (B, T, V) from the output")
             nxt = logits[:, -1].argmax(dim=-1)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
@@ -224,8 +226,3 @@ def greedy_decode(
             if done.all():
                 break
     return out
-
-
-# ----------------------------------------------------------------------------- shapes-translate task
-
-

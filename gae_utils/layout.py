@@ -116,6 +116,8 @@ class TokenLayout:
             if readout.name not in self.weights:
                 raise ValueError(f"readout {readout.name!r} asks for per-example row weights but the layout has none")
             return self.weights[readout.name].to(like)  # (B, Na) or (B, K, Na)
+        if isinstance(readout.rows, str):
+            raise ValueError(f"readout {readout.name!r} has rows={readout.rows!r}; expected indices, None or 'weights'")
         rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
         weights = like.new_zeros(seg.n_tokens)  # (Na,)
         weights[rows] = 1.0 / len(rows)
@@ -165,7 +167,7 @@ class TokenLayout:
     @staticmethod
     def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:
         """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing duplicates)."""
-        cells = seg.grid[0] * seg.grid[1] if seg.grid else positions.max().item() + 1
+        cells = seg.grid[0] * seg.grid[1] if seg.grid else int(positions.max().item()) + 1
         index = positions.to(row.device).reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1)  # (B, [1,] n)
         index = index.expand_as(row)
         return row.new_zeros(*row.shape[:-1], cells).scatter_add(-1, index, row)

@@ -7,6 +7,8 @@ normalised per map. Every heatmap of the library, the figures and the evaluation
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -74,5 +76,5 @@ def grid_heatmap(relevance: Tensor, grid: tuple[int, int], size: int | tuple[int
     """
     maps = relevance.reshape(*relevance.shape[:-1], *grid)  # (..., h, w)
     if size is not None:
-        maps = upsample_maps(maps, (size, size) if isinstance(size, int) else tuple(size))  # (..., H, W)
+        maps = upsample_maps(maps, (size, size) if isinstance(size, int) else cast("tuple[int, int]", tuple(size)))
     return normalize_maps(maps)

@@ -8,19 +8,30 @@ correctly in greyscale.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from torch import Tensor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 
 __all__ = ["HEATMAP_CMAP", "PANEL", "overlay", "plot_explanation", "to_numpy_image"]
 
 HEATMAP_CMAP = "inferno"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
+
+
+class _Explained(Protocol):
+    """What :func:`plot_explanation` reads of an :class:`~gae_utils.explanation.Explanation` (not imported
+    here: the explanation module imports this one)."""
+
+    method: str
+    target: Tensor | None
+
+    def heatmap(self, size: int | tuple[int, int] | None = None, name: str = "image") -> Tensor: ...
 
 
 def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
@@ -38,7 +49,7 @@ def overlay(
     heat: Tensor | np.ndarray,
     title: str | None = None,
     alpha: float = 0.6,
-):
+) -> AxesImage:
     """Heatmap (values in [0, 1]) over a dimmed greyscale copy of the image."""
     heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
     if image is not None:
@@ -55,7 +66,11 @@ def overlay(
 
 
 def plot_explanation(
-    explanation, images: Tensor | None = None, index: int | None = None, size: int | None = None, name: str = "image"
+    explanation: _Explained,
+    images: Tensor | None = None,
+    index: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    name: str = "image",
 ) -> Figure:
     """Plot an :class:`~gae_utils.explanation.Explanation`: one panel per example (and per target).
 
@@ -69,7 +84,7 @@ def plot_explanation(
     import matplotlib.pyplot as plt
 
     if size is None and images is not None:
-        size = tuple(images.shape[-2:])
+        size = (images.shape[-2], images.shape[-1])
     heat = explanation.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
     if heat.ndim == 3:
         heat = heat[:, None]

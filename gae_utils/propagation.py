@@ -66,6 +66,12 @@ def _deltas(
     raise ValueError(f"unknown layer kind {layer.kind!r} in {layer.name!r}")
 
 
+def _attn_bar(layer: LayerRecord) -> Tensor:
+    if layer.attn_bar is None:
+        raise ValueError(f"layer {layer.name!r} has no Eq. 5 map (attn_bar): run the backward pass first")
+    return layer.attn_bar
+
+
 def layer_steps(layers: Sequence[LayerRecord], start_layer: int = 0) -> list[range]:
     """The propagation steps from ``start_layer`` on: one layer, or the adjacent layers of one
     co-attention group (same ``group`` id), whose additions are computed from the same maps."""
@@ -111,7 +117,7 @@ def propagate(
         raise ValueError(
             f"start_layer={start_layer} is out of range for {len(layers)} recorded layers (0..{len(layers) - 1})"
         )
-    bars = list(attn_bars) if attn_bars is not None else [layer.attn_bar for layer in layers]
+    bars = list(attn_bars) if attn_bars is not None else [_attn_bar(layer) for layer in layers]
     sizes = _sizes(layers)
     maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
     modalities = list(sizes)

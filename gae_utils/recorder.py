@@ -12,10 +12,11 @@ every hook is removed and every flag, mode and handle is restored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -124,7 +125,9 @@ class AttentionRecorder:
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         self._restore()
         return False  # never swallow an exception
 
@@ -141,7 +144,7 @@ class AttentionRecorder:
 
     # ------------------------------------------------------------------ forward hooks
     @staticmethod
-    def _ensure_grad(module: nn.Module, args: tuple, kwargs: dict):
+    def _ensure_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Let gradients reach ``A`` in a frozen model without touching ``requires_grad`` of parameters.
 
         If the hidden states entering the attention module carry no graph (all parameters frozen,
@@ -157,15 +160,18 @@ class AttentionRecorder:
             return args, {**kwargs, key: kwargs[key].detach().requires_grad_(True)}
         return None
 
-    def _capture_output(self, name: str, site: AttentionSite):
+    def _capture_output(self, name: str, site: AttentionSite) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             self._capture(name, site, output)
 
         return hook
 
-    def _capture_item(self, name: str, site: AttentionSite):
+    def _capture_item(self, name: str, site: AttentionSite) -> Callable[..., None]:
+        index = site.probs
+        assert isinstance(index, int)  # only sites whose probabilities are an item of the output come here
+
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            probs = output[site.probs] if isinstance(output, (tuple, list)) else None
+            probs = output[index] if isinstance(output, (tuple, list)) else None
             self._capture(name, site, probs)
 
         return hook
@@ -200,7 +206,7 @@ class AttentionRecorder:
         self._live.append(live)
         self._tensor_handles.append(node.register_hook(self._on_grad(live)))
 
-    def _on_grad(self, live: _CapturedMap):
+    def _on_grad(self, live: _CapturedMap) -> Callable[..., None]:
         def hook(grad: Tensor) -> None:
             if self._hooks_off:
                 return  # a batched (vmapped) backward reads its gradients itself
@@ -320,9 +326,12 @@ class AttentionRecorder:
         first_of = {live.record.query: live.node for live in reversed(self._live)}  # first map of each modality
         for k, objective in enumerate(objectives):
             self._target_index = k
-            roots = [probs for m, probs in first_of.items() if modalities[k] is None or m in modalities[k]]
+            wanted = modalities[k]
+            roots = [probs for m, probs in first_of.items() if wanted is None or m in wanted]
             torch.autograd.grad(objective, roots, retain_graph=k < n_targets - 1, allow_unused=True)
-        requested = None if any(m is None for m in modalities) else set().union(*modalities)
+        requested = (
+            None if any(m is None for m in modalities) else set().union(*(m for m in modalities if m is not None))
+        )
         if not any(c is not None for live in self._live for c in live.attn_bars):
             raise AttentionCaptureError(
                 "no gradient reached any recorded attention map: the target does not depend on the captured "

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "head_relevance",
     "head_average",
     "self_attention_update",
     "normalize_self_relevancy",
@@ -23,6 +24,19 @@ __all__ = [
     "rollout_step",
     "gradcam_row",
 ]
+
+
+def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
+    """Gradient-weighted attention of each head, before the head average of Eq. 5: ``(grad * attn)^+``.
+
+    Args:
+        attn: attention probabilities of one or more heads, ``(..., Nq, Nk)``.
+        grad: gradient of the target with respect to ``attn``, broadcastable to it.
+
+    Returns:
+        ``(..., Nq, Nk)`` the positive part of the element-wise product (what the explorer's head view shows).
+    """
+    return (grad * attn).clamp(min=0)  # (..., Nq, Nk)
 
 
 def head_average(attn: Tensor, grad: Tensor) -> Tensor:
@@ -42,7 +56,7 @@ def head_average(attn: Tensor, grad: Tensor) -> Tensor:
     if attn.shape[-3:] != grad.shape[-3:]:
         raise ValueError(f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same (H, Nq, Nk)")
     torch.broadcast_shapes(attn.shape, grad.shape)
-    return (grad * attn).clamp(min=0).mean(dim=-3)  # (..., Nq, Nk)
+    return head_relevance(attn, grad).mean(dim=-3)  # (..., Nq, Nk)
 
 
 def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:

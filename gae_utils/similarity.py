@@ -15,6 +15,7 @@ pair's similarity (:class:`~gae_utils.targets.SplitPairSimilarity`, run by :func
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ def explain_similarity(
     second: dict,
     method: str = "gae",
     start_layer: int = 0,
-    tokenizer=None,
+    tokenizer: Any = None,
     adapter: Adapter | None = None,
     eval_mode: bool = True,
 ) -> PairExplanation:

@@ -103,7 +103,9 @@ class ClassTarget(Target):
     def __init__(self, target: int | Sequence[int] | Tensor | None = None):
         self.target = target
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None:
             raise ValueError(
                 f"{type(model).__name__} has no class logits (an encoder or a feature extractor without a "
@@ -139,7 +141,9 @@ class ScoreTarget(Target):
     def __init__(self, fn: Callable[[Any], Tensor]):
         self.fn = fn
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         scores = self.fn(output)
         batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
         if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
@@ -221,7 +225,11 @@ class QueryTarget(Target):
         picked = classes.gather(1, queries.clamp_min(0))  # (B, K)
         return queries, torch.where(queries >= 0, picked, torch.full_like(picked, -1))
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
+        if logits is None:
+            raise ValueError(f"{type(model).__name__} returned no (B, Q, C') class logits for its object queries")
         queries, classes = self.queries(logits)
         valid = queries >= 0  # (B, K)
         per_query = logits.gather(1, queries.clamp_min(0)[..., None].expand(-1, -1, logits.shape[-1]))  # (B, K, C')
@@ -255,7 +263,9 @@ class TokenTarget(Target):
             raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
         self.labels, self.steps, self.score = labels, list(steps), score
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         batch, n = self.labels.shape
         if logits is None or logits.ndim != 3 or logits.shape[:2] != self.labels.shape:
             shape = None if logits is None else tuple(logits.shape)
@@ -293,7 +303,9 @@ class PairSimilarity(Target):
             raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
         self.pairs = pairs
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None or logits.ndim != 2:
             raise ValueError(f"{type(model).__name__} returned no (B_images, B_texts) similarity logits")
         n_images, n_texts = logits.shape
@@ -326,7 +338,9 @@ class SplitPairSimilarity(Target):
     def __init__(self, embed: Callable[[Any, Any], Tensor]):
         self.embed = embed
 
-    def select(self, model, inputs, output, logits, layout) -> Selection:
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         pooled = self.embed(output, inputs)  # (2B, D)
         if pooled.shape[0] % 2:
             raise ValueError(f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows")

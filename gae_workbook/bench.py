@@ -1,6 +1,6 @@
 """Speed and memory of an explanation, as ratios measured in one run.
 
-    python -m gae_utils.bench --model vit_base_patch16_224 --batch 8 --device cpu --json bench.json
+    python -m gae_workbook.bench --model vit_base_patch16_224 --batch 8 --device cpu --json bench.json
 
 On one model with random weights (no download) and one batch, it times (median of ``--repeats``):
 
@@ -355,7 +355,7 @@ def run_seq2seq_benchmark(
 
     - ``forward``: one teacher-forced forward (eager attention, no graph), the unit;
     - ``floor``: forward with a graph + one backward to the attention maps (one token's cost);
-    - ``explain_all``: :func:`gae_utils.seq2seq.explain_generation`, all tokens, one vectorised backward;
+    - ``explain_all``: :func:`gae_utils.generation.explain_generation`, all tokens, one vectorised backward;
     - ``per_token_backward``: the same recording, one ``autograd.grad`` per token (``length`` passes
       sharing one forward), i.e. what a ``.backward()`` per token costs at best.
     """

@@ -1,6 +1,6 @@
 """Evaluate every explanation method against ShapesWorld ground truth.
 
-    python -m gae_utils.evaluate --model shapes-vit --n 300 --seed 7 --json results.json
+    python -m gae_workbook.evaluate --model shapes-vit --n 300 --seed 7 --json results.json
 
 Class-specific: every class present in a scene is explained (up to three per scene, as K targets
 of one forward pass), and its map is scored against that object's mask:
@@ -150,7 +150,7 @@ def evaluate_vit(
         rec = record(model, batch.images.to(device), targets.to(device))
         size = tuple(batch.images.shape[-2:])
         for method in methods:
-            relevance = rec.explanation(method, start_layer if method in ("gae", "rollout") else 0).grid_relevance()
+            relevance = rec.explanation(method, start_layer).grid_relevance()
             grid_maps[method].append(relevance.float().cpu()[valid])  # (P, h, w)
             maps[method].append(upsample_maps(relevance.float().cpu(), size)[valid])  # (P, H, W)
         grid = tuple(relevance.shape[-2:])
@@ -543,8 +543,8 @@ def evaluate_translate(
     """Alignment accuracy of every method on ``n`` fresh captions of ``ShapesWorld(seed=seed)``.
 
     Each caption is translated greedily; generations equal to the reference translation
-    (:func:`gae_utils.language.translate`) are explained token by token in one call
-    (:func:`gae_utils.seq2seq.record_generation`), and for each generated word the argmax of its
+    (:func:`shapesworld.language.translate`) are explained token by token in one call
+    (:func:`gae_utils.generation.record_generation`), and for each generated word the argmax of its
     source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
     the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
     decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps. ``score``
@@ -629,7 +629,7 @@ def evaluate_detr(
 
     ``queries="matched"`` scores, instead of the confident detections, the query whose box best
     overlaps each ground-truth object (IoU >= ``iou_threshold``) whatever its class confidence
-    (:func:`gae_utils.detection.box_matched_queries`): every object is scored once, also for a
+    (:func:`gae_workbook.detection.box_matched_queries`): every object is scored once, also for a
     detector that localises well but is not yet confident about the class.
 
     Returns:
@@ -813,7 +813,7 @@ def alignment_hits(relevance: Tensor, translations: Sequence, steps: Sequence[in
 
     Args:
         relevance: ``(B, K, S)`` source relevance of K explained steps (``words [EOS] [PAD]..`` columns).
-        translations: the B reference :class:`~gae_utils.language.Translation` (the generation
+        translations: the B reference :class:`~shapesworld.language.Translation` (the generation
             must equal them word for word for the alignment to apply).
         steps: the step of each of the K columns (default ``0..K-1``); step ``t`` is target word ``t``.
 

@@ -244,7 +244,7 @@ def plot_perturbation_curves(
 
 def plot_target_scale(ranks: Mapping[str, Mapping], ax: plt.Axes | None = None) -> plt.Figure:
     """Key-word top-1 of GAE against the factor on the explained scalar, one line per target
-    (the first table of :func:`gae_utils.evaluate.vqa_word_study`), rollout as a reference line."""
+    (the first table of :func:`gae_workbook.evaluate.vqa_word_study`), rollout as a reference line."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(PANEL * 2, PANEL * 1.5), layout="constrained")
     else:

@@ -1,7 +1,7 @@
 """Execute the workbook's notebooks headless and report the figures they wrote.
 
-    python -m gae_utils.workbook                 # every notebooks/NN_*.py, in order
-    python -m gae_utils.workbook --smoke         # small sizes (GAE_SMOKE=1), as the tests run them
+    python -m gae_workbook.run                 # every notebooks/NN_*.py, in order
+    python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them
 
 Notebooks are stored as jupytext ``py:percent`` files; each is converted in memory, executed with
 nbclient (cwd = the notebooks folder) and the executed copy, outputs included, is written to

@@ -1,11 +1,11 @@
 """Train the embedded models on ShapesWorld (seeded, CPU-friendly, progress bars).
 
-    python -m gae_utils.train shapes-vit            # retrain and overwrite the shipped checkpoint
-    python -m gae_utils.train shapes-vit --steps 20 --out /tmp/w   # a quick smoke run elsewhere
+    python -m gae_workbook.train shapes-vit            # retrain and overwrite the shipped checkpoint
+    python -m gae_workbook.train shapes-vit --steps 20 --out /tmp/w   # a quick smoke run elsewhere
 
 Training scenes come from ``ShapesWorld(seed=TRAIN_SEED)`` (a fixed set, reshuffled each epoch); held-out
 metrics from ``ShapesWorld(seed=HELDOUT_SEED)``, scenes the model never saw. The measured metrics
-are written into the checkpoint's card (``gae_utils/weights/<name>.json``).
+are written into the checkpoint's card (``gae_workbook/weights/<name>.json``).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def train_shapes_clip(
     """Train ``shapes-clip`` (a small Hugging Face ``CLIPModel``) contrastively on ShapesWorld captions.
 
     Every step pairs ``batch_size`` scenes with one of their true captions, drawn at random from all
-    of them (:func:`gae_utils.language.all_captions`); the loss is CLIP's symmetric InfoNCE over the batch.
+    of them (:func:`shapesworld.language.all_captions`); the loss is CLIP's symmetric InfoNCE over the batch.
 
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and held-out retrieval accuracy.
@@ -318,7 +318,7 @@ def train_shapes_clip(
     model.cpu()
     recipe = {
         "task": "contrastive (image, caption) pairs, CLIP loss over the batch",
-        "input_normalization": f"pixel_values = (x - {PIXEL_MEAN}) / {PIXEL_STD} (gae_utils.train.normalize_pixels)",
+        "input_normalization": f"pixel_values = (x - {PIXEL_MEAN}) / {PIXEL_STD} (shapesworld.inputs.normalize_pixels)",
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -368,8 +368,8 @@ def train_shapes_vqa(
 ) -> tuple[nn.Module, ModelCard]:
     """Train ``shapes-vqa`` (a small Hugging Face LXMERT over grid "regions") on ShapesWorld questions.
 
-    Each step asks one question per scene, drawn with :func:`gae_utils.language.sample_question`;
-    cross-entropy over :data:`gae_utils.language.ANSWERS`. Like LXMERT's pre-training task of
+    Each step asks one question per scene, drawn with :func:`shapesworld.language.sample_question`;
+    cross-entropy over :data:`shapesworld.language.ANSWERS`. Like LXMERT's pre-training task of
     classifying each region's detected object, an auxiliary head on the vision stream's output
     predicts each region's class (:func:`region_labels`), weighted by ``region_loss``; the head
     is discarded after training (the shipped model is a plain ``LxmertForQuestionAnswering``).
@@ -411,7 +411,7 @@ def train_shapes_vqa(
         "task": "VQA over ShapesWorld questions (colour, shape, exists, count), cross-entropy over the answers",
         "regions": (
             f"a {REGION_GRID}x{REGION_GRID} grid; each region's features are the normalised pixels "
-            f"(x - 0.5) / 0.25 of a {REGION_WINDOW}-pixel window on its cell (gae_utils.train.region_features)"
+            f"(x - 0.5) / 0.25 of a {REGION_WINDOW}-pixel window on its cell (shapesworld.inputs.region_features)"
         ),
         "region_loss": f"{region_loss} x cross-entropy of each region's class from the vision output (head discarded)",
         "steps": steps,
@@ -438,7 +438,7 @@ def _translation_pairs(world: ShapesWorld, n_scenes: int):
 
 @torch.no_grad()
 def translation_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, seen: set[str] | None = None) -> dict:
-    """Held-out greedy exact match: one caption per scene of ``world`` (:func:`gae_utils.language.caption`).
+    """Held-out greedy exact match: one caption per scene of ``world`` (:func:`shapesworld.language.caption`).
 
     ``unseen_exact_match`` is the exact match over the captions whose text is not in ``seen`` (the
     training captions), with their count.
@@ -478,7 +478,7 @@ def train_shapes_translate(
     """Train ``shapes-translate`` (a tiny Hugging Face ``MarianMTModel``) on caption -> toy-language pairs.
 
     The pairs are every true caption of ``train_scenes`` ShapesWorld scenes and its translation
-    (:func:`gae_utils.language.translate`: articles dropped, adjective after noun, two-word relations
+    (:func:`shapesworld.language.translate`: articles dropped, adjective after noun, two-word relations
     become one word); teacher-forced cross-entropy over the target tokens, padding ignored.
     Held-out: greedy exact match on one caption per scene of ``ShapesWorld(seed=HELDOUT_SEED)``.
     """
@@ -511,7 +511,7 @@ def train_shapes_translate(
     seen = {c.text for c in captions}
     metrics = translation_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n, seen=seen)
     recipe = {
-        "task": "caption -> toy language (gae_utils.language.translate), teacher-forced cross-entropy",
+        "task": "caption -> toy language (shapesworld.language.translate), teacher-forced cross-entropy",
         "pairs": len(captions),
         "unique_captions": len(seen),
         "steps": steps,
@@ -520,7 +520,7 @@ def train_shapes_translate(
         "warmup": warmup,
         "train_scenes": train_scenes,
         "seed": seed,
-        "decoding": "greedy (gae_utils.seq2seq.greedy_decode)",
+        "decoding": "greedy (gae_utils.generation.greedy_decode)",
     }
     return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
 

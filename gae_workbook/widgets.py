@@ -29,6 +29,7 @@ from gae_utils.layout import TokenLayout
 from gae_utils.maps import normalize_maps, upsample_maps
 from gae_utils.methods import method_label, method_names
 from gae_utils.propagation import layer_steps
+from gae_utils.rules import head_relevance
 
 from .figures import PANEL, overlay, plot_matrix, plot_token_relevance, show_image
 
@@ -124,19 +125,19 @@ def layer_matrix(
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
     if not 0 <= layer < len(rec.layers):
         raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
-    record_ = rec.layers[layer]
+    chosen_layer = rec.layers[layer]
     if view == "relevancy":
         if layer < start_layer:
             raise ValueError(f"layer {layer} comes before start_layer={start_layer}; nothing is accumulated yet")
-        key = (record_.query, record_.key)
+        key = (chosen_layer.query, chosen_layer.key)
         return rec.history(start_layer)[layer - start_layer][key][index, target]  # (N, N)
     if view == "attn_bar":
-        return record_.attn_bar[index, target]  # (N, N)
-    if record_.attn is None or record_.grad is None:
+        return chosen_layer.attn_bar[index, target]  # (N, N)
+    if chosen_layer.attn is None or chosen_layer.grad is None:
         raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_record does)")
-    if not 0 <= head < record_.attn.shape[1]:
-        raise ValueError(f"head {head} is out of range (0..{record_.attn.shape[1] - 1})")
-    return (record_.grad[index, target, head] * record_.attn[index, head]).clamp(min=0)  # (N, N)
+    if not 0 <= head < chosen_layer.attn.shape[1]:
+        raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
+    return head_relevance(chosen_layer.attn[index, head], chosen_layer.grad[index, target, head])  # (N, N)
 
 
 _VIEW_TITLES = {
@@ -224,7 +225,7 @@ def render_methods(
     name = class_names[target] if class_names is not None else f"class {target}"
     show_image(axes[0], images[index], f"'{name}'")
     for ax, method in zip(axes[1:], methods):
-        exp = rec.explanation(method, start_layer if method in ("gae", "rollout") else 0)
+        exp = rec.explanation(method, start_layer)
         heat = exp.heatmap(size)  # (B, K, H, W)
         overlay(ax, images[index], heat[index, target], method_label(method))
         if method == highlight:
@@ -578,12 +579,12 @@ def cross_attention_matrix(rec: Recording, index: int = 0, layer: int = -1, head
     """A decoder cross-attention map ``(T, S)``: one cross-attention layer, one head or the head mean.
 
     Args:
-        rec: a recording of :func:`gae_utils.seq2seq.record_generation` (``keep_heads=True`` for heads).
+        rec: a recording of :func:`gae_utils.generation.record_generation` (``keep_heads=True`` for heads).
         index: example in the batch.
         layer: index among the cross-attention layers (``-1``: the last decoder layer).
         head: a head, or ``None`` for the mean over heads (the raw-attention baseline).
     """
-    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    cross = [entry for entry in rec.layers if entry.kind == "cross"]
     if not cross:
         raise ValueError("the recording has no cross-attention layer; record an encoder-decoder")
     if not -len(cross) <= layer < len(cross):
@@ -611,7 +612,7 @@ def render_translation(
     and the selected token's prefix relevance (its row of ``R[target, target]``).
 
     Args:
-        rec: a recording of :func:`gae_utils.seq2seq.record_generation` (every step explained).
+        rec: a recording of :func:`gae_utils.generation.record_generation` (every step explained).
         source_tokens: the source tokens of example ``index`` (columns).
         target_tokens: the generated tokens of example ``index`` (rows), as many as steps shown.
         index: example in the batch.
@@ -623,7 +624,7 @@ def render_translation(
 
     if not 0 <= step < len(target_tokens):
         raise ValueError(f"step {step} is out of range for {len(target_tokens)} generated tokens")
-    exp = rec.explanation(method, start_layer if method == "gae" else 0)
+    exp = rec.explanation(method, start_layer)
     source = exp.relevance["source"][index]  # (K, S)
     prefix = exp.relevance["target"][index, step, : step + 1]  # (t + 1,)
     fig = plt.figure(figsize=(PANEL * 4.2, PANEL * 2.2), layout="constrained")
@@ -650,13 +651,13 @@ def render_translation_layer(
     """One decoder layer's cross-attention (one head or the mean) and its Eq. 5 map for token ``step``."""
     from .figures import plot_alignment
 
-    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    cross = [entry for entry in rec.layers if entry.kind == "cross"]
     attn = cross_attention_matrix(rec, index, layer, head)  # (T, S)
     chosen = cross[layer]
     if head is None:
         cam = chosen.attn_bar[index, step]  # (T, S) Eq. 5: mean over heads of (dA * A)+
     else:
-        cam = (chosen.grad[index, step, head] * chosen.attn[index, head]).clamp(min=0)  # (T, S)
+        cam = head_relevance(chosen.attn[index, head], chosen.grad[index, step, head])  # (T, S)
     fig, axes = plt.subplots(1, 2, figsize=(PANEL * 4.2, PANEL * 1.8), layout="constrained")
     which = "head mean" if head is None else f"head {head}"
     number = layer % len(cross)
@@ -673,7 +674,7 @@ def translation_explorer(
     """An ipywidgets explorer of one translation: generated token, method, cross-attention layer, head.
 
     Args:
-        model: an encoder-decoder (see :func:`gae_utils.seq2seq.explain_generation`).
+        model: an encoder-decoder (see :func:`gae_utils.generation.explain_generation`).
         inputs: the source of one example, ``{"input_ids": (1, S), "attention_mask": (1, S)}``.
         generated: ``(1, 1 + T)`` start token + generated tokens.
         source_tokens: the S source tokens.
@@ -684,7 +685,7 @@ def translation_explorer(
     from gae_utils.generation import record_generation
 
     rec = record_generation(model, inputs, generated, keep_heads=True)
-    cross = [layer_ for layer_ in rec.layers if layer_.kind == "cross"]
+    cross = [entry for entry in rec.layers if entry.kind == "cross"]
     methods = method_names()
     step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], description="token")
     method = W.ToggleButtons(options=methods, description="method")
@@ -785,21 +786,21 @@ def detr_layer_map(
         raise ValueError(f"unknown view {view!r}; choose one of {LAYER_VIEWS_DETR}")
     if not -len(rec.layers) <= layer < len(rec.layers):
         raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
-    record_ = rec.layers[layer]
-    if record_.query != "query":
+    chosen_layer = rec.layers[layer]
+    if chosen_layer.query != "query":
         raise ValueError(
-            f"layer {layer} ({record_.name}) is an encoder layer: its rows are image tokens, not object queries; "
+            f"layer {layer} ({chosen_layer.name}) is an encoder layer: its rows are image tokens, not object queries; "
             "choose a decoder layer"
         )
     q = _detr_slot(rec, index, detection)
     if head is None:
-        return record_.attn_mean[index, q] if view == "attention" else record_.attn_bar[index, detection, q]
-    if record_.attn is None or record_.grad is None:
+        return chosen_layer.attn_mean[index, q] if view == "attention" else chosen_layer.attn_bar[index, detection, q]
+    if chosen_layer.attn is None or chosen_layer.grad is None:
         raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_detr does)")
-    if not 0 <= head < record_.attn.shape[1]:
-        raise ValueError(f"head {head} is out of range (0..{record_.attn.shape[1] - 1})")
-    attn = record_.attn[index, head, q]  # (Nk,)
-    return attn if view == "attention" else (record_.grad[index, detection, head, q] * attn).clamp(min=0)
+    if not 0 <= head < chosen_layer.attn.shape[1]:
+        raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
+    attn = chosen_layer.attn[index, head, q]  # (Nk,)
+    return attn if view == "attention" else head_relevance(attn, chosen_layer.grad[index, detection, head, q])
 
 
 def render_detr_query(
@@ -831,10 +832,10 @@ def render_detr_query(
     axes[1].set_title(f"R[query, query], row {q}")
     axes[1].set_xlabel("object query")
     row = detr_layer_map(rec, index, detection, layer, view, head).detach().cpu()
-    record_ = rec.layers[layer]
+    chosen_layer = rec.layers[layer]
     what = "mean over heads" if head is None else f"head {head}"
-    title = f"layer {layer % len(rec.layers)} {record_.kind}, {view}\n{what}"
-    if record_.key == "image":
+    title = f"layer {layer % len(rec.layers)} {chosen_layer.kind}, {view}\n{what}"
+    if chosen_layer.key == "image":
         grid = rec.layout.segment("image").grid
         overlay(axes[2], images[index], normalize_maps(upsample_maps(row.reshape(*grid), size)), title)
         _draw_box(axes[2], box)

@@ -146,8 +146,8 @@ def _load_hf_detr(name: str, pretrained: bool, **kwargs) -> nn.Module:
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(
             f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
-            "Offline, use the embedded detector with gae_utils.zoo.load('shapes-detr'), or "
-            f"gae_utils.zoo.load({name!r}, pretrained=False) for random weights of the same architecture."
+            "Offline, use the embedded detector with gae_workbook.zoo.load('shapes-detr'), or "
+            f"gae_workbook.zoo.load({name!r}, pretrained=False) for random weights of the same architecture."
         ) from err
 
 
@@ -168,7 +168,7 @@ EMBEDDED: dict[str, ModelCard] = {
             global_pool="token",
             class_token=True,
         ),
-        classes=[],  # filled from gae_utils.shapes.CLASS_NAMES at build time
+        classes=[],  # filled from shapesworld.scenes.CLASS_NAMES at build time
         image_size=64,
     ),
     "shapes-clip": ModelCard(
@@ -210,7 +210,7 @@ EMBEDDED: dict[str, ModelCard] = {
             l_layers=2,
             x_layers=2,
             r_layers=2,
-            visual_feat_dim=768,  # a 16 x 16-pixel RGB window per region (gae_utils.train.region_features)
+            visual_feat_dim=768,  # a 16 x 16-pixel RGB window per region (shapesworld.inputs.region_features)
             visual_pos_dim=4,
             num_qa_labels=14,
             max_position_embeddings=16,
@@ -221,7 +221,7 @@ EMBEDDED: dict[str, ModelCard] = {
 }
 
 # A tiny Hugging Face Marian translating ShapesWorld captions into the toy language
-# (gae_utils.language.translate); trained by `python -m gae_utils.train shapes-translate`.
+# (shapesworld.language.translate); trained by `python -m gae_workbook.train shapes-translate`.
 EMBEDDED["shapes-translate"] = ModelCard(
     name="shapes-translate",
     arch="hf-marian",
@@ -251,13 +251,13 @@ EMBEDDED["shapes-translate"] = ModelCard(
 
 # A tiny DETR (Carion et al. 2020) for ShapesWorld boxes: a 2-stage ResNet (stride 8 -> 8x8 image
 # tokens at 64 px), 2 encoder + 2 decoder layers, 8 object queries, 16 classes + "no object".
-# Takes `gae_utils.detection.detr_pixels(images)` (normalised RGB + 2 coordinate channels).
+# Takes `shapesworld.inputs.detr_pixels(images)` (normalised RGB + 2 coordinate channels).
 EMBEDDED["shapes-detr"] = ModelCard(
     name="shapes-detr",
     arch="hf-detr",
     kwargs=dict(
         backbone_config=dict(
-            num_channels=5,  # RGB + x, y coordinate channels (gae_utils.detection.detr_pixels)
+            num_channels=5,  # RGB + x, y coordinate channels (shapesworld.inputs.detr_pixels)
             embedding_size=32,
             hidden_sizes=[32, 64],
             depths=[1, 1],
@@ -279,7 +279,7 @@ EMBEDDED["shapes-detr"] = ModelCard(
         bbox_loss_coefficient=2,  # DETR's 5 and 2 drown the class loss of this tiny model (train_shapes_detr)
         giou_loss_coefficient=1,
     ),
-    classes=[],  # gae_utils.shapes.CLASS_NAMES, filled at build time
+    classes=[],  # shapesworld.scenes.CLASS_NAMES, filled at build time
     image_size=64,
 )
 
@@ -372,7 +372,7 @@ def load(
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(
             f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
-            f"Offline, use the embedded models ({', '.join(EMBEDDED)}) with gae_utils.zoo.load('shapes-vit'), "
+            f"Offline, use the embedded models ({', '.join(EMBEDDED)}) with gae_workbook.zoo.load('shapes-vit'), "
             f"or pretrained=False for random weights of the same architecture."
         ) from err
     return model.to(device).eval()
@@ -389,8 +389,6 @@ def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
     """
     from transformers import MarianMTModel, MarianTokenizer
 
-    from .zoo import PretrainedUnavailableError, offline_unless_reachable
-
     try:
         with offline_unless_reachable():
             tokenizer = MarianTokenizer.from_pretrained(name)
@@ -398,7 +396,7 @@ def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(
             f"could not load pretrained {name!r} ({type(err).__name__}: {str(err)[:200]}). Offline, use the "
-            "embedded translation model: gae_utils.zoo.load('shapes-translate')."
+            "embedded translation model: gae_workbook.zoo.load('shapes-translate')."
         ) from err
     return model.eval(), tokenizer
 

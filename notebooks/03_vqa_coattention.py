@@ -107,7 +107,7 @@ figures.save_figure(fig, "03_vqa_flow")
 # (positive: accuracy should fall fast) or least relevant first (negative: it should hold), at the
 # LXMERT steps of the paper. Ground truth: do the image maps point at the objects the question
 # refers to, and is a key word of the question (the shape in "what colour is the triangle") the
-# most relevant word? The workbook scores 300 held-out questions (`python -m gae_utils.evaluate
+# most relevant word? The workbook scores 300 held-out questions (`python -m gae_workbook.evaluate
 # --model shapes-vqa` runs the same code).
 
 # %%

@@ -22,7 +22,7 @@
 # its map is row k of `R[query, image]`, reshaped to the feature grid.
 #
 # `shapes-detr` is a tiny Hugging Face `DetrForObjectDetection` trained by this repository on
-# ShapesWorld boxes (`python -m gae_utils.train shapes-detr`). Set `GAE_SMOKE=1` for a quick run.
+# ShapesWorld boxes (`python -m gae_workbook.train shapes-detr`). Set `GAE_SMOKE=1` for a quick run.
 
 # %%
 import os

@@ -123,7 +123,7 @@ figures.save_figure(fig, "05_translation_tokens_log_prob")
 # %% [markdown]
 # ## Explorer
 # Generated token, method, cross-attention layer and head; each control calls a pure function of
-# `gae_utils.widgets` (`render_translation`, `render_translation_layer`).
+# `gae_workbook.widgets` (`render_translation`, `render_translation_layer`).
 
 # %%
 fig = widgets.render_translation_layer(rec, source_tokens, target_tokens, step=2, layer=-1, head=0)

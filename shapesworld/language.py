@@ -1,6 +1,6 @@
 """Text derived from ShapesWorld scenes, with word-level ground truth, and a word tokenizer.
 
-ShapesWorld scenes (see :mod:`gae_utils.shapes`) hold a few coloured shapes, at most one per
+ShapesWorld scenes (see :mod:`shapesworld.scenes`) hold a few coloured shapes, at most one per
 colour-shape class, with exact positions. This module turns a scene into the three kinds of text
 used to train and explain small bi-modal and encoder-decoder transformers, and records for every
 word which scene object it is about, so explanations can be scored against ground truth:

@@ -19,7 +19,7 @@ def region_labels(masks: torch.Tensor, min_cover: float = 0.15, grid: int = REGI
     losses of shapes-vqa (its regions) and shapes-detr (its encoder tokens).
 
     Args:
-        masks: ``(B, 16, H, W)`` class masks of a :class:`~gae_utils.shapes.ShapesBatch`.
+        masks: ``(B, 16, H, W)`` class masks of a :class:`~shapesworld.scenes.ShapesBatch`.
     """
     cover = F.avg_pool2d(masks.float(), masks.shape[-1] // grid)  # (B, 16, G, G) share of each cell
     background = (cover.sum(1, keepdim=True) < min_cover).float() * 2  # beats any share <= 1

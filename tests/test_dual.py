@@ -159,3 +159,19 @@ def test_dual_pair_figure_and_explorer_callback():
     one = explain_dual(model, images[1:2], {k: v[:1] for k, v in texts.items()}, pairs="diagonal")
     full = explain_dual(model, images, texts)
     torch.testing.assert_close(one.image.relevance["image"][0], full.image.relevance["image"][1, 0])
+
+
+def _skip_layer(layer: torch.nn.Module) -> None:
+    """Make an encoder layer return its input unchanged (as LayerDrop does): its attention never runs."""
+    layer.forward = lambda hidden_states, *args, **kwargs: hidden_states
+
+
+def test_a_skipped_attention_layer_is_an_error_not_a_silent_map():
+    model = tiny_clip()
+    _skip_layer(model.text_model.encoder.layers[1])
+    images = torch.rand(2, 3, 32, 32)
+    with pytest.raises(gu.AttentionCaptureError, match="captured 4 attention maps but the model has 5"):
+        explain_dual(model, images, tokenized(CAPTIONS[:2]))
+    with pytest.raises(gu.AttentionCaptureError, match="captured 4 attention maps"):
+        explain_dual(model, images, tokenized(CAPTIONS[:2]), pairs="diagonal")
+    assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())

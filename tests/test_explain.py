@@ -284,7 +284,9 @@ def test_deit_distilled_explains_cls_and_dist_rows(images):
     torch.testing.assert_close(exp.relevance["image"], full[:, :2, 2:].mean(dim=1))
 
 
-@pytest.mark.parametrize("cls_name", ["ViTForImageClassification", "DeiTForImageClassificationWithTeacher"])
+@pytest.mark.parametrize(
+    "cls_name", ["ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"]
+)
 def test_hugging_face_vit(images, cls_name):
     model = tiny_hf_vit(cls_name)
     before = model_state(model)
@@ -461,3 +463,25 @@ def test_registering_an_adapter_for_a_custom_model(monkeypatch):
 def test_hugging_face_wrong_image_size():
     with pytest.raises(ValueError, match=r"does not match the model's config.image_size \(32, 32\); resize"):
         explain(tiny_hf_vit(), torch.rand(2, 3, 48, 48))
+
+
+def test_headless_timm_vit_asks_for_a_callable_target(images):
+    features = tiny_timm_vit(num_classes=0)  # a feature extractor: forward returns (B, 32) pooled features
+    with pytest.raises(ValueError, match="num_classes=0.*target=callable"):
+        explain(features, images)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        explain(features, images, target=3)  # would silently explain feature 3 as if it were a class
+    direction = torch.linspace(-1, 1, 32)
+    exp = explain(features, images, target=lambda f: f @ direction)
+    assert exp.relevance["image"].shape == (4, 16) and exp.target is None
+    torch.testing.assert_close(exp.scores, features(images) @ direction, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls_name", ["ViTModel", "DeiTModel"])
+def test_headless_hugging_face_encoder_asks_for_a_callable_target(images, cls_name):
+    model = tiny_hf_vit(cls_name)
+    with pytest.raises(ValueError, match="no class logits.*target=callable"):
+        explain(model, images)
+    exp = explain(model, images, target=lambda out: out.pooler_output.sum(-1))
+    assert exp.relevance["image"].shape == (4, 16)
+    assert exp.layout.segment("image").prefix == (2 if cls_name.startswith("DeiT") else 1)

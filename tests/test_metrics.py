@@ -1,4 +1,4 @@
-"""Hand-checked tests of gae_utils.metrics: pointing, relevance mass, segmentation, perturbation."""
+"""Hand-checked tests of gae_workbook.metrics: pointing, relevance mass, segmentation, perturbation."""
 
 from __future__ import annotations
 

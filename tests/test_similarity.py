@@ -119,3 +119,12 @@ def test_real_minilm_offline():
     assert pair.similarity[0] > 0.5 > pair.similarity[1]  # a paraphrase scores above an unrelated pair
     assert pair.tokens_first[0][:3] == ["[CLS]", "a", "man"]
     assert torch.isfinite(pair.first.relevance["text"]).all()
+
+
+def test_a_skipped_attention_layer_is_an_error_not_a_silent_map():
+    model = tiny_bert()
+    model.encoder.layer[1].forward = lambda hidden_states, *args, **kwargs: hidden_states  # LayerDrop
+    a, b = batch_of(FIRST), batch_of(SECOND)
+    with pytest.raises(gu.AttentionCaptureError, match="attention maps but the model has"):
+        explain_similarity(model, a, b)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -67,8 +67,8 @@ class AttentionSite:
 
 
 @contextmanager
-def eager_flags(model: nn.Module, flags: list[tuple[nn.Module, str, Any]]) -> Iterator[None]:
-    """Set ``attr = value`` on each module for the duration of the block, then restore."""
+def eager_flags(model: nn.Module, flags: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Set ``attr = value`` on each module (or config) for the duration of the block, then restore."""
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in flags]
     try:
         for module, attr, value in flags:
@@ -87,6 +87,7 @@ def hf_eager(model: nn.Module) -> Iterator[None]:
     if original in (None, "eager"):
         yield
         return
+    assert config is not None  # original was read from it
     setter = getattr(model, "set_attn_implementation", None)
     try:
         if setter is not None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import dual_encoder_target
@@ -16,7 +16,7 @@ from .base import Adapter, AttentionSite, check_image_batch, check_text, hf_eage
 __all__ = ["CLIP", "clip_eot_index"]
 
 
-def clip_eot_index(model: nn.Module, input_ids: Tensor) -> Tensor:
+def clip_eot_index(model: Any, input_ids: Tensor) -> Tensor:
     """Index of the token CLIP's text tower pools (EOT), as ``CLIPTextTransformer`` picks it: ``(B,)``."""
     eos = model.config.text_config.eos_token_id
     if eos == 2:  # legacy configs: the EOT token has the largest id
@@ -24,7 +24,7 @@ def clip_eot_index(model: nn.Module, input_ids: Tensor) -> Tensor:
     return (input_ids == eos).int().argmax(dim=-1)
 
 
-def _clip_check(model: nn.Module, inputs: Any) -> None:
+def _clip_check(model: Any, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or "pixel_values" not in inputs or "input_ids" not in inputs:
         raise TypeError("CLIP takes a dict with 'pixel_values' (images) and 'input_ids'/'attention_mask' (texts)")
     check_text(model, {k: v for k, v in inputs.items() if k != "pixel_values"})
@@ -37,7 +37,7 @@ def _clip_check(model: nn.Module, inputs: Any) -> None:
         )
 
 
-def _clip_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+def _clip_layout(model: Any, inputs: Any) -> TokenLayout:
     side = model.config.vision_config.image_size // model.config.vision_config.patch_size
     ids = inputs["input_ids"]
     eot = F.one_hot(clip_eot_index(model, ids), ids.shape[1]).float()  # (B_t, L)

@@ -67,16 +67,17 @@ def detr_grid(n_tokens: int, size: tuple[int, int]) -> tuple[int, int]:
     raise UnsupportedModelError(f"cannot place {n_tokens} encoder tokens on a grid for images of size {size}")
 
 
-def _detr_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+def _detr_layout(model: Any, inputs: Any) -> TokenLayout:
     """Before the forward pass only the queries are known; :func:`_detr_layout_of_output` has the grid."""
     return TokenLayout((Segment("image", 0), Segment("query", model.config.num_queries)), ())
 
 
-def _detr_layout_of_output(model: nn.Module, inputs: Any, output: Any) -> TokenLayout:
+def _detr_layout_of_output(model: Any, inputs: Any, output: Any) -> TokenLayout:
     """Image tokens on the backbone's feature grid (known from the encoder's output) and the object queries;
     each target reads its query's row of ``R[query, image]`` (the object's map) and ``R[query, query]``."""
     n_image = output.encoder_last_hidden_state.shape[1]
-    grid = detr_grid(n_image, tuple(_detr_pixels(inputs).shape[-2:]))
+    pixels = _detr_pixels(inputs)  # (B, C, H, W), checked by _detr_check
+    grid = detr_grid(n_image, (pixels.shape[-2], pixels.shape[-1]))
     segments = (Segment("image", n_image, 0, grid), Segment("query", model.config.num_queries, 0))
     readouts = (Readout("image", "query", "image", "weights"), Readout("query", "query", "query", "weights"))
     return TokenLayout(segments, readouts)

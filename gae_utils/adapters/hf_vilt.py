@@ -19,7 +19,7 @@ __all__ = ["VILT"]
 _VILT_SEED = 0
 
 
-def _vilt_check(model: nn.Module, inputs: Any) -> None:
+def _vilt_check(model: Any, inputs: Any) -> None:
     check_joint(model, inputs, ("pixel_values",))
     check_image_batch(inputs["pixel_values"], None, channels=model.config.num_channels)
     if inputs["pixel_values"].shape[0] != inputs["input_ids"].shape[0]:
@@ -40,7 +40,7 @@ def _vilt_call(model: nn.Module, inputs: Any) -> Any:
         return model(**inputs)
 
 
-def _vilt_layout(model: nn.Module, inputs: Any) -> TokenLayout:
+def _vilt_layout(model: Any, inputs: Any) -> TokenLayout:
     pixels = inputs["pixel_values"]
     mask = inputs.get("pixel_mask")
     mask = (

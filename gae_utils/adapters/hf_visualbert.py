@@ -16,7 +16,7 @@ from .base import Adapter, AttentionSite, check_joint, no_switch
 __all__ = ["VISUALBERT_QA", "VISUALBERT_VR", "visualbert_answer_index"]
 
 
-def _visualbert_check(model: nn.Module, inputs: Any) -> None:
+def _visualbert_check(model: Any, inputs: Any) -> None:
     check_joint(model, inputs, ("visual_embeds",))
     feats = inputs["visual_embeds"]
     if feats.ndim != 3 or feats.shape[0] != inputs["input_ids"].shape[0]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_image_batch, hf_eager
@@ -12,7 +13,7 @@ from .base import Adapter, AttentionSite, check_image_batch, hf_eager
 __all__ = ["VIT", "DEIT", "DEIT_WITH_TEACHER"]
 
 
-def _hf_check(model: nn.Module, images: Tensor) -> None:
+def _hf_check(model: Any, images: Tensor) -> None:
     check_image_batch(images, None, channels=getattr(model.config, "num_channels", 3))
     size = model.config.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -23,7 +24,7 @@ def _hf_check(model: nn.Module, images: Tensor) -> None:
         )
 
 
-def _hf_layout(model: nn.Module, images: Tensor, prefix: int, rows: tuple[int, ...]) -> TokenLayout:
+def _hf_layout(model: Any, images: Tensor, prefix: int, rows: tuple[int, ...]) -> TokenLayout:
     """``prefix`` leading tokens (CLS, DeiT's distillation token) before the patch grid; ``rows`` read."""
     patch = model.config.patch_size
     grid = (images.shape[-2] // patch, images.shape[-1] // patch)

@@ -91,7 +91,7 @@ def mha_eager(model: nn.Module) -> Iterator[None]:
     """
     saved = torch.backends.mha.get_fastpath_enabled()
 
-    def per_head(module: nn.Module, args: tuple, kwargs: dict):
+    def per_head(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
     handles = []

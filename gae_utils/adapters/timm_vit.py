@@ -41,7 +41,7 @@ def _timm_check(model: nn.Module, images: Tensor) -> None:
         )
 
 
-def _timm_layout(model: nn.Module, images: Tensor) -> TokenLayout:
+def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
     patch = model.patch_embed.patch_size
     grid = (images.shape[-2] // patch[0], images.shape[-1] // patch[1])
     prefix = int(model.num_prefix_tokens)
