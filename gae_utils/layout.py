@@ -41,7 +41,7 @@ class Segment:
     offset: int = 0
 
     @property
-    def source(self) -> str:
+    def engine_modality(self) -> str:
         """The engine modality whose maps hold this segment's tokens."""
         return self.stream or self.modality
 
@@ -136,7 +136,7 @@ class TokenLayout:
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            full = maps[(rows.source, cols.source)]  # (B, [K,] Na, Nb) of the engine modalities
+            full = maps[(rows.engine_modality, cols.engine_modality)]  # (B, [K,] Na, Nb) of the engine modalities
             full = full[..., rows.offset : rows.offset + rows.n_tokens, cols.offset : cols.offset + cols.n_tokens]
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
             per_example = weights.ndim >= 2

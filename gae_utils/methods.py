@@ -161,7 +161,8 @@ def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout
         )
     spec = METHODS[method]
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
-    needed = [(layout.segment(r.rows_of).source, layout.segment(r.columns_of).source) for r in layout.readouts]
+    engine = {s.modality: s.engine_modality for s in layout.segments}
+    needed = [(engine[r.rows_of], engine[r.columns_of]) for r in layout.readouts]
     missing = [pair for pair in needed if pair not in maps]
     if missing:
         raise ValueError(f"method {method!r} gives no map for {missing}")

@@ -32,7 +32,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gae_utils.adapters import find_adapter
+from gae_utils.dual import explain_dual
 from gae_utils.explainer import explain
+from gae_utils.generation import explain_generation
+from gae_utils.recorder import AttentionRecorder
+from shapesworld.inputs import detr_pixels, vqa_inputs
+from shapesworld.language import Vocabulary, sample_question
+from shapesworld.scenes import ShapesWorld
+
+from .train import HELDOUT_SEED
+from .zoo import BUILDERS, load
 
 __all__ = ["run_benchmark", "main"]
 
@@ -218,8 +228,6 @@ def run_benchmark(
 
 def _random_clip(device: torch.device, small: bool = False) -> nn.Module:
     """A CLIP with random weights: ViT-B/32-sized by default (CLIPConfig's defaults), tiny for tests."""
-    from .zoo import BUILDERS
-
     torch.manual_seed(0)
     if small:
         text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -234,8 +242,6 @@ def run_dual_benchmark(
     """One image against ``captions`` captions: :func:`gae_utils.dual.explain_dual` against a plain
     forward of the same batch, and against explaining pair by pair (one forward and one backward of
     both towers per pair, the way users do it today; timed on ``per_pair`` pairs, scaled to all)."""
-    from gae_utils.dual import explain_dual
-
     dev = torch.device(device)
     model = _random_clip(dev, small)
     size = model.config.vision_config.image_size
@@ -284,17 +290,9 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
     LXMERT-base configuration with random weights: 9 language, 5 vision, 5 cross-modality layers,
     36 regions of 2048 features, 20-token questions).
     """
-    from gae_utils.explainer import explain
-
     dev = torch.device(device)
     if model_name == "shapes-vqa":
         import numpy as np
-
-        from shapesworld.inputs import vqa_inputs
-        from shapesworld.language import Vocabulary, sample_question
-        from shapesworld.scenes import ShapesWorld
-
-        from .zoo import load
 
         model = load("shapes-vqa").to(dev).eval()
         scenes = ShapesWorld(seed=5).batch(batch)
@@ -335,8 +333,6 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
 def _random_marian(device: torch.device, small: bool = False) -> nn.Module:
     """A Marian with random weights: opus-mt-en-de sized by default (d_model 512, 6+6 layers, 8 heads,
     58,101 tokens), tiny for tests."""
-    from .zoo import BUILDERS
-
     torch.manual_seed(0)
     if small:
         size = dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2)
@@ -359,10 +355,6 @@ def run_seq2seq_benchmark(
     - ``per_token_backward``: the same recording, one ``autograd.grad`` per token (``length`` passes
       sharing one forward), i.e. what a ``.backward()`` per token costs at best.
     """
-    from gae_utils.adapters import find_adapter
-    from gae_utils.generation import explain_generation
-    from gae_utils.recorder import AttentionRecorder
-
     dev = torch.device(device)
     model = _random_marian(dev, small)
     adapter = find_adapter(model)
@@ -428,14 +420,8 @@ def run_detr_benchmark(
     ``per_detection_loop`` explains one (image, detection) at a time, the way a per-object
     ``.backward()`` loop does (timed on one image, scaled to the batch).
     """
-    from .zoo import load
-
     dev = torch.device(device)
     if model_name == "shapes-detr":
-        from shapesworld.inputs import detr_pixels
-        from shapesworld.scenes import ShapesWorld
-
-        from .train import HELDOUT_SEED
 
         model = load("shapes-detr", device=dev)
         scenes = ShapesWorld(seed=HELDOUT_SEED).batch(batch)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.adapters.hf_detr import detr_class_probabilities
+from gae_utils.maps import grid_heatmap
 from gae_utils.recorder import evaluating
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import Scene, ShapesWorld
 from shapesworld.targets import cxcywh_to_xyxy
 
-from .metrics import detection_map
+from .metrics import box_iou, detection_map, otsu_threshold
 
 __all__ = [
     "Detections",
@@ -63,11 +64,6 @@ class Detections:
         return int(self.queries.numel())
 
 
-def class_probabilities(logits: Tensor) -> Tensor:
-    """``(B, Q, C + 1)`` logits -> ``(B, Q, C)`` probabilities of the real classes (softmax, no-object dropped)."""
-    return logits.softmax(-1)[..., :-1]
-
-
 def detections(logits: Tensor, pred_boxes: Tensor, size: tuple[int, int], threshold: float = CONFIDENCE) -> list:
     """The confident detections of every image of a batch (any number per image, possibly none).
 
@@ -84,7 +80,7 @@ def detections(logits: Tensor, pred_boxes: Tensor, size: tuple[int, int], thresh
         raise ValueError(
             f"expected logits (B, Q, C+1) and boxes (B, Q, 4), got {tuple(logits.shape)}, {tuple(pred_boxes.shape)}"
         )
-    scores, labels = class_probabilities(logits.detach()).max(-1)  # (B, Q) each
+    scores, labels = detr_class_probabilities(logits.detach()).max(-1)  # (B, Q) each
     boxes = cxcywh_to_xyxy(pred_boxes.detach(), size)  # (B, Q, 4)
     out = []
     for b in range(logits.shape[0]):
@@ -121,7 +117,7 @@ def evaluate_detection(
             batch = world.batch(min(batch_size, n - start), start=start)
             out = model(pixel_values=detr_pixels(batch.images).to(device))
             size = tuple(batch.images.shape[-2:])
-            scores, labels = class_probabilities(out.logits).max(-1)  # (B, Q)
+            scores, labels = detr_class_probabilities(out.logits).max(-1)  # (B, Q)
             boxes = cxcywh_to_xyxy(out.pred_boxes, size)  # (B, Q, 4)
             for b, scene in enumerate(batch.scenes):
                 g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)
@@ -145,8 +141,6 @@ def evaluate_detection(
 
 def _confident_hits(boxes: Tensor, labels: Tensor, g_boxes: Tensor, g_labels: Tensor, iou_threshold: float) -> int:
     """Ground-truth objects found by a confident detection of their class with IoU >= threshold."""
-    from .metrics import box_iou
-
     if len(boxes) == 0 or len(g_boxes) == 0:
         return 0
     iou = box_iou(boxes, g_boxes)  # (D, G)
@@ -165,8 +159,7 @@ def object_heatmaps(relevance: Tensor, grid: tuple[int, int], size: tuple[int, i
     Returns:
         ``(..., H, W)`` maps in [0, 1] (a constant map gives zeros).
     """
-    maps = relevance.detach().float().reshape(*relevance.shape[:-1], *grid)  # (..., h, w)
-    return normalize_maps(upsample_maps(maps, size))  # (..., H, W)
+    return grid_heatmap(relevance.detach().float(), grid, size)  # (..., H, W)
 
 
 def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
@@ -178,8 +171,6 @@ def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5
     Returns:
         ``[(detection index, object index)]`` for the detections that found an object, in order.
     """
-    from .metrics import box_iou
-
     g_boxes = torch.tensor([o.box for o in scene.objects], dtype=torch.float32).reshape(-1, 4)  # (G, 4)
     iou = box_iou(found.boxes.cpu().float(), g_boxes)  # (D, G)
     pairs = []
@@ -193,8 +184,6 @@ def match_to_objects(found: Detections, scene: Scene, iou_threshold: float = 0.5
 
 def otsu_foreground(maps: Tensor) -> Tensor:
     """``(..., H, W)`` maps -> bool foreground ``map > otsu_threshold(map)`` (the DETR segmentation protocol)."""
-    from .metrics import otsu_threshold
-
     return maps > otsu_threshold(maps)[..., None, None]
 
 
@@ -214,8 +203,6 @@ def box_matched_queries(
     Returns:
         Per image, ``[(query, object index)]``; each query is used at most once (greedy by IoU).
     """
-    from .metrics import box_iou
-
     out = []
     for b, scene in enumerate(scenes):
         size = scene.image.shape[:2]

@@ -36,11 +36,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gae_utils.dual import explain_dual
 from gae_utils.explainer import record
+from gae_utils.generation import greedy_decode, record_generation
 from gae_utils.maps import upsample_maps
 from gae_utils.methods import method_names
+from shapesworld.inputs import (
+    detr_pixels,
+    encode_captions,
+    encode_questions,
+    encode_sources,
+    encode_targets,
+    normalize_pixels,
+    translate_vocabulary,
+    vqa_inputs,
+)
+from shapesworld.language import ANSWERS, SPECIAL_TOKENS, Vocabulary, caption, sample_question, translate
 from shapesworld.scenes import ShapesWorld
 
+from .detection import box_matched_queries, detections, match_to_objects
 from .metrics import (
     masks_to_grid,
     perturbation_auc,
@@ -49,6 +63,7 @@ from .metrics import (
     relevance_mass,
     segmentation_scores,
 )
+from .zoo import load
 
 __all__ = [
     "evaluate_vit",
@@ -207,10 +222,6 @@ def evaluate_clip(
     """
     from tqdm.auto import tqdm
 
-    from gae_utils.dual import explain_dual
-    from shapesworld.inputs import encode_captions, normalize_pixels
-    from shapesworld.language import Vocabulary, caption
-
     methods = methods or method_names()
     vocab = Vocabulary.captions()
     world = ShapesWorld(seed=seed)
@@ -350,9 +361,6 @@ def key_word_rank(text: Tensor, words: Tensor, keys: Tensor) -> Tensor:
 def _question_batch(world: ShapesWorld, n: int, rng: np.random.Generator, vocab, start: int = 0):
     """``n`` scenes of ``world`` from ``start``, one question each drawn with ``rng``: ``(batch, questions,
     words, keys)``; ``words`` and ``keys`` are ``(n, L)`` masks of the question's words and its key words."""
-    from shapesworld.inputs import encode_questions
-    from shapesworld.language import SPECIAL_TOKENS, sample_question
-
     batch = world.batch(n, start=start)
     qs = [sample_question(scene, rng) for scene in batch.scenes]
     ids, _ = encode_questions(qs, vocab)
@@ -389,9 +397,6 @@ def vqa_word_study(
     from collections import Counter
 
     from tqdm.auto import tqdm
-
-    from shapesworld.inputs import vqa_inputs
-    from shapesworld.language import Vocabulary
 
     vocab = Vocabulary.questions()
     batch, qs, words, keys = _question_batch(ShapesWorld(seed=seed), n, np.random.default_rng(seed), vocab)
@@ -456,9 +461,6 @@ def evaluate_vqa(
         ``({method: {metric: value}}, {method: (4, S) curves: image pos, image neg, text pos, text neg})``.
     """
     from tqdm.auto import tqdm
-
-    from shapesworld.inputs import vqa_inputs
-    from shapesworld.language import ANSWERS, Vocabulary
 
     methods = methods or method_names(ablations=True)
     vocab = Vocabulary.questions()
@@ -556,10 +558,6 @@ def evaluate_translate(
     """
     from tqdm.auto import tqdm
 
-    from gae_utils.generation import greedy_decode, record_generation
-    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
-    from shapesworld.language import caption, translate
-
     methods = methods or method_names()
     vocab = translate_vocabulary()
     world = ShapesWorld(seed=seed)
@@ -636,10 +634,6 @@ def evaluate_detr(
         ``{method: {metric: value}}``.
     """
     from tqdm.auto import tqdm
-
-    from shapesworld.inputs import detr_pixels
-
-    from .detection import box_matched_queries, detections, match_to_objects
 
     if queries not in ("confident", "matched"):
         raise ValueError(f"queries must be 'confident' or 'matched', got {queries!r}")
@@ -789,7 +783,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         help="shapes-detr: explain confident detections (p > 0.5) or the query that best localises each object",
     )
     args = parser.parse_args(argv)
-    from .zoo import load
 
     model = load(args.model)
     started = time.perf_counter()

@@ -21,19 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gae_utils.generation import greedy_decode
 from shapesworld.inputs import (
     PIXEL_MEAN,
     PIXEL_STD,
     REGION_GRID,
     REGION_WINDOW,
+    detr_pixels,
     encode_captions,
+    encode_sources,
+    encode_targets,
     normalize_pixels,
+    translate_vocabulary,
     vqa_inputs,
 )
-from shapesworld.scenes import CLASS_NAMES, ShapesWorld
-from shapesworld.targets import region_labels
+from shapesworld.language import ANSWERS, QUESTION_KINDS, Vocabulary, all_captions, caption, sample_question, translate
+from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
+from shapesworld.targets import region_labels, scene_targets
 
-from .zoo import EMBEDDED, ModelCard, build, save_checkpoint
+from .detection import evaluate_detection
+from .zoo import EMBEDDED, ModelCard, build, load, save_checkpoint, weights_dir
 
 __all__ = ["train_shapes_vit", "evaluate_multilabel", "TRAIN_SEED", "HELDOUT_SEED"]
 
@@ -137,14 +144,14 @@ def _training_record(recipe: dict, losses: list[float], seconds: float, heldout:
     }
 
 
-def _fresh(name: str, classes, seed: int, device: str | torch.device) -> tuple[ModelCard, nn.Module]:
+def new_model(name: str, classes, seed: int, device: str | torch.device) -> tuple[ModelCard, nn.Module]:
     """Seed torch, then build embedded model ``name`` with fresh weights and its card (``classes`` filled in)."""
     torch.manual_seed(seed)
     card = ModelCard(**{**EMBEDDED[name].__dict__, "classes": list(classes)})
     return card, build(card).to(device)
 
 
-def _finish(model: nn.Module, card: ModelCard, training: dict, out: Path | None) -> tuple[nn.Module, ModelCard]:
+def attach_and_save(model: nn.Module, card: ModelCard, training: dict, out: Path | None) -> tuple[nn.Module, ModelCard]:
     """Attach the training record to the card, save the checkpoint into ``out`` (if given), return both."""
     card.training = training
     if out is not None:
@@ -201,7 +208,7 @@ def train_shapes_vit(
         ``(model, card)``; the card's ``training`` holds the recipe, loss curve and held-out metrics.
     """
 
-    card, model = _fresh("shapes-vit", CLASS_NAMES, seed, device)
+    card, model = new_model("shapes-vit", CLASS_NAMES, seed, device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     opt = torch.optim.AdamW(
@@ -236,7 +243,7 @@ def train_shapes_vit(
         "seed": seed,
     }
     metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
-    return _finish(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
+    return attach_and_save(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 @torch.no_grad()
@@ -245,8 +252,6 @@ def retrieval_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, cand
 
     A hit is the scene's own caption, or one with exactly its text (two scenes can share a caption).
     """
-    from shapesworld.language import Vocabulary, caption
-
     vocab = Vocabulary.captions()
     device = next(model.parameters()).device
     hits = total = 0
@@ -287,10 +292,8 @@ def train_shapes_clip(
         ``(model, card)``; the card's ``training`` holds the recipe and held-out retrieval accuracy.
     """
 
-    from shapesworld.language import Vocabulary, all_captions
-
     vocab = Vocabulary.captions()
-    card, model = _fresh("shapes-clip", vocab.tokens, seed, device)
+    card, model = new_model("shapes-clip", vocab.tokens, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
@@ -326,14 +329,12 @@ def train_shapes_clip(
         "train_scenes": train_scenes,
         "seed": seed,
     }
-    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
+    return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 @torch.no_grad()
 def vqa_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, batch_size: int = 250) -> dict[str, float]:
     """Held-out answer accuracy, one sampled question per scene, overall and per question kind."""
-    from shapesworld.language import ANSWERS, QUESTION_KINDS, Vocabulary, sample_question
-
     vocab = Vocabulary.questions()
     rng = np.random.default_rng(1)
     device = next(model.parameters()).device
@@ -375,11 +376,8 @@ def train_shapes_vqa(
     is discarded after training (the shipped model is a plain ``LxmertForQuestionAnswering``).
     """
 
-    from shapesworld.language import ANSWERS, Vocabulary, sample_question
-    from shapesworld.scenes import ShapesBatch
-
     vocab = Vocabulary.questions()
-    card, model = _fresh("shapes-vqa", ANSWERS, seed, device)
+    card, model = new_model("shapes-vqa", ANSWERS, seed, device)
     region_head = nn.Linear(model.config.hidden_size, len(CLASS_NAMES) + 1).to(device)  # + background
     opt = torch.optim.AdamW([*model.parameters(), *region_head.parameters()], lr=lr, weight_decay=0.01)
     world = ShapesWorld(seed=TRAIN_SEED + seed)
@@ -422,7 +420,7 @@ def train_shapes_vqa(
         "train_scenes": train_scenes,
         "seed": seed,
     }
-    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
+    return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 # ----------------------------------------------------------------------------- shapes-translate
@@ -430,8 +428,6 @@ def train_shapes_vqa(
 
 def _translation_pairs(world: ShapesWorld, n_scenes: int):
     """Every true caption of scenes ``0..n_scenes-1`` with its toy translation."""
-    from shapesworld.language import all_captions, translate
-
     captions = [c for scene in world.scenes(n_scenes) for c in all_captions(scene)]
     return captions, [translate(c) for c in captions]
 
@@ -443,10 +439,6 @@ def translation_accuracy(model: nn.Module, world: ShapesWorld, n: int = 1000, se
     ``unseen_exact_match`` is the exact match over the captions whose text is not in ``seen`` (the
     training captions), with their count.
     """
-    from gae_utils.generation import greedy_decode
-    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
-    from shapesworld.language import caption, translate
-
     vocab = translate_vocabulary()
     rng = np.random.default_rng(2)
     caps = [caption(scene, rng) for scene in world.scenes(n)]
@@ -482,10 +474,8 @@ def train_shapes_translate(
     become one word); teacher-forced cross-entropy over the target tokens, padding ignored.
     Held-out: greedy exact match on one caption per scene of ``ShapesWorld(seed=HELDOUT_SEED)``.
     """
-    from shapesworld.inputs import encode_sources, encode_targets, translate_vocabulary
-
     vocab = translate_vocabulary()
-    card, model = _fresh("shapes-translate", vocab.tokens, seed, device)
+    card, model = new_model("shapes-translate", vocab.tokens, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     started = time.perf_counter()
     captions, translations = _translation_pairs(ShapesWorld(seed=TRAIN_SEED + seed), train_scenes)
@@ -522,7 +512,7 @@ def train_shapes_translate(
         "seed": seed,
         "decoding": "greedy (gae_utils.generation.greedy_decode)",
     }
-    return _finish(model, card, _training_record(recipe, losses, seconds, metrics), out)
+    return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 # ----------------------------------------------------------------------------- shapes-detr
@@ -555,9 +545,8 @@ def train_shapes_detr(
 
     Like shapes-vqa's region loss, an auxiliary head on the encoder's output tokens predicts the
     class covering each token's 8x8 cell (:func:`region_labels`), weighted by ``region_loss``, and
-    is discarded after training. Without it the decoder learns the boxes but not the classes:
-    DETR's weights (L1 5, GIoU 2) and no region loss gave matched-query class accuracy 0.19
-    (colour 0.50) and mAP@0.5 0.04 after 4,500 steps.
+    is discarded after training; the decoder needs it to learn the classes, not only the boxes
+    (the measurements are in the README's DETR section).
 
     ``init``: a directory holding a shapes-detr checkpoint to continue from (a second schedule
     on new scene order); its card's training record is kept under ``training["continued_from"]``.
@@ -565,16 +554,9 @@ def train_shapes_detr(
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe and the held-out mAP@0.5.
     """
-    from shapesworld.inputs import detr_pixels
-    from shapesworld.scenes import ShapesBatch
-    from shapesworld.targets import scene_targets
-
-    from .detection import evaluate_detection
-
-    card, model = _fresh("shapes-detr", CLASS_NAMES, seed, device)
+    card, model = new_model("shapes-detr", CLASS_NAMES, seed, device)
     previous = None
     if init is not None:
-        from .zoo import load
 
         start = load("shapes-detr", directory=init)
         model.load_state_dict(start.state_dict())
@@ -642,7 +624,7 @@ def train_shapes_detr(
         training["total_train_seconds"] = round(
             seconds + previous.get("total_train_seconds", previous["train_seconds"]), 1
         )
-    return _finish(model, card, training, out)
+    return attach_and_save(model, card, training, out)
 
 
 TRAINERS = {"shapes-vit": train_shapes_vit, "shapes-clip": train_shapes_clip, "shapes-vqa": train_shapes_vqa}
@@ -658,7 +640,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the package's weights/)")
     parser.add_argument("--eval-n", type=int, default=1000)
     args = parser.parse_args(argv)
-    from .zoo import weights_dir
 
     names = list(TRAINERS) if args.model == "all" else [args.model]
     for name in names:

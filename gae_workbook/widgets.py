@@ -1,6 +1,7 @@
 """Interactive explorers: pure render functions, and ipywidgets that only wire controls to them.
 
-One :func:`explore_record` call records a batch of images for *every* class at once (one forward
+The tensors they draw come from :mod:`gae_workbook.views`. One
+:func:`~gae_workbook.views.explore_record` call records a batch of images for *every* class at once (one forward
 pass, one backward per class, per-head maps kept); each slider then calls a pure function
 ``render_*(recording, images, ...) -> Figure`` that the tests exercise directly:
 
@@ -21,49 +22,51 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gae_utils.explainer import Recording, record
-from gae_utils.layout import TokenLayout
-from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.dual import explain_dual
+from gae_utils.explainer import Recording
+from gae_utils.generation import record_generation
+from gae_utils.maps import grid_heatmap
 from gae_utils.methods import method_label, method_names
-from gae_utils.propagation import layer_steps
 from gae_utils.rules import head_relevance
 
-from .figures import PANEL, overlay, plot_matrix, plot_token_relevance, show_image
+from .figures import PANEL, overlay, plot_alignment, plot_matrix, plot_token_relevance, show_image
+from .views import (
+    LAYER_VIEWS_DETR,
+    PAIRS,
+    VIEWS,
+    cross_attention_matrix,
+    detr_boxes,
+    detr_layer_map,
+    detr_slot,
+    explore_detr,
+    explore_record,
+    flow_steps,
+    layer_labels,
+    layer_matrix,
+    row_heatmap,
+    stream_row,
+)
 
 __all__ = [
-    "explore_record",
-    "row_heatmap",
-    "layer_matrix",
     "render_layer",
     "render_steps",
     "render_methods",
     "explorer",
-    "VIEWS",
-    "PAIRS",
-    "layer_labels",
-    "flow_steps",
     "render_flow",
-    "stream_row",
     "render_stream_row",
     "coattention_explorer",
     "render_dual_pair",
     "dual_explorer",
-    "cross_attention_matrix",
     "render_translation",
     "render_translation_layer",
     "translation_explorer",
     "render_detections",
     "render_detr_query",
-    "detr_layer_map",
-    "detr_boxes",
-    "explore_detr",
     "detr_explorer",
 ]
 
-VIEWS = ("relevancy", "attn_bar", "head")
 
 
 def _show(out, fig: plt.Figure) -> None:
@@ -76,68 +79,10 @@ def _show(out, fig: plt.Figure) -> None:
         plt.close(fig)
 
 
-def explore_record(model: nn.Module, images: Tensor, num_classes: int | None = None) -> Recording:
-    """Record ``images`` for every class (K = num_classes targets) with per-head maps kept."""
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = record(model, images[:1], target=0).logits.shape[-1]
-    targets = torch.arange(num_classes).expand(images.shape[0], -1)  # (B, C)
-    return record(model, images, target=targets, keep_heads=True)
 
 
-def row_heatmap(layout: TokenLayout, matrix: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-    """The explained row of a token x token matrix as an image-sized map in [0, 1].
-
-    Args:
-        layout: token layout (which rows are explained, prefix tokens, patch grid).
-        matrix: ``(N, N)`` a relevancy or attention matrix.
-        size: output ``(H, W)``; None keeps the patch grid.
-
-    Returns:
-        ``(H, W)`` min-max normalised map.
-    """
-    readout = layout.readouts[0]
-    row = layout.read({(readout.rows_of, readout.columns_of): matrix[None]})[readout.name][0]  # (n_content,)
-    grid = row.reshape(1, 1, *layout.segment(readout.columns_of).grid).float()  # (1, 1, h, w)
-    if size is not None:
-        grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
-    grid = grid[0, 0]
-    span = grid.max() - grid.min()
-    return (grid - grid.min()) / span if span > 0 else torch.zeros_like(grid)
 
 
-def layer_matrix(
-    rec: Recording, index: int, target: int, layer: int, view: str, head: int = 0, start_layer: int = 0
-) -> Tensor:
-    """The ``(N, N)`` matrix a layer view shows.
-
-    Args:
-        rec: a recording with per-head maps (:func:`explore_record`).
-        index: example in the batch.
-        target: target column (class index for :func:`explore_record` recordings).
-        layer: layer index.
-        view: ``"relevancy"`` (R after ``layer``), ``"attn_bar"`` (Eq. 5 map of ``layer``) or
-            ``"head"`` (``(dA * A)^+`` of one head at ``layer``).
-        head: head index for ``view="head"``.
-        start_layer: first layer accumulated for ``view="relevancy"``.
-    """
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-    if not 0 <= layer < len(rec.layers):
-        raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
-    chosen_layer = rec.layers[layer]
-    if view == "relevancy":
-        if layer < start_layer:
-            raise ValueError(f"layer {layer} comes before start_layer={start_layer}; nothing is accumulated yet")
-        key = (chosen_layer.query, chosen_layer.key)
-        return rec.history(start_layer)[layer - start_layer][key][index, target]  # (N, N)
-    if view == "attn_bar":
-        return chosen_layer.attn_bar[index, target]  # (N, N)
-    if chosen_layer.attn is None or chosen_layer.grad is None:
-        raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_record does)")
-    if not 0 <= head < chosen_layer.attn.shape[1]:
-        raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
-    return head_relevance(chosen_layer.attn[index, head], chosen_layer.grad[index, target, head])  # (N, N)
 
 
 _VIEW_TITLES = {
@@ -279,24 +224,10 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
 
 # ------------------------------------------------------------------ two modalities (co-attention)
 
-PAIRS = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
-"""The four relevancy maps of a two-stream model, in the order the flow figures show them."""
 
 
-def layer_labels(rec: Recording) -> list[str]:
-    """One label per recorded layer: ``"3 cross text->image"``, ``"0 self text"``."""
-    labels = []
-    for i, layer in enumerate(rec.layers):
-        what = f"self {layer.query}" if layer.kind == "self" else f"cross {layer.query}->{layer.key}"
-        labels.append(f"{i} {what}")
-    return labels
 
 
-def flow_steps(rec: Recording) -> list[str]:
-    """One label per entry of :meth:`Recording.history`: a layer, or a co-attention block's two
-    cross-attention directions applied together (method.md)."""
-    names = layer_labels(rec)
-    return [" + ".join(names[i] for i in step) for step in layer_steps(rec.layers)]
 
 
 def render_flow(
@@ -342,37 +273,6 @@ def render_flow(
     return fig
 
 
-def stream_row(
-    rec: Recording,
-    index: int,
-    target: int,
-    step: int,
-    pair: tuple[str, str],
-    token: int,
-    view: str = "relevancy",
-    head: int = 0,
-) -> Tensor:
-    """Row ``token`` of map ``pair`` for one example: ``R`` after propagation step ``step``, or, for
-    ``view="head"``, ``(dA * A)^+`` of one head of recorded layer ``step`` (that layer's own pair).
-
-    Returns:
-        ``(N_columns,)``.
-    """
-    if view == "relevancy":
-        history = rec.history()
-        if not -len(history) <= step < len(history):
-            raise ValueError(f"step {step} is out of range (0..{len(history) - 1})")
-        matrix = history[step][pair][index, target]  # (Na, Nb)
-    elif view == "head":
-        layer = rec.layers[step % len(rec.layers)]
-        if (layer.query, layer.key) != pair:
-            raise ValueError(f"layer {step} attends {layer.query}->{layer.key}, not {pair[0]}->{pair[1]}")
-        matrix = layer_matrix(rec, index, target, step % len(rec.layers), "head", head)
-    else:
-        raise ValueError(f"unknown view {view!r}; choose 'relevancy' or 'head'")
-    if not 0 <= token < matrix.shape[0]:
-        raise ValueError(f"token {token} is out of range: {pair[0]} has {matrix.shape[0]} tokens")
-    return matrix[token]
 
 
 def render_stream_row(
@@ -407,7 +307,7 @@ def render_stream_row(
     title = f"R[{a}, {b}] row of {who} ({name}), {where}" if view == "relevancy" else f"(dA*A)+ of {who}, {where}"
     if b == "image":
         side = math.isqrt(row.shape[-1])
-        heat = normalize_maps(upsample_maps(row.reshape(side, side), tuple(images.shape[-2:])))  # (H, W)
+        heat = grid_heatmap(row, (side, side), tuple(images.shape[-2:]))  # (H, W)
         fig, axes = plt.subplots(1, 2, figsize=(PANEL * 2.2, PANEL * 1.2), layout="constrained")
         show_image(axes[0], images[index], "input")
         overlay(axes[1], images[index], heat, None)
@@ -520,8 +420,6 @@ def render_dual_pair(
         pixel_values: what the model takes for ``images`` (default: ``images`` themselves).
         word_offset: token index of the first word (1: after ``[BOS]``).
     """
-    from gae_utils.dual import explain_dual
-
     pixels = images if pixel_values is None else pixel_values
     one = {k: v[caption : caption + 1] for k, v in texts.items()}
     dual = explain_dual(
@@ -575,28 +473,6 @@ def dual_explorer(
 # ----------------------------------------------------------------------------- seq2seq explorer
 
 
-def cross_attention_matrix(rec: Recording, index: int = 0, layer: int = -1, head: int | None = None) -> Tensor:
-    """A decoder cross-attention map ``(T, S)``: one cross-attention layer, one head or the head mean.
-
-    Args:
-        rec: a recording of :func:`gae_utils.generation.record_generation` (``keep_heads=True`` for heads).
-        index: example in the batch.
-        layer: index among the cross-attention layers (``-1``: the last decoder layer).
-        head: a head, or ``None`` for the mean over heads (the raw-attention baseline).
-    """
-    cross = [entry for entry in rec.layers if entry.kind == "cross"]
-    if not cross:
-        raise ValueError("the recording has no cross-attention layer; record an encoder-decoder")
-    if not -len(cross) <= layer < len(cross):
-        raise ValueError(f"cross-attention layer {layer} is out of range (0..{len(cross) - 1})")
-    chosen = cross[layer]
-    if head is None:
-        return chosen.attn_mean[index]  # (T, S)
-    if chosen.attn is None:
-        raise ValueError("per-head maps were not kept; record with keep_heads=True")
-    if not 0 <= head < chosen.attn.shape[1]:
-        raise ValueError(f"head {head} is out of range (0..{chosen.attn.shape[1] - 1})")
-    return chosen.attn[index, head]  # (T, S)
 
 
 def render_translation(
@@ -620,8 +496,6 @@ def render_translation(
         step: the selected generated token (framed; its prefix relevance is shown).
         start_layer: first aggregated layer for ``gae``.
     """
-    from .figures import plot_alignment, plot_token_relevance
-
     if not 0 <= step < len(target_tokens):
         raise ValueError(f"step {step} is out of range for {len(target_tokens)} generated tokens")
     exp = rec.explanation(method, start_layer)
@@ -649,8 +523,6 @@ def render_translation_layer(
     head: int | None = None,
 ) -> plt.Figure:
     """One decoder layer's cross-attention (one head or the mean) and its Eq. 5 map for token ``step``."""
-    from .figures import plot_alignment
-
     cross = [entry for entry in rec.layers if entry.kind == "cross"]
     attn = cross_attention_matrix(rec, index, layer, head)  # (T, S)
     chosen = cross[layer]
@@ -682,8 +554,6 @@ def translation_explorer(
     """
     import ipywidgets as W
 
-    from gae_utils.generation import record_generation
-
     rec = record_generation(model, inputs, generated, keep_heads=True)
     cross = [entry for entry in rec.layers if entry.kind == "cross"]
     methods = method_names()
@@ -714,30 +584,10 @@ def translation_explorer(
 # A DETR recording explains every confident detection of a batch at once (target k of image b is
 # object query ``rec.extra["queries"][b][k]``); the callbacks below show one of them.
 
-LAYER_VIEWS_DETR = ("attention", "attn_bar")
 
 
-def _detr_slot(rec: Recording, index: int, detection: int) -> int:
-    """The object query explained in target slot ``detection`` of image ``index``."""
-    queries = rec.extra.get("queries")
-    if queries is None:
-        raise ValueError("this recording has no object queries; record a DetrForObjectDetection")
-    if not 0 <= index < len(queries):
-        raise ValueError(f"image {index} is out of range (0..{len(queries) - 1})")
-    valid = [q for q in queries[index] if q >= 0]
-    if not 0 <= detection < len(valid):
-        raise ValueError(f"image {index} has {len(valid)} explained detections; detection {detection} is out of range")
-    return valid[detection]
 
 
-def detr_boxes(rec: Recording, size: tuple[int, int]) -> Tensor:
-    """``(B, K, 4)`` pixel boxes ``(x0, y0, x1, y1)`` of the explained queries (padding slots: zeros)."""
-    from shapesworld.targets import cxcywh_to_xyxy
-
-    queries = torch.tensor(rec.extra["queries"])  # (B, K)
-    boxes = cxcywh_to_xyxy(rec.output.pred_boxes.detach().cpu(), size)  # (B, Q, 4)
-    picked = boxes.gather(1, queries.clamp_min(0)[..., None].expand(-1, -1, 4))  # (B, K, 4)
-    return picked * (queries >= 0)[..., None]
 
 
 def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> None:
@@ -747,7 +597,7 @@ def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> None:
 
 def _detr_name(rec: Recording, index: int, detection: int, class_names: Sequence[str] | None) -> str:
     label = int(rec.target[index, detection])
-    score = float(rec.output.logits[index, _detr_slot(rec, index, detection)].detach().softmax(-1)[label])
+    score = float(rec.output.logits[index, detr_slot(rec, index, detection)].detach().softmax(-1)[label])
     name = class_names[label] if class_names is not None else f"class {label}"
     return f"{name} ({score:.2f})"
 
@@ -773,34 +623,6 @@ def render_detections(
     return fig
 
 
-def detr_layer_map(
-    rec: Recording, index: int, detection: int, layer: int, view: str = "attention", head: int | None = None
-) -> Tensor:
-    """The row of one recorded layer for the explained query: ``(Nk,)`` over that layer's keys.
-
-    Encoder layers have no object-query rows and raise. ``view="attention"``: attention
-    probabilities (head ``head``, or the mean over heads); ``"attn_bar"``: the Eq. 5 map
-    ``mean_h (dA * A)^+`` (or one head's ``(dA * A)^+``) for this detection's target.
-    """
-    if view not in LAYER_VIEWS_DETR:
-        raise ValueError(f"unknown view {view!r}; choose one of {LAYER_VIEWS_DETR}")
-    if not -len(rec.layers) <= layer < len(rec.layers):
-        raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
-    chosen_layer = rec.layers[layer]
-    if chosen_layer.query != "query":
-        raise ValueError(
-            f"layer {layer} ({chosen_layer.name}) is an encoder layer: its rows are image tokens, not object queries; "
-            "choose a decoder layer"
-        )
-    q = _detr_slot(rec, index, detection)
-    if head is None:
-        return chosen_layer.attn_mean[index, q] if view == "attention" else chosen_layer.attn_bar[index, detection, q]
-    if chosen_layer.attn is None or chosen_layer.grad is None:
-        raise ValueError("per-head maps were not kept; record with keep_heads=True (explore_detr does)")
-    if not 0 <= head < chosen_layer.attn.shape[1]:
-        raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
-    attn = chosen_layer.attn[index, head, q]  # (Nk,)
-    return attn if view == "attention" else head_relevance(attn, chosen_layer.grad[index, detection, head, q])
 
 
 def render_detr_query(
@@ -818,7 +640,7 @@ def render_detr_query(
     the queries), and one decoder layer's row for this query (image grid for cross-attention,
     queries for self-attention)."""
     size = tuple(images.shape[-2:])
-    q = _detr_slot(rec, index, detection)
+    q = detr_slot(rec, index, detection)
     exp = rec.explanation(method)
     box = detr_boxes(rec, size)[index, detection]
     fig, axes = plt.subplots(1, 3, figsize=(PANEL * 3.4, PANEL * 1.15), layout="constrained")
@@ -837,7 +659,7 @@ def render_detr_query(
     title = f"layer {layer % len(rec.layers)} {chosen_layer.kind}, {view}\n{what}"
     if chosen_layer.key == "image":
         grid = rec.layout.segment("image").grid
-        overlay(axes[2], images[index], normalize_maps(upsample_maps(row.reshape(*grid), size)), title)
+        overlay(axes[2], images[index], grid_heatmap(row, grid, size), title)
         _draw_box(axes[2], box)
     else:
         axes[2].bar(range(len(row)), row.numpy())
@@ -846,9 +668,6 @@ def render_detr_query(
     return fig
 
 
-def explore_detr(model: nn.Module, pixel_values: Tensor, target=None) -> Recording:
-    """Record every confident detection (or ``target`` queries) of a batch with per-head maps kept."""
-    return record(model, pixel_values, target=target, keep_heads=True)
 
 
 def detr_explorer(

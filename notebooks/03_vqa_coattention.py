@@ -37,7 +37,7 @@ import os
 import matplotlib.pyplot as plt
 
 import gae_utils as gu
-from gae_workbook import figures, widgets, zoo
+from gae_workbook import figures, views, widgets, zoo
 from gae_workbook.evaluate import VQA_STEPS, evaluate_vqa, format_table, vqa_word_study
 from shapesworld.inputs import region_heatmap, vqa_inputs
 from shapesworld.language import ANSWERS, Vocabulary, questions
@@ -93,7 +93,7 @@ figures.save_figure(fig, "03_vqa_words_per_question")
 
 # %%
 tokens = [["[CLS]", *q.words, "[SEP]"] + ["[PAD]"] * (x["input_ids"].shape[1] - len(q.words) - 2) for q in chosen]
-steps = widgets.flow_steps(rec)
+steps = views.flow_steps(rec)
 for i, label in enumerate(steps):
     print(i, label)
 after_blocks = [i for i, label in enumerate(steps) if "cross" in label]  # each co-attention block

@@ -32,7 +32,7 @@ import torch
 
 import gae_utils as gu
 from gae_utils.methods import method_label
-from gae_workbook import figures, widgets, zoo
+from gae_workbook import figures, views, widgets, zoo
 from gae_workbook.detection import box_matched_queries, detect, otsu_foreground
 from gae_workbook.evaluate import evaluate_detr, format_table
 from shapesworld.inputs import detr_pixels
@@ -61,7 +61,7 @@ batch = world.batch(3 if SMOKE else 6)
 pixels = detr_pixels(batch.images)  # normalised RGB + x, y coordinate channels
 for b, found in enumerate(detect(detr, pixels)):
     print(f"image {b}:", [f"{CLASS_NAMES[c]} {p:.2f}" for c, p in zip(found.labels.tolist(), found.scores.tolist())])
-rec = widgets.explore_detr(detr, pixels)  # every confident detection
+rec = views.explore_detr(detr, pixels)  # every confident detection
 print("explained queries per image:", rec.extra["queries"])
 for i in range(2 if SMOKE else 4):
     fig = widgets.render_detections(rec, batch.images, index=i, class_names=CLASS_NAMES)
@@ -156,7 +156,7 @@ else:
     photos = load_photos(["astronaut", "coffee"], size=512)
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    coco = widgets.explore_detr(detr_r50, (photos - mean) / std, target=None)
+    coco = views.explore_detr(detr_r50, (photos - mean) / std, target=None)
     names = [detr_r50.config.id2label[i] for i in range(len(detr_r50.config.id2label))]
     for i in range(len(photos)):
         fig = widgets.render_detections(coco, photos, index=i, class_names=names)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.maps import grid_heatmap
 
 from .language import TOY_LEXICON, Vocabulary
 
@@ -95,10 +95,7 @@ def region_features(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def region_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """shapes-vqa's region relevance ``(..., G*G)`` as images ``(..., H, W)``: bilinearly upsampled
     from the region grid, min-max normalised per map."""
-    grid = relevance.reshape(*relevance.shape[:-1], REGION_GRID, REGION_GRID).float()
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    flat = upsample_maps(grid.reshape(-1, REGION_GRID, REGION_GRID), size)  # (M, H, W)
-    return normalize_maps(flat).reshape(*relevance.shape[:-1], *size)
+    return grid_heatmap(relevance.float(), (REGION_GRID, REGION_GRID), size)  # (..., H, W)
 
 
 def encode_questions(questions, vocab) -> tuple[torch.Tensor, torch.Tensor]:

@@ -204,12 +204,12 @@ def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
 def test_flow_steps_merge_a_co_attention_block_and_render():
     import matplotlib.pyplot as plt
 
-    from gae_workbook import widgets
+    from gae_workbook import views, widgets
 
     model = tiny_lxmert()
     x = inputs(batch=2, regions=4)
     rec = gu.record(model, x, target=torch.tensor([[0, 1], [2, 3]]), keep_heads=True)
-    steps = widgets.flow_steps(rec)
+    steps = views.flow_steps(rec)
     assert len(steps) == len(rec.history())  # one history entry per step
     assert sum("cross text->image + " in s and "cross image->text" in s for s in steps) == 2
     tokens = [[f"w{i}" for i in range(6)]] * 2
@@ -217,17 +217,17 @@ def test_flow_steps_merge_a_co_attention_block_and_render():
     assert len(fig.axes) == 8
     plt.close(fig)
     # the explained row read by the layout is the [CLS] row of the final R[t, i]
-    row = widgets.stream_row(rec, 1, 1, -1, ("text", "image"), 0)
+    row = views.stream_row(rec, 1, 1, -1, ("text", "image"), 0)
     torch.testing.assert_close(row, rec.explanation("gae").relevance["image"][1, 1])
     images = torch.rand(2, 3, 16, 16)
-    for pair in widgets.PAIRS:
+    for pair in views.PAIRS:
         fig = widgets.render_stream_row(rec, images, tokens, 0, 0, -1, pair, 1)
         plt.close(fig)
     cross = next(i for i, layer in enumerate(rec.layers) if layer.kind == "cross")
-    head = widgets.stream_row(rec, 0, 1, cross, ("text", "image"), 2, view="head", head=1)
+    head = views.stream_row(rec, 0, 1, cross, ("text", "image"), 2, view="head", head=1)
     layer = rec.layers[cross]
     torch.testing.assert_close(head, (layer.grad[0, 1, 1] * layer.attn[0, 1]).clamp(min=0)[2])
     with pytest.raises(ValueError, match="attends text->image, not image->image"):
-        widgets.stream_row(rec, 0, 0, cross, ("image", "image"), 0, view="head")
+        views.stream_row(rec, 0, 0, cross, ("image", "image"), 0, view="head")
     with pytest.raises(ValueError, match="out of range"):
-        widgets.stream_row(rec, 0, 0, -1, ("text", "text"), 6)
+        views.stream_row(rec, 0, 0, -1, ("text", "text"), 6)

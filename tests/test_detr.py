@@ -10,7 +10,7 @@ from gae_utils.adapters import find_adapter
 from gae_utils.adapters.hf_detr import detr_grid
 from gae_utils.explanation import Explanation
 from gae_utils.layout import Readout, Segment, TokenLayout
-from gae_workbook import zoo
+from gae_workbook import views, zoo
 from gae_workbook.detection import detect, detections, object_heatmaps
 from gae_workbook.metrics import box_iou, detection_map
 from shapesworld.inputs import detr_pixels
@@ -297,9 +297,9 @@ def test_detr_render_callbacks():
 
     model = tiny_detr(confident_class=2)
     images = torch.rand(2, 3, 32, 32)
-    rec = widgets.explore_detr(model, detr_pixels(images))
+    rec = views.explore_detr(model, detr_pixels(images))
     assert rec.layers[-1].attn is not None and rec.layers[2].grad is not None  # per-head maps kept
-    boxes = widgets.detr_boxes(rec, (32, 32))
+    boxes = views.detr_boxes(rec, (32, 32))
     assert boxes.shape == (2, 8, 4)
     fig = widgets.render_detections(rec, images, index=1, method="raw_attention")
     assert len(fig.axes) == 9
@@ -309,18 +309,18 @@ def test_detr_render_callbacks():
         assert len(fig.axes) == 3
         plt.close(fig)
     cross = rec.layers[-1]
-    torch.testing.assert_close(widgets.detr_layer_map(rec, 1, 3, -1), cross.attn_mean[1, 3])
-    torch.testing.assert_close(widgets.detr_layer_map(rec, 1, 3, -1, "attention", 2), cross.attn[1, 2, 3])
-    bar = widgets.detr_layer_map(rec, 1, 3, -1, "attn_bar", 2)
+    torch.testing.assert_close(views.detr_layer_map(rec, 1, 3, -1), cross.attn_mean[1, 3])
+    torch.testing.assert_close(views.detr_layer_map(rec, 1, 3, -1, "attention", 2), cross.attn[1, 2, 3])
+    bar = views.detr_layer_map(rec, 1, 3, -1, "attn_bar", 2)
     torch.testing.assert_close(bar, (cross.grad[1, 3, 2, 3] * cross.attn[1, 2, 3]).clamp(min=0))
     with pytest.raises(ValueError, match="encoder layer"):
-        widgets.detr_layer_map(rec, 0, 0, 0)
+        views.detr_layer_map(rec, 0, 0, 0)
     with pytest.raises(ValueError, match="out of range"):
         widgets.render_detr_query(rec, images, index=0, detection=8)
     with pytest.raises(ValueError, match="head 9"):
-        widgets.detr_layer_map(rec, 0, 0, -1, head=9)
+        views.detr_layer_map(rec, 0, 0, -1, head=9)
     with pytest.raises(ValueError, match="unknown view"):
-        widgets.detr_layer_map(rec, 0, 0, -1, view="heads")
+        views.detr_layer_map(rec, 0, 0, -1, view="heads")
 
 
 # ----------------------------------------------------------------------------- the shipped checkpoint

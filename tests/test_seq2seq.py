@@ -6,7 +6,7 @@ import torch
 import gae_utils as gu
 from gae_utils.adapters import find_adapter
 from gae_utils.generation import explain_generation, generation_steps, greedy_decode, record_generation
-from gae_workbook import zoo
+from gae_workbook import views, zoo
 from gae_workbook.evaluate import alignment_hits
 from gae_workbook.models import TransformerTranslator
 
@@ -388,11 +388,11 @@ def test_translation_widgets_render_pure_figures():
     fig = widgets.render_translation_layer(rec, src, tgt, step=1, layer=0, head=1)
     assert len(fig.axes) >= 2
     plt.close(fig)
-    torch.testing.assert_close(widgets.cross_attention_matrix(rec, 0, -1, None), rec.layers[-1].attn_mean[0])
+    torch.testing.assert_close(views.cross_attention_matrix(rec, 0, -1, None), rec.layers[-1].attn_mean[0])
     with pytest.raises(ValueError, match="out of range"):
         widgets.render_translation(rec, src, tgt, step=5)
     with pytest.raises(ValueError, match="out of range"):
-        widgets.cross_attention_matrix(rec, 0, 0, head=9)
+        views.cross_attention_matrix(rec, 0, 0, head=9)
 
 
 def test_seq2seq_benchmark_runs_on_a_tiny_marian():

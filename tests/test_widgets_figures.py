@@ -6,14 +6,14 @@ import torch
 from conftest import tiny_timm_vit
 
 import gae_utils as gu
-from gae_workbook import figures, widgets
+from gae_workbook import figures, views, widgets
 
 
 @pytest.fixture(scope="module")
 def setup():
     vit = tiny_timm_vit()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    rec = widgets.explore_record(vit, images)
+    rec = views.explore_record(vit, images)
     return vit, images, rec
 
 
@@ -27,37 +27,37 @@ def test_explore_record_covers_every_class(setup):
 
 def test_layer_matrix_views(setup):
     vit, images, rec = setup
-    last = widgets.layer_matrix(rec, 1, 4, 2, "relevancy")
+    last = views.layer_matrix(rec, 1, 4, 2, "relevancy")
     torch.testing.assert_close(last, rec.maps("gae")[("image", "image")][1, 4])
-    first = widgets.layer_matrix(rec, 1, 4, 0, "relevancy")
+    first = views.layer_matrix(rec, 1, 4, 0, "relevancy")
     torch.testing.assert_close(first, torch.eye(17) + rec.layers[0].attn_bar[1, 4])
-    torch.testing.assert_close(widgets.layer_matrix(rec, 0, 2, 1, "attn_bar"), rec.layers[1].attn_bar[0, 2])
-    heads = torch.stack([widgets.layer_matrix(rec, 0, 2, 1, "head", head=h) for h in range(4)])
+    torch.testing.assert_close(views.layer_matrix(rec, 0, 2, 1, "attn_bar"), rec.layers[1].attn_bar[0, 2])
+    heads = torch.stack([views.layer_matrix(rec, 0, 2, 1, "head", head=h) for h in range(4)])
     torch.testing.assert_close(heads.mean(0), rec.layers[1].attn_bar[0, 2])  # Eq. 5 is the head mean
     with pytest.raises(ValueError, match="layer 5 is out of range"):
-        widgets.layer_matrix(rec, 0, 0, 5, "attn_bar")
+        views.layer_matrix(rec, 0, 0, 5, "attn_bar")
     with pytest.raises(ValueError, match="head 9 is out of range"):
-        widgets.layer_matrix(rec, 0, 0, 1, "head", head=9)
+        views.layer_matrix(rec, 0, 0, 1, "head", head=9)
     with pytest.raises(ValueError, match="before start_layer"):
-        widgets.layer_matrix(rec, 0, 0, 0, "relevancy", start_layer=1)
+        views.layer_matrix(rec, 0, 0, 0, "relevancy", start_layer=1)
     with pytest.raises(ValueError, match="unknown view"):
-        widgets.layer_matrix(rec, 0, 0, 0, "lrp")
+        views.layer_matrix(rec, 0, 0, 0, "lrp")
 
 
 def test_row_heatmap_is_the_readout(setup):
     vit, images, rec = setup
     matrix = rec.maps("gae")[("image", "image")][0, 3]
-    heat = widgets.row_heatmap(rec.layout, matrix)
+    heat = views.row_heatmap(rec.layout, matrix)
     expected = gu.explain(vit, images, target=3).heatmap()[0]
     torch.testing.assert_close(heat, expected)
 
 
-@pytest.mark.parametrize("view", widgets.VIEWS)
+@pytest.mark.parametrize("view", views.VIEWS)
 def test_render_layer_draws_the_chosen_matrix(setup, view):
     vit, images, rec = setup
     fig = widgets.render_layer(rec, images, index=1, target=2, layer=1, view=view, head=3)
     axes = fig.axes
-    matrix = widgets.layer_matrix(rec, 1, 2, 1, view, head=3)
+    matrix = views.layer_matrix(rec, 1, 2, 1, view, head=3)
     shown = axes[2].images[0].get_array()
     assert torch.allclose(torch.as_tensor(shown.data), matrix.float())
     assert "layer 1" in axes[1].get_title()

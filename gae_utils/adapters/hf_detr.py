@@ -18,7 +18,7 @@ from ..layout import Readout, Segment, TokenLayout
 from ..targets import QueryTarget, Target
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, eager_flags
 
-__all__ = ["DETR", "detr_eager", "detr_grid"]
+__all__ = ["DETR", "detr_class_probabilities", "detr_eager", "detr_grid"]
 
 
 @contextmanager
@@ -83,11 +83,17 @@ def _detr_layout_of_output(model: Any, inputs: Any, output: Any) -> TokenLayout:
     return TokenLayout(segments, readouts)
 
 
+def detr_class_probabilities(logits: Tensor) -> Tensor:
+    """``(B, Q, C + 1)`` logits -> ``(B, Q, C)`` probabilities of the real classes (softmax; the last class,
+    "no object", dropped)."""
+    return logits.softmax(-1)[..., :-1]
+
+
 def _detr_target(model: nn.Module, target: Any) -> Target:
     """Object queries; DETR's last class is "no object", so a detection's class is the best of the others."""
     if isinstance(target, Target):
         return target
-    return QueryTarget(target, lambda logits: logits.softmax(-1)[..., :-1], _detr_layout_of_output)
+    return QueryTarget(target, detr_class_probabilities, _detr_layout_of_output)
 
 
 DETR = Adapter(
