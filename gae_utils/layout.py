@@ -72,6 +72,7 @@ class Readout:
     columns_of: str
     rows: tuple[int, ...] | str | None = (0,)
     drop_self: bool = False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
+    subtract_identity: bool = False  # read the row of R - I: what the layers added (decoder-only LMs)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class TokenLayout:
                 elif readout.rows is not None:
                     row = row.clone()
                     row[..., list(readout.rows)] = 0
+            if readout.subtract_identity and readout.rows_of == readout.columns_of:
+                row = row - weights.squeeze(-2)  # e_p^T (R - I) = e_p^T R - e_p
             row = row[..., cols.prefix :]  # (B, [K,] n_content) in token order
             if readout.columns_of in self.positions:
                 row = self._to_grid_order(row, self.positions[readout.columns_of], cols)
@@ -199,6 +202,7 @@ class TokenLayout:
                 r["columns_of"],
                 tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"],
                 r.get("drop_self", False),
+                r.get("subtract_identity", False),
             )
             for r in data["readouts"]
         )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .adapters import Adapter, AttentionSite, attention_modules
+from .adapters import Adapter, AttentionCaptureError, AttentionSite, attention_modules
 from .records import LayerRecord, last_of_each_pair
 from .rules import head_average
 
@@ -41,10 +41,6 @@ def evaluating(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-class AttentionCaptureError(RuntimeError):
-    """The model ran but its attention probabilities could not be captured."""
 
 
 @dataclass
@@ -103,8 +99,8 @@ class AttentionRecorder:
             if not modules:
                 raise AttentionCaptureError(
                     f"{type(self.model).__name__} matched adapter {self.adapter.name!r} but has no module of "
-                    f"class {[s.module_class for s in self.adapter.sites]}; the adapter's sites do not describe "
-                    "this model. Register an adapter whose sites name its attention modules."
+                    f"class {[s.module_class for s in self.adapter.sites_of(self.model)]}; the adapter's sites do "
+                    "not describe this model. Register an adapter whose sites name its attention modules."
                 )
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)  # captures expected
             switch = self.adapter.eager(self.model)
@@ -167,11 +163,14 @@ class AttentionRecorder:
         return hook
 
     def _capture_item(self, name: str, site: AttentionSite) -> Callable[..., None]:
-        index = site.probs
-        assert isinstance(index, int)  # only sites whose probabilities are an item of the output come here
+        read = site.probs
+        assert not isinstance(read, str)  # child-module sites are hooked by _capture_output
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            probs = output[index] if isinstance(output, (tuple, list)) else None
+            if callable(read):
+                probs = read(module, output)
+            else:
+                probs = output[read] if isinstance(output, (tuple, list)) else None
             self._capture(name, site, probs)
 
         return hook
@@ -180,8 +179,9 @@ class AttentionRecorder:
         if not isinstance(probs, Tensor) or probs.ndim != 4:
             raise AttentionCaptureError(
                 f"attention module {name!r} returned no attention probabilities (got "
-                f"{type(probs).__name__}); its fused/SDPA path is active. Load the model with "
-                "attn_implementation='eager' (Hugging Face) or check the adapter's eager switch."
+                f"{type(probs).__name__}); its fused/SDPA path is active, or it does not route its attention "
+                "through the path the adapter switches. Load the model with attn_implementation='eager' "
+                "(Hugging Face) or check the adapter's eager switch."
             )
         kind, query, key, group = site.kind, site.query, site.key, site.group
         if site.calls:  # one module called several times per forward, each call a different direction

@@ -30,6 +30,7 @@ __all__ = [
     "Target",
     "ClassTarget",
     "ScoreTarget",
+    "NextTokenTarget",
     "QueryTarget",
     "TokenTarget",
     "PairSimilarity",
@@ -152,6 +153,32 @@ class ScoreTarget(Target):
                 f"{getattr(scores, 'shape', type(scores).__name__)}"
             )
         return Selection(scores if scores.ndim == 2 else scores[:, None], None, scores.ndim == 2, layout)
+
+
+class NextTokenTarget(Target):
+    """The next token of a decoder-only language model, after each example's chosen position.
+
+    Args:
+        target: ``None`` (the predicted next token), an ``int`` token id, a ``(B,)`` or ``(B, K)``
+            tensor of token ids, or a callable ``next_logits (B, V) -> (B,)`` or ``(B, K)`` (e.g. a
+            contrastive logit difference ``lambda z: z[:, yes] - z[:, no]``).
+        position_of: ``inputs -> (B,)`` the position whose next token is explained (the adapter's
+            rule, also used for the layout's readout row: the last real token of each row).
+    """
+
+    def __init__(self, target: Any, position_of: Callable[[Any], Tensor]):
+        self.target, self.position_of = target, position_of
+
+    def select(
+        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
+        if logits is None or logits.ndim != 3:
+            raise ValueError(f"{type(model).__name__} returned no (B, L, V) next-token logits")
+        position = self.position_of(inputs).to(logits.device)  # (B,)
+        next_logits = logits[torch.arange(logits.shape[0], device=logits.device), position]  # (B, V)
+        if callable(self.target) and not isinstance(self.target, Tensor):
+            return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
+        return ClassTarget(self.target).select(model, inputs, output, next_logits, layout)
 
 
 class QueryTarget(Target):

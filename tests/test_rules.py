@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gae_utils.propagation import propagate
-from gae_utils.recorder import LayerRecord
+from gae_utils.records import LayerRecord
 from gae_utils.rules import (
     cross_attention_update,
     gradcam_row,

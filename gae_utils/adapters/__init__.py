@@ -15,12 +15,13 @@ import re
 
 from torch import nn
 
-from . import hf_clip, hf_detr, hf_lxmert, hf_text, hf_vilt, hf_visualbert, hf_vit, seq2seq, timm_vit
-from .base import Adapter, AttentionSite, UnsupportedModelError
+from . import hf_causal_lm, hf_clip, hf_detr, hf_lxmert, hf_text, hf_vilt, hf_visualbert, hf_vit, seq2seq, timm_vit
+from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
 
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "AttentionCaptureError",
     "AttentionSite",
     "UnsupportedModelError",
     "attention_modules",
@@ -45,6 +46,7 @@ ADAPTERS: list[Adapter] = [
     seq2seq.T5,
     seq2seq.TORCH_TRANSFORMER,
     hf_detr.DETR,
+    hf_causal_lm.CAUSAL_LM,
 ]
 """Searched in order; the first adapter that matches a model serves it."""
 
@@ -110,7 +112,7 @@ def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.
     found = []
     for name, module in model.named_modules():
         classes = {cls.__name__ for cls in type(module).__mro__}
-        for site in adapter.sites:
+        for site in adapter.sites_of(model):
             if site.module_class in classes and (site.within is None or site.within in name.split(".")):
                 found.append((name, module, site))
                 break

@@ -16,6 +16,7 @@ from ..targets import Target, class_target
 __all__ = [
     "Adapter",
     "AttentionSite",
+    "AttentionCaptureError",
     "UnsupportedModelError",
     "eager_flags",
     "hf_eager",
@@ -30,6 +31,10 @@ class UnsupportedModelError(TypeError):
     """Raised for a model whose attention probabilities no adapter knows how to capture."""
 
 
+class AttentionCaptureError(RuntimeError):
+    """The model ran but its attention probabilities could not be captured."""
+
+
 @dataclass(frozen=True)
 class AttentionSite:
     """Where the attention probabilities of one kind of layer live.
@@ -37,8 +42,9 @@ class AttentionSite:
     Attributes:
         module_class: class name of the attention module (matched on the class and its bases).
         probs: how to read the probabilities ``(B, H, Nq, Nk)``: the name of a child module whose
-            output is them (timm's ``"attn_drop"``), or an index into the attention module's
-            output tuple (Hugging Face eager attention returns ``(output, weights)``).
+            output is them (timm's ``"attn_drop"``), an index into the attention module's output
+            tuple (Hugging Face eager attention returns ``(output, weights)``), or a function
+            ``(module, output) -> Tensor | None`` (the attention-interface capture).
         kind: ``"self"`` or ``"cross"``.
         query: modality of the queries (the rows).
         key: modality of the keys (the columns).
@@ -56,7 +62,7 @@ class AttentionSite:
     """
 
     module_class: str
-    probs: str | int
+    probs: str | int | Callable[[nn.Module, Any], Tensor | None]
     kind: str = "self"
     query: str = "image"
     key: str = "image"
@@ -157,7 +163,8 @@ class Adapter:
     Attributes:
         name: short name shown in errors and results.
         model_classes: class names this adapter serves (matched on the model's class and bases).
-        sites: the attention layers, as :class:`AttentionSite` entries.
+        sites: the attention layers, as :class:`AttentionSite` entries, or a function of the model
+            giving them (families whose attention classes are found on the model).
         eager: context manager switching fused attention off for one call.
         call: ``call(model, inputs) -> output``.
         logits: ``logits(output) -> Tensor | None``: the output's scores, ``(B, C)`` class logits,
@@ -170,6 +177,9 @@ class Adapter:
         contains: also serve any model that *contains* a module of one of these classes (a user
             model built around ``torch.nn.Transformer``); such an adapter documents the call
             convention the model must follow.
+        accepts: also serve any model for which ``accepts(model)`` is True (a family recognised by
+            a property rather than a class name, e.g. every causal LM routed through the
+            attention interface).
         target: ``target(model, target) -> Target``: how this family reads the ``target=``
             argument (:func:`~gae_utils.targets.class_target` for classifiers: class indices or a
             callable); a :class:`~gae_utils.targets.Target` object passed by the caller is used as is.
@@ -177,7 +187,7 @@ class Adapter:
 
     name: str
     model_classes: tuple[str, ...]
-    sites: tuple[AttentionSite, ...]
+    sites: tuple[AttentionSite, ...] | Callable[[nn.Module], tuple[AttentionSite, ...]]
     eager: Callable[[nn.Module], Any]
     call: Callable[[nn.Module, Any], Any]
     logits: Callable[[Any], Tensor | None] | None
@@ -186,9 +196,16 @@ class Adapter:
     family: str = ""
     contains: tuple[str, ...] = ()
     target: Callable[[nn.Module, Any], Target] = class_target
+    accepts: Callable[[nn.Module], bool] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         names = {cls.__name__ for cls in type(model).__mro__}
         if any(name in names for name in self.model_classes):
             return True
-        return bool(self.contains) and any(type(m).__name__ in self.contains for m in model.modules())
+        if self.contains and any(type(m).__name__ in self.contains for m in model.modules()):
+            return True
+        return self.accepts is not None and self.accepts(model)
+
+    def sites_of(self, model: nn.Module) -> tuple[AttentionSite, ...]:
+        """The attention sites of ``model``."""
+        return self.sites(model) if callable(self.sites) else self.sites

@@ -1,0 +1,80 @@
+"""Decoder-only language models of Hugging Face transformers, captured through the attention interface.
+
+Any causal LM whose attention is routed through ``ALL_ATTENTION_FUNCTIONS`` (GPT-2, Llama, Mistral,
+Qwen2/3, Gemma 1-3, Phi, OLMo, ...) is served with no per-architecture code: the capture of
+:mod:`~gae_utils.adapters.hf_interface` finds its attention classes on the model. The explained
+token is the next token after each row's last real (non-padding) position ``p``; the readout is
+row ``p`` of ``R[text, text] - I`` (method.md, "Reading the answer": the identity only restates
+that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's first
+real token when the caller passes none (as generation does), so left and right padding give the
+unpadded example's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layout import Readout, Segment, TokenLayout
+from ..targets import NextTokenTarget, Target
+from .base import Adapter, check_text
+from .hf_interface import interface_eager, interface_sites, routes_attention
+
+__all__ = ["CAUSAL_LM", "last_real_position"]
+
+
+def _mask(inputs: Mapping) -> Tensor:
+    mask = inputs.get("attention_mask")
+    return torch.ones_like(inputs["input_ids"]) if mask is None else mask
+
+
+def last_real_position(inputs: Mapping) -> Tensor:
+    """``(B,)`` index of each row's last real token (right or left padding)."""
+    mask = _mask(inputs).long()  # (B, L)
+    return mask.shape[1] - 1 - mask.flip(-1).argmax(dim=-1)
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    return any(cls.__name__ in causal for cls in type(model).__mro__) and routes_attention(model)
+
+
+def _call(model: nn.Module, inputs: Mapping) -> Any:
+    kwargs = dict(inputs)
+    if "position_ids" not in kwargs:
+        kwargs["position_ids"] = (_mask(inputs).long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, L)
+    return model(**kwargs, use_cache=False)
+
+
+def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
+    length = inputs["input_ids"].shape[1]
+    rows = F.one_hot(last_real_position(inputs), length).float()  # (B, L)
+    readout = Readout("text", "text", "text", "weights", subtract_identity=True)
+    return TokenLayout((Segment("text", length, prefix=0),), (readout,), {"text": rows})
+
+
+def _target(model: nn.Module, target: Any) -> Target:
+    return target if isinstance(target, Target) else NextTokenTarget(target, last_real_position)
+
+
+CAUSAL_LM = Adapter(
+    name="hf-causal-lm",
+    model_classes=(),
+    accepts=_is_causal_lm,
+    sites=interface_sites,
+    eager=interface_eager,
+    call=_call,
+    logits=lambda out: out.logits,
+    check=check_text,
+    layout=_layout,
+    family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, Gemma, ...)",
+    target=_target,
+)
