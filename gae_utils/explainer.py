@@ -230,8 +230,8 @@ def explain(
             ``"rollout"`` or ``"attn_gradcam"``.
         start_layer: first layer aggregated by ``gae`` and ``rollout``.
         adapter: overrides the adapter lookup.
-        verify: also run the stock model (fused attention, no hooks, no grad) and check that the
-            hooked logits match it; raises ``AttentionCaptureError`` otherwise.
+        verify: also run the stock model (its own attention path, no hooks, no grad) and check that
+            the explained scores match the captured run's; raises ``AttentionCaptureError`` otherwise.
         eval_mode: explain in eval mode (dropout off); the original modes are restored.
 
     Returns:
@@ -246,25 +246,26 @@ def explain(
     if method not in method_names(ablations=True):
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     adapter = adapter or find_adapter(model)
+    target = target if isinstance(target, Target) else adapter.target(model, target)
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
-        _verify(model, inputs, adapter, rec.logits, eval_mode)
+        _verify(model, inputs, adapter, target, rec.scores, eval_mode)
     return rec.explanation(method, start_layer)
 
 
-def _verify(model: nn.Module, inputs: Any, adapter: Adapter, hooked: Tensor | None, eval_mode: bool) -> None:
-    if hooked is None:
-        raise ValueError(
-            f"verify=True compares the model's logits, but {type(model).__name__} (adapter {adapter.name!r}) has none"
-        )
-    assert adapter.logits is not None  # the hooked logits were read with it
+def _verify(model: nn.Module, inputs: Any, adapter: Adapter, target: Target, hooked: Tensor, eval_mode: bool) -> None:
+    """The explained scores of the stock model (its own attention path, no hooks, no grad) must equal
+    the captured run's. Scores, not all logits: rows a model never reads (fully masked padding
+    queries) legitimately differ between eager and fused attention."""
     with evaluating(model, eval_mode), torch.no_grad():
-        stock = adapter.logits(adapter.call(model, inputs))
-    assert stock is not None  # the same reading of the same model's output gave the hooked logits
+        output = adapter.call(model, inputs)
+        logits = adapter.logits(output) if adapter.logits is not None else None
+        stock = target.select(model, inputs, output, logits, adapter.layout(model, inputs)).scores
     tol = 1e-4 if stock.dtype in (torch.float32, torch.float64) else 1e-2
-    if not torch.allclose(stock, hooked.to(stock.dtype), atol=tol, rtol=tol):
-        diff = (stock - hooked).abs().max().item()
+    if stock.shape != hooked.shape or not torch.allclose(stock, hooked.to(stock.dtype), atol=tol, rtol=tol):
+        diff = (stock - hooked).abs().max().item() if stock.shape == hooked.shape else float("nan")
         raise AttentionCaptureError(
-            f"hooked logits differ from the stock model's by {diff:.3g}: the eager path of {type(model).__name__} "
-            "does not reproduce its fused path; the explanation would describe another computation."
+            f"the explained scores differ from the stock model's by {diff:.3g}: the eager path of "
+            f"{type(model).__name__} does not reproduce its own attention path; the explanation would describe "
+            "another computation."
         )
