@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
+from .adapters.hf_causal_lm import causal_lm_target
 from .explainer import Recording, record
 from .explanation import Explanation
 from .recorder import evaluating
@@ -38,15 +39,31 @@ from .targets import SCORES, TokenTarget, generation_target
 __all__ = ["explain_generation", "record_generation", "generation_steps", "greedy_decode"]
 
 
-def _seq2seq_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
+def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     adapter = adapter or find_adapter(model)
-    if adapter.target is not generation_target:
+    if adapter.target not in (generation_target, causal_lm_target):
         raise ValueError(
-            f"{type(model).__name__} (adapter {adapter.name!r}) is not an encoder-decoder; explain it with "
-            "gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
-            "torch.nn.Transformer."
+            f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor a causal LM; "
+            "explain it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model "
+            "containing torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention "
+            "interface."
         )
     return adapter
+
+
+def _prompt_length(adapter: Adapter, inputs: Mapping, generated: Tensor) -> int:
+    """Tokens of ``generated`` before the first explained one: the prompt for a causal LM (whose
+    ``generate`` returns prompt + continuation), 0 for an encoder-decoder (decoder start token first)."""
+    if adapter.target is not causal_lm_target:
+        return 0
+    prompt = inputs["input_ids"]
+    n = prompt.shape[1]
+    if generated.ndim != 2 or generated.shape[1] <= n or not torch.equal(generated[:, :n], prompt.to(generated)):
+        raise ValueError(
+            f"for a causal LM, generated must be the prompt followed by the continuation, (B, {n} + T), as "
+            f"model.generate(**inputs) returns it; got {tuple(generated.shape)}"
+        )
+    return n
 
 
 def _special_id(model: nn.Module, name: str) -> int | None:
@@ -71,7 +88,7 @@ def generation_steps(generated: Tensor, eos_id: int | None = None, pad_id: int |
     return torch.ones_like(labels, dtype=torch.bool)
 
 
-def _check_generation(inputs: Any, generated: Any, steps: Sequence[int] | None) -> list[int]:
+def _check_generation(inputs: Any, generated: Any) -> None:
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
             "inputs must be the source tokenizer output, a dict with 'input_ids' (B, S) and 'attention_mask' (B, S)"
@@ -86,6 +103,10 @@ def _check_generation(inputs: Any, generated: Any, steps: Sequence[int] | None) 
             f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} sources, got "
             f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
+
+
+def _check_steps(generated: Tensor, steps: Sequence[int] | None) -> list[int]:
+    """``generated`` ``(B, 1 + T)``: the token before the first explained one, then the T explained ones."""
     n = generated.shape[1] - 1
     if n < 1:
         raise ValueError(
@@ -133,16 +154,23 @@ def record_generation(
         layout reads row ``steps[k]`` for target ``k``; ``target`` holds the explained token ids
         ``(B, K)``, ``scores`` their logits, ``logits`` the ``(B, T, V)`` teacher-forced logits.
     """
-    adapter = _seq2seq_adapter(model, adapter)
-    steps = _check_generation(inputs, generated, steps)
+    adapter = _generation_adapter(model, adapter)
+    _check_generation(inputs, generated)
+    prompt = _prompt_length(adapter, inputs, generated)
+    steps = _check_steps(generated[:, max(prompt - 1, 0) :], steps)
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-    full = {
-        "input_ids": inputs["input_ids"],
-        "attention_mask": inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])),
-        "decoder_input_ids": generated[:, :-1],  # (B, T) teacher forcing
-    }
-    target = TokenTarget(generated[:, 1:], steps, score)  # labels (B, T): the token each step produced
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+    if prompt:  # causal LM: one sequence, prompt then continuation (real up to its first EOS)
+        real = generation_steps(generated[:, prompt - 1 :], _special_id(model, "eos_token_id"))  # (B, T)
+        full = {
+            "input_ids": generated[:, :-1],  # (B, P + T - 1) teacher forcing
+            "attention_mask": torch.cat([mask.to(real.device), real.long()], dim=1)[:, :-1],
+        }
+    else:
+        full = {"input_ids": inputs["input_ids"], "attention_mask": mask, "decoder_input_ids": generated[:, :-1]}
+    # labels (B, L): the token each position produced; step t is read at position prompt - 1 + t
+    target = TokenTarget(generated[:, 1:], [max(prompt - 1, 0) + s for s in steps], score)
     return record(model, full, target, adapter=adapter, keep_heads=keep_heads, eval_mode=eval_mode)
 
 
@@ -182,11 +210,13 @@ def explain_generation(
         ``target`` the explained token ids and ``extra["steps"]`` the explained step indices and
         ``extra["real_steps"]`` how many steps of each example are real tokens (up to its EOS).
     """
+    adapter = _generation_adapter(model, adapter)
     rec = record_generation(model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode)
     exp = rec.explanation(method, start_layer)
-    real = generation_steps(generated, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id"))
+    continuation = generated[:, max(_prompt_length(adapter, inputs, generated) - 1, 0) :]  # (B, 1 + T)
+    real = generation_steps(continuation, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id"))
     exp.extra = {
-        "steps": list(steps) if steps is not None else list(range(generated.shape[1] - 1)),
+        "steps": list(steps) if steps is not None else list(range(continuation.shape[1] - 1)),
         "real_steps": real.sum(dim=1).tolist(),
     }
     return exp
@@ -207,7 +237,7 @@ def greedy_decode(
     Works for every seq2seq adapter (a model built on ``torch.nn.Transformer`` has no ``generate``);
     for Hugging Face models ``model.generate(..., do_sample=False, num_beams=1)`` gives the same ids.
     """
-    adapter = _seq2seq_adapter(model, adapter)
+    adapter = _generation_adapter(model, adapter)
     read_logits = adapter.logits
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(ids))

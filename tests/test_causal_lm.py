@@ -152,3 +152,25 @@ def test_families_the_capture_cannot_explain_are_refused(model_type):
 
     outcome, detail = probe_family(model_type)
     assert outcome in ("not routed", "refused"), (outcome, detail)
+
+
+def test_every_generated_token_from_one_forward_equals_explaining_each_prefix():
+    model = tiny_lm("llama")
+    x = batch(PROMPTS, "left")  # generate wants left padding
+    generated = model.generate(**x, max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    prompt = x["input_ids"].shape[1]
+    assert generated.shape == (3, prompt + 3)
+    exp = gu.explain_generation(model, x, generated)
+    assert exp.relevance["text"].shape == (3, 3, prompt + 2) and exp.extra["steps"] == [0, 1, 2]
+    assert torch.equal(exp.target, generated[:, prompt:])
+    for t in range(3):
+        prefix = {
+            "input_ids": generated[:, : prompt + t],
+            "attention_mask": torch.cat([x["attention_mask"], torch.ones(3, t, dtype=torch.long)], dim=1),
+        }
+        one = gu.explain(model, prefix, target=generated[:, prompt + t])
+        row = exp.relevance["text"][:, t, : prompt + t]
+        torch.testing.assert_close(row, one.relevance["text"], rtol=1e-4, atol=1e-6)
+        assert (exp.relevance["text"][:, t, prompt + t :] == 0).all()  # nothing after the step's own position
+    with pytest.raises(ValueError, match="the prompt followed by the continuation"):
+        gu.explain_generation(model, x, generated[:, 1:])

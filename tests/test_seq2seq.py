@@ -277,7 +277,7 @@ def test_bad_inputs_name_the_fix():
         explain_generation(model, inputs, generated.float())
     with pytest.raises(ValueError, match="explain_generation"):
         gu.explain(model, {**inputs, "decoder_input_ids": generated[:, :-1]})
-    with pytest.raises(ValueError, match="not an encoder-decoder"):
+    with pytest.raises(ValueError, match="neither an encoder-decoder nor a causal LM"):
         from conftest import tiny_timm_vit
 
         explain_generation(tiny_timm_vit(), inputs, generated)

@@ -24,7 +24,7 @@ from ..targets import NextTokenTarget, Target
 from .base import Adapter, check_text
 from .hf_interface import interface_eager, interface_sites, routes_attention
 
-__all__ = ["CAUSAL_LM", "last_real_position"]
+__all__ = ["CAUSAL_LM", "causal_lm_target", "last_real_position"]
 
 
 def _mask(inputs: Mapping) -> Tensor:
@@ -61,7 +61,8 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     return TokenLayout((Segment("text", length, prefix=0),), (readout,), {"text": rows})
 
 
-def _target(model: nn.Module, target: Any) -> Target:
+def causal_lm_target(model: nn.Module, target: Any) -> Target:
+    """The next token after each row's last real position (:class:`~gae_utils.targets.NextTokenTarget`)."""
     return target if isinstance(target, Target) else NextTokenTarget(target, last_real_position)
 
 
@@ -76,5 +77,5 @@ CAUSAL_LM = Adapter(
     check=check_text,
     layout=_layout,
     family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, Gemma, ...)",
-    target=_target,
+    target=causal_lm_target,
 )
