@@ -19,7 +19,7 @@ from .adapters import Adapter, find_adapter
 from .explanation import Explanation
 from .layout import TokenLayout
 from .methods import compute_maps, method_names
-from .propagation import propagate
+from .propagation import attn_bar_of, propagate, propagate_rows
 from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
 from .records import LayerRecord
 from .targets import Target, TargetLike
@@ -58,15 +58,31 @@ class Recording:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
         return compute_maps(method, self.layers, self.layout, start_layer)
 
-    def explanation(self, method: str = "gae", start_layer: int = 0) -> Explanation:
+    def explanation(self, method: str = "gae", start_layer: int = 0, maps: bool = True) -> Explanation:
         """The :class:`Explanation` of ``method`` (``gae``, ``gae_last_layer``, ``raw_attention``,
-        ``rollout``, ``attn_gradcam``) from this recording."""
-        maps = self.maps(method, start_layer)
-        relevance = self.layout.read(maps)  # {name: (B, K, N)}
+        ``rollout``, ``attn_gradcam``) from this recording.
+
+        ``maps=False`` (GAE on a stack of self-attention layers of one modality: ViTs, decoder-only
+        LMs) computes only the explained rows of ``R`` (:func:`~gae_utils.propagation.propagate_rows`),
+        the same relevance in ``N`` vector-matrix products; the explanation then holds no maps.
+        """
+        if not maps:
+            if method != "gae":
+                raise ValueError(f"maps=False computes GAE's rows only; method {method!r} needs maps=True")
+            layers = self.layers
+            like = attn_bar_of(layers[-1])
+            relevance = self.layout.read_rows(lambda _, rows: propagate_rows(layers, rows, start_layer), like)
+            return self._explanation(method, start_layer, relevance, {})
+        full = self.maps(method, start_layer)
+        return self._explanation(method, start_layer, self.layout.read(full), full)
+
+    def _explanation(
+        self, method: str, start_layer: int, relevance: dict[str, Tensor], maps: dict[tuple[str, str], Tensor]
+    ) -> Explanation:
         squeeze = (lambda t: t) if self.multi_target else (lambda t: t.squeeze(1))
         return Explanation(
             relevance={k: squeeze(v) for k, v in relevance.items()},
-            maps={k: squeeze(v) for k, v in maps.items()},
+            maps={key: squeeze(v) for key, v in maps.items()},
             target=None if self.target is None else squeeze(self.target),
             scores=squeeze(self.scores),
             method=method,
@@ -214,6 +230,7 @@ def explain(
     adapter: Adapter | None = None,
     verify: bool = False,
     eval_mode: bool = True,
+    maps: bool = True,
 ) -> Explanation:
     """Explain a transformer's decision with Generic Attention-model Explainability.
 
@@ -233,6 +250,8 @@ def explain(
         verify: also run the stock model (its own attention path, no hooks, no grad) and check that
             the explained scores match the captured run's; raises ``AttentionCaptureError`` otherwise.
         eval_mode: explain in eval mode (dropout off); the original modes are restored.
+        maps: keep the full relevancy maps; ``False`` computes only the explained rows (GAE on a
+            single-modality self-attention stack; long prompts), see :meth:`Recording.explanation`.
 
     Returns:
         An :class:`Explanation`; ``relevance["image"]`` is ``(B, num_patches)`` raw relevance for a
@@ -250,7 +269,7 @@ def explain(
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, target, rec.scores, eval_mode)
-    return rec.explanation(method, start_layer)
+    return rec.explanation(method, start_layer, maps=maps)
 
 
 def _verify(model: nn.Module, inputs: Any, adapter: Adapter, target: Target, hooked: Tensor, eval_mode: bool) -> None:

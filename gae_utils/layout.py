@@ -9,6 +9,7 @@ engine never branches on the architecture (method.md, "Reading the answer").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -153,19 +154,52 @@ class TokenLayout:
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
-            if readout.drop_self and readout.rows_of == readout.columns_of:
-                if per_example:  # zero the columns of the explained rows
-                    row = row * (weights.squeeze(-2) == 0)
-                elif readout.rows is not None:
-                    row = row.clone()
-                    row[..., list(readout.rows)] = 0
-            if readout.subtract_identity and readout.rows_of == readout.columns_of:
-                row = row - weights.squeeze(-2)  # e_p^T (R - I) = e_p^T R - e_p
-            row = row[..., cols.prefix :]  # (B, [K,] n_content) in token order
-            if readout.columns_of in self.positions:
-                row = self._to_grid_order(row, self.positions[readout.columns_of], cols)
-            out[readout.name] = row
+            out[readout.name] = self._finish(readout, row, weights, per_example)
         return out
+
+    def read_rows(self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor) -> dict[str, Tensor]:
+        """Read every relevance vector without full maps: ``e^T R`` computed by ``propagate_row``.
+
+        Args:
+            propagate_row: ``(engine modality, v (B, K, N)) -> v^T R`` of shape ``(B, K, N)``, e.g.
+                :func:`~gae_utils.propagation.propagate_rows`.
+            like: a ``(B, K, ...)`` tensor giving the batch, target count, dtype and device.
+
+        Returns:
+            The same ``{name: (B, K, n_content)}`` as :meth:`read` on the full maps.
+        """
+        batch, k = like.shape[:2]
+        out = {}
+        for readout in self.readouts:
+            rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
+            if rows.engine_modality != cols.engine_modality:
+                raise ValueError(f"readout {readout.name!r} reads across modalities; it needs the full maps")
+            weights = self.row_weights(readout, like)  # (Na,), (B, Na) or (B, K, Na)
+            if weights.ndim < 3:  # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+                weights = weights[None, None] if weights.ndim == 1 else weights[:, None]
+            weights = weights.expand(batch, k, -1)  # (B, K, Na)
+            n = self.segment(rows.engine_modality).n_tokens
+            start = like.new_zeros(batch, k, n)  # (B, K, N) the explained rows inside the engine modality
+            start[..., rows.offset : rows.offset + rows.n_tokens] = weights
+            row = propagate_row(rows.engine_modality, start)[..., cols.offset : cols.offset + cols.n_tokens]
+            out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2), readout.rows == "weights")
+        return out
+
+    def _finish(self, readout: Readout, row: Tensor, weights: Tensor, per_example: bool) -> Tensor:
+        """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights`` ``(..., 1, Na)``)."""
+        cols = self.segment(readout.columns_of)
+        if readout.drop_self and readout.rows_of == readout.columns_of:
+            if per_example:  # zero the columns of the explained rows
+                row = row * (weights.squeeze(-2) == 0)
+            elif readout.rows is not None:
+                row = row.clone()
+                row[..., list(readout.rows)] = 0
+        if readout.subtract_identity and readout.rows_of == readout.columns_of:
+            row = row - weights.squeeze(-2)  # e_p^T (R - I) = e_p^T R - e_p
+        row = row[..., cols.prefix :]  # (B, [K,] n_content) in token order
+        if readout.columns_of in self.positions:
+            row = self._to_grid_order(row, self.positions[readout.columns_of], cols)
+        return row
 
     @staticmethod
     def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .records import LayerRecord
 from .rules import cross_attention_update, self_attention_update
 
-__all__ = ["propagate", "layer_steps", "initial_maps", "Maps"]
+__all__ = ["attn_bar_of", "propagate", "propagate_rows", "layer_steps", "initial_maps", "Maps"]
 
 Maps = dict[tuple[str, str], Tensor]
 
@@ -66,7 +66,8 @@ def _deltas(
     raise ValueError(f"unknown layer kind {layer.kind!r} in {layer.name!r}")
 
 
-def _attn_bar(layer: LayerRecord) -> Tensor:
+def attn_bar_of(layer: LayerRecord) -> Tensor:
+    """The layer's Eq. 5 map ``(B, K, Nq, Nk)``; an error naming the cause when it was never computed."""
     if layer.attn_bar is None:
         raise ValueError(f"layer {layer.name!r} has no Eq. 5 map (attn_bar): run the backward pass first")
     return layer.attn_bar
@@ -117,7 +118,7 @@ def propagate(
         raise ValueError(
             f"start_layer={start_layer} is out of range for {len(layers)} recorded layers (0..{len(layers) - 1})"
         )
-    bars = list(attn_bars) if attn_bars is not None else [_attn_bar(layer) for layer in layers]
+    bars = list(attn_bars) if attn_bars is not None else [attn_bar_of(layer) for layer in layers]
     sizes = _sizes(layers)
     maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
     modalities = list(sizes)
@@ -129,3 +130,32 @@ def propagate(
         if history is not None:
             history.append({key: value.clone() for key, value in maps.items()})
     return maps
+
+
+def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0) -> Tensor:
+    """Rows of GAE's ``R`` for a stack of self-attention layers of one modality, without ``R``.
+
+    Eq. 6 applied in order gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried
+    from the last layer to the first, ``v <- v + v @ Abar_l``: N vector-matrix products instead of N
+    matrix-matrix products, and no ``N x N`` map is built (method.md, "Reading the answer").
+
+    Args:
+        layers: recorded self-attention layers of one modality, in forward order.
+        rows: ``(B, K, N)`` the weights of the explained rows.
+        start_layer: layers with a smaller index are skipped.
+
+    Returns:
+        ``(B, K, N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
+    """
+    modalities = {(layer.kind, layer.query, layer.key) for layer in layers}
+    if len(modalities) != 1 or next(iter(modalities))[0] != "self":
+        raise ValueError(
+            "row propagation needs self-attention layers of one modality; this recording has "
+            f"{sorted(modalities)}: compute the full maps instead"
+        )
+    if not 0 <= start_layer < len(layers):
+        raise ValueError(f"start_layer={start_layer} is out of range for {len(layers)} recorded layers")
+    row = rows.unsqueeze(-2)  # (B, K, 1, N)
+    for layer in reversed(layers[start_layer:]):
+        row = row + row @ attn_bar_of(layer)  # (B, K, 1, N) @ (B, K, N, N)
+    return row.squeeze(-2)  # (B, K, N)

@@ -467,6 +467,98 @@ def run_detr_benchmark(
     }
 
 
+LM_CONFIG = dict(
+    vocab_size=1000,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=8192,
+)
+"""The causal LM of the long-prompt benchmark: a Llama (grouped-query attention) with random weights."""
+
+
+def _rss_peak(fn: Callable[[], object]) -> tuple[float, float]:
+    """``(seconds, peak MiB above the memory held before)`` of one call, resident set size sampled every ms."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    before = rss()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    return seconds, (max(peak[0], rss()) - before) / 2**20
+
+
+def _lm_worker(mode: str, length: int, queue) -> None:
+    import transformers
+
+    torch.set_num_threads(int(os.environ.get("GAE_BENCH_THREADS", torch.get_num_threads())))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**LM_CONFIG)
+    config._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(3, LM_CONFIG["vocab_size"], (1, length))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def plain() -> None:  # the model's own eager forward + backward of the next-token logit
+        model(**x, use_cache=False).logits[0, -1, 7].backward()
+
+    fn = {
+        "eager_fwd_bwd": plain,
+        "gae_rows": lambda: explain(model, x, target=7, maps=False),
+        "gae_maps": lambda: explain(model, x, target=7),
+    }[mode]
+    warm = {"input_ids": ids[:, :16], "attention_mask": x["attention_mask"][:, :16]}
+    explain(model, warm, target=7, maps=mode != "gae_maps")  # import and first-call costs out of the timing
+    queue.put(_rss_peak(fn))
+
+
+def run_lm_benchmark(lengths: tuple[int, ...] = (512, 2048, 4096)) -> dict:
+    """GAE on one prompt of each length of a random-weight Llama (:data:`LM_CONFIG`), each mode in a fresh
+    process: time and peak memory of the model's own eager forward + backward, of GAE's readout row
+    (``maps=False``, row propagation) and of GAE with the full maps."""
+    from tqdm.auto import tqdm
+
+    ctx = mp.get_context("spawn")
+    rows = []
+    for length in tqdm(lengths, desc="prompt lengths"):
+        measured = {}
+        for mode in ("eager_fwd_bwd", "gae_rows", "gae_maps"):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_lm_worker, args=(mode, length, queue))
+            proc.start()
+            measured[mode] = queue.get(timeout=3600)
+            proc.join()
+        base_s, base_mib = measured["eager_fwd_bwd"]
+        rows.append(
+            {
+                "tokens": length,
+                "seconds": {mode: s for mode, (s, _) in measured.items()},
+                "peak_mib": {mode: m for mode, (_, m) in measured.items()},
+                "time / eager fwd+bwd": {mode: s / base_s for mode, (s, _) in measured.items()},
+                "peak / eager fwd+bwd": {mode: m / base_mib for mode, (_, m) in measured.items()},
+            }
+        )
+    machine = _machine(torch.device("cpu"))
+    return {"model": "LlamaForCausalLM (random weights)", "config": LM_CONFIG, **machine, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
@@ -486,8 +578,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=320, help="--detr detr-r50: image side in pixels")
     parser.add_argument("--seq2seq", action="store_true", help="every token of a --length generation, random Marian")
     parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--lm", type=int, nargs="*", default=None, help="long prompts of these lengths, random Llama")
     args = parser.parse_args(argv)
-    if args.detr:
+    if args.lm is not None:
+        result = run_lm_benchmark(tuple(args.lm or (512, 2048, 4096)))
+    elif args.detr:
         result = run_detr_benchmark(args.detr, args.batch or 8, args.device, args.repeats, args.size)
     elif args.seq2seq:
         result = run_seq2seq_benchmark(args.length, args.batch or 1, args.device, args.repeats)

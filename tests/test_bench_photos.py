@@ -42,3 +42,12 @@ def test_dual_benchmark_runs_on_a_tiny_clip():
     result = bench.run_dual_benchmark(captions=6, repeats=1, per_pair=2, small=True)
     assert set(result["ratios"]) == {"explain_dual / forward", "per_pair_loop / explain_dual"}
     assert all(v > 0 for v in result["seconds"].values())
+
+
+def test_long_prompt_benchmark_reports_ratios_for_each_mode():
+    result = bench.run_lm_benchmark((24,))
+    (row,) = result["rows"]
+    assert row["tokens"] == 24 and result["threads"] >= 1
+    assert set(row["seconds"]) == {"eager_fwd_bwd", "gae_rows", "gae_maps"}
+    assert row["time / eager fwd+bwd"]["eager_fwd_bwd"] == 1.0
+    assert all(s > 0 for s in row["seconds"].values())

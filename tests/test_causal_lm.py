@@ -174,3 +174,17 @@ def test_every_generated_token_from_one_forward_equals_explaining_each_prefix():
         assert (exp.relevance["text"][:, t, prompt + t :] == 0).all()  # nothing after the step's own position
     with pytest.raises(ValueError, match="the prompt followed by the continuation"):
         gu.explain_generation(model, x, generated[:, 1:])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_rows_without_maps_equal_the_full_maps(side):
+    model = tiny_lm("llama")
+    x = batch(PROMPTS, side)
+    rec = gu.record(model, x, target=torch.tensor([[3, 9]] * 3))
+    for start in (0, 2):
+        full = rec.explanation("gae", start)
+        rows = rec.explanation("gae", start, maps=False)
+        assert rows.maps == {}
+        torch.testing.assert_close(rows.relevance["text"], full.relevance["text"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="GAE's rows only"):
+        rec.explanation("rollout", maps=False)

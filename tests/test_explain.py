@@ -485,3 +485,21 @@ def test_headless_hugging_face_encoder_asks_for_a_callable_target(images, cls_na
     exp = explain(model, images, target=lambda out: out.pooler_output.sum(-1))
     assert exp.relevance["image"].shape == (4, 16)
     assert exp.layout.segment("image").prefix == (2 if cls_name.startswith("DeiT") else 1)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"global_pool": "avg"}, {"class_token": True, "reg_tokens": 2}])
+def test_vit_rows_without_maps_equal_the_full_maps(images, overrides):
+    model = tiny_timm_vit(**overrides)
+    for target in (None, torch.tensor([[1, 2]] * 4)):
+        full = explain(model, images, target=target, start_layer=1)
+        rows = explain(model, images, target=target, start_layer=1, maps=False)
+        torch.testing.assert_close(rows.relevance["image"], full.relevance["image"], rtol=1e-5, atol=1e-7)
+
+
+def test_rows_without_maps_refuse_a_recording_with_cross_attention():
+    layers = [
+        gu.LayerRecord("a", "self", "text", "text", None, torch.rand(1, 2, 2), attn_bar=torch.rand(1, 1, 2, 2)),
+        gu.LayerRecord("b", "cross", "text", "image", None, torch.rand(1, 2, 3), attn_bar=torch.rand(1, 1, 2, 3)),
+    ]
+    with pytest.raises(ValueError, match="self-attention layers of one modality"):
+        gu.propagation.propagate_rows(layers, torch.rand(1, 1, 2))
