@@ -8,9 +8,12 @@ correctly in greyscale.
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -18,7 +21,16 @@ if TYPE_CHECKING:
     from matplotlib.image import AxesImage
 
 
-__all__ = ["HEATMAP_CMAP", "PANEL", "overlay", "plot_explanation", "to_numpy_image"]
+__all__ = [
+    "HEATMAP_CMAP",
+    "PANEL",
+    "TokenHTML",
+    "overlay",
+    "plot_explanation",
+    "plot_token_relevance",
+    "to_numpy_image",
+    "token_html",
+]
 
 HEATMAP_CMAP = "inferno"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
@@ -103,3 +115,60 @@ def plot_explanation(
     fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance (min-max per map)")
     fig.suptitle(f"{explanation.method} relevance")
     return fig
+
+
+def plot_token_relevance(
+    ax: Any, tokens: Sequence[str], relevance: Tensor | Sequence[float], title: str | None = None
+) -> Any:
+    """One sentence as a strip of cells, each token's relevance (min-max normalised) as its shade."""
+    values = torch.as_tensor(relevance, dtype=torch.float32)[: len(tokens)]
+    span = values.max() - values.min()
+    values = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+    artist = ax.imshow(values[None].numpy(), cmap=HEATMAP_CMAP, vmin=0, vmax=1, aspect="auto")
+    for i, (token, v) in enumerate(zip(tokens, values.tolist())):
+        color = "black" if v > 0.6 else "white"
+        ax.text(i, 0, token, ha="center", va="center", fontsize=9 if len(token) <= 7 else 7, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, loc="left")
+    return artist
+
+
+class TokenHTML(str):
+    """HTML markup that notebooks render (``_repr_html_``) and that can be written to a page as it is."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def token_html(tokens: Sequence[str], relevance: Tensor | Sequence[float], cmap: str = HEATMAP_CMAP) -> TokenHTML:
+    """Tokens as inline HTML, each shaded by its relevance (min-max normalised over the tokens shown).
+
+    Args:
+        tokens: the token strings (e.g. ``tokenizer.convert_ids_to_tokens(ids)``), one per value.
+        relevance: ``(N,)`` raw relevance, e.g. ``exp.relevance["text"][b]`` without padding.
+        cmap: a matplotlib colour map; the default's lightness rises with relevance, so the page
+            reads the same in greyscale.
+
+    Returns:
+        A :class:`TokenHTML`: displayed as coloured tokens in a notebook, each with its raw value
+        as a tooltip.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    values = torch.as_tensor(relevance, dtype=torch.float32).flatten()
+    if values.numel() != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {values.numel()} relevance values; pass one value per token")
+    span = values.max() - values.min() if values.numel() else torch.tensor(0.0)
+    shade = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+    colours = colormaps[cmap](shade.numpy())  # (N, 4) RGBA
+    spans = []
+    for token, raw, level, rgba in zip(tokens, values.tolist(), shade.tolist(), colours):
+        text = "black" if level > 0.6 else "white"
+        spans.append(
+            f'<span title="{raw:.4g}" style="background:{to_hex(rgba)};color:{text};padding:1px 3px;'
+            f'margin:1px;border-radius:3px;font-family:monospace">{html.escape(token)}</span>'
+        )
+    return TokenHTML('<div style="line-height:2em">' + "".join(spans) + "</div>")

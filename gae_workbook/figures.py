@@ -25,7 +25,7 @@ from torch import Tensor  # noqa: E402
 
 from gae_utils.maps import normalize_maps
 from gae_utils.methods import method_label
-from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, plot_explanation, to_numpy_image
+from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, plot_explanation, plot_token_relevance, to_numpy_image
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -173,22 +173,6 @@ def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], s
 
 
 
-def plot_token_relevance(
-    ax: plt.Axes, tokens: Sequence[str], relevance: Tensor | Sequence[float], title: str | None = None
-):
-    """One sentence as a strip of cells, each token's relevance (min-max normalised) as its shade."""
-    values = torch.as_tensor(relevance, dtype=torch.float32)[: len(tokens)]
-    span = values.max() - values.min()
-    values = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
-    artist = ax.imshow(values[None].numpy(), cmap=HEATMAP_CMAP, vmin=0, vmax=1, aspect="auto")
-    for i, (token, v) in enumerate(zip(tokens, values.tolist())):
-        color = "black" if v > 0.6 else "white"
-        ax.text(i, 0, token, ha="center", va="center", fontsize=9 if len(token) <= 7 else 7, color=color)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, loc="left")
-    return artist
 
 
 def plot_matrix(

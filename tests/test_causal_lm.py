@@ -188,3 +188,19 @@ def test_rows_without_maps_equal_the_full_maps(side):
         torch.testing.assert_close(rows.relevance["text"], full.relevance["text"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="GAE's rows only"):
         rec.explanation("rollout", maps=False)
+
+
+def test_token_html_shades_each_token_and_escapes_it():
+    from gae_utils.plotting import token_html
+
+    model = tiny_lm("gpt2")
+    x = batch(PROMPTS[:1])
+    exp = gu.explain(model, x)
+    tokens = ["<s>", "a&b", "c", "d", "e", "f"]
+    page = token_html(tokens, exp.relevance["text"][0])
+    assert page._repr_html_() == page and page.count("<span") == 6
+    assert "&lt;s&gt;" in page and "a&amp;b" in page  # token text is escaped
+    top = int(exp.relevance["text"][0].argmax())
+    assert f'title="{float(exp.relevance["text"][0, top]):.4g}" style="background:#fcffa4' in page  # inferno's top
+    with pytest.raises(ValueError, match="one value per token"):
+        token_html(tokens[:3], exp.relevance["text"][0])
