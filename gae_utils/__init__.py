@@ -20,7 +20,16 @@ from .propagation import propagate
 from .recorder import AttentionCaptureError, AttentionRecorder
 from .records import LayerRecord
 from .similarity import PairExplanation, explain_similarity
-from .targets import ClassTarget, PairSimilarity, QueryTarget, ScoreTarget, Selection, Target, TokenTarget
+from .targets import (
+    ClassTarget,
+    NextTokenTarget,
+    PairSimilarity,
+    QueryTarget,
+    ScoreTarget,
+    Selection,
+    Target,
+    TokenTarget,
+)
 
 try:
     __version__ = version("gae-workbook")
@@ -39,6 +48,7 @@ __all__ = [
     "LayerRecord",
     "METHODS",
     "Method",
+    "NextTokenTarget",
     "PairExplanation",
     "PairSimilarity",
     "QueryTarget",

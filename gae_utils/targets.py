@@ -234,8 +234,7 @@ class QueryTarget(Target):
             lists = [[int(q) for q in row] for row in target]
         else:
             index = _as_index(target, batch, logits.device, "query")
-            index = index.reshape(batch, -1) if index.ndim == 1 and index.numel() == batch else index
-            index = index[:, None] if index.ndim == 1 else index
+            index = index[:, None] if index.ndim == 1 else index  # one query per image
             if index.ndim != 2 or index.shape[0] != batch:
                 raise ValueError(
                     f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int query, a "
