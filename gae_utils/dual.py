@@ -1,23 +1,10 @@
 """Dual encoders (CLIP-style): each tower explained on its own, the target being a pair's similarity.
 
-method.md, "Reading the answer": a dual encoder's image and text towers never attend to each
-other, so each is explained with the self-attention rule (Eq. 5-6) and read at the token it pools
-(CLIP: the image tower's CLS row, the text tower's EOT row), the target being the similarity of the
-chosen (image, text) pair.
-
-One forward pass embeds every image and every text; :func:`explain_dual` then explains every
-(image, text) pair of the batch:
-
-- image ``i`` for text ``j``: the gradient of ``sum_i s[i, j]`` restricted to the image tower is
-  exactly ``d s[i, j] / d A_i`` (image ``i`` appears only in row ``i``): one backward pass *through
-  the image tower only* per text;
-- text ``j`` for image ``i``: likewise ``sum_j s[i, j]``, one backward pass through the text tower
-  only per image.
-
-So one image against 64 captions costs one text-tower backward (batch 64) and 64 image-tower
-backwards of a single image, never a backward through both towers per pair. The target object is
-:class:`~gae_utils.targets.PairSimilarity`; this module runs it through :func:`gae_utils.record`
-and splits the recording into its two towers.
+The towers never attend to each other, so each is explained with the self-attention rule (Eq. 5-6)
+and read at the token it pools (CLIP: the image tower's CLS row, the text tower's EOT row).
+:class:`~gae_utils.targets.PairSimilarity` says how every (image, text) pair of a batch is
+differentiated from one forward pass; this module runs it through :func:`gae_utils.record` and
+splits the recording into its two towers.
 """
 
 from __future__ import annotations

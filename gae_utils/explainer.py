@@ -256,11 +256,6 @@ def explain(
     Returns:
         An :class:`Explanation`; ``relevance["image"]`` is ``(B, num_patches)`` raw relevance for a
         ViT (``(B, K, num_patches)`` for K targets).
-
-    Example:
-        >>> exp = explain(model, images)                 # predicted classes
-        >>> exp.relevance["image"].shape                 # (B, 196) for a 224/16 ViT
-        >>> exp.heatmap(224)                             # (B, 224, 224) in [0, 1]
     """
     if method not in method_names(ablations=True):
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")

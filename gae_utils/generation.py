@@ -1,24 +1,10 @@
-"""Encoder-decoder transformers: every generated token explained from one forward and one backward.
+"""Generated tokens explained from one teacher-forced forward and one vectorised backward.
 
-Chefer et al. ICCV 2021, Sec. 3 (Eq. 5-11) and method.md: an encoder-decoder has two modalities,
-``"source"`` (encoder self-attention, Eq. 6) and ``"target"`` (causal decoder self-attention,
-Eq. 6-7), joined by the decoder's cross-attention target -> source (Eq. 8-11). For generated token
-``t`` the target is its logit at step ``t`` with the generation fed back (teacher forcing); its
-explanation is row ``t`` of ``R[target, source]`` (source relevance) and of ``R[target, target]``
-(prefix relevance).
-
-:func:`explain_generation` explains all T generated tokens of a batch at once. ``Abar`` (Eq. 5)
-depends on each token's own gradient ``dA``, so T gradients are needed; they come from *one*
-vectorised backward pass (``torch.autograd.grad(..., is_grads_batched=True)``) over the T
-one-hot selections of the ``(B, T)`` token scores, exact like T separate ``.backward()`` calls.
-Each token then reads its own row of the ``(B, T, Na, Nb)`` maps (per-target row weights of
-:class:`~gae_utils.layout.TokenLayout`).
-
-Supported families: the adapters whose target rule is
-:func:`~gae_utils.targets.generation_target` (Hugging Face Marian, BART, T5, and models built
-around ``torch.nn.Transformer``; see :mod:`gae_utils.adapters.seq2seq`). The target object is
-:class:`~gae_utils.targets.TokenTarget`; :func:`record_generation` only builds the
-teacher-forced inputs and hands both to :func:`gae_utils.record`.
+Encoder-decoders (Chefer et al. ICCV 2021, Eq. 5-11): ``"source"`` (encoder self-attention),
+``"target"`` (causal decoder self-attention) and the cross-attention target -> source; token ``t``
+reads row ``t`` of ``R[target, source]`` and ``R[target, target]``. Decoder-only LMs: one
+sequence, prompt then continuation; token ``t`` reads its position's row of ``R - I``. Both go
+through :func:`gae_utils.record` with a :class:`~gae_utils.targets.TokenTarget`.
 """
 
 from __future__ import annotations
@@ -33,10 +19,9 @@ from .adapters import Adapter, find_adapter
 from .adapters.hf_causal_lm import causal_lm_target
 from .explainer import Recording, record
 from .explanation import Explanation
-from .recorder import evaluating
 from .targets import SCORES, TokenTarget, generation_target
 
-__all__ = ["explain_generation", "record_generation", "generation_steps", "greedy_decode"]
+__all__ = ["explain_generation", "record_generation", "generation_steps"]
 
 
 def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
@@ -133,26 +118,13 @@ def record_generation(
     keep_heads: bool = False,
     eval_mode: bool = True,
 ) -> Recording:
-    """Record a teacher-forced forward pass and the gradient of every explained token's logit.
-
-    Args:
-        model: an encoder-decoder served by a seq2seq adapter.
-        inputs: the source batch, ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
-        generated: ``(B, 1 + T)`` the decoder start token then the generated tokens (as
-            ``generate()`` returns them; finished sequences padded after their EOS).
-        steps: the generated positions to explain (default: all T). Step ``t`` is the logit of
-            ``generated[:, t + 1]`` given ``generated[:, : t + 1]``.
-        score: the explained scalar of each token: ``"logit"`` (method.md: its logit at step ``t``)
-            or ``"log_prob"`` (its log-softmax, i.e. the logit minus the log-sum-exp of all logits
-            at that step: what raises this token *against the other tokens*).
-        adapter: overrides the adapter lookup.
-        keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
-        eval_mode: explain in eval mode (restored afterwards).
+    """The recording behind :func:`explain_generation` (same arguments; ``keep_heads`` keeps the
+    per-head ``A`` and ``dA`` of every layer for the explorers).
 
     Returns:
-        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example whose
-        layout reads row ``steps[k]`` for target ``k``; ``target`` holds the explained token ids
-        ``(B, K)``, ``scores`` their logits, ``logits`` the ``(B, T, V)`` teacher-forced logits.
+        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example, target
+        ``k`` reading the row of step ``steps[k]``; ``target`` holds the explained token ids
+        ``(B, K)``, ``scores`` their scores, ``logits`` the teacher-forced ``(B, L, V)`` logits.
     """
     adapter = _generation_adapter(model, adapter)
     _check_generation(inputs, generated)
@@ -186,29 +158,33 @@ def explain_generation(
     adapter: Adapter | None = None,
     eval_mode: bool = True,
 ) -> Explanation:
-    """Explain every generated token of a batch of translations (or any seq2seq generation).
+    """Explain every generated token of a batch: translations, summaries, LM continuations.
 
     Args:
-        model: Hugging Face ``MarianMTModel``/``BartForConditionalGeneration``/
-            ``T5ForConditionalGeneration`` (any attention implementation; switched to eager for
-            the call) or a model containing ``torch.nn.Transformer`` that follows the call
-            convention ``model(input_ids, decoder_input_ids, attention_mask=None) -> (B, T, V)``.
-        inputs: the source batch, ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
-        generated: ``(B, 1 + T)`` decoder start token + generated tokens (e.g. ``model.generate``).
-        method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS` (``rollout`` applies the
-            rules to the head-mean attention, with no gradients).
+        model: an encoder-decoder (Hugging Face Marian/BART/T5, or a model containing
+            ``torch.nn.Transformer`` called as ``model(input_ids, decoder_input_ids, attention_mask=None)
+            -> (B, T, V)``) or a Hugging Face causal LM routed through the attention interface.
+        inputs: the source batch (encoder-decoder) or the prompt batch (causal LM, left-padded as
+            ``generate`` wants it): ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
+        generated: what ``model.generate(**inputs)`` returns: ``(B, 1 + T)`` decoder start token then
+            T tokens (encoder-decoder), ``(B, S + T)`` prompt then T tokens (causal LM); finished
+            sequences padded after their EOS.
+        method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
         start_layer: first aggregated layer (forward order: encoder layers first).
-        steps: generated positions to explain (default all).
-        score: ``"logit"`` (default, method.md) or ``"log_prob"`` (see :func:`record_generation`).
+        steps: the generated tokens to explain (default all T); step ``t`` is token ``t`` given
+            everything before it (teacher forcing).
+        score: ``"logit"`` (method.md) or ``"log_prob"`` (the logit minus the log-sum-exp of the
+            step's logits: what raises this token *against the other tokens*).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
 
     Returns:
-        An :class:`~gae_utils.explanation.Explanation` with ``relevance["source"]`` ``(B, K, S)``:
-        row ``t`` of ``R[target, source]`` for each explained step, ``relevance["target"]``
-        ``(B, K, T)``: row ``t`` of ``R[target, target]`` (prefix relevance, zero after ``t``),
-        ``target`` the explained token ids and ``extra["steps"]`` the explained step indices and
-        ``extra["real_steps"]`` how many steps of each example are real tokens (up to its EOS).
+        An :class:`~gae_utils.explanation.Explanation` with K = len(steps) targets per example.
+        Encoder-decoder: ``relevance["source"]`` ``(B, K, S)`` (row ``t`` of ``R[target, source]``)
+        and ``relevance["target"]`` ``(B, K, T)`` (prefix relevance). Causal LM:
+        ``relevance["text"]`` ``(B, K, S + T - 1)`` (the step's row of ``R - I``, 0 after it).
+        ``extra["steps"]``: the explained steps; ``extra["real_steps"]``: how many steps of each
+        example are real tokens (up to its EOS).
     """
     adapter = _generation_adapter(model, adapter)
     rec = record_generation(model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode)
@@ -222,37 +198,3 @@ def explain_generation(
     return exp
 
 
-@torch.no_grad()
-def greedy_decode(
-    model: nn.Module,
-    inputs: Mapping,
-    start_id: int,
-    eos_id: int,
-    pad_id: int,
-    max_new_tokens: int = 16,
-    adapter: Adapter | None = None,
-) -> Tensor:
-    """Greedy decoding through the adapter's call (no cache): ``(B, 1 + T)`` ids, padded after EOS.
-
-    Works for every seq2seq adapter (a model built on ``torch.nn.Transformer`` has no ``generate``);
-    for Hugging Face models ``model.generate(..., do_sample=False, num_beams=1)`` gives the same ids.
-    """
-    adapter = _generation_adapter(model, adapter)
-    read_logits = adapter.logits
-    ids = inputs["input_ids"]
-    mask = inputs.get("attention_mask", torch.ones_like(ids))
-    out = torch.full((ids.shape[0], 1), start_id, dtype=torch.long, device=ids.device)  # (B, 1)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    with evaluating(model):
-        for _ in range(max_new_tokens):
-            output = adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
-            logits = read_logits(output) if read_logits is not None else None
-            if logits is None:
-                raise ValueError(f"adapter {adapter.name!r} reads no next-token logits (B, T, V) from the output")
-            nxt = logits[:, -1].argmax(dim=-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= nxt == eos_id
-            if done.all():
-                break
-    return out

@@ -1,13 +1,9 @@
-"""Recording attention probabilities and their gradients from an unmodified model.
+"""The one owner of every hook an explanation uses (:class:`AttentionRecorder`).
 
-:class:`AttentionRecorder` is the one owner of every hook an explanation uses. As a context
-manager it switches fused attention off, puts the model in eval mode, and registers forward hooks
-that capture each layer's attention probabilities ``A`` (method.md, "What is recorded"), in the
-order the layers run. :meth:`AttentionRecorder.backward` then asks autograd for ``dy/dA`` only:
-the gradient flows from the scalar target of each example back to the first attention map of each
-modality, tensor hooks on every captured ``A`` reduce ``(dA * A)^+`` over heads (Eq. 5) as soon as
-its gradient arrives, and no parameter ``.grad`` is created. On exit (also after an exception)
-every hook is removed and every flag, mode and handle is restored.
+Forward hooks capture each layer's attention probabilities ``A`` in the order the layers run;
+the backward asks autograd for ``dy/dA`` only, tensor hooks reduce ``(dA * A)^+`` over heads
+(Eq. 5) as each gradient arrives, and no parameter ``.grad`` is created. On exit (also after an
+exception) every hook, flag, mode and handle is restored.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Which words carry the similarity of two sentences: GAE on a sentence-embedding encoder.
+"""Which words carry the similarity of two sentences: GAE on a mean-pooled sentence encoder.
 
-A sentence encoder (e.g. sentence-transformers' all-MiniLM-L6-v2, a 6-layer BERT mean-pooled over
-its tokens) embeds each sentence on its own; the similarity of a pair is the cosine of the two
-embeddings. Each sentence is explained with the self-attention rule (Eq. 5-6), the target being
-the pair's similarity, and read at the pooled rows (the mean over its non-padding tokens), as
-method.md prescribes for dual encoders and mean-pooled models.
-
-All pairs of a batch go through the encoder in one forward pass (first sentences, then second
-sentences) and one backward pass of the summed similarities: sentence ``i`` influences only
-``sim_i``, so the gradient of the sum with respect to its attention is exactly that of its own
-pair's similarity (:class:`~gae_utils.targets.SplitPairSimilarity`, run by :func:`gae_utils.record`).
+Each sentence is explained with the self-attention rule (Eq. 5-6), the target being the cosine
+similarity of its pair, read at the pooled rows (the mean over its non-padding tokens). Every pair
+of a batch goes through one forward pass and one backward pass
+(:class:`~gae_utils.targets.SplitPairSimilarity`, run by :func:`gae_utils.record`).
 """
 
 from __future__ import annotations

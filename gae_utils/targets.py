@@ -379,9 +379,9 @@ class SplitPairSimilarity(Target):
 
 
 def class_target(model: nn.Module, target: TargetLike) -> Target:
-    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`."""
-    if isinstance(target, Target):
-        return target
+    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`.
+
+    Adapters' target rules see only what is not already a :class:`Target` (``record`` uses those as they are)."""
     if callable(target) and not isinstance(target, Tensor):
         return ScoreTarget(target)
     return ClassTarget(target)
@@ -390,8 +390,6 @@ def class_target(model: nn.Module, target: TargetLike) -> Target:
 def generation_target(model: nn.Module, target: TargetLike) -> Target:
     """Encoder-decoders are explained per generated token (:func:`gae_utils.explain_generation`);
     ``explain``/``record`` accept only a callable target for them."""
-    if isinstance(target, Target):
-        return target
     if callable(target) and not isinstance(target, Tensor):
         return ScoreTarget(target)
     raise ValueError(
@@ -402,8 +400,6 @@ def generation_target(model: nn.Module, target: TargetLike) -> Target:
 
 def dual_encoder_target(model: nn.Module, target: TargetLike) -> Target:
     """Dual encoders are explained per (image, text) pair (:func:`gae_utils.explain_dual`)."""
-    if isinstance(target, Target):
-        return target
     raise ValueError(
         f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
         "gae_utils.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."

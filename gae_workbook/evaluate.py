@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from gae_utils.dual import explain_dual
 from gae_utils.explainer import record
-from gae_utils.generation import greedy_decode, record_generation
+from gae_utils.generation import record_generation
 from gae_utils.maps import upsample_maps
 from gae_utils.methods import method_names
 from shapesworld.inputs import (
@@ -63,6 +63,7 @@ from .metrics import (
     relevance_mass,
     segmentation_scores,
 )
+from .models import greedy_decode
 from .zoo import load
 
 __all__ = [

@@ -1,10 +1,18 @@
-"""Model classes of the embedded models that are not library classes (shapes-translate's translator)."""
+"""shapes-translate's model class and its decoding (a model built on ``torch.nn.Transformer`` has no
+``generate``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
 from torch import Tensor, nn
 
-__all__ = ["TransformerTranslator"]
+from gae_utils.adapters import Adapter, find_adapter
+from gae_utils.recorder import evaluating
+from gae_utils.targets import generation_target
+
+__all__ = ["TransformerTranslator", "greedy_decode"]
 
 
 class TransformerTranslator(nn.Module):
@@ -55,3 +63,42 @@ class TransformerTranslator(nn.Module):
             tgt_is_causal=True,
         )  # (B, T, D)
         return self.generator(hidden)  # (B, T, V)
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: nn.Module,
+    inputs: Mapping,
+    start_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int = 16,
+    adapter: Adapter | None = None,
+) -> Tensor:
+    """Greedy decoding through the adapter's call (no cache): ``(B, 1 + T)`` ids, padded after EOS.
+
+    Works for every encoder-decoder adapter (a model built on ``torch.nn.Transformer`` has no
+    ``generate``); for Hugging Face models ``model.generate(..., do_sample=False, num_beams=1)``
+    gives the same ids.
+    """
+    adapter = adapter or find_adapter(model)
+    if adapter.target is not generation_target:
+        raise ValueError(f"{type(model).__name__} (adapter {adapter.name!r}) is not an encoder-decoder")
+    read_logits = adapter.logits
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask", torch.ones_like(ids))
+    out = torch.full((ids.shape[0], 1), start_id, dtype=torch.long, device=ids.device)  # (B, 1)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    with evaluating(model):
+        for _ in range(max_new_tokens):
+            output = adapter.call(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": out})
+            logits = read_logits(output) if read_logits is not None else None
+            if logits is None:
+                raise ValueError(f"adapter {adapter.name!r} reads no next-token logits (B, T, V) from the output")
+            nxt = logits[:, -1].argmax(dim=-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= nxt == eos_id
+            if done.all():
+                break
+    return out

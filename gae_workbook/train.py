@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gae_utils.generation import greedy_decode
 from shapesworld.inputs import (
     PIXEL_MEAN,
     PIXEL_STD,
@@ -40,6 +39,7 @@ from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 from shapesworld.targets import region_labels, scene_targets
 
 from .detection import evaluate_detection
+from .models import greedy_decode
 from .zoo import EMBEDDED, ModelCard, build, load, save_checkpoint, weights_dir
 
 __all__ = ["train_shapes_vit", "evaluate_multilabel", "TRAIN_SEED", "HELDOUT_SEED"]
@@ -510,7 +510,7 @@ def train_shapes_translate(
         "warmup": warmup,
         "train_scenes": train_scenes,
         "seed": seed,
-        "decoding": "greedy (gae_utils.generation.greedy_decode)",
+        "decoding": "greedy (gae_workbook.models.greedy_decode)",
     }
     return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
 

@@ -33,10 +33,11 @@ import os
 import matplotlib.pyplot as plt
 
 import gae_utils as gu
-from gae_utils.generation import explain_generation, greedy_decode, record_generation
+from gae_utils.generation import explain_generation, record_generation
 from gae_utils.methods import method_label
 from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import evaluate_translate, format_table
+from gae_workbook.models import greedy_decode
 from shapesworld.inputs import encode_sources, translate_vocabulary
 from shapesworld.language import caption, translate
 from shapesworld.scenes import ShapesWorld

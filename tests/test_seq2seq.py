@@ -5,10 +5,10 @@ import torch
 
 import gae_utils as gu
 from gae_utils.adapters import find_adapter
-from gae_utils.generation import explain_generation, generation_steps, greedy_decode, record_generation
+from gae_utils.generation import explain_generation, generation_steps, record_generation
 from gae_workbook import views, zoo
 from gae_workbook.evaluate import alignment_hits
-from gae_workbook.models import TransformerTranslator
+from gae_workbook.models import TransformerTranslator, greedy_decode
 
 V = 30
 

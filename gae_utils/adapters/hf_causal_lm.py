@@ -63,7 +63,7 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
 
 def causal_lm_target(model: nn.Module, target: Any) -> Target:
     """The next token after each row's last real position (:class:`~gae_utils.targets.NextTokenTarget`)."""
-    return target if isinstance(target, Target) else NextTokenTarget(target, last_real_position)
+    return NextTokenTarget(target, last_real_position)
 
 
 CAUSAL_LM = Adapter(

@@ -91,8 +91,6 @@ def detr_class_probabilities(logits: Tensor) -> Tensor:
 
 def _detr_target(model: nn.Module, target: Any) -> Target:
     """Object queries; DETR's last class is "no object", so a detection's class is the best of the others."""
-    if isinstance(target, Target):
-        return target
     return QueryTarget(target, detr_class_probabilities, _detr_layout_of_output)
 
 

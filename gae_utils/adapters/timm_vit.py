@@ -62,7 +62,7 @@ def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
 def _timm_target(model: nn.Module, target: Any) -> Target:
     """A headless timm model (``num_classes=0``: a feature extractor, e.g. a DINO or CLIP tower)
     returns pooled features, not logits: it is explained only through a callable target."""
-    if getattr(model, "num_classes", None) == 0 and not isinstance(target, Target) and not callable(target):
+    if getattr(model, "num_classes", None) == 0 and not callable(target):
         raise ValueError(
             f"{type(model).__name__} was built with num_classes=0: its output is a (B, D) feature vector, not class "
             "logits, so there is no class to explain. Pass target=callable(features) -> (B,) scores (e.g. "
