@@ -80,7 +80,14 @@ def figures_dir() -> Path:
     return Path.cwd() / "figures"
 
 
-def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> list[Path]:
+class SavedFigure(list):
+    """The paths :func:`save_figure` wrote; shown in a notebook as one line, not a list of paths."""
+
+    def __repr__(self) -> str:
+        return f"saved {', '.join(p.name for p in self)} in {self[0].parent}" if self else "nothing saved"
+
+
+def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> SavedFigure:
     """Save ``fig`` as ``<name>.png`` and ``<name>.pdf``.
 
     Args:
@@ -89,7 +96,7 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
         directory: defaults to :func:`figures_dir`.
 
     Returns:
-        The two written paths.
+        The two written paths (a list).
     """
     directory = Path(directory) if directory is not None else figures_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,7 +105,7 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
         # fixed metadata so that re-running the workbook does not change unchanged PDFs
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else {"Software": None}
         fig.savefig(path, metadata=metadata)
-    return paths
+    return SavedFigure(paths)
 
 
 

@@ -4,8 +4,8 @@
     python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them
 
 Notebooks are stored as jupytext ``py:percent`` files; each is converted in memory, executed with
-nbclient (cwd = the notebooks folder) and the executed copy, outputs included, is written to
-``outputs/notebooks/<name>.ipynb`` (ignored by git).
+nbclient (cwd = the notebooks folder) and the executed copy, outputs and figures included, is
+written to ``outputs/notebooks/<name>.ipynb`` (ignored by git), a plain notebook that opens as one.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def execute_notebook(
     from nbclient import NotebookClient
 
     notebook = jupytext.read(path)
-    env = {"GAE_SMOKE": "1" if smoke else "0", "MPLBACKEND": "Agg"}
+    # the inline backend puts every figure a cell draws into the executed copy as an image/png output
+    env = {"GAE_SMOKE": "1" if smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     # the kernel imports this checkout's package, also where another checkout is installed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if figures is not None:
@@ -64,6 +65,8 @@ def execute_notebook(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    # the executed copy is an output, not a jupytext pair of the .py: without this JupyterLab refuses to open it
+    notebook.metadata.pop("jupytext", None)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, output)

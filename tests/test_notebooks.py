@@ -27,3 +27,8 @@ def test_notebook_executes_and_saves_figures(path, tmp_path):
     prefix = path.stem.split("_")[0]
     assert written and all(name.startswith(prefix) for name in written), written
     assert {p.rsplit(".", 1)[1] for p in written} == {"png", "pdf"}
+    # the executed copy shows its figures and opens as a plain notebook
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(written) // 2
+    assert not any("PosixPath(" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "jupytext" not in nb.metadata
