@@ -69,6 +69,18 @@ __all__ = [
 
 
 
+MEAN_HEAD = -1  # the head menus' "mean" entry: ipywidgets reads a None value as "nothing selected"
+
+
+def _head_options(n_heads: int) -> list[tuple[str, int]]:
+    return [("mean", MEAN_HEAD), *[(str(h), h) for h in range(n_heads)]]
+
+
+def _head(value: int) -> int | None:
+    """A head menu's value as the render functions take it (None: the mean over heads)."""
+    return None if value == MEAN_HEAD else value
+
+
 def _show(out, fig: plt.Figure) -> None:
     """Replace what the ipywidgets ``Output`` area ``out`` shows with ``fig``, then close ``fig``."""
     from IPython.display import display
@@ -560,9 +572,7 @@ def translation_explorer(
     step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], description="token")
     method = W.ToggleButtons(options=methods, description="method")
     layer = W.IntSlider(len(cross) - 1, 0, len(cross) - 1, description="cross layer")
-    head = W.Dropdown(
-        options=[("mean", None), *[(str(h), h) for h in range(cross[-1].attn.shape[1])]], description="head"
-    )
+    head = W.Dropdown(options=_head_options(cross[-1].attn.shape[1]), value=MEAN_HEAD, description="head")
     out_methods, out_layer = W.Output(), W.Output()
 
     def update(*_):
@@ -570,7 +580,7 @@ def translation_explorer(
         _show(
             out_layer,
             render_translation_layer(
-                rec, source_tokens, target_tokens, step=step.value, layer=layer.value, head=head.value
+                rec, source_tokens, target_tokens, step=step.value, layer=layer.value, head=_head(head.value)
             ),
         )
 
@@ -684,7 +694,7 @@ def detr_explorer(
         pixel_values: what the model takes, ``(B, 3, H, W)``.
         images: the same images in [0, 1] for display.
         class_names: names of the classes.
-        target: explained queries (see :func:`gae_utils.adapters.detr_query_target`); None: the
+        target: explained queries (see :class:`gae_utils.targets.QueryTarget`); None: the
             confident detections.
     """
     import ipywidgets as W
@@ -696,13 +706,14 @@ def detr_explorer(
     detection = W.Dropdown(description="detection")
     method = W.ToggleButtons(options=method_names(), description="method")
     layer = W.SelectionSlider(options=decoder, value=decoder[-1], description="decoder layer")
-    head = W.Dropdown(options=[("mean", None)] + [(str(h), h) for h in range(n_heads)], description="head")
+    head = W.Dropdown(options=_head_options(n_heads), value=MEAN_HEAD, description="head")
     view = W.ToggleButtons(options=LAYER_VIEWS_DETR, description="layer view")
     out_all, out_one = W.Output(), W.Output()
 
     def refresh_detections(*_):
         n = len([q for q in rec.extra["queries"][index.value] if q >= 0])
         detection.options = [(_detr_name(rec, index.value, k, class_names), k) for k in range(n)]
+        detection.value = 0 if n else None  # ipywidgets selects nothing when options are assigned
 
     def update(*_):
         if detection.value is None:
@@ -717,15 +728,15 @@ def detr_explorer(
                 detection.value,
                 method.value,
                 layer.value,
-                head.value,
+                _head(head.value),
                 view.value,
                 class_names,
             ),
         )
 
+    refresh_detections()  # before the observers: the first figures are drawn once, by update() below
     index.observe(refresh_detections, names="value")
     for control in (index, detection, method, layer, head, view):
         control.observe(update, names="value")
-    refresh_detections()
     update()
     return W.VBox([W.HBox([index, detection]), method, out_all, W.HBox([layer, head]), view, out_one])

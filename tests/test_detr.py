@@ -402,3 +402,27 @@ def test_detr_benchmark_reports_ratios(shipped):
     assert result["seconds"]["forward"] > 0 and result["ratios"]["explain_all_detections / forward"] > 1
     with pytest.raises(ValueError, match="detr-r50"):
         run_detr_benchmark("detr-r18")
+
+
+def test_detr_explorer_opens_on_the_first_detection_with_the_head_mean(monkeypatch):
+    ipywidgets = pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    from gae_workbook import widgets
+
+    drawn = []
+    monkeypatch.setattr(widgets, "_show", lambda out, fig: (drawn.append(fig), plt.close(fig)))
+    model = tiny_detr(confident_class=2)
+    images = torch.rand(2, 3, 32, 32)
+    box = widgets.detr_explorer(model, detr_pixels(images), images)
+    controls = [w for child in box.children for w in getattr(child, "children", (child,))]
+    detection, head = (next(w for w in controls if getattr(w, "description", "") == d) for d in ("detection", "head"))
+    assert isinstance(detection, ipywidgets.Dropdown) and detection.value == 0  # not None: update() draws
+    assert head.value == widgets.MEAN_HEAD and head.label == "mean"
+    assert len(drawn) == 2  # both views drew a figure on opening, before any click
+    head.value = 1  # a head, then back to the mean: the menu keeps a selection
+    head.value = widgets.MEAN_HEAD
+    assert head.label == "mean"
+    index = next(w for w in controls if getattr(w, "description", "") == "image")
+    index.value = 1
+    assert detection.value == 0

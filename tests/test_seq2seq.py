@@ -393,6 +393,14 @@ def test_translation_widgets_render_pure_figures():
         widgets.render_translation(rec, src, tgt, step=5)
     with pytest.raises(ValueError, match="out of range"):
         views.cross_attention_matrix(rec, 0, 0, head=9)
+    box = widgets.translation_explorer(model, {k: v[:1] for k, v in inputs.items()}, generated[:1], src, tgt)
+    controls = [w for child in box.children for w in getattr(child, "children", (child,))]
+    head = next(w for w in controls if getattr(w, "description", "") == "head")
+    assert head.value == widgets.MEAN_HEAD and head.label == "mean"  # selected, not blank
+    head.value = 0
+    head.value = widgets.MEAN_HEAD
+    assert head.label == "mean"
+    plt.close("all")
 
 
 def test_seq2seq_benchmark_runs_on_a_tiny_marian():
