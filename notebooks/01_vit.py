@@ -38,7 +38,7 @@ from gae_workbook.metrics import PERTURBATION_STEPS
 from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## The model and its held-out accuracy
