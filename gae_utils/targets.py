@@ -302,17 +302,17 @@ class TokenTarget(Target):
         if self.labels.min() < 0 or self.labels.max() >= logits.shape[-1]:
             raise ValueError(f"generated holds ids outside the model's {logits.shape[-1]} output tokens")
         scored = logits.log_softmax(dim=-1) if self.score == "log_prob" else logits  # (B, T, V)
-        self._all = scored.gather(-1, self.labels[..., None].to(logits.device))[..., 0]  # (B, T) every step's score
         steps = torch.tensor(self.steps, device=logits.device)
+        labels = self.labels.to(logits.device)[:, steps]  # (B, K)
+        scores = scored[:, steps].gather(-1, labels[..., None])[..., 0]  # (B, K)
         rows = F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)  # (B, K, T): target k reads row steps[k]
         layout = TokenLayout(layout.segments, layout.readouts, {r.name: rows for r in layout.readouts})
-        return Selection(self._all[:, steps], self.labels.to(logits.device)[:, steps], True, layout)
+        return Selection(scores, labels, True, layout)
 
     def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        k, (batch, n) = len(self.steps), self._all.shape
-        select = torch.zeros(k, batch, n, dtype=self._all.dtype, device=self._all.device)  # (K, B, T)
-        select[torch.arange(k), :, torch.tensor(self.steps)] = 1
-        recorder.batched_backward(self._all, select, None)
+        scores = selection.scores  # (B, K)
+        columns = torch.eye(scores.shape[1], dtype=scores.dtype, device=scores.device)  # (K, K): target k, column k
+        recorder.batched_backward(scores, columns[:, None, :].expand(-1, scores.shape[0], -1), None)  # (K, B, K)
 
 
 class PairSimilarity(Target):

@@ -108,16 +108,12 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     return SavedFigure(paths)
 
 
-
-
 def show_image(ax: plt.Axes, image: Tensor | np.ndarray, title: str | None = None) -> None:
     ax.imshow(to_numpy_image(image))
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title)
-
-
 
 
 def plot_heatmap_grid(
@@ -176,10 +172,6 @@ def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], s
             artist = overlay(axes[r, c + int(show_input)], images[r], maps[r, c], titles[r][c])
     fig.colorbar(artist, ax=axes, shrink=0.6, label="relevance (min-max normalised)")
     return fig
-
-
-
-
 
 
 def plot_matrix(

@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 
-
 MEAN_HEAD = -1  # the head menus' "mean" entry: ipywidgets reads a None value as "nothing selected"
 
 
@@ -89,12 +88,6 @@ def _show(out, fig: plt.Figure) -> None:
         out.clear_output(wait=True)
         display(fig)
         plt.close(fig)
-
-
-
-
-
-
 
 
 _VIEW_TITLES = {
@@ -237,11 +230,6 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
 # ------------------------------------------------------------------ two modalities (co-attention)
 
 
-
-
-
-
-
 def render_flow(
     rec: Recording,
     index: int = 0,
@@ -283,8 +271,6 @@ def render_flow(
                 ax.set_xticks([])
         axes[row, 0].set_ylabel(f"after {labels[step]}", fontsize=7)
     return fig
-
-
 
 
 def render_stream_row(
@@ -485,8 +471,6 @@ def dual_explorer(
 # ----------------------------------------------------------------------------- seq2seq explorer
 
 
-
-
 def render_translation(
     rec: Recording,
     source_tokens: Sequence[str],
@@ -595,11 +579,6 @@ def translation_explorer(
 # object query ``rec.extra["queries"][b][k]``); the callbacks below show one of them.
 
 
-
-
-
-
-
 def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> None:
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
@@ -631,8 +610,6 @@ def render_detections(
         overlay(axes[0, k + 1], images[index], heat[k], _detr_name(rec, index, k, class_names))
         _draw_box(axes[0, k + 1], boxes[k])
     return fig
-
-
 
 
 def render_detr_query(
@@ -676,8 +653,6 @@ def render_detr_query(
         axes[2].set_title(title)
         axes[2].set_xlabel("object query")
     return fig
-
-
 
 
 def detr_explorer(
