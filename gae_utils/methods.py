@@ -118,7 +118,7 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("gae", _gae, "GAE (ours)", uses_start_layer=True),
+        Method("gae", _gae, "GAE", uses_start_layer=True),
         Method("gae_last_layer", _gae_last_layer, "GAE, last layer only"),
         Method("raw_attention", _raw_attention, "raw attention"),
         Method("rollout", _rollout, "rollout", uses_start_layer=True),

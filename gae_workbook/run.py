@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def notebook_paths(directory: Path | None = None) -> list[Path]:
-    """The numbered notebooks (``NN_name.py``) in order."""
+    """The numbered notebooks (``NN_name.py``) in order, without the exercises and their solutions
+    (``NN_topic_ex_KK.py``, ``NN_topic_sol_KK.py``: a student's exercise does not run as it is)."""
     directory = Path(directory) if directory is not None else REPO / "notebooks"
-    return sorted(p for p in directory.glob("[0-9][0-9]_*.py"))
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.py") if not any(tag in p.stem for tag in ("_ex_", "_sol_")))
 
 
 def execute_notebook(
