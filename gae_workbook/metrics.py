@@ -38,6 +38,7 @@ from gae_utils.maps import normalize_maps, upsample_maps
 
 __all__ = [
     "PERTURBATION_STEPS",
+    "SEGMENTATION_COUNTS",
     "average_precision",
     "box_iou",
     "detection_map",
@@ -47,6 +48,9 @@ __all__ = [
     "perturbation_curve",
     "pointing_game",
     "relevance_mass",
+    "replacement_curve",
+    "segmentation_counts",
+    "segmentation_from_counts",
     "segmentation_scores",
     "upsample_maps",
 ]
@@ -323,6 +327,37 @@ def segmentation_scores(
         ValueError: On mismatched shapes, non-bool masks, an empty batch, NaN in the maps or an
             unknown threshold.
     """
+    return segmentation_from_counts(segmentation_counts(maps, masks, threshold, ap_over_both_classes))
+
+
+SEGMENTATION_COUNTS: tuple[str, ...] = (
+    "inter_fg",
+    "union_fg",
+    "inter_bg",
+    "union_bg",
+    "correct",
+    "labeled",
+    "ap_sum",
+    "images",
+)
+"""What :func:`segmentation_counts` returns, in order: sums that add up over batches and processes."""
+
+
+def segmentation_counts(
+    maps: Tensor, masks: Tensor, threshold: str = "mean", ap_over_both_classes: bool = False
+) -> Tensor:
+    """The sums behind :func:`segmentation_scores`, which add up over batches, shards and processes.
+
+    Args:
+        maps: ``(N, H, W)`` relevancy maps at mask resolution.
+        masks: ``(N, H, W)`` bool ground truth.
+        threshold: ``"mean"`` or ``"otsu"`` (see :func:`segmentation_scores`).
+        ap_over_both_classes: the authors' two-channel AP (see :func:`segmentation_scores`).
+
+    Returns:
+        ``(8,)`` float64 tensor ordered as :data:`SEGMENTATION_COUNTS`; turn it into scores with
+        :func:`segmentation_from_counts`.
+    """
     maps = _check_maps_masks(maps, masks)
     maps = normalize_maps(maps)  # (N, H, W)
     if threshold == "mean":
@@ -333,22 +368,34 @@ def segmentation_scores(
         raise ValueError(f"threshold must be 'mean' or 'otsu', got {threshold!r}.")
     foreground = maps > cut[:, None, None]  # (N, H, W)
 
-    inter_fg = (foreground & masks).sum().double()
-    union_fg = (foreground | masks).sum().double()
-    inter_bg = (~foreground & ~masks).sum().double()
-    union_bg = (~foreground | ~masks).sum().double()
-    eps = float(np.spacing(1.0))  # the authors' guard against 0 / 0
-    miou = ((inter_fg / (union_fg + eps) + inter_bg / (union_bg + eps)) / 2).item()
-    correct = (foreground == masks).sum().double()
-    pixel_accuracy = (correct / masks.numel()).item()
-
     scores = maps.flatten(1)  # (N, H*W)
     labels = masks.flatten(1)  # (N, H*W)
     if ap_over_both_classes:
         scores = torch.cat([1 - scores, scores], dim=1)  # (N, 2*H*W)
         labels = torch.cat([~labels, labels], dim=1)  # (N, 2*H*W)
-    mean_ap = average_precision(scores, labels).mean().item()
-    return {"pixel_accuracy": pixel_accuracy, "miou": miou, "map": mean_ap}
+    counts = [
+        (foreground & masks).sum(),
+        (foreground | masks).sum(),
+        (~foreground & ~masks).sum(),
+        (~foreground | ~masks).sum(),
+        (foreground == masks).sum(),
+        masks.numel(),
+        average_precision(scores, labels).sum(),
+        masks.shape[0],
+    ]
+    return torch.tensor([float(c) for c in counts], dtype=torch.float64)  # (8,)
+
+
+def segmentation_from_counts(counts: Tensor) -> dict[str, float]:
+    """Pixel accuracy, mIoU over {background, foreground} and mAP from summed :func:`segmentation_counts`.
+
+    ``IoU_c = inter_c / (union_c + eps)`` with the authors' ``eps = np.spacing(1)``, ``miou`` their
+    mean, ``pixel_accuracy = correct / labeled``, ``map = ap_sum / images``.
+    """
+    c = dict(zip(SEGMENTATION_COUNTS, counts.double().tolist()))
+    eps = float(np.spacing(1.0))  # the authors' guard against 0 / 0
+    miou = (c["inter_fg"] / (c["union_fg"] + eps) + c["inter_bg"] / (c["union_bg"] + eps)) / 2
+    return {"pixel_accuracy": c["correct"] / c["labeled"], "miou": miou, "map": c["ap_sum"] / c["images"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,3 +634,57 @@ def detection_map(
         per_class[label] = float((steps * envelope).sum())
     mean = sum(per_class.values()) / len(per_class) if per_class else 0.0
     return {"map": mean, "num_classes": len(per_class), "per_class": per_class}
+
+
+# --------------------------------------------------------------------------------------------
+# Deletion and insertion curves (Petsiuk, Das & Saenko, "RISE", BMVC 2018, Sec. 4.1)
+# --------------------------------------------------------------------------------------------
+
+
+def replacement_curve(
+    score: Callable[[Tensor, Tensor], Tensor],
+    start: Tensor,
+    end: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    steps: Sequence[float],
+) -> Tensor:
+    """Scores as pixels go from ``start`` to ``end`` in decreasing relevance (RISE deletion/insertion).
+
+    At fraction ``x`` the ``int(x * H * W)`` most relevant pixels hold ``end``'s values, the others
+    ``start``'s. Deletion: ``start`` = the image, ``end`` = a blank (RISE: zeros after the model's
+    normalisation, i.e. the mean colour); insertion: ``start`` = a blurred copy, ``end`` = the image.
+    The area under the curve over ``x`` in [0, 1] is the score (deletion: lower is better;
+    insertion: higher). Ties in relevance are broken stably (lower row-major index first).
+
+    Args:
+        score: ``score(images, targets) -> (n,)`` the class score of each image (RISE: its softmax
+            probability); receives ``len(steps) * N`` images ordered step-major.
+        start: ``(N, C, H, W)`` images at ``x = 0``.
+        end: ``(N, C, H, W)`` images at ``x = 1``.
+        maps: ``(N, H, W)`` pixel relevance.
+        targets: ``(N,)`` the explained classes.
+        steps: fractions in [0, 1], e.g. ``[i / 16 for i in range(17)]``.
+
+    Returns:
+        ``(N, len(steps))`` float64 scores on the CPU.
+    """
+    if start.shape != end.shape or start.dim() != 4:
+        raise ValueError(f"start and end must both be (N, C, H, W), got {tuple(start.shape)} and {tuple(end.shape)}.")
+    num_images, _, height, width = start.shape
+    if maps.shape != (num_images, height, width):
+        raise ValueError(f"maps must be (N, H, W) = {(num_images, height, width)}, got {tuple(maps.shape)}.")
+    if any(not 0.0 <= float(x) <= 1.0 for x in steps):
+        raise ValueError(f"steps must be fractions in [0, 1], got {list(steps)}.")
+    _check_no_nan(maps)
+    num_pixels = height * width
+    device = start.device
+    moved = torch.tensor([_pixels_removed(float(x), num_pixels) for x in steps], device=device)  # (S,)
+    order = torch.argsort(maps.to(device).flatten(1), dim=1, descending=True, stable=True)  # (N, H*W)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(num_pixels, device=device).expand(num_images, -1))
+    replaced = (rank[None] < moved[:, None, None]).view(len(moved), num_images, 1, height, width)  # (S, N, 1, H, W)
+    mixed = torch.where(replaced, end[None], start[None]).flatten(0, 1)  # (S*N, C, H, W)
+    with torch.no_grad():
+        out = score(mixed, targets.to(device).repeat(len(moved)))  # (S*N,)
+    return out.double().reshape(len(moved), num_images).T.cpu()  # (N, S)

@@ -1,0 +1,312 @@
+"""The evaluation harness on small data made in every supported layout, checked against direct computation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gae_utils import explain
+from gae_utils.maps import upsample_maps
+from gae_workbook import harness
+from gae_workbook.datasets import open_data, write_imagenet_seg
+from gae_workbook.metrics import (
+    SEGMENTATION_COUNTS,
+    perturbation_auc,
+    perturbation_curve,
+    replacement_curve,
+    segmentation_counts,
+    segmentation_from_counts,
+    segmentation_scores,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TIMM = [
+    "--model",
+    "timm:vit_tiny_patch16_224",
+    "--model-kwargs",
+    '{"img_size": 32, "patch_size": 8, "depth": 2, "num_classes": 3}',
+]
+
+
+def _scenes(n: int, seed: int = 11) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+    """ShapesWorld scenes as uint8 images, the class of each scene's largest object and its mask."""
+    from shapesworld.scenes import ShapesWorld
+
+    batch = ShapesWorld(seed=seed).batch(n)
+    areas = batch.masks.flatten(2).sum(-1)  # (n, 16)
+    labels = areas.argmax(1)  # (n,)
+    images = [(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in batch.images]
+    masks = [batch.masks[i, labels[i]].numpy() for i in range(n)]
+    return images, labels.tolist(), masks
+
+
+def _image_folder(root: Path, n_per_class: int = 3, classes: int = 3, size=(40, 48)) -> tuple[Path, Path]:
+    """An ImageFolder tree of random images and a folder of same-stem masks."""
+    rng = np.random.default_rng(0)
+    images, masks = root / "images", root / "masks"
+    masks.mkdir(parents=True)
+    for c in range(classes):
+        (images / f"class{c}").mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                images / f"class{c}" / f"im{c}{i}.png"
+            )
+            mask = np.zeros(size, np.uint8)
+            mask[5 + i : 25, 8 : 30 + c] = 255
+            Image.fromarray(mask).save(masks / f"im{c}{i}.png")
+    return images, masks
+
+
+def _run(tmp_path: Path, *args: str, out: str = "run") -> dict:
+    report = harness.main([*args, "--out", str(tmp_path / out), "--no-progress"])
+    assert report == json.loads((tmp_path / out / "results.json").read_text())
+    return report
+
+
+# ----------------------------------------------------------------------------- data layouts
+
+
+def test_imagenet_seg_file_reads_as_the_authors_code(tmp_path):
+    images, _, masks = _scenes(3)
+    images[1] = images[1][:, :40]  # a non-square image: H and W must not be swapped
+    masks[1] = masks[1][:, :40]
+    path = write_imagenet_seg(tmp_path / "gtsegs_ijcv.mat", images, masks)
+    with h5py.File(path, "r") as f:  # the reads of the authors' Imagenet_Segmentation.__getitem__
+        assert len(f["/value/img"]) == 3
+        img = np.array(f[f["/value/img"][1, 0]]).transpose((2, 1, 0))
+        target = np.array(f[f[f["/value/gt"][1, 0]][0, 0]]).transpose((1, 0))
+    np.testing.assert_array_equal(img, images[1])
+    np.testing.assert_array_equal(target, masks[1])
+    data = open_data(path)
+    assert len(data) == 3 and data.has_masks and not data.has_labels
+    sample = data[1]
+    np.testing.assert_array_equal(np.asarray(sample.image), images[1])
+    np.testing.assert_array_equal(sample.mask, masks[1])
+
+
+def test_open_data_folder_hf_and_errors(tmp_path):
+    import datasets
+
+    images, masks = _image_folder(tmp_path)
+    folder = open_data(images, masks)
+    assert len(folder) == 9 and folder.has_labels and folder.has_masks
+    assert [folder[i].label for i in (0, 3, 8)] == [0, 1, 2]  # sorted class folders
+    assert folder[4].mask.sum() == np.count_nonzero(np.asarray(Image.open(masks / "im11.png")))
+    flat = open_data(images / "class1")
+    assert len(flat) == 3 and not flat.has_labels and flat[0].label == -1
+
+    (masks / "im22.png").unlink()
+    with pytest.raises(ValueError, match="no mask"):
+        open_data(images, masks)
+
+    scene_images, labels, scene_masks = _scenes(4)
+    rows = {
+        "image": [Image.fromarray(i) for i in scene_images],
+        "label": labels,
+        "mask": [Image.fromarray(m.astype(np.uint8) * 255) for m in scene_masks],
+    }
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows), "validation": datasets.Dataset.from_dict(rows)}
+    ).save_to_disk(str(tmp_path / "hf"))
+    hf = open_data(tmp_path / "hf")  # the validation split by default
+    assert len(hf) == 4 and hf.has_labels and hf.has_masks and hf[2].label == labels[2]
+    np.testing.assert_array_equal(hf[2].mask, scene_masks[2])
+    with pytest.raises(ValueError, match="split 'test'"):
+        open_data(tmp_path / "hf", split="test")
+    with pytest.raises(FileNotFoundError):
+        open_data(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- metrics on hand-checked cases
+
+
+def test_segmentation_counts_by_hand_and_additive():
+    maps = torch.tensor([[[0.9, 0.1], [0.8, 0.2]]])  # mean 0.5: foreground = left column
+    masks = torch.tensor([[[True, False], [False, False]]])
+    counts = dict(zip(SEGMENTATION_COUNTS, segmentation_counts(maps, masks, ap_over_both_classes=True).tolist()))
+    # fg & mask = {(0,0)}; fg | mask = left column; bg & ~mask = right column; ~fg | ~mask = 3 pixels
+    # two-channel AP: scores [1-m, m] of the normalised map [[1, 0], [.875, .125]] against [~mask, mask]:
+    # ties 1.0: 2 positives -> P = 1, 1; tie .875: 1 of 2 positive -> P = 3/4; tie .125: 1 of 2 -> P = 4/6
+    ap = (1 + 1 + 0.75 + 4 / 6) / 4
+    assert counts == pytest.approx(
+        {
+            "inter_fg": 1,
+            "union_fg": 2,
+            "inter_bg": 2,
+            "union_bg": 3,
+            "correct": 3,
+            "labeled": 4,
+            "ap_sum": ap,
+            "images": 1,
+        }
+    )
+    scores = segmentation_from_counts(segmentation_counts(maps, masks, ap_over_both_classes=True))
+    assert scores == pytest.approx({"pixel_accuracy": 0.75, "miou": (1 / 2 + 2 / 3) / 2, "map": ap})
+
+    gen = torch.Generator().manual_seed(0)
+    maps, masks = torch.rand(6, 8, 8, generator=gen), torch.rand(6, 8, 8, generator=gen) > 0.6
+    summed = segmentation_counts(maps[:2], masks[:2]) + segmentation_counts(maps[2:], masks[2:])
+    assert segmentation_from_counts(summed) == pytest.approx(segmentation_scores(maps, masks))
+
+
+def test_replacement_curve_by_hand():
+    start = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+    end = torch.zeros_like(start)
+    maps = torch.tensor([[[0.1, 0.9], [0.5, 0.7]]])  # removal order: 2.0, 4.0, 3.0, 1.0
+    curve = replacement_curve(lambda x, t: x.flatten(1).sum(1), start, end, maps, torch.tensor([0]), [0, 0.25, 0.5, 1])
+    assert curve.tolist() == [[10.0, 8.0, 4.0, 0.0]]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        replacement_curve(lambda x, t: x.sum(), start, end, maps, torch.tensor([0]), [1.5])
+
+
+# ----------------------------------------------------------------------------- the harness end to end
+
+
+def test_harness_matches_direct_computation_on_a_segmentation_file(tmp_path):
+    """shapes-vit on a gtsegs_ijcv.mat file: GAE's numbers equal the metric functions applied by hand."""
+    from gae_workbook.zoo import load
+
+    images, _, masks = _scenes(6)
+    write_imagenet_seg(tmp_path / "seg.mat", images, masks)
+    report = _run(
+        tmp_path, "--model", "shapes-vit", "--data", str(tmp_path / "seg.mat"), "--methods", "gae", "rollout", "random",
+        "--batch-size", "4", "--shard-size", "4",
+    )  # fmt: skip
+    assert report["plan"]["classes"] == ["pred"]  # no labels in the file
+    gae = report["results"]["gae"]
+
+    model = load("shapes-vit")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # shapes-vit reads [0, 1]
+    with torch.no_grad():
+        predicted = model(x).argmax(-1)
+    pixels = upsample_maps(explain(model, x, predicted).grid_relevance(), (64, 64))  # (6, 64, 64)
+    expected = segmentation_scores(pixels, torch.from_numpy(np.stack(masks)), ap_over_both_classes=True)
+    for key, value in expected.items():
+        assert gae[key] == pytest.approx(value, abs=1e-6)
+
+    def correct(images, targets):
+        return model(images).argmax(-1) == targets
+
+    for sign, positive in (("pos", True), ("neg", False)):
+        curve = perturbation_curve(correct, x, pixels, predicted, positive)
+        assert gae[f"{sign}_auc_pred"] == pytest.approx(perturbation_auc(curve), abs=1e-6)
+    assert gae["pos_auc_pred"] < gae["neg_auc_pred"]  # a trained model: GAE's most relevant pixels matter most
+    assert report["results"]["random"]["s_per_image"] == 0
+    assert 0 <= gae["deletion_auc"] <= 1 and 0 <= gae["insertion_auc"] <= 1
+    assert len(report["curves"]["gae"]["deletion"]) == 17
+
+
+def test_harness_timm_image_folder_every_protocol_and_a_user_method(tmp_path, monkeypatch):
+    images, masks = _image_folder(tmp_path)
+    (tmp_path / "user_maps.py").write_text(
+        "import torch\n\ndef center(model, pixel_values, target):\n"
+        "    maps = torch.zeros(pixel_values.shape[0], 5, 5)\n    maps[:, 2, 2] = 1\n    return maps\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = _run(
+        tmp_path, *TINY_TIMM, "--data", str(images), "--masks", str(masks), "--methods", "gae", "attn_gradcam",
+        "saliency", "lxt_cp_lrp", "--method", "center=user_maps:center", "--batch-size", "4", "--shard-size", "4",
+    )  # fmt: skip
+    results = report["results"]
+    assert list(results) == ["gae", "attn_gradcam", "saliency", "center"]  # LXT cannot run a timm ViT: skipped
+    metrics = {"pos_auc_pred", "neg_auc_pred", "pos_auc_gt", "neg_auc_gt", "pixel_accuracy", "miou", "map"}
+    metrics |= {"deletion_auc", "insertion_auc", "s_per_image", "images"}
+    for row in results.values():
+        assert set(row) == metrics and row["images"] == 9
+        assert all(np.isfinite(v) for v in row.values())
+        assert 0 <= row["pos_auc_gt"] <= 90 and 0 <= row["miou"] <= 1
+    assert results["gae"]["s_per_image"] > 0
+    assert results["center"]["pixel_accuracy"] != results["gae"]["pixel_accuracy"]
+
+
+def test_harness_hugging_face_model_and_dataset(tmp_path):
+    from conftest import tiny_hf_vit
+    from transformers import ViTImageProcessor
+
+    model = tiny_hf_vit()
+    model.save_pretrained(tmp_path / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
+    import datasets
+
+    scene_images, labels, scene_masks = _scenes(5)
+    datasets.Dataset.from_dict(
+        {
+            "image": [Image.fromarray(i) for i in scene_images],
+            "label": [label % 7 for label in labels],
+            "mask": [Image.fromarray(m.astype(np.uint8) * 255) for m in scene_masks],
+        }
+    ).save_to_disk(str(tmp_path / "hf"))
+    report = _run(
+        tmp_path, "--model", str(tmp_path / "model"), "--data", str(tmp_path / "hf"), "--methods", "gae", "random",
+        "--batch-size", "2", "--shard-size", "3", "--curve-steps", "4",
+    )  # fmt: skip
+    assert report["plan"] == {"classes": ["pred", "gt"], "protocols": list(harness.PROTOCOLS), "curve_steps": 4}
+    assert report["results"]["gae"]["images"] == 5
+    assert len(report["curves"]["gae"]["perturbation_gt_neg"]) == 10
+
+
+def test_bfloat16_reports_the_deviation_from_float32(tmp_path):
+    images, masks = _image_folder(tmp_path, n_per_class=2)
+    report = _run(
+        tmp_path, *TINY_TIMM, "--data", str(images), "--methods", "gae", "--protocols", "perturbation",
+        "--dtype", "bfloat16", "--batch-size", "3",
+    )  # fmt: skip
+    deviation = report["dtype_deviation_first_batch"]["gae"]
+    assert 0 < deviation["max_abs_map_diff"] < 1  # bf16 maps differ, but are the same maps
+    assert set(deviation) == {"max_abs_map_diff", "pos_auc_pred", "neg_auc_pred", "pos_auc_gt", "neg_auc_gt"}
+
+
+def test_clear_errors(tmp_path):
+    images, masks = _image_folder(tmp_path, n_per_class=1)
+    with pytest.raises(ValueError, match="no masks"):
+        _run(tmp_path, *TINY_TIMM, "--data", str(images), "--protocols", "segmentation")
+    with pytest.raises(ValueError, match="unknown method 'gea'"):
+        _run(tmp_path, *TINY_TIMM, "--data", str(images), "--methods", "gea")
+    with pytest.raises(ValueError, match="name=module:function"):
+        _run(tmp_path, *TINY_TIMM, "--data", str(images), "--method", "oops")
+    common = [*TINY_TIMM, "--data", str(images), "--methods", "random", "--protocols", "perturbation"]
+    _run(tmp_path, *common, out="same")
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(tmp_path, *common, "--start-layer", "1", out="same")
+    with pytest.raises(ValueError, match="another configuration"):  # --n moved the shard's last image
+        _run(tmp_path, *common, "--n", "2", out="same")
+
+
+def test_shards_are_disjoint_and_complete():
+    for world in (1, 2, 3):
+        covered = [i for rank in range(world) for _, items in harness.shards_of(10, 3, rank, world) for i in items]
+        assert sorted(covered) == list(range(10))
+
+
+RUN = ["--methods", "gae", "rollout", "random", "--batch-size", "2", "--shard-size", "2", "--curve-steps", "4"]
+
+
+def test_one_and_two_torchrun_processes_agree_and_resume(tmp_path):
+    images, masks = _image_folder(tmp_path, n_per_class=3, classes=3)  # 9 images: 5 shards, uneven over 2 ranks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "gae_workbook.harness", *TINY_TIMM, "--data", str(images), *RUN]
+    command += ["--no-progress", "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["processes"] == 2 and two["shards_computed_by_rank0"] == 3  # shards 0, 2, 4; rank 1 had 1, 3
+    assert len(list((tmp_path / "two" / "shards").glob("*.json"))) == 5
+
+    one = _run(tmp_path, *TINY_TIMM, "--data", str(images), *RUN, out="one")  # one process, same code path
+    assert one["processes"] == 1 and one["shards_computed_by_rank0"] == 5
+    for method, row in one["results"].items():
+        for metric, value in row.items():
+            if metric != "s_per_image":
+                assert two["results"][method][metric] == pytest.approx(value, rel=1e-12, abs=1e-12), (method, metric)
+
+    again = _run(tmp_path, *TINY_TIMM, "--data", str(images), *RUN, out="two")  # all shards on disk: none recomputed
+    assert again["shards_resumed_by_rank0"] == 5 and again["shards_computed_by_rank0"] == 0
+    assert again["results"] == two["results"]
