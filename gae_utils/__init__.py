@@ -10,6 +10,7 @@ skeleton) -> ``explanation``; ``adapters/`` (one file per model family); the tas
 from importlib.metadata import PackageNotFoundError, version
 
 from .adapters import ADAPTERS, Adapter, AttentionSite, UnsupportedModelError, find_adapter, register_adapter
+from .attribution import GAEAttribution
 from .dual import DualExplanation, explain_dual
 from .explainer import Recording, explain, record
 from .explanation import Explanation
@@ -45,6 +46,7 @@ __all__ = [
     "ClassTarget",
     "DualExplanation",
     "Explanation",
+    "GAEAttribution",
     "LayerRecord",
     "METHODS",
     "Method",

@@ -29,7 +29,8 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ from shapesworld.language import ANSWERS, SPECIAL_TOKENS, Vocabulary, caption, s
 from shapesworld.scenes import ShapesWorld
 
 from .detection import box_matched_queries, detections, match_to_objects
+from .flow import flow_grid
 from .metrics import (
+    PERTURBATION_STEPS,
     masks_to_grid,
     perturbation_auc,
     perturbation_curve,
@@ -64,6 +67,7 @@ from .metrics import (
     segmentation_scores,
 )
 from .models import greedy_decode
+from .peers import PEERS, Peer, PeerUnavailableError
 from .zoo import load
 
 __all__ = [
@@ -74,6 +78,8 @@ __all__ = [
     "key_word_rank",
     "evaluate_translate",
     "evaluate_detr",
+    "evaluate_lm",
+    "cached_results",
     "VQA_STEPS",
     "EVALUATORS",
     "main",
@@ -98,6 +104,7 @@ HIGHER_IS_BETTER = {
     "text_neg_auc": True,
     "alignment_accuracy": True,
     "exact_match": True,
+    "ms_per_pair": False,
 }
 
 
@@ -128,6 +135,19 @@ def _class_targets(labels: Tensor, k: int = 3) -> tuple[Tensor, Tensor]:
     return targets, valid
 
 
+def _warm_up(model: nn.Module, image: Tensor, target: Tensor, peers: dict[str, Peer], flow: bool) -> None:
+    """Call every method once on ``image`` ``(1, 3, H, W)``; drop (with a warning) the peers that cannot run."""
+    rec = record(model, image, target[:, None])
+    if flow:
+        flow_grid(rec.layers, rec.layout.segment("image").grid, prefix=rec.layout.segment("image").prefix)
+    for name, peer in list(peers.items()):
+        try:
+            peer(model, image, target)
+        except PeerUnavailableError as error:
+            warnings.warn(f"peer {name!r} left out: {error}", stacklevel=3)
+            del peers[name]
+
+
 def evaluate_vit(
     model: nn.Module,
     n: int = 300,
@@ -136,8 +156,14 @@ def evaluate_vit(
     methods: list[str] | None = None,
     start_layer: int = 0,
     progress: bool = True,
+    peers: Mapping[str, Peer] | None = None,
+    flow: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
     """Score every method on ``n`` fresh scenes of ``ShapesWorld(seed=seed)``.
+
+    ``ms_per_pair`` is each method's wall time per explained (scene, class) pair: for the library's
+    methods and attention flow, the shared :func:`record` (one forward, one backward for the K <= 3
+    targets of a scene) plus the method's own computation; for a peer, its calls on the pairs.
 
     Args:
         model: a ShapesWorld multi-label classifier served by an adapter.
@@ -147,6 +173,11 @@ def evaluate_vit(
         methods: methods to score (default: all).
         start_layer: passed to ``gae`` and ``rollout``.
         progress: tqdm bars.
+        peers: extra rows ``{name: (model, images (P, 3, H, W), target (P,)) -> (P, h, w)}``
+            (:data:`gae_workbook.peers.PEERS`); pixel-resolution maps are average-pooled to the patch
+            grid for ``pointing``. A peer that raises :class:`~gae_workbook.peers.PeerUnavailableError`
+            on the first batch is left out with a warning saying why.
+        flow: add ``attention_flow`` (Abnar & Zuidema 2020, :mod:`gae_workbook.flow`) from the same recording.
 
     Returns:
         ``({method: {metric: value}}, {method: (2, S) positive/negative perturbation curves})``.
@@ -154,28 +185,53 @@ def evaluate_vit(
     from tqdm.auto import tqdm
 
     methods = methods or method_names()
+    peers = dict(peers or {})
     world = ShapesWorld(seed=seed)
     device = next(model.parameters()).device
-    maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
+    first = world.batch(1)  # untimed first calls: imports and warm-up stay out of the timings
+    _warm_up(model, first.images.to(device), _class_targets(first.labels)[0][:, 0].to(device), peers, flow)
+    maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, *(["attention_flow"] if flow else []), *peers, "random"]}
     grid_maps: dict[str, list[Tensor]] = {m: [] for m in maps}
+    seconds = dict.fromkeys(maps, 0.0)
     images_all, masks_all, targets_all = [], [], []
     rng = torch.Generator().manual_seed(seed)
     for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
         batch = world.batch(min(batch_size, n - start), start=start)
         targets, valid = _class_targets(batch.labels)  # (B, K)
+        pair_images = batch.images[:, None].expand(-1, targets.shape[1], -1, -1, -1)[valid]  # (P, 3, H, W)
+        began = time.perf_counter()
         rec = record(model, batch.images.to(device), targets.to(device))
+        recorded = time.perf_counter() - began
         size = tuple(batch.images.shape[-2:])
         for method in methods:
+            began = time.perf_counter()
             relevance = rec.explanation(method, start_layer).grid_relevance()
+            seconds[method] += recorded + time.perf_counter() - began
             grid_maps[method].append(relevance.float().cpu()[valid])  # (P, h, w)
             maps[method].append(upsample_maps(relevance.float().cpu(), size)[valid])  # (P, H, W)
-        grid = tuple(relevance.shape[-2:])
+        grid = rec.layout.segment("image").grid
+        if flow:
+            began = time.perf_counter()
+            flows = flow_grid(rec.layers, grid, prefix=rec.layout.segment("image").prefix)  # (B, h, w)
+            seconds["attention_flow"] += recorded + time.perf_counter() - began
+            flows = flows[:, None].expand(-1, targets.shape[1], -1, -1)[valid]  # (P, h, w): class-agnostic
+            grid_maps["attention_flow"].append(flows)
+            maps["attention_flow"].append(upsample_maps(flows, size))
+        for name, peer in list(peers.items()):
+            began = time.perf_counter()
+            peer_maps = peer(model, pair_images.to(device), targets[valid].to(device)).float().cpu()
+            seconds[name] += time.perf_counter() - began
+            pixel = peer_maps if tuple(peer_maps.shape[-2:]) == size else upsample_maps(peer_maps, size)  # (P, H, W)
+            grid_maps[name].append(torch.nn.functional.adaptive_avg_pool2d(pixel[:, None], grid)[:, 0])  # (P, h, w)
+            maps[name].append(pixel)
+        began = time.perf_counter()
         random_grid = torch.rand(int(valid.sum()), *grid, generator=rng)  # (P, h, w)
+        seconds["random"] += time.perf_counter() - began
         grid_maps["random"].append(random_grid)
         maps["random"].append(upsample_maps(random_grid, size))
         pair_masks = batch.masks.gather(1, targets[:, :, None, None].expand(-1, -1, *size))  # (B, K, H, W)
         masks_all.append(pair_masks[valid])
-        images_all.append(batch.images[:, None].expand(-1, targets.shape[1], -1, -1, -1)[valid])  # (P, 3, H, W)
+        images_all.append(pair_images)
         targets_all.append(targets[valid])
     images, masks, targets = torch.cat(images_all), torch.cat(masks_all), torch.cat(targets_all)
 
@@ -200,6 +256,7 @@ def evaluate_vit(
             "map": seg["map"],
             "pos_auc": perturbation_auc(pos),
             "neg_auc": perturbation_auc(neg),
+            "ms_per_pair": 1000 * seconds[method] / m.shape[0],
             "pairs": float(m.shape[0]),
         }
     return results, curves
@@ -699,6 +756,176 @@ def evaluate_detr(
     return results
 
 
+def _to_json(value):
+    if isinstance(value, Tensor):
+        return {"__tensor__": value.tolist()}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return torch.tensor(value["__tensor__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def cached_results(path: str | Path, compute, recompute: bool = False, save: bool = True):
+    """The results of a slow evaluation: read from the JSON file ``path``, or computed by ``compute()``.
+
+    The notebooks load their committed evaluation results (``notebooks/results/*.json``) so that each
+    runs in a lab's time; ``recompute=True`` (or a missing file) calls ``compute`` and, when ``save``,
+    writes its result back. Tensors (perturbation curves) round-trip as ``{"__tensor__": nested list}``;
+    tuples come back as lists.
+
+    Args:
+        path: the JSON file.
+        compute: ``compute() -> result`` (nested dicts, lists, tuples, floats, tensors).
+        recompute: ignore the file and compute.
+        save: write what was computed to ``path`` (False for smoke-size runs, which must not replace
+            the full-size results).
+
+    Returns:
+        The result, as ``compute`` returned it (tuples as lists).
+    """
+    path = Path(path)
+    if path.exists() and not recompute:
+        return _from_json(json.loads(path.read_text()))
+    result = compute()
+    if save:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_to_json(result), indent=1) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------- decoder-only LM (shapes-lm)
+
+HIGHER_IS_BETTER.update({"pointing_pair": True, "pos_prob_auc": False, "neg_prob_auc": True})
+
+
+def _answer_target(answers: Tensor, score: str):
+    """What is explained for each story: the answer token's logit (``(B,)`` token ids) or a callable
+    giving its log-probability (``next_logits (B, V) -> (B,)``)."""
+    if score == "logit":
+        return answers
+    if score != "log_prob":
+        raise ValueError(f"score must be 'logit' or 'log_prob', got {score!r}")
+    return lambda next_logits: next_logits.log_softmax(-1).gather(1, answers[:, None].to(next_logits.device))[:, 0]
+
+
+def evaluate_lm(
+    model: nn.Module,
+    n: int = 300,
+    seed: int = 7,
+    batch_size: int = 50,
+    methods: list[str] | None = None,
+    progress: bool = True,
+    score: str = "logit",
+    steps: Sequence[float] = PERTURBATION_STEPS,
+) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
+    """Score every method on ``n`` fresh stories of a story language model (``shapes-lm``).
+
+    The stories (:func:`shapesworld.stories.draw_stories` on ``story_world(seed)``) end with ``"A:"``;
+    the explained scalar is the logit (or, ``score="log_prob"``, the log-probability) of the true
+    answer as the next token, every method from one :func:`record` per batch. Each method's text
+    relevance (the last real token's row, ``(B, L)``) is scored over the *description* tokens only
+    (``[BOS]`` and the question excluded):
+
+    - ``pointing``: the most relevant description token is the word that determines the answer
+      (the answer word itself, in the sentence of the object the question names);
+    - ``pointing_pair``: it is that word or the sentence's other content word, the one the question
+      names (``subject``);
+    - ``key_rank``: rank of the determining word among the description tokens (1 = first; ties count
+      against it, see :func:`key_word_rank`);
+    - ``pos_auc``/``neg_auc``: token-level perturbation test. For each fraction ``x`` in ``steps``,
+      ``floor(x * D)`` of the ``D`` description tokens are **deleted** (most relevant first: positive;
+      least relevant first: negative); kept tokens keep their order, the prompt is re-padded and the
+      position ids are those of the shorter prompt (no mask token: the model never saw one). Accuracy:
+      the argmax next token is still the answer. AUC = trapezoid over ``steps`` x 100;
+    - ``pos_prob_auc``/``neg_prob_auc``: the same curves for the answer's mean probability.
+
+    Positive AUCs: lower is better; negative: higher is better. A ``random`` row (uniform random
+    token relevance, seeded) is the floor.
+
+    Returns:
+        ``({method: {metric: value}}, {method: (4, S) curves: positive and negative accuracy, then
+        positive and negative answer probability})``.
+    """
+    from tqdm.auto import tqdm
+
+    from shapesworld.stories import draw_stories, encode_stories, story_vocabulary, word_positions
+
+    methods = methods or method_names()
+    vocab = story_vocabulary()
+    device = next(model.parameters()).device
+    every = draw_stories(seed, n, np.random.default_rng(seed))
+    gen = torch.Generator().manual_seed(seed)
+    text: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
+    inputs_all, facts_all = [], []
+    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
+        batch = every[start : start + batch_size]
+        inputs = encode_stories(batch, vocab)  # (B, L) prompts ending with "A:", right-padded
+        answers = torch.tensor([vocab.tokens.index(s.answer) for s in batch])  # (B,)
+        rec = record(model, {k: v.to(device) for k, v in inputs.items()}, _answer_target(answers, score))
+        for method in methods:
+            text[method].append(rec.explanation(method).relevance["text"].float().cpu())  # (B, L)
+        text["random"].append(torch.rand(inputs["input_ids"].shape, generator=gen))
+        inputs_all.append(inputs)
+        facts_all.append({**word_positions(batch, inputs["input_ids"].shape[1]), "answer": answers})
+
+    def padded(t: Tensor, length: int) -> Tensor:
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]))
+
+    length = max(x["input_ids"].shape[1] for x in inputs_all)
+    x = {k: torch.cat([padded(i[k], length) for i in inputs_all]) for k in ("input_ids", "attention_mask")}
+    words = torch.cat([padded(f["description"], length) for f in facts_all])  # (N, L) description tokens
+    key, subject, answer = (torch.cat([f[k] for f in facts_all]) for k in ("key", "subject", "answer"))  # (N,)
+    rows = torch.arange(len(key))
+    keys = torch.zeros_like(words)
+    keys[rows, key] = True
+
+    @torch.no_grad()
+    def answer_scores(inputs: dict) -> tuple[float, float]:
+        hits, probs = [], []
+        for b in range(0, len(answer), 256):
+            chunk = {k: v[b : b + 256].to(device) for k, v in inputs.items()}
+            logits = model(**chunk).logits.float().cpu()  # (b, L, V), right-padded: positions are 0..L-1
+            last = chunk["attention_mask"].sum(1).cpu() - 1  # (b,)
+            nxt = logits[torch.arange(len(last)), last]  # (b, V)
+            hits.append(nxt.argmax(-1) == answer[b : b + 256])
+            probs.append(nxt.softmax(-1).gather(1, answer[b : b + 256, None])[:, 0])
+        return torch.cat(hits).float().mean().item(), torch.cat(probs).mean().item()
+
+    results: dict[str, dict[str, float]] = {}
+    curves: dict[str, Tensor] = {}
+    for method in tqdm(list(text), desc="score", disable=not progress):
+        rel = torch.cat([padded(t, length) for t in text[method]])  # (N, L)
+        top = rel.masked_fill(~words, float("-inf")).argmax(1)  # (N,)
+        rank = key_word_rank(rel, words, keys)
+        curve = torch.tensor(
+            [[answer_scores(_drop_words(x, rel, words, f, positive)) for f in steps] for positive in (True, False)]
+        )  # (2, S, 2): positive/negative, step, (accuracy, probability)
+        curves[method] = torch.cat([curve[..., 0], curve[..., 1]])  # (4, S)
+        results[method] = {
+            "pointing": (top == key).float().mean().item(),
+            "pointing_pair": ((top == key) | (top == subject)).float().mean().item(),
+            "key_rank": rank.float().mean().item(),
+            "pos_auc": perturbation_auc(curves[method][0], steps),
+            "neg_auc": perturbation_auc(curves[method][1], steps),
+            "pos_prob_auc": perturbation_auc(curves[method][2], steps),
+            "neg_prob_auc": perturbation_auc(curves[method][3], steps),
+            "accuracy": curves[method][0, 0].item(),
+            "pairs": float(len(key)),
+        }
+    return results, curves
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table, best value of each metric marked with ``*``."""
     metrics = [k for k in next(iter(results.values())) if k in HIGHER_IS_BETTER]
@@ -721,7 +948,10 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def _run_vit(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_vit(model, start_layer=args.start_layer, progress=not args.no_progress, **kwargs)[0]
+    peers = None if args.peers is None else {name: PEERS[name] for name in args.peers or PEERS}
+    return evaluate_vit(
+        model, start_layer=args.start_layer, progress=not args.no_progress, peers=peers, flow=args.flow, **kwargs
+    )[0]
 
 
 def _run_clip(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -758,6 +988,14 @@ EVALUATORS = {
 """Embedded model -> its evaluation (``model, parsed CLI arguments -> {method: {metric: value}}``)."""
 
 
+def _run_lm(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return evaluate_lm(model, progress=not args.no_progress, score=args.score, **kwargs)[0]
+
+
+EVALUATORS["shapes-lm"] = _run_lm
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description="Score explanation methods against ShapesWorld ground truth.")
     parser.add_argument("--model", default="shapes-vit", choices=list(EVALUATORS), help="embedded model")
@@ -767,6 +1005,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--start-layer", type=int, default=0, help="first layer aggregated (shapes-vit)")
     parser.add_argument("--methods", nargs="*", default=None, choices=method_names(ablations=True))
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
+    parser.add_argument(
+        "--peers", nargs="*", default=None, choices=list(PEERS), help="shapes-vit: add peer rows (no name: all)"
+    )
+    parser.add_argument("--flow", action="store_true", help="shapes-vit: add attention flow (Abnar & Zuidema 2020)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--score", default="logit", choices=["logit", "log_prob"], help="shapes-translate, shapes-vqa: explained scalar"
