@@ -87,7 +87,8 @@ class TokenLayout:
         weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
         positions: per-example grid positions ``{modality: (B, n_content)}`` of content tokens that
             reach the model in another order than raster order (ViLT shuffles its patches): token
-            ``j`` of example ``b`` sits at raster index ``positions[m][b, j]`` of the segment's grid.
+            ``j`` of example ``b`` sits at raster index ``positions[m][b, j]`` of the segment's grid
+            (``-1``: the token is not this segment's; a vision-language model's image tokens sit among its text).
     """
 
     segments: tuple[Segment, ...]
@@ -204,10 +205,10 @@ class TokenLayout:
     @staticmethod
     def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:
         """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing duplicates)."""
-        cells = seg.grid[0] * seg.grid[1] if seg.grid else int(positions.max().item()) + 1
-        index = positions.to(row.device).reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1)  # (B, [1,] n)
-        index = index.expand_as(row)
-        return row.new_zeros(*row.shape[:-1], cells).scatter_add(-1, index, row)
+        cells = seg.grid[0] * seg.grid[1] if seg.grid else seg.n_content
+        index = positions.to(row.device).where(positions.to(row.device) >= 0, cells)  # -1 (other tokens): dropped
+        index = index.reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1).expand_as(row)  # (B, [K,] n)
+        return row.new_zeros(*row.shape[:-1], cells + 1).scatter_add(-1, index, row)[..., :cells]
 
     def to_dict(self) -> dict:
         """JSON-ready description (per-example ``weights`` are tensors and are saved separately)."""

@@ -292,7 +292,10 @@ class AttentionRecorder:
             raise ValueError(f"scores must be (B, K), got {tuple(scores.shape)}")
         batch = self.records[0].attn_mean.shape[0]
         if scores.shape[0] != batch:
-            raise ValueError(f"scores have {scores.shape[0]} rows but the model ran on a batch of {batch}")
+            raise AttentionCaptureError(  # e.g. windowed attention (Swin): one map per window, not per example
+                f"scores have {scores.shape[0]} rows but the attention maps a batch of {batch}: the model attends "
+                "within windows or per image, which the adapter's token layout does not describe"
+            )
         return self.backward_objectives([scores[:, k].sum() for k in range(scores.shape[1])])
 
     def backward_objectives(

@@ -15,7 +15,20 @@ import re
 
 from torch import nn
 
-from . import hf_causal_lm, hf_clip, hf_detr, hf_lxmert, hf_text, hf_vilt, hf_visualbert, hf_vit, seq2seq, timm_vit
+from . import (
+    hf_causal_lm,
+    hf_clip,
+    hf_detr,
+    hf_lxmert,
+    hf_text,
+    hf_vilt,
+    hf_vision,
+    hf_visualbert,
+    hf_vlm,
+    openclip,
+    seq2seq,
+    timm_vit,
+)
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
 
 __all__ = [
@@ -32,11 +45,9 @@ __all__ = [
 
 ADAPTERS: list[Adapter] = [
     timm_vit.ADAPTER,
-    hf_vit.VIT,
-    hf_vit.DEIT_WITH_TEACHER,
-    hf_vit.DEIT,
     hf_text.BERT_ENCODER,
     hf_clip.CLIP,
+    openclip.OPEN_CLIP,
     hf_vilt.VILT,
     hf_visualbert.VISUALBERT_QA,
     hf_visualbert.VISUALBERT_VR,
@@ -46,6 +57,8 @@ ADAPTERS: list[Adapter] = [
     seq2seq.T5,
     seq2seq.TORCH_TRANSFORMER,
     hf_detr.DETR,
+    hf_vision.HF_VISION,  # the generic adapters last: a family's own adapter comes first
+    hf_vlm.HF_VLM,
     hf_causal_lm.CAUSAL_LM,
 ]
 """Searched in order; the first adapter that matches a model serves it."""

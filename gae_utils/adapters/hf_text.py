@@ -1,5 +1,9 @@
 """Hugging Face BERT-style text encoders read at the mean over their non-padding tokens
-(sentence-transformers models such as all-MiniLM-L6-v2)."""
+(sentence-transformers models such as all-MiniLM-L6-v2), captured through the attention interface.
+
+What this adapter adds to the generic capture is the readout: these models' own pooler reads CLS,
+but sentence embeddings are the mean over the real tokens, a convention of their use that cannot be
+read from the model."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, check_text, hf_eager
+from .base import Adapter, check_text
+from .hf_interface import interface_eager, interface_sites
 
 __all__ = ["BERT_ENCODER", "text_mean_weights"]
 
@@ -27,12 +32,13 @@ def _text_mean_layout(model: nn.Module, inputs: dict) -> TokenLayout:
 
 BERT_ENCODER = Adapter(
     name="hf-bert-encoder",
-    model_classes=("BertModel",),
-    sites=(AttentionSite("BertSelfAttention", probs=1, query="text", key="text"),),
-    eager=hf_eager,
+    model_classes=("BertModel", "RobertaModel", "XLMRobertaModel", "ElectraModel", "DistilBertModel"),
+    sites=lambda model: interface_sites(model, "text", "text"),
+    eager=interface_eager,
     call=lambda model, inputs: model(**inputs),
     logits=None,
     check=check_text,
     layout=_text_mean_layout,
-    family="Hugging Face BertModel text encoders (e.g. sentence-transformers MiniLM), mean-pooled",
+    family="Hugging Face BertModel / RobertaModel / XLMRobertaModel / ElectraModel / DistilBertModel text encoders "
+    "(e.g. sentence-transformers MiniLM), mean-pooled",
 )

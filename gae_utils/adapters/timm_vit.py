@@ -1,7 +1,9 @@
-"""timm ``VisionTransformer`` (ViT, DeiT with distillation token, register tokens, average pooling).
+"""timm ``VisionTransformer`` (ViT, DeiT with distillation token, register tokens, average pooling),
+``Eva`` (EVA-02: rotary positions) and ``Beit`` (relative position bias).
 
-timm computes attention in ``Attention.forward``; with ``fused_attn`` off the probabilities pass
-through ``attn_drop``, whose output the recorder reads.
+timm computes attention in ``Attention.forward`` (``EvaAttention``, BEiT's ``Attention``); with
+``fused_attn`` off the probabilities pass through ``attn_drop``, whose output the recorder reads
+(rotary embeddings and position biases act on the scores before the softmax).
 """
 
 from __future__ import annotations
@@ -73,13 +75,13 @@ def _timm_target(model: nn.Module, target: Any) -> Target:
 
 ADAPTER = Adapter(
     name="timm-vit",
-    model_classes=("VisionTransformer",),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
-    sites=(AttentionSite("Attention", probs="attn_drop"),),
+    model_classes=("VisionTransformer", "Eva", "Beit"),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
+    sites=(AttentionSite("Attention", probs="attn_drop"), AttentionSite("EvaAttention", probs="attn_drop")),
     eager=timm_eager,
     call=lambda model, images: model(images),
     logits=lambda out: out,
     check=_timm_check,
     layout=_timm_layout,
-    family="timm VisionTransformer (vit_*, deit_*, incl. distillation/register tokens, avg pooling)",
+    family="timm VisionTransformer, Eva, Beit (vit_*, deit_*, eva02_*, beit*; distillation/register tokens, avg pool)",
     target=_timm_target,
 )

@@ -1,0 +1,102 @@
+"""Vision-language models whose image tokens sit inside the language model's sequence (LLaVA,
+Idefics3, SmolVLM, ...), captured through the attention interface.
+
+The explained token is the next token after each row's last real position ``p``, as for causal LMs
+(:mod:`~gae_utils.adapters.hf_causal_lm`). The layers explained are the language model's
+self-attention over the whole sequence, image tokens included: ``relevance["text"]`` is row ``p`` of
+``R - I`` over the text tokens ``(B, L)`` (0 at padding and at image tokens), ``relevance["image"]``
+the same row over the image tokens, put back on their grid (``(B, h * w)``; ``grid_relevance`` gives
+``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
+one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order. The vision tower's own
+attention is not propagated: the answer's relevance stops at the image tokens the language model
+reads, one image per example.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layout import Readout, Segment, TokenLayout
+from .base import Adapter, AttentionSite, check_joint
+from .hf_causal_lm import _call, causal_lm_target, last_real_position
+from .hf_interface import interface_eager, interface_sites, routes_attention
+
+__all__ = ["HF_VLM", "image_token_id"]
+
+
+def image_token_id(model: nn.Module) -> int:
+    """The id of the placeholder token the model replaces by image features."""
+    config: Any = model.config
+    found = getattr(config, "image_token_id", None)
+    return int(found if found is not None else config.image_token_index)
+
+
+def _is_vlm(model: nn.Module) -> bool:
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    classes = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
+    return any(cls.__name__ in classes for cls in type(model).__mro__) and routes_attention(model)
+
+
+def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
+    """The language model's attention layers (the vision tower's are left out)."""
+    decoder = model.get_decoder()  # type: ignore[operator]
+    name = next(n for n, m in model.named_modules() if m is decoder).rpartition(".")[2]
+    return tuple(replace(site, within=name) for site in interface_sites(decoder, "text", "text"))
+
+
+def _check(model: nn.Module, inputs: Any) -> None:
+    check_joint(model, inputs, ("pixel_values",))
+    pixels = inputs["pixel_values"]
+    if pixels.ndim == 5 and pixels.shape[1] != 1:
+        raise ValueError(
+            f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per example; explain one "
+            "image per example (Idefics3/SmolVLM processors: do_image_splitting=False)"
+        )
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) image tokens per example
+    side = math.isqrt(int(counts[0]))
+    if (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
+        raise ValueError(
+            f"every example needs one image's square grid of image tokens (id {image_token_id(model)}), got "
+            f"{counts.tolist()} per example; build the inputs with the model's processor, one image per example"
+        )
+
+
+def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
+    ids = inputs["input_ids"]
+    image = ids == image_token_id(model)  # (B, L)
+    side = math.isqrt(int(image[0].sum()))
+    grid_index = image.long().cumsum(dim=1) - 1  # (B, L) raster index of each image token
+    tokens = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)  # (B, L)
+    last = torch.nn.functional.one_hot(last_real_position(inputs), ids.shape[1]).float()  # (B, L)
+    segments = (Segment("text", ids.shape[1]), Segment("image", ids.shape[1], grid=(side, side), stream="text"))
+    readouts = (
+        Readout("text", "text", "text", "weights", subtract_identity=True),
+        Readout("image", "text", "image", "weights"),
+    )
+    positions = {"text": tokens.where(~image, -1), "image": grid_index.where(image, -1)}
+    return TokenLayout(segments, readouts, {"text": last, "image": last}, positions)
+
+
+HF_VLM = Adapter(
+    name="hf-vlm",
+    model_classes=(),
+    accepts=_is_vlm,
+    sites=_sites,
+    eager=interface_eager,
+    call=_call,
+    logits=lambda out: out.logits,
+    check=_check,
+    layout=_layout,
+    family="Hugging Face vision-language models with image tokens in the language model's sequence, routed "
+    "through the attention interface (LLaVA, Idefics3, SmolVLM, ...): the next token over image and text tokens",
+    target=causal_lm_target,
+)
