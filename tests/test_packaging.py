@@ -22,7 +22,7 @@ def test_environment_yml_lists_exactly_the_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {CONDA_NAMES.get(_name(r), _name(r)) for r in project["dependencies"]}
     for extra in project["optional-dependencies"].values():
-        wanted |= {CONDA_NAMES.get(_name(r), _name(r)) for r in extra}
+        wanted |= {CONDA_NAMES.get(_name(r), _name(r)) for r in extra if _name(r) != project["name"]}
     text = (ROOT / "environment.yml").read_text()
     section, pip_section = text.split("dependencies:", 1)[1].split("  - pip:", 1)
     conda = {_name(line.strip()[2:]) for line in section.splitlines() if re.match(r"^  - [a-zA-Z]", line)}
