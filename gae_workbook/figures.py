@@ -21,6 +21,7 @@ if os.environ.get("MPLBACKEND") is None and not os.environ.get("DISPLAY"):
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import Normalize, PowerNorm  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from gae_utils.maps import normalize_maps
@@ -44,6 +45,13 @@ __all__ = [
     "plot_perturbation_curves",
     "plot_alignment",
     "plot_target_scale",
+    "plot_rule_blocks",
+    "plot_region_maps",
+    "plot_map_flow",
+    "rule_diagram",
+    "plot_rule_steps",
+    "course_map",
+    "plot_token_matrix",
 ]
 
 MATRIX_CMAP = "viridis"
@@ -170,7 +178,8 @@ def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], s
             show_image(axes[r, 0], images[r], "input")
         for c in range(cols):
             artist = overlay(axes[r, c + int(show_input)], images[r], maps[r, c], titles[r][c])
-    fig.colorbar(artist, ax=axes, shrink=0.6, label="relevance (min-max normalised)")
+    # a single row needs the full height, or the bar is shorter than its label
+    fig.colorbar(artist, ax=axes, shrink=0.6 if rows > 1 else 1.0, label="relevance\n(min-max per map)")
     return fig
 
 
@@ -311,3 +320,508 @@ def plot_alignment(
     if title:
         ax.set_title(title)
     return artist
+
+
+# ----------------------------------------------------------------------------- teaching diagrams
+
+
+def _cells(
+    ax: plt.Axes,
+    x: float,
+    y: float,
+    values: np.ndarray,
+    title: str,
+    highlight_row: int | None = None,
+    cmap: str = "Greys",
+    vmax: float | None = None,
+    cell: float = 0.32,
+) -> None:
+    """A small matrix drawn cell by cell at ``(x, y)`` (its top-left corner), values as grey shades."""
+    n_rows, n_cols = values.shape
+    colours = plt.get_cmap(cmap)
+    top = vmax if vmax is not None else max(float(np.abs(values).max()), 1e-9)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            shade = colours(0.08 + 0.8 * float(values[i, j]) / top)
+            ax.add_patch(
+                plt.Rectangle(
+                    (x + j * cell, y - (i + 1) * cell), cell, cell, facecolor=shade, edgecolor="0.45", linewidth=0.6
+                )
+            )
+    if highlight_row is not None:
+        ax.add_patch(
+            plt.Rectangle(
+                (x, y - (highlight_row + 1) * cell),
+                n_cols * cell,
+                cell,
+                fill=False,
+                edgecolor="tab:orange",
+                linewidth=2.2,
+                linestyle="--",
+            )
+        )
+    ax.text(x + n_cols * cell / 2, y + 0.12, title, ha="center", va="bottom", fontsize=9)
+
+
+def rule_diagram() -> plt.Figure:
+    """The self-attention rule drawn as matrix products, and which block of ``R`` each attention type writes.
+
+    Left: Eq. 5, ``Abar = E_h[(grad A * A)^+]`` for two heads of a 4-token layer (token 0 = CLS).
+    Middle: Eq. 6, ``R <- R + Abar @ R`` starting from ``R = I``; the dashed row is the CLS row, the
+    one the explanation reads. Right: the relevancy blocks of a two-modality model (``s`` = the
+    explained stream, ``q`` = the other one) and the equation that writes each block: a
+    self-attention layer of ``s`` updates its whole row band (Eq. 6, 7), a cross-attention from
+    ``s`` to ``q`` writes ``R[s,q]`` (Eq. 10, with Eq. 8-9's ``Rbar``) and ``R[s,s]`` (Eq. 11).
+    Shades and hatching (not colour) carry the meaning, so the figure reads in greyscale.
+
+    Returns:
+        The figure (three panels).
+    """
+    rng = np.random.default_rng(0)
+    n = 4
+    attn = rng.dirichlet(np.ones(n), size=(2, n))  # (H=2, N, N) rows sum to 1
+    grad = rng.normal(size=(2, n, n))  # (H, N, N)
+    grad[:, 1:] *= 0.15  # the CLS row carries most of the gradient
+    heads = np.clip(grad * attn, 0, None)  # (H, N, N) Eq. 5 before the mean
+    attn_bar = heads.mean(0)  # (N, N)
+    eye = np.eye(n)
+    r_new = eye + attn_bar @ eye  # (N, N)
+
+    fig, axes = plt.subplots(
+        1, 3, figsize=(PANEL * 5.2, PANEL * 1.55), layout="constrained", gridspec_kw={"width_ratios": [1.35, 1.45, 1.0]}
+    )
+    for ax in axes:
+        ax.set_axis_off()
+        ax.set_aspect("equal")
+
+    ax = axes[0]
+    ax.set_xlim(0, 6.6)
+    ax.set_ylim(-3.3, 1.2)
+    _cells(ax, 0.0, 0.4, attn[0], r"$A_h$")
+    ax.text(1.47, -0.25, r"$\odot$", fontsize=14, ha="center", va="center")
+    _cells(ax, 1.65, 0.4, np.abs(grad[0]), r"$|\nabla A_h|$")
+    ax.text(3.18, -0.25, r"$\rightarrow$", fontsize=14, ha="center", va="center")
+    _cells(ax, 3.4, 0.4, heads[0], r"$(\nabla A_h \odot A_h)^+$")
+    ax.text(4.93, -0.05, r"$\mathbb{E}_h$", fontsize=10, ha="center", va="center")
+    ax.text(4.93, -0.35, r"$\rightarrow$", fontsize=14, ha="center", va="center")
+    _cells(ax, 5.2, 0.4, attn_bar, r"$\bar A$", highlight_row=0)
+    ax.text(
+        3.3, -2.0, r"Eq. 5:  $\bar A = \mathbb{E}_h[(\nabla A_h \odot A_h)^+]$   (B, N, N)", fontsize=9, ha="center"
+    )
+    ax.text(
+        3.3,
+        -2.55,
+        "one head shown; a negative product or no gradient gives white.\nOnly the CLS row gets a large gradient here.",
+        fontsize=7,
+        ha="center",
+        va="top",
+        color="0.3",
+    )
+
+    ax = axes[1]
+    ax.set_xlim(0, 7.2)
+    ax.set_ylim(-3.3, 1.2)
+    _cells(ax, 0.0, 0.4, r_new, r"$R$ after", highlight_row=0, vmax=r_new.max())
+    ax.text(1.5, -0.25, "=", fontsize=14, ha="center", va="center")
+    _cells(ax, 1.7, 0.4, eye, r"$R$ before ($=I$)", vmax=r_new.max())
+    ax.text(3.2, -0.25, "+", fontsize=14, ha="center", va="center")
+    _cells(ax, 3.4, 0.4, attn_bar, r"$\bar A$", highlight_row=0, vmax=r_new.max())
+    ax.text(4.9, -0.25, "@", fontsize=12, ha="center", va="center")
+    _cells(ax, 5.1, 0.4, eye, r"$R$ before", vmax=r_new.max())
+    ax.text(3.4, -2.0, r"Eq. 6:  $R \leftarrow R + \bar A\,R$,  $R_0 = I$   (B, N, N)", fontsize=9, ha="center")
+    ax.text(
+        3.4,
+        -2.55,
+        "one grey scale for all four: Abar is faint next to I.\nDashed: token 0 (CLS), the row the explanation reads.",
+        fontsize=7,
+        ha="center",
+        va="top",
+        color="0.3",
+    )
+
+    ax = axes[2]
+    ax.set_xlim(-0.9, 4.2)
+    ax.set_ylim(-3.3, 1.2)
+    blocks = {
+        ("s", "s"): ("Eq. 6 (self of s)\nEq. 11 (cross s→q)", "//"),
+        ("s", "q"): ("Eq. 7 (self of s)\nEq. 10 (cross s→q)", "\\\\"),
+        ("q", "s"): ("q's layers", ""),
+        ("q", "q"): ("q's layers", ""),
+    }
+    size = 1.6
+    for (row, col), (label, hatch) in blocks.items():
+        x = 0.0 if col == "s" else size
+        y = 0.4 - (size if row == "s" else 2 * size)
+        ax.add_patch(
+            plt.Rectangle(
+                (x, y), size, size, facecolor="0.92" if hatch else "white", hatch=hatch, edgecolor="0.2", linewidth=1.0
+            )
+        )
+        ax.text(
+            x + size / 2,
+            y + size / 2,
+            f"R[{row},{col}]\n{label}",
+            ha="center",
+            va="center",
+            fontsize=6.5,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
+        )
+    ax.text(-0.15, 0.4 - size / 2, "rows s", rotation=90, ha="right", va="center", fontsize=8)
+    ax.text(-0.15, 0.4 - 1.5 * size, "rows q", rotation=90, ha="right", va="center", fontsize=8)
+    ax.text(size / 2, 0.5, "columns s", ha="center", va="bottom", fontsize=8)
+    ax.text(1.5 * size, 0.5, "columns q", ha="center", va="bottom", fontsize=8)
+    ax.text(size, -3.1, "start: R[s,s] = R[q,q] = I, R[s,q] = R[q,s] = 0", fontsize=7, ha="center", color="0.3")
+    return fig
+
+
+def plot_rule_steps(
+    rec, images: Tensor, index: int = 0, target: int = 0, grid: tuple[int, int] | None = None
+) -> plt.Figure:
+    """Eq. 5-6 on a recorded ViT, layer by layer, in raw values with one colour bar per row.
+
+    Row 1: each layer's ``Abar`` (token x token). Row 2: ``R - I`` after that layer (what the layers
+    have added to the identity). Row 3: the CLS row of ``R - I`` over the image patches. The colour
+    scale is shared along each row, so a layer that adds little looks faint: nothing is min-max
+    normalised. The two matrix rows use a square-root colour scale (their colour bars say so), so
+    that the rows other than CLS, a hundred times weaker, stay visible.
+
+    Args:
+        rec: a :class:`~gae_utils.explainer.Recording` of a single-modality self-attention stack with
+            a CLS token at index 0.
+        images: ``(B, 3, H, W)`` the recorded images.
+        index: the example.
+        target: the target column.
+        grid: the patch grid ``(h, w)``; default: a square grid.
+
+    Returns:
+        The figure.
+    """
+    history = rec.history()
+    n_layers = len(rec.layers)
+    bars = [layer.attn_bar[index, target].detach().float().cpu() for layer in rec.layers]  # (N, N) each
+    key = (rec.layers[0].query, rec.layers[0].key)
+    gains = [h[key][index, target].detach().float().cpu() for h in history]  # (N, N) each
+    n = gains[0].shape[-1]
+    gains = [g - torch.eye(n) for g in gains]  # R - I
+    patches = n - 1
+    grid = grid or (int(round(patches**0.5)),) * 2
+    rows = [g[0, 1:].reshape(grid) for g in gains]  # (h, w) CLS row over the patches
+    fig, axes = plt.subplots(
+        3, n_layers + 1, figsize=(PANEL * (n_layers + 1.3), PANEL * 3.1), squeeze=False, layout="constrained"
+    )
+    show_image(axes[2, 0], images[index], "input")
+    axes[0, 0].set_axis_off()
+    axes[1, 0].set_axis_off()
+    axes[0, 0].text(
+        0.5,
+        0.5,
+        r"$\bar A_l$ (Eq. 5)" + "\nrows: query token\ncolumns: key token\ntoken 0 = CLS",
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=axes[0, 0].transAxes,
+    )
+    axes[1, 0].text(
+        0.5,
+        0.5,
+        r"$R - I$ after layer $l$" + "\n(Eq. 6, accumulated)",
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=axes[1, 0].transAxes,
+    )
+    panels = [(bars, "Abar (square-root scale)"), (gains, "R - I (square-root scale)"), (rows, "R[CLS] - I, patches")]
+    for r, (mats, label) in enumerate(panels):
+        vmax = max(float(m.max()) for m in mats)
+        # the token x token rows on a square-root scale, so that values 100x below the maximum stay visible
+        norm = PowerNorm(0.5, vmin=0, vmax=vmax) if r < 2 else Normalize(vmin=0, vmax=vmax)
+        artist = None
+        for layer, m in enumerate(mats):
+            ax = axes[r, layer + 1]
+            artist = ax.imshow(m.clamp(min=0).numpy(), cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"layer {layer}")
+            if r == 2:
+                ax.set_xlabel(f"CLS row sum {float(m.sum()):.2f}", fontsize=8)
+        fig.colorbar(artist, ax=axes[r, 1:], shrink=0.9, label=label)
+    return fig
+
+
+def course_map() -> plt.Figure:
+    """The course as a road map: one box per notebook, with the attention type and rule it adds and its time."""
+    steps = [
+        ("00", "notation", "symbols, glossary,\nthis map", "15 min"),
+        ("01", "vision transformer", "self-attention:\nEq. 5, 6", "45 min"),
+        ("02", "dual encoders", "two towers,\nEq. 5-6 each", "30 min"),
+        ("03", "VQA co-attention", "cross-attention:\nEq. 7-11", "60-75 min"),
+        ("04", "DETR", "query → image\n(Eq. 10-11)", "45 min"),
+        ("05", "seq2seq", "target → source\n(Eq. 6-11)", "45 min"),
+        ("06", "causal LM", "one stream,\nlong prompts", "45 min"),
+    ]
+    fig, ax = plt.subplots(figsize=(PANEL * 5.2, PANEL * 1.0), layout="constrained")
+    ax.set_axis_off()
+    width, gap = 1.0, 0.35
+    ax.set_xlim(-0.1, len(steps) * (width + gap))
+    ax.set_ylim(-0.15, 1.25)
+    for i, (number, name, rule, time) in enumerate(steps):
+        x = i * (width + gap)
+        ax.add_patch(plt.Rectangle((x, 0.0), width, 1.0, facecolor="0.93", edgecolor="0.2", linewidth=1.0))
+        ax.text(x + width / 2, 0.86, number, ha="center", va="center", fontsize=12, fontweight="bold")
+        ax.text(x + width / 2, 0.66, name, ha="center", va="center", fontsize=8)
+        ax.text(x + width / 2, 0.38, rule, ha="center", va="center", fontsize=7, color="0.25")
+        ax.text(x + width / 2, 0.1, time, ha="center", va="center", fontsize=8, style="italic")
+        if i + 1 < len(steps):
+            ax.annotate(
+                "", xy=(x + width + gap, 0.5), xytext=(x + width, 0.5), arrowprops={"arrowstyle": "->", "color": "0.2"}
+            )
+    ax.set_title("the course: each notebook adds one attention type and its rule", fontsize=10)
+    return fig
+
+
+def plot_rule_blocks(
+    modalities: Sequence[str], layers: Sequence[tuple[str, Mapping[tuple[str, str], str]]], title: str | None = None
+) -> plt.Figure:
+    """Which blocks of ``R`` each attention type of a model writes, one panel per layer type.
+
+    ``R`` is drawn as a block matrix: the block in row ``s``, column ``q`` is ``R[s, q]`` (rows: the
+    tokens being explained, columns: the tokens they draw on). A written block is shaded and hatched
+    and carries the equation that writes it (Eq. 6-7 for self-attention, Eq. 10-11 for
+    cross-attention); blocks the layer leaves alone stay white. Hatching, not colour, carries the
+    meaning, so the figure reads in greyscale.
+
+    Args:
+        modalities: the token groups in block order, e.g. ``["text", "image"]``.
+        layers: ``(panel title, {(row modality, column modality): label})`` per attention type.
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    n = len(modalities)
+    fig, axes = plt.subplots(1, len(layers), figsize=(PANEL * 1.55 * len(layers), PANEL * 1.75), layout="constrained")
+    axes = np.atleast_1d(axes)
+    for ax, (name, writes) in zip(axes, layers):
+        ax.set_xlim(-0.05, n + 0.05)
+        ax.set_ylim(-0.05, n + 0.05)
+        ax.set_aspect("equal")
+        for i, s in enumerate(modalities):
+            for j, q in enumerate(modalities):
+                label = writes.get((s, q))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (j, n - 1 - i),
+                        1,
+                        1,
+                        facecolor="0.8" if label else "white",
+                        hatch="//" if label else None,
+                        edgecolor="0.2",
+                        linewidth=1.0,
+                    )
+                )
+                ax.text(
+                    j + 0.5,
+                    n - 1 - i + 0.7,
+                    f"R[{s}, {q}]",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0} if label else None,
+                )
+                if label:
+                    ax.text(
+                        j + 0.5,
+                        n - 1 - i + 0.32,
+                        label,
+                        ha="center",
+                        va="center",
+                        fontsize=7.5,
+                        fontweight="bold",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
+                    )
+        ax.set_xticks([j + 0.5 for j in range(n)], list(modalities), fontsize=8)
+        ax.set_yticks([n - 1 - i + 0.5 for i in range(n)], list(modalities), fontsize=8)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        for side in ("left", "bottom", "top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.set_xlabel("columns: tokens drawn on", fontsize=8)
+        ax.set_ylabel("rows: tokens explained", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_region_maps(
+    image: Tensor,
+    rows: Mapping[str, Tensor],
+    titles: Sequence[str],
+    truth: Tensor | None = None,
+    grid: int = 4,
+) -> plt.Figure:
+    """Region relevance of several questions about one image, one row per explained scalar or method.
+
+    Each map is drawn on its region grid (nearest neighbour, with grid lines: a region is one
+    value, not a blurred pixel map), min-max normalised per panel; the panel's largest raw value is
+    printed under it, so maps of very different magnitude stay comparable. ``truth`` outlines the
+    objects each question refers to.
+
+    Args:
+        image: ``(3, H, W)`` the image.
+        rows: ``{row label: (Q, grid * grid)}`` region relevance of the Q questions.
+        titles: the Q column titles (the questions).
+        truth: ``(Q, H, W)`` bool masks of the referred objects (an all-False mask draws nothing).
+        grid: regions per side.
+
+    Returns:
+        The figure.
+    """
+    n_rows, n_cols = len(rows), len(titles)
+    fig, all_axes = plt.subplots(
+        n_rows,
+        n_cols + 1,
+        figsize=(PANEL * 1.25 * (n_cols + 1), PANEL * 1.35 * n_rows),
+        layout="constrained",
+        squeeze=False,
+    )
+    show_image(all_axes[0, 0], image, "input")
+    for ax in all_axes[1:, 0]:
+        ax.set_axis_off()
+    axes = all_axes[:, 1:]
+    size = image.shape[-1]
+    grey = to_numpy_image(image).mean(axis=-1)
+    artist = None
+    for r, (label, maps) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            values = maps[c].detach().float().cpu().reshape(grid, grid)  # (grid, grid)
+            shown = (values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=(0, size, size, 0))
+            artist = ax.imshow(
+                shown.numpy(),
+                cmap=HEATMAP_CMAP,
+                vmin=0,
+                vmax=1,
+                alpha=0.55,
+                extent=(0, size, size, 0),
+                interpolation="nearest",
+            )
+            for k in range(1, grid):
+                ax.axhline(k * size / grid, color="white", linewidth=0.4, alpha=0.6)
+                ax.axvline(k * size / grid, color="white", linewidth=0.4, alpha=0.6)
+            if truth is not None and bool(truth[c].any()):
+                ax.contour(truth[c].float().numpy(), levels=[0.5], colors="cyan", linewidths=1.2, linestyles="--")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"max {float(values.max()):.1e}", fontsize=7)
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{label}\nmax {float(values.max()):.1e}", fontsize=8)
+                ax.set_xlabel("")
+    fig.colorbar(artist, ax=all_axes, shrink=0.7, label="relevance, min-max normalised per panel")
+    return fig
+
+
+def plot_token_matrix(
+    tokens: Sequence[Sequence[str]],
+    values: Sequence[Tensor | Sequence[float]],
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    label: str = "relevance (raw)",
+) -> plt.Figure:
+    """Several token strips on one raw colour scale with a colour bar (magnitudes stay comparable).
+
+    Unlike :func:`plot_token_relevance` (each strip min-max normalised), every cell of every strip
+    is drawn on the same scale, from 0 to the largest value shown, and the colour bar gives it.
+
+    Args:
+        tokens: one sequence of tokens per row.
+        values: one ``(len(tokens[r]),)`` raw relevance per row.
+        row_labels: a label per row (e.g. the pair's score).
+        title: figure title.
+        label: the colour bar's label.
+
+    Returns:
+        The figure.
+    """
+    width = max(len(t) for t in tokens)
+    grid = np.full((len(tokens), width), np.nan)
+    for r, row in enumerate(values):
+        row = torch.as_tensor(row, dtype=torch.float32)[: len(tokens[r])]
+        grid[r, : len(row)] = row.numpy()
+    vmax = max(float(np.nanmax(grid)), 1e-12)
+    fig, ax = plt.subplots(figsize=(0.75 * width + 2.5, 0.45 * len(tokens) + 0.9), layout="constrained")
+    artist = ax.imshow(np.ma.masked_invalid(grid), cmap=HEATMAP_CMAP, vmin=0, vmax=vmax, aspect="auto")
+    for r, row in enumerate(tokens):
+        for c, token in enumerate(row):
+            colour = "black" if grid[r, c] > 0.6 * vmax else "white"
+            ax.text(c, r, token, ha="center", va="center", fontsize=8 if len(token) <= 7 else 6.5, color=colour)
+    ax.set_xticks([])
+    ax.set_yticks(range(len(tokens)), row_labels if row_labels is not None else [""] * len(tokens), fontsize=8)
+    ax.set_facecolor("white")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(artist, ax=ax, label=label, shrink=0.9)
+    return fig
+
+
+def plot_map_flow(
+    history: Sequence[Mapping[tuple[str, str], Tensor]],
+    step_labels: Sequence[str],
+    tokens: Sequence[str],
+    streams: tuple[str, str] = ("text", "image"),
+) -> plt.Figure:
+    """The four relevancy maps of a two-stream model after chosen propagation steps, in raw values.
+
+    One row per step, one column per map: ``R[a, a] - I``, ``R[a, b]``, ``R[b, a]``, ``R[b, b] - I``
+    (the self maps minus their identity start). Each column has one colour scale for all its rows,
+    with its colour bar, so a map's growth from step to step is visible.
+
+    Args:
+        history: the maps after each shown step, ``{(x, y): (Nx, Ny)}`` for one example and target.
+        step_labels: one label per shown step.
+        tokens: the first stream's tokens to show (the rows/columns beyond ``len(tokens)``, e.g.
+            padding, are cut).
+        streams: the two stream names, the token stream first.
+
+    Returns:
+        The figure.
+    """
+    a, b = streams
+    keys = [(a, a), (a, b), (b, a), (b, b)]
+    n = len(tokens)
+    panels = []
+    for maps in history:
+        row = []
+        for x, y in keys:
+            m = maps[(x, y)].detach().float().cpu()
+            if x == y:
+                m = m - torch.eye(m.shape[-1])
+            m = m[:n] if x == a else m
+            m = m[:, :n] if y == a else m
+            row.append(m.numpy())
+        panels.append(row)
+    fig, axes = plt.subplots(
+        len(history), 4, figsize=(PANEL * 4.6, PANEL * 1.15 * len(history)), layout="constrained", squeeze=False
+    )
+    titles = [f"R[{a}, {a}] − I", f"R[{a}, {b}]", f"R[{b}, {a}]", f"R[{b}, {b}] − I"]
+    for c in range(4):
+        vmax = max(float(np.abs(p[c]).max()) for p in panels) or 1.0
+        artist = None
+        for r, row in enumerate(panels):
+            ax = axes[r, c]
+            artist = ax.imshow(row[c], cmap=HEATMAP_CMAP, vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
+            rows_are_tokens, cols_are_tokens = keys[c][0] == a, keys[c][1] == a
+            ax.set_yticks(range(n), tokens, fontsize=6) if rows_are_tokens else ax.set_yticks([])
+            ax.set_xticks(range(n), tokens, fontsize=6, rotation=90) if cols_are_tokens else ax.set_xticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(step_labels[r], fontsize=8)
+            if not cols_are_tokens and r == len(panels) - 1:
+                ax.set_xlabel(f"{b} regions", fontsize=7)
+        fig.colorbar(artist, ax=axes[:, c], shrink=0.6, label="relevance (raw)", location="bottom")
+    return fig

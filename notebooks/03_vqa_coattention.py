@@ -14,36 +14,167 @@
 # %% [markdown]
 # # 03 · Co-attention VQA: how relevance flows between the question and the image
 #
-# A two-stream model (LXMERT) reads the question and the image regions in separate streams,
-# each with its own self-attention, and lets them meet in cross-modality layers where text attends
-# to image and image attends to text. GAE keeps four relevancy maps, `R[t, t]`, `R[t, i]`,
-# `R[i, t]` and `R[i, i]`, starting from identities and zeros:
+# **Learning objectives.** After this notebook you can
 #
-# - a self-attention layer of a stream updates that stream's rows (Eq. 6-7);
-# - a cross-attention layer adds `Rbar[s, s]^T Abar Rbar[q, q]` to `R[s, q]` (Eq. 10, with the
-#   residual normalisation of Eq. 8-9) and `Abar R[q, s]` to `R[s, s]` (Eq. 11); the two directions
-#   of one block are computed from the same maps, then added together.
+# 1. write the four relevancy maps of a two-stream model and say which layer writes which block;
+# 2. state the cross-attention rule (Eq. 10-11) and the normalisation `Rbar` (Eq. 8-9), compute them
+#    by hand on a 2 x 2 example, and say why the normalisation exists;
+# 3. re-implement GAE on a co-attention model as a loop over the recorded layers and check it against
+#    the library;
+# 4. recognise a failure case (maps pointing at the wrong object) and name its cause: the explained
+#    scalar.
 #
-# The answer is read at the question's `[CLS]` token: the image explanation is its row of
-# `R[t, i]`, the text explanation its row of `R[t, t]` (with `[CLS]` itself zeroed).
+# **Estimated time:** 60-75 minutes (the sections marked *optional* add 15 minutes). Prerequisite:
+# notebook 01 (Eq. 5-6). The rules are written out in full in [`docs/rules.md`](../docs/rules.md),
+# the metrics in [`docs/evaluation.md`](../docs/evaluation.md).
 #
-# `shapes-vqa` is a small Hugging Face `LxmertForQuestionAnswering` trained by this repository on
-# ShapesWorld questions. LXMERT reads regions proposed by an object detector; here the regions are
-# the 16 cells of a 4 x 4 grid, each described by its pixels. Set `GAE_SMOKE=1` for a quick run.
+# A two-stream model (LXMERT) reads the question and the image regions in separate streams, each with
+# its own self-attention, and lets them meet in co-attention blocks where text attends to image and
+# image attends to text. `shapes-vqa` is a small Hugging Face `LxmertForQuestionAnswering` trained by
+# this repository on ShapesWorld questions. LXMERT reads regions proposed by an object detector; here
+# the regions are the 16 cells of a 4 x 4 grid, each described by its pixels. Set `GAE_SMOKE=1` for a
+# quick run.
 
 # %%
 import os
+from itertools import groupby
+from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 import gae_utils as gu
-from gae_workbook import figures, views, widgets, zoo
-from gae_workbook.evaluate import VQA_STEPS, evaluate_vqa, format_table, vqa_word_study
-from shapesworld.inputs import region_heatmap, vqa_inputs
+from gae_utils import rules
+from gae_utils.propagation import layer_steps
+from gae_workbook import figures, widgets, zoo
+from gae_workbook.evaluate import VQA_STEPS, cached_results, evaluate_vqa, format_table, vqa_word_study
+from shapesworld.inputs import vqa_inputs
 from shapesworld.language import ANSWERS, Vocabulary, questions
 from shapesworld.scenes import ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
+# The evaluation cells load committed results (notebooks/results/); set RECOMPUTE = True (or
+# GAE_RECOMPUTE=1) to recompute them: about 3 minutes on 2 cores.
+RECOMPUTE = os.environ.get("GAE_RECOMPUTE", "0") == "1"
+RESULTS = Path("results")
+
+# %% [markdown]
+# ## The rules, with shapes
+# Write `t` for the question's tokens (`T` of them, `[CLS]` first) and `i` for the image regions
+# (`I = 16`). GAE keeps four maps, one per ordered pair of streams; row = the token being explained,
+# column = the token it draws on:
+#
+# $$R^{tt} \in \mathbb{R}^{T\times T},\quad R^{ti} \in \mathbb{R}^{T\times I},\quad
+#   R^{it} \in \mathbb{R}^{I\times T},\quad R^{ii} \in \mathbb{R}^{I\times I},\qquad
+#   R^{tt} = I,\; R^{ii} = I,\; R^{ti} = 0,\; R^{it} = 0 \text{ at the start.}$$
+#
+# Every layer first makes its Eq. 5 map from its attention `A` and the gradient of the explained
+# scalar, $\bar A = \mathbb{E}_h[(\nabla A \odot A)^+]$ (shape `(Nq, Nk)`, rows = queries). Then:
+#
+# **Self-attention of stream `s`** (`s` is `t` or `i`; $\bar A \in \mathbb{R}^{N_s\times N_s}$) updates
+# the whole row band of `s`:
+#
+# $$R^{ss} \mathrel{+}= \bar A\, R^{ss} \quad\text{(Eq. 6)},\qquad
+#   R^{sq} \mathrel{+}= \bar A\, R^{sq} \quad\text{(Eq. 7)}.$$
+#
+# **Cross-attention from `s` to `q`** (queries from `s`, keys from `q`;
+# $\bar A \in \mathbb{R}^{N_s\times N_q}$) writes two blocks:
+#
+# $$R^{sq} \mathrel{+}= (\bar R^{ss})^{\top}\, \bar A\, \bar R^{qq} \quad\text{(Eq. 10)},\qquad
+#   R^{ss} \mathrel{+}= \bar A\, R^{qs} \quad\text{(Eq. 11)},$$
+#
+# with shapes $(N_s\times N_s)(N_s\times N_q)(N_q\times N_q)$ and $(N_s\times N_q)(N_q\times N_s)$.
+# In a co-attention block both directions (`t -> i` and `i -> t`) are computed from the maps as they
+# were *before* the block, then added.
+#
+# **The normalisation (Eq. 8-9).** A self map is the identity plus what the self-attention layers
+# added: $R^{ss} = I + \hat R^{ss}$. Eq. 10 uses it with the context part of each row rescaled to sum 1:
+#
+# $$\hat R^{ss} = R^{ss} - I \quad\text{(Eq. 8)},\qquad
+#   \bar R^{ss}_{jk} = \frac{\hat R^{ss}_{jk}}{\sum_{k'} \hat R^{ss}_{jk'}} + I_{jk} \quad\text{(Eq. 9)}.$$
+#
+# *Why.* $\hat R^{ss}$ has no fixed scale: it grows with the number of layers and with the size of
+# the gradients (Eq. 5 is linear in them; in this model the `[CLS]` row of $\bar A$ sums to a few
+# hundredths). Without Eq. 8-9, Eq. 10 would mostly pass $\bar A$ through the identity when the
+# gradients are small, or let the accumulated context swamp it when they are large. After Eq. 9 each
+# row is "the token itself (weight 1) plus its context (weight 1 in total)", whatever the scale. A row
+# that no layer touched yet (context sum 0) stays an identity row.
+#
+# **Reading the answer.** The answer is read at the question's `[CLS]` token: the image explanation is
+# its row of $R^{ti}$, the text explanation its row of $R^{tt}$ (with `[CLS]` itself zeroed).
+#
+# The diagram shows, for each attention type of this model, which blocks of `R` it writes.
+
+# %%
+figures.set_style()
+fig = figures.plot_rule_blocks(
+    ["text", "image"],
+    [
+        ("self-attention of text", {("text", "text"): "Eq. 6", ("text", "image"): "Eq. 7"}),
+        ("self-attention of image", {("image", "image"): "Eq. 6", ("image", "text"): "Eq. 7"}),
+        ("cross-attention text → image", {("text", "image"): "Eq. 10", ("text", "text"): "Eq. 11"}),
+        ("cross-attention image → text", {("image", "text"): "Eq. 10", ("image", "image"): "Eq. 11"}),
+    ],
+    title="which blocks of R each attention type of LXMERT writes",
+)
+_ = figures.save_figure(fig, "03_rule_blocks")
+
+# %% [markdown]
+# **What to notice.** A self-attention layer never writes the other stream's rows; only the two
+# cross-attentions let relevance cross between the streams. Before the first co-attention block
+# $R^{ti} = 0$, so the self-attention of the text stream (Eq. 7, $\bar A R^{ti}$) adds nothing to it
+# either: the question's `[CLS]` row over the image starts at the first co-attention block.
+#
+# *Predict before you run:* at the first co-attention block, $R^{it} = 0$. What does Eq. 11 add to
+# $R^{tt}$ there?
+#
+# ## Eq. 8-11 by hand, on 2 x 2 maps
+# Two text tokens (`s`), two regions (`q`). The text stream's self-attention has added
+# $\hat R^{ss} = \begin{pmatrix}0.2 & 0.2\\ 0 & 0\end{pmatrix}$ (token 0 drew on itself and on token 1;
+# token 1 was never touched); the image stream is untouched ($R^{qq} = I$); an earlier block left
+# $R^{qs} = \begin{pmatrix}0.2 & 0\\ 0 & 0.4\end{pmatrix}$; and the cross-attention's Eq. 5 map has
+# gradient only in the `[CLS]` row, $\bar A = \begin{pmatrix}0.1 & 0.3\\ 0 & 0\end{pmatrix}$.
+#
+# - Eq. 8-9: row 0 of $\hat R^{ss}$ sums to 0.4, so it becomes $(0.5, 0.5)$; row 1 sums to 0 and stays
+#   0. $\bar R^{ss} = \begin{pmatrix}1.5 & 0.5\\ 0 & 1\end{pmatrix}$, $\bar R^{qq} = I$.
+# - Eq. 10: $(\bar R^{ss})^\top \bar A \bar R^{qq} = \begin{pmatrix}1.5 & 0\\ 0.5 & 1\end{pmatrix}
+#   \begin{pmatrix}0.1 & 0.3\\ 0 & 0\end{pmatrix} = \begin{pmatrix}0.15 & 0.45\\ 0.05 & 0.15\end{pmatrix}$:
+#   the transpose gives token 1 a share (0.5) of the cross-attention of token 0, which drew on it.
+# - Eq. 11: $\bar A R^{qs} = \begin{pmatrix}0.1\cdot0.2 & 0.3\cdot0.4\\ 0 & 0\end{pmatrix} =
+#   \begin{pmatrix}0.02 & 0.12\\ 0 & 0\end{pmatrix}$.
+#
+# The library's rules (`gae_utils.rules`) must give the same numbers, and our own 4-line `rbar` must
+# match its Eq. 8-9:
+
+# %%
+R_ss = torch.tensor([[1.2, 0.2], [0.0, 1.0]])  # I + Rhat_ss
+R_qq = torch.eye(2)
+R_qs = torch.tensor([[0.2, 0.0], [0.0, 0.4]])
+R_sq = torch.zeros(2, 2)
+A_bar = torch.tensor([[0.1, 0.3], [0.0, 0.0]])  # (Ns, Nq): only the [CLS] row has gradient
+
+
+def rbar(R: torch.Tensor) -> torch.Tensor:
+    """Eq. 8-9: subtract I, rescale each row's context part to sum 1 (rows summing to 0 stay 0), add I."""
+    eye = torch.eye(R.shape[-1])
+    context = R - eye  # Eq. 8
+    total = context.sum(-1, keepdim=True)
+    return torch.where(total == 0, context, context / total) + eye  # Eq. 9
+
+
+delta_sq, delta_ss = rules.cross_attention_update(R_sq, R_ss, R_qq, R_qs, A_bar)
+print("Rbar_ss =", rbar(R_ss).tolist())
+print("Eq. 10 adds", delta_sq.tolist(), "\nEq. 11 adds", delta_ss.tolist())
+assert torch.allclose(rbar(R_ss), torch.tensor([[1.5, 0.5], [0.0, 1.0]]))
+assert torch.allclose(rbar(R_ss), rules.normalize_self_relevancy(R_ss))
+assert torch.allclose(delta_sq, torch.tensor([[0.15, 0.45], [0.05, 0.15]]))
+assert torch.allclose(delta_ss, torch.tensor([[0.02, 0.12], [0.0, 0.0]]))
+# why Eq. 8-9: a self map whose context part is 10 times larger normalises to the same Rbar ...
+R_big = torch.eye(2) + 10 * (R_ss - torch.eye(2))
+assert torch.allclose(rbar(R_big), rbar(R_ss))
+# ... while without it Eq. 10's addition changes with that scale
+no_norm, _ = rules.cross_attention_update(R_sq, R_big, R_qq, R_qs, A_bar, normalize=False)
+print("without Eq. 8-9, the x10 self map gives", no_norm.tolist())
 
 # %% [markdown]
 # ## The model and its held-out answer accuracy
@@ -54,135 +185,275 @@ vqa = zoo.load("shapes-vqa")
 vqa.card.training["heldout"]
 
 # %% [markdown]
-# ## One image, several questions
-# Each question refers to different objects, so each gets its own image map (the `[CLS]` row of
-# `R[t, i]`) and its own word strip (the `[CLS]` row of `R[t, t]`).
+# ## The rules as a loop over the recording, checked against the library
+# `gu.record` runs one forward and one backward pass and keeps, per attention layer, its kind
+# (`self`/`cross`), its query and key streams, its co-attention block (`group`), and with
+# `keep_heads=True` the per-head attention `attn` `(B, H, Nq, Nk)` and gradient `grad`
+# `(B, K, H, Nq, Nk)`. The loop below is all of GAE on this model: Eq. 5, then Eq. 6-7 or Eq. 10-11,
+# the two directions of a co-attention block computed from the same maps.
 
 # %%
 vocab = Vocabulary.questions()
 world = ShapesWorld(seed=123)
 scene = next(s for s in world.scenes(200) if len(s.objects) == 3 and len({o.shape for o in s.objects}) == 3)
-asked = questions(scene)
 by_kind = {}
-for q in asked:
+for q in questions(scene):
     if q.kind not in by_kind or (q.kind == "exists" and q.answer == "yes"):
         by_kind[q.kind] = q
-chosen = list(by_kind.values())
-image = ShapesBatch.from_scenes([scene] * len(chosen)).images
+chosen = list(by_kind.values())  # one question of each kind about this scene
+batch = ShapesBatch.from_scenes([scene] * len(chosen))
+image = batch.images
 x = vqa_inputs(image, chosen, vocab)
-rec = gu.record(vqa, x, keep_heads=True)  # one forward and backward serve every figure of this scene
-exp = rec.explanation("gae")
+rec = gu.record(vqa, x, keep_heads=True)  # explains each question's predicted answer (its logit)
+
+streams = {"text": x["input_ids"].shape[1], "image": x["visual_feats"].shape[1]}
+B, K = len(chosen), 1
+R = {
+    (a, b): torch.eye(n).repeat(B, K, 1, 1) if a == b else torch.zeros(B, K, n, streams[b])
+    for a, n in streams.items()
+    for b in streams
+}
+for _, block in groupby(rec.layers, key=lambda layer: layer.group or layer.name):  # a co-attention block = 2 layers
+    additions = []
+    for layer in block:
+        A_bar = (layer.grad * layer.attn[:, None]).clamp(min=0).mean(2)  # Eq. 5: (B, K, Nq, Nk)
+        s, q = layer.query, layer.key
+        if layer.kind == "self":
+            additions += [((s, other), A_bar @ R[s, other]) for other in streams]  # Eq. 6, 7
+        else:
+            additions.append(((s, q), rbar(R[s, s]).mT @ A_bar @ rbar(R[q, q])))  # Eq. 10 (Eq. 8-9 inside)
+            additions.append(((s, s), A_bar @ R[q, s]))  # Eq. 11
+    for key, value in additions:
+        R[key] = R[key] + value
+
+exp = rec.explanation("gae")  # one target per question: its maps are (B, Na, Nb), without the K axis
+for key, value in R.items():
+    assert torch.allclose(value[:, 0], exp.maps[key], atol=1e-6), key
+cls_image = R["text", "image"][:, 0, 0]  # (B, I): the [CLS] row of R[t, i]
+assert torch.allclose(cls_image, exp.relevance["image"], atol=1e-6)
+print("the loop reproduces gu's four maps; the [CLS] row of R[t, i] is exp.relevance['image']", tuple(cls_image.shape))
+
+# %% [markdown]
+# From here on we use the one-line API: `gu.explain(model, inputs)` (or `rec.explanation("gae")` on a
+# recording), which runs exactly this loop.
+#
+# ## A failure case: one image, several questions
+# Each question refers to different objects, so each should get its own image map (the `[CLS]` row
+# of $R^{ti}$). The dashed outline marks the objects the question refers to. The first row explains
+# each predicted answer's **logit**, as the paper does.
+
+# %%
+truth = torch.stack(
+    [batch.masks[k, [scene.objects[o].label for o in q.referents]].any(0) for k, q in enumerate(chosen)]
+)  # (Q, H, W) the objects each question refers to ("how many ..." may refer to none)
+rec_lp = gu.record(vqa, x, target=lambda out: out.question_answering_score.log_softmax(-1).max(-1).values)
+rows = {
+    "GAE, logit target": exp.relevance["image"],
+    "GAE, log-prob. target": rec_lp.explanation("gae").relevance["image"],
+    "rollout": rec.explanation("rollout").relevance["image"],
+}
 predicted = [ANSWERS[k] for k in exp.target.tolist()]
-titles = [[f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]]
-fig = figures.plot_panels(image[:1], region_heatmap(exp.relevance["image"], 64)[None], titles)
-figures.save_figure(fig, "03_vqa_image_per_question")
+titles = [f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]
+fig = figures.plot_region_maps(image[0], rows, titles, truth=truth)
+_ = figures.save_figure(fig, "03_vqa_image_per_question")
 
-# %%
-fig, axes = plt.subplots(len(chosen), 1, figsize=(figures.PANEL * 3, 0.55 * len(chosen)), layout="constrained")
-for k, (ax, q) in enumerate(zip(axes, chosen)):
-    figures.plot_token_relevance(ax, q.words, exp.relevance["text"][k, 1 : 1 + len(q.words)], title=None)
-fig.suptitle("word relevance for the predicted answer ([CLS] row of R[t, t])")
-figures.save_figure(fig, "03_vqa_words_per_question")
+
+def hits(relevance: torch.Tensor) -> list:
+    """Pointing per question: does the most relevant region hold pixels of a referred object?"""
+    cells = truth.reshape(len(chosen), 4, 16, 4, 16).any(-1).any(-2).flatten(1)  # (Q, 16) regions with object pixels
+    return [bool(cells[k, relevance[k].argmax()]) if truth[k].any() else None for k in range(len(chosen))]
+
+
+for label, relevance in rows.items():
+    print(f"{label:24s} argmax region on a referred object:", hits(relevance))
 
 # %% [markdown]
+# **What to notice.**
+#
+# - With the logit target, GAE's maps **miss the object**: for "what colour is the square?" and "is
+#   there a yellow square?" its most relevant region lies on the triangle, for "what shape is the red
+#   object?" on empty background. This scene is a bad case, but not a rare one: the evaluation below
+#   counts how often GAE's logit maps miss over 300 questions.
+# - The cause is the explained scalar. The logit of "yellow" is raised by anything that makes the
+#   model answer *some* colour; the log-probability (logit minus the log-sum-exp over all answers)
+#   only by what favours "yellow" over the other answers. With it, the same questions point at the
+#   right objects (second row).
+# - The raw maxima differ by two orders of magnitude (printed under each row label): each panel is
+#   min-max normalised, so compare shapes within a row, and magnitudes only through the printed
+#   values.
+# - "how many circles are there?" (answer 0) refers to no object: there is no outline to hit.
+#
+# The word strips below are the `[CLS]` row of $R^{tt}$ for the same questions (`[CLS]` zeroed,
+# `[SEP]` and padding left out), min-max normalised per strip.
+
+# %%
+fig, axes = plt.subplots(len(chosen), 2, figsize=(figures.PANEL * 5, 0.6 * len(chosen)), layout="constrained")
+for col, (label, words) in enumerate(
+    [("logit", exp.relevance["text"]), ("log-probability", rec_lp.explanation("gae").relevance["text"])]
+):
+    for k, q in enumerate(chosen):
+        strip = words[k, 1 : 1 + len(q.words)]
+        figures.plot_token_relevance(axes[k, col], q.words, strip, title=None)
+        axes[k, col].set_ylabel(f"max {float(strip.max()):.1e}", rotation=0, ha="right", va="center", fontsize=7)
+    axes[0, col].set_title(f"GAE word relevance, {label} target", loc="left")
+_ = figures.save_figure(fig, "03_vqa_words_per_question")
+
+# %% [markdown]
+# **What to notice.** The word that names the question's kind ("colour", "shape", "many") tends to
+# come first with the logit target: it raises every answer of that kind. The section *Why GAE's words
+# are not the key words* measures this.
+#
 # ## How relevance flows between the streams
-# The four maps for the first question: after the single-stream layers, after each co-attention
-# block (its two cross-attentions merged in one step) and at the end. The self maps are shown minus
-# their identity start; `R[t, i]` stays zero until the first cross-modality block lets the
-# question attend to the image. The explorer below steps through every layer.
+# The four maps for the first question after the single-stream layers, after each co-attention block
+# (its two cross-attentions applied together) and at the end, in raw values: the self maps minus their
+# identity start, one colour scale per column.
 
 # %%
-tokens = [["[CLS]", *q.words, "[SEP]"] + ["[PAD]"] * (x["input_ids"].shape[1] - len(q.words) - 2) for q in chosen]
-steps = views.flow_steps(rec)
-for i, label in enumerate(steps):
-    print(i, label)
-after_blocks = [i for i, label in enumerate(steps) if "cross" in label]  # each co-attention block
-shown = sorted({after_blocks[0] - 1, *after_blocks, len(steps) - 1})
-fig = widgets.render_flow(rec, index=0, target=0, steps=shown, tokens=tokens[0])
-figures.save_figure(fig, "03_vqa_flow")
+history = rec.history()  # the maps after each propagation step, {(a, b): (B, K, Na, Nb)}
+steps = layer_steps(rec.layers)  # one layer, or the two layers of a co-attention block, per step
+blocks = [i for i, step in enumerate(steps) if len(step) == 2]
+shown = {blocks[0] - 1: "after the\nsingle-stream layers"}
+shown |= {i: f"after co-attention\nblock {n + 1}" for n, i in enumerate(blocks)}
+shown[len(steps) - 1] = "at the end"
+fig = figures.plot_map_flow(
+    [{key: value[0, 0] for key, value in history[i].items()} for i in shown],
+    list(shown.values()),
+    ["[CLS]", *chosen[0].words, "[SEP]"],
+)
+_ = figures.save_figure(fig, "03_vqa_flow")
 
 # %% [markdown]
+# **What to notice.**
+#
+# - $R^{ti}$ and $R^{it}$ are exactly zero in the first row: no layer before the first co-attention
+#   block connects the streams.
+# - $R^{tt}$ does not change at the first co-attention block: Eq. 11 adds $\bar A R^{it}$, and
+#   $R^{it}$ was still 0 (the answer to the prediction above).
+# - The self maps' increments are small next to the identity they start from (their colour bars end
+#   well below 1, the identity's value): most of $R^{ti}$ comes from the cross-attentions.
+#
 # ## Perturbation tests and ground truth
-# Remove image regions (or question words; `[CLS]` and `[SEP]` stay) most relevant first
-# (positive: accuracy should fall fast) or least relevant first (negative: it should hold), at the
-# LXMERT steps of the paper. Ground truth: do the image maps point at the objects the question
-# refers to, and is a key word of the question (the shape in "what colour is the triangle") the
-# most relevant word? The workbook scores 300 held-out questions (`python -m gae_workbook.evaluate
-# --model shapes-vqa` runs the same code).
+# Remove image regions (or question words; `[CLS]` and `[SEP]` stay) most relevant first (positive:
+# accuracy should fall fast, lower AUC is better) or least relevant first (negative: it should hold,
+# higher is better), at the LXMERT steps of the paper. Ground truth: do the image maps point at the
+# objects the question refers to (`pointing`, `mass`), and is a key word of the question (the shape in
+# "what colour is the triangle") the most relevant word (`text_top1`, `key_rank`)? The workbook scores
+# 300 held-out questions; `python -m gae_workbook.evaluate --model shapes-vqa` runs the same code.
+#
+# Two rows are not methods of the paper: **random** (uniform random maps, the floor every method must
+# beat) and **GAE without Eq. 8-9** (the normalisation ablation). **Rollout** on a two-stream model is
+# not Abnar & Zuidema's rollout, which has no cross-attention rule: here it is this workbook's hybrid,
+# Eq. 6-11 applied to the head-averaged attention with no gradients. **Attention Grad-CAM** weighs the
+# heads of the last cross-attention by their mean gradient and keeps the positive part; when those
+# weights are negative its map is all zero, which is why it sits near the random floor.
 
 # %%
-results, curves = evaluate_vqa(vqa, n=40 if SMOKE else 300, seed=7)
+n_eval = 40 if SMOKE else 300
+results, curves = cached_results(
+    RESULTS / "03_vqa_logit.json", lambda: evaluate_vqa(vqa, n=n_eval, seed=7), RECOMPUTE, save=not SMOKE
+)
 print(format_table(results))
 
 # %% [markdown]
-# On this model GAE does not win here. Explaining the answer's *logit* (as the paper does) credits
-# evidence that raises every answer of the question's kind; explaining its log-probability (what
-# favours this answer over the others) moves GAE's image maps much closer to the objects.
+# With the logit target GAE does not win here: raw attention and rollout point at the objects more
+# often, and rollout finds the key words far more often. The same evaluation with the log-probability
+# target:
 
 # %%
-results_lp, _ = evaluate_vqa(vqa, n=40 if SMOKE else 300, seed=7, score="log_prob")
+results_lp, _ = cached_results(
+    RESULTS / "03_vqa_log_prob.json",
+    lambda: evaluate_vqa(vqa, n=n_eval, seed=7, score="log_prob"),
+    RECOMPUTE,
+    save=not SMOKE,
+)
 print(format_table(results_lp))
+for label, table in (("logit", results), ("log-probability", results_lp)):
+    miss = 1 - table["gae"]["pointing"]
+    print(f"GAE, {label} target: the most relevant region misses the referred objects for {miss:.0%} of questions")
 
 # %% [markdown]
-# ## Why GAE's words are not the key words
-# Two effects, both measured on the same questions:
-#
-# - **Which word comes first.** When GAE misses the key word, its first word is nearly always the
-#   one that names the question's kind: "colour", "shape", "many", "there". That word raises the
-#   logit of *every* answer of its kind, so it is what the logit depends on most.
-# - **How large the gradients are.** GAE starts from `R = I` and adds `Abar @ R` at every layer.
-#   Here the `[CLS]` row of Eq. 5's `Abar` sums to a few hundredths in the language layers, next
-#   to the identity's 1, so `R` is close to `I + sum_l Abar_l`: relevance that reaches `[CLS]`
-#   through another word (a product of two layers' maps) is second order. Rollout mixes every
-#   layer half-and-half with the identity whatever the gradients. Explaining the same scalar
-#   times a constant (`Recording.scaled`, exact: Eq. 5 is linear in the gradient's scale) lets
-#   those paths count.
+# **What to notice.** Compare the `gae` rows of the two tables: explaining the log-probability moves
+# GAE's image maps closer to the objects (`pointing`, `mass`), near raw attention and rollout: the
+# lesson of the failure case above at the scale of 300 questions. The baselines' rows do not change
+# (raw attention and rollout use no gradients), except attention Grad-CAM's. The perturbation curves
+# of the logit target:
 
 # %%
-ranks, tops = vqa_word_study(vqa, n=60 if SMOKE else 300, seed=7)
-print(format_table(ranks))
-for label in ("gae logit x1", "gae log_prob x1000", "rollout"):
-    firsts = {kind: max(shares, key=shares.get) for kind, shares in sorted(tops[label].items())}
-    print(f"{label:20s} most frequent first word:", {k: f"{w} ({tops[label][k][w]:.0%})" for k, w in firsts.items()})
-
-# %%
-fig = figures.plot_target_scale(ranks)
-figures.save_figure(fig, "03_vqa_target_scale")
-
-# %%
-fig, axes = plt.subplots(1, 4, figsize=(figures.PANEL * 7.2, figures.PANEL * 1.6), layout="constrained")
-panels = [("image", "positive", 0), ("image", "negative", 1), ("text", "positive", 2), ("text", "negative", 3)]
-for ax, (what, sign, row) in zip(axes, panels):
+fig, axes = plt.subplots(2, 2, figsize=(figures.PANEL * 4.4, figures.PANEL * 3.2), layout="constrained")
+panels = [("image", "positive"), ("image", "negative"), ("text", "positive"), ("text", "negative")]
+for row, (ax, (what, sign)) in enumerate(zip(axes.flat, panels)):
     key = f"{what}_{sign[:3]}_auc"
     figures.plot_perturbation_curves(
         {m: c[row] for m, c in curves.items()},
         VQA_STEPS,
-        f"{what} tokens, {sign}",
+        f"{what} tokens removed, {sign} order",
         auc={m: r[key] for m, r in results.items()},
         ax=ax,
         xlabel=f"fraction of {'regions' if what == 'image' else 'words'} removed",
         ylabel="answer accuracy",
     )
-    ax.legend(frameon=False, fontsize=6)
-figures.save_figure(fig, "03_vqa_perturbation")
+    ax.legend(frameon=False, fontsize=7, loc="lower left")
+_ = figures.save_figure(fig, "03_vqa_perturbation")
 
 # %% [markdown]
-# ## Explore
-# Pick a question, an answer to explain, a map and its row token, then walk through the
-# propagation steps, or look at one head's `(dA * A)+` at one layer.
+# **What to notice.** In the positive panels the lowest curve wins (the removed tokens mattered); in
+# the negative panels the highest. Rollout wins three of the four panels; GAE and its no-normalisation
+# ablation coincide on the text panels. With 16 regions and about 6 words, each step removes several
+# tokens at once, so the curves are coarse: read the AUCs in the legend, not small gaps between curves.
+#
+# ## Why GAE's words are not the key words (*optional*)
+# Two effects, both measured on the same 300 questions:
+#
+# - **Which word comes first.** When GAE misses the key word, its first word is often the one that
+#   names the question's kind ("colour", "shape", "many"), or the article "a" for yes/no questions
+#   (printed below with their shares). A kind word raises the logit of *every* answer of its kind,
+#   so it is what the logit depends on most.
+# - **How large the gradients are.** GAE starts from `R = I` and adds $\bar A R$ at every layer. Here
+#   the `[CLS]` row of Eq. 5's $\bar A$ sums to a few hundredths in the language layers (printed below),
+#   next to the identity's 1, so `R` is close to $I + \sum_l \bar A_l$: relevance that reaches `[CLS]`
+#   through another word (a product of two layers' maps) is second order. Rollout's self-attention
+#   steps mix the attention half-and-half with the identity whatever the gradients. Explaining the
+#   same scalar times a constant (`Recording.scaled`, exact: Eq. 5 is linear in the gradient's scale)
+#   lets those paths count.
 
 # %%
+ranks, tops = cached_results(
+    RESULTS / "03_vqa_word_study.json",
+    lambda: vqa_word_study(vqa, n=60 if SMOKE else 300, seed=7),
+    RECOMPUTE,
+    save=not SMOKE,
+)
+print(format_table(ranks))
+print(f"[CLS] row sum of Eq. 5's map, mean over the language layers: {ranks['gae logit x1']['cam_row_sum']:.3f}")
+for label in ("gae logit x1", "gae log_prob x1000", "rollout"):
+    firsts = {kind: max(shares, key=shares.get) for kind, shares in sorted(tops[label].items())}
+    print(f"{label:20s} most frequent first word:", {k: f"{w} ({tops[label][k][w]:.0%})" for k, w in firsts.items()})
+fig = figures.plot_target_scale(ranks)
+_ = figures.save_figure(fig, "03_vqa_target_scale")
+
+# %% [markdown]
+# **What to notice.** Multiplying the explained scalar by 10, 100, 1000 changes nothing in the model
+# and nothing in the *direction* of any gradient, yet GAE's key-word rank improves: GAE is not
+# invariant to the scale of the explained scalar, because `I` has a fixed size and $\bar A$ does not.
+# Rollout has no gradients, so it has no such knob.
+#
+# ## Explore
+# Pick a question, an answer to explain, a map and its row token, then walk through the propagation
+# steps, or look at one head's `(dA * A)+` at one layer.
+
+# %%
+tokens = [["[CLS]", *q.words, "[SEP]"] + ["[PAD]"] * (x["input_ids"].shape[1] - len(q.words) - 2) for q in chosen]
 top = rec.logits.topk(3, dim=-1).indices  # (B, 3): the three most likely answers of each question
 explore = gu.record(vqa, x, target=top, keep_heads=True)
 widgets.coattention_explorer(explore, image, tokens, target_names=[f"answer #{k + 1}" for k in range(3)])
 
 # %% [markdown]
-# ## Single-stream models
-# ViLT and VisualBERT concatenate words and image tokens into one stream; GAE then keeps a single
-# map over the joint sequence and reads its blocks: the `[CLS]` row over the words (`R[t, t]`)
-# and over the image tokens (`R[t, i]`). ViLT feeds its patches in a random order; the adapter
-# puts the relevance back on the patch grid. With network access the pretrained ViLT VQA model
-# runs on a photo:
+# ## Single-stream models (*optional*)
+# ViLT and VisualBERT concatenate words and image tokens into one stream; GAE then keeps a single map
+# over the joint sequence with the self-attention rule only, and reads its blocks: the `[CLS]` row over
+# the words ($R^{tt}$) and over the image tokens ($R^{ti}$). ViLT feeds its patches in a random order;
+# the adapter puts the relevance back on the patch grid. With network access the pretrained ViLT VQA
+# model runs on a photo:
 
 # %%
 try:
@@ -192,7 +463,7 @@ try:
         vilt = ViltForQuestionAnswering.from_pretrained("dandelin/vilt-b32-finetuned-vqa").eval()
         processor = ViltProcessor.from_pretrained("dandelin/vilt-b32-finetuned-vqa")
 except OSError as err:
-    print("pretrained ViLT unavailable offline:", str(err)[:160])
+    print("pretrained ViLT not available (no network access or no cached weights):", str(err)[:160])
 else:
     from gae_workbook.photos import load_photos
 
@@ -201,4 +472,23 @@ else:
     vexp = gu.explain(vilt, dict(inputs))
     answer = vilt.config.id2label[int(vexp.target[0])]
     fig = figures.plot_panels(photo, vexp.heatmap(384)[:, None], [[f"what animal is this? -> {answer}"]])
-    figures.save_figure(fig, "03_vilt_photo")
+    _ = figures.save_figure(fig, "03_vilt_photo")
+
+# %% [markdown]
+# ## Exercises
+# - `03_vqa_ex_01.py`: explain the same questions with the logit and the log-probability target and
+#   count how often the map points at the referred object.
+# - `03_vqa_ex_02.py`: implement Eq. 8-11 for the first co-attention block of the recording, check
+#   them against `gae_utils.rules`, and explain why that block leaves $R^{tt}$ unchanged.
+#
+# Solutions: `03_vqa_sol_01.py`, `03_vqa_sol_02.py`.
+#
+# ## Take-aways
+# - A two-stream model has four relevancy maps; self-attention updates its own stream's rows (Eq. 6-7),
+#   cross-attention writes $R^{sq}$ (Eq. 10) and $R^{ss}$ (Eq. 11), and nothing connects the streams
+#   before the first co-attention block.
+# - Eq. 8-9 make Eq. 10 independent of the scale of the self maps: "the token itself plus its context,
+#   each weighing 1".
+# - GAE on a co-attention model is a dozen lines over `rec.layers`; the library runs the same loop.
+# - What you explain matters: on this model the logit target points at the wrong objects, the
+#   log-probability target at the right ones. Always check an explanation against something you know.

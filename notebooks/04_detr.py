@@ -14,18 +14,29 @@
 # %% [markdown]
 # # 04 · DETR: which pixels made the detector see this object?
 #
-# DETR is an encoder-decoder transformer: the encoder's self-attention mixes the backbone's
-# feature-grid tokens ("image"), the decoder's self-attention mixes the object queries ("query"),
-# and its cross-attention lets each query read the image tokens. GAE runs the self-attention rule
-# (Eq. 6-7) on both and the cross-attention rule with the residual normalisation (Eq. 8-11) on the
-# decoder's cross-attention; a detected object is explained through its query's class logit, and
-# its map is row k of `R[query, image]`, reshaped to the feature grid.
+# **Learning objectives.** After this notebook you can
 #
-# `shapes-detr` is a tiny Hugging Face `DetrForObjectDetection` trained by this repository on
-# ShapesWorld boxes (`python -m gae_workbook.train shapes-detr`). Set `GAE_SMOKE=1` for a quick run.
+# 1. name DETR's three attention types and the blocks of `R` each writes;
+# 2. apply the cross-attention rule (Eq. 10-11) to a decoder that reads an image, and explain why
+#    Eq. 11 adds nothing here;
+# 3. read a detection's explanation (row k of $R^{qi}$) and score it against ground-truth masks
+#    (weakly supervised segmentation);
+# 4. tell a real finding from a null result (the decoder's query mixing) and a degenerate baseline
+#    from a bug.
+#
+# **Estimated time:** 45 minutes. Prerequisite: notebook 03 (Eq. 8-11). The rules are written out in
+# [`docs/rules.md`](../docs/rules.md), the metrics in [`docs/evaluation.md`](../docs/evaluation.md).
+#
+# DETR is an encoder-decoder transformer: the encoder's self-attention mixes the backbone's feature-grid
+# tokens ("image"), the decoder's self-attention mixes the object queries ("query"), and its
+# cross-attention lets each query read the image tokens. A detected object is explained through its
+# query's class logit. `shapes-detr` is a tiny Hugging Face `DetrForObjectDetection` trained by this
+# repository on ShapesWorld boxes (`python -m gae_workbook.train shapes-detr`): 2 encoder layers,
+# 2 decoder layers, 8 object queries, an 8 x 8 feature grid. Set `GAE_SMOKE=1` for a quick run.
 
 # %%
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -34,14 +45,59 @@ import gae_utils as gu
 from gae_utils.methods import method_label
 from gae_workbook import figures, views, widgets, zoo
 from gae_workbook.detection import box_matched_queries, detect, otsu_foreground
-from gae_workbook.evaluate import evaluate_detr, format_table
+from gae_workbook.evaluate import cached_results, evaluate_detr, format_table
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
+# The evaluation cell loads committed results (notebooks/results/); set RECOMPUTE = True (or
+# GAE_RECOMPUTE=1) to recompute them (about a minute on 2 cores).
+RECOMPUTE = os.environ.get("GAE_RECOMPUTE", "0") == "1"
+RESULTS = Path("results")
 METHODS = gu.method_names()
+figures.set_style()
 
 # %% [markdown]
+# ## The rules on DETR, with shapes
+# Two token groups: `i`, the $N_i = 64$ image tokens of the encoder, and `q`, the $N_q = 8$ object
+# queries. Start from $R^{ii} = I$, $R^{qq} = I$, $R^{qi} = 0$, $R^{iq} = 0$. With $\bar A$ the layer's
+# Eq. 5 map:
+#
+# - **encoder self-attention** ($\bar A \in \mathbb{R}^{N_i\times N_i}$): $R^{ii} \mathrel{+}= \bar A R^{ii}$
+#   (Eq. 6) and $R^{iq} \mathrel{+}= \bar A R^{iq}$ (Eq. 7, which stays 0);
+# - **decoder self-attention** ($\bar A \in \mathbb{R}^{N_q\times N_q}$): $R^{qq} \mathrel{+}= \bar A R^{qq}$
+#   (Eq. 6) and $R^{qi} \mathrel{+}= \bar A R^{qi}$ (Eq. 7);
+# - **decoder cross-attention**, queries read the image ($\bar A \in \mathbb{R}^{N_q\times N_i}$):
+#
+# $$R^{qi} \mathrel{+}= (\bar R^{qq})^{\top}\, \bar A\, \bar R^{ii} \quad\text{(Eq. 10)},\qquad
+#   R^{qq} \mathrel{+}= \bar A\, R^{iq} \quad\text{(Eq. 11)},$$
+#
+# with $\bar R$ the normalised self maps of Eq. 8-9 (notebook 03), shapes
+# $(N_q\times N_q)(N_q\times N_i)(N_i\times N_i)$ and $(N_q\times N_i)(N_i\times N_q)$. The image never
+# attends to the queries, so $R^{iq}$ stays 0 and **Eq. 11 adds nothing**: only the decoder's
+# self-attention mixes queries. Detection `k` (query `j`) is explained by row `j` of $R^{qi}$, reshaped
+# to the 8 x 8 feature grid and upsampled to the image.
+
+# %%
+fig = figures.plot_rule_blocks(
+    ["image", "query"],
+    [
+        ("encoder self-attention", {("image", "image"): "Eq. 6", ("image", "query"): "Eq. 7 (stays 0)"}),
+        ("decoder self-attention", {("query", "query"): "Eq. 6", ("query", "image"): "Eq. 7"}),
+        (
+            "decoder cross-attention\nquery → image",
+            {("query", "image"): "Eq. 10", ("query", "query"): "Eq. 11 (adds 0)"},
+        ),
+    ],
+    title="which blocks of R each attention type of DETR writes",
+)
+_ = figures.save_figure(fig, "04_rule_blocks")
+
+# %% [markdown]
+# **What to notice.** Nothing ever writes a non-zero value into $R^{iq}$ (the image tokens do not read
+# the queries), so the explanation of a detection flows one way: from the image tokens, through the
+# encoder ($\bar R^{ii}$), into the query's row by cross-attention.
+#
 # ## The detector and its held-out mAP@0.5
 # Measured at the end of training on 1,000 scenes it never saw.
 
@@ -51,9 +107,10 @@ detr.card.training["heldout"]
 
 # %% [markdown]
 # ## Every detected object, explained in one call
-# `gu.record` with no target explains every confident detection (class probability > 0.5,
-# "no object" excluded) of every image: one forward pass, one backward per detection slot for the
-# whole batch. Images may hold different numbers of detections.
+# `gu.record` with no target explains every confident detection (class probability > 0.5, "no object"
+# excluded) of every image: one forward pass, one backward per detection slot for the whole batch.
+# Images may hold different numbers of detections; `rec.extra["queries"]` lists the explained query of
+# each slot (`-1`: an empty slot of an image with fewer detections).
 
 # %%
 world = ShapesWorld(seed=99)
@@ -61,50 +118,119 @@ batch = world.batch(3 if SMOKE else 6)
 pixels = detr_pixels(batch.images)  # normalised RGB + x, y coordinate channels
 for b, found in enumerate(detect(detr, pixels)):
     print(f"image {b}:", [f"{CLASS_NAMES[c]} {p:.2f}" for c, p in zip(found.labels.tolist(), found.scores.tolist())])
-rec = views.explore_detr(detr, pixels)  # every confident detection
-print("explained queries per image:", rec.extra["queries"])
-for i in range(2 if SMOKE else 4):
+rec = views.explore_detr(detr, pixels)  # every confident detection, per-head maps kept
+for i in range(2):
     fig = widgets.render_detections(rec, batch.images, index=i, class_names=CLASS_NAMES)
-    figures.save_figure(fig, f"04_detr_detections_{i}")
+    _ = figures.save_figure(fig, f"04_detr_detections_{i}")
+
+# %% [markdown]
+# **What to notice.**
+#
+# - Each map sits on its own object, although every query reads the same image tokens: the
+#   query's class logit selects what is relevant.
+# - DETR has no non-maximum suppression: image 0 holds the same object detected by more than one query
+#   (the duplicates of the printed list). Their maps are nearly identical, since their queries read the
+#   same image tokens for the same class (precision on held-out scenes: 0.82).
+# - Each map is min-max normalised per panel; the colour bar is relative, not absolute.
+#
+# ## The rules as a loop, checked against the library
+# The same loop as in notebook 03 (Eq. 5, then Eq. 6-7 or Eq. 10-11), here with no co-attention
+# blocks: every layer is applied on its own.
+
+
+# %%
+def rbar(R: torch.Tensor) -> torch.Tensor:
+    """Eq. 8-9: subtract I, rescale each row's context part to sum 1 (rows summing to 0 stay 0), add I."""
+    eye = torch.eye(R.shape[-1])
+    context = R - eye
+    total = context.sum(-1, keepdim=True)
+    return torch.where(total == 0, context, context / total) + eye
+
+
+B, K = rec.layers[0].grad.shape[:2]
+sizes = {"image": 64, "query": 8}
+R = {
+    (a, b): torch.eye(n).repeat(B, K, 1, 1) if a == b else torch.zeros(B, K, n, sizes[b])
+    for a, n in sizes.items()
+    for b in sizes
+}
+for layer in rec.layers:
+    A_bar = (layer.grad * layer.attn[:, None]).clamp(min=0).mean(2)  # Eq. 5: (B, K, Nq, Nk)
+    s, q = layer.query, layer.key
+    if layer.kind == "self":
+        additions = [((s, other), A_bar @ R[s, other]) for other in sizes]  # Eq. 6, 7
+    else:
+        additions = [((s, q), rbar(R[s, s]).mT @ A_bar @ rbar(R[q, q])), ((s, s), A_bar @ R[q, s])]  # Eq. 10, 11
+    for key, value in additions:
+        R[key] = R[key] + value
+gae = rec.explanation("gae")
+for key in R:
+    assert torch.allclose(R[key], gae.maps[key], atol=1e-6), key
+assert torch.count_nonzero(R["image", "query"]) == 0  # the image never reads the queries
+print("loop == gu for all four maps; R[image, query] is exactly 0, so Eq. 11 added nothing")
 
 # %% [markdown]
 # ## GAE beside the baselines
-# One row per detection of the first images; raw attention is the last decoder layer's
-# cross-attention row averaged over heads, attention Grad-CAM weighs its heads by their gradients.
+# One row per object of the first two images (the first detection of each class: duplicates left
+# out). **Raw attention** is the last decoder layer's cross-attention row of the query, averaged over
+# heads. **Attention Grad-CAM** weighs each head of
+# that row by the mean of its gradient and keeps the positive part of the weighted mean: when the
+# weights come out negative the map is all zero (a blank panel). That is the method, not a bug: the
+# README measures that most of its DETR maps are zero. **Rollout** here is the propagation rules on
+# head-averaged attention with no gradients; it does not know which class is explained.
 
 # %%
 size = tuple(batch.images.shape[-2:])
-slots = [(b, k) for b, row in enumerate(rec.extra["queries"][:3]) for k, q in enumerate(row) if q >= 0]
-columns = {
-    method_label(m): torch.stack([rec.explanation(m).heatmap(size)[b, k] for b, k in slots]) for m in METHODS
-}
-labels = [CLASS_NAMES[int(rec.target[b, k])] for b, k in slots]
+slots = []  # (image, slot) of the first detection of each class in images 0 and 1
+for b, row in enumerate(rec.extra["queries"][:2]):
+    classes = [int(rec.target[b, k]) for k, q in enumerate(row) if q >= 0]
+    slots += [(b, k) for k, c in enumerate(classes) if c not in classes[:k]]
+heatmaps = {m: rec.explanation(m).heatmap(size) for m in METHODS}  # (B, K, H, W) per method
+columns = {method_label(m): torch.stack([heatmaps[m][b, k] for b, k in slots]) for m in METHODS}
+labels = [f"image {b}: {CLASS_NAMES[int(rec.target[b, k])]}" for b, k in slots]
 fig = figures.plot_heatmap_grid(batch.images[[b for b, _ in slots]], columns, row_labels=labels)
-figures.save_figure(fig, "04_detr_methods")
+_ = figures.save_figure(fig, "04_detr_methods")
 
 # %% [markdown]
-# ## How the decoder mixes queries: `R[query, query]`
-# Row k of `R[query, query]` says which object queries the explained query drew on through the
-# decoder's self-attention (Eq. 6 on the query modality; the cross-attention adds nothing to it
-# because `R[image, query]` stays 0). Left: the full map for one detection; right: one detection's
-# map, its mixing row and the last cross-attention row of its query.
+# **What to notice.**
+#
+# - GAE, its last-layer ablation and raw attention agree: in this small detector each query's last
+#   cross-attention already looks at its own object, and with two decoder layers most of $R^{qi}$ is
+#   written by that last cross-attention.
+# - Rollout spreads onto the *other* objects (row "blue square": the blue cross lights up too). It uses
+#   no gradients, so nothing tells it which class is explained, and it carries the encoder's attention
+#   between objects into the map.
+# - The blank Grad-CAM panels are degenerate maps (all head weights negative), see above.
+#
+# ## A null result: the decoder barely mixes queries
+# Row `j` of $R^{qq}$ says which object queries the explained query drew on through the decoder's
+# self-attention (Eq. 6; Eq. 11 adds nothing, shown above). The map starts at `I`, so we plot
+# $R^{qq} - I$ with its colour bar and print its largest entry.
 
 # %%
-gae = rec.explanation("gae")
-fig, ax = plt.subplots(figsize=(figures.PANEL * 1.4, figures.PANEL * 1.2), layout="constrained")
-artist = figures.plot_matrix(ax, gae.maps[("query", "query")][0, 0], "R[query, query], detection 0 of image 0")
-ax.set_xlabel("object query")
-ax.set_ylabel("object query")
-fig.colorbar(artist, ax=ax, shrink=0.8)
-figures.save_figure(fig, "04_detr_query_matrix")
-fig = widgets.render_detr_query(rec, batch.images, index=0, detection=0, class_names=CLASS_NAMES)
-figures.save_figure(fig, "04_detr_query_mixing")
+mixing = gae.maps[("query", "query")] - torch.eye(8)  # (B, K, Nq, Nq)
+valid = torch.tensor(rec.extra["queries"]) >= 0  # (B, K) real detection slots
+print(f"largest |R[q, q] - I| over every detection of the batch: {mixing[valid].abs().max():.3f} (I has 1s)")
+b0, k0 = slots[0]
+j0 = rec.extra["queries"][b0][k0]
+fig, ax = plt.subplots(figsize=(figures.PANEL * 1.5, figures.PANEL * 1.25), layout="constrained")
+artist = figures.plot_matrix(ax, mixing[b0, k0], f"R[query, query] − I, image {b0}, detection {k0} (query {j0})")
+ax.set_xlabel("object query drawn on")
+ax.set_ylabel("object query explained")
+fig.colorbar(artist, ax=ax, shrink=0.8, label="relevance (raw)")
+_ = figures.save_figure(fig, "04_detr_query_matrix")
 
 # %% [markdown]
+# **What to notice.** The increments are a few hundredths against the identity's 1: in this model the
+# explained query draws almost only on itself. Only row `j` (the explained query) and the rows its
+# gradient reached are non-zero. This is a null result, and an honest one: with 8 queries and well
+# separated objects, the decoder has little reason to exchange information between queries (in the
+# paper's COCO DETR, duplicate suppression is where query mixing matters).
+#
 # ## Weakly supervised segmentation against the ground truth
-# The paper's DETR protocol: each detected object's map (upsampled, min-max normalised) is
-# thresholded with Otsu's method and compared with the mask of the object it detected.
-# First a few objects, then mIoU and pixel accuracy over fresh scenes, with the pointing game.
+# The paper's DETR protocol: each detected object's map (upsampled, min-max normalised) is thresholded
+# with Otsu's method and compared with the mask of the object it detected. First a few objects, then
+# mIoU and pixel accuracy over fresh scenes, with the pointing game.
 
 # %%
 with torch.no_grad():
@@ -112,32 +238,50 @@ with torch.no_grad():
 matched = box_matched_queries(boxes, batch.scenes)  # (query, object) pairs with box IoU >= 0.5
 rows, heat, otsu, truth = [], [], [], []
 maps = gae.heatmap(size)  # (B, K, H, W)
-for b, scene in enumerate(batch.scenes[:3]):
+for b, scene in enumerate(batch.scenes[:2]):
     explained = rec.extra["queries"][b]
     for q, o in matched[b]:
-        if q not in explained:
-            continue
-        k = explained.index(q)
-        rows.append(b)
-        heat.append(maps[b, k])
-        otsu.append(otsu_foreground(maps[b, k]).float())
-        truth.append(torch.from_numpy(scene.objects[o].mask.copy()).float())
-if rows:
-    fig = figures.plot_heatmap_grid(
-        batch.images[rows],
-        {"GAE map": torch.stack(heat), "Otsu foreground": torch.stack(otsu), "ground truth": torch.stack(truth)},
-        colorbar=False,
-    )
-    figures.save_figure(fig, "04_detr_segmentation_examples")
+        if q in explained:
+            k = explained.index(q)
+            rows.append(b)
+            heat.append(maps[b, k])
+            otsu.append(otsu_foreground(maps[b, k]).float())
+            truth.append(torch.from_numpy(scene.objects[o].mask.copy()).float())
+fig = figures.plot_heatmap_grid(
+    batch.images[rows],
+    {"GAE map": torch.stack(heat), "Otsu foreground": torch.stack(otsu), "ground truth": torch.stack(truth)},
+    colorbar=False,
+)
+_ = figures.save_figure(fig, "04_detr_segmentation_examples")
+
+# %% [markdown]
+# **What to notice.** Otsu's threshold keeps a blob around the map's peak: it covers the core of the
+# object, misses thin parts and corners (the arms of a cross), and spills onto the background (first
+# row: the blue square's blob reaches above the square). The feature grid is 8 x 8, so one token
+# covers an 8 x 8-pixel patch: the map cannot be sharper than that. Mass on a neighbouring object counts
+# as an error.
 
 # %%
-results = evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS)
+results = cached_results(
+    RESULTS / "04_detr_segmentation.json",
+    lambda: evaluate_detr(detr, n=25 if SMOKE else 300, seed=7, methods=METHODS),
+    RECOMPUTE,
+    save=not SMOKE,
+)
 print(format_table(results))
 
 # %% [markdown]
+# **What to notice.** GAE, its last-layer ablation and raw attention are on par here (raw attention is
+# even slightly ahead on mIoU and mass): on a detector with two decoder layers, whose queries each
+# attend to their own object, the last cross-attention holds nearly all the information. The paper
+# also finds GAE close to its last-layer ablation on COCO DETR. Rollout is lower (its maps spread onto
+# other objects), attention Grad-CAM is far lower because most of its maps are all zero, and every
+# method is far above the random floor. An honest reading: on this model GAE's propagation adds little
+# over the last layer; it matters in deeper decoders.
+#
 # ## Explore
-# Image, detection, method, decoder layer, head (or the mean over heads) and what the layer view
-# shows: the attention probabilities of the query's row or its Eq. 5 map `(dA * A)^+`.
+# Image, detection, method, decoder layer, head (or the mean over heads) and what the layer view shows:
+# the attention probabilities of the query's row or its Eq. 5 map `(dA * A)^+`.
 
 # %%
 widgets.detr_explorer(detr, pixels, batch.images, class_names=CLASS_NAMES)
@@ -149,7 +293,7 @@ widgets.detr_explorer(detr, pixels, batch.images, class_names=CLASS_NAMES)
 try:
     detr_r50 = zoo.load("facebook/detr-resnet-50", pretrained=True)
 except zoo.PretrainedUnavailableError as err:
-    print("pretrained DETR unavailable offline:", str(err)[:160])
+    print("pretrained DETR not available (no network access or no cached weights):", str(err)[:160])
 else:
     from gae_workbook.photos import load_photos
 
@@ -160,4 +304,23 @@ else:
     names = [detr_r50.config.id2label[i] for i in range(len(detr_r50.config.id2label))]
     for i in range(len(photos)):
         fig = widgets.render_detections(coco, photos, index=i, class_names=names)
-        figures.save_figure(fig, f"04_detr_r50_photo_{i}")
+        _ = figures.save_figure(fig, f"04_detr_r50_photo_{i}")
+
+# %% [markdown]
+# ## Exercises
+# - `04_detr_ex_01.py`: predict which blocks of `R` each recorded layer changes, then check it with
+#   `rec.history()`.
+# - `04_detr_ex_02.py`: do duplicate detections of one object share a map? Compare the maps of
+#   duplicates with those of different objects.
+#
+# Solutions: `04_detr_sol_01.py`, `04_detr_sol_02.py`.
+#
+# ## Take-aways
+# - DETR uses all three attention types; a detection is explained by its query's row of $R^{qi}$,
+#   written by the decoder's cross-attention (Eq. 10) through the encoder's $\bar R^{ii}$.
+# - Eq. 11 adds nothing on DETR because the image never reads the queries; the query-query map is
+#   close to `I` on this model, a null result rather than a finding.
+# - On this small detector GAE, its last-layer ablation and raw attention tie; rollout, with no
+#   gradients, spreads onto other objects.
+# - A blank baseline map can be the method's own degenerate case; know the formula before calling it
+#   a bug.

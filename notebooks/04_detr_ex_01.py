@@ -1,0 +1,57 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercise 04.01 · Which blocks of `R` does each DETR layer change?
+#
+# `shapes-detr` records six attention layers: two encoder self-attentions (image -> image), then per
+# decoder layer a self-attention (query -> query) and a cross-attention (query -> image). GAE keeps four
+# maps, `R[image, image]`, `R[image, query]`, `R[query, image]`, `R[query, query]`.
+#
+# **Predict first**, with the rules of notebooks 03-04 (Eq. 6-7 for self-attention, Eq. 10-11 for
+# cross-attention, starting from `R = I` on the diagonal blocks and 0 elsewhere): which blocks does
+# each layer *change* (an addition that is exactly zero changes nothing)? Then check with the library.
+#
+# Setup (run it):
+
+# %%
+import torch
+
+import gae_utils as gu
+from gae_workbook import zoo
+from shapesworld.inputs import detr_pixels
+from shapesworld.scenes import ShapesWorld
+
+detr = zoo.load("shapes-detr")
+pixels = detr_pixels(ShapesWorld(seed=99).batch(4).images)
+rec = gu.record(detr, pixels)  # every confident detection of the 4 images
+for i, layer in enumerate(rec.layers):
+    print(i, layer.kind, layer.query, "->", layer.key)
+history = rec.history()  # history[i][(a, b)]: the map R[a, b] after layer i, (B, K, Na, Nb)
+start = {
+    key: torch.eye(value.shape[-1]).expand_as(value) if key[0] == key[1] else torch.zeros_like(value)
+    for key, value in history[0].items()
+}  # the maps before the first layer
+
+# %% [markdown]
+# **Your task.**
+#
+# 1. Write `predicted`: a list with one set per layer, the blocks (as `(row, column)` tuples such as
+#    `("query", "image")`) you expect that layer to change.
+# 2. Compute `changed`, the same list from `start` and `history`: a block changed at layer `i` if its map
+#    after layer `i` is not exactly equal (`torch.equal`) to the map before it.
+# 3. Compare. Why does no layer ever change `R[image, query]`, and why does the cross-attention never
+#    change `R[query, query]` although Eq. 11 writes it?
+
+# %%
+# Write your code here.

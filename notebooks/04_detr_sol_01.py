@@ -1,0 +1,81 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercise 04.01 · Which blocks of `R` does each DETR layer change?
+#
+# `shapes-detr` records six attention layers: two encoder self-attentions (image -> image), then per
+# decoder layer a self-attention (query -> query) and a cross-attention (query -> image). GAE keeps four
+# maps, `R[image, image]`, `R[image, query]`, `R[query, image]`, `R[query, query]`.
+#
+# **Predict first**, with the rules of notebooks 03-04 (Eq. 6-7 for self-attention, Eq. 10-11 for
+# cross-attention, starting from `R = I` on the diagonal blocks and 0 elsewhere): which blocks does
+# each layer *change* (an addition that is exactly zero changes nothing)? Then check with the library.
+#
+# Setup (run it):
+
+# %%
+import torch
+
+import gae_utils as gu
+from gae_workbook import zoo
+from shapesworld.inputs import detr_pixels
+from shapesworld.scenes import ShapesWorld
+
+detr = zoo.load("shapes-detr")
+pixels = detr_pixels(ShapesWorld(seed=99).batch(4).images)
+rec = gu.record(detr, pixels)  # every confident detection of the 4 images
+for i, layer in enumerate(rec.layers):
+    print(i, layer.kind, layer.query, "->", layer.key)
+history = rec.history()  # history[i][(a, b)]: the map R[a, b] after layer i, (B, K, Na, Nb)
+start = {
+    key: torch.eye(value.shape[-1]).expand_as(value) if key[0] == key[1] else torch.zeros_like(value)
+    for key, value in history[0].items()
+}  # the maps before the first layer
+
+# %% [markdown]
+# **Your task.**
+#
+# 1. Write `predicted`: a list with one set per layer, the blocks (as `(row, column)` tuples such as
+#    `("query", "image")`) you expect that layer to change.
+# 2. Compute `changed`, the same list from `start` and `history`: a block changed at layer `i` if its map
+#    after layer `i` is not exactly equal (`torch.equal`) to the map before it.
+# 3. Compare. Why does no layer ever change `R[image, query]`, and why does the cross-attention never
+#    change `R[query, query]` although Eq. 11 writes it?
+
+# %%
+ii, iq, qi, qq = ("image", "image"), ("image", "query"), ("query", "image"), ("query", "query")
+predicted = [
+    {ii},  # encoder self: Eq. 6 on R[i, i]; Eq. 7 adds A_bar @ R[i, q] = 0
+    {ii},
+    {qq},  # decoder self 1: Eq. 6 on R[q, q]; Eq. 7 adds A_bar @ R[q, i], still 0 before any cross-attention
+    {qi},  # cross 1: Eq. 10 on R[q, i]; Eq. 11 adds A_bar @ R[i, q] = 0
+    {qq, qi},  # decoder self 2: Eq. 6 and now Eq. 7 too (R[q, i] is no longer 0)
+    {qi},  # cross 2: Eq. 10 only
+]
+changed = []
+for i, after in enumerate(history):
+    before = start if i == 0 else history[i - 1]
+    changed.append({key for key in after if not torch.equal(after[key], before[key])})
+for i, c in enumerate(changed):
+    print(i, rec.layers[i].kind, rec.layers[i].query, "->", rec.layers[i].key, "changed:", sorted(c))
+
+# %% [markdown]
+# `R[image, query]` starts at 0 and only the image stream's own self-attention writes it (Eq. 7,
+# `A_bar @ R[i, q]`), which keeps it 0: the image tokens never attend to the queries. Eq. 11 of the
+# cross-attention adds `A_bar @ R[image, query]`, so it adds exactly 0. Only the decoder's
+# self-attention mixes queries.
+
+# %%
+assert changed == predicted, (changed, predicted)
+assert torch.count_nonzero(history[-1][iq]) == 0

@@ -1,0 +1,61 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercise 05.02 · The encoder-decoder rules as a loop
+#
+# Notebook 05 stated the rules of an encoder-decoder: encoder self-attention (Eq. 6-7 on the source
+# rows), decoder self-attention (Eq. 6-7 on the target rows) and decoder cross-attention (Eq. 10-11,
+# with the normalisation of Eq. 8-9). Here you implement them as a loop over the recorded layers and
+# check your maps against the library's.
+#
+# Setup (run it): one caption, its greedy translation, and a recording that explains every generated
+# token (K = T targets) with per-head attention and gradients kept.
+
+# %%
+import torch  # noqa: F401 (for your code)
+
+from gae_utils.generation import record_generation
+from gae_workbook import zoo
+from gae_workbook.models import greedy_decode
+from shapesworld.inputs import encode_sources, translate_vocabulary
+from shapesworld.language import caption
+from shapesworld.scenes import ShapesWorld
+
+model = zoo.load("shapes-translate")
+vocab = translate_vocabulary()
+scene = next(s for s in ShapesWorld(seed=99).scenes(200) if len(s.objects) >= 2 and "right" in caption(s).words)
+inputs = encode_sources([caption(scene)], vocab, length=None)
+generated = greedy_decode(model, inputs, vocab.bos_id, vocab.eos_id, vocab.pad_id)
+rec = record_generation(model, inputs, generated, keep_heads=True)
+for layer in rec.layers:
+    print(
+        f"{layer.kind:5s} {layer.query} -> {layer.key}: attn {tuple(layer.attn.shape)}, grad {tuple(layer.grad.shape)}"
+    )
+library = rec.explanation("gae")  # library.maps[(a, b)]: (B, K, Na, Nb); library.relevance["source"]: (B, T, S)
+
+# %% [markdown]
+# **Your task.**
+#
+# 1. Start from `R[source, source] = I`, `R[target, target] = I`, and zeros for `R[source, target]` and
+#    `R[target, source]`, each of shape `(B, K, Na, Nb)`.
+# 2. For each layer in `rec.layers`: Eq. 5, `A_bar = mean over heads of (grad * attn)^+`; then for a
+#    self-attention layer of modality `s`, Eq. 6-7 (`R[s, x] += A_bar @ R[s, x]` for both `x`); for the
+#    cross-attention (queries `s = "target"`, keys `q = "source"`), Eq. 10 and Eq. 11, computed from the
+#    maps before the layer, with `Rbar` of Eq. 8-9 (write it, or use `gae_utils.rules.normalize_self_relevancy`).
+# 3. Check your four maps against `library.maps`.
+# 4. Generated token `t` is explained by target `k = t`. Show that `library.relevance["source"][:, t]` is
+#    row `t` of your `R[target, source]` for target `t`.
+
+# %%
+# Write your code here.

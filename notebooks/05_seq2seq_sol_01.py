@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercise 05.01 · Does each generated word point at its source words?
+#
+# The toy language has a known word alignment: each target word translates one source word, or both
+# words of a relation ("left of" -> "oskev"). A good explanation of a generated word should put its
+# largest source relevance on one of its aligned words. You score that yourself for three explanations:
+# GAE with the logit target, GAE with the log-probability target, and raw cross-attention.
+#
+# Setup (run it): 30 captions of two-object scenes, their greedy translations, kept where the model
+# translated correctly (so that the reference alignment applies to what was generated).
+
+# %%
+import torch
+
+from gae_utils.generation import record_generation
+from gae_workbook import zoo
+from gae_workbook.evaluate import alignment_hits
+from gae_workbook.models import greedy_decode
+from shapesworld.inputs import encode_sources, translate_vocabulary
+from shapesworld.language import caption, translate
+from shapesworld.scenes import ShapesWorld
+
+model = zoo.load("shapes-translate")
+vocab = translate_vocabulary()
+captions = [caption(s) for s in ShapesWorld(seed=5).scenes(60) if len(s.objects) >= 2][:30]
+inputs = encode_sources(captions, vocab)  # (B, S) words, </s>, padding
+generated = greedy_decode(model, inputs, vocab.bos_id, vocab.eos_id, vocab.pad_id)  # (B, 1 + T)
+correct = [b for b, c in enumerate(captions) if vocab.decode(generated[b, 1:]) == list(translate(c).target)]
+inputs = {k: v[correct] for k, v in inputs.items()}
+generated = generated[correct]
+translations = [translate(captions[b]) for b in correct]  # .source words, .target words, .alignment
+print(
+    f"{len(correct)} of {len(captions)} translated correctly; e.g.",
+    translations[0].source,
+    "->",
+    translations[0].target,
+)
+print("alignment of the first:", translations[0].alignment)
+
+# %% [markdown]
+# **Your task.**
+#
+# 1. Record the generation twice with `record_generation(model, inputs, generated, score=...)`,
+#    `score="logit"` and `score="log_prob"`. The source relevance of every generated word is
+#    `rec.explanation(method).relevance["source"]`, `(B, T, S)`: row `t` explains generated word `t`.
+# 2. Write `hits(relevance)`: for every example `b` and every target word `t` of `translations[b]` (the
+#    final `</s>` step has no aligned word), is the argmax of `relevance[b, t]` over the source *words*
+#    (the first `len(translations[b].source)` columns) one of `translations[b].alignment[t]`? Return a
+#    flat bool tensor.
+# 3. Compute the hit rate of GAE (logit), GAE (log-probability) and `raw_attention` (logit recording).
+#    Check that your `hits` agrees with the workbook's `alignment_hits(relevance, translations)`.
+# 4. Which explanation aligns best here? Which target should you explain with GAE on this model?
+
+# %%
+rec_logit = record_generation(model, inputs, generated, score="logit")
+rec_log_prob = record_generation(model, inputs, generated, score="log_prob")
+
+
+def hits(relevance: torch.Tensor) -> torch.Tensor:
+    """(P,) whether the most relevant source word of each generated word is one of its aligned words."""
+    out = []
+    for b, tr in enumerate(translations):
+        for t, aligned in enumerate(tr.alignment):
+            out.append(int(relevance[b, t, : len(tr.source)].argmax()) in aligned)
+    return torch.tensor(out)
+
+
+relevance = {
+    "GAE, logit": rec_logit.explanation("gae").relevance["source"],
+    "GAE, log-probability": rec_log_prob.explanation("gae").relevance["source"],
+    "raw attention": rec_logit.explanation("raw_attention").relevance["source"],
+}
+rates = {}
+for label, rel in relevance.items():
+    mine = hits(rel)
+    assert torch.equal(mine, alignment_hits(rel, translations)), label
+    rates[label] = mine.float().mean().item()
+    print(f"{label:22s} alignment accuracy {rates[label]:.0%} over {mine.numel()} generated words")
+
+# %% [markdown]
+# Raw cross-attention aligns best on this small model, and GAE with the log-probability target beats
+# GAE with the logit target: the logit of a word is raised by evidence shared with the other words
+# (attending to any shape word raises every shape's logit), which the log-probability subtracts.
+
+# %%
+assert rates["GAE, log-probability"] > rates["GAE, logit"]
+assert all(torch.equal(hits(rel), alignment_hits(rel, translations)) for rel in relevance.values())
