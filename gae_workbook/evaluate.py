@@ -1040,10 +1040,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     return results
 
 
-if __name__ == "__main__":
-    main()
-
-
 def alignment_hits(relevance: Tensor, translations: Sequence, steps: Sequence[int] | None = None) -> Tensor:
     """Whether the most relevant source word of each generated word is one of its aligned words.
 
@@ -1066,3 +1062,7 @@ def alignment_hits(relevance: Tensor, translations: Sequence, steps: Sequence[in
             best = int(relevance[b, k, :n_words].argmax())  # words only: EOS and padding excluded
             hits.append(best in tr.alignment[t])
     return torch.tensor(hits, dtype=torch.bool)
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,16 @@ from shapesworld.inputs import (
 )
 from shapesworld.language import ANSWERS, QUESTION_KINDS, Vocabulary, all_captions, caption, sample_question, translate
 from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
+from shapesworld.stories import (
+    STORY_KINDS,
+    TOKEN_OFFSET,
+    draw_stories,
+    encode_stories,
+    quiz,
+    stories,
+    story_vocabulary,
+    story_world,
+)
 from shapesworld.targets import region_labels, scene_targets
 
 from .detection import evaluate_detection
@@ -630,6 +640,117 @@ def train_shapes_detr(
 TRAINERS = {"shapes-vit": train_shapes_vit, "shapes-clip": train_shapes_clip, "shapes-vqa": train_shapes_vqa}
 TRAINERS["shapes-translate"] = train_shapes_translate
 TRAINERS["shapes-detr"] = train_shapes_detr
+
+
+# ----------------------------------------------------------------------------- shapes-lm (decoder-only)
+
+
+@torch.no_grad()
+def story_accuracy(model: nn.Module, seed: int = HELDOUT_SEED, n: int = 1000, batch_size: int = 250) -> dict:
+    """Answer accuracy of a story LM on ``n`` stories of ``story_world(seed)``
+    (:func:`shapesworld.stories.draw_stories`); the answer is the argmax next token after ``"A:"``.
+
+    Returns:
+        ``accuracy``, ``accuracy_<kind>`` per question kind, ``accuracy_<k>_objects`` per number of
+        sentences, and ``n``.
+    """
+    vocab = story_vocabulary()
+    rng = np.random.default_rng(3)
+    device = next(model.parameters()).device
+    right: dict[str, list[bool]] = {}
+    every = draw_stories(seed, n, rng)
+    for start in range(0, n, batch_size):
+        batch = every[start : start + batch_size]
+        inputs = encode_stories(batch, vocab)  # right-padded prompts ending with "A:"
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.cpu()  # (B, L, V)
+        last = inputs["attention_mask"].sum(1) - 1  # (B,)
+        pred = logits[torch.arange(len(batch)), last].argmax(-1)  # (B,)
+        for story, p in zip(batch, pred.tolist()):
+            hit = vocab.tokens[p] == story.answer
+            for group in ("all", story.kind, f"{story.description_length // 5}_objects"):
+                right.setdefault(group, []).append(hit)
+    out = {"accuracy": sum(right.pop("all")) / n}
+    out.update({f"accuracy_{k}": sum(v) / len(v) for k, v in sorted(right.items())})
+    out["n"] = n
+    return out
+
+
+def train_shapes_lm(
+    steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    warmup: int = 100,
+    train_scenes: int = 8000,
+    answer_weight: float = 1.0,
+    seed: int = 0,
+    eval_n: int = 1000,
+    out: Path | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelCard]:
+    """Train ``shapes-lm`` (a tiny Hugging Face ``LlamaForCausalLM``) on ShapesWorld stories.
+
+    One sequence per scene of ``story_world(TRAIN_SEED + seed)`` (scenes without a story skipped):
+    ``[BOS] description Q: question ? A: answer Q: ... [EOS]``, the description followed by every
+    well-posed question with its answer in a random order (:func:`shapesworld.stories.quiz`); every
+    prefix ending with ``"A:"`` is a story's prompt. The loss is next-token cross-entropy over every
+    real token (a plain language-model loss) plus ``answer_weight`` times the mean cross-entropy of the
+    answer tokens alone. Trained on single stories instead, the model stayed at guessing among the
+    colours or shapes present (about 65 % held-out after 1,500 steps of 64 stories). Held-out: answer
+    accuracy on one story per scene of ``story_world(HELDOUT_SEED)`` (:func:`story_accuracy`).
+
+    Returns:
+        ``(model, card)``; the card's ``training`` holds the recipe and held-out answer accuracy.
+    """
+    vocab = story_vocabulary()
+    card, model = new_model("shapes-lm", vocab.tokens, seed, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    quizzes = [quiz(scene, rng) for scene in story_world(TRAIN_SEED + seed).scenes(train_scenes) if stories(scene)]
+    ids, _ = vocab.encode_batch(
+        [words for words, _ in quizzes], cls_token=False, sep_token=False, bos_token=True, eos_token=True
+    )  # (N, L)
+    is_answer = torch.zeros(ids.shape, dtype=torch.bool)  # (N, L) the answer tokens
+    for i, (_, answers) in enumerate(quizzes):
+        is_answer[i, [a + TOKEN_OFFSET for a in answers]] = True
+    gen = torch.Generator().manual_seed(seed)
+    order = _epoch_order(len(quizzes), steps, batch_size, gen)
+
+    def batch_loss(step: int) -> torch.Tensor:
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        mask = (ids[idx] != vocab.pad_id).long()
+        length = int(mask.sum(1).max())
+        x, mask = ids[idx, :length].to(device), mask[:, :length].to(device)  # (b, l)
+        logits = model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1]  # (b, l - 1, V)
+        lm = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), ignore_index=vocab.pad_id)
+        answer = is_answer[idx, 1:length].to(device)  # (b, l - 1) next token is an answer
+        return lm + answer_weight * F.cross_entropy(logits[answer], x[:, 1:][answer])
+
+    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-lm", progress)
+    seconds = time.perf_counter() - started
+    model.cpu()
+    metrics = story_accuracy(model, HELDOUT_SEED, n=eval_n)
+    recipe = {
+        "task": "ShapesWorld stories (shapesworld.stories): a scene description, then questions and answers",
+        "format": "[BOS] (the <shape> is <colour> .) x 1-5 (Q: what colour is the <shape> ? A: <colour>) x 1-8 [EOS]",
+        "question_kinds": list(STORY_KINDS),
+        "loss": f"LM cross-entropy over every real token + {answer_weight} x mean cross-entropy of the answer tokens",
+        "tokenizer": "word level, shapesworld.stories.story_vocabulary() (card classes: token of each id)",
+        "sequences": len(quizzes),
+        "answers": int(is_answer.sum()),
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup": warmup,
+        "weight_decay": 0.0,
+        "train_scenes": train_scenes,
+        "seed": seed,
+    }
+    return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
+
+
+TRAINERS["shapes-lm"] = train_shapes_lm
 
 
 def main(argv: list[str] | None = None) -> None:

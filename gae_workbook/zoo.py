@@ -284,6 +284,43 @@ EMBEDDED["shapes-detr"] = ModelCard(
 )
 
 
+# ----------------------------------------------------------------------------- decoder-only LM (shapes-lm)
+
+
+def _build_hf_llama(**kwargs) -> nn.Module:
+    """A Hugging Face ``LlamaForCausalLM`` (its default attention implementation: the explainer switches
+    it to a capturing eager function for the call, through the attention interface)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**kwargs))
+
+
+BUILDERS["hf-llama"] = _build_hf_llama
+
+# A tiny Llama (grouped-query attention: 4 query heads share 2 key/value heads) that reads a ShapesWorld
+# scene description and answers a question about it (shapesworld.stories); word-level vocabulary
+# shapesworld.stories.story_vocabulary(). Trained by `python -m gae_workbook.train shapes-lm`.
+EMBEDDED["shapes-lm"] = ModelCard(
+    name="shapes-lm",
+    arch="hf-llama",
+    kwargs=dict(
+        vocab_size=24,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=4,
+        eos_token_id=5,
+        tie_word_embeddings=False,
+    ),
+    classes=[],  # the story vocabulary (token strings by id), filled at build time
+    image_size=0,
+)
+
+
 def build(card: ModelCard) -> nn.Module:
     """Instantiate the architecture of ``card`` with fresh weights."""
     if card.arch not in BUILDERS:

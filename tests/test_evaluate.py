@@ -135,3 +135,14 @@ def gu_methods():
     from gae_utils.methods import method_names
 
     return method_names(ablations=True)
+
+
+def test_module_entry_point_runs_every_definition(tmp_path):
+    """``python -m gae_workbook.evaluate`` runs as ``__main__``: the CLI must come after every definition it uses."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "translate.json"
+    argv = ["-m", "gae_workbook.evaluate", "--model", "shapes-translate", "--n", "4", "--json", str(out), "--no-progress"]
+    subprocess.run([sys.executable, *argv], check=True, capture_output=True, timeout=240)
+    assert set(json.loads(out.read_text())) >= {"gae", "rollout", "random"}
