@@ -6,14 +6,18 @@ values; :mod:`gae_workbook.widgets` draws them and wires them to controls.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
 from gae_utils.explainer import Recording, record
+from gae_utils.explanation import Explanation
 from gae_utils.layout import TokenLayout
 from gae_utils.maps import grid_heatmap
 from gae_utils.propagation import layer_steps
 from gae_utils.rules import head_relevance
+from gae_utils.targets import PairSimilarity
 from shapesworld.targets import cxcywh_to_xyxy
 
 __all__ = [
@@ -23,7 +27,13 @@ __all__ = [
     "explore_record",
     "explore_detr",
     "row_heatmap",
+    "readout_grid",
     "layer_matrix",
+    "shown_matrix",
+    "relevancy_added",
+    "layers_attending",
+    "dual_record",
+    "dual_tower",
     "layer_labels",
     "flow_steps",
     "stream_row",
@@ -62,8 +72,43 @@ def row_heatmap(layout: TokenLayout, matrix: Tensor, size: tuple[int, int] | Non
     return grid_heatmap(row.float(), layout.segment(readout.columns_of).grid, size)  # (H, W)
 
 
+def readout_grid(layout: TokenLayout, matrix: Tensor) -> Tensor:
+    """The explained row of a token x token matrix on its patch grid, raw values (not normalised).
+
+    Args:
+        layout: token layout (which rows are explained, prefix tokens, patch grid).
+        matrix: ``(N, N)`` a relevancy or attention matrix.
+
+    Returns:
+        ``(h, w)`` the readout row's content columns in raster order.
+    """
+    readout = layout.readouts[0]
+    row = layout.read({(readout.rows_of, readout.columns_of): matrix[None]})[readout.name][0]  # (n_content,)
+    return row.float().reshape(layout.segment(readout.columns_of).grid)  # (h, w)
+
+
+def shown_matrix(matrix: Tensor, view: str) -> Tensor:
+    """What a layer view draws: ``R - I`` for ``view="relevancy"`` (what the layers added to the
+    identity start of Eq. 6, which otherwise dominates the colour scale), the matrix itself otherwise.
+
+    Args:
+        matrix: ``(N, N)`` from :func:`layer_matrix`.
+        view: the view it came from.
+    """
+    if view != "relevancy":
+        return matrix
+    return matrix - torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)  # (N, N)
+
+
 def layer_matrix(
-    rec: Recording, index: int, target: int, layer: int, view: str, head: int = 0, start_layer: int = 0
+    rec: Recording,
+    index: int,
+    target: int,
+    layer: int,
+    view: str,
+    head: int = 0,
+    start_layer: int = 0,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
 ) -> Tensor:
     """The ``(N, N)`` matrix a layer view shows.
 
@@ -76,6 +121,8 @@ def layer_matrix(
             ``"head"`` (``(dA * A)^+`` of one head at ``layer``).
         head: head index for ``view="head"``.
         start_layer: first layer accumulated for ``view="relevancy"``.
+        history: ``rec.history(start_layer)`` when the caller keeps it (the explorers do), so that a
+            slider move does not propagate every layer again.
     """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
@@ -86,7 +133,8 @@ def layer_matrix(
         if layer < start_layer:
             raise ValueError(f"layer {layer} comes before start_layer={start_layer}; nothing is accumulated yet")
         key = (chosen_layer.query, chosen_layer.key)
-        return rec.history(start_layer)[layer - start_layer][key][index, target]  # (N, N)
+        history = rec.history(start_layer) if history is None else history
+        return history[layer - start_layer][key][index, target]  # (N, N)
     if view == "attn_bar":
         return chosen_layer.attn_bar[index, target]  # (N, N)
     if chosen_layer.attn is None or chosen_layer.grad is None:
@@ -94,6 +142,27 @@ def layer_matrix(
     if not 0 <= head < chosen_layer.attn.shape[1]:
         raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
     return head_relevance(chosen_layer.attn[index, head], chosen_layer.grad[index, target, head])  # (N, N)
+
+
+def relevancy_added(
+    rec: Recording,
+    index: int,
+    target: int,
+    layer: int,
+    start_layer: int = 0,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
+) -> Tensor:
+    """What layer ``layer`` added to ``R``: ``R_l - R_{l-1}`` (Eq. 6's term ``Abar_l @ R_{l-1}``),
+    with ``R_{start_layer - 1} = I``.
+
+    Returns:
+        ``(N, N)``.
+    """
+    after = layer_matrix(rec, index, target, layer, "relevancy", start_layer=start_layer, history=history)
+    if layer == start_layer:
+        return shown_matrix(after, "relevancy")  # (N, N) R - I
+    before = layer_matrix(rec, index, target, layer - 1, "relevancy", start_layer=start_layer, history=history)
+    return after - before  # (N, N)
 
 
 PAIRS = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
@@ -107,6 +176,12 @@ def layer_labels(rec: Recording) -> list[str]:
         what = f"self {layer.query}" if layer.kind == "self" else f"cross {layer.query}->{layer.key}"
         labels.append(f"{i} {what}")
     return labels
+
+
+def layers_attending(rec: Recording, pair: tuple[str, str]) -> list[int]:
+    """The recorded layers whose attention has queries ``pair[0]`` and keys ``pair[1]``: the layers
+    whose ``(dA * A)^+`` has the shape of the map ``R[pair]`` (the head view's choices for that map)."""
+    return [i for i, layer in enumerate(rec.layers) if (layer.query, layer.key) == tuple(pair)]
 
 
 def flow_steps(rec: Recording) -> list[str]:
@@ -125,15 +200,17 @@ def stream_row(
     token: int,
     view: str = "relevancy",
     head: int = 0,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
 ) -> Tensor:
     """Row ``token`` of map ``pair`` for one example: ``R`` after propagation step ``step``, or, for
     ``view="head"``, ``(dA * A)^+`` of one head of recorded layer ``step`` (that layer's own pair).
+    ``history``: ``rec.history()`` when the caller keeps it.
 
     Returns:
         ``(N_columns,)``.
     """
     if view == "relevancy":
-        history = rec.history()
+        history = rec.history() if history is None else history
         if not -len(history) <= step < len(history):
             raise ValueError(f"step {step} is out of range (0..{len(history) - 1})")
         matrix = history[step][pair][index, target]  # (Na, Nb)
@@ -230,3 +307,25 @@ def detr_layer_map(
 def explore_detr(model: nn.Module, pixel_values: Tensor, target=None) -> Recording:
     """Record every confident detection (or ``target`` queries) of a batch with per-head maps kept."""
     return record(model, pixel_values, target=target, keep_heads=True)
+
+
+def dual_record(model: nn.Module, pixel_values: Tensor, texts: dict) -> Recording:
+    """Record every (image, text) pair of a dual encoder once: ``(B_i, B_t)`` similarity targets.
+
+    Args:
+        model: a dual encoder (Hugging Face ``CLIPModel``).
+        pixel_values: ``(B_i, 3, H, W)`` what the model takes.
+        texts: tokenizer output of ``B_t`` texts.
+    """
+    return record(model, {"pixel_values": pixel_values, **dict(texts)}, PairSimilarity("all"))
+
+
+def dual_tower(rec: Recording, modality: str, method: str = "gae", start_layer: int = 0) -> Explanation:
+    """One tower of a :func:`dual_record` recording explained on its own layers (as
+    :func:`gae_utils.dual.explain_dual` does): ``relevance["image"]`` is ``(B_i, B_t, N)``, and
+    ``relevance["text"]`` is ``(B_t, B_i, L)`` (the text tower's targets are the images)."""
+    own = [layer for layer in rec.layers if layer.query == modality]
+    if not 0 <= start_layer < len(own):
+        raise ValueError(f"start_layer={start_layer} is out of range for the {modality} tower's {len(own)} layers")
+    scores = rec.scores if modality == "image" else rec.scores.T  # (B_i, B_t) or (B_t, B_i)
+    return replace(rec, layers=own, layout=rec.layout.only(modality), scores=scores).explanation(method, start_layer)

@@ -1,37 +1,60 @@
 """Interactive explorers: pure render functions, and ipywidgets that only wire controls to them.
 
-The tensors they draw come from :mod:`gae_workbook.views`. One
-:func:`~gae_workbook.views.explore_record` call records a batch of images for *every* class at once (one forward
-pass, one backward per class, per-head maps kept); each slider then calls a pure function
-``render_*(recording, images, ...) -> Figure`` that the tests exercise directly:
+The tensors they draw come from :mod:`gae_workbook.views`. Each ``render_*`` function is a pure
+function of a recording and the control values that returns a matplotlib figure; the tests call
+them directly. An explorer records once (:func:`~gae_workbook.views.explore_record` records a batch
+for *every* class: one forward pass, one backward per class, per-head maps kept), keeps one figure
+per view, and on a control change redraws only the views that depend on it: each ``render_*``
+takes ``fig=`` (a figure it returned before) and then updates that figure's artists in place
+(``set_data``, ``set_clim``) instead of building a new one. A view is shown as one PNG in an
+``ipywidgets.Image``, so every control change replaces exactly one ``<img>`` in the page.
 
-- :func:`render_layer`: the relevancy ``R`` after layer ``l`` (Eq. 6 accumulated so far), the
-  aggregated map ``Abar`` of layer ``l`` (Eq. 5), or one head's ``(dA * A)^+`` at layer ``l``;
-  each as the explained row over the image and as the full token x token matrix.
+- :func:`render_layer`: what layer ``l`` contributes: the explained row of ``R`` after layer ``l``
+  with the matrix layer ``l`` added to ``R`` (Eq. 6's term; ``R`` itself is dominated by its
+  identity start), the Eq. 5 map ``Abar`` of layer ``l``, or one head's ``(dA * A)^+``; the
+  explained row over the image and the full token x token matrix, both with raw-valued colour bars.
 - :func:`render_methods`: GAE beside the baselines for one example and class.
-
-For two-stream models (co-attention VQA), :func:`render_flow` shows the four maps
-``R[t, t], R[t, i], R[i, t], R[i, i]`` step by step and :func:`render_stream_row` one row of one
-map over the image or the words; :func:`coattention_explorer` wires them to widgets.
+- Two-stream models (co-attention VQA): :func:`render_flow` (the four maps step by step),
+  :func:`render_flow_step` (the four maps after one step), :func:`render_stream_row` (one row of one
+  map over the image or the words); :func:`coattention_explorer`.
+- Dual encoders, seq2seq and DETR: :func:`dual_explorer`, :func:`translation_explorer`,
+  :func:`detr_explorer` and their render functions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from io import BytesIO
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from torch import Tensor, nn
 
 from gae_utils.dual import explain_dual
 from gae_utils.explainer import Recording
 from gae_utils.generation import record_generation
-from gae_utils.maps import grid_heatmap
+from gae_utils.maps import normalize_maps
 from gae_utils.methods import method_label, method_names
+from gae_utils.plotting import to_numpy_image
 from gae_utils.rules import head_relevance
 
-from .figures import PANEL, overlay, plot_alignment, plot_matrix, plot_token_relevance, show_image
+from .figures import (
+    HEATMAP_CMAP,
+    MATRIX_CMAP,
+    PANEL,
+    overlay,
+    plot_alignment,
+    plot_matrix,
+    plot_token_relevance,
+    show_image,
+)
 from .views import (
     LAYER_VIEWS_DETR,
     PAIRS,
@@ -40,21 +63,30 @@ from .views import (
     detr_boxes,
     detr_layer_map,
     detr_slot,
+    dual_record,
+    dual_tower,
     explore_detr,
     explore_record,
     flow_steps,
     layer_labels,
     layer_matrix,
+    layers_attending,
+    readout_grid,
+    relevancy_added,
     row_heatmap,
+    shown_matrix,
     stream_row,
 )
 
 __all__ = [
+    "MEAN_HEAD",
+    "figure_png",
     "render_layer",
     "render_steps",
     "render_methods",
     "explorer",
     "render_flow",
+    "render_flow_step",
     "render_stream_row",
     "coattention_explorer",
     "render_dual_pair",
@@ -80,21 +112,157 @@ def _head(value: int) -> int | None:
     return None if value == MEAN_HEAD else value
 
 
-def _show(out, fig: plt.Figure) -> None:
-    """Replace what the ipywidgets ``Output`` area ``out`` shows with ``fig``, then close ``fig``."""
-    from IPython.display import display
+# ----------------------------------------------------------------------------- figures kept in place
 
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
-        plt.close(fig)
+
+def _new_figure(figsize: tuple[float, float], live: bool) -> Figure:
+    """A constrained-layout figure; ``live``: outside pyplot (an explorer keeps it; the inline
+    backend never shows or closes it on its own)."""
+    if live:
+        fig = Figure(figsize=figsize, dpi=EXPLORER_DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        return fig
+    return plt.figure(figsize=figsize, layout="constrained")
+
+
+def _painter(fig: Figure | None, kind: type, figsize: tuple[float, float], *args) -> _Painter:
+    """The painter of ``fig`` (made by ``kind`` before), or a new figure with a new painter."""
+    if fig is not None:
+        painter = getattr(fig, "_gae_painter", None)
+        if not isinstance(painter, kind):
+            raise ValueError(f"fig was not made by this render function (expected a {kind.__name__} figure)")
+        return painter
+    painter = kind(_new_figure(figsize, live=False), *args)
+    painter.fig._gae_painter = painter
+    return painter
+
+
+EXPLORER_DPI = 100  # the explorers' PNG resolution (independent of the notebook's figure settings)
+
+
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes (what an explorer's ``Image`` shows): one Agg draw of the whole figure
+    at its own dpi, light compression. ``savefig`` would draw twice (a layout pass, then the
+    picture) and follow the notebook's ``savefig.bbox="tight"``, a third pass."""
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    width, height = canvas.get_width_height(physical=True)
+    buffer = BytesIO()
+    Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).save(
+        buffer, format="png", compress_level=1
+    )
+    return buffer.getvalue()
+
+
+def _show(out, fig: Figure) -> None:
+    """Show ``fig`` in the ``ipywidgets.Image`` ``out`` (its PNG replaces what ``out`` showed).
+
+    The first show lays the figure out; later shows keep that layout (the explorers change data
+    and titles in place, not the panels), which saves the layout pass on every control change."""
+    out.value = figure_png(fig)
+    if fig.get_layout_engine() is not None and fig.get_layout_engine().__class__.__name__ != "PlaceHolderLayoutEngine":
+        fig.set_layout_engine("none")
+
+
+def _image_output():
+    import ipywidgets as W
+
+    return W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+
+
+def _extent(height: int, width: int) -> tuple[float, float, float, float]:
+    return (-0.5, width - 0.5, height - 0.5, -0.5)
+
+
+def _set_image(artist: AxesImage, data: np.ndarray, extent: tuple[float, float, float, float] | None = None) -> None:
+    """Replace an ``imshow`` artist's data (and its extent and the axes' limits when the shape changes)."""
+    artist.set_data(data)
+    extent = extent or _extent(*data.shape[:2])
+    artist.set_extent(extent)
+    artist.axes.set_xlim(extent[0], extent[1])
+    artist.axes.set_ylim(extent[2], extent[3])
+
+
+def _clim(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits from 0 (or the minimum, when negative) to the maximum: raw values, not min-max."""
+    low = min(0.0, float(values.min()))
+    return low, max(float(values.max()), low + 1e-12)
+
+
+def _numpy(t: Tensor | np.ndarray) -> np.ndarray:
+    return t.detach().float().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t, dtype=np.float32)
+
+
+def _grey(image: Tensor) -> np.ndarray:
+    return to_numpy_image(image).mean(axis=-1)  # (H, W)
+
+
+def _blank(ax: plt.Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+class _Painter:
+    """A figure whose artists are made once; ``draw`` updates them in place."""
+
+    def __init__(self, fig: Figure):
+        self.fig = fig
+
+
+class _GridOverlay:
+    """A raw-valued grid (patches, regions) over a greyscale image, nearest-neighbour, with a colour bar."""
+
+    def __init__(self, fig: Figure, ax: plt.Axes, label: str):
+        self.ax = ax
+        self.grey = ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)
+        self.heat = ax.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, alpha=0.65, interpolation="nearest")
+        self.bar = fig.colorbar(self.heat, ax=ax, shrink=0.8, label=label)
+        _blank(ax)
+
+    def draw(self, image: Tensor, grid: np.ndarray, title: str, clim: tuple[float, float] | None = None) -> None:
+        grey = _grey(image)
+        _set_image(self.grey, grey)
+        _set_image(self.heat, grid, _extent(*grey.shape))
+        self.heat.set_clim(*(clim or _clim(grid)))
+        self.ax.set_title(title, fontsize=9)
+
+
+# ----------------------------------------------------------------------------- single stream (ViT)
 
 
 _VIEW_TITLES = {
-    "relevancy": "R after layer {l}",
-    "attn_bar": "Abar at layer {l} (Eq. 5)",
-    "head": "head {h}: (dA*A)+ at layer {l}",
+    "relevancy": ("R after layer {l}: explained row", "added by layer {l}: R_{l} - R_{p} (Eq. 6)"),
+    "attn_bar": ("Abar at layer {l}: explained row", "Abar at layer {l} (Eq. 5)"),
+    "head": ("head {h} at layer {l}: explained row", "head {h}: (dA*A)+ at layer {l}"),
 }
+
+
+class _LayerPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        ax_in, ax_row, ax_mat = fig.subplots(1, 3, width_ratios=[1, 1.2, 1.2])
+        self.input = ax_in.imshow(np.zeros((2, 2, 3)))
+        _blank(ax_in)
+        self.row = _GridOverlay(fig, ax_row, "relevance (raw)")
+        self.matrix = ax_mat.imshow(
+            np.zeros((2, 2)), cmap=MATRIX_CMAP, interpolation="nearest", norm=PowerNorm(0.5, vmin=0, vmax=1)
+        )
+        fig.colorbar(self.matrix, ax=ax_mat, shrink=0.8, label="raw value (sqrt scale)")
+        ax_mat.set_xlabel("key token")
+        ax_mat.set_ylabel("query token")
+        self.ax_in, self.ax_mat = ax_in, ax_mat
+
+    def draw(self, image: Tensor, grid: Tensor, matrix: Tensor, titles: tuple[str, str, str], suptitle: str) -> None:
+        _set_image(self.input, to_numpy_image(image))
+        self.ax_in.set_title(titles[0], fontsize=9)
+        self.row.draw(image, _numpy(grid), titles[1])
+        m = _numpy(matrix)
+        _set_image(self.matrix, m)
+        self.matrix.set_clim(*_clim(m))  # square-root colour scale: one large entry does not hide the rest
+        self.ax_mat.set_title(titles[2], fontsize=9)
+        self.fig.suptitle(suptitle, fontsize=10)
 
 
 def render_layer(
@@ -107,21 +275,49 @@ def render_layer(
     head: int = 0,
     start_layer: int = 0,
     class_names: Sequence[str] | None = None,
-) -> plt.Figure:
-    """Input, the explained row of the chosen layer view over the image, and the full matrix."""
+    *,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """Input, the explained row of the chosen layer view over the image, and the full matrix.
+
+    The relevancy view shows the explained row of ``R`` after layer ``l`` over the image and, as a
+    matrix, what layer ``l`` itself added, ``R_l - R_{l-1} = Abar_l @ R_{l-1}`` (Eq. 6). ``R``
+    itself would not do: it starts as ``I``, and next to the identity's 1s the layers' additions
+    (often ~0.01) vanish on one colour scale, so moving the layer slider would change nothing
+    visible. Both panels use raw values with a colour bar (no min-max; the matrix on a square-root
+    scale), so the size of what a layer adds is read off the bar.
+
+    Args:
+        rec: a recording with per-head maps (:func:`~gae_workbook.views.explore_record`).
+        images: ``(B, 3, H, W)`` the recorded images in [0, 1].
+        index: example.
+        target: target column (the class for an ``explore_record`` recording).
+        layer: layer index (negative counts from the end).
+        view: one of :data:`~gae_workbook.views.VIEWS`.
+        head: head for ``view="head"``.
+        start_layer: first accumulated layer of the relevancy view.
+        class_names: names of the target columns.
+        history: ``rec.history(start_layer)``, when the caller keeps it.
+        fig: a figure this function returned before: updated in place and returned.
+    """
     layer = layer % len(rec.layers)
-    matrix = layer_matrix(rec, index, target, layer, view, head, start_layer)
-    heat = row_heatmap(rec.layout, matrix, tuple(images.shape[-2:]))
-    fig, axes = plt.subplots(1, 3, figsize=(PANEL * 3.3, PANEL * 1.1), layout="constrained")
+    matrix = layer_matrix(rec, index, target, layer, view, head, start_layer, history)  # (N, N)
+    row = readout_grid(rec.layout, shown_matrix(matrix, view))  # (h, w) the explained row, raw
+    if view == "relevancy":  # the layer's own term: changes from layer to layer, unlike the accumulated R
+        matrix = relevancy_added(rec, index, target, layer, start_layer, history)  # (N, N)
     name = class_names[target] if class_names is not None else f"class {target}"
-    show_image(axes[0], images[index], f"input, explaining '{name}'")
-    title = _VIEW_TITLES[view].format(l=layer, h=head)
-    overlay(axes[1], images[index], heat, title)
-    artist = plot_matrix(axes[2], matrix, "token x token")
-    axes[2].set_xlabel("key token")
-    axes[2].set_ylabel("query token")
-    fig.colorbar(artist, ax=axes[2], shrink=0.8)
-    return fig
+    before = "I" if layer == start_layer else f"{layer - 1}"
+    row_title, matrix_title = (t.format(l=layer, h=head, p=before) for t in _VIEW_TITLES[view])
+    painter = _painter(fig, _LayerPainter, (PANEL * 3.6, PANEL * 1.35))
+    painter.draw(
+        images[index],
+        row,
+        matrix,
+        ("input", row_title, matrix_title),
+        f"example {index}, explaining '{name}'",
+    )
+    return painter.fig
 
 
 def render_steps(rec: Recording, images: Tensor, index: int = 0, target: int = 0, start_layer: int = 0) -> plt.Figure:
@@ -154,6 +350,36 @@ def render_steps(rec: Recording, images: Tensor, index: int = 0, target: int = 0
     return fig
 
 
+class _MethodsPainter(_Painter):
+    def __init__(self, fig: Figure, methods: Sequence[str]):
+        super().__init__(fig)
+        axes = fig.subplots(1, len(methods) + 1)
+        self.methods = list(methods)
+        self.ax_in, self.axes = axes[0], list(axes[1:])
+        self.input = self.ax_in.imshow(np.zeros((2, 2, 3)))
+        _blank(self.ax_in)
+        self.grey, self.heat = [], []
+        for ax, method in zip(self.axes, self.methods):
+            self.grey.append(ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1))
+            self.heat.append(ax.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6))
+            ax.set_title(method_label(method), fontsize=9)
+            _blank(ax)
+        fig.colorbar(self.heat[-1], ax=self.axes[-1], shrink=0.8, label="min-max per map")
+
+    def draw(self, image: Tensor, heats: Sequence[Tensor], title: str, highlight: str | None) -> None:
+        _set_image(self.input, to_numpy_image(image))
+        self.ax_in.set_title(title, fontsize=9)
+        grey = _grey(image)
+        for ax, method, g, h, heat in zip(self.axes, self.methods, self.grey, self.heat, heats):
+            _set_image(g, grey)
+            _set_image(h, _numpy(heat))
+            chosen = method == highlight
+            ax.title.set_fontweight("bold" if chosen else "normal")
+            for spine in ax.spines.values():
+                spine.set_visible(chosen)
+                spine.set_linewidth(3)
+
+
 def render_methods(
     rec: Recording,
     images: Tensor,
@@ -163,34 +389,76 @@ def render_methods(
     start_layer: int = 0,
     class_names: Sequence[str] | None = None,
     highlight: str | None = None,
-) -> plt.Figure:
+    *,
+    heatmaps: Callable[[str, int], Tensor] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
     """The input and every method's map for one example and target column, side by side.
 
-    ``highlight`` frames one method's panel (the explorer's method toggle)."""
+    Args:
+        rec, images, index, target, start_layer, class_names: see :func:`render_layer`.
+        methods: the methods shown (default: :func:`~gae_utils.methods.method_names`).
+        highlight: one method whose panel is framed (the explorer's method toggle).
+        heatmaps: ``(method, start_layer) -> (B, K, H, W)`` maps, when the caller caches them.
+        fig: a figure this function returned before (same ``methods``): updated in place.
+    """
     methods = list(methods or method_names())
     size = tuple(images.shape[-2:])
-    fig, axes = plt.subplots(
-        1, len(methods) + 1, figsize=(PANEL * (len(methods) + 1), PANEL * 1.1), layout="constrained"
-    )
+    heatmaps = heatmaps or (lambda method, start: rec.explanation(method, start).heatmap(size))
     name = class_names[target] if class_names is not None else f"class {target}"
-    show_image(axes[0], images[index], f"'{name}'")
-    for ax, method in zip(axes[1:], methods):
-        exp = rec.explanation(method, start_layer)
-        heat = exp.heatmap(size)  # (B, K, H, W)
-        overlay(ax, images[index], heat[index, target], method_label(method))
-        if method == highlight:
-            ax.set_title(ax.get_title(), fontweight="bold")
-            for spine in ax.spines.values():
-                spine.set_visible(True)
-                spine.set_linewidth(3)
-    return fig
+    painter = _painter(fig, _MethodsPainter, (PANEL * (len(methods) + 1.3), PANEL * 1.15), methods)
+    painter.draw(images[index], [heatmaps(m, start_layer)[index, target] for m in methods], f"'{name}'", highlight)
+    return painter.fig
+
+
+def _controls_off(controls, flag: bool) -> None:
+    for control in controls:
+        control.disabled = flag
+
+
+class _Wiring:
+    """Controls wired to views: a change redraws only the views that read that control.
+
+    Args:
+        views: ``{name: (controls read, draw)}``; ``draw()`` renders and shows one view.
+    """
+
+    def __init__(self, views: dict[str, tuple[Sequence, Callable[[], None]]]):
+        self.views = views
+        self.held = False
+
+    def redraw(self, *names: str) -> None:
+        for name in names or self.views:
+            self.views[name][1]()
+
+    def observe(self, before: Callable[[object], None] | None = None) -> None:
+        """Redraw on every change; ``before(control)`` runs first (it may change other controls
+        while the views are held: they redraw once, after it)."""
+        controls = {id(c): c for _, (cs, _) in self.views.items() for c in cs}
+
+        def changed(change):
+            if self.held:
+                return
+            self.held = True
+            try:
+                if before is not None:
+                    before(change.owner)
+            finally:
+                self.held = False
+            self.redraw(*[n for n, (cs, _) in self.views.items() if any(c is change.owner for c in cs)])
+
+        for control in controls.values():
+            control.observe(changed, names="value")
 
 
 def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None = None):
     """An ipywidgets explorer of one batch: example, class, method, layer view, layer, head, start_layer.
 
+    Records once (every class); each control redraws only the views that depend on it, in place.
+
     Returns:
-        An ``ipywidgets.VBox``; display it in a notebook.
+        An ``ipywidgets.VBox``: the controls and two ``ipywidgets.Image`` views (the methods row,
+        then the layer view); display it in a notebook.
     """
     import ipywidgets as W
 
@@ -199,6 +467,9 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     n_heads = rec.layers[-1].attn.shape[1]
     n_classes = rec.scores.shape[1]
     names = list(class_names) if class_names is not None else [f"class {k}" for k in range(n_classes)]
+    size = tuple(images.shape[-2:])
+    history = lru_cache(maxsize=None)(rec.history)
+    heatmaps = lru_cache(maxsize=None)(lambda method, start: rec.explanation(method, start).heatmap(size))
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="example")
     target = W.Dropdown(
         options=[(n, k) for k, n in enumerate(names)], value=int(rec.logits[0].argmax()), description="class"
@@ -206,22 +477,54 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     method = W.ToggleButtons(options=method_names(), description="method")
     view = W.ToggleButtons(options=VIEWS, description="layer view")
     layer = W.IntSlider(n_layers - 1, 0, n_layers - 1, description="layer")
-    head = W.IntSlider(0, 0, n_heads - 1, description="head")
+    head = W.IntSlider(0, 0, n_heads - 1, description="head", disabled=True)
     start = W.IntSlider(0, 0, n_layers - 1, description="start_layer")
-    out_methods, out_layer = W.Output(), W.Output()
+    out_methods, out_layer = _image_output(), _image_output()
+    methods_fig = _new_figure((PANEL * (len(method_names()) + 1.3), PANEL * 1.15), live=True)
+    layer_fig = _new_figure((PANEL * 3.6, PANEL * 1.35), live=True)
+    methods_fig._gae_painter = _MethodsPainter(methods_fig, method_names())
+    layer_fig._gae_painter = _LayerPainter(layer_fig)
 
-    def update(*_):
-        kwargs = dict(index=index.value, target=target.value, class_names=names)
-        _show(out_methods, render_methods(rec, images, start_layer=start.value, highlight=method.value, **kwargs))
-        lay = max(layer.value, start.value) if view.value == "relevancy" else layer.value
-        _show(
-            out_layer,
-            render_layer(rec, images, layer=lay, view=view.value, head=head.value, start_layer=start.value, **kwargs),
+    def draw_methods():
+        fig = render_methods(
+            rec,
+            images,
+            index.value,
+            target.value,
+            None,
+            start.value,
+            names,
+            method.value,
+            heatmaps=heatmaps,
+            fig=methods_fig,
         )
+        _show(out_methods, fig)
 
-    for control in (index, target, method, view, layer, head, start):
-        control.observe(update, names="value")
-    update()
+    def draw_layer():
+        lay = max(layer.value, start.value) if view.value == "relevancy" else layer.value
+        fig = render_layer(
+            rec,
+            images,
+            index.value,
+            target.value,
+            lay,
+            view.value,
+            head.value,
+            start.value,
+            names,
+            history=history(start.value),
+            fig=layer_fig,
+        )
+        _show(out_layer, fig)
+
+    wiring = _Wiring(
+        {
+            "methods": ((index, target, method, start), draw_methods),
+            "layer": ((index, target, view, layer, head, start), draw_layer),
+        }
+    )
+    wiring.observe(lambda control: setattr(head, "disabled", view.value != "head"))
+    wiring.redraw()
     return W.VBox(
         [W.HBox([index, target]), method, start, out_methods, W.HBox([view]), W.HBox([layer, head]), out_layer]
     )
@@ -273,6 +576,114 @@ def render_flow(
     return fig
 
 
+def _pair_title(a: str, b: str) -> str:
+    return f"R[{a}, {b}] - I" if a == b else f"R[{a}, {b}]"
+
+
+class _FlowStepPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        self.axes = list(fig.subplots(1, 4))
+        self.images = []
+        for ax, (a, b) in zip(self.axes, PAIRS):
+            self.images.append(ax.imshow(np.zeros((2, 2)), cmap=MATRIX_CMAP, interpolation="nearest"))
+            fig.colorbar(self.images[-1], ax=ax, shrink=0.7)
+            ax.set_title(_pair_title(a, b), fontsize=9)
+            ax.set_xlabel(f"{b} token", fontsize=8)
+            ax.set_ylabel(f"{a} token", fontsize=8)
+
+    def draw(self, maps: Sequence[Tensor], tokens: Sequence[str] | None, pair, title: str) -> None:
+        for ax, image, (a, b), matrix in zip(self.axes, self.images, PAIRS, maps):
+            m = _numpy(matrix)
+            _set_image(image, m)
+            image.set_clim(*_clim(m))
+            for axis, side, ticks in ((ax.yaxis, a, ax.set_yticks), (ax.xaxis, b, ax.set_xticks)):
+                n = m.shape[0] if axis is ax.yaxis else m.shape[1]
+                if side == "text" and tokens is not None:
+                    shown = list(tokens[:n])
+                    ticks(range(len(shown)), shown, fontsize=6, rotation=90 if axis is ax.xaxis else 0)
+                else:
+                    ticks([])
+            chosen = (a, b) == tuple(pair)
+            for spine in ax.spines.values():  # the selected map framed on all four sides
+                spine.set_visible(True)
+                spine.set_linewidth(3 if chosen else 0.8)
+        self.fig.suptitle(title, fontsize=10)
+
+
+def render_flow_step(
+    rec: Recording,
+    index: int = 0,
+    target: int = 0,
+    step: int = -1,
+    pair: tuple[str, str] = ("text", "image"),
+    tokens: Sequence[str] | None = None,
+    *,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """The four maps after one propagation step (self maps minus ``I``), raw values with a colour
+    bar each; the map ``pair`` is framed.
+
+    Args:
+        rec: a recording of a two-modality model.
+        index, target: example and target column.
+        step: an index into :func:`~gae_workbook.views.flow_steps`.
+        pair: the selected map.
+        tokens: the example's text tokens (axis labels).
+        history: ``rec.history()``, when the caller keeps it.
+        fig: a figure this function returned before: updated in place.
+    """
+    history = rec.history() if history is None else history
+    if not -len(history) <= step < len(history):
+        raise ValueError(f"step {step} is out of range (0..{len(history) - 1})")
+    maps = [history[step][p][index, target] for p in PAIRS]  # (Na, Nb) each
+    maps = [shown_matrix(m, "relevancy") if a == b else m for m, (a, b) in zip(maps, PAIRS)]  # self maps: R - I
+    label = flow_steps(rec)[step]
+    painter = _painter(fig, _FlowStepPainter, (PANEL * 4.6, PANEL * 1.4))
+    painter.draw(maps, tokens, pair, f"the four maps after step {step % len(history)} ({label})")
+    return painter.fig
+
+
+def _row_title(rec: Recording, words, index, target, step, pair, token, view, head, target_names) -> str:
+    a, b = pair
+    who = f"'{words[token]}'" if a == "text" and token < len(words) else f"{a} token {token}"
+    name = target_names[target] if target_names is not None else f"target {target}"
+    if view == "relevancy":
+        return f"R[{a}, {b}] row of {who} ({name}), after step {step % len(flow_steps(rec))}"
+    return f"(dA*A)+ of {who} ({name}), layer {step % len(rec.layers)}, head {head}"
+
+
+class _RowImagePainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        ax_in, ax_row = fig.subplots(1, 2)
+        self.input, self.ax_in = ax_in.imshow(np.zeros((2, 2, 3))), ax_in
+        ax_in.set_title("input", fontsize=9)
+        _blank(ax_in)
+        self.row = _GridOverlay(fig, ax_row, "relevance (raw)")
+
+    def draw(self, image: Tensor, grid: np.ndarray, title: str) -> None:
+        _set_image(self.input, to_numpy_image(image))
+        self.row.draw(image, grid, "row over the image regions")
+        self.fig.suptitle(title, fontsize=9)
+
+
+class _RowTextPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        self.ax = fig.subplots()
+
+    def draw(self, words: Sequence[str], values: np.ndarray, title: str) -> None:
+        ax = self.ax
+        ax.cla()
+        ax.bar(range(len(words)), values[: len(words)], color="tab:blue")
+        ax.set_xticks(range(len(words)), words, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("relevance (raw)", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(title, fontsize=9)
+
+
 def render_stream_row(
     rec: Recording,
     images: Tensor,
@@ -285,34 +696,39 @@ def render_stream_row(
     view: str = "relevancy",
     head: int = 0,
     target_names: Sequence[str] | None = None,
-) -> plt.Figure:
-    """One row of one map as what it is about: over the image for image columns (a heatmap on the
-    region grid), over the words for text columns.
+    *,
+    history: list[dict[tuple[str, str], Tensor]] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """One row of one map as what it is about, raw values with a scale: over the image for image
+    columns (the region grid, nearest-neighbour, with a colour bar), as bars over the words for
+    text columns.
 
     Args:
         rec: a recording of a two-modality model whose image tokens form a square grid.
         images: ``(B, 3, H, W)`` the images shown under the heatmaps.
         tokens: the text tokens of every example.
-        index, target, step, pair, token, view, head: see :func:`stream_row`.
+        index, target, step, pair, token, view, head: see :func:`~gae_workbook.views.stream_row`.
         target_names: names of the target columns (the answers).
+        history: ``rec.history()``, when the caller keeps it.
+        fig: a figure this function returned before for the same column modality: updated in place.
     """
-    row = stream_row(rec, index, target, step, pair, token, view, head).float().cpu()
-    a, b = pair
+    row = _numpy(stream_row(rec, index, target, step, pair, token, view, head, history))  # (Nb,)
     words = list(tokens[index])
-    who = f"'{words[token]}'" if a == "text" and token < len(words) else f"{a} token {token}"
-    name = target_names[target] if target_names is not None else f"target {target}"
-    where = f"after step {step % len(rec.history())}" if view == "relevancy" else f"layer {step}, head {head}"
-    title = f"R[{a}, {b}] row of {who} ({name}), {where}" if view == "relevancy" else f"(dA*A)+ of {who}, {where}"
-    if b == "image":
+    title = _row_title(rec, words, index, target, step, pair, token, view, head, target_names)
+    if pair[1] == "image":
         side = math.isqrt(row.shape[-1])
-        heat = grid_heatmap(row, (side, side), tuple(images.shape[-2:]))  # (H, W)
-        fig, axes = plt.subplots(1, 2, figsize=(PANEL * 2.2, PANEL * 1.2), layout="constrained")
-        show_image(axes[0], images[index], "input")
-        overlay(axes[1], images[index], heat, None)
-        fig.suptitle(title, fontsize=9)
-        return fig
-    fig, ax = plt.subplots(figsize=(PANEL * 3.5, 0.9), layout="constrained")
-    plot_token_relevance(ax, words, row[: len(words)], title)
+        painter = _painter(fig, _RowImagePainter, (PANEL * 2.6, PANEL * 1.3))
+        painter.draw(images[index], row.reshape(side, side), title)
+        return painter.fig
+    painter = _painter(fig, _RowTextPainter, (PANEL * 2.6, PANEL * 1.3))
+    painter.draw(words, row, title)
+    return painter.fig
+
+
+def _message_figure(fig: Figure, text: str) -> Figure:
+    fig.clf()
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
     return fig
 
 
@@ -323,76 +739,144 @@ def coattention_explorer(
     target_names: Sequence[str] | None = None,
 ):
     """An ipywidgets explorer of a two-stream recording (record it with ``keep_heads=True`` and the
-    targets to browse): example, target, map, text token, propagation step or layer, head.
+    targets to browse): example, target, map, row token, propagation step, or a layer and head.
+
+    The head view's layer menu lists only the layers that attend the selected map's pair (a
+    text->image cross-attention for ``R[text, image]``), so every choice has a picture.
 
     Returns:
-        An ``ipywidgets.VBox``; display it in a notebook.
+        An ``ipywidgets.VBox``: the controls and two ``ipywidgets.Image`` views (the selected row,
+        then the four maps after the selected step); display it in a notebook.
     """
     import ipywidgets as W
 
-    steps, layers = flow_steps(rec), layer_labels(rec)
+    steps, labels = flow_steps(rec), layer_labels(rec)
     n_targets = rec.scores.shape[1]
     names = list(target_names) if target_names is not None else [f"target {k}" for k in range(n_targets)]
+    history = rec.history()
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="example")
     target = W.Dropdown(options=[(n, k) for k, n in enumerate(names)], value=0, description="target")
-    pair = W.Dropdown(options=[(f"R[{a}, {b}]", (a, b)) for a, b in PAIRS], value=("text", "image"), description="map")
+    pair = W.Dropdown(options=[(_pair_title(a, b), (a, b)) for a, b in PAIRS], value=PAIRS[1], description="map")
     token = W.Dropdown(description="row token")
     view = W.ToggleButtons(options=["relevancy", "head"], description="view")
     step = W.Dropdown(options=[(s, i) for i, s in enumerate(steps)], value=len(steps) - 1, description="after")
-    layer = W.Dropdown(options=[(s, i) for i, s in enumerate(layers)], value=len(layers) - 1, description="layer")
-    head = W.IntSlider(0, 0, rec.layers[-1].attn.shape[1] - 1 if rec.layers[-1].attn is not None else 0)
-    head.description = "head"
-    out_flow, out_row = W.Output(), W.Output()
+    layer = W.Dropdown(description="layer", disabled=True)
+    n_heads = rec.layers[-1].attn.shape[1] if rec.layers[-1].attn is not None else 1
+    head = W.IntSlider(0, 0, n_heads - 1, description="head", disabled=True)
+    out_row, out_maps = _image_output(), _image_output()
+    row_figs = {"image": _new_figure((PANEL * 2.6, PANEL * 1.3), live=True)}
+    row_figs["text"] = _new_figure((PANEL * 2.6, PANEL * 1.3), live=True)
+    row_figs["image"]._gae_painter = _RowImagePainter(row_figs["image"])
+    row_figs["text"]._gae_painter = _RowTextPainter(row_figs["text"])
+    maps_fig = _new_figure((PANEL * 4.6, PANEL * 1.4), live=True)
+    maps_fig._gae_painter = _FlowStepPainter(maps_fig)
+    empty = _new_figure((PANEL * 2.6, PANEL * 0.6), live=True)
 
-    def set_tokens(*_):
+    def set_tokens(keep: int = 0):
         a = pair.value[0]
         n = len(tokens[index.value]) if a == "text" else rec.layout.segment("image").n_tokens
-        labels = list(tokens[index.value]) if a == "text" else [f"region {r}" for r in range(n)]
-        token.options = [(f"{i} {t}", i) for i, t in enumerate(labels)]
-        token.value = 0
+        words = list(tokens[index.value]) if a == "text" else [f"region {r}" for r in range(n)]
+        keep = keep if keep < n else 0
+        token.options = [(f"{i} {t}", i) for i, t in enumerate(words)]
+        token.value = keep
 
-    def update(*_):
-        if token.value is None:
+    def set_layers():
+        attending = layers_attending(rec, pair.value)
+        layer.options = [(labels[i], i) for i in attending]
+        layer.value = attending[-1] if attending else None
+
+    def follow(control):
+        if control is index:
+            set_tokens(keep=token.value or 0)  # the same row of the next example
+        if control is pair:
+            set_tokens()
+        if control is pair:
+            set_layers()
+        relevancy = view.value == "relevancy"
+        step.disabled, layer.disabled, head.disabled = not relevancy, relevancy, relevancy
+
+    def draw_row():
+        if view.value == "head" and layer.value is None:
+            a, b = pair.value
+            _show(out_row, _message_figure(empty, f"no recorded layer attends {a} -> {b}: pick another map"))
             return
-        _show(out_flow, render_flow(rec, index.value, target.value, tokens=tokens[index.value]))
         at = step.value if view.value == "relevancy" else layer.value
-        try:
-            fig = render_stream_row(
-                rec,
-                images,
-                tokens,
-                index.value,
-                target.value,
-                at,
-                pair.value,
-                token.value,
-                view.value,
-                head.value,
-                names,
-            )
-        except ValueError as err:  # a head view of a layer that does not attend this pair
-            with out_row:
-                out_row.clear_output(wait=True)
-                print(err)
-            return
+        column = pair.value[1]
+        fig = render_stream_row(
+            rec,
+            images,
+            tokens,
+            index.value,
+            target.value,
+            at,
+            pair.value,
+            token.value,
+            view.value,
+            head.value,
+            names,
+            history=history,
+            fig=row_figs[column],
+        )
         _show(out_row, fig)
 
-    for control in (index, pair):
-        control.observe(set_tokens, names="value")
-    for control in (index, target, pair, token, view, step, layer, head):
-        control.observe(update, names="value")
+    def draw_maps():
+        fig = render_flow_step(
+            rec,
+            index.value,
+            target.value,
+            step.value,
+            pair.value,
+            tokens[index.value],
+            history=history,
+            fig=maps_fig,
+        )
+        _show(out_maps, fig)
+
     set_tokens()
-    update()
+    set_layers()
+    wiring = _Wiring(
+        {
+            "row": ((index, target, pair, token, view, step, layer, head), draw_row),
+            "maps": ((index, target, pair, step), draw_maps),  # the selected row is drawn above it
+        }
+    )
+    wiring.observe(follow)
+    wiring.redraw()
     return W.VBox(
-        [W.HBox([index, target]), W.HBox([pair, token]), view, W.HBox([step, layer, head]), out_row, out_flow]
+        [W.HBox([index, target]), W.HBox([pair, token]), view, W.HBox([step, layer, head]), out_row, out_maps]
     )
 
 
 # ----------------------------------------------------------------------------- dual encoders
 
 
+class _DualPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        grid = fig.add_gridspec(2, 2, height_ratios=[4, 1])
+        self.ax_in, self.ax_map = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+        self.input = self.ax_in.imshow(np.zeros((2, 2, 3)))
+        self.ax_in.set_title("input", fontsize=9)
+        _blank(self.ax_in)
+        self.grey = self.ax_map.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)
+        self.heat = self.ax_map.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6)
+        fig.colorbar(self.heat, ax=self.ax_map, shrink=0.8, label="min-max per map")
+        _blank(self.ax_map)
+        self.ax_words = fig.add_subplot(grid[1, :])  # last: fig.axes[-1] is the word strip
+
+    def draw(self, image: Tensor, heat: Tensor, words: Sequence[str], text: Tensor, title: str) -> None:
+        _set_image(self.input, to_numpy_image(image))
+        _set_image(self.grey, _grey(image))
+        _set_image(self.heat, _numpy(heat))
+        self.ax_map.set_title(title, fontsize=9)
+        self.ax_words.cla()
+        plot_token_relevance(self.ax_words, words, text)
+        scale = float(text.abs().max()) if len(text) else 0.0
+        self.ax_words.set_title(f"word relevance (min-max; raw max {scale:.2g})", fontsize=8, loc="left")
+
+
 def render_dual_pair(
-    model: nn.Module,
+    model: nn.Module | None,
     images: Tensor,
     texts: dict,
     words: Sequence[Sequence[str]],
@@ -402,12 +886,16 @@ def render_dual_pair(
     image_start_layer: int = 0,
     pixel_values: Tensor | None = None,
     word_offset: int = 1,
-) -> plt.Figure:
+    *,
+    recording: Recording | None = None,
+    towers: Callable[[str, str, int], object] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
     """One (image, caption) pair of a dual encoder: the image tower's map for the pair's similarity
     over the image, and the text tower's word relevance for it.
 
     Args:
-        model: a dual encoder (Hugging Face ``CLIPModel``).
+        model: a dual encoder (Hugging Face ``CLIPModel``); unused when ``recording`` is given.
         images: ``(B_i, 3, H, W)`` images in [0, 1] to show.
         texts: tokenizer output of the captions.
         words: the words of every caption (shown without the special tokens).
@@ -417,22 +905,32 @@ def render_dual_pair(
         image_start_layer: first aggregated image-tower layer.
         pixel_values: what the model takes for ``images`` (default: ``images`` themselves).
         word_offset: token index of the first word (1: after ``[BOS]``).
+        recording: a :func:`~gae_workbook.views.dual_record` of every pair (the explorer records
+            once); None: explain this one pair now.
+        towers: ``(modality, method, start_layer) -> Explanation`` of ``recording``, when cached.
+        fig: a figure this function returned before: updated in place.
     """
-    pixels = images if pixel_values is None else pixel_values
-    one = {k: v[caption : caption + 1] for k, v in texts.items()}
-    dual = explain_dual(
-        model, pixels[image : image + 1], one, method=method, image_start_layer=image_start_layer, pairs="diagonal"
-    )
-    heat = dual.image.heatmap(tuple(images.shape[-2:]))[0]  # (H, W)
-    text = dual.text.relevance["text"][0]  # (L,)
+    if recording is None:
+        pixels = images if pixel_values is None else pixel_values
+        one = {k: v[caption : caption + 1] for k, v in texts.items()}
+        dual = explain_dual(
+            model, pixels[image : image + 1], one, method=method, image_start_layer=image_start_layer, pairs="diagonal"
+        )
+        heat = dual.image.heatmap(tuple(images.shape[-2:]))[0]  # (H, W)
+        text = dual.text.relevance["text"][0]  # (L,)
+        logit = float(dual.logits[0])
+    else:
+        towers = towers or (lambda modality, m, start: dual_tower(recording, modality, m, start))
+        heat = towers("image", method, image_start_layer).heatmap(tuple(images.shape[-2:]))[image, caption]  # (H, W)
+        text = towers("text", method, 0).relevance["text"][caption, image]  # (L,)
+        logit = float(recording.scores[image, caption])
     first = word_offset
-    fig = plt.figure(figsize=(PANEL * 3, PANEL * 1.5), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=[4, 1])
-    show_image(fig.add_subplot(grid[0, 0]), images[image], "input")
+    painter = _painter(fig, _DualPainter, (PANEL * 3, PANEL * 1.5))
     label = method_label(method)
-    overlay(fig.add_subplot(grid[0, 1]), images[image], heat, f"{label}, logit {float(dual.logits[0]):.2f}")
-    plot_token_relevance(fig.add_subplot(grid[1, :]), words[caption], text[first : first + len(words[caption])])
-    return fig
+    painter.draw(
+        images[image], heat, words[caption], text[first : first + len(words[caption])], f"{label}, logit {logit:.2f}"
+    )
+    return painter.fig
 
 
 def dual_explorer(
@@ -444,31 +942,92 @@ def dual_explorer(
 ):
     """An ipywidgets explorer of a dual encoder: image, caption, method, image-tower start layer.
 
+    Every (image, caption) pair is recorded once when the explorer opens; the controls only read it.
+
     Returns:
-        An ``ipywidgets.VBox``; display it in a notebook.
+        An ``ipywidgets.VBox``: the controls and one ``ipywidgets.Image``; display it in a notebook.
     """
     import ipywidgets as W
 
-    n_layers = getattr(getattr(model.config, "vision_config", None), "num_hidden_layers", 1)
+    rec = dual_record(model, images if pixel_values is None else pixel_values, texts)
+    n_layers = len([layer for layer in rec.layers if layer.query == "image"])
+    towers = lru_cache(maxsize=None)(lambda modality, m, start: dual_tower(rec, modality, m, start))
     image = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
     caption = W.Dropdown(options=[(" ".join(w), k) for k, w in enumerate(words)], value=0, description="caption")
     method = W.ToggleButtons(options=method_names(), description="method")
     start = W.IntSlider(0, 0, n_layers - 1, description="start_layer")
-    out = W.Output()
+    out = _image_output()
+    fig = _new_figure((PANEL * 3, PANEL * 1.5), live=True)
+    fig._gae_painter = _DualPainter(fig)
 
-    def update(*_):
-        fig = render_dual_pair(
-            model, images, texts, words, image.value, caption.value, method.value, start.value, pixel_values
+    def draw():
+        render_dual_pair(
+            None,
+            images,
+            texts,
+            words,
+            image.value,
+            caption.value,
+            method.value,
+            start.value,
+            recording=rec,
+            towers=towers,
+            fig=fig,
         )
         _show(out, fig)
 
-    for control in (image, caption, method, start):
-        control.observe(update, names="value")
-    update()
+    wiring = _Wiring({"pair": ((image, caption, method, start), draw)})
+    wiring.observe()
+    wiring.redraw()
     return W.VBox([W.HBox([image, caption]), method, start, out])
 
 
 # ----------------------------------------------------------------------------- seq2seq explorer
+
+
+def _row_normalised(matrix: Tensor, rows: int, columns: int) -> np.ndarray:
+    m = matrix.detach().float().cpu()[:rows, :columns]  # (T, S)
+    return normalize_maps(m[:, None, :])[:, 0].numpy()
+
+
+class _AlignmentPanel:
+    """A seaborn alignment heatmap made once; later draws replace its values and move the frame."""
+
+    def __init__(self, ax: plt.Axes):
+        self.ax, self.mesh, self.frame = ax, None, None
+
+    def draw(self, matrix: Tensor, source: Sequence[str], target: Sequence[str], title: str, step: int) -> None:
+        shape = (min(len(target), matrix.shape[0]), min(len(source), matrix.shape[1]))
+        if self.mesh is None or self.mesh.get_array().shape != shape:
+            self.ax.cla()
+            self.mesh = plot_alignment(self.ax, matrix, source, target, title, highlight=step)
+            self.frame = self.ax.patches[-1]
+        self.mesh.set_array(_row_normalised(matrix, *shape))
+        self.frame.set_y(step)
+        self.ax.set_title(title, fontsize=9)
+
+
+class _TranslationPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        grid = fig.add_gridspec(2, 2, height_ratios=[5, 1])
+        self.rel = _AlignmentPanel(fig.add_subplot(grid[0, 0]))
+        self.att = _AlignmentPanel(fig.add_subplot(grid[0, 1]))
+        self.ax_prefix = fig.add_subplot(grid[1, :])
+        self.bar = None
+
+    def draw(self, source, target, relevance, raw, prefix_words, prefix, step, label) -> None:
+        scale = float(relevance[step].abs().max())
+        self.rel.draw(relevance, source, target, f"{label}: source relevance (framed row's raw max {scale:.2g})", step)
+        self.att.draw(raw, source, target, "last cross-attention, head mean", step)
+        if self.bar is None:
+            self.bar = self.fig.colorbar(
+                self.att.mesh, ax=[self.rel.ax, self.att.ax], shrink=0.6, label="min-max per row"
+            )
+        self.ax_prefix.cla()
+        plot_token_relevance(
+            self.ax_prefix, prefix_words, prefix, f"prefix relevance of '{target[step]}' (decoder inputs)"
+        )
 
 
 def render_translation(
@@ -479,7 +1038,10 @@ def render_translation(
     method: str = "gae",
     step: int = 0,
     start_layer: int = 0,
-) -> plt.Figure:
+    *,
+    explanations: Callable[[str, int], object] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
     """Token-by-token source relevance of ``method`` (generated x source) beside the last cross-attention,
     and the selected token's prefix relevance (its row of ``R[target, target]``).
 
@@ -491,22 +1053,43 @@ def render_translation(
         method: ``gae`` or a baseline.
         step: the selected generated token (framed; its prefix relevance is shown).
         start_layer: first aggregated layer for ``gae``.
+        explanations: ``(method, start_layer) -> Explanation`` of ``rec``, when the caller caches them.
+        fig: a figure this function returned before: updated in place.
     """
     if not 0 <= step < len(target_tokens):
         raise ValueError(f"step {step} is out of range for {len(target_tokens)} generated tokens")
-    exp = rec.explanation(method, start_layer)
+    exp = (explanations or rec.explanation)(method, start_layer)
     source = exp.relevance["source"][index]  # (K, S)
     prefix = exp.relevance["target"][index, step, : step + 1]  # (t + 1,)
-    fig = plt.figure(figsize=(PANEL * 4.2, PANEL * 2.2), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=[5, 1])
-    ax_rel, ax_att, ax_prefix = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
-    label = method_label(method)
-    plot_alignment(ax_rel, source, source_tokens, target_tokens, f"{label}: source relevance", highlight=step)
-    raw = cross_attention_matrix(rec, index)
-    plot_alignment(ax_att, raw, source_tokens, target_tokens, "last cross-attention, head mean", highlight=step)
     inputs = ["<start>", *target_tokens][: step + 1]  # decoder inputs up to step t
-    plot_token_relevance(ax_prefix, inputs, prefix, f"prefix relevance of '{target_tokens[step]}' (decoder inputs)")
-    return fig
+    painter = _painter(fig, _TranslationPainter, (PANEL * 4.2, PANEL * 2.2))
+    painter.draw(
+        source_tokens,
+        target_tokens,
+        source,
+        cross_attention_matrix(rec, index),
+        inputs,
+        prefix,
+        step,
+        method_label(method),
+    )
+    return painter.fig
+
+
+class _TranslationLayerPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        axes = fig.subplots(1, 2)
+        self.att, self.cam = _AlignmentPanel(axes[0]), _AlignmentPanel(axes[1])
+        self.bar = None
+
+    def draw(self, source, target, attn, cam, step, titles) -> None:
+        self.att.draw(attn, source, target, titles[0], step)
+        self.cam.draw(cam, source, target, titles[1], step)
+        if self.bar is None:
+            self.bar = self.fig.colorbar(
+                self.cam.mesh, ax=[self.att.ax, self.cam.ax], shrink=0.6, label="min-max per row"
+            )
 
 
 def render_translation_layer(
@@ -517,8 +1100,12 @@ def render_translation_layer(
     step: int = 0,
     layer: int = -1,
     head: int | None = None,
-) -> plt.Figure:
-    """One decoder layer's cross-attention (one head or the mean) and its Eq. 5 map for token ``step``."""
+    *,
+    fig: Figure | None = None,
+) -> Figure:
+    """One decoder layer's cross-attention (one head or the mean) and its Eq. 5 map for token ``step``.
+
+    ``fig``: a figure this function returned before: updated in place."""
     cross = [entry for entry in rec.layers if entry.kind == "cross"]
     attn = cross_attention_matrix(rec, index, layer, head)  # (T, S)
     chosen = cross[layer]
@@ -526,14 +1113,12 @@ def render_translation_layer(
         cam = chosen.attn_bar[index, step]  # (T, S) Eq. 5: mean over heads of (dA * A)+
     else:
         cam = head_relevance(chosen.attn[index, head], chosen.grad[index, step, head])  # (T, S)
-    fig, axes = plt.subplots(1, 2, figsize=(PANEL * 4.2, PANEL * 1.8), layout="constrained")
     which = "head mean" if head is None else f"head {head}"
     number = layer % len(cross)
-    plot_alignment(axes[0], attn, source_tokens, target_tokens, f"cross-attention {number}, {which}", highlight=step)
-    plot_alignment(
-        axes[1], cam, source_tokens, target_tokens, f"(dA*A)+ for '{target_tokens[step]}', {which}", highlight=step
-    )
-    return fig
+    titles = (f"cross-attention {number}, {which}", f"(dA*A)+ for '{target_tokens[step]}', {which}")
+    painter = _painter(fig, _TranslationLayerPainter, (PANEL * 4.2, PANEL * 1.8))
+    painter.draw(source_tokens, target_tokens, attn, cam, step, titles)
+    return painter.fig
 
 
 def translation_explorer(
@@ -547,30 +1132,41 @@ def translation_explorer(
         generated: ``(1, 1 + T)`` start token + generated tokens.
         source_tokens: the S source tokens.
         target_tokens: the T generated tokens.
+
+    Returns:
+        An ``ipywidgets.VBox``: the controls and two ``ipywidgets.Image`` views.
     """
     import ipywidgets as W
 
     rec = record_generation(model, inputs, generated, keep_heads=True)
+    explanations = lru_cache(maxsize=None)(rec.explanation)
     cross = [entry for entry in rec.layers if entry.kind == "cross"]
     methods = method_names()
-    step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], description="token")
+    step = W.Dropdown(options=[(f"{t}: {w}", t) for t, w in enumerate(target_tokens)], value=0, description="token")
     method = W.ToggleButtons(options=methods, description="method")
     layer = W.IntSlider(len(cross) - 1, 0, len(cross) - 1, description="cross layer")
     head = W.Dropdown(options=_head_options(cross[-1].attn.shape[1]), value=MEAN_HEAD, description="head")
-    out_methods, out_layer = W.Output(), W.Output()
+    out_methods, out_layer = _image_output(), _image_output()
+    methods_fig = _new_figure((PANEL * 4.2, PANEL * 2.2), live=True)
+    methods_fig._gae_painter = _TranslationPainter(methods_fig)
+    layer_fig = _new_figure((PANEL * 4.2, PANEL * 1.8), live=True)
+    layer_fig._gae_painter = _TranslationLayerPainter(layer_fig)
 
-    def update(*_):
-        _show(out_methods, render_translation(rec, source_tokens, target_tokens, method=method.value, step=step.value))
-        _show(
-            out_layer,
-            render_translation_layer(
-                rec, source_tokens, target_tokens, step=step.value, layer=layer.value, head=_head(head.value)
-            ),
+    def draw_methods():
+        fig = render_translation(
+            rec, source_tokens, target_tokens, 0, method.value, step.value, explanations=explanations, fig=methods_fig
         )
+        _show(out_methods, fig)
 
-    for control in (step, method, layer, head):
-        control.observe(update, names="value")
-    update()
+    def draw_layer():
+        fig = render_translation_layer(
+            rec, source_tokens, target_tokens, 0, step.value, layer.value, _head(head.value), fig=layer_fig
+        )
+        _show(out_layer, fig)
+
+    wiring = _Wiring({"methods": ((step, method), draw_methods), "layer": ((step, layer, head), draw_layer)})
+    wiring.observe()
+    wiring.redraw()
     return W.VBox([W.HBox([step]), method, out_methods, W.HBox([layer, head]), out_layer])
 
 
@@ -579,9 +1175,11 @@ def translation_explorer(
 # object query ``rec.extra["queries"][b][k]``); the callbacks below show one of them.
 
 
-def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> None:
+def _draw_box(ax: plt.Axes, box: Tensor, colour: str = "cyan") -> plt.Rectangle:
     x0, y0, x1, y1 = (float(v) for v in box)
-    ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+    return ax.add_patch(
+        plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5)
+    )
 
 
 def _detr_name(rec: Recording, index: int, detection: int, class_names: Sequence[str] | None) -> str:
@@ -591,25 +1189,110 @@ def _detr_name(rec: Recording, index: int, detection: int, class_names: Sequence
     return f"{name} ({score:.2f})"
 
 
+def _n_detections(rec: Recording, index: int) -> int:
+    return len([q for q in rec.extra["queries"][index] if q >= 0])
+
+
+class _DetectionsPainter(_Painter):
+    def __init__(self, fig: Figure, n_panels: int):
+        super().__init__(fig)
+        self.axes = list(fig.subplots(1, n_panels + 1, squeeze=False)[0])
+        self.input = self.axes[0].imshow(np.zeros((2, 2, 3)))
+        self.grey, self.heat = [], []
+        for ax in self.axes[1:]:
+            self.grey.append(ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1))
+            self.heat.append(ax.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6))
+        for ax in self.axes:
+            _blank(ax)
+        self.boxes: list = []
+
+    def draw(self, image: Tensor, heats: Tensor, boxes: Tensor, names: Sequence[str]) -> None:
+        for box in self.boxes:
+            box.remove()
+        self.boxes = []
+        _set_image(self.input, to_numpy_image(image))
+        n = len(names)
+        self.axes[0].set_title("detections" if n else "no confident detection", fontsize=9)
+        grey = _grey(image)
+        for k, (ax, g, h) in enumerate(zip(self.axes[1:], self.grey, self.heat)):
+            ax.set_visible(k < n)
+            if k >= n:
+                continue
+            _set_image(g, grey)
+            _set_image(h, _numpy(heats[k]))
+            ax.set_title(names[k], fontsize=8)
+            self.boxes += [_draw_box(self.axes[0], boxes[k]), _draw_box(ax, boxes[k])]
+
+
 def render_detections(
     rec: Recording,
     images: Tensor,
     index: int = 0,
     method: str = "gae",
     class_names: Sequence[str] | None = None,
-) -> plt.Figure:
-    """Every explained detection of image ``index``: its map (row k of ``R[query, image]``) beside its box."""
+    *,
+    heatmaps: Callable[[str], Tensor] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """Every explained detection of image ``index``: its map (row k of ``R[query, image]``) beside its box.
+
+    Args:
+        heatmaps: ``method -> (B, K, H, W)`` maps of ``rec``, when the caller caches them.
+        fig: a figure this function returned before (made for at least as many detections): updated in place.
+    """
     size = tuple(images.shape[-2:])
-    n = len([q for q in rec.extra["queries"][index] if q >= 0])
-    heat = rec.explanation(method).heatmap(size)[index]  # (K, H, W)
+    n = _n_detections(rec, index)
+    heat = (heatmaps or (lambda m: rec.explanation(m).heatmap(size)))(method)[index]  # (K, H, W)
     boxes = detr_boxes(rec, size)[index]  # (K, 4)
-    fig, axes = plt.subplots(1, n + 1, figsize=(PANEL * (n + 1), PANEL * 1.15), squeeze=False, layout="constrained")
-    show_image(axes[0, 0], images[index], "detections")
-    for k in range(n):
-        _draw_box(axes[0, 0], boxes[k])
-        overlay(axes[0, k + 1], images[index], heat[k], _detr_name(rec, index, k, class_names))
-        _draw_box(axes[0, k + 1], boxes[k])
-    return fig
+    painter = _painter(fig, _DetectionsPainter, (PANEL * (n + 1), PANEL * 1.15), n)
+    painter.draw(images[index], heat, boxes, [_detr_name(rec, index, k, class_names) for k in range(n)])
+    return painter.fig
+
+
+class _DetrQueryPainter(_Painter):
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        self.axes = list(fig.subplots(1, 3))
+
+    def draw(self, image, heat, box, name, label, mixing, q, row, layer_title, image_keys, grid) -> None:
+        for ax in self.axes:
+            ax.cla()
+        grey = _grey(image)
+        ax = self.axes[0]
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_numpy(heat), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6)
+        _blank(ax)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(name, fontsize=8)
+        _draw_box(ax, box)
+        ax = self.axes[1]
+        colours = ["tab:orange" if j == q else "tab:blue" for j in range(len(mixing))]
+        ax.bar(range(len(mixing)), _numpy(mixing), color=colours)
+        ax.set_title(f"R[query, query] - I, row {q}", fontsize=9)
+        ax.set_xlabel("object query (orange: this one)", fontsize=8)
+        ax = self.axes[2]
+        values = _numpy(row)
+        if image_keys:
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+            low, high = _clim(values)
+            ax.imshow(
+                values.reshape(grid),
+                cmap=HEATMAP_CMAP,
+                alpha=0.65,
+                interpolation="nearest",
+                extent=_extent(*grey.shape),
+                vmin=low,
+                vmax=high,
+            )
+            ax.set_xlim(-0.5, grey.shape[1] - 0.5)
+            ax.set_ylim(grey.shape[0] - 0.5, -0.5)
+            _blank(ax)
+            _draw_box(ax, box)
+            layer_title += f" (max {high:.2g})"
+        else:
+            ax.bar(range(len(values)), values)
+            ax.set_xlabel("object query", fontsize=8)
+        ax.set_title(layer_title, fontsize=9)
 
 
 def render_detr_query(
@@ -622,37 +1305,46 @@ def render_detr_query(
     head: int | None = None,
     view: str = "attention",
     class_names: Sequence[str] | None = None,
-) -> plt.Figure:
-    """One detection: the method's map with the box, ``R[query, query]`` row (how the decoder mixed
-    the queries), and one decoder layer's row for this query (image grid for cross-attention,
-    queries for self-attention)."""
+    *,
+    heatmaps: Callable[[str], Tensor] | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """One detection: the method's map with the box, the ``R[query, query] - I`` row (what the
+    decoder's self-attention mixed in from the other queries; the identity start is taken out, as
+    for every self map), and one decoder layer's row for this query (raw values: the image grid for
+    cross-attention, bars over the queries for self-attention).
+
+    Args:
+        heatmaps: ``method -> (B, K, H, W)`` maps of ``rec``, when the caller caches them.
+        fig: a figure this function returned before: updated in place.
+    """
     size = tuple(images.shape[-2:])
     q = detr_slot(rec, index, detection)
-    exp = rec.explanation(method)
+    heat = (heatmaps or (lambda m: rec.explanation(m).heatmap(size)))(method)[index, detection]  # (H, W)
     box = detr_boxes(rec, size)[index, detection]
-    fig, axes = plt.subplots(1, 3, figsize=(PANEL * 3.4, PANEL * 1.15), layout="constrained")
-    overlay(axes[0], images[index], exp.heatmap(size)[index, detection], f"{method_label(method)}")
-    _draw_box(axes[0], box)
-    axes[0].set_xlabel(_detr_name(rec, index, detection, class_names))
-    mixing = rec.explanation("gae").relevance["query"][index, detection].detach().cpu()  # (Q,)
-    axes[1].bar(
-        range(len(mixing)), mixing.numpy(), color=["tab:orange" if j == q else "tab:blue" for j in range(len(mixing))]
-    )
-    axes[1].set_title(f"R[query, query], row {q}")
-    axes[1].set_xlabel("object query")
+    mixing = rec.explanation("gae").relevance["query"][index, detection].detach().cpu().clone()  # (Q,)
+    mixing[q] -= 1.0  # R starts at I: the query's own 1
     row = detr_layer_map(rec, index, detection, layer, view, head).detach().cpu()
     chosen_layer = rec.layers[layer]
     what = "mean over heads" if head is None else f"head {head}"
     title = f"layer {layer % len(rec.layers)} {chosen_layer.kind}, {view}\n{what}"
-    if chosen_layer.key == "image":
-        grid = rec.layout.segment("image").grid
-        overlay(axes[2], images[index], grid_heatmap(row, grid, size), title)
-        _draw_box(axes[2], box)
-    else:
-        axes[2].bar(range(len(row)), row.numpy())
-        axes[2].set_title(title)
-        axes[2].set_xlabel("object query")
-    return fig
+    image_keys = chosen_layer.key == "image"
+    grid = rec.layout.segment("image").grid if image_keys else None
+    painter = _painter(fig, _DetrQueryPainter, (PANEL * 3.4, PANEL * 1.15))
+    painter.draw(
+        images[index],
+        heat,
+        box,
+        _detr_name(rec, index, detection, class_names),
+        method_label(method),
+        mixing,
+        q,
+        row,
+        title,
+        image_keys,
+        grid,
+    )
+    return painter.fig
 
 
 def detr_explorer(
@@ -671,10 +1363,15 @@ def detr_explorer(
         class_names: names of the classes.
         target: explained queries (see :class:`gae_utils.targets.QueryTarget`); None: the
             confident detections.
+
+    Returns:
+        An ``ipywidgets.VBox``: the controls and two ``ipywidgets.Image`` views.
     """
     import ipywidgets as W
 
     rec = explore_detr(model, pixel_values, target)
+    size = tuple(images.shape[-2:])
+    heatmaps = lru_cache(maxsize=None)(lambda m: rec.explanation(m).heatmap(size))
     decoder = [i for i, layer in enumerate(rec.layers) if layer.query == "query"]
     n_heads = rec.layers[decoder[-1]].attn.shape[1]
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
@@ -683,35 +1380,48 @@ def detr_explorer(
     layer = W.SelectionSlider(options=decoder, value=decoder[-1], description="decoder layer")
     head = W.Dropdown(options=_head_options(n_heads), value=MEAN_HEAD, description="head")
     view = W.ToggleButtons(options=LAYER_VIEWS_DETR, description="layer view")
-    out_all, out_one = W.Output(), W.Output()
+    out_all, out_one = _image_output(), _image_output()
+    most = max(_n_detections(rec, b) for b in range(images.shape[0]))
+    all_fig = _new_figure((PANEL * (most + 1), PANEL * 1.15), live=True)
+    all_fig._gae_painter = _DetectionsPainter(all_fig, most)
+    one_fig = _new_figure((PANEL * 3.4, PANEL * 1.15), live=True)
+    one_fig._gae_painter = _DetrQueryPainter(one_fig)
+    empty = _new_figure((PANEL * 3.4, PANEL * 0.6), live=True)
 
-    def refresh_detections(*_):
-        n = len([q for q in rec.extra["queries"][index.value] if q >= 0])
+    def refresh_detections(control=None):
+        if control is not None and control is not index:
+            return
+        n = _n_detections(rec, index.value)
         detection.options = [(_detr_name(rec, index.value, k, class_names), k) for k in range(n)]
         detection.value = 0 if n else None  # ipywidgets selects nothing when options are assigned
 
-    def update(*_):
-        if detection.value is None:
-            return
-        _show(out_all, render_detections(rec, images, index.value, method.value, class_names))
-        _show(
-            out_one,
-            render_detr_query(
-                rec,
-                images,
-                index.value,
-                detection.value,
-                method.value,
-                layer.value,
-                _head(head.value),
-                view.value,
-                class_names,
-            ),
-        )
+    def draw_all():
+        fig = render_detections(rec, images, index.value, method.value, class_names, heatmaps=heatmaps, fig=all_fig)
+        _show(out_all, fig)
 
-    refresh_detections()  # before the observers: the first figures are drawn once, by update() below
-    index.observe(refresh_detections, names="value")
-    for control in (index, detection, method, layer, head, view):
-        control.observe(update, names="value")
-    update()
+    def draw_one():
+        if detection.value is None:
+            _show(out_one, _message_figure(empty, f"image {index.value} has no confident detection"))
+            return
+        fig = render_detr_query(
+            rec,
+            images,
+            index.value,
+            detection.value,
+            method.value,
+            layer.value,
+            _head(head.value),
+            view.value,
+            class_names,
+            heatmaps=heatmaps,
+            fig=one_fig,
+        )
+        _show(out_one, fig)
+
+    refresh_detections()
+    wiring = _Wiring(
+        {"all": ((index, method), draw_all), "one": ((index, detection, method, layer, head, view), draw_one)}
+    )
+    wiring.observe(refresh_detections)
+    wiring.redraw()
     return W.VBox([W.HBox([index, detection]), method, out_all, W.HBox([layer, head]), view, out_one])

@@ -1,6 +1,9 @@
 """Explorer callbacks and figure helpers: pure functions returning figures with the right content."""
 
+import io
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_timm_vit
@@ -58,10 +61,41 @@ def test_render_layer_draws_the_chosen_matrix(setup, view):
     fig = widgets.render_layer(rec, images, index=1, target=2, layer=1, view=view, head=3)
     axes = fig.axes
     matrix = views.layer_matrix(rec, 1, 2, 1, view, head=3)
-    shown = axes[2].images[0].get_array()
-    assert torch.allclose(torch.as_tensor(shown.data), matrix.float())
+    shown = matrix
+    if view == "relevancy":  # what layer 1 added: Abar_1 @ R_0 (Eq. 6)
+        shown = matrix - views.layer_matrix(rec, 1, 2, 0, view)
+        torch.testing.assert_close(shown, rec.layers[1].attn_bar[1, 2] @ views.layer_matrix(rec, 1, 2, 0, view))
+    drawn = axes[2].images[0].get_array()
+    assert torch.allclose(torch.as_tensor(drawn.data), shown.float())
+    assert axes[2].images[0].get_clim() == pytest.approx((min(0.0, float(shown.min())), float(shown.max())))
+    row = torch.as_tensor(axes[1].images[1].get_array().data)  # the explained row on the patch grid, raw
+    torch.testing.assert_close(row, views.readout_grid(rec.layout, matrix))  # R's and R - I's agree there
     assert "layer 1" in axes[1].get_title()
+    assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 2
     plt.close(fig)
+
+
+def test_render_layer_in_place_equals_a_fresh_figure(setup):
+    vit, images, rec = setup
+    kept = widgets.render_layer(rec, images, index=0, target=1, layer=2, view="attn_bar")
+    widgets.render_layer(rec, images, index=1, target=3, layer=0, view="relevancy", fig=kept)
+    fresh = widgets.render_layer(rec, images, index=1, target=3, layer=0, view="relevancy")
+    assert (_pixels(widgets.figure_png(kept)) == _pixels(widgets.figure_png(fresh))).all()
+    with pytest.raises(ValueError, match="not made by this render function"):
+        widgets.render_methods(rec, images, fig=kept)
+    plt.close("all")
+
+
+def test_layer_changes_are_visible_in_the_relevancy_view(setup):
+    """R itself is dominated by its identity diagonal; what each layer added, with a raw colour bar, shows it."""
+    vit, images, rec = setup
+    drawn = [
+        _pixels(widgets.figure_png(widgets.render_layer(rec, images, 0, 1, layer, "relevancy")))
+        for layer in range(len(rec.layers))
+    ]
+    for before, after in zip(drawn, drawn[1:]):
+        assert _changed(before, after) > 0.01
+    plt.close("all")
 
 
 def test_render_methods_and_steps(setup):
@@ -79,14 +113,185 @@ def test_render_methods_and_steps(setup):
     plt.close(fig)
 
 
-def test_explorer_builds_and_reacts(setup):
-    pytest.importorskip("ipywidgets")
+# ----------------------------------------------------------------------------- the explorers as drawn
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    """A PNG as an ``(H, W, 4)`` float array."""
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(png), format="png")
+
+
+def _changed(before: np.ndarray, after: np.ndarray) -> float:
+    """Fraction of pixels that changed visibly (any channel by more than 2 % of its range)."""
+    if before.shape != after.shape:
+        return 1.0
+    return float((np.abs(before - after).max(-1) > 0.02).mean())
+
+
+def _parts(box) -> tuple[list, dict]:
+    """An explorer's ``Image`` views (in page order) and its controls by description."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    images, controls, stack = [], {}, [box]
+    while stack:
+        widget = stack.pop(0)
+        if isinstance(widget, ipywidgets.Image):
+            images.append(widget)
+        elif isinstance(widget, ipywidgets.Box):
+            stack = list(widget.children) + stack
+        elif getattr(widget, "description", ""):
+            controls[widget.description] = widget
+    return images, controls
+
+
+def _assert_picture(image) -> np.ndarray:
+    """The view holds a drawn figure: a PNG of figure size with many colours (heatmaps, not a blank page)."""
+    assert image.format == "png" and image.value[:4] == b"\x89PNG"
+    pixels = _pixels(image.value)
+    assert pixels.shape[0] > 150 and pixels.shape[1] > 300
+    colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 200, f"only {len(colours)} colours: not a heatmap figure"
+    return pixels
+
+
+def _move(control, value, images) -> list[float]:
+    """Set a control; the visible change of every view."""
+    before = [_pixels(image.value) for image in images]
+    control.value = value
+    return [_changed(b, _pixels(image.value)) for b, image in zip(before, images)]
+
+
+def test_vit_explorer_draws_on_opening_and_each_control_redraws_its_view(setup):
     vit, images, _ = setup
     box = widgets.explorer(vit, images, class_names=[f"c{k}" for k in range(7)])
-    controls = [w for row in box.children for w in (row.children if hasattr(row, "children") else [row])]
-    layer = next(w for w in controls if getattr(w, "description", "") == "layer")
-    layer.value = 0  # triggers a re-render without error
-    assert layer.value == 0
+    (methods, layer_view), controls = _parts(box)
+    for image in (methods, layer_view):
+        _assert_picture(image)
+    layer, view, head = controls["layer"], controls["layer view"], controls["head"]
+    assert layer.value == 2 and view.value == "relevancy" and head.disabled
+    for value in (1, 0, 2):  # every layer step changes the drawn R - I visibly; the methods row is not redrawn
+        moved = _move(layer, value, [methods, layer_view])
+        assert moved[0] == 0 and moved[1] > 0.01, moved
+    for value in ("attn_bar", "head", "relevancy"):  # every layer view, at the default layer
+        moved = _move(view, value, [layer_view])
+        assert moved[0] > 0.01 and head.disabled == (value != "head")
+        _assert_picture(layer_view)
+    moved = _move(controls["class"], 4, [methods, layer_view])
+    assert min(moved) > 0.01
+    moved = _move(controls["method"], "rollout", [methods, layer_view])
+    assert moved[0] > 0 and moved[1] == 0  # the frame moves to another panel
+    moved = _move(controls["start_layer"], 1, [methods, layer_view])
+    assert min(moved) > 0.01
+
+
+def _coattention():
+    from test_coattention import inputs, tiny_lxmert
+
+    model = tiny_lxmert()
+    x = inputs(batch=2, regions=4)
+    rec = gu.record(model, x, target=torch.tensor([[0, 1], [2, 3]]), keep_heads=True)
+    tokens = [["[CLS]", "what", "colour", "is", "it", "[SEP]"]] * 2
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return rec, images, tokens
+
+
+def test_coattention_explorer_offers_only_layers_that_attend_the_selected_map():
+    rec, images, tokens = _coattention()
+    box = widgets.coattention_explorer(rec, images, tokens, target_names=["yes", "no"])
+    (row, maps), controls = _parts(box)
+    for image in (row, maps):
+        _assert_picture(image)
+    pair, view, layer, step, head = (controls[d] for d in ("map", "view", "layer", "after", "head"))
+    assert pair.value == ("text", "image") and view.value == "relevancy" and layer.disabled and head.disabled
+    assert [rec.layers[i].kind for _, i in layer.options] == ["cross", "cross"]  # the text->image layers
+    _move(view, "head", [row])
+    assert not layer.disabled and step.disabled
+    for p in views.PAIRS:  # every map: the layer menu follows it, and the head view draws a figure
+        moved = _move(pair, p, [row, maps])
+        attending = [v for _, v in layer.options]
+        assert attending == views.layers_attending(rec, p) and attending and layer.value == attending[-1]
+        assert all((rec.layers[i].query, rec.layers[i].key) == p for i in attending)
+        _assert_picture(row)
+        assert moved[1] > 0.001  # the frame moves to the selected map
+    pair.value = ("text", "image")
+    first, last = (v for _, v in layer.options)
+    assert _move(layer, first, [row])[0] > 0.01
+    assert _move(head, 1, [row])[0] > 0.01
+    _move(view, "relevancy", [row])
+    assert _move(step, 0, [row, maps])[1] > 0.01
+    assert min(_move(pair, ("image", "image"), [row, maps])) > 0.01
+    assert _move(controls["row token"], 2, [row, maps])[1] == 0  # one row: only the row view is redrawn
+
+
+def test_render_flow_step_frames_the_map_and_subtracts_the_identity():
+    rec, images, tokens = _coattention()
+    fig = widgets.render_flow_step(rec, index=1, target=1, step=-1, pair=("image", "text"), tokens=tokens[1])
+    history = rec.history()
+    for ax, (a, b) in zip(fig.axes[:4], views.PAIRS):
+        expected = history[-1][(a, b)][1, 1]
+        if a == b:
+            expected = expected - torch.eye(expected.shape[-1])
+        torch.testing.assert_close(torch.as_tensor(ax.images[0].get_array().data), expected)
+        assert (ax.spines["top"].get_linewidth() == 3) == ((a, b) == ("image", "text"))
+    plt.close(fig)
+
+
+def test_dual_explorer_records_once_and_matches_explain_dual():
+    from test_dual import CAPTIONS, tiny_clip, tokenized
+
+    from gae_utils.dual import explain_dual
+
+    model = tiny_clip()
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    texts = tokenized(CAPTIONS)
+    words = [["a", "b"], ["c", "d", "e", "f"], ["g"]]
+    rec = views.dual_record(model, images, texts)
+    one = explain_dual(model, images[2:3], {k: v[1:2] for k, v in texts.items()}, pairs="diagonal")
+    image_tower, text_tower = views.dual_tower(rec, "image"), views.dual_tower(rec, "text")
+    torch.testing.assert_close(image_tower.relevance["image"][2, 1], one.image.relevance["image"][0])
+    torch.testing.assert_close(text_tower.relevance["text"][1, 2], one.text.relevance["text"][0])
+    box = widgets.dual_explorer(model, images, texts, words)
+    (view,), controls = _parts(box)
+    _assert_picture(view)
+    assert controls["start_layer"].max == 2  # the image tower's 3 layers
+    for name, value in (("caption", 1), ("image", 2), ("method", "rollout"), ("start_layer", 1)):
+        assert _move(controls[name], value, [view])[0] > 0.01, name
+
+
+def test_translation_explorer_draws_and_redraws():
+    from test_seq2seq import batch, tiny_marian
+
+    model = tiny_marian()
+    inputs, generated = batch()
+    src, tgt = [f"s{i}" for i in range(7)], [f"t{i}" for i in range(5)]
+    box = widgets.translation_explorer(model, {k: v[:1] for k, v in inputs.items()}, generated[:1], src, tgt)
+    (methods, layer_view), controls = _parts(box)
+    for image in (methods, layer_view):
+        _assert_picture(image)
+    assert min(_move(controls["token"], 3, [methods, layer_view])) > 0.005
+    assert _move(controls["method"], "rollout", [methods, layer_view])[1] == 0
+    assert _move(controls["head"], 1, [methods, layer_view])[0] == 0
+    assert _move(controls["cross layer"], 0, [layer_view])[0] > 0.01
+
+
+def test_detr_explorer_draws_and_redraws():
+    from test_detr import tiny_detr
+
+    from shapesworld.inputs import detr_pixels
+
+    model = tiny_detr(confident_class=2)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    box = widgets.detr_explorer(model, detr_pixels(images), images)
+    (all_view, one_view), controls = _parts(box)
+    for image in (all_view, one_view):
+        _assert_picture(image)
+    assert controls["detection"].value == 0
+    assert _move(controls["detection"], 3, [all_view, one_view])[1] > 0.01
+    decoder = list(controls["decoder layer"].options)
+    assert _move(controls["decoder layer"], decoder[0], [one_view])[0] > 0.01
+    assert min(_move(controls["image"], 1, [all_view, one_view])) > 0.01
+    assert controls["detection"].value == 0
 
 
 def test_save_figure_writes_png_and_pdf(tmp_path):
