@@ -173,7 +173,7 @@ def explain_generation(
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: the generated tokens to explain (default all T); step ``t`` is token ``t`` given
             everything before it (teacher forcing).
-        score: ``"logit"`` (method.md) or ``"log_prob"`` (the logit minus the log-sum-exp of the
+        score: ``"logit"`` (docs/rules.md) or ``"log_prob"`` (the logit minus the log-sum-exp of the
             step's logits: what raises this token *against the other tokens*).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).

@@ -4,7 +4,7 @@ A relevancy map ``R[a, b]`` has one row per token of modality ``a`` and one colu
 modality ``b``. What a user wants is one row of it (the token the model pools, e.g. CLS) over
 the *content* tokens of a modality (image patches, words), without prefix tokens (CLS,
 distillation, register tokens). A :class:`TokenLayout` holds these facts as data, so that the
-engine never branches on the architecture (method.md, "Reading the answer").
+engine never branches on the architecture (docs/rules.md, "Reading the explanation").
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _sizes(layers: Sequence[LayerRecord]) -> dict[str, int]:
 
 
 def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tensor) -> Maps:
-    """``R[x, x] = I`` and ``R[x, y] = 0`` for every ordered pair of modalities (method.md)."""
+    """``R[x, x] = I`` and ``R[x, y] = 0`` for every ordered pair of modalities (docs/rules.md)."""
     maps = {}
     for a, na in sizes.items():
         for b, nb in sizes.items():
@@ -98,7 +98,7 @@ def propagate(
 
     Layers of one co-attention group (same ``group`` id, adjacent) are applied simultaneously:
     every addition of the group is computed from the maps as they were before the group, then all
-    are added (method.md, the LXMERT cross-modality layer).
+    are added (docs/rules.md, the LXMERT cross-modality layer).
 
     Args:
         layers: recorded layers in forward order.
@@ -137,7 +137,7 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
 
     Eq. 6 applied in order gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried
     from the last layer to the first, ``v <- v + v @ Abar_l``: N vector-matrix products instead of N
-    matrix-matrix products, and no ``N x N`` map is built (method.md, "Reading the answer").
+    matrix-matrix products, and no ``N x N`` map is built (docs/rules.md, "Reading the explanation").
 
     Args:
         layers: recorded self-attention layers of one modality, in forward order.

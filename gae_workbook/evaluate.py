@@ -12,8 +12,8 @@ of one forward pass), and its map is scored against that object's mask:
   triangle's apex), so every method scores lower here; both are reported;
 - ``mass``: share of positive relevance on the object;
 - ``pixel_accuracy``, ``miou``, ``map``: weakly supervised segmentation, foreground = map above
-  its mean (evaluation.md);
-- ``pos_auc``, ``neg_auc``: perturbation tests as the authors compute them (evaluation.md): the
+  its mean (docs/evaluation.md);
+- ``pos_auc``, ``neg_auc``: perturbation tests as the authors compute them (docs/evaluation.md): the
   fraction x of pixels with the highest (positive) / lowest (negative) relevance is set to 0 for
   x in 0, 0.1, ..., 0.9; "accuracy" is whether the explained class is still detected (its logit
   stays > 0, the multi-label analogue of top-1 correctness); AUC = trapezoid x 100.
@@ -335,7 +335,7 @@ def evaluate_clip(
 
 
 VQA_STEPS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
-"""Fractions of image regions (or question words) removed in the bi-modal perturbation test (evaluation.md)."""
+"""Fractions of image regions (or question words) removed in the bi-modal perturbation test (docs/evaluation.md)."""
 
 
 def _keep_most(scores: Tensor, removed: int, valid: Tensor | None = None) -> Tensor:
@@ -510,7 +510,7 @@ def evaluate_vqa(
       in "what colour is the triangle"): ``key_rank``, the rank of the best-ranked key word among
       the question's words (1 = first; a non-key word with equal relevance counts as ranked
       before it), and ``text_top1``, the share of questions where that rank is 1.
-    - Perturbation (evaluation.md): image regions, or question words ([CLS] and [SEP] never
+    - Perturbation (docs/evaluation.md): image regions, or question words ([CLS] and [SEP] never
       removed), are removed most relevant first (``*_pos_auc``, lower is better) or least relevant
       first (``*_neg_auc``, higher is better) at :data:`VQA_STEPS`; answer accuracy against the
       ground truth at each step; AUC = trapezoid over the fractions x 100.
@@ -606,9 +606,9 @@ def evaluate_translate(
     (:func:`shapesworld.language.translate`) are explained token by token in one call
     (:func:`gae_utils.generation.record_generation`), and for each generated word the argmax of its
     source relevance over the caption's words (EOS and padding excluded) is a hit when it is one of
-    the word's aligned source words (evaluation.md, "For seq2seq"). ``raw_attention`` is the last
+    the word's aligned source words (docs/evaluation.md, "For seq2seq"). ``raw_attention`` is the last
     decoder layer's cross-attention averaged over heads; ``random`` draws uniform maps. ``score``
-    is the explained scalar per token: its ``"logit"`` (method.md) or its ``"log_prob"``;
+    is the explained scalar per token: its ``"logit"`` (docs/rules.md) or its ``"log_prob"``;
     ``target_scale`` multiplies it (:meth:`~gae_utils.explainer.Recording.scaled`).
 
     Returns:

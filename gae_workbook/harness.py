@@ -13,7 +13,7 @@ applied inside every model call: the protocols perturb images in [0, 1].
 Data (``--data``, :mod:`gae_workbook.datasets`): an ImageFolder tree, a ``save_to_disk`` directory,
 the ImageNet-segmentation ``gtsegs_ijcv.mat`` file, optionally with ``--masks`` for a folder.
 
-Protocols (the repository's evaluation.md; Chefer et al. CVPR 2021 Sec. 4 and ICCV 2021 Sec. 5):
+Protocols (docs/evaluation.md; Chefer et al. CVPR 2021 Sec. 4 and ICCV 2021 Sec. 5):
 
 * ``perturbation``: the patch map of the explained class (the predicted one, ``pred``, and the
   ground-truth one, ``gt``) is upsampled to pixels; for x in 0, 0.1, ..., 0.9 the fraction x of

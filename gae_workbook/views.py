@@ -186,7 +186,7 @@ def layers_attending(rec: Recording, pair: tuple[str, str]) -> list[int]:
 
 def flow_steps(rec: Recording) -> list[str]:
     """One label per entry of :meth:`Recording.history`: a layer, or a co-attention block's two
-    cross-attention directions applied together (method.md)."""
+    cross-attention directions applied together (docs/rules.md)."""
     names = layer_labels(rec)
     return [" + ".join(names[i] for i in step) for step in layer_steps(rec.layers)]
 

@@ -36,7 +36,7 @@ def inputs(batch=3, words=6, regions=4, seed=1):
 
 
 def reference(model, x, target):
-    """One example at a time, retain_grad() and .backward(); the rules of method.md written out."""
+    """One example at a time, retain_grad() and .backward(); the rules of docs/rules.md written out."""
     out_text, out_image = [], []
     for b in range(x["input_ids"].shape[0]):
         calls = []

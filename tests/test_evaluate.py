@@ -143,6 +143,7 @@ def test_module_entry_point_runs_every_definition(tmp_path):
     import sys
 
     out = tmp_path / "translate.json"
-    argv = ["-m", "gae_workbook.evaluate", "--model", "shapes-translate", "--n", "4", "--json", str(out), "--no-progress"]
+    argv = ["-m", "gae_workbook.evaluate", "--model", "shapes-translate", "--n", "4", "--json", str(out)]
+    argv.append("--no-progress")
     subprocess.run([sys.executable, *argv], check=True, capture_output=True, timeout=240)
     assert set(json.loads(out.read_text())) >= {"gae", "rollout", "random"}

@@ -1,5 +1,5 @@
 """Image models through the attention interface (hf-vision) and timm EVA / BEiT, against a per-example,
-per-target ``.backward()`` reference of method.md's rules written out by hand."""
+per-target ``.backward()`` reference of docs/rules.md's rules written out by hand."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Vision-language models (image tokens inside the language model's sequence) through the attention
-interface, against a per-example, per-target ``.backward()`` reference of method.md's rules."""
+interface, against a per-example, per-target ``.backward()`` reference of docs/rules.md's rules."""
 
 import pytest
 import torch

@@ -49,7 +49,7 @@ class AttentionSite:
         query: modality of the queries (the rows).
         key: modality of the keys (the columns).
         group: layers sharing a group id inside one block are applied simultaneously
-            (two-direction co-attention, method.md); ``None`` for ordinary layers.
+            (two-direction co-attention, docs/rules.md); ``None`` for ordinary layers.
         within: only modules whose qualified name has this component (e.g. ``"vision_model"``),
             for models whose towers share an attention class.
         calls: for a module run several times per forward pass in different directions (LXMERT's

@@ -4,7 +4,7 @@ Any causal LM whose attention is routed through ``ALL_ATTENTION_FUNCTIONS`` (GPT
 Qwen2/3, Gemma 1-3, Phi, OLMo, ...) is served with no per-architecture code: the capture of
 :mod:`~gae_utils.adapters.hf_interface` finds its attention classes on the model. The explained
 token is the next token after each row's last real (non-padding) position ``p``; the readout is
-row ``p`` of ``R[text, text] - I`` (method.md, "Reading the answer": the identity only restates
+row ``p`` of ``R[text, text] - I`` (docs/rules.md, "Reading the explanation": the identity only restates
 that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's first
 real token when the caller passes none (as generation does), so left and right padding give the
 unpadded example's numbers.

@@ -3,7 +3,7 @@ Dinov2 with and without registers, BEiT, SigLIP, ViT-MSN, I-JEPA, ...), with no 
 
 The facts that differ between families are read from the model: the prefix tokens before the patch
 grid are the embedding parameters named in :data:`PREFIX_TOKENS` (CLS, DeiT's distillation token,
-Dinov2's register tokens), and the row the head reads is :data:`POOLING` (method.md, "Reading the
+Dinov2's register tokens), and the row the head reads is :data:`POOLING` (docs/rules.md, "Reading the
 answer"): ``"cls"``, ``"cls+dist"`` (DeiT with teacher averages both heads), ``"mean"`` (the mean of
 the patch rows: BEiT's ``use_mean_pooling``, SigLIP's classifier, models without a CLS token),
 ``"cls+mean"`` (Dinov2's classifier reads CLS concatenated with the patch mean: half each) and
