@@ -13,7 +13,7 @@ take longer than ``$GAE_BROWSER_MAX_REDRAW_S`` (default 3 s). The same is done f
 notebook served by Voila as ``make lecture`` serves it, with its time to first paint.
 
 Select with ``pytest -m browser``. Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get
-install chromium chromium-driver``), selenium and voila (both in the ``dev`` extra; voila alone is the ``lecture`` extra). The
+install chromium chromium-driver``), selenium and voila (both in the ``dev`` extra). The
 servers listen on 127.0.0.1 with a random token, serve a copy of ``notebooks/`` (the repository is
 never written) and are stopped at the end with their kernels, also on failure. The timings are printed
 and written to ``$GAE_BROWSER_REPORT`` (default ``outputs/browser-test.json``); on failure a
