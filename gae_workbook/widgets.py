@@ -651,7 +651,10 @@ def _row_title(rec: Recording, words, index, target, step, pair, token, view, he
     name = target_names[target] if target_names is not None else f"target {target}"
     if view == "relevancy":
         return f"R[{a}, {b}] row of {who} ({name}), after step {step % len(flow_steps(rec))}"
-    return f"(dA*A)+ of {who} ({name}), layer {step % len(rec.layers)}, head {head}"
+    title = f"(dA*A)+ of {who} ({name}), layer {step % len(rec.layers)}, head {head}"
+    if not rec.layers[step % len(rec.layers)].attn_bar[index, target].any():
+        title += ": all zero, no gradient reaches this layer"
+    return title
 
 
 class _RowImagePainter(_Painter):
@@ -783,7 +786,10 @@ def coattention_explorer(
     def set_layers():
         attending = layers_attending(rec, pair.value)
         layer.options = [(labels[i], i) for i in attending]
-        layer.value = attending[-1] if attending else None
+        # open on the last layer whose Eq. 5 map is non-zero: a stream's last layers may never reach the
+        # explained score (LXMERT's pooler reads the text [CLS] only), and their (dA*A)+ is all zero
+        reached = [i for i in attending if rec.layers[i].attn_bar[index.value, target.value].any()]
+        layer.value = (reached or attending)[-1] if attending else None
 
     def follow(control):
         if control is index:
