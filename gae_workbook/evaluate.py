@@ -30,8 +30,9 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -148,6 +149,42 @@ def _warm_up(model: nn.Module, image: Tensor, target: Tensor, peers: dict[str, P
             del peers[name]
 
 
+class _Setup(NamedTuple):
+    """What every evaluation starts from (:func:`_setup`)."""
+
+    methods: list[str]
+    world: ShapesWorld
+    rng: np.random.Generator
+    gen: torch.Generator
+    device: torch.device
+
+
+def _setup(model: nn.Module, methods: list[str] | None, seed: int, ablations: bool = False) -> _Setup:
+    """The start every evaluation shares.
+
+    Returns:
+        The methods to score (default: every method of :func:`method_names`, with the ablations if
+        ``ablations``), the world of fresh scenes ``ShapesWorld(seed=seed)``, a numpy generator (captions,
+        questions, stories) and a torch generator (the ``random`` row), both seeded with ``seed``, and
+        the model's device.
+    """
+    return _Setup(
+        methods or method_names(ablations=ablations),
+        ShapesWorld(seed=seed),
+        np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed),
+        next(model.parameters()).device,
+    )
+
+
+def _batches(n: int, batch_size: int, progress: bool) -> Iterator[tuple[int, int]]:
+    """``(start, size)`` of each batch of ``n`` examples, ``batch_size`` at most, under an "explain" tqdm bar."""
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
+        yield start, min(batch_size, n - start)
+
+
 def evaluate_vit(
     model: nn.Module,
     n: int = 300,
@@ -184,19 +221,16 @@ def evaluate_vit(
     """
     from tqdm.auto import tqdm
 
-    methods = methods or method_names()
+    methods, world, _, gen, device = _setup(model, methods, seed)
     peers = dict(peers or {})
-    world = ShapesWorld(seed=seed)
-    device = next(model.parameters()).device
     first = world.batch(1)  # untimed first calls: imports and warm-up stay out of the timings
     _warm_up(model, first.images.to(device), _class_targets(first.labels)[0][:, 0].to(device), peers, flow)
     maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, *(["attention_flow"] if flow else []), *peers, "random"]}
     grid_maps: dict[str, list[Tensor]] = {m: [] for m in maps}
     seconds = dict.fromkeys(maps, 0.0)
     images_all, masks_all, targets_all = [], [], []
-    rng = torch.Generator().manual_seed(seed)
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch = world.batch(min(batch_size, n - start), start=start)
+    for start, size in _batches(n, batch_size, progress):
+        batch = world.batch(size, start=start)
         targets, valid = _class_targets(batch.labels)  # (B, K)
         pair_images = batch.images[:, None].expand(-1, targets.shape[1], -1, -1, -1)[valid]  # (P, 3, H, W)
         began = time.perf_counter()
@@ -225,7 +259,7 @@ def evaluate_vit(
             grid_maps[name].append(torch.nn.functional.adaptive_avg_pool2d(pixel[:, None], grid)[:, 0])  # (P, h, w)
             maps[name].append(pixel)
         began = time.perf_counter()
-        random_grid = torch.rand(int(valid.sum()), *grid, generator=rng)  # (P, h, w)
+        random_grid = torch.rand(int(valid.sum()), *grid, generator=gen)  # (P, h, w)
         seconds["random"] += time.perf_counter() - began
         grid_maps["random"].append(random_grid)
         maps["random"].append(upsample_maps(random_grid, size))
@@ -278,19 +312,13 @@ def evaluate_clip(
     what and where (colours, shapes, relations) rather than on "a" and "of"; a uniform map gets the
     share of content words (``content_share``, about 0.6).
     """
-    from tqdm.auto import tqdm
-
-    methods = methods or method_names()
+    methods, world, rng, gen, device = _setup(model, methods, seed)
     vocab = Vocabulary.captions()
-    world = ShapesWorld(seed=seed)
-    rng = np.random.default_rng(seed)
-    device = next(model.parameters()).device
     grid_maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     text_mass: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     masks_all, content_all = [], []
-    gen = torch.Generator().manual_seed(seed)
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch = world.batch(min(batch_size, n - start), start=start)
+    for start, size in _batches(n, batch_size, progress):
+        batch = world.batch(size, start=start)
         caps = [caption(scene, rng) for scene in batch.scenes]
         ids, mask = encode_captions(caps, vocab)
         masks_all.append(
@@ -385,13 +413,18 @@ def _drop_words(inputs: dict, relevance: Tensor, words: Tensor, fraction: float,
     return {**inputs, "input_ids": torch.stack(rows_ids), "attention_mask": torch.stack(rows_mask)}
 
 
+def _explains_log_prob(score: str) -> bool:
+    """Whether the explained scalar is the log-probability (``"log_prob"``) rather than the logit (``"logit"``)."""
+    if score not in ("logit", "log_prob"):
+        raise ValueError(f"score must be 'logit' or 'log_prob', got {score!r}")
+    return score == "log_prob"
+
+
 def _answer_score(score: str):
     """The explained scalar of a question-answering model: None (the predicted answer's logit) or
     a callable giving the predicted answer's log-probability."""
-    if score == "logit":
+    if not _explains_log_prob(score):
         return None
-    if score != "log_prob":
-        raise ValueError(f"score must be 'logit' or 'log_prob', got {score!r}")
 
     def log_prob(output) -> Tensor:
         logits = output.question_answering_score  # (B, A)
@@ -520,18 +553,14 @@ def evaluate_vqa(
     """
     from tqdm.auto import tqdm
 
-    methods = methods or method_names(ablations=True)
+    methods, world, rng, gen, device = _setup(model, methods, seed, ablations=True)
     vocab = Vocabulary.questions()
-    world = ShapesWorld(seed=seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
     names = [*methods, "random"]
     image_rel: dict[str, list[Tensor]] = {m: [] for m in names}
     text_rel: dict[str, list[Tensor]] = {m: [] for m in names}
     inputs_all, answers_all, masks_all, has_ref_all, words_all, keys_all = [], [], [], [], [], []
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch, qs, words, keys = _question_batch(world, min(batch_size, n - start), rng, vocab, start)
+    for start, size in _batches(n, batch_size, progress):
+        batch, qs, words, keys = _question_batch(world, size, rng, vocab, start)
         x = {k: v.to(device) for k, v in vqa_inputs(batch.images, qs, vocab).items()}
         rec = record(model, x, target=_answer_score(score)).scaled(target_scale)
         for method in methods:
@@ -614,18 +643,12 @@ def evaluate_translate(
     Returns:
         ``{method: {"alignment_accuracy", "pairs", "exact_match"}}``.
     """
-    from tqdm.auto import tqdm
-
-    methods = methods or method_names()
+    methods, world, rng, gen, device = _setup(model, methods, seed)
     vocab = translate_vocabulary()
-    world = ShapesWorld(seed=seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
     hits: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     exact_total = 0
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        caps = [caption(scene, rng) for scene in world.scenes(min(batch_size, n - start), start=start)]
+    for start, size in _batches(n, batch_size, progress):
+        caps = [caption(scene, rng) for scene in world.scenes(size, start=start)]
         trs = [translate(c) for c in caps]
         inputs = {k: v.to(device) for k, v in encode_sources(caps, vocab).items()}
         truth = encode_targets(trs, vocab).to(device)  # (B, T + 1)
@@ -691,20 +714,15 @@ def evaluate_detr(
     Returns:
         ``{method: {metric: value}}``.
     """
-    from tqdm.auto import tqdm
-
     if queries not in ("confident", "matched"):
         raise ValueError(f"queries must be 'confident' or 'matched', got {queries!r}")
 
-    methods = methods or method_names()
-    world = ShapesWorld(seed=seed)
-    device = next(model.parameters()).device
+    methods, world, _, gen, device = _setup(model, methods, seed)
     grid_maps: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     masks_all: list[Tensor] = []
-    gen = torch.Generator().manual_seed(seed)
     detected = unmatched = 0
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch = world.batch(min(batch_size, n - start), start=start)
+    for start, size in _batches(n, batch_size, progress):
+        batch = world.batch(size, start=start)
         size = tuple(batch.images.shape[-2:])
         with torch.no_grad():
             out = model(pixel_values=detr_pixels(batch.images).to(device))
@@ -812,10 +830,8 @@ HIGHER_IS_BETTER.update({"pointing_pair": True, "pos_prob_auc": False, "neg_prob
 def _answer_target(answers: Tensor, score: str):
     """What is explained for each story: the answer token's logit (``(B,)`` token ids) or a callable
     giving its log-probability (``next_logits (B, V) -> (B,)``)."""
-    if score == "logit":
+    if not _explains_log_prob(score):
         return answers
-    if score != "log_prob":
-        raise ValueError(f"score must be 'logit' or 'log_prob', got {score!r}")
     return lambda next_logits: next_logits.log_softmax(-1).gather(1, answers[:, None].to(next_logits.device))[:, 0]
 
 
@@ -861,15 +877,13 @@ def evaluate_lm(
 
     from shapesworld.stories import draw_stories, encode_stories, story_vocabulary, word_positions
 
-    methods = methods or method_names()
+    methods, _, rng, gen, device = _setup(model, methods, seed)
     vocab = story_vocabulary()
-    device = next(model.parameters()).device
-    every = draw_stories(seed, n, np.random.default_rng(seed))
-    gen = torch.Generator().manual_seed(seed)
+    every = draw_stories(seed, n, rng)
     text: dict[str, list[Tensor]] = {m: [] for m in [*methods, "random"]}
     inputs_all, facts_all = [], []
-    for start in tqdm(range(0, n, batch_size), desc="explain", disable=not progress):
-        batch = every[start : start + batch_size]
+    for start, size in _batches(n, batch_size, progress):
+        batch = every[start : start + size]
         inputs = encode_stories(batch, vocab)  # (B, L) prompts ending with "A:", right-padded
         answers = torch.tensor([vocab.tokens.index(s.answer) for s in batch])  # (B,)
         rec = record(model, {k: v.to(device) for k, v in inputs.items()}, _answer_target(answers, score))
@@ -946,36 +960,31 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _run_vit(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def _cli_kwargs(args: argparse.Namespace, *scalar: str) -> dict:
+    """The arguments every evaluation takes from the command line, plus ``score``/``target_scale`` if named."""
     kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
+    return {**kwargs, "progress": not args.no_progress, **{name: getattr(args, name) for name in scalar}}
+
+
+def _run_vit(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     peers = None if args.peers is None else {name: PEERS[name] for name in args.peers or PEERS}
-    return evaluate_vit(
-        model, start_layer=args.start_layer, progress=not args.no_progress, peers=peers, flow=args.flow, **kwargs
-    )[0]
+    return evaluate_vit(model, start_layer=args.start_layer, peers=peers, flow=args.flow, **_cli_kwargs(args))[0]
 
 
 def _run_clip(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_clip(model, progress=not args.no_progress, **kwargs)
+    return evaluate_clip(model, **_cli_kwargs(args))
 
 
 def _run_vqa(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_vqa(
-        model, progress=not args.no_progress, score=args.score, target_scale=args.target_scale, **kwargs
-    )[0]
+    return evaluate_vqa(model, **_cli_kwargs(args, "score", "target_scale"))[0]
 
 
 def _run_translate(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_translate(
-        model, progress=not args.no_progress, score=args.score, target_scale=args.target_scale, **kwargs
-    )
+    return evaluate_translate(model, **_cli_kwargs(args, "score", "target_scale"))
 
 
 def _run_detr(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_detr(model, queries=args.queries, progress=not args.no_progress, **kwargs)
+    return evaluate_detr(model, queries=args.queries, **_cli_kwargs(args))
 
 
 EVALUATORS = {
@@ -989,8 +998,7 @@ EVALUATORS = {
 
 
 def _run_lm(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    kwargs = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, methods=args.methods)
-    return evaluate_lm(model, progress=not args.no_progress, score=args.score, **kwargs)[0]
+    return evaluate_lm(model, **_cli_kwargs(args, "score"))[0]
 
 
 EVALUATORS["shapes-lm"] = _run_lm

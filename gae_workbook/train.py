@@ -107,29 +107,53 @@ def _epoch_order(n: int, steps: int, batch_size: int, gen: torch.Generator) -> t
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(steps * batch_size / n))])
 
 
-def _optimise(
+def _train_loop(
     model: nn.Module,
     opt: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    examples: int,
     steps: int,
+    batch_size: int,
     lr: float,
     warmup: int,
-    batch_loss: Callable[[int], torch.Tensor],
+    seed: int,
     name: str,
     progress: bool,
 ) -> list[float]:
-    """The loop every embedded model shares: warm-up + cosine LR, gradient clipping at 1, a tqdm bar.
+    """The loop every embedded model shares: seeded epochs, warm-up + cosine LR, gradient clipping at 1, a tqdm bar.
 
-    ``batch_loss(step)`` builds step ``step``'s batch and returns its loss. Returns the loss per step.
+    A generator seeded with ``seed`` first draws the order of the ``examples`` training examples for
+    every epoch (:func:`_epoch_order`); step ``s`` takes the next ``batch_size`` of them. The same
+    generator then serves the batches' random augmentations, drawn in step order.
+
+    Args:
+        model: the model, trained in place (left in eval mode).
+        opt: its optimiser; the learning rate of every parameter group is set at each step.
+        batch_loss: ``batch_loss(idx, gen)`` builds the batch of examples ``idx`` ``(b,)`` and returns
+            its loss; ``gen`` is the seeded generator.
+        examples: size of the training set.
+        steps: optimisation steps.
+        batch_size: examples per step.
+        lr: peak learning rate (linear warm-up over ``warmup`` steps, then cosine decay to 0).
+        warmup: warm-up steps.
+        seed: seeds the generator.
+        name: the tqdm bar's label.
+        progress: show the bar.
+
+    Returns:
+        The loss of every step.
     """
     from tqdm.auto import tqdm
 
+    gen = torch.Generator().manual_seed(seed)
+    order = _epoch_order(examples, steps, batch_size, gen)  # (>= steps * batch_size,)
     losses: list[float] = []
     model.train()
     bar = tqdm(range(steps), desc=name, disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
-        loss = batch_loss(step)
+        loss = batch_loss(order[step * batch_size : (step + 1) * batch_size], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -170,11 +194,13 @@ def attach_and_save(model: nn.Module, card: ModelCard, training: dict, out: Path
 
 
 def _training_set(
-    world: ShapesWorld, n: int, progress: bool, keep_scenes: bool = False, chunk: int = 2000
+    n: int, seed: int, progress: bool, keep_scenes: bool = False, chunk: int = 2000
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Scenes ``0..n-1`` of ``world``: images ``(n, 3, H, W)``, labels ``(n, 16)`` and, if asked, the scene records."""
+    """Scenes ``0..n-1`` of ``ShapesWorld(seed=TRAIN_SEED + seed)``: images ``(n, 3, H, W)``, labels ``(n, 16)``
+    and, if asked, the scene records."""
     from tqdm.auto import tqdm
 
+    world = ShapesWorld(seed=TRAIN_SEED + seed)
     images, labels, scenes = [], [], []
     for start in tqdm(range(0, n, chunk), desc="scenes", disable=not progress):
         batch = world.batch(min(chunk, n - start), start=start)
@@ -224,20 +250,18 @@ def train_shapes_vit(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images, labels, _ = _training_set(world, train_scenes, progress)  # (N, 3, H, W), (N, 16)
-    gen = torch.Generator().manual_seed(seed)
-    order = _epoch_order(train_scenes, steps, batch_size, gen)
+    images, labels, _ = _training_set(train_scenes, seed, progress)  # (N, 3, H, W), (N, 16)
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images[idx].to(device)  # (b, 3, H, W)
         flip = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips keep every label
         x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
         return F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-vit", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-vit", progress
+    )
     seconds = time.perf_counter() - started
     fold_input_normalization(model, PIXEL_MEAN, PIXEL_STD)
     recipe = {
@@ -305,18 +329,14 @@ def train_shapes_clip(
     vocab = Vocabulary.captions()
     card, model = new_model("shapes-clip", vocab.tokens, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
+    images_t, _, scenes = _training_set(train_scenes, seed, progress, keep_scenes=True)
     captions = [all_captions(scene) for scene in scenes]  # every true caption of each scene
     ids_t, mask_t = encode_captions([c for caps in captions for c in caps], vocab)  # (sum of counts, 12)
     number = torch.tensor([len(caps) for caps in captions])  # (N,)
     first = torch.cumsum(number, 0) - number  # row of each scene's first caption
-    gen = torch.Generator().manual_seed(seed)
-    order = _epoch_order(train_scenes, steps, batch_size, gen)
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         pick = first[idx] + (torch.rand(len(idx), generator=gen) * number[idx]).long()  # one caption per scene
         return model(
             pixel_values=normalize_pixels(images_t[idx]).to(device),
@@ -325,7 +345,9 @@ def train_shapes_clip(
             return_loss=True,
         ).loss
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-clip", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-clip", progress
+    )
     seconds = time.perf_counter() - started
     metrics = retrieval_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
     model.cpu()
@@ -390,16 +412,12 @@ def train_shapes_vqa(
     card, model = new_model("shapes-vqa", ANSWERS, seed, device)
     region_head = nn.Linear(model.config.hidden_size, len(CLASS_NAMES) + 1).to(device)  # + background
     opt = torch.optim.AdamW([*model.parameters(), *region_head.parameters()], lr=lr, weight_decay=0.01)
-    world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
+    images_t, _, scenes = _training_set(train_scenes, seed, progress, keep_scenes=True)
     answer_index = {a: i for i, a in enumerate(ANSWERS)}
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    order = _epoch_order(train_scenes, steps, batch_size, gen)
+    rng = np.random.default_rng(seed)  # the questions
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         chosen = [scenes[i] for i in idx.tolist()]
         qs = [sample_question(scene, rng) for scene in chosen]
         inputs = {k: v.to(device) for k, v in vqa_inputs(images_t[idx], qs, vocab).items()}
@@ -411,7 +429,9 @@ def train_shapes_vqa(
             loss = loss + region_loss * F.cross_entropy(region_head(out.vision_output).flatten(0, 1), regions.flatten())
         return loss
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-vqa", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-vqa", progress
+    )
     seconds = time.perf_counter() - started
     metrics = vqa_accuracy(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
     model.cpu()
@@ -491,11 +511,8 @@ def train_shapes_translate(
     captions, translations = _translation_pairs(ShapesWorld(seed=TRAIN_SEED + seed), train_scenes)
     sources = encode_sources(captions, vocab)  # (N, S)
     targets = encode_targets(translations, vocab)  # (N, T + 1)
-    gen = torch.Generator().manual_seed(seed)
-    order = _epoch_order(len(captions), steps, batch_size, gen)
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         tgt = targets[idx].to(device)
         logits = model(
             input_ids=sources["input_ids"][idx].to(device),
@@ -505,7 +522,9 @@ def train_shapes_translate(
         ).logits  # (b, T, V)
         return F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=vocab.pad_id)
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-translate", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, len(captions), steps, batch_size, lr, warmup, seed, "shapes-translate", progress
+    )
     seconds = time.perf_counter() - started
     model.cpu()
     seen = {c.text for c in captions}
@@ -567,7 +586,6 @@ def train_shapes_detr(
     card, model = new_model("shapes-detr", CLASS_NAMES, seed, device)
     previous = None
     if init is not None:
-
         start = load("shapes-detr", directory=init)
         model.load_state_dict(start.state_dict())
         previous = start.card.training
@@ -583,14 +601,10 @@ def train_shapes_detr(
         ],
         lr=lr,
     )
-    world = ShapesWorld(seed=TRAIN_SEED + seed)
     started = time.perf_counter()
-    images_t, _, scenes = _training_set(world, train_scenes, progress, keep_scenes=True)
-    gen = torch.Generator().manual_seed(seed)
-    order = _epoch_order(train_scenes, steps, batch_size, gen)
+    images_t, _, scenes = _training_set(train_scenes, seed, progress, keep_scenes=True)
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         chosen = [scenes[i] for i in idx.tolist()]
         x = images_t[idx]  # (b, 3, H, W)
         flip = torch.rand(len(idx), generator=gen) < 0.5
@@ -605,7 +619,9 @@ def train_shapes_detr(
         aux = F.cross_entropy(region_head(out.encoder_last_hidden_state).flatten(0, 1), cells.flatten())
         return out.loss + region_loss * aux
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-detr", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-detr", progress
+    )
     seconds = time.perf_counter() - started
     metrics = evaluate_detection(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
     model.cpu()
@@ -714,11 +730,8 @@ def train_shapes_lm(
     is_answer = torch.zeros(ids.shape, dtype=torch.bool)  # (N, L) the answer tokens
     for i, (_, answers) in enumerate(quizzes):
         is_answer[i, [a + TOKEN_OFFSET for a in answers]] = True
-    gen = torch.Generator().manual_seed(seed)
-    order = _epoch_order(len(quizzes), steps, batch_size, gen)
 
-    def batch_loss(step: int) -> torch.Tensor:
-        idx = order[step * batch_size : (step + 1) * batch_size]
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         mask = (ids[idx] != vocab.pad_id).long()
         length = int(mask.sum(1).max())
         x, mask = ids[idx, :length].to(device), mask[:, :length].to(device)  # (b, l)
@@ -727,7 +740,9 @@ def train_shapes_lm(
         answer = is_answer[idx, 1:length].to(device)  # (b, l - 1) next token is an answer
         return lm + answer_weight * F.cross_entropy(logits[answer], x[:, 1:][answer])
 
-    losses = _optimise(model, opt, steps, lr, warmup, batch_loss, "shapes-lm", progress)
+    losses = _train_loop(
+        model, opt, batch_loss, len(quizzes), steps, batch_size, lr, warmup, seed, "shapes-lm", progress
+    )
     seconds = time.perf_counter() - started
     model.cpu()
     metrics = story_accuracy(model, HELDOUT_SEED, n=eval_n)
