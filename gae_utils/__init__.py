@@ -1,10 +1,9 @@
 """gae_utils: Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021) for unmodified
 transformers, with the paper's baselines computed from the same recording.
 
-Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``recorder`` (the one
-hook owner) -> ``records`` -> ``layout`` -> ``targets`` -> ``explainer`` (the one recording
-skeleton) -> ``explanation``; ``adapters/`` (one file per model family); the task entry points
-``generation``, ``dual`` and ``similarity`` are short wrappers over ``explainer.record``.
+Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``recorder`` -> ``records`` ->
+``layout`` -> ``targets`` -> ``explainer`` (the one recording skeleton) -> ``explanation``; ``adapters/``
+(one file per model family); ``generation``, ``dual`` and ``similarity`` wrap ``explainer.record``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

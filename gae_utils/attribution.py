@@ -1,7 +1,6 @@
-"""GAE as a captum-style attribution object, for code written against captum or Quantus.
-
-    attr = GAEAttribution(model).attribute(images, target=labels)  # (B, 1, H, W)
-    quantus.PixelFlipping(...)(model, x, y, explain_func=GAEAttribution.quantus_explain)
+"""GAE as a captum-style attribution object, for code written against captum or Quantus:
+``GAEAttribution(model).attribute(images, target=labels)`` or
+``quantus.PixelFlipping(...)(model, x, y, explain_func=GAEAttribution.quantus_explain)``.
 """
 
 from __future__ import annotations
@@ -20,13 +19,12 @@ __all__ = ["GAEAttribution"]
 class GAEAttribution:
     """``attribute(inputs, target)`` of captum's ``Attribution`` for any method of :data:`gae_utils.METHODS`.
 
-    The output is ``(B, 1, H, W)``: the relevance on the patch grid (``Explanation.grid_relevance``),
-    upsampled bilinearly to the input's ``H, W``, one channel (the layout Quantus takes for images;
-    ``.expand_as(inputs)`` gives captum's per-channel layout). Raw relevance, not normalised.
+    The output is ``(B, 1, H, W)``: the raw relevance on the patch grid upsampled bilinearly to the
+    input's ``H, W``, one channel (Quantus' layout; ``.expand_as(inputs)`` gives captum's).
 
     Args:
         forward_func: the model (captum's name for it), unmodified and served by an adapter.
-        method: ``"gae"`` or another method name (``"rollout"``, ``"attn_gradcam"``, ...).
+        method: a method name (``"gae"``, ``"rollout"``, ...).
         start_layer: passed to :func:`gae_utils.explain`.
     """
 
@@ -40,10 +38,8 @@ class GAEAttribution:
         return False
 
     def attribute(self, inputs: Tensor, target: int | list[int] | Tensor | None = None, **_: Any) -> Tensor:
-        """Relevance of ``inputs`` ``(B, C, H, W)`` for ``target`` (None: the predicted class): ``(B, 1, H, W)``.
-
-        A 1-tuple ``(inputs,)`` (what captum's metrics pass) gives a 1-tuple back.
-        """
+        """Relevance of ``inputs`` ``(B, C, H, W)`` for ``target`` (None: the predicted class): ``(B, 1, H, W)``;
+        a 1-tuple ``(inputs,)``, as captum's metrics pass it, gives a 1-tuple back."""
         if isinstance(inputs, tuple) and len(inputs) == 1:
             return (self.attribute(inputs[0], target),)
         if not isinstance(inputs, Tensor) or inputs.ndim != 4:

@@ -1,10 +1,5 @@
-"""Dual encoders (CLIP-style): each tower explained on its own, the target being a pair's similarity.
-
-The towers never attend to each other, so each is explained with the self-attention rule (Eq. 5-6)
-and read at the token it pools (CLIP: the image tower's CLS row, the text tower's EOT row).
-:class:`~gae_utils.targets.PairSimilarity` says how every (image, text) pair of a batch is
-differentiated from one forward pass; this module runs it through :func:`gae_utils.record` and
-splits the recording into its two towers.
+"""Dual encoders (CLIP-style): each tower explained on its own (Eq. 5-6) at the token it pools, the
+target being a pair's similarity (:class:`~gae_utils.targets.PairSimilarity`, one forward pass).
 """
 
 from __future__ import annotations
@@ -69,13 +64,9 @@ def explain_dual(
         image_start_layer: first aggregated image-tower layer (the authors use it for CLIP ViT-B/16).
         text_start_layer: first aggregated text-tower layer.
         pairs: ``"all"`` (every image with every text) or ``"diagonal"`` (image ``i`` with text
-            ``i`` only, ``B_i == B_t``): then one backward pass of ``sum_i s[i, i]`` serves both
-            towers and every pair exactly, and relevance has no pair dimension.
+            ``i`` only, ``B_i == B_t``: one backward pass, relevance without a pair dimension).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
-
-    Returns:
-        A :class:`DualExplanation`.
     """
     target = PairSimilarity(pairs)
     adapter = adapter or find_adapter(model)

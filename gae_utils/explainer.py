@@ -1,9 +1,8 @@
 """``explain`` and ``record``: the public entry points.
 
-``record`` runs one forward pass of an unmodified model under an
-:class:`~gae_utils.recorder.AttentionRecorder` and one backward pass per target column (the whole
-batch at once), returning a :class:`Recording`. Every method of the paper's comparison set is then
-computed from that one recording (:meth:`Recording.explanation`); ``explain`` does both steps.
+``record`` runs an unmodified model once under an :class:`~gae_utils.recorder.AttentionRecorder`
+and differentiates each target, returning a :class:`Recording` from which every method of the
+comparison set is computed (:meth:`Recording.explanation`); ``explain`` does both steps.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ class Recording:
     Attributes:
         layers: recorded layers in forward order.
         layout: token layout of the inputs.
-        logits: the adapter's reading of the output, detached: ``(B, C)`` class logits, ``(B, T, V)``
-            next-token logits, ``(B, Q, C + 1)`` per object query, ``(B_i, B_t)`` pair
-            similarities; None for encoders without a head.
+        logits: the adapter's reading of the output, detached (``(B, C)`` class logits, ``(B, T, V)``
+            next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for encoders without a head.
         output: the model's raw output (tensors detached).
         target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity targets).
         scores: ``(B, K)`` the explained scalars.
@@ -59,30 +57,21 @@ class Recording:
         return compute_maps(method, self.layers, self.layout, start_layer)
 
     def explanation(self, method: str = "gae", start_layer: int = 0, maps: bool = True) -> Explanation:
-        """The :class:`Explanation` of ``method`` (``gae``, ``gae_last_layer``, ``raw_attention``,
-        ``rollout``, ``attn_gradcam``) from this recording.
-
-        ``maps=False`` (GAE on a stack of self-attention layers of one modality: ViTs, decoder-only
-        LMs) computes only the explained rows of ``R`` (:func:`~gae_utils.propagation.propagate_rows`),
-        the same relevance in ``N`` vector-matrix products; the explanation then holds no maps.
-        """
-        if not maps:
-            if method != "gae":
-                raise ValueError(f"maps=False computes GAE's rows only; method {method!r} needs maps=True")
-            layers = self.layers
-            like = attn_bar_of(layers[-1])
-            relevance = self.layout.read_rows(lambda _, rows: propagate_rows(layers, rows, start_layer), like)
-            return self._explanation(method, start_layer, relevance, {})
-        full = self.maps(method, start_layer)
-        return self._explanation(method, start_layer, self.layout.read(full), full)
-
-    def _explanation(
-        self, method: str, start_layer: int, relevance: dict[str, Tensor], maps: dict[tuple[str, str], Tensor]
-    ) -> Explanation:
+        """The :class:`Explanation` of ``method`` (a name of :data:`~gae_utils.methods.METHODS`); ``maps=False``
+        (GAE on one modality's self-attention stack) computes only the explained rows of ``R``, no maps."""
+        if maps:
+            full = self.maps(method, start_layer)
+            relevance = self.layout.read(full)
+        elif method == "gae":
+            like = attn_bar_of(self.layers[-1])
+            relevance = self.layout.read_rows(lambda _, rows: propagate_rows(self.layers, rows, start_layer), like)
+            full = {}
+        else:
+            raise ValueError(f"maps=False computes GAE's rows only; method {method!r} needs maps=True")
         squeeze = (lambda t: t) if self.multi_target else (lambda t: t.squeeze(1))
         return Explanation(
             relevance={k: squeeze(v) for k, v in relevance.items()},
-            maps={key: squeeze(v) for key, v in maps.items()},
+            maps={key: squeeze(v) for key, v in full.items()},
             target=None if self.target is None else squeeze(self.target),
             scores=squeeze(self.scores),
             method=method,
@@ -96,24 +85,16 @@ class Recording:
     def scaled(self, factor: float) -> Recording:
         """The recording that explaining ``factor * score`` would give, without running the model again.
 
-        Exact: the gradients scale by ``factor`` and Eq. 5, ``mean_h (dA * A)^+``, is positively
-        homogeneous in ``dA``. GAE's sums ``I + Abar @ R`` (Eq. 6-11) are *not*: with small
-        gradients the identity dominates and ``R`` is close to ``I + sum_l Abar_l`` (first order),
-        with large ones the products of several layers' maps, the paths through intermediate
-        tokens, carry the relevance. This is the diagnostic for that sensitivity (``--target-scale``
-        of ``python -m gae_workbook.evaluate``); ``rollout``, ``raw_attention`` and the ranking of
-        ``attn_gradcam`` do not depend on it.
+        Exact, as Eq. 5 is positively homogeneous in ``dA``; GAE's sums ``I + Abar @ R`` (Eq. 6-11) are not
+        (small gradients: ``R ~ I + sum_l Abar_l``; large ones: products of layers' maps), hence this diagnostic.
         """
         if not factor > 0:
             raise ValueError(f"factor must be positive (Eq. 5 keeps the positive part), got {factor}")
-        layers = [
-            replace(
-                layer,
-                attn_bar=None if layer.attn_bar is None else layer.attn_bar * factor,
-                grad=None if layer.grad is None else layer.grad * factor,
-            )
-            for layer in self.layers
-        ]
+
+        def scale(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t * factor
+
+        layers = [replace(layer, attn_bar=scale(layer.attn_bar), grad=scale(layer.grad)) for layer in self.layers]
         return replace(self, layers=layers, scores=self.scores * factor)
 
     def history(self, start_layer: int = 0) -> list[dict[tuple[str, str], Tensor]]:
@@ -172,25 +153,17 @@ def record(
 ) -> Recording:
     """Run ``model`` once, capture every attention map and its gradient for each target.
 
-    The one recording skeleton of the library: every entry point (``explain``,
-    ``explain_generation``, ``explain_dual``, ``explain_similarity``) runs through it with its own
-    :class:`~gae_utils.targets.Target`, so every path gets the same input checks, the same
-    recorder and the same capture-completeness checks.
+    The one recording skeleton: every entry point runs through it with its own :class:`~gae_utils.targets.Target`.
 
     Args:
         model: an unmodified model served by an adapter (see ``gae_utils.adapters.ADAPTERS``).
         inputs: what the adapter passes to the model (images ``(B, C, H, W)`` for ViTs).
-        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a
-            ``(B, K)`` tensor (K targets per example from one forward pass), a callable
-            ``output -> (B,)`` scores (regression, similarity, any custom scalar), or a
-            :class:`~gae_utils.targets.Target`. The adapter says how its family reads it
-            (DETR: object query indices).
+        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a ``(B, K)``
+            tensor (K targets per example), a callable ``output -> (B,)`` scores (any custom scalar), or a
+            :class:`~gae_utils.targets.Target`; the adapter says how its family reads it (DETR: queries).
         adapter: overrides the adapter lookup.
         keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
         eval_mode: explain the model in eval mode (restored afterwards).
-
-    Returns:
-        A :class:`Recording`.
     """
     adapter = adapter or find_adapter(model)
     target = target if isinstance(target, Target) else adapter.target(model, target)
@@ -234,17 +207,14 @@ def explain(
 ) -> Explanation:
     """Explain a transformer's decision with Generic Attention-model Explainability.
 
-    One forward pass and one backward pass (per target column) for the whole batch; the backward
-    asks only for the gradients of the attention maps, so no parameter ``.grad`` is created.
-    The model is left exactly as it was (parameters, mode, fused-attention flags, hooks), also when
-    the forward pass raises.
+    One forward pass and one backward pass per target column for the whole batch; no parameter
+    ``.grad`` is created and the model is left exactly as it was, also when the forward pass raises.
 
     Args:
         model: an unmodified model (see :func:`record`).
         inputs: its inputs, e.g. images ``(B, C, H, W)``.
         target: see :func:`record`.
-        method: ``"gae"`` (Chefer et al. ICCV 2021), ``"gae_last_layer"``, ``"raw_attention"``,
-            ``"rollout"`` or ``"attn_gradcam"``.
+        method: ``"gae"`` (Chefer et al. ICCV 2021) or another name of :data:`~gae_utils.methods.METHODS`.
         start_layer: first layer aggregated by ``gae`` and ``rollout``.
         adapter: overrides the adapter lookup.
         verify: also run the stock model (its own attention path, no hooks, no grad) and check that
@@ -268,9 +238,8 @@ def explain(
 
 
 def _verify(model: nn.Module, inputs: Any, adapter: Adapter, target: Target, hooked: Tensor, eval_mode: bool) -> None:
-    """The explained scores of the stock model (its own attention path, no hooks, no grad) must equal
-    the captured run's. Scores, not all logits: rows a model never reads (fully masked padding
-    queries) legitimately differ between eager and fused attention."""
+    """The explained scores (not all logits: fully masked padding rows differ between eager and fused
+    attention) of the stock model, with its own attention path, must equal the captured run's."""
     with evaluating(model, eval_mode), torch.no_grad():
         output = adapter.call(model, inputs)
         logits = adapter.logits(output) if adapter.logits is not None else None

@@ -1,10 +1,6 @@
-"""The result of one explanation: relevance, full relevancy maps, target and token layout.
-
-:class:`Explanation` is what :func:`gae_utils.explain` returns. ``relevance[name]`` is the raw,
-unnormalised relevance of the explained row over the content tokens of a modality (for a ViT:
-the CLS row of ``R[image, image]`` over the patches, ``(B, num_patches)``), ``maps[(a, b)]`` the
-full relevancy matrices. Normalisation and upsampling are display steps (:meth:`heatmap`).
-Saved as one safetensors file (tensors) and one JSON file (metadata).
+"""The result of one explanation (what :func:`gae_utils.explain` returns): raw relevance, full
+relevancy maps, target and token layout. Normalisation and upsampling are display steps
+(:meth:`Explanation.heatmap`); saved as one safetensors file and one JSON file.
 """
 
 from __future__ import annotations
@@ -12,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -54,40 +50,62 @@ class Explanation:
     multi_target: bool = False
     extra: dict = field(default_factory=dict)
 
-    # ------------------------------------------------------------------ display helpers
+    def _grid(self, name: str) -> tuple[int, int]:
+        grid = self.layout.segment(name).grid
+        if grid is None:
+            raise ValueError(f"modality {name!r} has no spatial grid")
+        return grid
+
     def grid_relevance(self, name: str = "image") -> Tensor:
         """Relevance reshaped to the patch grid: ``(B, h, w)`` or ``(B, K, h, w)``."""
-        grid = self.layout.segment(name).grid
-        if grid is None:
-            raise ValueError(f"modality {name!r} has no spatial grid")
         rel = self.relevance[name]
-        return rel.reshape(*rel.shape[:-1], *grid)  # (..., h, w)
+        return rel.reshape(*rel.shape[:-1], *self._grid(name))  # (..., h, w)
 
     def heatmap(self, size: int | tuple[int, int] | None = None, name: str = "image") -> Tensor:
-        """Relevance upsampled (bilinear) to ``size`` and min-max normalised per map.
+        """Relevance of ``name`` upsampled (bilinear) to ``size`` (an int: square; None: the patch grid) and
+        min-max normalised per map: ``(B, H, W)`` or ``(B, K, H, W)`` in [0, 1], on the CPU as float32."""
+        rel = self.relevance[name].detach().float().cpu()  # (..., h*w)
+        return grid_heatmap(rel, self._grid(name), size)  # (..., H, W)
+
+    def plot(
+        self,
+        images: Tensor | None = None,
+        index: int | None = None,
+        size: int | tuple[int, int] | None = None,
+        name: str = "image",
+    ) -> Figure:
+        """Heatmaps (over the images when given) in one figure: one panel per example (and per target).
 
         Args:
-            size: output ``(H, W)``; an int means square; ``None`` keeps the patch grid.
-            name: which relevance to show.
-
-        Returns:
-            ``(B, H, W)`` (or ``(B, K, H, W)``) maps in [0, 1], on the CPU as float32.
+            images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
+            index: plot only this example.
+            size: heatmap size (default: the images' size, else the patch grid).
+            name: which relevance to plot.
         """
-        rel = self.relevance[name].detach().float().cpu()  # (..., h*w)
-        grid = self.layout.segment(name).grid
-        if grid is None:
-            raise ValueError(f"modality {name!r} has no spatial grid")
-        return grid_heatmap(rel, grid, size)  # (..., H, W)
+        import matplotlib.pyplot as plt
 
-    def plot(self, images: Tensor | None = None, index: int | None = None, **kwargs: Any) -> Figure:
-        """Heatmaps (over the images when given) in one figure; see :func:`gae_utils.plotting.plot_explanation`."""
-        from .plotting import plot_explanation
+        from .plotting import PANEL, overlay
 
-        return plot_explanation(self, images=images, index=index, **kwargs)
+        if size is None and images is not None:
+            size = (images.shape[-2], images.shape[-1])
+        heat = self.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
+        heat = heat[:, None] if heat.ndim == 3 else heat  # (B, K, H, W)
+        target = self.target[:, None] if self.target is not None and self.target.ndim == 1 else self.target  # (B, K)
+        examples = [index] if index is not None else list(range(heat.shape[0]))
+        k = heat.shape[1]
+        fig, axes = plt.subplots(
+            len(examples), k, figsize=(PANEL * k, PANEL * len(examples)), squeeze=False, layout="constrained"
+        )
+        for r, b in enumerate(examples):
+            for j in range(k):
+                title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
+                artist = overlay(axes[r, j], images[b] if images is not None else None, heat[b, j], title)
+        fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance (min-max per map)")
+        fig.suptitle(f"{self.method} relevance")
+        return fig
 
     show = plot
 
-    # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata)."""
         path = Path(path).with_suffix("")
@@ -100,14 +118,8 @@ class Explanation:
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()
         save_file(tensors, str(path) + ".safetensors")
-        meta = {
-            "method": self.method,
-            "layout": self.layout.to_dict(),
-            "start_layer": self.start_layer,
-            "model_name": self.model_name,
-            "multi_target": self.multi_target,
-            "extra": self.extra,
-        }
+        meta = {key: getattr(self, key) for key in ("method", "start_layer", "model_name", "multi_target", "extra")}
+        meta["layout"] = self.layout.to_dict()
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -116,23 +128,15 @@ class Explanation:
         path = Path(path).with_suffix("")
         tensors = load_file(str(path) + ".safetensors")
         meta = json.loads(Path(str(path) + ".json").read_text())
-        relevance = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("relevance/")}
-        maps = {
-            cast("tuple[str, str]", tuple(k.split("/", 1)[1].split("|"))): v
-            for k, v in tensors.items()
-            if k.startswith("maps/")
+        groups = {
+            group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
+            for group in ("relevance", "maps", "layout_weights")
         }
         return cls(
-            relevance=relevance,
-            maps=maps,
+            relevance=groups["relevance"],
+            maps={cast("tuple[str, str]", tuple(k.split("|"))): v for k, v in groups["maps"].items()},
             target=tensors.get("target"),
             scores=tensors["scores"],
-            method=meta["method"],
-            layout=TokenLayout.from_dict(
-                meta["layout"], {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("layout_weights/")}
-            ),
-            start_layer=meta["start_layer"],
-            model_name=meta["model_name"],
-            multi_target=meta["multi_target"],
-            extra=meta.get("extra", {}),
+            layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
+            **meta,  # method, start_layer, model_name, multi_target, extra
         )

@@ -1,10 +1,7 @@
-"""Generated tokens explained from one teacher-forced forward and one vectorised backward.
-
-Encoder-decoders (Chefer et al. ICCV 2021, Eq. 5-11): ``"source"`` (encoder self-attention),
-``"target"`` (causal decoder self-attention) and the cross-attention target -> source; token ``t``
-reads row ``t`` of ``R[target, source]`` and ``R[target, target]``. Decoder-only LMs: one
-sequence, prompt then continuation; token ``t`` reads its position's row of ``R - I``. Both go
-through :func:`gae_utils.record` with a :class:`~gae_utils.targets.TokenTarget`.
+"""Generated tokens explained from one teacher-forced forward and one vectorised backward
+(:class:`~gae_utils.targets.TokenTarget`). Encoder-decoders: token ``t`` reads row ``t`` of
+``R[target, source]`` and ``R[target, target]`` (Eq. 5-11); decoder-only LMs: one sequence, prompt
+then continuation, token ``t`` reads its position's row of ``R - I``.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from .adapters import Adapter, find_adapter
 from .adapters.hf_causal_lm import causal_lm_target
 from .explainer import Recording, record
 from .explanation import Explanation
-from .targets import SCORES, TokenTarget, generation_target
+from .targets import TokenTarget, generation_target
 
 __all__ = ["explain_generation", "record_generation", "generation_steps"]
 
@@ -28,27 +25,11 @@ def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     adapter = adapter or find_adapter(model)
     if adapter.target not in (generation_target, causal_lm_target):
         raise ValueError(
-            f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor a causal LM; "
-            "explain it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model "
-            "containing torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention "
-            "interface."
+            f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor a causal LM; explain "
+            "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
+            "torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention interface."
         )
     return adapter
-
-
-def _prompt_length(adapter: Adapter, inputs: Mapping, generated: Tensor) -> int:
-    """Tokens of ``generated`` before the first explained one: the prompt for a causal LM (whose
-    ``generate`` returns prompt + continuation), 0 for an encoder-decoder (decoder start token first)."""
-    if adapter.target is not causal_lm_target:
-        return 0
-    prompt = inputs["input_ids"]
-    n = prompt.shape[1]
-    if generated.ndim != 2 or generated.shape[1] <= n or not torch.equal(generated[:, :n], prompt.to(generated)):
-        raise ValueError(
-            f"for a causal LM, generated must be the prompt followed by the continuation, (B, {n} + T), as "
-            f"model.generate(**inputs) returns it; got {tuple(generated.shape)}"
-        )
-    return n
 
 
 def _special_id(model: nn.Module, name: str) -> int | None:
@@ -60,9 +41,8 @@ def _special_id(model: nn.Module, name: str) -> int | None:
 def generation_steps(generated: Tensor, eos_id: int | None = None, pad_id: int | None = None) -> Tensor:
     """Which steps of a generation produced a real token: ``(B, T)`` bool for ``generated`` ``(B, 1 + T)``.
 
-    Step ``t`` predicts ``generated[:, t + 1]``; it is real up to and including the first
-    ``eos_id`` (later steps are padding of a finished sequence). Without ``eos_id``, steps
-    whose token is ``pad_id`` are padding.
+    Step ``t`` predicts ``generated[:, t + 1]``; it is real up to and including the first ``eos_id``
+    (later steps pad a finished sequence), or, without ``eos_id``, when its token is not ``pad_id``.
     """
     labels = generated[:, 1:]  # (B, T)
     if eos_id is not None:
@@ -73,7 +53,9 @@ def generation_steps(generated: Tensor, eos_id: int | None = None, pad_id: int |
     return torch.ones_like(labels, dtype=torch.bool)
 
 
-def _check_generation(inputs: Any, generated: Any) -> None:
+def _checked_steps(adapter: Adapter, inputs: Any, generated: Any, steps: Sequence[int] | None) -> tuple[int, list[int]]:
+    """The prompt length ``P`` and the checked steps of ``generated``: ``(B, P + T)`` prompt then continuation
+    (causal LM), ``(B, 1 + T)`` decoder start token then T tokens (encoder-decoder, ``P = 0``)."""
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
             "inputs must be the source tokenizer output, a dict with 'input_ids' (B, S) and 'attention_mask' (B, S)"
@@ -88,11 +70,15 @@ def _check_generation(inputs: Any, generated: Any) -> None:
             f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} sources, got "
             f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
-
-
-def _check_steps(generated: Tensor, steps: Sequence[int] | None) -> list[int]:
-    """``generated`` ``(B, 1 + T)``: the token before the first explained one, then the T explained ones."""
-    n = generated.shape[1] - 1
+    prompt = inputs["input_ids"].shape[1] if adapter.target is causal_lm_target else 0
+    if prompt and (
+        generated.shape[1] <= prompt or not torch.equal(generated[:, :prompt], inputs["input_ids"].to(generated))
+    ):
+        raise ValueError(
+            f"for a causal LM, generated must be the prompt followed by the continuation, (B, {prompt} + T), as "
+            f"model.generate(**inputs) returns it; got {tuple(generated.shape)}"
+        )
+    n = generated.shape[1] - max(prompt, 1)  # generated tokens
     if n < 1:
         raise ValueError(
             "generated holds no token after the decoder start token (shape "
@@ -104,7 +90,7 @@ def _check_steps(generated: Tensor, steps: Sequence[int] | None) -> list[int]:
     bad = [s for s in steps if not 0 <= s < n]
     if bad:
         raise ValueError(f"steps {bad} are out of range: the generation has {n} tokens (steps 0..{n - 1})")
-    return steps
+    return prompt, steps
 
 
 def record_generation(
@@ -122,16 +108,11 @@ def record_generation(
     per-head ``A`` and ``dA`` of every layer for the explorers).
 
     Returns:
-        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example, target
-        ``k`` reading the row of step ``steps[k]``; ``target`` holds the explained token ids
-        ``(B, K)``, ``scores`` their scores, ``logits`` the teacher-forced ``(B, L, V)`` logits.
+        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example, target ``k`` reading
+        step ``steps[k]``'s row; ``target``/``scores``: the tokens' ids and scores ``(B, K)``, ``logits`` ``(B, L, V)``.
     """
     adapter = _generation_adapter(model, adapter)
-    _check_generation(inputs, generated)
-    prompt = _prompt_length(adapter, inputs, generated)
-    steps = _check_steps(generated[:, max(prompt - 1, 0) :], steps)
-    if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
+    prompt, steps = _checked_steps(adapter, inputs, generated, steps)
     mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     if prompt:  # causal LM: one sequence, prompt then continuation (real up to its first EOS)
         real = generation_steps(generated[:, prompt - 1 :], _special_id(model, "eos_token_id"))  # (B, T)
@@ -161,9 +142,8 @@ def explain_generation(
     """Explain every generated token of a batch: translations, summaries, LM continuations.
 
     Args:
-        model: an encoder-decoder (Hugging Face Marian/BART/T5, or a model containing
-            ``torch.nn.Transformer`` called as ``model(input_ids, decoder_input_ids, attention_mask=None)
-            -> (B, T, V)``) or a Hugging Face causal LM routed through the attention interface.
+        model: an encoder-decoder (Hugging Face Marian/BART/T5, a model containing ``torch.nn.Transformer``)
+            or a Hugging Face causal LM routed through the attention interface.
         inputs: the source batch (encoder-decoder) or the prompt batch (causal LM, left-padded as
             ``generate`` wants it): ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
         generated: what ``model.generate(**inputs)`` returns: ``(B, 1 + T)`` decoder start token then
@@ -173,8 +153,7 @@ def explain_generation(
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: the generated tokens to explain (default all T); step ``t`` is token ``t`` given
             everything before it (teacher forcing).
-        score: ``"logit"`` (docs/rules.md) or ``"log_prob"`` (the logit minus the log-sum-exp of the
-            step's logits: what raises this token *against the other tokens*).
+        score: ``"logit"`` or ``"log_prob"`` (see :class:`~gae_utils.targets.TokenTarget`).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
 
@@ -189,12 +168,8 @@ def explain_generation(
     adapter = _generation_adapter(model, adapter)
     rec = record_generation(model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode)
     exp = rec.explanation(method, start_layer)
-    continuation = generated[:, max(_prompt_length(adapter, inputs, generated) - 1, 0) :]  # (B, 1 + T)
+    prompt, explained = _checked_steps(adapter, inputs, generated, steps)
+    continuation = generated[:, max(prompt - 1, 0) :]  # (B, 1 + T)
     real = generation_steps(continuation, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id"))
-    exp.extra = {
-        "steps": list(steps) if steps is not None else list(range(continuation.shape[1] - 1)),
-        "real_steps": real.sum(dim=1).tolist(),
-    }
+    exp.extra = {"steps": explained, "real_steps": real.sum(dim=1).tolist()}
     return exp
-
-

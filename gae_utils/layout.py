@@ -1,10 +1,8 @@
 """Token layouts: which tokens belong to which modality and how an explanation is read.
 
-A relevancy map ``R[a, b]`` has one row per token of modality ``a`` and one column per token of
-modality ``b``. What a user wants is one row of it (the token the model pools, e.g. CLS) over
-the *content* tokens of a modality (image patches, words), without prefix tokens (CLS,
-distillation, register tokens). A :class:`TokenLayout` holds these facts as data, so that the
-engine never branches on the architecture (docs/rules.md, "Reading the explanation").
+An explanation is one row of ``R[a, b]`` (the token the model pools, e.g. CLS) over the *content*
+tokens of modality ``b`` (patches, words; no CLS, distillation or register tokens). A
+:class:`TokenLayout` holds these facts as data (docs/rules.md, "Reading the explanation").
 """
 
 from __future__ import annotations
@@ -26,11 +24,9 @@ class Segment:
         n_tokens: number of tokens, prefix included.
         prefix: number of leading non-content tokens (CLS, distillation, registers).
         grid: ``(h, w)`` patch grid of the content tokens for image modalities, else ``None``.
-        stream: the engine modality whose maps hold these tokens, when the segment is a view of a
-            joint stream (single-stream models such as ViLT and VisualBERT concatenate text and
-            image tokens into one sequence: the engine sees one modality, ``"joint"``, and the
-            readouts take its blocks, text rows x image columns); ``None``: the segment is itself
-            an engine modality.
+        stream: the engine modality whose maps hold these tokens when the segment is a view of a joint
+            stream (ViLT, VisualBERT: text and image tokens in one sequence, the engine modality
+            ``"joint"``); ``None``: the segment is itself an engine modality.
         offset: index of the segment's first token in ``stream``.
     """
 
@@ -59,13 +55,10 @@ class Readout:
         name: key in ``Explanation.relevance`` (usually the modality of the columns).
         rows_of: modality whose token(s) are explained (the rows of the map).
         columns_of: modality whose content tokens get relevance (the columns).
-        rows: indices of the explained rows; several rows are averaged (mean-pooled models,
-            DeiT's CLS + distillation tokens). ``None`` means all content rows (average pooling).
-            ``"weights"`` means per-example row weights ``TokenLayout.weights[name]`` of shape
-            ``(B, Na)`` (a text encoder mean-pooled over its non-padding tokens, CLIP's EOT token),
-            or per-(example, target) row weights ``(B, K, Na)`` when each target explains its own
-            row (seq2seq: generated token ``t`` reads row ``t`` of ``R[target, source]``; DETR:
-            target ``k`` is object query ``q_k``, weights one-hot at ``q_k``).
+        rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``: all
+            content rows (average pooling); ``"weights"``: the row weights ``TokenLayout.weights[name]``,
+            ``(B, Na)`` per example (mean over the real tokens, CLIP's EOT token) or ``(B, K, Na)`` per
+            example and target (a generated token's step, a DETR object query).
     """
 
     name: str
@@ -81,14 +74,11 @@ class TokenLayout:
     """Segments of every modality plus the readouts that turn maps into relevance vectors.
 
     Attributes:
-        segments: the engine modalities first (``segments[0]`` is the first recorded layer's),
-            then any views of a joint stream.
+        segments: the engine modalities first (the first recorded layer's first), then any views of a joint stream.
         readouts: how each relevance vector is read.
         weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
-        positions: per-example grid positions ``{modality: (B, n_content)}`` of content tokens that
-            reach the model in another order than raster order (ViLT shuffles its patches): token
-            ``j`` of example ``b`` sits at raster index ``positions[m][b, j]`` of the segment's grid
-            (``-1``: the token is not this segment's; a vision-language model's image tokens sit among its text).
+        positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content token
+            that reaches the model in another order (ViLT shuffles its patches); ``-1``: not this segment's.
     """
 
     segments: tuple[Segment, ...]
@@ -127,22 +117,13 @@ class TokenLayout:
         return weights
 
     def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
-        """Read every relevance vector of the layout.
-
-        Args:
-            maps: relevancy maps ``{(a, b): (..., Na, Nb)}``.
-
-        Returns:
-            ``{name: (..., n_content)}`` raw relevance of the explained row(s) over the content
-            tokens of the column modality.
-        """
+        """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps ``{(a, b): (..., Na, Nb)}``."""
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
             full = maps[(rows.engine_modality, cols.engine_modality)]  # (B, [K,] Na, Nb) of the engine modalities
             full = full[..., rows.offset : rows.offset + rows.n_tokens, cols.offset : cols.offset + cols.n_tokens]
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
-            per_example = weights.ndim >= 2
             if weights.ndim == 3:  # one row per target: needs maps with a target dimension
                 if full.ndim != 4 or full.shape[1] != weights.shape[1]:
                     raise ValueError(
@@ -155,20 +136,12 @@ class TokenLayout:
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
-            out[readout.name] = self._finish(readout, row, weights, per_example)
+            out[readout.name] = self._finish(readout, row, weights)
         return out
 
     def read_rows(self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor) -> dict[str, Tensor]:
-        """Read every relevance vector without full maps: ``e^T R`` computed by ``propagate_row``.
-
-        Args:
-            propagate_row: ``(engine modality, v (B, K, N)) -> v^T R`` of shape ``(B, K, N)``, e.g.
-                :func:`~gae_utils.propagation.propagate_rows`.
-            like: a ``(B, K, ...)`` tensor giving the batch, target count, dtype and device.
-
-        Returns:
-            The same ``{name: (B, K, n_content)}`` as :meth:`read` on the full maps.
-        """
+        """What :meth:`read` gives, without full maps: ``propagate_row(engine modality, v (B, K, N))`` computes
+        ``v^T R`` (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes."""
         batch, k = like.shape[:2]
         out = {}
         for readout in self.readouts:
@@ -183,14 +156,14 @@ class TokenLayout:
             start = like.new_zeros(batch, k, n)  # (B, K, N) the explained rows inside the engine modality
             start[..., rows.offset : rows.offset + rows.n_tokens] = weights
             row = propagate_row(rows.engine_modality, start)[..., cols.offset : cols.offset + cols.n_tokens]
-            out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2), readout.rows == "weights")
+            out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2))
         return out
 
-    def _finish(self, readout: Readout, row: Tensor, weights: Tensor, per_example: bool) -> Tensor:
+    def _finish(self, readout: Readout, row: Tensor, weights: Tensor) -> Tensor:
         """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights`` ``(..., 1, Na)``)."""
         cols = self.segment(readout.columns_of)
         if readout.drop_self and readout.rows_of == readout.columns_of:
-            if per_example:  # zero the columns of the explained rows
+            if readout.rows == "weights":  # per-example rows: zero their columns
                 row = row * (weights.squeeze(-2) == 0)
             elif readout.rows is not None:
                 row = row.clone()
@@ -212,33 +185,14 @@ class TokenLayout:
 
     def to_dict(self) -> dict:
         """JSON-ready description (per-example ``weights`` are tensors and are saved separately)."""
-        return {
-            "segments": [vars(s) for s in self.segments],
-            "readouts": [vars(r) for r in self.readouts],
-        }
+        return {"segments": [vars(s) for s in self.segments], "readouts": [vars(r) for r in self.readouts]}
 
     @classmethod
     def from_dict(cls, data: dict, weights: dict[str, Tensor] | None = None) -> TokenLayout:
-        segments = tuple(
-            Segment(
-                s["modality"],
-                s["n_tokens"],
-                s["prefix"],
-                tuple(s["grid"]) if s["grid"] else None,
-                s.get("stream"),
-                s.get("offset", 0),
-            )
-            for s in data["segments"]
-        )
+        """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example ``weights``."""
+        segments = tuple(Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None}) for s in data["segments"])
         readouts = tuple(
-            Readout(
-                r["name"],
-                r["rows_of"],
-                r["columns_of"],
-                tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"],
-                r.get("drop_self", False),
-                r.get("subtract_identity", False),
-            )
+            Readout(**{**r, "rows": tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]})
             for r in data["readouts"]
         )
         return cls(segments, readouts, dict(weights or {}))

@@ -17,14 +17,9 @@ __all__ = ["normalize_maps", "upsample_maps", "grid_heatmap"]
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalises every map independently over its two trailing dimensions.
+    """Min-max normalises every map ``(..., H, W)`` independently over its two trailing dimensions.
 
-    Args:
-        maps: Relevancy maps of shape ``(..., H, W)``.
-
-    Returns:
-        Tensor of the same shape with every map scaled to [0, 1]. Constant maps (max == min),
-        which carry no ranking information, become all zeros instead of 0/0 = NaN.
+    Constant maps (max == min), which carry no ranking information, become all zeros instead of NaN.
     """
     if maps.dim() < 2:
         raise ValueError(f"maps must have at least 2 dims (..., H, W), got {tuple(maps.shape)}.")
@@ -41,16 +36,7 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly upsamples patch-level maps to pixel resolution.
-
-    Args:
-        maps: Maps of shape ``(..., h, w)``, e.g. ``(N, 14, 14)`` for ViT-B/16 at 224 px.
-        size: Target ``(H, W)``.
-
-    Returns:
-        Tensor of shape ``(..., H, W)``, interpolated with ``mode="bilinear",
-        align_corners=False`` (as the authors' ``F.interpolate(..., scale_factor=16)``).
-    """
+    """Bilinearly upsamples patch maps ``(..., h, w)`` to pixel resolution ``(..., H, W)`` (align_corners=False)."""
     if maps.dim() < 2:
         raise ValueError(f"maps must have at least 2 dims (..., h, w), got {tuple(maps.shape)}.")
     if len(size) != 2 or any(int(s) <= 0 for s in size):

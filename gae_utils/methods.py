@@ -1,9 +1,7 @@
 """The methods of the paper's comparison set, as one table computed from the same recording.
 
-Each :class:`Method` turns recorded layers into relevancy maps ``{(a, b): (B, K, Na, Nb)}``:
-GAE (Chefer et al. ICCV 2021, Eq. 5-11 through :func:`~gae_utils.propagation.propagate`), its
-ablations, and the baselines of Sec. 5 (raw attention, rollout, attention Grad-CAM). Figures,
-explorers and evaluation read a method's label and flags from :data:`METHODS`.
+Each :class:`Method` turns recorded layers into relevancy maps ``{(a, b): (B, K, Na, Nb)}``: GAE
+(Chefer et al. ICCV 2021, Eq. 5-11), its ablations and the baselines of Sec. 5, as docs/rules.md states them.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from .layout import TokenLayout
 from .propagation import Maps, propagate
@@ -26,8 +25,7 @@ def _gae(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -
 
 
 def _gae_no_norm(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Ablation: GAE without the residual normalisation of Eq. 8-9 in cross-attention layers
-    (the same as ``gae`` for self-attention-only models)."""
+    """Ablation: GAE without the residual normalisation of Eq. 8-9 in cross-attention layers."""
     return propagate(layers, start_layer=start_layer, normalize=False)
 
 
@@ -36,8 +34,7 @@ def _last_layers(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
 
 
 def _gae_last_layer(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Ablation "ours without aggregation": only the last layer's ``I + Abar`` (for several
-    modalities, the last layer of each (query, key) pair, with the same rules)."""
+    """Ablation "ours without aggregation": the last layer of each (query, key) pair only, same rules."""
     return propagate(_last_layers(layers))
 
 
@@ -46,38 +43,32 @@ def _n_targets(layers: Sequence[LayerRecord]) -> int:
     return attn_bar.shape[1] if attn_bar is not None else 1
 
 
+def _per_target(attn_mean: Tensor, k: int) -> Tensor:
+    """The target-independent ``(B, Nq, Nk)`` map as ``(B, K, Nq, Nk)``."""
+    return attn_mean.unsqueeze(1).expand(-1, k, -1, -1)
+
+
 def _raw_attention(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
     """Last layer's attention averaged over heads (target independent), for each (query, key) pair."""
     k = _n_targets(layers)
-    return {
-        (layer.query, layer.key): layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1) for layer in _last_layers(layers)
-    }
+    return {(layer.query, layer.key): _per_target(layer.attn_mean, k) for layer in _last_layers(layers)}
 
 
 def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers.
-
-    Rollout has no rule for cross-attention. For models with cross-attention layers, the maps are
-    the propagation rules (Eq. 6-11) applied to the head-averaged attention of every layer, with
-    no gradients: rollout's "attention only" idea carried through the bi-modal rules.
-    """
+    """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers; with
+    cross-attention layers, Eq. 6-11 on the head-averaged attention, no gradients (docs/rules.md)."""
     k = _n_targets(layers)
     if any(layer.kind == "cross" for layer in layers):
-        bars = [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1) for layer in layers]  # (B, K, Nq, Nk)
-        return propagate(layers, bars, start_layer=start_layer)
+        return propagate(layers, [_per_target(layer.attn_mean, k) for layer in layers], start_layer=start_layer)
     maps: Maps = {}
     for modality in dict.fromkeys(layer.query for layer in layers):
-        own = [
-            layer
-            for i, layer in enumerate(layers)
-            if i >= start_layer and layer.kind == "self" and layer.query == modality
-        ]
+        own = [layer for layer in layers[start_layer:] if layer.kind == "self" and layer.query == modality]
         if not own:
             continue
         joint = rollout_step(own[0].attn_mean)  # (B, N, N)
         for layer in own[1:]:
             joint = rollout_step(layer.attn_mean) @ joint  # (B, N, N) @ (B, N, N)
-        maps[(modality, modality)] = joint.unsqueeze(1).expand(-1, k, -1, -1)  # (B, K, N, N)
+        maps[(modality, modality)] = _per_target(joint, k)  # (B, K, N, N)
     return maps
 
 
@@ -139,16 +130,9 @@ def method_label(name: str) -> str:
 
 
 def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int = 0) -> Maps:
-    """Relevancy maps of ``method`` from one recording.
+    """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method`` (one of :data:`METHODS`) from one recording.
 
-    Args:
-        method: one of :data:`METHODS`.
-        layers: the recorded layers.
-        layout: the token layout (Grad-CAM needs the prefix tokens).
-        start_layer: first layer aggregated (methods with ``uses_start_layer``; ignored by the others).
-
-    Returns:
-        ``{(a, b): (B, K, Na, Nb)}``.
+    ``start_layer`` is ignored by methods without ``uses_start_layer``; ``layout`` names Grad-CAM's prefix tokens.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")

@@ -1,49 +1,27 @@
-"""Drawing an :class:`~gae_utils.explanation.Explanation`: heatmaps over the inputs.
+"""Drawing relevance: heatmaps over the inputs (:meth:`~gae_utils.explanation.Explanation.plot`), tokens as HTML.
 
-matplotlib is imported only when a figure is drawn, so ``import gae_utils`` stays free of it.
-The workbook's figure module builds its figures from these helpers. Heatmaps use ``inferno``,
-a perceptually uniform colour map whose lightness rises monotonically, so a map still reads
-correctly in greyscale.
+matplotlib is imported only when a figure is drawn. Heatmaps use ``inferno``, whose lightness rises
+monotonically, so a map still reads correctly in greyscale.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
 
-__all__ = [
-    "HEATMAP_CMAP",
-    "PANEL",
-    "TokenHTML",
-    "overlay",
-    "plot_explanation",
-    "plot_token_relevance",
-    "to_numpy_image",
-    "token_html",
-]
+__all__ = ["HEATMAP_CMAP", "PANEL", "TokenHTML", "overlay", "to_numpy_image", "token_html"]
 
 HEATMAP_CMAP = "inferno"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
-
-
-class _Explained(Protocol):
-    """What :func:`plot_explanation` reads of an :class:`~gae_utils.explanation.Explanation` (not imported
-    here: the explanation module imports this one)."""
-
-    method: str
-    target: Tensor | None
-
-    def heatmap(self, size: int | tuple[int, int] | None = None, name: str = "image") -> Tensor: ...
 
 
 def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
@@ -56,82 +34,17 @@ def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    ax: Any,
-    image: Tensor | np.ndarray | None,
-    heat: Tensor | np.ndarray,
-    title: str | None = None,
-    alpha: float = 0.6,
+    ax: Any, image: Tensor | np.ndarray | None, heat: Tensor | np.ndarray, title: str | None = None, alpha: float = 0.6
 ) -> AxesImage:
     """Heatmap (values in [0, 1]) over a dimmed greyscale copy of the image."""
     heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
     if image is not None:
-        grey = to_numpy_image(image).mean(axis=-1)
-        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
-        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha)
-    else:
-        artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1)
+        ax.imshow(to_numpy_image(image).mean(axis=-1), cmap="gray", vmin=0, vmax=1)  # (H, W) greyscale
+    artist = ax.imshow(heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha if image is not None else None)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title)
-    return artist
-
-
-def plot_explanation(
-    explanation: _Explained,
-    images: Tensor | None = None,
-    index: int | None = None,
-    size: int | tuple[int, int] | None = None,
-    name: str = "image",
-) -> Figure:
-    """Plot an :class:`~gae_utils.explanation.Explanation`: one panel per example (and per target).
-
-    Args:
-        explanation: the explanation.
-        images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
-        index: plot only this example.
-        size: heatmap size (default: the images' size, else the patch grid).
-        name: which relevance to plot.
-    """
-    import matplotlib.pyplot as plt
-
-    if size is None and images is not None:
-        size = (images.shape[-2], images.shape[-1])
-    heat = explanation.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
-    if heat.ndim == 3:
-        heat = heat[:, None]
-    target = explanation.target
-    if target is not None and target.ndim == 1:
-        target = target[:, None]
-    examples = [index] if index is not None else list(range(heat.shape[0]))
-    k = heat.shape[1]
-    fig, axes = plt.subplots(
-        len(examples), k, figsize=(PANEL * k, PANEL * len(examples)), squeeze=False, layout="constrained"
-    )
-    for r, b in enumerate(examples):
-        for j in range(k):
-            title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
-            artist = overlay(axes[r, j], images[b] if images is not None else None, heat[b, j], title)
-    fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance (min-max per map)")
-    fig.suptitle(f"{explanation.method} relevance")
-    return fig
-
-
-def plot_token_relevance(
-    ax: Any, tokens: Sequence[str], relevance: Tensor | Sequence[float], title: str | None = None
-) -> Any:
-    """One sentence as a strip of cells, each token's relevance (min-max normalised) as its shade."""
-    values = torch.as_tensor(relevance, dtype=torch.float32)[: len(tokens)]
-    span = values.max() - values.min()
-    values = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
-    artist = ax.imshow(values[None].numpy(), cmap=HEATMAP_CMAP, vmin=0, vmax=1, aspect="auto")
-    for i, (token, v) in enumerate(zip(tokens, values.tolist())):
-        color = "black" if v > 0.6 else "white"
-        ax.text(i, 0, token, ha="center", va="center", fontsize=9 if len(token) <= 7 else 7, color=color)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, loc="left")
     return artist
 
 
@@ -148,12 +61,10 @@ def token_html(tokens: Sequence[str], relevance: Tensor | Sequence[float], cmap:
     Args:
         tokens: the token strings (e.g. ``tokenizer.convert_ids_to_tokens(ids)``), one per value.
         relevance: ``(N,)`` raw relevance, e.g. ``exp.relevance["text"][b]`` without padding.
-        cmap: a matplotlib colour map; the default's lightness rises with relevance, so the page
-            reads the same in greyscale.
+        cmap: a matplotlib colour map (the default reads the same in greyscale).
 
     Returns:
-        A :class:`TokenHTML`: displayed as coloured tokens in a notebook, each with its raw value
-        as a tooltip.
+        A :class:`TokenHTML`, shown as coloured tokens in a notebook, each with its raw value as a tooltip.
     """
     from matplotlib import colormaps
     from matplotlib.colors import to_hex

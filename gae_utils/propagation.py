@@ -1,11 +1,8 @@
 """The relevancy engine: from recorded attention layers to relevancy maps.
 
-:func:`propagate` consumes an ordered list of :class:`~gae_utils.recorder.LayerRecord` (each a
-self-attention layer of a modality or a cross-attention from one modality to another) and applies
-the rules of Chefer et al. ICCV 2021 (Eq. 5-11; see :mod:`gae_utils.rules`). It never looks at the
-architecture: a ViT, a two-stream co-attention model and an encoder-decoder differ only in the
-records they produce. The baselines of the paper's comparison set are computed from the same
-records (:data:`METHODS`).
+:func:`propagate` applies the rules of Chefer et al. ICCV 2021 (Eq. 5-11, :mod:`gae_utils.rules`)
+over an ordered list of :class:`~gae_utils.records.LayerRecord`. It never looks at the architecture:
+a ViT, a two-stream co-attention model and an encoder-decoder differ only in the records they produce.
 """
 
 from __future__ import annotations
@@ -48,9 +45,7 @@ def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tens
     return maps
 
 
-def _deltas(
-    layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool = True
-) -> Maps:
+def _deltas(layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool) -> Maps:
     """The additions one layer makes to the maps (computed from ``maps`` as they are)."""
     s, q = layer.query, layer.key
     if layer.kind == "self":
@@ -94,20 +89,15 @@ def propagate(
     history: list[Maps] | None = None,
     normalize: bool = True,
 ) -> Maps:
-    """Apply the self- and cross-attention rules over the recorded layers, in order.
-
-    Layers of one co-attention group (same ``group`` id, adjacent) are applied simultaneously:
-    every addition of the group is computed from the maps as they were before the group, then all
-    are added (docs/rules.md, the LXMERT cross-modality layer).
+    """Apply the self- and cross-attention rules over the recorded layers, in order; the layers of one
+    co-attention group are computed from the maps as they were before the group (:func:`layer_steps`).
 
     Args:
         layers: recorded layers in forward order.
-        attn_bars: the aggregated map of each layer, ``(..., Nq, Nk)``; defaults to each layer's
-            Eq. 5 map ``layer.attn_bar`` of shape ``(B, K, Nq, Nk)``.
+        attn_bars: each layer's aggregated map ``(..., Nq, Nk)``; default: its Eq. 5 map ``layer.attn_bar``.
         start_layer: layers with a smaller index are skipped (the authors' CLIP ViT-B/16 option).
         history: if given, a copy of the maps after each applied layer (or group) is appended.
-        normalize: apply the residual normalisation (Eq. 8-9) in cross-attention layers; False
-            is the paper's ablation.
+        normalize: apply Eq. 8-9 in cross-attention layers (False: the paper's ablation).
 
     Returns:
         ``{(a, b): (..., Na, Nb)}`` relevancy maps of every ordered pair of modalities.
@@ -135,9 +125,8 @@ def propagate(
 def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0) -> Tensor:
     """Rows of GAE's ``R`` for a stack of self-attention layers of one modality, without ``R``.
 
-    Eq. 6 applied in order gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried
-    from the last layer to the first, ``v <- v + v @ Abar_l``: N vector-matrix products instead of N
-    matrix-matrix products, and no ``N x N`` map is built (docs/rules.md, "Reading the explanation").
+    Eq. 6 gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried from the last layer
+    to the first, ``v <- v + v @ Abar_l``: vector-matrix products, and no ``N x N`` map is built.
 
     Args:
         layers: recorded self-attention layers of one modality, in forward order.

@@ -1,22 +1,19 @@
 """The one owner of every hook an explanation uses (:class:`AttentionRecorder`).
 
-Forward hooks capture each layer's attention probabilities ``A`` in the order the layers run;
-the backward asks autograd for ``dy/dA`` only, tensor hooks reduce ``(dA * A)^+`` over heads
-(Eq. 5) as each gradient arrives, and no parameter ``.grad`` is created. On exit (also after an
-exception) every hook, flag, mode and handle is restored.
+Forward hooks capture each layer's attention probabilities ``A`` as the layers run; the backward
+asks autograd for ``dy/dA`` only (no parameter ``.grad``) and tensor hooks reduce ``(dA * A)^+``
+over heads (Eq. 5) as each gradient arrives. On exit, also after an exception, everything is restored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .adapters import Adapter, AttentionCaptureError, AttentionSite, attention_modules
 from .records import LayerRecord, last_of_each_pair
@@ -61,10 +58,9 @@ class AttentionRecorder:
     Args:
         model: the unmodified model.
         adapter: the adapter describing where its attention lives.
-        keep_heads: keep per-head ``A`` and ``dA`` of every layer (explorer); otherwise only of
-            the last layer of each modality (attention Grad-CAM needs it).
-        eval_mode: run the model in eval mode (dropout off) for the call; the original
-            ``training`` flag of every submodule is restored afterwards.
+        keep_heads: keep per-head ``A`` and ``dA`` of every layer (explorer), not only of the last layer of
+            each modality pair (attention Grad-CAM).
+        eval_mode: run the model in eval mode for the call; every submodule's ``training`` flag is restored.
 
     Example:
         >>> with AttentionRecorder(model, adapter) as rec:
@@ -80,15 +76,13 @@ class AttentionRecorder:
         self.eval_mode = eval_mode
         self.records: list[LayerRecord] = []
         self._live: list[_CapturedMap] = []
-        self._handles: list[RemovableHandle] = []
-        self._tensor_handles: list[Any] = []
-        self._exits: list[Any] = []
+        self._undo = ExitStack()  # every hook handle, flag and mode, undone in reverse order on exit
         self._target_index = 0
         self._hooks_off = False
         self._calls: dict[str, int] = {}
         self.num_modules = 0
+        self._hooked: list[str] = []
 
-    # ------------------------------------------------------------------ context management
     def __enter__(self) -> AttentionRecorder:
         try:
             modules = attention_modules(self.model, self.adapter)
@@ -99,50 +93,30 @@ class AttentionRecorder:
                     "not describe this model. Register an adapter whose sites name its attention modules."
                 )
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)  # captures expected
-            switch = self.adapter.eager(self.model)
-            switch.__enter__()
-            self._exits.append(switch)
-            modes = evaluating(self.model, self.eval_mode)
-            modes.__enter__()
-            self._exits.append(modes)
+            self._hooked = [name for name, _, _ in modules]
+            self._undo.enter_context(self.adapter.eager(self.model))
+            self._undo.enter_context(evaluating(self.model, self.eval_mode))
             for name, module, site in modules:
-                self._handles.append(module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True))
-                if isinstance(site.probs, str):
-                    child = module.get_submodule(site.probs)
-                    self._handles.append(child.register_forward_hook(self._capture_output(name, site)))
-                else:
-                    self._handles.append(module.register_forward_hook(self._capture_item(name, site)))
+                self._undo.callback(module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True).remove)
+                hooked = module.get_submodule(site.probs) if isinstance(site.probs, str) else module
+                self._undo.callback(hooked.register_forward_hook(self._capture_hook(name, site)).remove)
         except BaseException:
             self._restore()
             raise
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> Literal[False]:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self._restore()
         return False  # never swallow an exception
 
     def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for handle in self._tensor_handles:
-            handle.remove()
-        self._handles.clear()
-        self._tensor_handles.clear()
-        while self._exits:
-            self._exits.pop().__exit__(None, None, None)
+        self._undo.close()
         self._live.clear()
 
-    # ------------------------------------------------------------------ forward hooks
     @staticmethod
     def _ensure_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        """Let gradients reach ``A`` in a frozen model without touching ``requires_grad`` of parameters.
-
-        If the hidden states entering the attention module carry no graph (all parameters frozen,
-        input not requiring grad), they are replaced by a detached copy that requires grad: the
-        same values, so the output is unchanged.
-        """
+        """Let gradients reach ``A`` in a frozen model without touching its parameters: hidden states that
+        carry no graph are replaced by a detached copy (same values) that requires grad."""
         if not torch.is_grad_enabled():
             return None
         if args and _needs_graph(args[0]):
@@ -152,18 +126,15 @@ class AttentionRecorder:
             return args, {**kwargs, key: kwargs[key].detach().requires_grad_(True)}
         return None
 
-    def _capture_output(self, name: str, site: AttentionSite) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self._capture(name, site, output)
-
-        return hook
-
-    def _capture_item(self, name: str, site: AttentionSite) -> Callable[..., None]:
+    def _capture_hook(self, name: str, site: AttentionSite) -> Callable[..., None]:
+        """Forward hook reading the probabilities as ``site.probs`` says: the hooked child's output, an
+        item of the attention module's output tuple, or ``site.probs(module, output)``."""
         read = site.probs
-        assert not isinstance(read, str)  # child-module sites are hooked by _capture_output
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if callable(read):
+            if isinstance(read, str):
+                probs = output
+            elif callable(read):
                 probs = read(module, output)
             else:
                 probs = output[read] if isinstance(output, (tuple, list)) else None
@@ -174,10 +145,9 @@ class AttentionRecorder:
     def _capture(self, name: str, site: AttentionSite, probs: Tensor | None) -> None:
         if not isinstance(probs, Tensor) or probs.ndim != 4:
             raise AttentionCaptureError(
-                f"attention module {name!r} returned no attention probabilities (got "
-                f"{type(probs).__name__}); its fused/SDPA path is active, or it does not route its attention "
-                "through the path the adapter switches. Load the model with attn_implementation='eager' "
-                "(Hugging Face) or check the adapter's eager switch."
+                f"attention module {name!r} returned no attention probabilities (got {type(probs).__name__}); its "
+                "fused/SDPA path is active, or it does not route its attention through the path the adapter switches. "
+                "Load the model with attn_implementation='eager' (Hugging Face) or check the adapter's eager switch."
             )
         kind, query, key, group = site.kind, site.query, site.key, site.group
         if site.calls:  # one module called several times per forward, each call a different direction
@@ -200,7 +170,7 @@ class AttentionRecorder:
             node = probs._base  # (B*H, Nq, Nk)
         live = _CapturedMap(record, probs, self.keep_heads, node)
         self._live.append(live)
-        self._tensor_handles.append(node.register_hook(self._on_grad(live)))
+        self._undo.callback(node.register_hook(self._on_grad(live)).remove)
 
     def _on_grad(self, live: _CapturedMap) -> Callable[..., None]:
         def hook(grad: Tensor) -> None:
@@ -214,19 +184,16 @@ class AttentionRecorder:
 
         return hook
 
-    # ------------------------------------------------------------------ backward
-    def batched_backward(self, output: Tensor, grad_outputs: Tensor, modality: str | None) -> None:
+    def batched_backward(self, scores: Tensor, modality: str | None) -> None:
         """K backward passes at once (``is_grads_batched``) for the layers of one modality.
 
-        ``grad_outputs[k]`` selects target ``k`` (e.g. one column of a similarity matrix, or one
-        generated token's logit); the K passes run as one vectorised backward, exact like K
-        separate ones. Sets ``cam`` of the modality's layers to ``(B, K, Nq, Nk)``. The graph is
-        kept for later backward passes. Per-head ``A`` and ``dA`` are kept for the last layer of
-        each (query, key) pair (attention Grad-CAM) and, with ``keep_heads``, for every layer.
+        Pass ``k`` differentiates column ``k`` of ``scores`` (a text's column of a similarity matrix, a
+        generated token's logit); the K passes run as one vectorised backward, exact like K separate
+        ones, and set ``attn_bar`` of the modality's layers to ``(B, K, Nq, Nk)``. The graph is kept.
+        Per-head ``A`` and ``dA`` are kept as in :meth:`backward_objectives`.
 
         Args:
-            output: the tensor the targets are read from, e.g. ``(B_i, B_t)`` logits.
-            grad_outputs: ``(K, *output.shape)``.
+            scores: ``(B, K)`` the targets' scores, e.g. ``(B_i, B_t)`` pair logits.
             modality: whose layers to fill; ``None`` for every recorded layer (an encoder-decoder,
                 whose targets depend on both modalities).
         """
@@ -236,10 +203,11 @@ class AttentionRecorder:
             raise ValueError(f"no recorded layers of modality {modality!r}")
         self._hooks_off = True
         try:
+            columns = torch.eye(scores.shape[1], dtype=scores.dtype, device=scores.device)  # (K, K)
             grads = torch.autograd.grad(
-                output,
+                scores,
                 [live.node for live in lives],
-                grad_outputs=grad_outputs,
+                grad_outputs=columns[:, None, :].expand(-1, scores.shape[0], -1),  # (K, B, K): pass k, column k
                 is_grads_batched=True,
                 retain_graph=True,
                 allow_unused=True,
@@ -270,21 +238,16 @@ class AttentionRecorder:
     def complete_records(self) -> list[LayerRecord]:
         """The records, after checking that every hooked attention call was captured once."""
         if len(self.records) != self.num_modules:
+            silent = sorted(set(self._hooked) - {r.name for r in self.records})
             raise AttentionCaptureError(
                 f"captured {len(self.records)} attention maps but the model has {self.num_modules} attention modules"
+                + (f"; {', '.join(silent)} captured nothing" if silent else "")
             )
         return self.records
 
     def backward(self, scores: Tensor) -> list[LayerRecord]:
-        """Gradients of each target column with respect to every captured ``A``.
-
-        Args:
-            scores: ``(B, K)`` one scalar per example and target. One backward pass per target
-                column serves the whole batch.
-
-        Returns:
-            The records, with ``cam`` (and ``attn``/``grad`` where kept) filled in.
-        """
+        """Gradients of each column of ``scores`` ``(B, K)`` with respect to every captured ``A``, one backward
+        pass per column for the whole batch; returns the records with ``attn_bar`` (``attn``/``grad`` where kept)."""
         self._check_captured()
         if not scores.requires_grad:
             raise AttentionCaptureError("the target score does not depend on the model's attention (no graph).")
@@ -301,18 +264,13 @@ class AttentionRecorder:
     def backward_objectives(
         self, objectives: list[Tensor], modalities: list[set[str] | None] | None = None
     ) -> list[LayerRecord]:
-        """One backward pass per scalar objective; objective ``k`` fills target column ``k``.
-
-        Exact per example when each example's score depends only on that example's tokens (a
-        batch of independent inputs, or the two sentences of one pair): the gradient of the sum
-        with respect to example ``i``'s attention is then the gradient of its own score.
+        """One backward pass per scalar objective; objective ``k`` fills target column ``k`` (exact per
+        example when each example's score depends only on its own tokens).
 
         Args:
             objectives: K scalars.
-            modalities: for each objective, the modalities whose layers need its gradient (None:
-                all). The backward pass then stops at those modalities' first maps, so a dual
-                encoder's image target does not pay for a backward through the text tower. Layers
-                of other modalities get zeros in that column.
+            modalities: for each objective, the modalities whose layers need its gradient (None: all);
+                the pass stops at their first maps, and other modalities' layers are left to another backward.
         """
         self._check_captured()
         n_targets = len(objectives)
@@ -339,9 +297,8 @@ class AttentionRecorder:
         for live in self._live:
             if requested is not None and live.record.query not in requested:
                 continue  # filled by another backward (e.g. batched_backward) or not asked for
-            # A layer no gradient reaches does not influence the target (LXMERT's last image->text
-            # cross-attention feeds only the image stream, which the answer head never reads):
-            # dy/dA = 0 there, so its Eq. 5 map is zero.
+            # dy/dA = 0 at a layer no gradient reaches (LXMERT's last image->text cross-attention feeds
+            # only the image stream, which the answer head never reads), so its Eq. 5 map is zero.
             live.record.reached = any(c is not None for c in live.attn_bars)
             zeros = torch.zeros_like(live.record.attn_mean)
             bars = [bar if bar is not None else zeros for bar in live.attn_bars]

@@ -40,7 +40,6 @@ class LayerRecord:
 
 
 def last_of_each_pair(layers: Sequence[LayerRecord]) -> list[int]:
-    """Indices, in forward order, of the last layer of every (query, key) modality pair: the layers
-    the baselines (raw attention, attention Grad-CAM, GAE's last-layer ablation) read."""
+    """Indices, in forward order, of the last layer of every (query, key) modality pair (what the baselines read)."""
     last = {(layer.query, layer.key): i for i, layer in enumerate(layers)}
     return sorted(last.values())

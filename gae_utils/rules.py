@@ -2,12 +2,9 @@
 
 Pure functions of tensors implementing Chefer, Gur & Wolf, "Generic Attention-model
 Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV 2021,
-arXiv:2103.15679), Section 3, Eq. 5-11, plus the baselines the paper compares against,
-computed from the same recorded attention maps.
-
-Every function is batched over any number of leading dimensions, keeps the dtype and device
-of its inputs, and never modifies its arguments in place. Shapes use ``B`` for the batch,
-``H`` for heads, ``Nq``/``Nk`` for query/key tokens.
+arXiv:2103.15679), Section 3, Eq. 5-11, and the baselines the paper compares against (docs/rules.md).
+Every function is batched over any leading dimensions, keeps the dtype and device of its inputs
+and never modifies its arguments.
 """
 
 from __future__ import annotations
@@ -30,20 +27,14 @@ def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
     """Gradient-weighted attention of each head, before the head average of Eq. 5: ``(grad * attn)^+``.
 
     Args:
-        attn: attention probabilities of one or more heads, ``(..., Nq, Nk)``.
+        attn: ``(..., Nq, Nk)`` attention probabilities of one or more heads.
         grad: gradient of the target with respect to ``attn``, broadcastable to it.
-
-    Returns:
-        ``(..., Nq, Nk)`` the positive part of the element-wise product (what the explorer's head view shows).
     """
     return (grad * attn).clamp(min=0)  # (..., Nq, Nk)
 
 
 def head_average(attn: Tensor, grad: Tensor) -> Tensor:
-    """Gradient-weighted attention averaged over heads (Eq. 5).
-
-    ``Abar = E_h[(grad * attn)^+]``: the positive part of the element-wise product of the
-    attention probabilities and their gradient, averaged over heads.
+    """Gradient-weighted attention averaged over heads (Eq. 5): ``Abar = E_h[(grad * attn)^+]``.
 
     Args:
         attn: attention probabilities, ``(..., H, Nq, Nk)``.
@@ -60,10 +51,7 @@ def head_average(attn: Tensor, grad: Tensor) -> Tensor:
 
 
 def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
-    """Self-attention rule (Eq. 6 and Eq. 7): ``R + Abar @ R``.
-
-    Applies to ``R[s, s]`` (Eq. 6) and to every ``R[s, q]`` of another modality (Eq. 7)
-    when a self-attention layer of modality ``s`` runs.
+    """Self-attention rule of modality ``s`` (Eq. 6 for ``R[s, s]``, Eq. 7 for ``R[s, q]``): ``R + Abar @ R``.
 
     Args:
         relevancy: ``(..., Ns, Nx)`` the map ``R[s, x]`` before the layer.
@@ -78,8 +66,7 @@ def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
 def normalize_self_relevancy(relevancy: Tensor) -> Tensor:
     """Residual normalisation of a self-relevancy map (Eq. 8 and Eq. 9).
 
-    ``Rhat = R - I``; ``Rbar = Rhat / Rhat.sum(-1) + I``. Rows of ``Rhat`` that sum to zero
-    (tokens no layer has touched yet) are left as identity rows instead of dividing by zero.
+    ``Rhat = R - I``; ``Rbar = Rhat / Rhat.sum(-1) + I``; rows of ``Rhat`` summing to zero stay identity rows.
 
     Args:
         relevancy: ``(..., N, N)`` the map ``R[x, x]``.
@@ -101,8 +88,7 @@ def cross_attention_update(
     """Cross-attention rule, queries from modality ``s``, keys from ``q`` (Eq. 10 and Eq. 11).
 
     ``R[s, q] += Rbar[s, s]^T @ Abar @ Rbar[q, q]`` (Eq. 10, with ``Rbar`` from Eq. 8-9) and
-    ``R[s, s] += Abar @ R[q, s]`` (Eq. 11). Both additions are computed from the maps as they
-    were before the layer.
+    ``R[s, s] += Abar @ R[q, s]`` (Eq. 11), both from the maps as they were before the layer.
 
     Args:
         r_sq: ``(..., Ns, Nq)`` map ``R[s, q]`` before the layer.
@@ -114,9 +100,8 @@ def cross_attention_update(
             that uses them as they are.
 
     Returns:
-        The additions ``(delta_sq, delta_ss)`` of shapes ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``;
-        callers add them, so that the two directions of a co-attention block can be computed
-        from the same maps before either is applied.
+        The additions ``(delta_sq, delta_ss)``, ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``, which the caller
+        adds (the two directions of a co-attention block are computed before either is applied).
     """
     r_bar_ss = normalize_self_relevancy(r_ss) if normalize else r_ss  # (..., Ns, Ns)
     r_bar_qq = normalize_self_relevancy(r_qq) if normalize else r_qq  # (..., Nq, Nq)
@@ -132,8 +117,7 @@ def rollout_step(attn_mean: Tensor) -> Tensor:
         attn_mean: ``(..., N, N)`` attention averaged over heads.
 
     Returns:
-        ``(..., N, N)`` row-stochastic matrix; rollout multiplies these from the first layer
-        to the last (``joint = step_l @ joint``).
+        ``(..., N, N)`` row-stochastic matrix; rollout multiplies them, ``joint = step_l @ joint``.
     """
     n = attn_mean.shape[-1]
     eye = torch.eye(n, dtype=attn_mean.dtype, device=attn_mean.device)  # (N, N)
@@ -144,12 +128,10 @@ def rollout_step(attn_mean: Tensor) -> Tensor:
 def gradcam_row(attn_row: Tensor, grad_row: Tensor) -> Tensor:
     """Attention Grad-CAM on one attention row per head (the paper's ``generate_cam_attn`` baseline).
 
-    Each head is weighted by the mean of its gradient row over the explained key tokens;
-    the map is the head mean of ``weight * attn_row``, clamped at zero.
+    Each head is weighted by the mean of its gradient row; the map is the head mean, clamped at zero.
 
     Args:
-        attn_row: ``(..., H, N)`` the explained query's attention over the key tokens to map
-            (e.g. a ViT CLS row without the CLS column).
+        attn_row: ``(..., H, N)`` the explained query's attention over the key tokens to map.
         grad_row: ``(..., H, N)`` its gradient.
 
     Returns:

@@ -1,9 +1,6 @@
-"""Which words carry the similarity of two sentences: GAE on a mean-pooled sentence encoder.
-
-Each sentence is explained with the self-attention rule (Eq. 5-6), the target being the cosine
-similarity of its pair, read at the pooled rows (the mean over its non-padding tokens). Every pair
-of a batch goes through one forward pass and one backward pass
-(:class:`~gae_utils.targets.SplitPairSimilarity`, run by :func:`gae_utils.record`).
+"""Which words carry the similarity of two sentences: GAE (Eq. 5-6) on a mean-pooled sentence encoder,
+the target being each pair's cosine similarity; one forward and one backward pass for the batch
+(:class:`~gae_utils.targets.SplitPairSimilarity`).
 """
 
 from __future__ import annotations
@@ -48,11 +45,6 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
 
 
-def _pad_to(ids: Tensor, mask: Tensor, length: int, pad_id: int) -> tuple[Tensor, Tensor]:
-    extra = length - ids.shape[1]
-    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
-
-
 def explain_similarity(
     model: nn.Module,
     first: dict,
@@ -74,9 +66,6 @@ def explain_similarity(
         tokenizer: if given, token strings are returned for plotting.
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
-
-    Returns:
-        A :class:`PairExplanation`.
     """
     adapter = adapter or find_adapter(model)
     for inputs in (first, second):
@@ -86,25 +75,23 @@ def explain_similarity(
         raise ValueError(f"{batch} first sentences but {second['input_ids'].shape[0]} second sentences; pass pairs")
     length = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", 0) or 0
-    masks = [x.get("attention_mask", torch.ones_like(x["input_ids"])) for x in (first, second)]
-    padded = [_pad_to(x["input_ids"], m, length, pad_id) for x, m in zip((first, second), masks)]
+    ids, masks = [], []
+    for x in (first, second):  # right-padded to the longer batch
+        extra = length - x["input_ids"].shape[1]
+        ids.append(F.pad(x["input_ids"], (0, extra), value=pad_id))
+        masks.append(F.pad(x.get("attention_mask", torch.ones_like(x["input_ids"])), (0, extra), value=0))
     device = next(model.parameters()).device
-    inputs = {
-        "input_ids": torch.cat([p[0] for p in padded]).to(device),  # (2B, L)
-        "attention_mask": torch.cat([p[1] for p in padded]).to(device),  # (2B, L)
-    }
+    inputs = {"input_ids": torch.cat(ids).to(device), "attention_mask": torch.cat(masks).to(device)}  # (2B, L) each
     target = SplitPairSimilarity(lambda output, x: mean_pool(output.last_hidden_state, x["attention_mask"]))
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     both = rec.explanation(method, start_layer)  # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
 
     def half(rows: slice) -> Explanation:
-        layout = both.layout
-        weights = {k: v[rows] for k, v in layout.weights.items()}
         return replace(
             both,
             relevance={k: v[rows] for k, v in both.relevance.items()},
             maps={k: v[rows] for k, v in both.maps.items()},
-            layout=type(layout)(layout.segments, layout.readouts, weights),
+            layout=replace(both.layout, weights={k: v[rows] for k, v in both.layout.weights.items()}),
         )
 
     tokens = None

@@ -1,13 +1,9 @@
 """What is explained: target objects that pick each example's scalar(s) and the row(s) they read.
 
-Chefer et al. ICCV 2021, Sec. 3: the explained quantity is one scalar ``y_t`` per example (a class
-logit, a detected object's class logit, a generated token's logit, a pair's similarity); Eq. 5
-takes the gradient of that scalar with respect to every attention map. A :class:`Target` says
-which scalar, after the forward pass: :meth:`Target.select` returns the ``(B, K)`` scores (K
-targets per example), the explained indices and the layout whose row weights say which row of
-the relevancy maps each target reads; :meth:`Target.backward` asks the recorder for the gradients
-(by default one backward pass per target column). :func:`gae_utils.record` runs every target
-through the same steps: checks, recorder, forward, select, backward, capture-completeness check.
+Chefer et al. ICCV 2021, Sec. 3: one explained scalar per example (a class logit, a detection, a
+generated token, a pair's similarity), whose gradient Eq. 5 takes. :meth:`Target.select` returns
+the ``(B, K)`` scores and the layout saying which row each target reads; :meth:`Target.backward`
+asks the recorder for the gradients.
 """
 
 from __future__ import annotations
@@ -18,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn import Module
 
 from .layout import TokenLayout
 
@@ -51,8 +48,7 @@ class Selection:
         scores: ``(B, K)`` the scalars, still attached to the graph.
         index: ``(B, K)`` the explained ids (classes, tokens), or None.
         multi_target: the caller asked for K targets per example (results keep the K dimension).
-        layout: the token layout, with per-(example, target) row weights where each target reads
-            its own row.
+        layout: the token layout, with per-(example, target) row weights where targets read their own rows.
         extra: JSON-ready facts for the result (DETR: the explained queries).
     """
 
@@ -66,23 +62,13 @@ class Selection:
 class Target:
     """Base class: what to explain in a model's output, and how to differentiate it."""
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
-        """The explained scalars of this batch (called inside the recorder, gradients enabled).
-
-        Args:
-            model: the model.
-            inputs: its inputs.
-            output: what the adapter's call returned.
-            logits: the adapter's reading of ``output`` (None for encoders without a head).
-            layout: the adapter's layout of the inputs.
-        """
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+        """The explained scalars of this batch, from the model's ``output`` and the adapter's reading of
+        it, ``logits`` (None without a head), and ``layout`` of the inputs (gradients enabled)."""
         raise NotImplementedError
 
     def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        """Fill the recorder's Eq. 5 maps: one backward pass per target column (exact per example
-        when examples are independent)."""
+        """Fill the recorder's Eq. 5 maps: one backward pass per target column."""
         recorder.backward(selection.scores)
 
 
@@ -104,9 +90,7 @@ class ClassTarget(Target):
     def __init__(self, target: int | Sequence[int] | Tensor | None = None):
         self.target = target
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         if logits is None:
             raise ValueError(
                 f"{type(model).__name__} has no class logits (an encoder or a feature extractor without a "
@@ -116,10 +100,7 @@ class ClassTarget(Target):
         if logits.ndim != 2:
             raise ValueError(f"class targets need (B, C) logits, but the model returned {tuple(logits.shape)}")
         batch, num_classes = logits.shape
-        if self.target is None:
-            index = logits.argmax(dim=-1)  # (B,)
-        else:
-            index = _as_index(self.target, batch, logits.device, "class")
+        index = logits.argmax(dim=-1) if self.target is None else _as_index(self.target, batch, logits.device, "class")
         multi = index.ndim == 2
         if index.ndim not in (1, 2) or index.shape[0] != batch:
             raise ValueError(
@@ -142,9 +123,7 @@ class ScoreTarget(Target):
     def __init__(self, fn: Callable[[Any], Tensor]):
         self.fn = fn
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         scores = self.fn(output)
         batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
         if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
@@ -159,81 +138,69 @@ class NextTokenTarget(Target):
     """The next token of a decoder-only language model, after each example's chosen position.
 
     Args:
-        target: ``None`` (the predicted next token), an ``int`` token id, a ``(B,)`` or ``(B, K)``
-            tensor of token ids, or a callable ``next_logits (B, V) -> (B,)`` or ``(B, K)`` (e.g. a
-            contrastive logit difference ``lambda z: z[:, yes] - z[:, no]``).
-        position_of: ``inputs -> (B,)`` the position whose next token is explained (the adapter's
-            rule, also used for the layout's readout row: the last real token of each row).
+        target: as :class:`ClassTarget`'s over the next-token logits, or a callable
+            ``next_logits (B, V) -> (B,)`` or ``(B, K)`` (e.g. ``lambda z: z[:, yes] - z[:, no]``).
+        position_of: ``inputs -> (B,)`` the position whose next token is explained.
     """
 
     def __init__(self, target: Any, position_of: Callable[[Any], Tensor]):
         self.target, self.position_of = target, position_of
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         if logits is None or logits.ndim != 3:
             raise ValueError(f"{type(model).__name__} returned no (B, L, V) next-token logits")
         position = self.position_of(inputs).to(logits.device)  # (B,)
         next_logits = logits[torch.arange(logits.shape[0], device=logits.device), position]  # (B, V)
-        if callable(self.target) and not isinstance(self.target, Tensor):
+        if callable(self.target):
             return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
         return ClassTarget(self.target).select(model, inputs, output, next_logits, layout)
 
 
+@dataclass(eq=False)
 class QueryTarget(Target):
     """Detected objects of a set-prediction detector (DETR): each target is one object query, its
     score the logit of the query's most probable real class, its row that query's row of
     ``R[query, image]`` (Chefer et al. ICCV 2021, Sec. 4).
 
     Args:
-        target: ``None`` (every confident detection: best real-class probability above
-            ``threshold``), an ``int`` query for every image, a ``(B,)``/``(B, K)`` tensor of query
-            indices, or a list of B lists (images may differ in length; shorter ones are padded).
+        target: ``None`` (every detection whose best real-class probability is above ``threshold``),
+            an ``int`` query for every image, a ``(B,)``/``(B, K)`` tensor of query indices, or a list
+            of B lists (images may differ in length; shorter ones are padded).
         class_probabilities: ``(B, Q, C')`` logits -> ``(B, Q, C)`` probabilities of the real classes.
-        layout_of: ``(model, inputs, output) -> TokenLayout`` of the image and query tokens (the
-            detector's feature grid is known after the forward pass), with readouts named
-            ``"image"`` and ``"query"`` reading query rows through per-target weights.
+        layout_of: ``(model, inputs, output) -> TokenLayout`` (the feature grid is known after the
+            forward pass), whose readouts read query rows through per-target weights.
         threshold: confidence of a detection.
     """
 
-    def __init__(
-        self,
-        target: Any,
-        class_probabilities: Callable[[Tensor], Tensor],
-        layout_of: Callable[[nn.Module, Any, Any], TokenLayout],
-        threshold: float = 0.5,
-    ):
-        if callable(target) and not isinstance(target, Tensor):
+    target: Any
+    class_probabilities: Callable[[Tensor], Tensor]
+    layout_of: Callable[[Module, Any, Any], TokenLayout]
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if callable(self.target):
             raise TypeError(
                 "detector targets are query indices (int, tensor or list of lists); a callable target has no "
                 "explained row of R[query, image]."
             )
-        self.target, self.class_probabilities, self.layout_of, self.threshold = (
-            target,
-            class_probabilities,
-            layout_of,
-            threshold,
-        )
 
     def queries(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """``queries (B, K)`` (-1 in padding slots) and ``classes (B, K)`` (their best real class, -1 padded)."""
         batch, n_queries = logits.shape[:2]
         best, classes = self.class_probabilities(logits.detach()).max(-1)  # (B, Q) each
-        target = self.target
-        if target is None:
+        if self.target is None:
             lists = [(best[b] > self.threshold).nonzero().flatten().tolist() for b in range(batch)]
             if not any(lists):
                 raise ValueError(
                     f"no object query of any image has a class probability above {self.threshold}; "
                     "pass target=<query index> (or a list of query indices per image) to explain chosen queries."
                 )
-        elif isinstance(target, (list, tuple)) and all(isinstance(row, (list, tuple)) for row in target):
-            if len(target) != batch:
+        elif isinstance(self.target, (list, tuple)) and all(isinstance(row, (list, tuple)) for row in self.target):
+            if len(self.target) != batch:
                 raise ValueError(f"a list target must hold one list of query indices per image ({batch} lists)")
-            lists = [[int(q) for q in row] for row in target]
+            lists = [[int(q) for q in row] for row in self.target]
         else:
-            index = _as_index(target, batch, logits.device, "query")
+            index = _as_index(self.target, batch, logits.device, "query")
             index = index[:, None] if index.ndim == 1 else index  # one query per image
             if index.ndim != 2 or index.shape[0] != batch:
                 raise ValueError(
@@ -245,15 +212,11 @@ class QueryTarget(Target):
         if bad:
             raise ValueError(f"query index {bad[0]} is out of range: the model has {n_queries} object queries")
         k = max(1, max(len(row) for row in lists))
-        queries = torch.full((batch, k), -1, dtype=torch.long, device=logits.device)  # (B, K)
-        for b, row in enumerate(lists):
-            queries[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=logits.device)
+        queries = torch.tensor([row + [-1] * (k - len(row)) for row in lists], dtype=torch.long, device=logits.device)
         picked = classes.gather(1, queries.clamp_min(0))  # (B, K)
         return queries, torch.where(queries >= 0, picked, torch.full_like(picked, -1))
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         if logits is None:
             raise ValueError(f"{type(model).__name__} returned no (B, Q, C') class logits for its object queries")
         queries, classes = self.queries(logits)
@@ -271,17 +234,14 @@ SCORES = ("logit", "log_prob")
 
 
 class TokenTarget(Target):
-    """Generated tokens of an encoder-decoder under teacher forcing: target ``k`` is the score of
-    token ``labels[:, steps[k]]`` at step ``steps[k]``, read at row ``steps[k]`` of the decoder maps.
-
-    The K gradients come from one vectorised backward pass (``is_grads_batched``) over the K
-    one-hot selections, exact like K separate passes.
+    """Generated tokens under teacher forcing: target ``k`` is the score of token ``labels[:, steps[k]]``
+    at step ``steps[k]``, read at row ``steps[k]``; the K gradients come from one vectorised backward.
 
     Args:
         labels: ``(B, T)`` the token each step produced.
         steps: the explained steps.
-        score: ``"logit"`` or ``"log_prob"`` (the logit minus the log-sum-exp of the step's logits:
-            what raises this token *against the other tokens*).
+        score: ``"logit"`` or ``"log_prob"`` (the logit minus the step's log-sum-exp: what raises
+            this token *against the other tokens*).
     """
 
     def __init__(self, labels: Tensor, steps: Sequence[int], score: str = "logit"):
@@ -289,9 +249,7 @@ class TokenTarget(Target):
             raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
         self.labels, self.steps, self.score = labels, list(steps), score
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         batch, n = self.labels.shape
         if logits is None or logits.ndim != 3 or logits.shape[:2] != self.labels.shape:
             shape = None if logits is None else tuple(logits.shape)
@@ -310,18 +268,15 @@ class TokenTarget(Target):
         return Selection(scores, labels, True, layout)
 
     def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        scores = selection.scores  # (B, K)
-        columns = torch.eye(scores.shape[1], dtype=scores.dtype, device=scores.device)  # (K, K): target k, column k
-        recorder.batched_backward(scores, columns[:, None, :].expand(-1, scores.shape[0], -1), None)  # (K, B, K)
+        recorder.batched_backward(selection.scores, None)  # target k: column k of the (B, K) scores
 
 
 class PairSimilarity(Target):
     """Every (image, text) pair of a dual encoder's batch, each tower explained on its own.
 
-    ``pairs="all"``: image ``i`` for text ``j`` is the gradient of ``sum_i s[i, j]`` restricted to
-    the image tower (image ``i`` appears only in row ``i``), one vectorised pass per text; text
-    ``j`` for image ``i`` is ``sum_j s[i, j]`` through the text tower only, one pass per image.
-    ``pairs="diagonal"``: image ``i`` with text ``i``, one pass of ``sum_i s[i, i]`` serves both.
+    ``pairs="all"``: image ``i`` for text ``j`` is ``sum_i s[i, j]`` through the image tower (one
+    vectorised pass over the texts), text ``j`` for image ``i`` is ``sum_j s[i, j]`` through the text
+    tower. ``pairs="diagonal"``: one pass of ``sum_i s[i, i]`` serves both towers.
     """
 
     def __init__(self, pairs: str = "all"):
@@ -329,9 +284,7 @@ class PairSimilarity(Target):
             raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
         self.pairs = pairs
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         if logits is None or logits.ndim != 2:
             raise ValueError(f"{type(model).__name__} returned no (B_images, B_texts) similarity logits")
         n_images, n_texts = logits.shape
@@ -346,27 +299,19 @@ class PairSimilarity(Target):
             recorder.backward(selection.scores)
             return
         logits = selection.scores  # (B_i, B_t)
-        n_images, n_texts = logits.shape
-        columns = torch.eye(n_texts, dtype=logits.dtype, device=logits.device)  # (B_t, B_t)
-        recorder.batched_backward(logits, columns[:, None, :].expand(-1, n_images, -1), "image")  # (B_t, B_i, B_t)
-        recorder.backward_objectives([logits[i, :].sum() for i in range(n_images)], [{"text"}] * n_images)
+        recorder.batched_backward(logits, "image")  # text j: column j, through the image tower
+        recorder.backward_objectives([row.sum() for row in logits], [{"text"}] * logits.shape[0])
 
 
 class SplitPairSimilarity(Target):
     """Pairs embedded in one batch, first members then second members: target ``i`` is the cosine
-    similarity of ``embed[i]`` and ``embed[B + i]``. One backward pass of the summed similarities
-    serves every pair exactly (sentence ``i`` influences only ``sim_i``).
-
-    Args:
-        embed: ``(output, inputs) -> (2B, D)`` the pooled embeddings.
-    """
+    similarity of ``embed(output, inputs)`` ``(2B, D)`` rows ``i`` and ``B + i``. One backward pass of the
+    summed similarities serves every pair exactly (sentence ``i`` influences only ``sim_i``)."""
 
     def __init__(self, embed: Callable[[Any, Any], Tensor]):
         self.embed = embed
 
-    def select(
-        self, model: nn.Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
-    ) -> Selection:
+    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         pooled = self.embed(output, inputs)  # (2B, D)
         if pooled.shape[0] % 2:
             raise ValueError(f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows")
@@ -378,19 +323,14 @@ class SplitPairSimilarity(Target):
         recorder.backward_objectives([selection.scores.sum()])
 
 
-def class_target(model: nn.Module, target: TargetLike) -> Target:
-    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`.
-
-    Adapters' target rules see only what is not already a :class:`Target` (``record`` uses those as they are)."""
-    if callable(target) and not isinstance(target, Tensor):
-        return ScoreTarget(target)
-    return ClassTarget(target)
+def class_target(model: Module, target: TargetLike) -> Target:
+    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`."""
+    return ScoreTarget(target) if callable(target) else ClassTarget(target)
 
 
-def generation_target(model: nn.Module, target: TargetLike) -> Target:
-    """Encoder-decoders are explained per generated token (:func:`gae_utils.explain_generation`);
-    ``explain``/``record`` accept only a callable target for them."""
-    if callable(target) and not isinstance(target, Tensor):
+def generation_target(model: Module, target: TargetLike) -> Target:
+    """Encoder-decoders are explained per generated token; ``explain`` takes only a callable target."""
+    if callable(target):
         return ScoreTarget(target)
     raise ValueError(
         f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
@@ -398,7 +338,7 @@ def generation_target(model: nn.Module, target: TargetLike) -> Target:
     )
 
 
-def dual_encoder_target(model: nn.Module, target: TargetLike) -> Target:
+def dual_encoder_target(model: Module, target: TargetLike) -> Target:
     """Dual encoders are explained per (image, text) pair (:func:`gae_utils.explain_dual`)."""
     raise ValueError(
         f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "

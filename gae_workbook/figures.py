@@ -22,11 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import Normalize, PowerNorm  # noqa: E402
+from matplotlib.image import AxesImage  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from gae_utils.maps import normalize_maps
 from gae_utils.methods import method_label
-from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, plot_explanation, plot_token_relevance, to_numpy_image
+from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, to_numpy_image
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -39,7 +40,6 @@ __all__ = [
     "overlay",
     "plot_heatmap_grid",
     "plot_panels",
-    "plot_explanation",
     "plot_matrix",
     "plot_token_relevance",
     "plot_perturbation_curves",
@@ -52,6 +52,17 @@ __all__ = [
     "plot_rule_steps",
     "course_map",
     "plot_token_matrix",
+    "plot_perturbation_panels",
+    "plot_caption_maps",
+    "plot_sentence_pairs",
+    "plot_word_strips",
+    "plot_coattention_flow",
+    "first_detection_per_class",
+    "plot_detection_methods",
+    "plot_query_mixing",
+    "plot_segmentation_examples",
+    "plot_alignment_methods",
+    "plot_token_methods",
 ]
 
 MATRIX_CMAP = "viridis"
@@ -181,6 +192,24 @@ def plot_panels(images: Tensor, maps: Tensor, titles: Sequence[Sequence[str]], s
     # a single row needs the full height, or the bar is shorter than its label
     fig.colorbar(artist, ax=axes, shrink=0.6 if rows > 1 else 1.0, label="relevance\n(min-max per map)")
     return fig
+
+
+def plot_token_relevance(
+    ax: plt.Axes, tokens: Sequence[str], relevance: Tensor | Sequence[float], title: str | None = None
+) -> AxesImage:
+    """One sentence as a strip of cells, each token's relevance (min-max normalised) as its shade."""
+    values = torch.as_tensor(relevance, dtype=torch.float32)[: len(tokens)]
+    span = values.max() - values.min()
+    values = (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+    artist = ax.imshow(values[None].numpy(), cmap=HEATMAP_CMAP, vmin=0, vmax=1, aspect="auto")
+    for i, (token, v) in enumerate(zip(tokens, values.tolist())):
+        color = "black" if v > 0.6 else "white"
+        ax.text(i, 0, token, ha="center", va="center", fontsize=9 if len(token) <= 7 else 7, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, loc="left")
+    return artist
 
 
 def plot_matrix(
@@ -824,4 +853,318 @@ def plot_map_flow(
             if not cols_are_tokens and r == len(panels) - 1:
                 ax.set_xlabel(f"{b} regions", fontsize=7)
         fig.colorbar(artist, ax=axes[:, c], shrink=0.6, label="relevance (raw)", location="bottom")
+    return fig
+
+
+# ----------------------------------------------------------------------------- one call, one picture
+# The notebooks' figure cells are one call each; the layout, selection and list-building live here.
+
+
+def plot_perturbation_panels(
+    curves: Mapping[str, Tensor],
+    results: Mapping[str, Mapping[str, float]],
+    steps: Sequence[float],
+    panels: Sequence[tuple[str, str, str]],
+    ylabel: str = "explained class still detected",
+    ncols: int = 2,
+    legend_loc: str = "best",
+    legend_fontsize: float = 9,
+) -> plt.Figure:
+    """Perturbation curves of every method, one panel per test, AUCs in the legends.
+
+    Args:
+        curves: ``{method: (P, len(steps))}``, P tests (as returned by the evaluation functions of
+            :mod:`gae_workbook.evaluate`); the first ``len(panels)`` of them are drawn, in order.
+        results: ``{method: {metric: value}}``; each panel's AUC is read from its ``auc_key``.
+        steps: the fractions removed at each step.
+        panels: one ``(title, auc_key, xlabel)`` per test, e.g.
+            ``("positive perturbation (lower is better)", "pos_auc", "fraction of pixels removed")``.
+        ylabel: the y axis label of every panel.
+        ncols: panels per row.
+        legend_loc: where each panel's legend goes (a matplotlib ``loc``).
+        legend_fontsize: the legends' font size (smaller where many curves share a small panel).
+
+    Returns:
+        The figure.
+    """
+    n_tests = next(iter(curves.values())).shape[0] if curves else 0
+    if not 0 < len(panels) <= n_tests:
+        raise ValueError(
+            f"{len(panels)} panels for curves of {n_tests} tests; give one (title, auc_key, xlabel) per test drawn"
+        )
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(PANEL * 2.2 * ncols, PANEL * 1.6 * nrows), layout="constrained", squeeze=False
+    )
+    for i, (ax, (title, auc_key, xlabel)) in enumerate(zip(axes.flat, panels)):
+        plot_perturbation_curves(
+            {m: c[i] for m, c in curves.items()},
+            steps,
+            title,
+            auc={m: r[auc_key] for m, r in results.items() if auc_key in r},
+            ax=ax,
+            xlabel=xlabel,
+            ylabel=ylabel,
+        )
+        ax.legend(frameon=False, fontsize=legend_fontsize, loc=legend_loc)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    return fig
+
+
+def plot_caption_maps(image: Tensor, dual, captions: Sequence, is_true: Sequence[bool]) -> plt.Figure:
+    """One image explained against each of its captions (a dual encoder's image tower, CLS row).
+
+    Args:
+        image: ``(1, 3, H, W)`` the image.
+        dual: the :func:`gae_utils.dual.explain_dual` result for this image and the captions.
+        captions: the captions (each with a ``.text``), in the order they were explained.
+        is_true: whether each caption describes the image; shown in the panel's title with the logit.
+
+    Returns:
+        The figure: the input, then one map per caption (min-max per map, the logit in the title).
+    """
+    import textwrap
+
+    size = int(image.shape[-1])
+    titles = [
+        textwrap.fill(c.text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {float(dual.logits[0, k]):.1f}"
+        for k, (c, ok) in enumerate(zip(captions, is_true))
+    ]
+    return plot_panels(image, dual.image.heatmap(size)[:1], [titles])
+
+
+def plot_sentence_pairs(pair, title: str | None = None) -> plt.Figure:
+    """Token strips of sentence pairs explained for their similarity, two strips per pair.
+
+    Args:
+        pair: a :class:`gae_utils.similarity.PairExplanation` made with a tokenizer (token strings kept).
+        title: figure title.
+
+    Returns:
+        The figure: per pair, the first sentence's strip (titled with the pair's cosine) over the
+        second's; each strip min-max normalised (the colour bar says so), tokens printed on their cells.
+    """
+    if pair.tokens_first is None or pair.tokens_second is None:
+        raise ValueError("the pair explanation holds no tokens; call explain_similarity(..., tokenizer=tokenizer)")
+    n = len(pair.tokens_first)
+    fig, axes = plt.subplots(2 * n, 1, figsize=(PANEL * 4.4, 1.3 * n), layout="constrained", squeeze=False)
+    for i in range(n):
+        sim = float(pair.similarity[i])
+        plot_token_relevance(
+            axes[2 * i, 0], pair.tokens_first[i], pair.first.relevance["text"][i], f"pair {i}: cos {sim:.2f}"
+        )
+        artist = plot_token_relevance(axes[2 * i + 1, 0], pair.tokens_second[i], pair.second.relevance["text"][i])
+    fig.colorbar(artist, ax=axes, shrink=0.9, label="relevance\n(min-max per strip)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_word_strips(relevance: Mapping[str, Tensor], words: Sequence[Sequence[str]]) -> plt.Figure:
+    """Word relevance of several questions, one column per explained scalar, one row per question.
+
+    Args:
+        relevance: ``{column label: (Q, T)}`` text relevance whose column 0 is ``[CLS]`` and columns
+            ``1 .. len(words[q])`` the question's words (special tokens and padding are not drawn).
+        words: the Q questions' words.
+
+    Returns:
+        The figure; each strip is min-max normalised and labelled with its largest raw value.
+    """
+    n_cols, n_rows = len(relevance), len(words)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(PANEL * 2.5 * n_cols, 0.6 * n_rows), layout="constrained", squeeze=False
+    )
+    for col, (label, values) in enumerate(relevance.items()):
+        for k, question in enumerate(words):
+            strip = values[k, 1 : 1 + len(question)]
+            plot_token_relevance(axes[k, col], question, strip, title=None)
+            axes[k, col].set_ylabel(f"max {float(strip.max()):.1e}", rotation=0, ha="right", va="center", fontsize=7)
+        axes[0, col].set_title(f"GAE word relevance, {label} target", loc="left")
+    return fig
+
+
+def plot_coattention_flow(rec, tokens: Sequence[str], example: int = 0, target: int = 0) -> plt.Figure:
+    """The four maps of a two-stream recording after the single-stream layers, after each
+    co-attention block and at the end (:func:`plot_map_flow` on the chosen steps of ``rec.history()``).
+
+    Args:
+        rec: a :class:`gae_utils.Recording` of a two-stream (text, image) model with co-attention blocks.
+        tokens: the shown text tokens of ``example`` (e.g. ``["[CLS]", *words, "[SEP]"]``; padding is cut).
+        example: which example of the batch.
+        target: which target of that example.
+
+    Returns:
+        The figure.
+    """
+    from gae_utils.propagation import layer_steps
+
+    history = rec.history()  # the maps after each propagation step, {(a, b): (B, K, Na, Nb)}
+    steps = layer_steps(rec.layers)
+    blocks = [i for i, step in enumerate(steps) if len(step) == 2]
+    if not blocks:
+        raise ValueError("the recording has no co-attention block (no step of two layers); use plot_map_flow")
+    shown = {blocks[0] - 1: "after the\nsingle-stream layers"} if blocks[0] > 0 else {}
+    shown |= {i: f"after co-attention\nblock {n + 1}" for n, i in enumerate(blocks)}
+    shown[len(steps) - 1] = "at the end"
+    snapshots = [{key: value[example, target] for key, value in history[i].items()} for i in shown]
+    return plot_map_flow(snapshots, list(shown.values()), tokens)
+
+
+def first_detection_per_class(rec, n_images: int = 2) -> list[tuple[int, int]]:
+    """``(image, slot)`` of the first explained detection of each class in the first ``n_images``
+    images of a DETR recording (duplicates of a class in one image left out; empty slots skipped)."""
+    slots = []
+    for b, row in enumerate(rec.extra["queries"][:n_images]):
+        classes = [int(rec.target[b, k]) for k, q in enumerate(row) if q >= 0]
+        slots += [(b, k) for k, c in enumerate(classes) if c not in classes[:k]]
+    return slots
+
+
+def plot_detection_methods(
+    rec, images: Tensor, slots: Sequence[tuple[int, int]], class_names: Sequence[str], methods: Sequence[str]
+) -> plt.Figure:
+    """Every method's map of chosen detections: one row per ``(image, slot)``, one column per method.
+
+    Args:
+        rec: a DETR recording with one target per detection slot (``views.explore_detr``).
+        images: ``(B, 3, H, W)`` the images shown under the maps.
+        slots: the ``(image, slot)`` pairs to show, e.g. :func:`first_detection_per_class`.
+        class_names: names of the class ids.
+        methods: method names (``gu.method_names()``).
+
+    Returns:
+        The figure (maps min-max per panel).
+    """
+    size = tuple(images.shape[-2:])
+    columns = {}
+    for m in methods:
+        heat = rec.explanation(m).heatmap(size)  # (B, K, H, W)
+        columns[method_label(m)] = torch.stack([heat[b, k] for b, k in slots])
+    labels = [f"image {b}: {class_names[int(rec.target[b, k])]}" for b, k in slots]
+    return plot_heatmap_grid(images[[b for b, _ in slots]], columns, row_labels=labels)
+
+
+def plot_query_mixing(rec, image: int, slot: int) -> plt.Figure:
+    """``R[query, query] - I`` of one DETR detection, raw values with a colour bar.
+
+    Args:
+        rec: a DETR recording (``views.explore_detr``).
+        image: the image index.
+        slot: the detection slot of that image.
+
+    Returns:
+        The figure.
+    """
+    mixing = rec.explanation("gae").maps[("query", "query")][image, slot]  # (Nq, Nq)
+    mixing = mixing - torch.eye(mixing.shape[-1])
+    query = rec.extra["queries"][image][slot]
+    fig, ax = plt.subplots(figsize=(PANEL * 1.5, PANEL * 1.25), layout="constrained")
+    artist = plot_matrix(ax, mixing, f"R[query, query] − I, image {image}, detection {slot} (query {query})")
+    ax.set_xlabel("object query drawn on")
+    ax.set_ylabel("object query explained")
+    fig.colorbar(artist, ax=ax, shrink=0.8, label="relevance (raw)")
+    return fig
+
+
+def plot_segmentation_examples(rec, detr, pixels: Tensor, images: Tensor, scenes: Sequence, n_images: int = 2):
+    """DETR's weakly supervised segmentation on a few objects: GAE map, Otsu foreground, true mask.
+
+    Each ground-truth object of the first ``n_images`` images is paired with the query whose box
+    overlaps it most (IoU >= 0.5, :func:`gae_workbook.detection.box_matched_queries`); objects whose
+    query was not explained (not a confident detection) are left out.
+
+    Args:
+        rec: a DETR recording of ``pixels`` (``views.explore_detr``).
+        detr: the detector (run once more, without gradients, for its boxes).
+        pixels: the detector's inputs.
+        images: ``(B, 3, H, W)`` the images.
+        scenes: the B ShapesWorld scenes (their masks are the ground truth).
+        n_images: how many images to take objects from.
+
+    Returns:
+        The figure: one row per object, columns GAE map / Otsu foreground / ground truth.
+    """
+    from .detection import box_matched_queries, otsu_foreground
+
+    with torch.no_grad():
+        boxes = detr(pixel_values=pixels).pred_boxes
+    matched = box_matched_queries(boxes, list(scenes))  # (query, object) pairs with box IoU >= 0.5
+    maps = rec.explanation("gae").heatmap(tuple(images.shape[-2:]))  # (B, K, H, W)
+    rows, heat, truth = [], [], []
+    for b, scene in enumerate(list(scenes)[:n_images]):
+        explained = rec.extra["queries"][b]
+        for q, o in matched[b]:
+            if q in explained:
+                rows.append(b)
+                heat.append(maps[b, explained.index(q)])
+                truth.append(torch.from_numpy(scene.objects[o].mask.copy()).float())
+    if not rows:
+        raise ValueError(f"no explained detection matches a ground-truth object in the first {n_images} images")
+    heat_t = torch.stack(heat)
+    columns = {
+        "GAE map": heat_t,
+        "Otsu foreground": otsu_foreground(heat_t).float(),
+        "ground truth": torch.stack(truth),
+    }
+    return plot_heatmap_grid(images[rows], columns, colorbar=False)
+
+
+def plot_alignment_methods(
+    rec, source_tokens: Sequence[str], target_tokens: Sequence[str], methods: Sequence[str], highlight: int | None
+) -> plt.Figure:
+    """Every method's target x source relevance of one translation, side by side (rows min-max normalised).
+
+    Args:
+        rec: a generation recording (:func:`gae_utils.generation.record_generation`) of one sentence.
+        source_tokens: the source tokens (columns).
+        target_tokens: the generated tokens (rows).
+        methods: method names (``gu.method_names()``).
+        highlight: a row to frame in every panel.
+
+    Returns:
+        The figure.
+    """
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(PANEL * 1.9 * len(methods), PANEL * 1.6), squeeze=False, layout="constrained"
+    )
+    artist = None
+    for ax, method in zip(axes[0], methods):
+        rows = rec.explanation(method).relevance["source"][0]  # (T, S)
+        artist = plot_alignment(ax, rows, source_tokens, target_tokens, method_label(method), highlight=highlight)
+    if artist is not None:
+        fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance\n(min-max per row)")
+    return fig
+
+
+def plot_token_methods(
+    rec, methods: Sequence[str], example: int, tokens: Sequence[str], frame: int | None = None, title: str | None = None
+) -> plt.Figure:
+    """One prompt's token relevance for every method, one strip per method (min-max per strip).
+
+    Args:
+        rec: a recording of a single-stream text model (relevance under ``"text"``).
+        methods: method names (``gu.method_names()``).
+        example: which prompt of the batch.
+        tokens: its tokens, without padding.
+        frame: a token position to frame in every strip (e.g. the word that determines the answer).
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    n = len(tokens)
+    fig, axes = plt.subplots(
+        len(methods), 1, figsize=(PANEL * 7, 0.55 * len(methods) + 0.6), layout="constrained", squeeze=False
+    )
+    artist = None
+    for ax, method in zip(axes[:, 0], methods):
+        relevance = rec.explanation(method).relevance["text"][example, :n]
+        artist = plot_token_relevance(ax, tokens, relevance, method_label(method))
+        if frame is not None:
+            ax.add_patch(plt.Rectangle((frame - 0.5, -0.5), 1, 1, fill=False, edgecolor="deepskyblue", linewidth=2.5))
+    fig.colorbar(artist, ax=axes, shrink=0.9, label="relevance (min-max per row)")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

@@ -125,6 +125,13 @@ class _MathMLRenderer(IPythonRenderer):
     def latex_environment(self, name: str, body: str) -> str:
         return tex_to_mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
 
+    def block_html(self, html: str) -> str:
+        # nbconvert re-parses every HTML block to embed its images, which closes a tag left open on purpose
+        # (a quiz's <details> whose answer is the markdown that follows): only blocks with an image need it
+        if "<img" not in html:
+            return super(IPythonRenderer, self).block_html(html)
+        return super().block_html(html)
+
 
 class OfflineHTMLExporter(HTMLExporter):
     """The ``lab`` HTML exporter with no remote script, formulas as MathML and every image embedded."""

@@ -34,7 +34,6 @@
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
@@ -286,15 +285,11 @@ results, curves = cached_results(  # ({method: {metric: value}}, {method: (2, st
 print(format_table(results))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(figures.PANEL * 4, figures.PANEL * 1.6), layout="constrained")
-for i, (name, better) in enumerate([("positive", "lower is better"), ("negative", "higher is better")]):
-    figures.plot_perturbation_curves(
-        {m: c[i] for m, c in curves.items()},
-        PERTURBATION_STEPS,
-        f"{name} perturbation ({better})",
-        auc={m: results[m]["pos_auc" if i == 0 else "neg_auc"] for m in results},
-        ax=axes[i],
-    )
+panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
+    ("positive perturbation (lower is better)", "pos_auc", "fraction of pixels removed"),
+    ("negative perturbation (higher is better)", "neg_auc", "fraction of pixels removed"),
+]
+fig = figures.plot_perturbation_panels(curves, results, PERTURBATION_STEPS, panels)
 _ = figures.save_figure(fig, "01_perturbation")
 
 # %% [markdown]
@@ -339,6 +334,56 @@ else:
     titles = [[f"GAE: {imagenet_label(int(t))[:24]}" for t in row] for row in top2]
     fig = figures.plot_panels(photos, exp.heatmap(224), titles)
     _ = figures.save_figure(fig, "01_pretrained_photos")
+
+# %% [markdown]
+# ## Check yourself
+# Answer before you open the answer; each can be answered from this notebook.
+#
+# **1.** In the last layer of `shapes-vit`, which rows of $\bar A$ can be non-zero?
+# (a) every row; (b) only the CLS row; (c) only the 64 patch rows; (d) none, the last layer gets no
+# gradient.
+#
+# <details><summary>Answer</summary>
+#
+# (b). The classifier reads only the CLS token's final state, so in the last layer only the CLS row's
+# attention reaches the explained logit and every other row's gradient is 0 (the worked example and
+# the layer-by-layer figure show it).
+#
+# </details>
+#
+# **2.** Why does the accumulation start from $R = I$?
+# (a) the residual connection: before any layer each token is relevant to itself only; (b) it makes
+# $R$ invertible; (c) attention rows sum to 1; (d) it normalises the gradients.
+#
+# <details><summary>Answer</summary>
+#
+# (a). A transformer layer adds its attention output to its input, so the identity carries each
+# token's own contribution and $R \leftarrow R + \bar A R$ adds what the layer mixed in.
+#
+# </details>
+#
+# **3.** `targets` has shape `(4, 2)` (two classes for each of 4 images). What is the shape of
+# `gu.explain(model, images, target=targets).relevance["image"]`?
+# (a) `(4, 64)`; (b) `(2, 4, 64)`; (c) `(4, 2, 64)`; (d) `(4, 2, 65)`.
+#
+# <details><summary>Answer</summary>
+#
+# (c). One raw CLS row over the 64 patches per image and per target; with a single target (the
+# default, the predicted class) the `K` axis is dropped and the shape is `(4, 64)`.
+#
+# </details>
+#
+# **4.** Attention Grad-CAM draws a blank panel for most scenes of the batch. What does that mean?
+# (a) a bug in the recording; (b) the model's prediction is wrong; (c) the object is too small to
+# detect; (d) the method's own degenerate case: heads weighted by their mean gradient, the weighted
+# sum clamped at 0, so negative weights give an all-zero map.
+#
+# <details><summary>Answer</summary>
+#
+# (d). The printed count shows how often its maps are all zero; a blank map ranks all pixels
+# equally, which is why its perturbation AUCs sit near the random row.
+#
+# </details>
 
 # %% [markdown]
 # ## Exercises

@@ -32,9 +32,7 @@
 
 # %%
 import os
-import textwrap
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -97,14 +95,7 @@ vocab = Vocabulary.captions()
 ids, mask = encode_captions(captions, vocab)
 image = ShapesBatch.from_scenes([scene]).images
 dual = explain_dual(clip, normalize_pixels(image), {"input_ids": ids, "attention_mask": mask})
-heat = dual.image.heatmap(64)[0]  # (n_captions, 64, 64), min-max per map for display
-titles = [
-    [
-        textwrap.fill(c.text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {dual.logits[0, k]:.1f}"
-        for k, (c, ok) in enumerate(zip(captions, is_true))
-    ]
-]
-fig = figures.plot_panels(image, heat[None], titles)
+fig = figures.plot_caption_maps(image, dual, captions, is_true)  # one map per caption, min-max per map
 _ = figures.save_figure(fig, "02_clip_image_per_caption")
 raw = dual.image.relevance["image"][0]  # (n_captions, 64) raw relevance
 for c, row, ok in zip(captions, raw, is_true):
@@ -187,13 +178,7 @@ else:
         tokenizer(second, padding=True, return_tensors="pt"),
         tokenizer=tokenizer,
     )
-    fig, axes = plt.subplots(4, 1, figsize=(figures.PANEL * 4, 2.6), layout="constrained")
-    for i in range(2):
-        sim = float(pair.similarity[i])
-        figures.plot_token_relevance(
-            axes[2 * i], pair.tokens_first[i], pair.first.relevance["text"][i], f"pair {i}: cos {sim:.2f}"
-        )
-        figures.plot_token_relevance(axes[2 * i + 1], pair.tokens_second[i], pair.second.relevance["text"][i])
+    fig = figures.plot_sentence_pairs(pair)
     _ = figures.save_figure(fig, "02_minilm_sentence_pairs")
     for i in range(2):
         # the pooled row is the mean of R's rows over the sentence's tokens: the identity gives 1 in total
@@ -243,6 +228,55 @@ else:
     )
     fig = figures.plot_panels(photo, dual.image.heatmap(224), [["'a photo of a cat'", "'a photo of a dog'"]])
     _ = figures.save_figure(fig, "02_openai_clip_photo")
+
+# %% [markdown]
+# ## Check yourself
+#
+# **1.** Which scalar does this notebook explain for an (image, caption) pair?
+# (a) the cosine of the two embeddings; (b) the caption's log-probability; (c) the logit $\tau \cdot
+# \cos$ with CLIP's learned temperature $\tau$; (d) the norm of the image embedding.
+#
+# <details><summary>Answer</summary>
+#
+# (c). We explain the logit, as the GAE authors do for CLIP; the scale matters because GAE depends on
+# the scale of the explained scalar (exercise 2).
+#
+# </details>
+#
+# **2.** Which rows of the two towers' relevancy maps are the explanations?
+# (a) the CLS row of both towers; (b) the image tower's CLS row and the text tower's EOT row; (c) the
+# mean of all rows; (d) the EOT row of both towers.
+#
+# <details><summary>Answer</summary>
+#
+# (b). They are the tokens CLIP pools into its two embeddings: the image tower's CLS token and the
+# text tower's end-of-text token.
+#
+# </details>
+#
+# **3.** What does Eq. 7, $R[i,t] \mathrel{+}= \bar A\, R[i,t]$, add in a dual encoder?
+# (a) the relevance of the caption's words for the image; (b) it doubles the image map; (c) the
+# normalisation of Eq. 8-9; (d) nothing: $R[i,t]$ starts at 0 and no cross-attention ever writes it.
+#
+# <details><summary>Answer</summary>
+#
+# (d). The towers never attend to each other, so $\bar A \cdot 0 = 0$ at every layer; what remains is
+# Eq. 6 in each tower.
+#
+# </details>
+#
+# **4.** The false caption "a yellow square left of a green square" gets the lowest logit. What does
+# its image map look like?
+# (a) it lights the green square, the part of the caption that is true, and its raw relevance is the
+# largest of the five captions; (b) blank; (c) the mirror image of a true caption's map; (d) it lights
+# only the background.
+#
+# <details><summary>Answer</summary>
+#
+# (a). GAE explains what raised the score, however low the score is: the map does not say whether the
+# caption is true, and a large raw relevance is not a confident match; compare the logits.
+#
+# </details>
 
 # %% [markdown]
 # ## Exercises

@@ -40,14 +40,13 @@ import os
 from itertools import groupby
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
 from gae_utils import rules
-from gae_utils.propagation import layer_steps
 from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import VQA_STEPS, cached_results, evaluate_vqa, format_table, vqa_word_study
+from gae_workbook.metrics import masks_to_grid, pointing_game
 from shapesworld.inputs import vqa_inputs
 from shapesworld.language import ANSWERS, Vocabulary, questions
 from shapesworld.scenes import ShapesBatch, ShapesWorld
@@ -256,16 +255,10 @@ predicted = [ANSWERS[k] for k in exp.target.tolist()]
 titles = [f"{q.text}?\n-> {p} (truth: {q.answer})" for q, p in zip(chosen, predicted)]
 fig = figures.plot_region_maps(image[0], rows, titles, truth=truth)
 _ = figures.save_figure(fig, "03_vqa_image_per_question")
-
-
-def hits(relevance: torch.Tensor) -> list:
-    """Pointing per question: does the most relevant region hold pixels of a referred object?"""
-    cells = truth.reshape(len(chosen), 4, 16, 4, 16).any(-1).any(-2).flatten(1)  # (Q, 16) regions with object pixels
-    return [bool(cells[k, relevance[k].argmax()]) if truth[k].any() else None for k in range(len(chosen))]
-
-
-for label, relevance in rows.items():
-    print(f"{label:24s} argmax region on a referred object:", hits(relevance))
+regions = masks_to_grid(truth, (4, 4))  # (Q, 4, 4) regions holding pixels of a referred object
+for label, relevance in rows.items():  # the evaluation's pointing game, per question (None: nothing referred)
+    hit = pointing_game(relevance.reshape(-1, 4, 4), regions).tolist()
+    print(f"{label:24s} argmax region on a referred object:", [h if t.any() else None for h, t in zip(hit, truth)])
 
 # %% [markdown]
 # **What to notice.**
@@ -287,15 +280,8 @@ for label, relevance in rows.items():
 # `[SEP]` and padding left out), min-max normalised per strip.
 
 # %%
-fig, axes = plt.subplots(len(chosen), 2, figsize=(figures.PANEL * 5, 0.6 * len(chosen)), layout="constrained")
-for col, (label, words) in enumerate(
-    [("logit", exp.relevance["text"]), ("log-probability", rec_lp.explanation("gae").relevance["text"])]
-):
-    for k, q in enumerate(chosen):
-        strip = words[k, 1 : 1 + len(q.words)]
-        figures.plot_token_relevance(axes[k, col], q.words, strip, title=None)
-        axes[k, col].set_ylabel(f"max {float(strip.max()):.1e}", rotation=0, ha="right", va="center", fontsize=7)
-    axes[0, col].set_title(f"GAE word relevance, {label} target", loc="left")
+strips = {"logit": exp.relevance["text"], "log-probability": rec_lp.explanation("gae").relevance["text"]}  # (Q, T)
+fig = figures.plot_word_strips(strips, [q.words for q in chosen])
 _ = figures.save_figure(fig, "03_vqa_words_per_question")
 
 # %% [markdown]
@@ -309,17 +295,7 @@ _ = figures.save_figure(fig, "03_vqa_words_per_question")
 # identity start, one colour scale per column.
 
 # %%
-history = rec.history()  # the maps after each propagation step, {(a, b): (B, K, Na, Nb)}
-steps = layer_steps(rec.layers)  # one layer, or the two layers of a co-attention block, per step
-blocks = [i for i, step in enumerate(steps) if len(step) == 2]
-shown = {blocks[0] - 1: "after the\nsingle-stream layers"}
-shown |= {i: f"after co-attention\nblock {n + 1}" for n, i in enumerate(blocks)}
-shown[len(steps) - 1] = "at the end"
-fig = figures.plot_map_flow(
-    [{key: value[0, 0] for key, value in history[i].items()} for i in shown],
-    list(shown.values()),
-    ["[CLS]", *chosen[0].words, "[SEP]"],
-)
+fig = figures.plot_coattention_flow(rec, ["[CLS]", *chosen[0].words, "[SEP]"], example=0)  # rec.history() inside
 _ = figures.save_figure(fig, "03_vqa_flow")
 
 # %% [markdown]
@@ -379,20 +355,15 @@ for label, table in (("logit", results), ("log-probability", results_lp)):
 # of the logit target:
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(figures.PANEL * 4.4, figures.PANEL * 3.2), layout="constrained")
-panels = [("image", "positive"), ("image", "negative"), ("text", "positive"), ("text", "negative")]
-for row, (ax, (what, sign)) in enumerate(zip(axes.flat, panels)):
-    key = f"{what}_{sign[:3]}_auc"
-    figures.plot_perturbation_curves(
-        {m: c[row] for m, c in curves.items()},
-        VQA_STEPS,
-        f"{what} tokens removed, {sign} order",
-        auc={m: r[key] for m, r in results.items()},
-        ax=ax,
-        xlabel=f"fraction of {'regions' if what == 'image' else 'words'} removed",
-        ylabel="answer accuracy",
-    )
-    ax.legend(frameon=False, fontsize=7, loc="lower left")
+panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
+    ("image tokens removed, positive order", "image_pos_auc", "fraction of regions removed"),
+    ("image tokens removed, negative order", "image_neg_auc", "fraction of regions removed"),
+    ("text tokens removed, positive order", "text_pos_auc", "fraction of words removed"),
+    ("text tokens removed, negative order", "text_neg_auc", "fraction of words removed"),
+]
+fig = figures.plot_perturbation_panels(
+    curves, results, VQA_STEPS, panels, ylabel="answer accuracy", legend_loc="lower left", legend_fontsize=7
+)
 _ = figures.save_figure(fig, "03_vqa_perturbation")
 
 # %% [markdown]
@@ -473,6 +444,57 @@ else:
     answer = vilt.config.id2label[int(vexp.target[0])]
     fig = figures.plot_panels(photo, vexp.heatmap(384)[:, None], [[f"what animal is this? -> {answer}"]])
     _ = figures.save_figure(fig, "03_vilt_photo")
+
+# %% [markdown]
+# ## Check yourself
+#
+# **1.** Which maps are still exactly zero just before the first co-attention block?
+# (a) $R^{tt}$ and $R^{ii}$; (b) $R^{ti}$ and $R^{it}$; (c) only $R^{ti}$; (d) none, every layer
+# writes every map.
+#
+# <details><summary>Answer</summary>
+#
+# (b). Self-attention layers only update their own stream's rows, and Eq. 7 multiplies the still-zero
+# cross maps; only a cross-attention connects the streams (first row of the flow figure).
+#
+# </details>
+#
+# **2.** What does Eq. 11, $R^{tt} \mathrel{+}= \bar A\, R^{it}$, add to $R^{tt}$ at the *first*
+# co-attention block?
+# (a) nothing, because $R^{it}$ is still 0 there; (b) the identity; (c) the image map's CLS row; (d)
+# $\bar A$ itself.
+#
+# <details><summary>Answer</summary>
+#
+# (a). Both directions of a block are computed from the maps as they were before it, and $R^{it}$ was
+# 0 then, so $R^{tt}$ does not change at the first block (the flow figure shows it).
+#
+# </details>
+#
+# **3.** The context part of a self map is multiplied by 10 ($R^{ss} = I + 10\,\hat R^{ss}$). What
+# happens to $\bar R^{ss}$ of Eq. 8-9?
+# (a) it is multiplied by 10; (b) its rows sum to 10; (c) it becomes the identity; (d) it does not
+# change.
+#
+# <details><summary>Answer</summary>
+#
+# (d). Eq. 9 rescales each row's context part to sum 1, so the scale cancels: that is why the
+# normalisation exists (the 2 x 2 cell asserts it, and shows Eq. 10 changing without it).
+#
+# </details>
+#
+# **4.** With the logit target, GAE's maps of "what colour is the square?" point at the triangle. What
+# makes the same questions point at the right objects in this notebook?
+# (a) more co-attention blocks; (b) removing Eq. 8-9; (c) explaining the log-probability of the answer
+# instead of its logit; (d) bilinear upsampling of the region map.
+#
+# <details><summary>Answer</summary>
+#
+# (c). The logit is raised by anything that favours *some* answer of that kind; the log-probability
+# only by what favours this answer over the others (second row of the failure-case figure, and the
+# two evaluation tables).
+#
+# </details>
 
 # %% [markdown]
 # ## Exercises

@@ -38,13 +38,11 @@
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
-from gae_utils.methods import method_label
 from gae_workbook import figures, views, widgets, zoo
-from gae_workbook.detection import box_matched_queries, detect, otsu_foreground
+from gae_workbook.detection import detect
 from gae_workbook.evaluate import cached_results, evaluate_detr, format_table
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
@@ -180,15 +178,8 @@ print("loop == gu for all four maps; R[image, query] is exactly 0, so Eq. 11 add
 # head-averaged attention with no gradients; it does not know which class is explained.
 
 # %%
-size = tuple(batch.images.shape[-2:])
-slots = []  # (image, slot) of the first detection of each class in images 0 and 1
-for b, row in enumerate(rec.extra["queries"][:2]):
-    classes = [int(rec.target[b, k]) for k, q in enumerate(row) if q >= 0]
-    slots += [(b, k) for k, c in enumerate(classes) if c not in classes[:k]]
-heatmaps = {m: rec.explanation(m).heatmap(size) for m in METHODS}  # (B, K, H, W) per method
-columns = {method_label(m): torch.stack([heatmaps[m][b, k] for b, k in slots]) for m in METHODS}
-labels = [f"image {b}: {CLASS_NAMES[int(rec.target[b, k])]}" for b, k in slots]
-fig = figures.plot_heatmap_grid(batch.images[[b for b, _ in slots]], columns, row_labels=labels)
+slots = figures.first_detection_per_class(rec, n_images=2)  # (image, slot) pairs, duplicates left out
+fig = figures.plot_detection_methods(rec, batch.images, slots, CLASS_NAMES, METHODS)
 _ = figures.save_figure(fig, "04_detr_methods")
 
 # %% [markdown]
@@ -211,13 +202,7 @@ _ = figures.save_figure(fig, "04_detr_methods")
 mixing = gae.maps[("query", "query")] - torch.eye(8)  # (B, K, Nq, Nq)
 valid = torch.tensor(rec.extra["queries"]) >= 0  # (B, K) real detection slots
 print(f"largest |R[q, q] - I| over every detection of the batch: {mixing[valid].abs().max():.3f} (I has 1s)")
-b0, k0 = slots[0]
-j0 = rec.extra["queries"][b0][k0]
-fig, ax = plt.subplots(figsize=(figures.PANEL * 1.5, figures.PANEL * 1.25), layout="constrained")
-artist = figures.plot_matrix(ax, mixing[b0, k0], f"R[query, query] − I, image {b0}, detection {k0} (query {j0})")
-ax.set_xlabel("object query drawn on")
-ax.set_ylabel("object query explained")
-fig.colorbar(artist, ax=ax, shrink=0.8, label="relevance (raw)")
+fig = figures.plot_query_mixing(rec, *slots[0])  # R[query, query] - I of the first detection, raw values
 _ = figures.save_figure(fig, "04_detr_query_matrix")
 
 # %% [markdown]
@@ -233,25 +218,8 @@ _ = figures.save_figure(fig, "04_detr_query_matrix")
 # mIoU and pixel accuracy over fresh scenes, with the pointing game.
 
 # %%
-with torch.no_grad():
-    boxes = detr(pixel_values=pixels).pred_boxes
-matched = box_matched_queries(boxes, batch.scenes)  # (query, object) pairs with box IoU >= 0.5
-rows, heat, otsu, truth = [], [], [], []
-maps = gae.heatmap(size)  # (B, K, H, W)
-for b, scene in enumerate(batch.scenes[:2]):
-    explained = rec.extra["queries"][b]
-    for q, o in matched[b]:
-        if q in explained:
-            k = explained.index(q)
-            rows.append(b)
-            heat.append(maps[b, k])
-            otsu.append(otsu_foreground(maps[b, k]).float())
-            truth.append(torch.from_numpy(scene.objects[o].mask.copy()).float())
-fig = figures.plot_heatmap_grid(
-    batch.images[rows],
-    {"GAE map": torch.stack(heat), "Otsu foreground": torch.stack(otsu), "ground truth": torch.stack(truth)},
-    colorbar=False,
-)
+# each object of images 0-1, paired with the query whose box overlaps it most (IoU >= 0.5)
+fig = figures.plot_segmentation_examples(rec, detr, pixels, batch.images, batch.scenes, n_images=2)
 _ = figures.save_figure(fig, "04_detr_segmentation_examples")
 
 # %% [markdown]
@@ -305,6 +273,55 @@ else:
     for i in range(len(photos)):
         fig = widgets.render_detections(coco, photos, index=i, class_names=names)
         _ = figures.save_figure(fig, f"04_detr_r50_photo_{i}")
+
+# %% [markdown]
+# ## Check yourself
+#
+# **1.** Which part of `R` explains detection `k`, made by object query `j`?
+# (a) row `j` of $R^{qi}$, on the 8 x 8 feature grid; (b) column `j` of $R^{iq}$; (c) the CLS row of
+# $R^{ii}$; (d) row `j` of $R^{qq}$.
+#
+# <details><summary>Answer</summary>
+#
+# (a). The detection's class logit is read from query `j`, and the image tokens it drew on are the
+# columns of its row of $R^{qi}$.
+#
+# </details>
+#
+# **2.** Why does Eq. 11 ($R^{qq} \mathrel{+}= \bar A\, R^{iq}$) add nothing on DETR?
+# (a) the decoder has no gradient; (b) Eq. 8-9 cancel it; (c) $R^{iq}$ stays 0, because the image
+# tokens never attend to the queries; (d) DETR has a single decoder layer.
+#
+# <details><summary>Answer</summary>
+#
+# (c). Nothing ever writes into $R^{iq}$, so $\bar A \cdot 0 = 0$; the loop cell asserts that
+# $R^{iq}$ is exactly 0.
+#
+# </details>
+#
+# **3.** The largest entry of $R^{qq} - I$ over the batch is a few hundredths. What is the honest
+# reading?
+# (a) the decoder mixes queries strongly; (b) a null result: on this model the explained query draws
+# almost only on itself; (c) a bug, $R^{qq}$ should be 0; (d) the queries are duplicates.
+#
+# <details><summary>Answer</summary>
+#
+# (b). The decoder's self-attention adds little next to the identity's 1, so the section reports
+# query mixing as a null result rather than a finding.
+#
+# </details>
+#
+# **4.** Which methods tie on the segmentation test of this detector?
+# (a) attention Grad-CAM and random; (b) GAE and rollout; (c) only GAE wins; (d) GAE, its last-layer
+# ablation and raw attention.
+#
+# <details><summary>Answer</summary>
+#
+# (d). With two decoder layers whose queries each look at their own object, the last cross-attention
+# holds nearly all the information; rollout spreads onto other objects and Grad-CAM's maps are mostly
+# zero.
+#
+# </details>
 
 # %% [markdown]
 # ## Exercises

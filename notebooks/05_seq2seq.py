@@ -38,7 +38,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import gae_utils as gu
@@ -194,12 +193,7 @@ assert torch.allclose(exp.relevance["source"], rec.explanation("gae").relevance[
 # the method's own degenerate case.
 
 # %%
-methods = gu.method_names()
-fig, axes = plt.subplots(1, len(methods), figsize=(figures.PANEL * 1.9 * len(methods), figures.PANEL * 1.6))
-for ax, method in zip(axes, methods):
-    rows = rec.explanation(method).relevance["source"][0]  # (T, S)
-    figures.plot_alignment(ax, rows, source_tokens, target_tokens, method_label(method), highlight=relation)
-fig.tight_layout()
+fig = figures.plot_alignment_methods(rec, source_tokens, target_tokens, gu.method_names(), highlight=relation)
 _ = figures.save_figure(fig, "05_translation_methods")
 
 # %% [markdown]
@@ -275,6 +269,55 @@ else:
         tgt = tokenizer.convert_ids_to_tokens(out[0, 1:])
         fig = widgets.render_translation(real, src, tgt, method="gae", step=1)
         _ = figures.save_figure(fig, "05_marian_en_de")
+
+# %% [markdown]
+# ## Check yourself
+#
+# **1.** Why is every row of $R^{tt}$ zero after its own position?
+# (a) Eq. 8-9 remove it; (b) the decoder's self-attention is causal, so every $\bar A$ and $R^{tt}$ is
+# lower-triangular; (c) teacher forcing zeroes it; (d) the target tokens are padding.
+#
+# <details><summary>Answer</summary>
+#
+# (b). A generated word can only attend to the words before it, so it can only draw on them.
+#
+# </details>
+#
+# **2.** A translation has $T$ generated tokens. How many explanation targets does
+# `explain_generation` use, and how many passes?
+# (a) one target, the sentence's probability; (b) $S$ targets, one per source word; (c) $T$ targets
+# from $T$ forward passes; (d) $T$ targets, one per generated token, from one forward and one
+# vectorised backward pass.
+#
+# <details><summary>Answer</summary>
+#
+# (d). Each generated token is explained by the gradient of its own score at its step, with the
+# generation fed back in (teacher forcing); `relevance["source"]` is `(B, T, S)`.
+#
+# </details>
+#
+# **3.** Which change raises GAE's alignment accuracy most on `shapes-translate`?
+# (a) explaining each token's log-probability instead of its logit; (b) using only the last layer; (c)
+# min-max normalising each row; (d) adding `</s>` to the aligned words.
+#
+# <details><summary>Answer</summary>
+#
+# (a). In the two tables it moves GAE from near the random floor to well above it; raw attention and
+# rollout stay ahead.
+#
+# </details>
+#
+# **4.** GAE's logit row for the relation word peaks at a few $10^{-3}$, the log-probability row more
+# than ten times lower. Why can you not see this in the figures?
+# (a) the rows are averaged; (b) the colour map is greyscale; (c) the figures are min-max normalised
+# per row; (d) the log-probability row is all zero.
+#
+# <details><summary>Answer</summary>
+#
+# (c). Per-row min-max shows where relevance goes, not how much; the printed raw values give the
+# magnitudes.
+#
+# </details>
 
 # %% [markdown]
 # ## Exercises

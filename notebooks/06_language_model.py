@@ -41,13 +41,11 @@
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from IPython.display import HTML, display
 
 import gae_utils as gu
-from gae_utils.methods import method_label
 from gae_utils.plotting import token_html
 from gae_workbook import figures, zoo
 from gae_workbook.evaluate import cached_results, evaluate_lm, format_table
@@ -155,18 +153,10 @@ for b, story in enumerate(stories):
 # The same comparison for every method on one prompt, as a figure:
 
 # %%
-methods = gu.method_names()
-b = next(i for i, story in enumerate(stories) if story.kind == "colour")
-n = int(inputs["attention_mask"][b].sum())
-tokens = vocab.decode(inputs["input_ids"][b, :n], skip_special=False)
-key = int(facts["key"][b])
-fig, axes = plt.subplots(len(methods), 1, figsize=(figures.PANEL * 7, 0.55 * len(methods) + 0.6), layout="constrained")
-for ax, method in zip(axes, methods):
-    relevance = rec.explanation(method).relevance["text"][b, :n]
-    artist = figures.plot_token_relevance(ax, tokens, relevance, method_label(method))
-    ax.add_patch(plt.Rectangle((key - 0.5, -0.5), 1, 1, fill=False, edgecolor="deepskyblue", linewidth=2.5))
-fig.colorbar(artist, ax=axes, shrink=0.9, label="relevance (min-max per row)")
-fig.suptitle(f"{stories[b].text} -> {stories[b].answer}   (framed: the determining word)", fontsize=9)
+b = next(i for i, story in enumerate(stories) if story.kind == "colour")  # the first colour question
+tokens = vocab.decode(inputs["input_ids"][b, : int(inputs["attention_mask"][b].sum())], skip_special=False)
+title = f"{stories[b].text} -> {stories[b].answer}   (framed: the determining word)"
+fig = figures.plot_token_methods(rec, gu.method_names(), b, tokens, frame=int(facts["key"][b]), title=title)
 _ = figures.save_figure(fig, "06_lm_tokens_methods")
 
 # %% [markdown]
@@ -200,18 +190,13 @@ results, curves = cached_results(
 print(format_table(results))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(figures.PANEL * 4.4, figures.PANEL * 1.7), layout="constrained")
-for row, (ax, sign) in enumerate(zip(axes, ("positive", "negative"))):
-    figures.plot_perturbation_curves(
-        {m: c[row] for m, c in curves.items()},
-        PERTURBATION_STEPS,
-        f"description tokens deleted, {sign} order",
-        auc={m: r[f"{sign[:3]}_auc"] for m, r in results.items()},
-        ax=ax,
-        xlabel="fraction of description tokens deleted",
-        ylabel="answer still predicted",
-    )
-    ax.legend(frameon=False, fontsize=7, loc="lower left")
+panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
+    ("description tokens deleted, positive order", "pos_auc", "fraction of description tokens deleted"),
+    ("description tokens deleted, negative order", "neg_auc", "fraction of description tokens deleted"),
+]
+fig = figures.plot_perturbation_panels(
+    curves, results, PERTURBATION_STEPS, panels, ylabel="answer still predicted", legend_fontsize=7
+)
 _ = figures.save_figure(fig, "06_lm_deletion")
 
 # %% [markdown]
@@ -275,7 +260,57 @@ display(
 # explained scalar; the ground truth here lets you see it. The map is not wrong about the model: the
 # last layer does read the answer at the colour word's position. It is a two-step route that the
 # first-order reading of $R$ shows only weakly.
+
+# %% [markdown]
+# ## Check yourself
 #
+# **1.** In the last layer of `shapes-lm`, which rows of $\bar A$ can be non-zero?
+# (a) all rows up to the last real token; (b) only row $p$, the last real token (`A:`); (c) only the
+# padding rows; (d) the rows of the question's words.
+#
+# <details><summary>Answer</summary>
+#
+# (b). The next-token logit is read at $p$, and in the last layer nothing flows from another row to
+# $p$; the loop cell prints one non-zero row for the last layer.
+#
+# </details>
+#
+# **2.** Why is every $\bar A$, and so $R$, lower triangular?
+# (a) the causal mask: token $i$ attends only to tokens $j \le i$; (b) grouped-query attention; (c)
+# the positive part in Eq. 5; (d) right padding.
+#
+# <details><summary>Answer</summary>
+#
+# (a). $A[h, i, j] = 0$ for $j > i$, so $\nabla A \odot A$ is 0 there, and a product of
+# lower-triangular matrices is lower triangular.
+#
+# </details>
+#
+# **3.** Why is the explanation row $p$ of $R - I$ rather than of $R$?
+# (a) to make the row sum to 1; (b) $R$ is not defined at $p$; (c) the identity is 1 at $p$ for every
+# prompt and would drown what the layers added; (d) to remove the padding.
+#
+# <details><summary>Answer</summary>
+#
+# (c). $I$ only says that $p$ is relevant to itself; $R - I$ keeps the relevance the layers added.
+#
+# </details>
+#
+# **4.** On shape questions ("what shape is the blue object?"), where does GAE's most relevant
+# description token usually fall?
+# (a) on the shape word that is the answer; (b) on the question mark; (c) on `[BOS]`; (d) on the
+# colour word the question names (the sentence's subject), because the shape reaches `A:` only through
+# a second-order path.
+#
+# <details><summary>Answer</summary>
+#
+# (d). The last layer reads the answer at the colour word's position, where the first layer had moved
+# the shape; that path is a product of two small $\bar A$ entries. Scaling the explained scalar by 10
+# moves the first token to the shape word in most stories.
+#
+# </details>
+
+# %% [markdown]
 # ## Take-aways
 #
 # - For a causal LM, GAE is Eq. 5-6 unchanged: $\bar A_l$ and $R$ are lower triangular because of

@@ -1,12 +1,6 @@
-"""Adapters: the per-architecture facts the engine needs, stored as data, one file per family.
-
-An :class:`Adapter` says, for one family of models, which modules are attention layers, where
-their attention probabilities can be read (a child module whose output *is* the probabilities,
-or an index into the attention module's output tuple), which modality each layer reads and
-writes, how to switch the family's fused attention off for one call, how the model is called,
-where its logits are, how its tokens are laid out and how it reads ``target=``. Adding a model
-family is one file here and one line in :data:`ADAPTERS` (or :func:`register_adapter` from user
-code), never an edit of the engine.
+"""Adapters: the per-architecture facts the engine needs, stored as data, one file per family
+(:class:`~gae_utils.adapters.base.Adapter`). Adding a model family is one file here and one line in
+:data:`ADAPTERS` (or :func:`register_adapter` from user code), never an edit of the engine.
 """
 
 from __future__ import annotations
@@ -64,18 +58,14 @@ ADAPTERS: list[Adapter] = [
 """Searched in order; the first adapter that matches a model serves it."""
 
 
-def register_adapter(adapter: Adapter, first: bool = True) -> None:
-    """Add an adapter to the table (first by default, so it overrides built-in entries)."""
-    if first:
-        ADAPTERS.insert(0, adapter)
-    else:
-        ADAPTERS.append(adapter)
+def register_adapter(adapter: Adapter) -> None:
+    """Add an adapter to the front of the table, so that it overrides the built-in entries."""
+    ADAPTERS.insert(0, adapter)
 
 
 MIN_TRANSFORMERS = (5, 15)
-"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0).
-Older releases return attention probabilities at other output positions (T5 before 5.15) or only
-when asked (ViT and DETR in 4.x and early 5.x), and name DETR's attention classes differently."""
+"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0); older ones return
+the probabilities elsewhere (T5) or only when asked (ViT, DETR), and name DETR's attention classes differently."""
 
 
 def _installed_transformers() -> str:
@@ -98,12 +88,8 @@ def check_transformers_version(version: str | None = None) -> None:
 
 
 def find_adapter(model: nn.Module) -> Adapter:
-    """The first adapter of :data:`ADAPTERS` that serves ``model``.
-
-    Raises:
-        UnsupportedModelError: naming the model's class, the supported families and how to
-            register an adapter.
-    """
+    """The first adapter of :data:`ADAPTERS` that serves ``model``, else an :class:`UnsupportedModelError` naming
+    the supported families and how to register an adapter."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     for adapter in ADAPTERS:

@@ -1,16 +1,16 @@
-"""Types and shared pieces of the adapters: where attention lives, how to switch fused attention
-off for one call, and the input checks several families share."""
+"""Types and shared pieces of the adapters: where attention lives, fused-attention switches, input checks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
 
-from ..layout import TokenLayout
+from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
 
 __all__ = [
@@ -22,8 +22,10 @@ __all__ = [
     "hf_eager",
     "no_switch",
     "check_image_batch",
+    "check_image_size",
     "check_text",
     "check_joint",
+    "joint_layout",
 ]
 
 
@@ -41,24 +43,18 @@ class AttentionSite:
 
     Attributes:
         module_class: class name of the attention module (matched on the class and its bases).
-        probs: how to read the probabilities ``(B, H, Nq, Nk)``: the name of a child module whose
-            output is them (timm's ``"attn_drop"``), an index into the attention module's output
-            tuple (Hugging Face eager attention returns ``(output, weights)``), or a function
-            ``(module, output) -> Tensor | None`` (the attention-interface capture).
+        probs: how to read the probabilities ``(B, H, Nq, Nk)``: the name of a child module whose output
+            is them (timm's ``"attn_drop"``), an index into the module's output tuple, or a function
+            ``(module, output) -> Tensor | None``.
         kind: ``"self"`` or ``"cross"``.
         query: modality of the queries (the rows).
         key: modality of the keys (the columns).
-        group: layers sharing a group id inside one block are applied simultaneously
-            (two-direction co-attention, docs/rules.md); ``None`` for ordinary layers.
-        within: only modules whose qualified name has this component (e.g. ``"vision_model"``),
-            for models whose towers share an attention class.
-        calls: for a module run several times per forward pass in different directions (LXMERT's
-            cross-modality attention serves text->image, then image->text), the ``(query, key)``
-            modalities of successive calls; ``group="module"`` then groups each cycle of calls
-            into one simultaneous co-attention update.
-        graph_base: the returned probabilities are a view made *after* the module used them
-            (``torch.nn.MultiheadAttention`` returns ``weights.view(B, H, Nq, Nk)`` of the
-            ``(B*H, Nq, Nk)`` tensor its ``bmm`` read); gradients are then taken at the view's base.
+        group: layers sharing a group id inside one block are applied simultaneously (co-attention).
+        within: only modules whose qualified name has this component (e.g. ``"vision_model"``).
+        calls: the ``(query, key)`` of successive calls of a module run several times per forward pass (LXMERT's
+            text->image, then image->text); ``group="module"`` makes each cycle one co-attention update.
+        graph_base: the returned probabilities are a view made after the module used them
+            (``torch.nn.MultiheadAttention``); gradients are taken at the view's ``(B*H, Nq, Nk)`` base.
     """
 
     module_class: str
@@ -73,7 +69,7 @@ class AttentionSite:
 
 
 @contextmanager
-def eager_flags(model: nn.Module, flags: list[tuple[Any, str, Any]]) -> Iterator[None]:
+def eager_flags(flags: list[tuple[Any, str, Any]]) -> Iterator[None]:
     """Set ``attr = value`` on each module (or config) for the duration of the block, then restore."""
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in flags]
     try:
@@ -94,12 +90,9 @@ def hf_eager(model: nn.Module) -> Iterator[None]:
         yield
         return
     assert config is not None  # original was read from it
-    setter = getattr(model, "set_attn_implementation", None)
+    switch = getattr(model, "set_attn_implementation", None) or partial(setattr, config, "_attn_implementation")
     try:
-        if setter is not None:
-            setter("eager")
-        else:
-            config._attn_implementation = "eager"
+        switch("eager")
         if config._attn_implementation != "eager":
             raise UnsupportedModelError(
                 f"{type(model).__name__} uses attn_implementation={original!r} and cannot switch to "
@@ -107,15 +100,10 @@ def hf_eager(model: nn.Module) -> Iterator[None]:
             )
         yield
     finally:
-        if setter is not None:
-            setter(original)
-        else:
-            config._attn_implementation = original
+        switch(original)
 
 
-@contextmanager
-def no_switch(model: nn.Module) -> Iterator[None]:
-    yield
+no_switch = nullcontext  # families whose attention modules always return their probabilities
 
 
 def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | None = None) -> None:
@@ -130,6 +118,15 @@ def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | No
         channels = getattr(proj, "in_channels", None)
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"expected {channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
+
+
+def check_image_size(images: Tensor, size: tuple[int, int], source: str = "", fix: str = "") -> None:
+    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the resize."""
+    if tuple(images.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's {source}{tuple(size)}; "
+            f"resize the images to {tuple(size)}{fix}."
+        )
 
 
 def check_text(model: nn.Module, inputs: Any) -> None:
@@ -153,7 +150,16 @@ def check_joint(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> N
             f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and {' or '.join(image_keys)} "
             "(the model's processor output)"
         )
-    check_text(model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs})
+    check_text(model, inputs)
+
+
+def joint_layout(n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]) -> TokenLayout:
+    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its ``R[t, t]`` block (the
+    row's own column zeroed) and ``R[t, i]`` block; ``layout``: its ``weights`` and ``positions``."""
+    text = Segment("text", n_text, 0, stream="joint")
+    image = replace(image, stream="joint", offset=n_text)
+    readouts = (Readout("text", "text", "text", rows, drop_self=True), Readout("image", "text", "image", rows))
+    return TokenLayout((Segment("joint", n_text + image.n_tokens), text, image), readouts, **layout)
 
 
 @dataclass(frozen=True)
@@ -163,26 +169,20 @@ class Adapter:
     Attributes:
         name: short name shown in errors and results.
         model_classes: class names this adapter serves (matched on the model's class and bases).
-        sites: the attention layers, as :class:`AttentionSite` entries, or a function of the model
-            giving them (families whose attention classes are found on the model).
+        sites: the attention layers as :class:`AttentionSite` entries, or a function of the model giving them.
         eager: context manager switching fused attention off for one call.
         call: ``call(model, inputs) -> output``.
-        logits: ``logits(output) -> Tensor | None``: the output's scores, ``(B, C)`` class logits,
-            ``(B, T, V)`` next-token logits of an encoder-decoder, ``(B, Q, C + 1)`` per object query,
-            ``(B_images, B_texts)`` pair similarities; None (or returning None) for encoders
-            without a head, whose targets must then be callables.
+        logits: ``logits(output) -> Tensor | None``: the output's scores (``(B, C)`` class logits,
+            ``(B, T, V)``, ``(B, Q, C + 1)``, ``(B_i, B_t)``, ...); None for encoders without a head.
         check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
         layout: ``layout(model, inputs) -> TokenLayout``.
         family: one-line description for error messages.
         contains: also serve any model that *contains* a module of one of these classes (a user
-            model built around ``torch.nn.Transformer``); such an adapter documents the call
-            convention the model must follow.
-        accepts: also serve any model for which ``accepts(model)`` is True (a family recognised by
-            a property rather than a class name, e.g. every causal LM routed through the
-            attention interface).
-        target: ``target(model, target) -> Target``: how this family reads the ``target=``
-            argument (:func:`~gae_utils.targets.class_target` for classifiers: class indices or a
-            callable); a :class:`~gae_utils.targets.Target` object passed by the caller is used as is.
+            model built around ``torch.nn.Transformer``, called by the convention ``family`` states).
+        accepts: also serve any model for which ``accepts(model)`` is True (e.g. every causal LM
+            routed through the attention interface).
+        target: ``target(model, target) -> Target``: how this family reads ``target=`` (a
+            :class:`~gae_utils.targets.Target` passed by the caller is used as is).
     """
 
     name: str

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import dual_encoder_target
-from .base import Adapter, AttentionSite, check_image_batch, check_text, hf_eager
+from .base import Adapter, AttentionSite, check_image_batch, check_image_size, check_text, hf_eager
 
 __all__ = ["CLIP", "clip_eot_index"]
 
@@ -27,14 +27,10 @@ def clip_eot_index(model: Any, input_ids: Tensor) -> Tensor:
 def _clip_check(model: Any, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or "pixel_values" not in inputs or "input_ids" not in inputs:
         raise TypeError("CLIP takes a dict with 'pixel_values' (images) and 'input_ids'/'attention_mask' (texts)")
-    check_text(model, {k: v for k, v in inputs.items() if k != "pixel_values"})
-    size = model.config.vision_config.image_size
-    check_image_batch(inputs["pixel_values"], None, channels=model.config.vision_config.num_channels)
-    if tuple(inputs["pixel_values"].shape[-2:]) != (size, size):
-        raise ValueError(
-            f"image size {tuple(inputs['pixel_values'].shape[-2:])} does not match the model's "
-            f"vision_config.image_size {(size, size)}; resize the images to {(size, size)}."
-        )
+    check_text(model, inputs)
+    vision = model.config.vision_config
+    check_image_batch(inputs["pixel_values"], None, channels=vision.num_channels)
+    check_image_size(inputs["pixel_values"], (vision.image_size, vision.image_size), "vision_config.image_size ")
 
 
 def _clip_layout(model: Any, inputs: Any) -> TokenLayout:

@@ -1,38 +1,32 @@
 """Hugging Face DETR: encoder over the backbone's feature grid, decoder over object queries
 (Chefer et al. ICCV 2021, Sec. 4). Each detection is explained through its query's class logit.
-
-Transformers' ``DetrSelfAttention`` / ``DetrCrossAttention`` return ``(output, weights)``; the
-weights are the post-softmax probabilities ``(B, H, Nq, Nk)`` on the eager path only, so the
-adapter switches the model to eager attention for the call.
+The attention modules return ``(output, weights)``, with weights on the eager path only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
-from ..targets import QueryTarget, Target
+from ..targets import QueryTarget
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, eager_flags
 
 __all__ = ["DETR", "detr_class_probabilities", "detr_eager", "detr_grid"]
 
 
-@contextmanager
-def detr_eager(model: nn.Module) -> Iterator[None]:
-    """Eager attention for the block: DETR's attention modules read ``config._attn_implementation`` at
-    every call, so the flag is switched on each config they hold (``set_attn_implementation`` would
-    also visit the backbone, which refuses SDPA and could not be switched back)."""
+def detr_eager(model: nn.Module) -> AbstractContextManager[None]:
+    """Eager attention for the block, switched on each config DETR's attention modules read at every call
+    (``set_attn_implementation`` would also visit the backbone, which refuses SDPA and could not switch back)."""
     configs = {
         id(m.config): m.config
         for m in model.modules()
         if type(m).__name__.startswith("Detr") and hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
     }
-    with eager_flags(model, [(config, "_attn_implementation", "eager") for config in configs.values()]):
-        yield
+    return eager_flags([(config, "_attn_implementation", "eager") for config in configs.values()])
 
 
 def _detr_pixels(inputs: Any) -> Tensor:
@@ -48,17 +42,15 @@ def _detr_call(model: nn.Module, inputs: Any) -> Any:
 def _detr_check(model: nn.Module, inputs: Any) -> None:
     if isinstance(inputs, Mapping) and "pixel_values" not in inputs:
         raise TypeError("DETR takes images (B, C, H, W) or a dict with 'pixel_values' (and optionally 'pixel_mask')")
-    backbone = getattr(model.config, "backbone_config", None)
-    channels = getattr(backbone, "num_channels", None) if backbone is not None else None
+    channels = getattr(getattr(model.config, "backbone_config", None), "num_channels", None)
     check_image_batch(_detr_pixels(inputs), None, channels=channels or getattr(model.config, "num_channels", 3))
 
 
 def detr_grid(n_tokens: int, size: tuple[int, int]) -> tuple[int, int]:
     """The backbone's feature grid ``(h, w)`` holding ``n_tokens`` tokens for images of ``size``.
 
-    Strided convolutions (kernel k, padding k // 2, stride 2) map a side n to ceil(n / 2); DETR's
-    backbones downsample by 4 to 64, so the grid is the first such halving that has ``n_tokens``.
-    """
+    Strided convolutions (kernel k, padding k // 2, stride 2) map a side n to ceil(n / 2): the grid is
+    the first such halving (DETR's backbones downsample by 4 to 64) that has ``n_tokens``."""
     h, w = size
     for _ in range(7):
         if h * w == n_tokens:
@@ -73,8 +65,8 @@ def _detr_layout(model: Any, inputs: Any) -> TokenLayout:
 
 
 def _detr_layout_of_output(model: Any, inputs: Any, output: Any) -> TokenLayout:
-    """Image tokens on the backbone's feature grid (known from the encoder's output) and the object queries;
-    each target reads its query's row of ``R[query, image]`` (the object's map) and ``R[query, query]``."""
+    """Image tokens on the feature grid (known from the encoder's output) and object queries, each target
+    reading its query's row of ``R[query, image]`` (the object's map) and ``R[query, query]``."""
     n_image = output.encoder_last_hidden_state.shape[1]
     pixels = _detr_pixels(inputs)  # (B, C, H, W), checked by _detr_check
     grid = detr_grid(n_image, (pixels.shape[-2], pixels.shape[-1]))
@@ -87,11 +79,6 @@ def detr_class_probabilities(logits: Tensor) -> Tensor:
     """``(B, Q, C + 1)`` logits -> ``(B, Q, C)`` probabilities of the real classes (softmax; the last class,
     "no object", dropped)."""
     return logits.softmax(-1)[..., :-1]
-
-
-def _detr_target(model: nn.Module, target: Any) -> Target:
-    """Object queries; DETR's last class is "no object", so a detection's class is the best of the others."""
-    return QueryTarget(target, detr_class_probabilities, _detr_layout_of_output)
 
 
 DETR = Adapter(
@@ -108,5 +95,5 @@ DETR = Adapter(
     check=_detr_check,
     layout=_detr_layout,
     family="Hugging Face DetrForObjectDetection (encoder over the feature grid, decoder over object queries)",
-    target=_detr_target,
+    target=lambda model, target: QueryTarget(target, detr_class_probabilities, _detr_layout_of_output),
 )

@@ -8,12 +8,15 @@ and restored afterwards from a snapshot of every config's implementation (the se
 inverse). The function runs the family's own ``eager_attention_forward`` (grouped-query heads, sliding
 windows, soft-capping and sinks as the family computes them) and hands the probabilities to the
 recorder through the attention module's forward hook. A model that does not route its attention
-ignores the switch: nothing is captured and the recorder raises, never returning a map.
+ignores the switch: nothing is captured and the recorder raises, never returning a map. A model some of
+whose layers mix tokens outside softmax attention (Mamba, gated delta-net, lightning attention, short
+convolutions, RG-LRU: the hybrid models) is refused before running (:func:`check_token_mixing`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +24,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .base import AttentionCaptureError, AttentionSite
+from .base import AttentionCaptureError, AttentionSite, UnsupportedModelError
 
-__all__ = ["KEY", "interface_eager", "interface_sites", "routes_attention"]
+__all__ = ["KEY", "check_token_mixing", "interface_eager", "interface_sites", "routes_attention"]
 
 KEY = "gae_capture"  # not prefixed flash/sdpa/flex: some models choose code paths by that prefix
 _CAPTURED: dict[int, list[Tensor]] = {}  # id(attention module) -> probabilities of its calls in this forward
@@ -106,8 +109,55 @@ def _is_routed(cls: type) -> bool:
     return _ROUTED[cls]
 
 
-def routes_attention(model: nn.Module) -> bool:
-    """The model declares the attention backend and has at least one routed attention module."""
+def _mixers(layer: nn.Module) -> list[str]:
+    """What mixes tokens in ``layer`` besides routed softmax attention: the owners of convolutions over the tokens
+    anywhere in it (kernel > 1: Mamba, gated delta-net, short convolutions, RG-LRU, ZAYA's attention projections),
+    or the layer itself if it runs no routed attention (lightning attention; an attention-free MLP layer too)."""
+    convs = [
+        type(owner).__name__
+        for owner in layer.modules()
+        for conv in owner.children()
+        if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and math.prod(conv.kernel_size) > 1
+    ]
+    if convs or any(_is_routed(type(m)) for m in layer.modules()):
+        return list(dict.fromkeys(convs))
+    return [f"{type(layer).__name__} (no softmax attention)"]
+
+
+def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> None:
+    """Refuse a model some of whose layers mix tokens outside the captured softmax attention.
+
+    GAE propagates relevance only through the captured maps (Eq. 6: ``R = prod_l (I + Abar_l)``): a state-space,
+    linear-attention, recurrent or convolutional mixer moves information between tokens that ``R`` never sees.
+    Read from the model: each layer of the outermost module lists holding routed attention (the decoder's or
+    encoder's layers of ``layers_of``, default ``model``) must run routed attention and no convolution over tokens.
+
+    Raises:
+        UnsupportedModelError: naming the layers and their mixers.
+    """
+    found: dict[str, list[str]] = {}
+    lists: list[str] = []
+    for name, layers in (model if layers_of is None else layers_of).named_modules():
+        if not isinstance(layers, nn.ModuleList) or any(name.startswith(f"{outer}.") for outer in lists):
+            continue
+        if any(_is_routed(type(m)) for m in layers.modules()):
+            lists.append(name)
+            for i, layer in enumerate(layers):
+                for mixer in _mixers(layer):
+                    found.setdefault(f"{mixer} in {name}", []).append(str(i))
+    if found:
+        where = "; ".join(f"{mixer} {', '.join(layers)}" for mixer, layers in found.items())
+        raise UnsupportedModelError(
+            f"{type(model).__name__} mixes tokens outside softmax attention ({where}). GAE propagates relevance only "
+            "through the captured attention maps (R = prod_l (I + Abar_l)), so it would miss this mixing and return a "
+            "wrong map: hybrid state-space, linear-attention, recurrent and convolutional models are not supported."
+        )
+
+
+def routes_attention(model: nn.Module, layers_of: nn.Module | None = None) -> bool:
+    """The model declares the attention backend and has a routed attention module; its layers (those of
+    ``layers_of``) mix tokens only through routed attention, else :func:`check_token_mixing` raises."""
+    check_token_mixing(model, layers_of)
     return bool(getattr(model, "_supports_attention_backend", False)) and any(
         _is_routed(type(m)) for m in model.modules()
     )

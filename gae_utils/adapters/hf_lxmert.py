@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -19,7 +20,7 @@ def _lxmert_check(model: nn.Module, inputs: Any) -> None:
             "LXMERT takes a dict with 'input_ids', 'attention_mask', "
             "'visual_feats' (B, R, F) and 'visual_pos' (B, R, 4)"
         )
-    check_text(model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs})
+    check_text(model, inputs)
     feats, pos = inputs["visual_feats"], inputs["visual_pos"]
     if feats.ndim != 3 or pos.shape[:2] != feats.shape[:2] or feats.shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
@@ -37,23 +38,18 @@ def _lxmert_layout(model: nn.Module, inputs: Any) -> TokenLayout:
     return TokenLayout(segments, readouts)
 
 
+_site = partial(AttentionSite, "LxmertAttention", "dropout")  # every layer's probabilities: its dropout's output
+
 LXMERT = Adapter(
     name="hf-lxmert",
     model_classes=("LxmertForQuestionAnswering",),
     sites=(
-        AttentionSite("LxmertAttention", probs="dropout", query="text", key="text", within="layer"),
-        AttentionSite("LxmertAttention", probs="dropout", query="image", key="image", within="r_layers"),
+        _site(query="text", key="text", within="layer"),
+        _site(query="image", key="image", within="r_layers"),
         # one module serves both directions of a cross-modality layer: text->image, then image->text
-        AttentionSite(
-            "LxmertAttention",
-            probs="dropout",
-            kind="cross",
-            within="visual_attention",
-            calls=(("text", "image"), ("image", "text")),
-            group="module",
-        ),
-        AttentionSite("LxmertAttention", probs="dropout", query="text", key="text", within="lang_self_att"),
-        AttentionSite("LxmertAttention", probs="dropout", query="image", key="image", within="visn_self_att"),
+        _site(kind="cross", within="visual_attention", calls=(("text", "image"), ("image", "text")), group="module"),
+        _site(query="text", key="text", within="lang_self_att"),
+        _site(query="image", key="image", within="visn_self_att"),
     ),
     eager=no_switch,
     call=lambda model, inputs: model(**inputs),

@@ -7,29 +7,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, check_image_batch, check_joint, no_switch
+from ..layout import Segment, TokenLayout
+from .base import Adapter, AttentionSite, check_image_batch, check_joint, joint_layout, no_switch
 
 __all__ = ["VILT"]
 
 
-# ViLT feeds its image patches in a random order (``ViltEmbeddings.visual_embed`` draws them with
-# ``torch.multinomial``). The adapter runs the model and recomputes the order under the same seed,
-# inside ``torch.random.fork_rng`` so that the caller's random state is untouched.
+# ViLT feeds its image patches in a random order (``torch.multinomial`` in ``ViltEmbeddings.visual_embed``): the
+# adapter runs the model and recomputes the order under one seed, inside ``fork_rng`` (the caller's state is kept).
 _VILT_SEED = 0
 
 
 def _vilt_check(model: Any, inputs: Any) -> None:
     check_joint(model, inputs, ("pixel_values",))
-    check_image_batch(inputs["pixel_values"], None, channels=model.config.num_channels)
-    if inputs["pixel_values"].shape[0] != inputs["input_ids"].shape[0]:
+    pixels, n_questions = inputs["pixel_values"], inputs["input_ids"].shape[0]
+    check_image_batch(pixels, None, channels=model.config.num_channels)
+    if pixels.shape[0] != n_questions:
+        raise ValueError(f"{pixels.shape[0]} images for {n_questions} questions; pass one image per question")
+    if min(pixels.shape[-2:]) < model.config.patch_size:
         raise ValueError(
-            f"{inputs['pixel_values'].shape[0]} images for {inputs['input_ids'].shape[0]} questions; "
-            "pass one image per question"
-        )
-    if min(inputs["pixel_values"].shape[-2:]) < model.config.patch_size:
-        raise ValueError(
-            f"images of {tuple(inputs['pixel_values'].shape[-2:])} are smaller than one patch "
+            f"images of {tuple(pixels.shape[-2:])} are smaller than one patch "
             f"({model.config.patch_size} pixels); resize them with the ViLT processor"
         )
 
@@ -43,11 +40,8 @@ def _vilt_call(model: nn.Module, inputs: Any) -> Any:
 def _vilt_layout(model: Any, inputs: Any) -> TokenLayout:
     pixels = inputs["pixel_values"]
     mask = inputs.get("pixel_mask")
-    mask = (
-        torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long, device=pixels.device)
-        if mask is None
-        else mask
-    )
+    if mask is None:
+        mask = torch.ones(pixels.shape[0], *pixels.shape[-2:], dtype=torch.long, device=pixels.device)  # (B, H, W)
     embeddings = model.vilt.embeddings
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(_VILT_SEED)
@@ -55,15 +49,8 @@ def _vilt_layout(model: Any, inputs: Any) -> TokenLayout:
     patch = model.config.patch_size
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
     positions = patch_index[..., 0] * grid[1] + patch_index[..., 1]  # (B, P) raster index of each image token
-    text = Segment("text", inputs["input_ids"].shape[1], 0, stream="joint")
-    image = Segment("image", 1 + positions.shape[1], 1, grid, stream="joint", offset=text.n_tokens)
-    readouts = (
-        Readout("text", "text", "text", (0,), drop_self=True),  # the [CLS] row of the R[t, t] block, [0, 0] zeroed
-        Readout("image", "text", "image", (0,)),  # the [CLS] row of the R[t, i] block
-    )
-    return TokenLayout(
-        (Segment("joint", text.n_tokens + image.n_tokens), text, image), readouts, {}, {"image": positions}
-    )
+    image = Segment("image", 1 + positions.shape[1], 1, grid)  # [CLS] of the image, then its patches
+    return joint_layout(inputs["input_ids"].shape[1], image, (0,), positions={"image": positions})  # text [CLS] row
 
 
 VILT = Adapter(

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, check_joint, no_switch
+from ..layout import Segment, TokenLayout
+from .base import Adapter, AttentionSite, check_joint, joint_layout, no_switch
 
 __all__ = ["VISUALBERT_QA", "VISUALBERT_VR", "visualbert_answer_index"]
 
@@ -40,19 +40,12 @@ def visualbert_answer_index(inputs: Mapping) -> Tensor:
 
 def _visualbert_layout(model: nn.Module, inputs: Any, answer_row: bool) -> TokenLayout:
     """Text then region tokens in one stream; read at the answer token (question answering) or [CLS]."""
-    ids = inputs["input_ids"]
-    text = Segment("text", ids.shape[1], 0, stream="joint")
-    image = Segment("image", inputs["visual_embeds"].shape[1], 0, stream="joint", offset=text.n_tokens)
-    joint = Segment("joint", text.n_tokens + image.n_tokens)
+    n_text = inputs["input_ids"].shape[1]
+    regions = Segment("image", inputs["visual_embeds"].shape[1], 0)
     if answer_row:
-        rows = F.one_hot(visualbert_answer_index(inputs), ids.shape[1]).float()  # (B, L)
-        readouts = (
-            Readout("text", "text", "text", "weights", drop_self=True),
-            Readout("image", "text", "image", "weights"),
-        )
-        return TokenLayout((joint, text, image), readouts, {"text": rows, "image": rows})
-    readouts = (Readout("text", "text", "text", (0,), drop_self=True), Readout("image", "text", "image", (0,)))
-    return TokenLayout((joint, text, image), readouts)
+        rows = F.one_hot(visualbert_answer_index(inputs), n_text).float()  # (B, L)
+        return joint_layout(n_text, regions, "weights", weights={"text": rows, "image": rows})
+    return joint_layout(n_text, regions, (0,))
 
 
 def _visualbert(name: str, model_class: str, answer_row: bool) -> Adapter:

@@ -43,7 +43,9 @@ def _is_vlm(model: nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     classes = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
-    return any(cls.__name__ in classes for cls in type(model).__mro__) and routes_attention(model)
+    if not any(cls.__name__ in classes for cls in type(model).__mro__):
+        return False
+    return routes_attention(model, model.get_decoder())  # type: ignore[operator]  # the vision tower is not propagated
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:

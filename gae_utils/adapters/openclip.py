@@ -1,11 +1,8 @@
 """OpenCLIP (``open_clip_torch``) dual encoders, explained with :func:`gae_utils.explain_dual` as
-Hugging Face CLIP: each tower read at the token it pools (the image CLS token, or the mean of the
-patches with ``pool_type="avg"``; the text EOT token, ``text_pool_type``).
+Hugging Face CLIP: each tower read at the token it pools (image CLS or patch mean, text EOT).
 
-Both towers are stacks of ``ResidualAttentionBlock`` whose attention is ``torch.nn.MultiheadAttention``,
-captured as for ``torch.nn.Transformer`` (:func:`~gae_utils.adapters.seq2seq.mha_eager`: per-head
-weights for the call, read at the base of the returned view). Inputs: ``{"pixel_values": (B_i, 3, H,
-W), "input_ids": (B_t, L)}`` with ``input_ids`` from ``open_clip.get_tokenizer(name)(texts)``.
+Both towers' attention is ``torch.nn.MultiheadAttention`` (:func:`~gae_utils.adapters.seq2seq.mha_eager`).
+Inputs: ``{"pixel_values": (B_i, 3, H, W), "input_ids": (B_t, L)}`` (``open_clip.get_tokenizer(name)(texts)``).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import dual_encoder_target
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_text
+from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size, check_text
 from .seq2seq import mha_eager
 
 __all__ = ["OPEN_CLIP", "open_clip_text_index"]
@@ -42,13 +39,8 @@ def _check(model: Any, inputs: Any) -> None:
             "OpenCLIP takes a dict with 'pixel_values' (images) and 'input_ids' (open_clip.get_tokenizer(name)(texts))"
         )
     check_text(model, {"input_ids": inputs["input_ids"]})
-    size = tuple(model.visual.image_size)
     check_image_batch(inputs["pixel_values"], model.visual.conv1)
-    if tuple(inputs["pixel_values"].shape[-2:]) != size:
-        raise ValueError(
-            f"image size {tuple(inputs['pixel_values'].shape[-2:])} does not match the model's {size}; "
-            f"resize the images to {size} (open_clip's preprocess does)."
-        )
+    check_image_size(inputs["pixel_values"], model.visual.image_size, fix=" (open_clip's preprocess does)")
 
 
 def _layout(model: Any, inputs: Any) -> TokenLayout:

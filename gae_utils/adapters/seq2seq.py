@@ -1,43 +1,35 @@
 """Encoder-decoders (seq2seq text): Hugging Face Marian, BART, T5, and models built on ``torch.nn.Transformer``.
 
-Modalities: ``"source"`` (encoder self-attention), ``"target"`` (causal decoder self-attention) and
-the decoder's cross-attention target -> source (Eq. 6-11). Every seq2seq adapter takes the same
-inputs, a dict with ``input_ids`` (B, S), ``attention_mask`` (B, S), ``decoder_input_ids`` (B, T) and
-optionally ``decoder_attention_mask`` (B, T), and is explained token by token with
-:func:`gae_utils.explain_generation`. Where the probabilities live (transformers 5.x, eager):
-Marian/BART attention returns ``(output, weights)`` -> index 1; ``T5Attention`` returns
-``(output, position_bias, weights)`` -> index 2 (its relative position bias is added to the scores
-before the softmax and does not depend on ``A``); ``torch.nn.MultiheadAttention`` returns per-head
-weights only when called with ``need_weights=True, average_attn_weights=False``, as a view made
-after its ``bmm`` read them (``graph_base=True``).
+Modalities ``"source"`` and ``"target"`` (causal), and the cross-attention target -> source (Eq. 6-11).
+Inputs: ``input_ids`` (B, S), ``attention_mask`` (B, S), ``decoder_input_ids`` (B, T) and optionally
+``decoder_attention_mask`` (B, T); explained token by token with :func:`gae_utils.explain_generation`.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import generation_target
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_text, hf_eager
 
-__all__ = ["MARIAN", "BART", "T5", "TORCH_TRANSFORMER", "mha_eager", "seq2seq_last_row"]
+__all__ = ["MARIAN", "BART", "T5", "TORCH_TRANSFORMER", "mha_eager"]
 
 
 def _seq2seq_check(model: nn.Module, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or not {"input_ids", "decoder_input_ids"} <= set(inputs):
         raise TypeError(
-            "an encoder-decoder takes a dict with 'input_ids' (B, S), 'attention_mask' (B, S) and "
-            "'decoder_input_ids' (B, T); to explain a generation use "
-            "gae_utils.explain_generation(model, source_inputs, generated_ids)"
+            "an encoder-decoder takes a dict with 'input_ids' (B, S), 'attention_mask' (B, S) and 'decoder_input_ids' "
+            "(B, T); to explain a generation use gae_utils.explain_generation(model, source_inputs, generated_ids)"
         )
-    check_text(model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs})
+    check_text(model, inputs)
     ids, dec = inputs["input_ids"], inputs["decoder_input_ids"]
     if dec.ndim != 2 or dec.shape[1] == 0:
         raise ValueError(
@@ -55,29 +47,14 @@ def _seq2seq_check(model: nn.Module, inputs: Any) -> None:
             )
 
 
-def seq2seq_last_row(inputs: Mapping) -> Tensor:
-    """One-hot ``(B, T)`` weights of each example's last real decoder position (the next-token row)."""
-    dec = inputs["decoder_input_ids"]
-    mask = inputs.get("decoder_attention_mask")
-    last = (
-        (mask.long().sum(dim=1) - 1).clamp(min=0) if mask is not None else torch.full_like(dec[:, 0], dec.shape[1] - 1)
-    )
-    return F.one_hot(last, dec.shape[1]).float()  # (B, T)
-
-
 def _seq2seq_layout(model: nn.Module, inputs: Any) -> TokenLayout:
-    """Source and target tokens (no prefix); by default the last decoder row is read (next token)."""
-    segments = (
-        Segment("source", inputs["input_ids"].shape[1], 0),
-        Segment("target", inputs["decoder_input_ids"].shape[1], 0),
-    )
+    """Source and target tokens (no prefix), read by default at each example's last real decoder row (next token)."""
+    dec, mask = inputs["decoder_input_ids"], inputs.get("decoder_attention_mask")
+    last = (torch.ones_like(dec) if mask is None else mask).long().sum(dim=1) - 1  # (B,)
+    rows = F.one_hot(last.clamp(min=0), dec.shape[1]).float()  # (B, T)
+    segments = (Segment("source", inputs["input_ids"].shape[1], 0), Segment("target", dec.shape[1], 0))
     readouts = (Readout("source", "target", "source", "weights"), Readout("target", "target", "target", "weights"))
-    last = seq2seq_last_row(inputs)
-    return TokenLayout(segments, readouts, {"source": last, "target": last})
-
-
-def _hf_seq2seq_call(model: nn.Module, inputs: Mapping) -> Any:
-    return model(**inputs, use_cache=False)
+    return TokenLayout(segments, readouts, {"source": rows, "target": rows})
 
 
 @contextmanager
@@ -85,26 +62,19 @@ def mha_eager(model: nn.Module) -> Iterator[None]:
     """Make every ``nn.MultiheadAttention`` of ``model`` return per-head probabilities for the block.
 
     ``nn.TransformerEncoderLayer``/``DecoderLayer`` call their attention with ``need_weights=False``
-    and may take a fused fast path that bypasses the module: for the block the fast path is switched
-    off (``torch.backends.mha``) and a forward pre-hook sets ``need_weights=True,
-    average_attn_weights=False`` on each call. The hooks are removed and the flag restored after.
-    """
-    saved = torch.backends.mha.get_fastpath_enabled()
+    and may take a fused fast path: the fast path is switched off and a forward pre-hook asks each call
+    for ``need_weights=True, average_attn_weights=False``."""
 
     def per_head(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
-    handles = []
-    try:
+    with ExitStack() as undo:
+        undo.callback(torch.backends.mha.set_fastpath_enabled, torch.backends.mha.get_fastpath_enabled())
         torch.backends.mha.set_fastpath_enabled(False)
         for module in model.modules():
             if isinstance(module, nn.MultiheadAttention):
-                handles.append(module.register_forward_pre_hook(per_head, with_kwargs=True))
+                undo.callback(module.register_forward_pre_hook(per_head, with_kwargs=True).remove)
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        torch.backends.mha.set_fastpath_enabled(saved)
 
 
 def _torch_seq2seq_check(model: nn.Module, inputs: Any) -> None:
@@ -119,14 +89,9 @@ def _torch_seq2seq_check(model: nn.Module, inputs: Any) -> None:
     _seq2seq_check(model, inputs)
 
 
-def _torch_seq2seq_call(model: nn.Module, inputs: Mapping) -> Any:
-    return model(inputs["input_ids"], inputs["decoder_input_ids"], attention_mask=inputs.get("attention_mask"))
-
-
 def _seq2seq_sites(cls: str, probs: int, cross: str, graph_base: bool = False) -> tuple[AttentionSite, ...]:
-    """Source, causal target and cross-attention sites of an encoder-decoder whose attention modules are
-    all of class ``cls``; the cross-attention modules are those whose name has the part ``cross``.
-    Cross-attention first: its module name also contains ``encoder`` in Marian/BART (``encoder_attn``)."""
+    """Cross-attention (module names with the part ``cross``; first, as Marian/BART's ``encoder_attn`` also
+    contains ``encoder``), source and causal target sites of an encoder-decoder whose attention is ``cls``."""
     return (
         AttentionSite(cls, probs, kind="cross", query="target", key="source", within=cross, graph_base=graph_base),
         AttentionSite(cls, probs, query="source", key="source", within="encoder", graph_base=graph_base),
@@ -141,7 +106,7 @@ def _hf_seq2seq_adapter(name: str, model_class: str, attention: str, probs: int,
         model_classes=(model_class,),
         sites=_seq2seq_sites(attention, probs, cross),
         eager=hf_eager,
-        call=_hf_seq2seq_call,
+        call=lambda model, inputs: model(**inputs, use_cache=False),
         logits=lambda out: out.logits,
         check=_seq2seq_check,
         layout=_seq2seq_layout,
@@ -150,11 +115,12 @@ def _hf_seq2seq_adapter(name: str, model_class: str, attention: str, probs: int,
     )
 
 
+# Marian/BART attention returns (output, weights) in eager mode
 MARIAN = _hf_seq2seq_adapter(
     "hf-marian", "MarianMTModel", "MarianAttention", 1, "encoder_attn", " (source, causal target, cross-attention)"
 )
 BART = _hf_seq2seq_adapter("hf-bart", "BartForConditionalGeneration", "BartAttention", 1, "encoder_attn", "")
-# T5 returns (output, position_bias, weights)
+# T5 returns (output, position_bias, weights); its position bias is added before the softmax, independent of A
 T5 = _hf_seq2seq_adapter(
     "hf-t5", "T5ForConditionalGeneration", "T5Attention", 2, "EncDecAttention", " (relative position bias)"
 )
@@ -164,7 +130,7 @@ TORCH_TRANSFORMER = Adapter(
     contains=("Transformer",),  # any model holding a torch.nn.Transformer, called by the convention below
     sites=_seq2seq_sites("MultiheadAttention", 1, "multihead_attn", graph_base=True),
     eager=mha_eager,
-    call=_torch_seq2seq_call,
+    call=lambda model, x: model(x["input_ids"], x["decoder_input_ids"], attention_mask=x.get("attention_mask")),
     logits=lambda out: out,
     check=_torch_seq2seq_check,
     layout=_seq2seq_layout,

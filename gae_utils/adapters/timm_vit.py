@@ -1,46 +1,34 @@
 """timm ``VisionTransformer`` (ViT, DeiT with distillation token, register tokens, average pooling),
 ``Eva`` (EVA-02: rotary positions) and ``Beit`` (relative position bias).
 
-timm computes attention in ``Attention.forward`` (``EvaAttention``, BEiT's ``Attention``); with
-``fused_attn`` off the probabilities pass through ``attn_drop``, whose output the recorder reads
-(rotary embeddings and position biases act on the scores before the softmax).
+With ``fused_attn`` off the probabilities pass through ``attn_drop``, whose output the recorder reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, eager_flags
+from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size, eager_flags
 
 __all__ = ["ADAPTER", "timm_eager"]
 
 
-def _timm_fused_flags(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
-    return [(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")]
-
-
-@contextmanager
-def timm_eager(model: nn.Module) -> Iterator[None]:
+def timm_eager(model: nn.Module) -> AbstractContextManager[None]:
     """Switch every timm ``fused_attn`` flag off for the block (timm reads it in ``forward``)."""
-    with eager_flags(model, _timm_fused_flags(model)):
-        yield
+    return eager_flags([(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")])
 
 
 def _timm_check(model: nn.Module, images: Tensor) -> None:
     check_image_batch(images, getattr(model.patch_embed, "proj", None))
     img_size = getattr(model.patch_embed, "img_size", None)
     dynamic = getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "dynamic_img_pad", False)
-    if img_size is not None and not dynamic and tuple(images.shape[-2:]) != tuple(img_size):
-        raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's {tuple(img_size)}; "
-            f"resize the images to {tuple(img_size)} or build the model with dynamic_img_size=True."
-        )
+    if img_size is not None and not dynamic:
+        check_image_size(images, img_size, fix=" or build the model with dynamic_img_size=True")
 
 
 def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
@@ -62,8 +50,7 @@ def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
 
 
 def _timm_target(model: nn.Module, target: Any) -> Target:
-    """A headless timm model (``num_classes=0``: a feature extractor, e.g. a DINO or CLIP tower)
-    returns pooled features, not logits: it is explained only through a callable target."""
+    """A headless timm model (``num_classes=0``) returns features, not logits: only callable targets."""
     if getattr(model, "num_classes", None) == 0 and not callable(target):
         raise ValueError(
             f"{type(model).__name__} was built with num_classes=0: its output is a (B, D) feature vector, not class "
