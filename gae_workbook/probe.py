@@ -10,8 +10,12 @@ explained next-token logits under capture must equal the stock model's). Outcome
 - ``ok``: explained, parity holds, relevance finite;
 - ``not routed``: the family does not route attention through the interface; ``explain`` refuses
   it (``UnsupportedModelError``) before running;
+- ``mixes tokens``: some of its layers mix tokens outside softmax attention (Mamba, gated delta-net,
+  short convolution, ...), which GAE cannot propagate through; ``explain`` refuses it before running;
 - ``refused``: the capture found something it cannot explain and raised ``AttentionCaptureError``
   (an attention module called twice per forward, fewer captures than modules, no graph);
+- ``needs images``: a vision-language model in the causal-LM table; the VLM adapter refuses text-only
+  inputs (probed with images by :mod:`gae_workbook.probe_vision`);
 - ``config``: the stock model itself fails on the generic tiny settings (no verdict on capture);
 - ``too big`` / ``build``: the generic settings do not shrink the family / do not build it.
 """
@@ -113,11 +117,14 @@ def probe_family(model_type: str) -> tuple[str, str]:
     inputs = {"input_ids": ids, "attention_mask": mask}
     try:
         exp = gu.explain(model, inputs, verify=True)
-    except gu.UnsupportedModelError:
-        return "not routed", type(model).__name__
+    except gu.UnsupportedModelError as err:
+        mixing = "outside softmax attention" in str(err)  # hf_interface.check_token_mixing's refusal
+        return ("mixes tokens" if mixing else "not routed"), str(err).split("\n")[0][:160]
     except gu.AttentionCaptureError as err:
         return "refused", str(err)[:160]
     except Exception as err:
+        if isinstance(err, TypeError) and "pixel_values" in str(err):  # the VLM adapter's input check
+            return "needs images", str(err)[:160]
         try:
             with torch.no_grad():
                 model(**inputs)
