@@ -1,7 +1,8 @@
 """Execute the workbook's notebooks headless and report the figures they wrote.
 
     python -m gae_workbook.run                 # every notebooks/NN_*.py, in order
-    python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them
+    python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them;
+                                               # figures to outputs/figures-smoke, not figures/
 
 Notebooks are stored as jupytext ``py:percent`` files; each is converted in memory, executed with
 nbclient (cwd = the notebooks folder) and the executed copy, outputs and figures included, is
@@ -85,13 +86,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from .figures import figures_dir
 
     paths = args.notebooks or notebook_paths()
+    # smoke-size figures never overwrite the committed full-size ones (unless GAE_FIGURES_DIR says where)
+    smoke_figures = args.smoke and not os.environ.get("GAE_FIGURES_DIR")
+    figures = REPO / "outputs" / "figures-smoke" if smoke_figures else figures_dir()
     started = time.time()
     for path in tqdm(paths, desc="notebooks"):
         t = time.perf_counter()
-        execute_notebook(path, args.out / f"{path.stem}.ipynb", smoke=args.smoke)
+        execute_notebook(path, args.out / f"{path.stem}.ipynb", smoke=args.smoke, figures=figures)
         print(f"ran {path.name} in {time.perf_counter() - t:.0f} s -> {args.out / (path.stem + '.ipynb')}")
-    written = sorted(p for p in figures_dir().glob("*") if p.stat().st_mtime >= started)
-    print(f"wrote {len(written)} figure files to {figures_dir()}:")
+    written = sorted(p for p in figures.glob("*") if p.stat().st_mtime >= started)
+    print(f"wrote {len(written)} figure files to {figures}:")
     for p in written:
         print(f"  {p.name}")
     return written

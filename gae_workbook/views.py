@@ -203,7 +203,9 @@ def stream_row(
     history: list[dict[tuple[str, str], Tensor]] | None = None,
 ) -> Tensor:
     """Row ``token`` of map ``pair`` for one example: ``R`` after propagation step ``step``, or, for
-    ``view="head"``, ``(dA * A)^+`` of one head of recorded layer ``step`` (that layer's own pair).
+    ``view="head"``, ``(dA * A)^+`` of one head of recorded layer ``step`` (that layer's own pair;
+    Eq. 5 before the mean over heads), or, for ``view="attention"``, that head's attention
+    probabilities ``A_h`` themselves (what the head attends, whether or not it reaches the score).
     ``history``: ``rec.history()`` when the caller keeps it.
 
     Returns:
@@ -214,13 +216,15 @@ def stream_row(
         if not -len(history) <= step < len(history):
             raise ValueError(f"step {step} is out of range (0..{len(history) - 1})")
         matrix = history[step][pair][index, target]  # (Na, Nb)
-    elif view == "head":
+    elif view in ("head", "attention"):
         layer = rec.layers[step % len(rec.layers)]
         if (layer.query, layer.key) != pair:
             raise ValueError(f"layer {step} attends {layer.query}->{layer.key}, not {pair[0]}->{pair[1]}")
-        matrix = layer_matrix(rec, index, target, step % len(rec.layers), "head", head)
+        matrix = layer_matrix(rec, index, target, step % len(rec.layers), "head", head)  # (Na, Nb) (dA_h * A_h)^+
+        if view == "attention":
+            matrix = layer.attn[index, head]  # (Na, Nb) A_h; layer_matrix checked keep_heads and the head
     else:
-        raise ValueError(f"unknown view {view!r}; choose 'relevancy' or 'head'")
+        raise ValueError(f"unknown view {view!r}; choose 'relevancy', 'head' or 'attention'")
     if not 0 <= token < matrix.shape[0]:
         raise ValueError(f"token {token} is out of range: {pair[0]} has {matrix.shape[0]} tokens")
     return matrix[token]

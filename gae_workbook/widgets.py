@@ -7,7 +7,9 @@ for *every* class: one forward pass, one backward per class, per-head maps kept)
 per view, and on a control change redraws only the views that depend on it: each ``render_*``
 takes ``fig=`` (a figure it returned before) and then updates that figure's artists in place
 (``set_data``, ``set_clim``) instead of building a new one. A view is shown as one PNG in an
-``ipywidgets.Image``, so every control change replaces exactly one ``<img>`` in the page.
+``ipywidgets.Image``, so every control change replaces exactly one ``<img>`` in the page. The PNG
+is drawn by parts (:class:`_Blitter`): axes, ticks and labels once, then per change only the
+data, titles and colour bars, on a copy of that background; the result equals a full draw.
 
 - :func:`render_layer`: what layer ``l`` contributes: the explained row of ``R`` after layer ``l``
   with the matrix layer ``l`` added to ``R`` (Eq. 6's term; ``R`` itself is dominated by its
@@ -35,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.transforms import Bbox
 from torch import Tensor, nn
 
 from gae_utils.dual import explain_dual
@@ -140,30 +143,195 @@ def _painter(fig: Figure | None, kind: type, figsize: tuple[float, float], *args
 EXPLORER_DPI = 100  # the explorers' PNG resolution (independent of the notebook's figure settings)
 
 
-def figure_png(fig: Figure) -> bytes:
-    """``fig`` as PNG bytes (what an explorer's ``Image`` shows): one Agg draw of the whole figure
-    at its own dpi, light compression. ``savefig`` would draw twice (a layout pass, then the
-    picture) and follow the notebook's ``savefig.bbox="tight"``, a third pass."""
+def _encode_png(canvas: FigureCanvasAgg) -> bytes:
+    """The canvas' pixels as PNG bytes: RGB (an explorer's figure is opaque), light compression."""
     from PIL import Image
 
+    width, height = canvas.get_width_height(physical=True)
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]  # (H, W, 3)
+    buffer = BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="png", compress_level=1)
+    return buffer.getvalue()
+
+
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes: one Agg draw of the whole figure at its own dpi, light compression.
+    ``savefig`` would draw twice (a layout pass, then the picture) and follow the notebook's
+    ``savefig.bbox="tight"``, a third pass."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
-    width, height = canvas.get_width_height(physical=True)
-    buffer = BytesIO()
-    Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).save(
-        buffer, format="png", compress_level=1
-    )
-    return buffer.getvalue()
+    return _encode_png(canvas)
+
+
+def live_axes(ax: plt.Axes) -> plt.Axes:
+    """Mark ``ax`` as redrawn whole on every explorer redraw (its ticks change with the data: a bar
+    chart rebuilt each time); other axes keep their ticks and labels from the last full draw."""
+    ax._gae_live = True
+    return ax
+
+
+class _Blitter:
+    """Redraws an explorer's figure by parts: the static parts once, the data on every change.
+
+    Drawing a figure with Agg is dominated by its text (tick labels, axis labels, titles), which
+    most control changes leave as they are. So the figure is drawn once without its *live*
+    artists (per axes: images, meshes, patches, lines, texts, titles, frames; whole axes for
+    colour bars and axes marked :func:`live_axes`), that picture is kept, and each redraw restores
+    it and draws only the live artists on top. Texts and colour bars are *stamps*: once drawn, the
+    pixels of their box are kept per content (text and font, or colour limits), and a redraw that
+    shows the same content again copies those pixels back instead of drawing the glyphs. Whenever
+    the static parts change (an axes' position, limits, tick positions or labels, axis labels,
+    visibility) the figure is drawn in full again and the stamps are dropped. The picture equals a
+    full draw (the tests compare them).
+    """
+
+    MAX_STAMPS = 256
+
+    def __init__(self, fig: Figure):
+        self.fig = fig
+        self.canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        self.background = None
+        self.key = None
+        self.stamps: dict = {}
+
+    @staticmethod
+    def _whole(ax: plt.Axes) -> bool:
+        return hasattr(ax, "_colorbar") or getattr(ax, "_gae_live", False)
+
+    @staticmethod
+    def _axes_key(ax: plt.Axes):
+        if not ax.get_visible():
+            return None
+
+        def axis_key(axis):
+            if not ax.axison:
+                return None
+            labels = getattr(axis.get_major_formatter(), "seq", None)
+            return tuple(axis.get_majorticklocs()), tuple(labels or ()), axis.label.get_text(), axis.get_visible()
+
+        return ax.get_position().bounds, ax.get_xlim(), ax.get_ylim(), axis_key(ax.xaxis), axis_key(ax.yaxis)
+
+    def _static_key(self):
+        return self.canvas.get_width_height(physical=True), tuple(
+            (id(ax), None if self._whole(ax) else self._axes_key(ax)) for ax in self.fig.axes
+        )
+
+    def _live(self) -> tuple[list, list]:
+        """The live artists in drawing order: stamps (texts, colour bars) first, then the rest."""
+        from matplotlib.axis import Axis
+
+        live = []
+        for ax in sorted(self.fig.axes, key=lambda a: a.zorder):
+            if not ax.get_visible():  # a hidden panel draws nothing, whatever its artists say
+                continue
+            if self._whole(ax):
+                live.append(ax)
+                continue
+            framed = ax.axison and ax.get_frame_on()
+            spines = set(ax.spines.values())
+            children = [
+                a
+                for a in ax.get_children()
+                if a is not ax.patch and not isinstance(a, Axis) and (framed or a not in spines)
+            ]
+            live += sorted(children, key=lambda a: a.zorder)
+        axes = set(self.fig.axes)
+        live += sorted((a for a in self.fig.get_children() if a is not self.fig.patch and a not in axes),
+                       key=lambda a: a.zorder)  # fmt: skip
+        stamps = [a for a in live if self._stamp_key(a) is not None]
+        ids = {id(a) for a in stamps}
+        return stamps, [a for a in live if id(a) not in ids]
+
+    @staticmethod
+    def _stamp_key(artist):
+        """What a stamp's pixels depend on (the axes stay where they are while the background holds)."""
+        from matplotlib.text import Text
+
+        if isinstance(artist, Text) and type(artist) is Text and not artist.get_wrap():
+            return (
+                "text", id(artist), artist.get_text(), artist.get_unitless_position(), artist.get_fontproperties(),
+                str(artist.get_color()), artist.get_rotation(), artist.get_ha(), artist.get_va(), artist.get_alpha(),
+            )  # fmt: skip
+        colorbar = getattr(artist, "_colorbar", None)
+        if colorbar is not None:
+            norm, cmap = colorbar.mappable.norm, colorbar.mappable.get_cmap()
+            return (
+                "colorbar", id(artist), artist.get_xlim(), artist.get_ylim(), artist.yaxis.label.get_text(),
+                artist.xaxis.label.get_text(), type(norm).__name__, getattr(norm, "gamma", None), cmap.name,
+                colorbar.mappable.get_alpha(),
+            )  # fmt: skip
+        return None
+
+    def _box(self, artist, renderer) -> Bbox | None:
+        """The pixels a stamp covers (padded; clipped to the figure)."""
+        box = artist.get_tightbbox(renderer) if hasattr(artist, "_colorbar") else artist.get_window_extent(renderer)
+        return None if box is None else Bbox.intersection(box.padded(2), self.fig.bbox)
+
+    def _full_draw(self, live: list) -> None:
+        """Draw the background: the figure without its live artists. Texts are made transparent
+        rather than hidden, so that the axes place their titles as they do in a full draw."""
+        from matplotlib.text import Text
+
+        texts = [(a, a.get_alpha()) for a in live if isinstance(a, Text) and a.get_visible()]
+        hidden = [a for a in live if not isinstance(a, Text) and a.get_visible()]
+        for artist, _ in texts:
+            artist.set_alpha(0.0)
+        for artist in hidden:
+            artist.set_visible(False)
+        try:
+            self.canvas.draw()
+            self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        finally:
+            for artist, alpha in texts:
+                artist.set_alpha(alpha)
+            for artist in hidden:
+                artist.set_visible(True)
+        self.stamps.clear()
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes, drawing only what may have changed since the last call."""
+        if self.background is None:  # the first draw: the whole figure, as laid out by its layout engine
+            self.canvas.draw()
+            engine = self.fig.get_layout_engine()
+            if engine is not None and engine.__class__.__name__ != "PlaceHolderLayoutEngine":
+                self.fig.set_layout_engine("none")  # keep that layout: controls change data, not panels
+        stamps, rest = self._live()
+        key = self._static_key()
+        if key != self.key or self.background is None:
+            self._full_draw(stamps + rest)
+            self.key = key
+        else:
+            self.canvas.restore_region(self.background)
+        renderer = self.canvas.get_renderer()
+        stamps = [a for a in stamps if a.get_visible() and not (hasattr(a, "get_text") and not a.get_text())]
+        keys = [self._stamp_key(a) for a in stamps]
+        boxes = [self.stamps[k][1] if k in self.stamps else self._box(a, renderer) for a, k in zip(stamps, keys)]
+        for k, (artist, stamp_key, box) in enumerate(zip(stamps, keys, boxes)):
+            # a stamp holds its box's pixels: it is used only where no other stamp's box overlaps it
+            alone = box is not None and not any(
+                j != k and other is not None and box.overlaps(other) for j, other in enumerate(boxes)
+            )
+            if alone and stamp_key in self.stamps:
+                self.canvas.restore_region(self.stamps[stamp_key][0])
+                continue
+            artist.draw(renderer)
+            if alone and len(self.stamps) < self.MAX_STAMPS:
+                self.stamps[stamp_key] = (self.canvas.copy_from_bbox(box), box)
+        for artist in rest:
+            if artist.get_visible():
+                artist.draw(renderer)
+        return _encode_png(self.canvas)
 
 
 def _show(out, fig: Figure) -> None:
     """Show ``fig`` in the ``ipywidgets.Image`` ``out`` (its PNG replaces what ``out`` showed).
 
-    The first show lays the figure out; later shows keep that layout (the explorers change data
-    and titles in place, not the panels), which saves the layout pass on every control change."""
-    out.value = figure_png(fig)
-    if fig.get_layout_engine() is not None and fig.get_layout_engine().__class__.__name__ != "PlaceHolderLayoutEngine":
-        fig.set_layout_engine("none")
+    The first show lays the figure out; later shows keep that layout and redraw only the parts
+    that changed (:class:`_Blitter`)."""
+    blitter = getattr(fig, "_gae_blitter", None)
+    if blitter is None:
+        blitter = fig._gae_blitter = _Blitter(fig)
+    out.value = blitter.png()
 
 
 def _image_output():
@@ -470,6 +638,10 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     size = tuple(images.shape[-2:])
     history = lru_cache(maxsize=None)(rec.history)
     heatmaps = lru_cache(maxsize=None)(lambda method, start: rec.explanation(method, start).heatmap(size))
+    for start_layer in range(n_layers):  # every start_layer's maps now, for all examples and classes at once:
+        history(start_layer)  # a control change is then only a redraw
+        for name in method_names():
+            heatmaps(name, start_layer)
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="example")
     target = W.Dropdown(
         options=[(n, k) for k, n in enumerate(names)], value=int(rec.logits[0].argmax()), description="class"
@@ -651,10 +823,28 @@ def _row_title(rec: Recording, words, index, target, step, pair, token, view, he
     name = target_names[target] if target_names is not None else f"target {target}"
     if view == "relevancy":
         return f"R[{a}, {b}] row of {who} ({name}), after step {step % len(flow_steps(rec))}"
-    title = f"(dA*A)+ of {who} ({name}), layer {step % len(rec.layers)}, head {head}"
-    if not rec.layers[step % len(rec.layers)].attn_bar[index, target].any():
-        title += ": all zero, no gradient reaches this layer"
-    return title
+    return f"layer {step % len(rec.layers)} ({a}->{b}), head {head}: row of {who}, explaining {name}"
+
+
+def _head_note(rec: Recording, index: int, target: int, step: int, contribution: np.ndarray) -> str:
+    """What the head view's right panel means, in particular when it is all zero (always two lines)."""
+    layer = step % len(rec.layers)
+    if not rec.layers[layer].attn_bar[index, target].any():
+        return (
+            f"(dA*A)+ is 0 for every head of layer {layer}: its output never reaches the explained score,\n"
+            "so this head attends (left) but contributes nothing to this score (right)"
+        )
+    if not contribution.any():
+        return (
+            "this head's (dA*A)+ row is all zero: where it attends, the gradient is negative,\n"
+            "so Eq. 5's positive part drops it: it attends (left) but adds nothing to this score (right)"
+        )
+    return "left: where the head attends, A_h\nright: what that adds to the explained score, (dA_h*A_h)+ (Eq. 5)"
+
+
+def _head_clim(values: np.ndarray) -> tuple[float, float]:
+    """Raw colour limits; an all-zero map gets 0..1 (its colour bar then reads 0, not 1e-12)."""
+    return (0.0, 1.0) if not values.any() else _clim(values)
 
 
 class _RowImagePainter(_Painter):
@@ -672,10 +862,29 @@ class _RowImagePainter(_Painter):
         self.fig.suptitle(title, fontsize=9)
 
 
+class _HeadImagePainter(_Painter):
+    """The head view over the image: the head's attention row beside its (dA*A)+ row, each with a colour bar."""
+
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        ax_in, ax_attn, ax_cam = fig.subplots(1, 3, width_ratios=[1, 1.25, 1.25])
+        self.input, self.ax_in = ax_in.imshow(np.zeros((2, 2, 3))), ax_in
+        ax_in.set_title("input", fontsize=9)
+        _blank(ax_in)
+        self.attn = _GridOverlay(fig, ax_attn, "attention A_h")
+        self.cam = _GridOverlay(fig, ax_cam, "(dA_h*A_h)+ (raw)")
+
+    def draw(self, image: Tensor, attention: np.ndarray, contribution: np.ndarray, title: str, note: str) -> None:
+        _set_image(self.input, to_numpy_image(image))
+        self.attn.draw(image, attention, "where the head attends: A_h")
+        self.cam.draw(image, contribution, "its contribution: (dA_h*A_h)+", _head_clim(contribution))
+        self.fig.suptitle(f"{title}\n{note}", fontsize=8)
+
+
 class _RowTextPainter(_Painter):
     def __init__(self, fig: Figure):
         super().__init__(fig)
-        self.ax = fig.subplots()
+        self.ax = live_axes(fig.subplots())  # rebuilt on every draw
 
     def draw(self, words: Sequence[str], values: np.ndarray, title: str) -> None:
         ax = self.ax
@@ -685,6 +894,39 @@ class _RowTextPainter(_Painter):
         ax.set_ylabel("relevance (raw)", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(title, fontsize=9)
+
+
+class _HeadTextPainter(_Painter):
+    """The head view over the words: the head's attention row beside its (dA*A)+ row, as bars."""
+
+    def __init__(self, fig: Figure):
+        super().__init__(fig)
+        self.axes = [live_axes(ax) for ax in fig.subplots(1, 2)]  # rebuilt on every draw
+
+    def draw(self, words: Sequence[str], attention: np.ndarray, contribution: np.ndarray, title: str, note: str):
+        parts = (
+            (attention, "tab:blue", "where the head attends: A_h", "attention"),
+            (contribution, "tab:orange", "its contribution: (dA_h*A_h)+", "(dA_h*A_h)+ (raw)"),
+        )
+        for ax, (values, colour, name, unit) in zip(self.axes, parts):
+            ax.cla()
+            ax.bar(range(len(words)), values[: len(words)], color=colour)
+            ax.set_xticks(range(len(words)), words, rotation=45, ha="right", fontsize=8)
+            ax.set_ylabel(unit, fontsize=8)
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.set_title(name, fontsize=9)
+            if not values.any():
+                ax.set_ylim(0, 1)
+        self.fig.suptitle(f"{title}\n{note}", fontsize=8)
+
+
+_ROW_PAINTERS = {
+    ("image", "relevancy"): _RowImagePainter,
+    ("text", "relevancy"): _RowTextPainter,
+    ("image", "head"): _HeadImagePainter,
+    ("text", "head"): _HeadTextPainter,
+}
+_ROW_SIZES = {"relevancy": (PANEL * 2.6, PANEL * 1.3), "head": (PANEL * 3.6, PANEL * 1.45)}
 
 
 def render_stream_row(
@@ -707,6 +949,11 @@ def render_stream_row(
     columns (the region grid, nearest-neighbour, with a colour bar), as bars over the words for
     text columns.
 
+    The head view (``view="head"``) shows the head's attention row ``A_h`` beside its
+    gradient-weighted contribution ``(dA_h * A_h)^+`` (Eq. 5 before the mean over heads), so a
+    layer the explained score never reaches (its gradient is zero) still shows what the head
+    attends, next to an all-zero contribution, and says so.
+
     Args:
         rec: a recording of a two-modality model whose image tokens form a square grid.
         images: ``(B, 3, H, W)`` the images shown under the heatmaps.
@@ -714,18 +961,27 @@ def render_stream_row(
         index, target, step, pair, token, view, head: see :func:`~gae_workbook.views.stream_row`.
         target_names: names of the target columns (the answers).
         history: ``rec.history()``, when the caller keeps it.
-        fig: a figure this function returned before for the same column modality: updated in place.
+        fig: a figure this function returned before for the same column modality and view: updated in place.
     """
     row = _numpy(stream_row(rec, index, target, step, pair, token, view, head, history))  # (Nb,)
     words = list(tokens[index])
     title = _row_title(rec, words, index, target, step, pair, token, view, head, target_names)
-    if pair[1] == "image":
-        side = math.isqrt(row.shape[-1])
-        painter = _painter(fig, _RowImagePainter, (PANEL * 2.6, PANEL * 1.3))
-        painter.draw(images[index], row.reshape(side, side), title)
+    column = pair[1]
+    painter = _painter(fig, _ROW_PAINTERS[column, view], _ROW_SIZES[view])
+    if view == "head":
+        attention = _numpy(stream_row(rec, index, target, step, pair, token, "attention", head))  # (Nb,)
+        note = _head_note(rec, index, target, step, row)
+        if column == "image":
+            side = math.isqrt(row.shape[-1])
+            painter.draw(images[index], attention.reshape(side, side), row.reshape(side, side), title, note)
+        else:
+            painter.draw(words, attention, row, title, note)
         return painter.fig
-    painter = _painter(fig, _RowTextPainter, (PANEL * 2.6, PANEL * 1.3))
-    painter.draw(words, row, title)
+    if column == "image":
+        side = math.isqrt(row.shape[-1])
+        painter.draw(images[index], row.reshape(side, side), title)
+    else:
+        painter.draw(words, row, title)
     return painter.fig
 
 
@@ -745,7 +1001,10 @@ def coattention_explorer(
     targets to browse): example, target, map, row token, propagation step, or a layer and head.
 
     The head view's layer menu lists only the layers that attend the selected map's pair (a
-    text->image cross-attention for ``R[text, image]``), so every choice has a picture.
+    text->image cross-attention for ``R[text, image]``), so every choice has a picture. It shows
+    the head's attention ``A_h`` beside its contribution ``(dA_h * A_h)^+``: on a layer the
+    explained score never reaches the contribution is all zero (the title says so), and the head
+    slider still changes what is drawn.
 
     Returns:
         An ``ipywidgets.VBox``: the controls and two ``ipywidgets.Image`` views (the selected row,
@@ -767,10 +1026,10 @@ def coattention_explorer(
     n_heads = rec.layers[-1].attn.shape[1] if rec.layers[-1].attn is not None else 1
     head = W.IntSlider(0, 0, n_heads - 1, description="head", disabled=True)
     out_row, out_maps = _image_output(), _image_output()
-    row_figs = {"image": _new_figure((PANEL * 2.6, PANEL * 1.3), live=True)}
-    row_figs["text"] = _new_figure((PANEL * 2.6, PANEL * 1.3), live=True)
-    row_figs["image"]._gae_painter = _RowImagePainter(row_figs["image"])
-    row_figs["text"]._gae_painter = _RowTextPainter(row_figs["text"])
+    row_figs = {}  # one figure per (column modality, view), each kept and updated in place
+    for (column, shown), kind in _ROW_PAINTERS.items():
+        row_figs[column, shown] = _new_figure(_ROW_SIZES[shown], live=True)
+        row_figs[column, shown]._gae_painter = kind(row_figs[column, shown])
     maps_fig = _new_figure((PANEL * 4.6, PANEL * 1.4), live=True)
     maps_fig._gae_painter = _FlowStepPainter(maps_fig)
     empty = _new_figure((PANEL * 2.6, PANEL * 0.6), live=True)
@@ -821,7 +1080,7 @@ def coattention_explorer(
             head.value,
             names,
             history=history,
-            fig=row_figs[column],
+            fig=row_figs[column, view.value],
         )
         _show(out_row, fig)
 
@@ -840,6 +1099,14 @@ def coattention_explorer(
 
     set_tokens()
     set_layers()
+    # lay out the row figures that are not shown first now, so that the first switch to them is a redraw
+    for (column, shown), fig in row_figs.items():
+        pairs = [p for p in PAIRS if p[1] == column and (shown == "relevancy" or layers_attending(rec, p))]
+        if pairs and (column, shown) != (pair.value[1], view.value):
+            at = step.value if shown == "relevancy" else layers_attending(rec, pairs[0])[-1]
+            render_stream_row(rec, images, tokens, 0, 0, at, pairs[0], 0, shown, 0, names, history=history, fig=fig)
+            fig._gae_blitter = _Blitter(fig)
+            fig._gae_blitter.png()
     wiring = _Wiring(
         {
             "row": ((index, target, pair, token, view, step, layer, head), draw_row),
@@ -868,7 +1135,7 @@ class _DualPainter(_Painter):
         self.heat = self.ax_map.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6)
         fig.colorbar(self.heat, ax=self.ax_map, shrink=0.8, label="min-max per map")
         _blank(self.ax_map)
-        self.ax_words = fig.add_subplot(grid[1, :])  # last: fig.axes[-1] is the word strip
+        self.ax_words = live_axes(fig.add_subplot(grid[1, :]))  # last: fig.axes[-1] is the word strip
 
     def draw(self, image: Tensor, heat: Tensor, words: Sequence[str], text: Tensor, title: str) -> None:
         _set_image(self.input, to_numpy_image(image))
@@ -1019,7 +1286,7 @@ class _TranslationPainter(_Painter):
         grid = fig.add_gridspec(2, 2, height_ratios=[5, 1])
         self.rel = _AlignmentPanel(fig.add_subplot(grid[0, 0]))
         self.att = _AlignmentPanel(fig.add_subplot(grid[0, 1]))
-        self.ax_prefix = fig.add_subplot(grid[1, :])
+        self.ax_prefix = live_axes(fig.add_subplot(grid[1, :]))  # rebuilt on every draw
         self.bar = None
 
     def draw(self, source, target, relevance, raw, prefix_words, prefix, step, label) -> None:
@@ -1221,8 +1488,11 @@ class _DetectionsPainter(_Painter):
         self.axes[0].set_title("detections" if n else "no confident detection", fontsize=9)
         grey = _grey(image)
         for k, (ax, g, h) in enumerate(zip(self.axes[1:], self.grey, self.heat)):
-            ax.set_visible(k < n)
+            # an unused panel is emptied, not hidden: the figure's static parts stay as they are
+            for artist in (g, h, *ax.spines.values()):
+                artist.set_visible(k < n)
             if k >= n:
+                ax.set_title("")
                 continue
             _set_image(g, grey)
             _set_image(h, _numpy(heats[k]))
@@ -1259,23 +1529,38 @@ class _DetrQueryPainter(_Painter):
     def __init__(self, fig: Figure):
         super().__init__(fig)
         self.axes = list(fig.subplots(1, 3))
+        live_axes(self.axes[2])  # rebuilt on every draw (an image grid or bars, by the layer's keys)
+        self.bars = None  # the R[query, query] - I row: one bar per query, kept and updated
+        ax = self.axes[0]  # the map: its artists are kept and updated
+        self.grey = ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)
+        self.heat = ax.imshow(np.zeros((2, 2)), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6)
+        self.name = ax.text(0.5, -0.03, "", transform=ax.transAxes, ha="center", va="top", fontsize=8)
+        self.box = _draw_box(ax, torch.zeros(4))
+        _blank(ax)
 
     def draw(self, image, heat, box, name, label, mixing, q, row, layer_title, image_keys, grid) -> None:
-        for ax in self.axes:
-            ax.cla()
+        self.axes[2].cla()
         grey = _grey(image)
         ax = self.axes[0]
-        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(_numpy(heat), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.6)
-        _blank(ax)
+        _set_image(self.grey, grey)
+        _set_image(self.heat, _numpy(heat))
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel(name, fontsize=8)
-        _draw_box(ax, box)
+        self.name.set_text(name)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        self.box.set_bounds(x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0)
         ax = self.axes[1]
-        colours = ["tab:orange" if j == q else "tab:blue" for j in range(len(mixing))]
-        ax.bar(range(len(mixing)), _numpy(mixing), color=colours)
+        values = _numpy(mixing)
+        if self.bars is None or len(self.bars) != len(values):
+            ax.cla()
+            self.bars = ax.bar(range(len(values)), values)
+            ax.set_xlabel("object query (orange: this one)", fontsize=8)
+        for j, (bar, value) in enumerate(zip(self.bars, values)):
+            bar.set_height(value)
+            bar.set_color("tab:orange" if j == q else "tab:blue")
+        low, high = min(0.0, float(values.min())), max(float(values.max()), 1e-12)
+        pad = 0.05 * (high - low)
+        ax.set_ylim(low - pad if low < 0 else 0.0, high + pad)
         ax.set_title(f"R[query, query] - I, row {q}", fontsize=9)
-        ax.set_xlabel("object query (orange: this one)", fontsize=8)
         ax = self.axes[2]
         values = _numpy(row)
         if image_keys:
@@ -1313,6 +1598,7 @@ def render_detr_query(
     class_names: Sequence[str] | None = None,
     *,
     heatmaps: Callable[[str], Tensor] | None = None,
+    explanations: Callable[[str], object] | None = None,
     fig: Figure | None = None,
 ) -> Figure:
     """One detection: the method's map with the box, the ``R[query, query] - I`` row (what the
@@ -1322,13 +1608,15 @@ def render_detr_query(
 
     Args:
         heatmaps: ``method -> (B, K, H, W)`` maps of ``rec``, when the caller caches them.
+        explanations: ``method -> Explanation`` of ``rec``, when the caller caches them.
         fig: a figure this function returned before: updated in place.
     """
     size = tuple(images.shape[-2:])
+    explanations = explanations or rec.explanation
     q = detr_slot(rec, index, detection)
-    heat = (heatmaps or (lambda m: rec.explanation(m).heatmap(size)))(method)[index, detection]  # (H, W)
+    heat = (heatmaps or (lambda m: explanations(m).heatmap(size)))(method)[index, detection]  # (H, W)
     box = detr_boxes(rec, size)[index, detection]
-    mixing = rec.explanation("gae").relevance["query"][index, detection].detach().cpu().clone()  # (Q,)
+    mixing = explanations("gae").relevance["query"][index, detection].detach().cpu().clone()  # (Q,)
     mixing[q] -= 1.0  # R starts at I: the query's own 1
     row = detr_layer_map(rec, index, detection, layer, view, head).detach().cpu()
     chosen_layer = rec.layers[layer]
@@ -1377,7 +1665,8 @@ def detr_explorer(
 
     rec = explore_detr(model, pixel_values, target)
     size = tuple(images.shape[-2:])
-    heatmaps = lru_cache(maxsize=None)(lambda m: rec.explanation(m).heatmap(size))
+    explanations = lru_cache(maxsize=None)(rec.explanation)
+    heatmaps = lru_cache(maxsize=None)(lambda m: explanations(m).heatmap(size))
     decoder = [i for i, layer in enumerate(rec.layers) if layer.query == "query"]
     n_heads = rec.layers[decoder[-1]].attn.shape[1]
     index = W.IntSlider(0, 0, images.shape[0] - 1, description="image")
@@ -1420,6 +1709,7 @@ def detr_explorer(
             view.value,
             class_names,
             heatmaps=heatmaps,
+            explanations=explanations,
             fig=one_fig,
         )
         _show(out_one, fig)

@@ -227,6 +227,96 @@ def test_coattention_explorer_offers_only_layers_that_attend_the_selected_map():
     assert _move(controls["row token"], 2, [row, maps])[1] == 0  # one row: only the row view is redrawn
 
 
+def _unreached(rec, layer: int):
+    """``rec`` with recorded layer ``layer`` as if the explained score never reached it (zero gradient),
+    each of its heads attending mostly one key (a tiny random model's heads attend almost uniformly)."""
+    from dataclasses import replace
+
+    chosen = rec.layers[layer]
+    b, h, nq, nk = chosen.attn.shape
+    peaked = torch.full((b, h, nq, nk), 0.1 / max(nk - 1, 1))
+    peaked[:, torch.arange(h), :, torch.arange(h) % nk] = 0.9  # head k attends key k
+    zeroed = replace(
+        chosen, attn=peaked, grad=torch.zeros_like(chosen.grad), attn_bar=torch.zeros_like(chosen.attn_bar),
+        reached=False,
+    )  # fmt: skip
+    return replace(rec, layers=[zeroed if i == layer else entry for i, entry in enumerate(rec.layers)])
+
+
+def test_head_view_shows_what_an_unreached_head_attends_beside_its_zero_contribution():
+    rec, images, tokens = _coattention()
+    last = views.layers_attending(rec, ("text", "image"))[-1]
+    rec = _unreached(rec, last)
+    fig = widgets.render_stream_row(rec, images, tokens, 0, 1, last, ("text", "image"), 0, "head", 1)
+    attention, contribution = (ax.images[1].get_array() for ax in fig.axes[1:3])  # grid overlays over the image
+    torch.testing.assert_close(torch.as_tensor(attention.data).flatten(), rec.layers[last].attn[0, 1, 0])
+    assert not contribution.any() and attention.max() > 0
+    assert "is 0 for every head" in fig.get_suptitle() and "contributes nothing" in fig.get_suptitle()
+    plt.close(fig)
+    text_fig = widgets.render_stream_row(rec, images, tokens, 0, 1, 0, ("text", "text"), 0, "head", 1)
+    heights = [[bar.get_height() for bar in ax.patches] for ax in text_fig.axes]
+    drawn = torch.tensor(heights[0], dtype=torch.float32)
+    torch.testing.assert_close(drawn, rec.layers[0].attn[0, 1, 0, : len(tokens[0])])
+    plt.close(text_fig)
+    # in the explorer the head slider changes the picture on that layer too: the attention panel follows it
+    box = widgets.coattention_explorer(rec, images, tokens, target_names=["yes", "no"])
+    (row, maps), controls = _parts(box)
+    _move(controls["view"], "head", [row])
+    _move(controls["layer"], last, [row])
+    for head in range(1, controls["head"].max + 1):
+        assert _move(controls["head"], head, [row])[0] > 0.005
+
+
+@pytest.mark.parametrize("which", ["layer", "methods", "flow", "head"])
+def test_an_explorer_redraw_equals_a_full_draw(setup, which):
+    """The explorers draw only what changed (static parts kept, texts and colour bars stamped):
+    after a series of changes the picture is the one a full draw of the same figure makes."""
+    vit, images, rec = setup
+    if which in ("flow", "head"):
+        rec, images, tokens = _coattention()
+    calls = {
+        "layer": [lambda f, k=k: widgets.render_layer(rec, images, k % 2, k, 2 - k % 3, widgets.VIEWS[k % 3], k % 4,
+                                                      fig=f) for k in range(5)],
+        "methods": [lambda f, k=k: widgets.render_methods(rec, images, k % 2, k, highlight="rollout" if k % 2 else
+                                                          "gae", fig=f) for k in range(4)],
+        "flow": [lambda f, k=k: widgets.render_flow_step(rec, k % 2, k % 2, -1 - k, views.PAIRS[k % 4], tokens[0],
+                                                         fig=f) for k in range(4)],
+        "head": None,
+    }[which]  # fmt: skip
+    if which == "head":
+        layer = views.layers_attending(rec, ("text", "image"))[-1]
+        calls = [lambda f, k=k: widgets.render_stream_row(rec, images, tokens, k % 2, 0, layer, ("text", "image"), k,
+                                                          "head", k % 2, fig=f) for k in range(4)]  # fmt: skip
+    fig = calls[0](None)
+    blitter = widgets._Blitter(fig)
+    blitter.png()
+    for call in [*calls[1:], calls[0]]:
+        call(fig)
+        blitted = _pixels(blitter.png())
+        full = _pixels(widgets.figure_png(fig))
+        assert blitted.shape == full.shape
+        assert _changed(blitted, full) == 0.0
+        assert np.abs(blitted - full).max() < 0.02
+    plt.close(fig)
+
+
+def test_a_redraw_after_hiding_a_panel_equals_a_full_draw():
+    """A panel the explorer hides (fewer detections in the next image) is not drawn from its old artists."""
+    fig = widgets._new_figure((6, 2), live=True)
+    axes = fig.subplots(1, 3)
+    rng = np.random.default_rng(0)
+    images = [ax.imshow(rng.random((4, 4))) for ax in axes]
+    for ax, k in zip(axes, range(3)):
+        ax.set_title(f"panel {k}")
+    blitter = widgets._Blitter(fig)
+    blitter.png()
+    for shown in (2, 1, 3, 2):
+        for k, (ax, image) in enumerate(zip(axes, images)):
+            ax.set_visible(k < shown)
+            image.set_data(rng.random((4, 4)))
+        assert _changed(_pixels(blitter.png()), _pixels(widgets.figure_png(fig))) == 0.0
+
+
 def test_render_flow_step_frames_the_map_and_subtracts_the_identity():
     rec, images, tokens = _coattention()
     fig = widgets.render_flow_step(rec, index=1, target=1, step=-1, pair=("image", "text"), tokens=tokens[1])
