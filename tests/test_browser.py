@@ -9,7 +9,8 @@ dropdown and toggle of each explorer, one at a time (controls a toggle turns off
 after the toggle's other options), and measures each redraw from the browser event (key press,
 change, click) to the last change of the explorer's views; a slider and a dropdown of each explorer
 must change what is drawn visibly (every control: at least 0.5 % of the pixels, not just a title),
-and no redraw may take longer than ``$GAE_BROWSER_MAX_REDRAW_S`` (default 0.5 s). The same is done
+and no redraw may take longer than ``$GAE_BROWSER_MAX_REDRAW_S`` (default 0.5 s; a control over it is
+moved twice more and judged by the median of its three redraws, all three reported). The same is done
 for each lecture notebook served by Voila as ``make lecture`` serves it, with its time to first paint.
 The executed copies ``outputs/notebooks/*.ipynb`` (``$GAE_BROWSER_EXECUTED``; made with
 ``python -m gae_workbook.run --smoke`` where missing) are opened in the same JupyterLab: no dialog
@@ -389,6 +390,15 @@ def _change(driver, root, name: str, kind: str, index: int, choice: int | None =
     row = _redraw(driver, root, control)
     _check_drawn(row.pop("after"), f"{name}, after changing {kind} {control['label']!r}")
     _check_no_dialog(driver, name)
+    if (row["redraw_s"] or 0) > MAX_REDRAW_S:  # one slow redraw may be the machine: judge the median of three
+        samples = [row["redraw_s"]]
+        for _ in range(2):
+            again = next(c for c in driver.execute_script(CONTROLS, root) if c["kind"] == kind and c["index"] == index)
+            redo = _redraw(driver, root, again)
+            _check_drawn(redo.pop("after"), f"{name}, after changing {kind} {control['label']!r} again")
+            samples.append(redo["redraw_s"] or 0.0)
+        row["redraw_samples_s"] = samples
+        row["redraw_s"] = sorted(samples)[1]
     return row
 
 
