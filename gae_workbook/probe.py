@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 import gae_utils as gu
+from gae_utils.adapters.hf_interface import TokenMixingError
 
 __all__ = ["TINY", "tiny_causal_lm", "probe_family", "probe", "main"]
 
@@ -118,8 +119,8 @@ def probe_family(model_type: str) -> tuple[str, str]:
     try:
         exp = gu.explain(model, inputs, verify=True)
     except gu.UnsupportedModelError as err:
-        mixing = "outside softmax attention" in str(err)  # hf_interface.check_token_mixing's refusal
-        return ("mixes tokens" if mixing else "not routed"), str(err).split("\n")[0][:160]
+        outcome = "mixes tokens" if isinstance(err, TokenMixingError) else "not routed"
+        return outcome, str(err).split("\n")[0][:160]
     except gu.AttentionCaptureError as err:
         return "refused", str(err)[:160]
     except Exception as err:

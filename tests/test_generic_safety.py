@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import gae_utils as gu
+from gae_utils.adapters.hf_interface import TokenMixingError
 
 transformers = pytest.importorskip("transformers")
 
@@ -146,7 +147,7 @@ def test_hybrid_models_are_refused_naming_their_mixing_layers(model_type):
     model = tiny_hybrid(model_type)
     with torch.no_grad():
         model(**prompts())  # the stock model runs on CPU: the refusal is about GAE, not about the build
-    with pytest.raises(gu.UnsupportedModelError) as refused:
+    with pytest.raises(TokenMixingError) as refused:  # an UnsupportedModelError
         gu.explain(model, prompts())
     assert f"{type(model).__name__} mixes tokens outside softmax attention ({MIXERS[model_type]}" in str(refused.value)
 
@@ -162,7 +163,7 @@ def test_a_vlm_is_judged_by_its_language_model_layers():
             transformers.Lfm2VlConfig(text_config=text, vision_config=vision)
         )
         if refused:
-            with pytest.raises(gu.UnsupportedModelError, match=r"Lfm2VlForConditionalGeneration .*Lfm2ShortConv"):
+            with pytest.raises(TokenMixingError, match=r"Lfm2VlForConditionalGeneration .*Lfm2ShortConv"):
                 gu.find_adapter(model)
         else:
             assert gu.find_adapter(model).name == "hf-vlm"

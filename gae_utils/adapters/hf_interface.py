@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .base import AttentionCaptureError, AttentionSite, UnsupportedModelError
 
-__all__ = ["KEY", "check_token_mixing", "interface_eager", "interface_sites", "routes_attention"]
+__all__ = ["KEY", "TokenMixingError", "check_token_mixing", "interface_eager", "interface_sites", "routes_attention"]
 
 KEY = "gae_capture"  # not prefixed flash/sdpa/flex: some models choose code paths by that prefix
 _CAPTURED: dict[int, list[Tensor]] = {}  # id(attention module) -> probabilities of its calls in this forward
@@ -109,6 +109,10 @@ def _is_routed(cls: type) -> bool:
     return _ROUTED[cls]
 
 
+class TokenMixingError(UnsupportedModelError):
+    """Some layers of the model mix tokens outside softmax attention, which GAE cannot propagate through."""
+
+
 def _mixers(layer: nn.Module) -> list[str]:
     """What mixes tokens in ``layer`` besides routed softmax attention: the owners of convolutions over the tokens
     anywhere in it (kernel > 1: Mamba, gated delta-net, short convolutions, RG-LRU, ZAYA's attention projections),
@@ -133,7 +137,7 @@ def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> 
     encoder's layers of ``layers_of``, default ``model``) must run routed attention and no convolution over tokens.
 
     Raises:
-        UnsupportedModelError: naming the layers and their mixers.
+        TokenMixingError: naming the layers and their mixers.
     """
     found: dict[str, list[str]] = {}
     lists: list[str] = []
@@ -147,7 +151,7 @@ def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> 
                     found.setdefault(f"{mixer} in {name}", []).append(str(i))
     if found:
         where = "; ".join(f"{mixer} {', '.join(layers)}" for mixer, layers in found.items())
-        raise UnsupportedModelError(
+        raise TokenMixingError(
             f"{type(model).__name__} mixes tokens outside softmax attention ({where}). GAE propagates relevance only "
             "through the captured attention maps (R = prod_l (I + Abar_l)), so it would miss this mixing and return a "
             "wrong map: hybrid state-space, linear-attention, recurrent and convolutional models are not supported."
