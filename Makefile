@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: workbook test lab site lecture models evaluate bench lint clean-venv
+.PHONY: workbook test lab site lecture models evaluate bench gpu lint clean-venv
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: $(VENV)/.runtime
 	$(PY) -m gae_workbook.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
 	$(PY) -m gae_workbook.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
 	$(PY) -m gae_workbook.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
+
+# The README's GPU table on a machine with CUDA (outputs/gpu/table.md and one JSON per part).
+# GPU_PY=python3 uses a Python that already has torch, timm and transformers instead of the venv.
+GPU_PY ?= $(PY)
+gpu: $(if $(filter $(PY),$(GPU_PY)),$(VENV)/.runtime)
+	PYTHONUNBUFFERED=1 $(GPU_PY) -m gae_workbook.gpu --out outputs/gpu $(GPU_ARGS)
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -505,58 +505,99 @@ def _rss_peak(fn: Callable[[], object]) -> tuple[float, float]:
     return seconds, (max(peak[0], rss()) - before) / 2**20
 
 
-def _lm_worker(mode: str, length: int, queue) -> None:
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """``(seconds, peak MiB above the memory held before)`` of one call on a CUDA device."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return seconds, (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+LM_MODES = ("sdpa_fwd_bwd", "eager_fwd_bwd", "gae_rows", "gae_maps")
+"""The model's own fused (SDPA) and eager forward + backward of the explained logit, GAE's readout
+row (``maps=False``) and GAE with the full maps."""
+
+
+def _lm_worker(modes: tuple[str, ...], length: int, device_name: str, dtype: str, queue) -> None:
     import transformers
 
     torch.set_num_threads(int(os.environ.get("GAE_BENCH_THREADS", torch.get_num_threads())))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(**LM_CONFIG)
-    config._attn_implementation = "eager"
-    model = transformers.LlamaForCausalLM(config).eval()
-    ids = torch.randint(3, LM_CONFIG["vocab_size"], (1, length))
+    device = torch.device(device_name)
+
+    def build(implementation: str) -> nn.Module:  # the same random weights under each implementation
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(**LM_CONFIG, attn_implementation=implementation)
+        return transformers.LlamaForCausalLM(config).to(device, getattr(torch, dtype)).eval()
+
+    model, fused = build("eager"), build("sdpa")
+    assert fused.config._attn_implementation == "sdpa", fused.config._attn_implementation
+    ids = torch.randint(3, LM_CONFIG["vocab_size"], (1, length), device=device)
     x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    def plain() -> None:  # the model's own eager forward + backward of the next-token logit
-        model(**x, use_cache=False).logits[0, -1, 7].backward()
+    def plain(net: nn.Module) -> None:  # the model's own forward + backward of the next-token logit
+        net(**x, use_cache=False).logits[0, -1, 7].backward()
+        net.zero_grad(set_to_none=True)
 
-    fn = {
-        "eager_fwd_bwd": plain,
+    jobs = {
+        "sdpa_fwd_bwd": lambda: plain(fused),
+        "eager_fwd_bwd": lambda: plain(model),
         "gae_rows": lambda: explain(model, x, target=7, maps=False),
         "gae_maps": lambda: explain(model, x, target=7),
-    }[mode]
+    }
     warm = {"input_ids": ids[:, :16], "attention_mask": x["attention_mask"][:, :16]}
-    explain(model, warm, target=7, maps=mode != "gae_maps")  # import and first-call costs out of the timing
-    queue.put(_rss_peak(fn))
+    explain(model, warm, target=7, maps=False)  # import and first-call costs out of the timing
+    explain(model, warm, target=7)
+    measure = (lambda fn: _cuda_peak(fn, device)) if device.type == "cuda" else _rss_peak
+    for mode in modes:
+        try:
+            if device.type == "cuda":
+                jobs[mode]()  # CUDA: kernels compiled and memory pools grown outside the timing
+            queue.put((mode, measure(jobs[mode])))
+        except torch.OutOfMemoryError:  # reported as a missing figure, the other modes still run
+            model.zero_grad(set_to_none=True)
+            queue.put((mode, (float("nan"), float("nan"))))
 
 
-def run_lm_benchmark(lengths: tuple[int, ...] = (512, 2048, 4096)) -> dict:
-    """GAE on one prompt of each length of a random-weight Llama (:data:`LM_CONFIG`), each mode in a fresh
-    process: time and peak memory of the model's own eager forward + backward, of GAE's readout row
-    (``maps=False``, row propagation) and of GAE with the full maps."""
+def run_lm_benchmark(
+    lengths: tuple[int, ...] = (512, 2048, 4096), device: str = "cpu", dtype: str = "float32"
+) -> dict:
+    """GAE on one prompt of each length of a random-weight Llama (:data:`LM_CONFIG`): time and peak
+    memory of each of :data:`LM_MODES`. On the CPU each mode runs in a fresh process (peak resident
+    set size); on CUDA all modes of one length share a process (peak allocated memory, reset per mode,
+    each mode run once untimed first)."""
     from tqdm.auto import tqdm
 
     ctx = mp.get_context("spawn")
     rows = []
+    groups = [(mode,) for mode in LM_MODES] if device == "cpu" else [LM_MODES]
     for length in tqdm(lengths, desc="prompt lengths"):
         measured = {}
-        for mode in ("eager_fwd_bwd", "gae_rows", "gae_maps"):
+        for modes in groups:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_lm_worker, args=(mode, length, queue))
+            proc = ctx.Process(target=_lm_worker, args=(modes, length, device, dtype, queue))
             proc.start()
-            measured[mode] = queue.get(timeout=3600)
+            for _ in modes:
+                mode, value = queue.get(timeout=3600)
+                measured[mode] = value
             proc.join()
-        base_s, base_mib = measured["eager_fwd_bwd"]
-        rows.append(
-            {
-                "tokens": length,
-                "seconds": {mode: s for mode, (s, _) in measured.items()},
-                "peak_mib": {mode: m for mode, (_, m) in measured.items()},
-                "time / eager fwd+bwd": {mode: s / base_s for mode, (s, _) in measured.items()},
-                "peak / eager fwd+bwd": {mode: m / base_mib for mode, (_, m) in measured.items()},
-            }
-        )
-    machine = _machine(torch.device("cpu"))
-    return {"model": "LlamaForCausalLM (random weights)", "config": LM_CONFIG, **machine, "rows": rows}
+        row: dict = {
+            "tokens": length,
+            "seconds": {mode: s for mode, (s, _) in measured.items()},
+            "peak_mib": {mode: m for mode, (_, m) in measured.items()},
+        }
+        for base in ("eager", "sdpa"):
+            base_s, base_mib = measured[f"{base}_fwd_bwd"]
+            row[f"time / {base} fwd+bwd"] = {mode: s / base_s for mode, (s, _) in measured.items()}
+            row[f"peak / {base} fwd+bwd"] = {mode: m / base_mib for mode, (_, m) in measured.items()}
+        rows.append(row)
+    machine = _machine(torch.device(device))
+    model = "LlamaForCausalLM (random weights)"
+    return {"model": model, "config": LM_CONFIG, "dtype": dtype, **machine, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -581,7 +622,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lm", type=int, nargs="*", default=None, help="long prompts of these lengths, random Llama")
     args = parser.parse_args(argv)
     if args.lm is not None:
-        result = run_lm_benchmark(tuple(args.lm or (512, 2048, 4096)))
+        result = run_lm_benchmark(tuple(args.lm or (512, 2048, 4096)), args.device)
     elif args.detr:
         result = run_detr_benchmark(args.detr, args.batch or 8, args.device, args.repeats, args.size)
     elif args.seq2seq:

@@ -1,5 +1,7 @@
 """Benchmark script on a small model (numbers are reported, not asserted) and the photo helpers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,6 +50,29 @@ def test_long_prompt_benchmark_reports_ratios_for_each_mode():
     result = bench.run_lm_benchmark((24,))
     (row,) = result["rows"]
     assert row["tokens"] == 24 and result["threads"] >= 1
-    assert set(row["seconds"]) == {"eager_fwd_bwd", "gae_rows", "gae_maps"}
+    assert set(row["seconds"]) == {"sdpa_fwd_bwd", "eager_fwd_bwd", "gae_rows", "gae_maps"}
     assert row["time / eager fwd+bwd"]["eager_fwd_bwd"] == 1.0
     assert all(s > 0 for s in row["seconds"].values())
+
+
+def test_gpu_report_runs_on_cpu_and_renders_from_its_json(tmp_path):
+    from gae_workbook import gpu
+
+    args = ["--device", "cpu", "--parts", "lm", "--lengths", "16", "--lm-dtypes", "float32", "--out", str(tmp_path)]
+    results = gpu.main(args)
+    (row,) = results["lm_float32"]["rows"]
+    assert row["tokens"] == 16 and set(row["seconds"]) == {"sdpa_fwd_bwd", "eager_fwd_bwd", "gae_rows", "gae_maps"}
+    table = (tmp_path / "table.md").read_text()
+    assert table.strip() == gpu.render(gpu.load(tmp_path)).strip()
+    assert f"| 16 | {row['seconds']['sdpa_fwd_bwd']:.3f} s" in table
+
+
+def test_readme_gpu_table_is_the_rendering_of_the_committed_results():
+    from gae_workbook import gpu
+
+    root = Path(__file__).resolve().parent.parent
+    rendered = gpu.render(gpu.load(root / "docs" / "results" / "gpu-h200"))
+    readme = (root / "README.md").read_text()
+    for line in rendered.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            assert line in readme, line
