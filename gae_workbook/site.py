@@ -256,7 +256,8 @@ class _SiteLinks:
             if target is None:
                 self.dropped.append((name, href))
                 return text
-            new = target + (f"#{fragment}" if fragment else "")
+            # the index stands in for the README, whose sections it does not have
+            new = target + (f"#{fragment}" if fragment and target != "index.html" else "")
             return f'<a{before}href="{html.escape(new)}"{after}>{text}</a>'
 
         return _ANCHOR.sub(relink, page)
