@@ -1,14 +1,17 @@
 # Two commands set everything up on a fresh machine:
-#   make workbook   install (first use) and execute every notebook, writing figures/
+#   make workbook   install (first use) and execute every notebook: executed copies to outputs/notebooks,
+#                   figures to outputs/figures (the committed figures/ are left alone: the tree stays clean)
 #   make test       install dev extras (first use), run ruff, mypy (gae_utils) and the whole test suite
 # Also: make lab (JupyterLab; .py notebooks open as notebooks), make site (static HTML of the executed
-# workbook in outputs/site), make lecture (each explorer as an app), make models / evaluate / bench.
+# workbook and docs/ in outputs/site), make slides (the opening talk, outputs/slides/index.html),
+# make lecture (each explorer as an app), make figures (rewrite the committed figures/),
+# make models / evaluate / bench.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: workbook test lab site lecture models evaluate bench gpu lint clean-venv
+.PHONY: workbook test lab site slides figures lecture models evaluate bench gpu lint clean-venv
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +32,24 @@ test: $(VENV)/.dev
 	$(PY) -m pytest
 
 # jupyter-config/ makes jupytext's notebook view the default for .py files (double-click opens a notebook)
+# and renders .md files. The server is rooted at the repository, so the notebooks' links to docs/ open;
+# the browser starts in notebooks/. Figures a student's run saves go to outputs/figures, not figures/.
 lab: $(VENV)/.runtime
-	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config" $(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config" GAE_FIGURES_DIR="$(CURDIR)/outputs/figures" \
+		$(PY) -m jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 site: $(VENV)/.runtime
 	$(PY) -m gae_workbook.run $(WORKBOOK_ARGS)
 	$(PY) -m gae_workbook.site
+
+# the instructor's opening talk: one self-contained HTML file, no network (arrow keys to move)
+slides: $(VENV)/.runtime
+	$(PY) -m gae_workbook.slides
+
+# maintainers: execute every notebook and rewrite the committed figures/ (then review and commit them)
+figures: $(VENV)/.runtime
+	$(PY) -m gae_workbook.run --figures figures
 
 $(VENV)/.lecture: $(VENV)/.runtime
 	$(PIP) install --quiet -e ".[hf,minilm,lecture]"

@@ -575,7 +575,7 @@ def train_shapes_detr(
     Like shapes-vqa's region loss, an auxiliary head on the encoder's output tokens predicts the
     class covering each token's 8x8 cell (:func:`region_labels`), weighted by ``region_loss``, and
     is discarded after training; the decoder needs it to learn the classes, not only the boxes
-    (the measurements are in the README's DETR section).
+    (the measurements are in the DETR section of docs/models.md).
 
     ``init``: a directory holding a shapes-detr checkpoint to continue from (a second schedule
     on new scene order); its card's training record is kept under ``training["continued_from"]``.

@@ -426,14 +426,22 @@ def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
     """
     from transformers import MarianMTModel, MarianTokenizer
 
+    online = hub_reachable()
     try:
         with offline_unless_reachable():
             tokenizer = MarianTokenizer.from_pretrained(name)
             model = MarianMTModel.from_pretrained(name, attn_implementation="eager")
     except Exception as err:  # network, hub or cache errors all mean: no weights here
+        # offline and uncached, the tokenizer fails on a missing vocabulary file (a TypeError about None):
+        # say what is missing rather than pass that on
+        cause = (
+            f"({type(err).__name__}: {str(err)[:200]})"
+            if online
+            else "(the Hugging Face hub is not reachable and the model is not cached)"
+        )
         raise PretrainedUnavailableError(
-            f"could not load pretrained {name!r} ({type(err).__name__}: {str(err)[:200]}). Offline, use the "
-            "embedded translation model: gae_workbook.zoo.load('shapes-translate')."
+            f"the pretrained model {name!r} needs the network {cause}. Offline, use the embedded model: "
+            "gae_workbook.zoo.load('shapes-translate')."
         ) from err
     return model.eval(), tokenizer
 

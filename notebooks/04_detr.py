@@ -174,7 +174,7 @@ print("loop == gu for all four maps; R[image, query] is exactly 0, so Eq. 11 add
 # heads. **Attention Grad-CAM** weighs each head of
 # that row by the mean of its gradient and keeps the positive part of the weighted mean: when the
 # weights come out negative the map is all zero (a blank panel). That is the method, not a bug: the
-# README measures that most of its DETR maps are zero. **Rollout** here is the propagation rules on
+# `docs/models.md` measures that most of its DETR maps are zero. **Rollout** here is the propagation rules on
 # head-averaged attention with no gradients; it does not know which class is explained.
 
 # %%
