@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make workbook   install (first use) and execute every notebook: executed copies to outputs/notebooks,
-#                   figures to outputs/figures (the committed figures/ are left alone: the tree stays clean)
+#                   figures to figures/ (a figure whose picture did not change is left as it is)
 #   make test       install dev extras (first use), run ruff, mypy (gae_utils) and the whole test suite
 # Also: make lab (JupyterLab; .py notebooks open as notebooks), make site (static HTML of the executed
 # workbook and docs/ in outputs/site), make slides (the opening talk, outputs/slides/index.html),
@@ -47,7 +47,7 @@ site: $(VENV)/.runtime
 slides: $(VENV)/.runtime
 	$(PY) -m gae_workbook.slides
 
-# maintainers: execute every notebook and rewrite the committed figures/ (then review and commit them)
+# the same full-size run as make workbook: figures/ (PNG + PDF), a figure rewritten only when its picture changed
 figures: $(VENV)/.runtime
 	$(PY) -m gae_workbook.run --figures figures
 

@@ -9,6 +9,7 @@ colour for the same reason.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -119,12 +120,16 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     """
     directory = Path(directory) if directory is not None else figures_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"{name}.png", directory / f"{name}.pdf"]
-    for path in paths:
-        # fixed metadata so that re-running the workbook does not change unchanged PDFs
-        metadata = {"CreationDate": None} if path.suffix == ".pdf" else {"Software": None}
-        fig.savefig(path, metadata=metadata)
-    return SavedFigure(paths)
+    png, pdf = directory / f"{name}.png", directory / f"{name}.pdf"
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png", metadata={"Software": None})  # fixed metadata: same pixels, same bytes
+    if png.exists() and pdf.exists() and png.read_bytes() == picture.getvalue():
+        # the same picture: both files stay as they are, since a PDF's vector data follows the last
+        # digits of the computed values (thread counts, machines) even where no pixel moves
+        return SavedFigure([png, pdf])
+    png.write_bytes(picture.getvalue())
+    fig.savefig(pdf, metadata={"CreationDate": None})
+    return SavedFigure([png, pdf])
 
 
 def show_image(ax: plt.Axes, image: Tensor | np.ndarray, title: str | None = None) -> None:

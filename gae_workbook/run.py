@@ -1,14 +1,14 @@
 """Execute the workbook's notebooks headless and report the figures they wrote.
 
-    python -m gae_workbook.run                 # every notebooks/NN_*.py, in order; figures to outputs/figures
+    python -m gae_workbook.run                 # every notebooks/NN_*.py, in order; figures to figures/
     python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them;
                                                # figures to outputs/figures-smoke
-    python -m gae_workbook.run --figures figures   # regenerate the committed figures/ (maintainers)
 
-A run leaves the git tree as it found it: the committed ``figures/`` are rewritten only when asked
-(``--figures figures``, ``make figures``), since a PDF's vector data follows the last digits of the
-computed values, which can differ between machines and thread counts. ``GAE_FIGURES_DIR``, when set,
-is where the figures go unless ``--figures`` says otherwise.
+A run leaves the git tree clean unless a figure changed: :func:`gae_workbook.figures.save_figure`
+leaves a figure's PNG and PDF untouched when the new PNG has the same bytes, since a PDF's vector
+data follows the last digits of the computed values (machines, thread counts) where no pixel moves.
+Smoke runs write to ``outputs/figures-smoke`` (ignored by git). ``GAE_FIGURES_DIR``, when set, is
+where the figures go unless ``--figures`` says otherwise.
 
 Notebooks are stored as jupytext ``py:percent`` files; each is converted in memory, executed with
 nbclient (cwd = the notebooks folder) and the executed copy, outputs and figures included, is
@@ -152,16 +152,16 @@ def execute_notebook(
 
 
 def default_figures_dir(smoke: bool = False) -> Path:
-    """Where a run writes its figures unless told otherwise: ``$GAE_FIGURES_DIR``, else ``outputs/figures``
-    (``outputs/figures-smoke`` at smoke sizes), both ignored by git, never the committed ``figures/``."""
+    """Where a run writes its figures unless told otherwise: ``$GAE_FIGURES_DIR``, else the committed
+    ``figures/`` (``outputs/figures-smoke``, ignored by git, at smoke sizes)."""
     if os.environ.get("GAE_FIGURES_DIR"):
         return Path(os.environ["GAE_FIGURES_DIR"])
-    return REPO / "outputs" / ("figures-smoke" if smoke else "figures")
+    return REPO / "outputs" / "figures-smoke" if smoke else REPO / "figures"
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(
-        description="Execute every workbook notebook: executed copies to outputs/notebooks, figures to outputs/figures."
+        description="Execute every workbook notebook: executed copies to outputs/notebooks, figures to figures/."
     )
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all, in order)")
     parser.add_argument("--smoke", action="store_true", help="small sizes, as in the tests")
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "--figures",
         type=Path,
         default=None,
-        help="where figures go (default: $GAE_FIGURES_DIR, else outputs/figures, or outputs/figures-smoke with "
-        "--smoke); `--figures figures` rewrites the committed figures",
+        help="where figures go (default: $GAE_FIGURES_DIR, else figures/, or outputs/figures-smoke with --smoke)",
     )
     args = parser.parse_args(argv)
     from tqdm.auto import tqdm

@@ -17,13 +17,34 @@ PNG = base64.b64decode(
 )
 
 
-def test_runs_write_figures_outside_the_committed_folder(monkeypatch):
+def test_full_runs_write_the_committed_figures_smoke_runs_write_outside(monkeypatch):
     monkeypatch.delenv("GAE_FIGURES_DIR", raising=False)
-    for smoke in (False, True):
-        folder = default_figures_dir(smoke)
-        assert folder != REPO / "figures" and folder.is_relative_to(REPO / "outputs"), folder
+    assert default_figures_dir() == REPO / "figures"
+    assert default_figures_dir(smoke=True).is_relative_to(REPO / "outputs")
     monkeypatch.setenv("GAE_FIGURES_DIR", "/somewhere/else")
     assert default_figures_dir() == Path("/somewhere/else")
+
+
+def test_an_unchanged_picture_leaves_both_files_untouched(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gae_workbook.figures import save_figure
+
+    def figure(value: float):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, value])
+        return fig
+
+    png, pdf = save_figure(figure(1.0), "f", tmp_path)
+    pdf.write_bytes(b"stale vector data")  # what a run on another machine would leave
+    save_figure(figure(1.0 + 1e-12), "f", tmp_path)  # the same pixels: nothing is rewritten
+    assert pdf.read_bytes() == b"stale vector data"
+    save_figure(figure(0.3), "f", tmp_path)  # a picture that changed: both files are rewritten
+    assert pdf.read_bytes().startswith(b"%PDF")
+    plt.close("all")
 
 
 def test_ci_fails_when_the_workbook_changes_the_tree():
