@@ -34,9 +34,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colorbar import Colorbar
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from matplotlib.transforms import Bbox
 from torch import Tensor, nn
 
@@ -118,25 +120,47 @@ def _head(value: int) -> int | None:
 # ----------------------------------------------------------------------------- figures kept in place
 
 
-def _new_figure(figsize: tuple[float, float], live: bool) -> Figure:
+class ExplorerFigure(Figure):
+    """A figure that an explorer keeps and redraws: it holds its painter (the artists made once and
+    updated in place), its :class:`_Blitter`, the axes redrawn whole on every change and its colour
+    bars, so that nothing is stored on matplotlib's own objects."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.painter: _Painter | None = None
+        self.blitter: _Blitter | None = None
+        self.live_axes: list[plt.Axes] = []  # axes whose ticks change with the data (see live_axes)
+        self.colorbars: dict[plt.Axes, Colorbar] = {}  # colour bar axes -> their colour bar
+
+    def colorbar(self, mappable, *args, **kwargs) -> Colorbar:
+        bar = super().colorbar(mappable, *args, **kwargs)
+        self.colorbars[bar.ax] = bar
+        return bar
+
+
+def _new_figure(figsize: tuple[float, float], live: bool) -> ExplorerFigure:
     """A constrained-layout figure; ``live``: outside pyplot (an explorer keeps it; the inline
     backend never shows or closes it on its own)."""
     if live:
-        fig = Figure(figsize=figsize, dpi=EXPLORER_DPI, layout="constrained")
+        fig = ExplorerFigure(figsize=figsize, dpi=EXPLORER_DPI, layout="constrained")
         FigureCanvasAgg(fig)
         return fig
-    return plt.figure(figsize=figsize, layout="constrained")
+    return plt.figure(figsize=figsize, layout="constrained", FigureClass=ExplorerFigure)
 
 
 def _painter(fig: Figure | None, kind: type, figsize: tuple[float, float], *args) -> _Painter:
     """The painter of ``fig`` (made by ``kind`` before), or a new figure with a new painter."""
     if fig is not None:
-        painter = getattr(fig, "_gae_painter", None)
+        painter = fig.painter if isinstance(fig, ExplorerFigure) else None
         if not isinstance(painter, kind):
             raise ValueError(f"fig was not made by this render function (expected a {kind.__name__} figure)")
         return painter
-    painter = kind(_new_figure(figsize, live=False), *args)
-    painter.fig._gae_painter = painter
+    return _attach(kind, _new_figure(figsize, live=False), *args)
+
+
+def _attach(kind: type, fig: ExplorerFigure, *args) -> _Painter:
+    """A new painter of ``kind`` on ``fig``, kept by the figure."""
+    fig.painter = painter = kind(fig, *args)
     return painter
 
 
@@ -166,7 +190,9 @@ def figure_png(fig: Figure) -> bytes:
 def live_axes(ax: plt.Axes) -> plt.Axes:
     """Mark ``ax`` as redrawn whole on every explorer redraw (its ticks change with the data: a bar
     chart rebuilt each time); other axes keep their ticks and labels from the last full draw."""
-    ax._gae_live = True
+    fig = ax.figure.figure  # the root figure (an axes of a subfigure too)
+    if isinstance(fig, ExplorerFigure) and ax not in fig.live_axes:
+        fig.live_axes.append(ax)
     return ax
 
 
@@ -187,16 +213,15 @@ class _Blitter:
 
     MAX_STAMPS = 256
 
-    def __init__(self, fig: Figure):
+    def __init__(self, fig: ExplorerFigure):
         self.fig = fig
         self.canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
         self.background = None
         self.key = None
         self.stamps: dict = {}
 
-    @staticmethod
-    def _whole(ax: plt.Axes) -> bool:
-        return hasattr(ax, "_colorbar") or getattr(ax, "_gae_live", False)
+    def _whole(self, ax: plt.Axes) -> bool:
+        return ax in self.fig.colorbars or ax in self.fig.live_axes
 
     @staticmethod
     def _axes_key(ax: plt.Axes):
@@ -242,8 +267,7 @@ class _Blitter:
         ids = {id(a) for a in stamps}
         return stamps, [a for a in live if id(a) not in ids]
 
-    @staticmethod
-    def _stamp_key(artist):
+    def _stamp_key(self, artist):
         """What a stamp's pixels depend on (the axes stay where they are while the background holds)."""
         from matplotlib.text import Text
 
@@ -252,7 +276,7 @@ class _Blitter:
                 "text", id(artist), artist.get_text(), artist.get_unitless_position(), artist.get_fontproperties(),
                 str(artist.get_color()), artist.get_rotation(), artist.get_ha(), artist.get_va(), artist.get_alpha(),
             )  # fmt: skip
-        colorbar = getattr(artist, "_colorbar", None)
+        colorbar = self.fig.colorbars.get(artist)
         if colorbar is not None:
             norm, cmap = colorbar.mappable.norm, colorbar.mappable.get_cmap()
             return (
@@ -264,7 +288,7 @@ class _Blitter:
 
     def _box(self, artist, renderer) -> Bbox | None:
         """The pixels a stamp covers (padded; clipped to the figure)."""
-        box = artist.get_tightbbox(renderer) if hasattr(artist, "_colorbar") else artist.get_window_extent(renderer)
+        box = artist.get_tightbbox(renderer) if artist in self.fig.colorbars else artist.get_window_extent(renderer)
         return None if box is None else Bbox.intersection(box.padded(2), self.fig.bbox)
 
     def _full_draw(self, live: list) -> None:
@@ -293,7 +317,7 @@ class _Blitter:
         if self.background is None:  # the first draw: the whole figure, as laid out by its layout engine
             self.canvas.draw()
             engine = self.fig.get_layout_engine()
-            if engine is not None and engine.__class__.__name__ != "PlaceHolderLayoutEngine":
+            if engine is not None and not isinstance(engine, PlaceHolderLayoutEngine):
                 self.fig.set_layout_engine("none")  # keep that layout: controls change data, not panels
         stamps, rest = self._live()
         key = self._static_key()
@@ -323,15 +347,14 @@ class _Blitter:
         return _encode_png(self.canvas)
 
 
-def _show(out, fig: Figure) -> None:
+def _show(out, fig: ExplorerFigure) -> None:
     """Show ``fig`` in the ``ipywidgets.Image`` ``out`` (its PNG replaces what ``out`` showed).
 
     The first show lays the figure out; later shows keep that layout and redraw only the parts
     that changed (:class:`_Blitter`)."""
-    blitter = getattr(fig, "_gae_blitter", None)
-    if blitter is None:
-        blitter = fig._gae_blitter = _Blitter(fig)
-    out.value = blitter.png()
+    if fig.blitter is None:
+        fig.blitter = _Blitter(fig)
+    out.value = fig.blitter.png()
 
 
 def _image_output():
@@ -579,11 +602,6 @@ def render_methods(
     return painter.fig
 
 
-def _controls_off(controls, flag: bool) -> None:
-    for control in controls:
-        control.disabled = flag
-
-
 class _Wiring:
     """Controls wired to views: a change redraws only the views that read that control.
 
@@ -654,8 +672,8 @@ def explorer(model: nn.Module, images: Tensor, class_names: Sequence[str] | None
     out_methods, out_layer = _image_output(), _image_output()
     methods_fig = _new_figure((PANEL * (len(method_names()) + 1.3), PANEL * 1.15), live=True)
     layer_fig = _new_figure((PANEL * 3.6, PANEL * 1.35), live=True)
-    methods_fig._gae_painter = _MethodsPainter(methods_fig, method_names())
-    layer_fig._gae_painter = _LayerPainter(layer_fig)
+    _attach(_MethodsPainter, methods_fig, method_names())
+    _attach(_LayerPainter, layer_fig)
 
     def draw_methods():
         fig = render_methods(
@@ -1029,9 +1047,9 @@ def coattention_explorer(
     row_figs = {}  # one figure per (column modality, view), each kept and updated in place
     for (column, shown), kind in _ROW_PAINTERS.items():
         row_figs[column, shown] = _new_figure(_ROW_SIZES[shown], live=True)
-        row_figs[column, shown]._gae_painter = kind(row_figs[column, shown])
+        _attach(kind, row_figs[column, shown])
     maps_fig = _new_figure((PANEL * 4.6, PANEL * 1.4), live=True)
-    maps_fig._gae_painter = _FlowStepPainter(maps_fig)
+    _attach(_FlowStepPainter, maps_fig)
     empty = _new_figure((PANEL * 2.6, PANEL * 0.6), live=True)
 
     def set_tokens(keep: int = 0):
@@ -1105,8 +1123,8 @@ def coattention_explorer(
         if pairs and (column, shown) != (pair.value[1], view.value):
             at = step.value if shown == "relevancy" else layers_attending(rec, pairs[0])[-1]
             render_stream_row(rec, images, tokens, 0, 0, at, pairs[0], 0, shown, 0, names, history=history, fig=fig)
-            fig._gae_blitter = _Blitter(fig)
-            fig._gae_blitter.png()
+            fig.blitter = _Blitter(fig)
+            fig.blitter.png()
     wiring = _Wiring(
         {
             "row": ((index, target, pair, token, view, step, layer, head), draw_row),
@@ -1231,7 +1249,7 @@ def dual_explorer(
     start = W.IntSlider(0, 0, n_layers - 1, description="start_layer")
     out = _image_output()
     fig = _new_figure((PANEL * 3, PANEL * 1.5), live=True)
-    fig._gae_painter = _DualPainter(fig)
+    _attach(_DualPainter, fig)
 
     def draw():
         render_dual_pair(
@@ -1421,9 +1439,9 @@ def translation_explorer(
     head = W.Dropdown(options=_head_options(cross[-1].attn.shape[1]), value=MEAN_HEAD, description="head")
     out_methods, out_layer = _image_output(), _image_output()
     methods_fig = _new_figure((PANEL * 4.2, PANEL * 2.2), live=True)
-    methods_fig._gae_painter = _TranslationPainter(methods_fig)
+    _attach(_TranslationPainter, methods_fig)
     layer_fig = _new_figure((PANEL * 4.2, PANEL * 1.8), live=True)
-    layer_fig._gae_painter = _TranslationLayerPainter(layer_fig)
+    _attach(_TranslationLayerPainter, layer_fig)
 
     def draw_methods():
         fig = render_translation(
@@ -1678,9 +1696,9 @@ def detr_explorer(
     out_all, out_one = _image_output(), _image_output()
     most = max(_n_detections(rec, b) for b in range(images.shape[0]))
     all_fig = _new_figure((PANEL * (most + 1), PANEL * 1.15), live=True)
-    all_fig._gae_painter = _DetectionsPainter(all_fig, most)
+    _attach(_DetectionsPainter, all_fig, most)
     one_fig = _new_figure((PANEL * 3.4, PANEL * 1.15), live=True)
-    one_fig._gae_painter = _DetrQueryPainter(one_fig)
+    _attach(_DetrQueryPainter, one_fig)
     empty = _new_figure((PANEL * 3.4, PANEL * 0.6), live=True)
 
     def refresh_detections(control=None):

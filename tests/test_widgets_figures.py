@@ -434,3 +434,19 @@ def test_plot_alignment_is_a_row_normalised_seaborn_heatmap():
     frame = ax.patches[-1]
     assert (frame.get_xy(), frame.get_width(), frame.get_height()) == ((0, 1), 3, 1)  # row 1, all columns
     plt.close(fig)
+
+
+def test_explorers_keep_their_state_on_their_own_figure_class():
+    """Painters, blitters, live axes and colour bars live on ExplorerFigure, not as private
+    attributes set on (or read from) matplotlib's objects."""
+    import re
+    from pathlib import Path
+
+    from gae_workbook import widgets
+
+    source = Path(widgets.__file__).read_text()
+    assert not re.search(r"\._gae_\w+|\b_colorbar\b|__class__\.__name__", source)
+    fig = widgets._new_figure((2, 2), live=True)
+    ax = fig.subplots()
+    bar = fig.colorbar(ax.imshow([[0.0, 1.0]]), ax=ax)
+    assert fig.colorbars == {bar.ax: bar} and widgets.live_axes(ax) is ax and fig.live_axes == [ax]
