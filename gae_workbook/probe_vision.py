@@ -1,5 +1,5 @@
-"""Forwarding module: the family probe (``python -m gae_workbook.probe_vision``) lives in
-:mod:`gae_workbook.evaluation.probe`."""
+"""Forwarding module: ``python -m gae_workbook.probe_vision`` is ``python -m gae_workbook.probe --kind both``
+(image classifiers and vision-language models), in :mod:`gae_workbook.evaluation.probe`."""
 
 from gae_workbook.evaluation.probe import *  # noqa: F403
 from gae_workbook.evaluation.probe import __all__  # noqa: F401
@@ -7,4 +7,4 @@ from gae_workbook.evaluation.probe import __all__  # noqa: F401
 if __name__ == "__main__":
     from gae_workbook.evaluation.probe import main
 
-    main()
+    main(kind="both")

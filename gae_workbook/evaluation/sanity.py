@@ -12,24 +12,27 @@ draws free parameters (positional embeddings, CLS token) from a normal with thei
 The data-randomisation test (the same model trained on shuffled labels) needs such a model; the
 embedded zoo has none, so it is not run here.
 
-    python -m gae_workbook.sanity --model shapes-vit --n 50 --seed 7 --peers
+    python -m gae_workbook.sanity --model shapes-vit --n 50 --seed 7 --peers --json sanity.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gae_utils.explainer import explain
+from gae_utils import explain
 from shapesworld.scenes import ShapesWorld
 
 from ..zoo import load
-from .peers import PEERS, Peer, PeerUnavailableError
+from .peers import PEERS, Peer
+from .protocol import keep_available
 
 __all__ = ["cascade_stages", "cascading_randomisation", "gae_method", "randomise", "spearman"]
 
@@ -139,19 +142,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seed", type=int, default=7, help="ShapesWorld seed (and re-initialisation seed)")
     parser.add_argument("--methods", nargs="*", default=["gae", "rollout", "attn_gradcam"])
     parser.add_argument("--peers", nargs="*", default=None, choices=list(PEERS), help="add peers (no name: all)")
+    parser.add_argument("--json", type=Path, default=None, help="write {method: {stage: correlation}} here")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     model = load(args.model)
     images = ShapesWorld(seed=args.seed).batch(args.n).images
     methods: dict[str, Callable] = {m: gae_method(m) for m in args.methods}
-    for name in [] if args.peers is None else args.peers or PEERS:
-        try:
-            PEERS[name](model, images[:1], torch.zeros(1, dtype=torch.long))
-            methods[name] = PEERS[name]
-        except PeerUnavailableError as error:
-            print(f"{name} left out: {error}")
-    results = cascading_randomisation(model, images, methods, seed=args.seed)
+    peers = {name: PEERS[name] for name in ([] if args.peers is None else args.peers or PEERS)}
+    methods |= keep_available(peers, lambda peer: peer(model, images[:1], torch.zeros(1, dtype=torch.long)))
+    results = cascading_randomisation(model, images, methods, seed=args.seed, progress=not args.no_progress)
     print(f"{args.model}: {args.n} scenes (seed {args.seed}); Spearman rank correlation with the original map")
     print(format_sanity(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
