@@ -357,5 +357,5 @@ def test_another_configuration_in_the_same_out_is_one_line(tmp_path):
 def test_costs_are_reported_with_their_clock_and_threads(tmp_path):
     images, _ = _image_folder(tmp_path, n_per_class=1)
     report = _run(tmp_path, *TINY_TIMM, "--data", str(images), "--methods", "gae", "--protocols", "perturbation")
-    assert report["threads_per_process"] == 1 and report["cost"] == "costs: process CPU time, 1 thread"
+    assert report["threads_per_process"] == 1 and report["cost"] == "process CPU time, 1 thread"
     assert report["results"]["gae"]["s_per_image"] > 0

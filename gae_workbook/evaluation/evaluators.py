@@ -1119,7 +1119,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     first = next(iter(results.values()))
     pairs = int(first["pairs"])
     elapsed = time.perf_counter() - started
-    costs = f"; ms_per_pair: {cost_note(next(model.parameters()).device)}" if "ms_per_pair" in first else ""
+    costs = f"; ms_per_pair in {cost_note(next(model.parameters()).device)}" if "ms_per_pair" in first else ""
     print(f"{args.model}: {args.n} scenes (seed {args.seed}), {pairs} explained pairs, {elapsed:.1f} s{costs}")
     print(format_table(results))
     if args.json is not None:

@@ -10,7 +10,7 @@ a Hugging Face model id or local directory (``AutoModelForImageClassification`` 
 own preprocessing (timm's data config, the HF image processor) up to the normalisation, which is
 applied inside every model call: the protocols perturb images in [0, 1].
 
-Data (``--data``, :mod:`gae_workbook.datasets`): an ImageFolder tree, a ``save_to_disk`` directory,
+Data (``--data``, :mod:`.datasets`): an ImageFolder tree, a ``save_to_disk`` directory,
 the ImageNet-segmentation ``gtsegs_ijcv.mat`` file, optionally with ``--masks`` for a folder.
 
 Protocols (docs/evaluation.md; Chefer et al. CVPR 2021 Sec. 4 and ICCV 2021 Sec. 5):
@@ -30,15 +30,20 @@ Protocols (docs/evaluation.md; Chefer et al. CVPR 2021 Sec. 4 and ICCV 2021 Sec.
   224-pixel steps are ``--curve-steps 224``).
 
 Methods (``--methods``): every method of :data:`gae_utils.methods.METHODS` from one recording,
-``random`` (uniform patch maps, the floor), the peers of :data:`gae_workbook.peers.PEERS` (``peers``
+``random`` (uniform patch maps, the floor), the peers of :data:`.peers.PEERS` (``peers``
 selects all of them) and user callables ``--method name=module:function`` with the peers'
 signature ``(model, pixel_values (B, 3, H, W), target (B,)) -> (B, h, w)``.
 
 Scale: the dataset is cut into shards of ``--shard-size`` consecutive images; rank r of a
 ``torchrun`` job takes shards r, r + N, ...; each writes ``<out>/shards/<id>.json`` with the
-metric sums of its shard (a rerun skips shards already written); the sums are all-reduced (gloo on
-CPU, nccl with ``--device cuda``) and rank 0 prints and writes the table. Batches never straddle
-shards, so 1 and N processes compute the same numbers.
+metric sums of its shard (a rerun skips shards already written; shards of another configuration
+are refused before any work); rank 0 adds the shards' sums (gathered with an all-reduce: gloo on
+CPU, nccl with ``--device cuda``) in shard order and prints and writes the table. Batches never
+straddle shards and every process runs ``--threads`` intra-op threads (default 1, what torchrun
+gives each worker), so 1 and N processes, however launched, compute the same numbers to the last bit.
+
+Costs (``s_per_image``): process CPU time per image on the CPU (as the README's cost tables),
+wall time after a synchronise on CUDA; the report names the clock and the threads per process.
 """
 
 from __future__ import annotations
@@ -772,7 +777,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             f"{wall:.1f} s ({num_items / wall:.2f} images/s; rank 0 resumed {skipped} shard(s))"
         )
         print(format_results(results))
-        print(f"s_per_image: {cost_note(device)} per process")
+        print(f"s_per_image in {cost_note(device)} per process")
         if deviation:
             worst = {m: round(d["max_abs_map_diff"], 4) for m, d in deviation.items()}
             print(f"{args.dtype} vs float32 on the first batch, max |map difference|: {worst}")

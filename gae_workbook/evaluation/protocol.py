@@ -85,9 +85,9 @@ def cost_clock(device: torch.device | str = "cpu") -> Callable[[], float]:
 def cost_note(device: torch.device | str = "cpu") -> str:
     """How :func:`cost_clock` measures on ``device``, with the thread count: printed beside every cost."""
     if torch.device(device).type == "cuda":
-        return "costs: wall time on CUDA"
+        return "wall time on CUDA"
     threads = torch.get_num_threads()
-    return f"costs: process CPU time, {threads} thread{'s' if threads > 1 else ''}"
+    return f"process CPU time, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def chunks(n: int, batch_size: int, progress: bool = True) -> Iterator[tuple[int, int]]:
