@@ -86,6 +86,7 @@ from .peers import PEERS
 from .protocol import Row, cost_clock, cost_note, method_rows, warm_up
 
 __all__ = [
+    "PROTOCOLS",
     "Classifier",
     "Plan",
     "load_classifier",
@@ -94,6 +95,7 @@ __all__ = [
     "explain_batch",
     "evaluate_batch",
     "summarize",
+    "format_results",
     "shards_of",
     "UsageError",
     "main",

@@ -34,7 +34,7 @@ from ..zoo import load
 from .peers import PEERS, Peer
 from .protocol import keep_available
 
-__all__ = ["cascade_stages", "cascading_randomisation", "gae_method", "randomise", "spearman"]
+__all__ = ["cascade_stages", "cascading_randomisation", "format_sanity", "gae_method", "main", "randomise", "spearman"]
 
 
 def cascade_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
