@@ -6,7 +6,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from gae_workbook import evaluate, figures, zoo
+from gae_workbook import figures, zoo
+from gae_workbook.evaluation import evaluators as evaluate
 
 
 @pytest.fixture(scope="module")

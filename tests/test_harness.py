@@ -14,9 +14,9 @@ from PIL import Image
 
 from gae_utils import explain
 from gae_utils.maps import upsample_maps
-from gae_workbook import harness
-from gae_workbook.datasets import open_data, write_imagenet_seg
-from gae_workbook.metrics import (
+from gae_workbook.evaluation import harness
+from gae_workbook.evaluation.datasets import open_data, write_imagenet_seg
+from gae_workbook.evaluation.metrics import (
     SEGMENTATION_COUNTS,
     perturbation_auc,
     perturbation_curve,
@@ -310,3 +310,52 @@ def test_one_and_two_torchrun_processes_agree_and_resume(tmp_path):
     again = _run(tmp_path, *TINY_TIMM, "--data", str(images), *RUN, out="two")  # all shards on disk: none recomputed
     assert again["shards_resumed_by_rank0"] == 5 and again["shards_computed_by_rank0"] == 0
     assert again["results"] == two["results"]
+
+
+def _without_thread_settings() -> dict:
+    """The environment of a user's shell: no thread count set, so each launcher picks its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+def test_a_plain_run_and_torchrun_give_the_same_numbers(tmp_path):
+    """A plain run (torch's default threads) and torchrun (one thread per worker) agree to the last bit."""
+    images, _ = _image_folder(tmp_path, n_per_class=3, classes=3)
+    args = [*TINY_TIMM, "--data", str(images), *RUN, "--no-progress"]
+    env = _without_thread_settings()
+    plain = [sys.executable, "-m", "gae_workbook.harness", *args, "--out", str(tmp_path / "plain")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two += ["-m", "gae_workbook.harness", *args, "--out", str(tmp_path / "two")]
+    for command in (plain, two):
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / out / "results.json").read_text()) for out in ("plain", "two")]
+    assert [r["processes"] for r in reports] == [1, 2]
+    assert [r["threads_per_process"] for r in reports] == [1, 1]
+    for report in reports:
+        for row in report["results"].values():
+            row.pop("s_per_image")
+    assert reports[0]["results"] == reports[1]["results"]  # exactly
+    assert reports[0]["curves"] == reports[1]["curves"]
+
+
+def test_another_configuration_in_the_same_out_is_one_line(tmp_path):
+    images, _ = _image_folder(tmp_path, n_per_class=1)
+    common = [*TINY_TIMM, "--data", str(images), "--methods", "random", "--protocols", "perturbation"]
+    _run(tmp_path, *common, out="same")
+    with pytest.raises(SystemExit) as exit_:
+        harness.command_line([*common, "--start-layer", "1", "--out", str(tmp_path / "same"), "--no-progress"])
+    message = str(exit_.value.code)
+    assert "another configuration" in message and "\n" not in message
+    command = [sys.executable, "-m", "gae_workbook.harness", *common, "--seed", "3", "--out", str(tmp_path / "same")]
+    done = subprocess.run(command, env=_without_thread_settings(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("gae_workbook.harness: error: ")
+    assert "another configuration" in done.stderr
+
+
+def test_costs_are_reported_with_their_clock_and_threads(tmp_path):
+    images, _ = _image_folder(tmp_path, n_per_class=1)
+    report = _run(tmp_path, *TINY_TIMM, "--data", str(images), "--methods", "gae", "--protocols", "perturbation")
+    assert report["threads_per_process"] == 1 and report["cost"] == "process CPU time, 1 thread"
+    assert report["results"]["gae"]["s_per_image"] > 0

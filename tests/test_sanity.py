@@ -1,11 +1,12 @@
 """Cascading model randomisation (Adebayo et al. 2018)."""
 
+import json
 import math
 
 import torch
 from conftest import tiny_timm_vit
 
-from gae_workbook.sanity import cascade_stages, cascading_randomisation, gae_method, randomise, spearman
+from gae_workbook.evaluation.sanity import cascade_stages, cascading_randomisation, gae_method, randomise, spearman
 
 
 def test_spearman_known_values():
@@ -47,3 +48,13 @@ def test_hf_vit_cascade_names_exist():
     stages = cascade_stages(model)
     assert [s for s, _ in stages] == ["head", "block 2", "block 1", "block 0", "embeddings"]
     assert all(any(n in names for n in group) for _, group in stages)
+
+
+def test_cli_writes_json_without_progress(tmp_path, capsys):
+    from gae_workbook.evaluation import sanity
+
+    path = tmp_path / "sanity.json"
+    results = sanity.main(["--n", "3", "--methods", "gae", "rollout", "--json", str(path), "--no-progress"])
+    assert json.loads(path.read_text()) == results
+    assert list(results) == ["gae", "rollout"] and list(results["gae"])[0] == "+head"
+    assert "randomise" not in capsys.readouterr().err  # no progress bar

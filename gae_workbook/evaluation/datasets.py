@@ -1,4 +1,4 @@
-"""Image data for the evaluation harness (:mod:`gae_workbook.harness`), in the layouts users have.
+"""Image data for the evaluation harness (:mod:`.harness`), in the layouts users have.
 
 :func:`open_data` reads, as one kind of :class:`torch.utils.data.Dataset` of :class:`Sample`:
 

@@ -1,0 +1,352 @@
+"""Run every Hugging Face family of one kind through the generic adapters, on tiny random configs.
+
+    python -m gae_workbook.probe                                  # every causal-LM family (--kind text)
+    python -m gae_workbook.probe --kind both                      # image classifiers and vision-language models
+    python -m gae_workbook.probe --kind image --families vit dinov2 --json outputs/probe_vision.json
+
+Kinds (``--kind``): ``text`` (the causal-LM table of the installed transformers), ``image``
+(image classification), ``vlm`` (image-text-to-text), ``both`` (image and vlm), ``all``.
+
+Each family's default config (and its ``vision_config`` / ``text_config``) is shrunk by generic
+settings (:data:`TINY` for language models, :data:`VISION_TINY` for vision towers), built with
+random weights and explained with ``verify=True`` (the explained scores under capture must equal
+the stock model's). A causal LM gets a left-padded batch of two prompts, explained at the next
+token; an image classifier two images and their predicted class; a vision-language model two
+prompts (one left-padded) holding one image's placeholder tokens, as many as the model's own image
+features have (``get_image_features``). Outcomes:
+
+- ``ok``: explained, parity holds, relevance finite;
+- ``not routed``: the family does not route attention through the interface; ``explain`` (or, for
+  the vision kinds, ``find_adapter``) refuses it (``UnsupportedModelError``) before running;
+- ``mixes tokens``: some of its layers mix tokens outside softmax attention (Mamba, gated delta-net,
+  short convolution, ...), which GAE cannot propagate through (``TokenMixingError``);
+- ``refused``: the capture found something it cannot explain and raised ``AttentionCaptureError``
+  (an attention module called twice per forward, fewer captures than modules, no graph);
+- ``needs images``: a vision-language family in the causal-LM table refuses text-only inputs
+  (``TypeError``); it is probed with images under ``--kind vlm``;
+- ``config``: the stock model itself fails on the generic tiny settings or inputs (no verdict on capture);
+- ``too big`` / ``build``: the generic settings do not shrink the family / do not build it.
+
+Every outcome is told apart by the exception's type, never by its message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import gae_utils as gu
+from gae_utils.adapters.hf_interface import TokenMixingError
+
+__all__ = [
+    "TINY",
+    "VISION_TINY",
+    "IMAGE_TOKEN",
+    "KINDS",
+    "MAX_PARAMETERS",
+    "TooBigError",
+    "tiny_model",
+    "tiny_causal_lm",
+    "probe_family",
+    "probe",
+    "main",
+]
+
+TINY: dict[str, Any] = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_positions=64,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    ffn_dim=64,
+    n_inner=64,
+    num_local_experts=4,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=32,
+    first_k_dense_replace=1,
+    n_routed_experts=4,
+    kv_lora_rank=16,
+    q_lora_rank=16,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    sliding_window=4,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+"""Generic tiny settings of a language model (or a vision-language model's language half)."""
+
+VISION_TINY: dict[str, Any] = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    num_labels=5,
+    embed_dim=32,
+    depth=2,
+    depths=[1],  # hierarchical models (Swin): one block and two heads in every stage
+    num_heads=[2],
+    window_size=2,
+    projection_dim=32,  # a vision tower's projection to the tiny language model's width (PaliGemma)
+)
+"""Generic tiny settings of an image model (or a vision-language model's vision tower)."""
+
+IMAGE_TOKEN = 60  # placeholder id of the tiny vision-language models (inside the tiny vocabulary of 64)
+MAX_PARAMETERS = 3_000_000
+KINDS = ("text", "image", "vlm")
+
+
+class TooBigError(ValueError):
+    """The generic tiny settings leave the family above :data:`MAX_PARAMETERS` parameters."""
+
+
+def _table(kind: str) -> dict:
+    """The installed transformers' model-type -> class name(s) table of ``kind``."""
+    from transformers.models.auto import modeling_auto
+
+    return {
+        "text": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        "image": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        "vlm": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    }[kind]
+
+
+def _shrink(config: Any, settings: dict[str, Any], match_kind: bool = True) -> None:
+    """Set the settings the config has (a list: one value for every stage).
+
+    With ``match_kind`` only where the field holds the same kind (a list or a single value).
+    """
+    for key, value in settings.items():
+        if not hasattr(config, key):
+            continue
+        current = getattr(config, key)
+        if match_kind and isinstance(current, (list, tuple)) != isinstance(value, list):
+            continue
+        try:
+            setattr(config, key, value * len(current) if isinstance(value, list) else value)
+        except (AttributeError, TypeError, ValueError):
+            pass
+
+
+def _tiny_config(model_type: str, kind: str) -> Any:
+    """The default config of ``model_type``, shrunk for ``kind``."""
+    import transformers
+
+    config = transformers.CONFIG_MAPPING[model_type]()
+    text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    if kind == "text":
+        for target in (config, text):
+            if target is not None:
+                _shrink(target, TINY, match_kind=False)
+        return config
+    _shrink(config, VISION_TINY if kind == "image" else {k: v for k, v in TINY.items() if k != "sliding_window"})
+    if vision is not None:
+        _shrink(vision, VISION_TINY)
+    if text is not None:
+        _shrink(text, TINY)
+    if kind == "vlm":
+        _shrink(config, {"image_token_id": IMAGE_TOKEN, "image_token_index": IMAGE_TOKEN})
+    return config
+
+
+def tiny_model(model_type: str, kind: str = "text", seed: int = 0) -> torch.nn.Module:
+    """The ``kind`` model of ``model_type`` (see :data:`KINDS`), shrunk, with random weights.
+
+    Raises:
+        TooBigError: the shrunk model still has more than :data:`MAX_PARAMETERS` parameters.
+        UnsupportedModelError: (image and vlm kinds) ``find_adapter`` refuses the model.
+    """
+    import transformers
+
+    config = _tiny_config(model_type, kind)
+    name = _table(kind)[model_type]
+    model_class = getattr(transformers, name if isinstance(name, str) else name[0])
+    with torch.device("meta"):
+        meta = model_class(config)
+    if kind != "text":
+        try:
+            gu.find_adapter(meta)
+        except gu.UnsupportedModelError:  # say why: attention that bypasses the interface, or none at all
+            found = sorted({type(m).__name__ for m in meta.modules() if "Attention" in type(m).__name__})
+            why = f"attention classes {found}" if found else "no attention modules"  # routed or not: see the report
+            raise gu.UnsupportedModelError(f"find_adapter refuses it: {why}") from None
+    n = sum(p.numel() for p in meta.parameters())
+    if n > MAX_PARAMETERS:
+        raise TooBigError(f"{n / 1e6:.1f}M parameters with the generic tiny settings")
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
+def tiny_causal_lm(model_type: str, seed: int = 0) -> torch.nn.Module:
+    """:func:`tiny_model` of the ``text`` kind."""
+    return tiny_model(model_type, "text", seed)
+
+
+def _text_inputs() -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, 60, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _image_inputs(model: torch.nn.Module) -> torch.Tensor:
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(config, "image_size", 32)
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return torch.rand(2, getattr(config, "num_channels", 3), *size, generator=torch.Generator().manual_seed(0))
+
+
+def _vlm_inputs(model: torch.nn.Module, n_image: int, tiles: bool) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[1, 5, *[IMAGE_TOKEN] * n_image, 7, 8, 9], [0, 1, *[IMAGE_TOKEN] * n_image, 7, 30, 31]])
+    mask = (torch.arange(ids.shape[1]) > 0).long().expand(2, -1).clone()
+    mask[0] = 1  # row 1 is left-padded by one token
+    pixels = _image_inputs(model)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels[:, None] if tiles else pixels}
+
+
+def _tokens_per_image(model: torch.nn.Module, pixels: torch.Tensor) -> int:
+    """Placeholder tokens one image needs: the length of the model's own image features for it."""
+    get = getattr(model, "get_image_features", None) or model.model.get_image_features  # type: ignore[union-attr]
+    with torch.no_grad():
+        features = get(pixel_values=pixels)
+    pooled = getattr(features, "pooler_output", None)
+    features = features if pooled is None else pooled  # (images, n, D), or one (n, D) per image
+    return int(features[0].shape[-2])
+
+
+def _fit_vlm_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Inputs the stock model accepts: as many placeholders as its image features have tokens, 4-D or 5-D pixels."""
+    errors = []
+    for tiles in (False, True):
+        pixels = _image_inputs(model)
+        try:
+            inputs = _vlm_inputs(model, _tokens_per_image(model, pixels[:, None] if tiles else pixels), tiles)
+            with torch.no_grad():
+                model(**inputs)
+            return inputs
+        except Exception as err:  # the other pixel layout may be the model's
+            errors.append(f"{type(err).__name__}: {str(err)[:80]}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _inputs(model: torch.nn.Module, kind: str) -> Any:
+    return {"text": _text_inputs, "image": _image_inputs, "vlm": _fit_vlm_inputs}[kind](
+        *(() if kind == "text" else (model,))
+    )
+
+
+def _stock_call(model: torch.nn.Module, inputs: Any) -> None:
+    with torch.no_grad():
+        model(**inputs) if isinstance(inputs, dict) else model(pixel_values=inputs)
+
+
+def _refusal(err: gu.UnsupportedModelError) -> tuple[str, str]:
+    return "mixes tokens" if isinstance(err, TokenMixingError) else "not routed", str(err).split("\n")[0][:160]
+
+
+def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
+    """``(outcome, detail)`` of one family of ``kind`` (see the module docstring)."""
+    try:
+        model = tiny_model(model_type, kind)
+    except gu.UnsupportedModelError as err:
+        return _refusal(err)
+    except TooBigError as err:
+        return "too big", str(err)
+    except Exception as err:  # any failure of the family's own constructor
+        return "build", f"{type(err).__name__}: {str(err)[:120]}"
+    try:
+        inputs = _inputs(model, kind)
+    except Exception as err:
+        return "config", f"the stock model fails on the tiny inputs: {type(err).__name__}: {str(err)[:100]}"
+    try:
+        exp = gu.explain(model, inputs, verify=True)
+    except gu.UnsupportedModelError as err:
+        return _refusal(err)
+    except gu.AttentionCaptureError as err:
+        return "refused", str(err)[:160]
+    except Exception as err:
+        if kind == "text" and isinstance(err, TypeError) and model_type in _table("vlm"):
+            return "needs images", str(err)[:160]  # the vision-language adapter's input check
+        try:
+            _stock_call(model, inputs)
+        except Exception as stock:
+            return "config", f"the stock model fails too: {type(stock).__name__}: {str(stock)[:100]}"
+        return "failed", f"{type(err).__name__}: {str(err)[:160]}"
+    relevance = exp.relevance["text" if kind == "text" else "image"]
+    if not torch.isfinite(relevance).all():
+        return "failed", "relevance is not finite"
+    if kind == "text":
+        return "ok", f"{len(exp.layout.segments)} segment, {relevance.shape[-1]} tokens"
+    return "ok", f"{gu.find_adapter(model).name}, image grid {exp.layout.segment('image').grid}"
+
+
+def probe(families: list[str] | None = None, kind: str = "text", progress: bool = True) -> dict[str, tuple[str, str]]:
+    """Probe ``families`` of ``kind`` (default: every family of that kind in the installed transformers)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    table = _table(kind)
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen = [f for f in families if f in table] if families else sorted(table)
+        for model_type in tqdm(chosen, desc=f"{kind} families", disable=not progress):
+            results[model_type] = probe_family(model_type, kind)
+    return results
+
+
+def main(argv: list[str] | None = None, kind: str = "text") -> dict[str, Any]:
+    """The probe's command line; ``kind`` is the default of ``--kind``.
+
+    Returns:
+        ``{"transformers": version, kind: {"counts": {outcome: n}, "families": {family: (outcome, detail)}}}``.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=(*KINDS, "both", "all"), default=kind, help="both: image and vlm")
+    parser.add_argument("--families", nargs="*", default=None, help="model types (default: every family)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    import transformers
+
+    kinds = {"both": ("image", "vlm"), "all": KINDS}.get(args.kind, (args.kind,))
+    payload: dict[str, Any] = {"transformers": transformers.__version__}
+    for k in kinds:
+        results = probe(args.families, k, progress=not args.no_progress)
+        counts: dict[str, int] = {}
+        for outcome, _ in results.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for model_type, (outcome, detail) in results.items():
+            print(f"{k:5s} {model_type:28s} {outcome:12s} {detail}")
+        print(f"transformers {transformers.__version__}, {len(results)} {k} families: {counts}")
+        payload[k] = {"counts": counts, "families": results}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
