@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .adapters import Adapter, find_adapter
 from .explainer import Recording, record
 from .explanation import Explanation
-from .targets import PairSimilarity, dual_encoder_target
+from .targets import PairSimilarity
 
 __all__ = ["DualExplanation", "explain_dual"]
 
@@ -70,8 +70,11 @@ def explain_dual(
     """
     target = PairSimilarity(pairs)
     adapter = adapter or find_adapter(model)
-    if adapter.target is not dual_encoder_target:
-        raise ValueError(f"{type(model).__name__} is not a dual encoder; use gae_utils.explain")
+    if adapter.task != "dual":
+        raise ValueError(
+            f"{type(model).__name__} is not a dual encoder (adapter {adapter.name!r}, task "
+            f"{adapter.task!r}); use gae_utils.explain"
+        )
     rec = record(model, {"pixel_values": images, **dict(texts)}, target, adapter=adapter, eval_mode=eval_mode)
     scores = rec.scores  # (B_i, B_t), or (B, 1) for diagonal pairs
     return DualExplanation(

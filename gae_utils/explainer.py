@@ -1,6 +1,6 @@
 """``explain`` and ``record``: the public entry points.
 
-``record`` runs an unmodified model once under an :class:`~gae_utils.recorder.AttentionRecorder`
+``record`` runs an unmodified model once under an :class:`~gae_utils.capture.AttentionRecorder`
 and differentiates each target, returning a :class:`Recording` from which every method of the
 comparison set is computed (:meth:`Recording.explanation`); ``explain`` does both steps.
 """
@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
+from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
 from .layout import TokenLayout
 from .methods import compute_maps, method_names
 from .propagation import attn_bar_of, propagate, propagate_rows
-from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
 from .records import LayerRecord
 from .targets import Target, TargetLike
 
@@ -166,7 +166,7 @@ def record(
         eval_mode: explain the model in eval mode (restored afterwards).
     """
     adapter = adapter or find_adapter(model)
-    target = target if isinstance(target, Target) else adapter.target(model, target)
+    target = adapter.target_of(model, target)
     _check_finite(inputs)
     adapter.check(model, inputs)
     layout = adapter.layout(model, inputs)
@@ -177,7 +177,7 @@ def record(
             if logits is not None and not torch.isfinite(logits).all():
                 raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
             selection = target.select(model, inputs, output, logits, layout)
-            target.backward(rec, selection)
+            rec.differentiate(selection.parts())
         layers = rec.complete_records()
     _check_token_counts(layers, selection.layout)
     return Recording(
@@ -230,7 +230,7 @@ def explain(
     if method not in method_names(ablations=True):
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     adapter = adapter or find_adapter(model)
-    target = target if isinstance(target, Target) else adapter.target(model, target)
+    target = adapter.target_of(model, target)
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, target, rec.scores, eval_mode)

@@ -13,17 +13,18 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .adapters.hf_causal_lm import causal_lm_target
 from .explainer import Recording, record
 from .explanation import Explanation
-from .targets import TokenTarget, generation_target
+from .targets import TokenTarget
 
 __all__ = ["explain_generation", "record_generation", "generation_steps"]
+
+SERVES = ("generate", "causal_lm")  # adapter tasks explained here (``causal_lm``: prompt first)
 
 
 def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     adapter = adapter or find_adapter(model)
-    if adapter.target not in (generation_target, causal_lm_target):
+    if adapter.task not in SERVES:
         raise ValueError(
             f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor a causal LM; explain "
             "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
@@ -70,7 +71,7 @@ def _checked_steps(adapter: Adapter, inputs: Any, generated: Any, steps: Sequenc
             f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} sources, got "
             f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
-    prompt = inputs["input_ids"].shape[1] if adapter.target is causal_lm_target else 0
+    prompt = inputs["input_ids"].shape[1] if adapter.task == "causal_lm" else 0
     if prompt and (
         generated.shape[1] <= prompt or not torch.equal(generated[:, :prompt], inputs["input_ids"].to(generated))
     ):

@@ -2,25 +2,23 @@
 
 Chefer et al. ICCV 2021, Sec. 3: one explained scalar per example (a class logit, a detection, a
 generated token, a pair's similarity), whose gradient Eq. 5 takes. :meth:`Target.select` returns
-the ``(B, K)`` scores and the layout saying which row each target reads; :meth:`Target.backward`
-asks the recorder for the gradients.
+the ``(B, K)`` scores and the layout saying which row each target reads; how their gradients are
+taken is decided in one place, :meth:`~gae_utils.capture.AttentionRecorder.differentiate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from .capture import Gradients
 from .layout import TokenLayout
-
-if TYPE_CHECKING:
-    from .recorder import AttentionRecorder
 
 __all__ = [
     "Selection",
@@ -34,7 +32,6 @@ __all__ = [
     "SplitPairSimilarity",
     "class_target",
     "generation_target",
-    "dual_encoder_target",
 ]
 
 TargetLike = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
@@ -50,6 +47,9 @@ class Selection:
         multi_target: the caller asked for K targets per example (results keep the K dimension).
         layout: the token layout, with per-(example, target) row weights where targets read their own rows.
         extra: JSON-ready facts for the result (DETR: the explained queries).
+        gradients: which layers explain which scores, when not every layer explains ``scores``
+            (dual encoders: each tower explains its own view of the pair matrix); empty: one
+            :class:`~gae_utils.capture.Gradients` of ``scores`` for every layer.
     """
 
     scores: Tensor
@@ -57,19 +57,20 @@ class Selection:
     multi_target: bool
     layout: TokenLayout
     extra: dict = field(default_factory=dict)
+    gradients: tuple[Gradients, ...] = ()
+
+    def parts(self) -> tuple[Gradients, ...]:
+        """What the recorder differentiates (:attr:`gradients`, by default ``scores`` everywhere)."""
+        return self.gradients or (Gradients(self.scores),)
 
 
 class Target:
-    """Base class: what to explain in a model's output, and how to differentiate it."""
+    """Base class: what to explain in a model's output (the scores and the rows they read)."""
 
     def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
         """The explained scalars of this batch, from the model's ``output`` and the adapter's reading of
         it, ``logits`` (None without a head), and ``layout`` of the inputs (gradients enabled)."""
         raise NotImplementedError
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        """Fill the recorder's Eq. 5 maps: one backward pass per target column."""
-        recorder.backward(selection.scores)
 
 
 def _as_index(target: Any, batch: int, device: torch.device, what: str) -> Tensor:
@@ -265,10 +266,7 @@ class TokenTarget(Target):
         scores = scored[:, steps].gather(-1, labels[..., None])[..., 0]  # (B, K)
         rows = F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)  # (B, K, T): target k reads row steps[k]
         layout = TokenLayout(layout.segments, layout.readouts, {r.name: rows for r in layout.readouts})
-        return Selection(scores, labels, True, layout)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        recorder.batched_backward(selection.scores, None)  # target k: column k of the (B, K) scores
+        return Selection(scores, labels, True, layout, gradients=(Gradients(scores, vectorised=True),))
 
 
 class PairSimilarity(Target):
@@ -292,15 +290,11 @@ class PairSimilarity(Target):
             if n_images != n_texts:
                 raise ValueError(f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}")
             return Selection(logits.diagonal()[:, None], None, False, layout)  # (B, 1)
-        return Selection(logits, None, True, layout)  # (B_i, B_t)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        if self.pairs == "diagonal":
-            recorder.backward(selection.scores)
-            return
-        logits = selection.scores  # (B_i, B_t)
-        recorder.batched_backward(logits, "image")  # text j: column j, through the image tower
-        recorder.backward_objectives([row.sum() for row in logits], [{"text"}] * logits.shape[0])
+        towers = (
+            Gradients(logits, "image", vectorised=True),  # image i for text j: column j
+            Gradients(logits.T, "text"),  # (B_t, B_i) text j for image i: column i
+        )
+        return Selection(logits, None, True, layout, gradients=towers)  # (B_i, B_t)
 
 
 class SplitPairSimilarity(Target):
@@ -317,10 +311,10 @@ class SplitPairSimilarity(Target):
             raise ValueError(f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows")
         half = pooled.shape[0] // 2
         similarity = F.cosine_similarity(pooled[:half], pooled[half:], dim=-1)  # (B,)
-        return Selection(similarity[:, None], None, False, layout)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        recorder.backward_objectives([selection.scores.sum()])
+        # the 2B sentences' column: pair i's similarity on row i, 0 on row B + i; its sum is the sum
+        # of the similarities, whose one backward pass serves both members of every pair
+        both = torch.cat([similarity, torch.zeros_like(similarity)])[:, None]  # (2B, 1)
+        return Selection(similarity[:, None], None, False, layout, gradients=(Gradients(both),))
 
 
 def class_target(model: Module, target: TargetLike) -> Target:
@@ -335,12 +329,4 @@ def generation_target(model: Module, target: TargetLike) -> Target:
     raise ValueError(
         f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
         "gae_utils.explain_generation(model, source_inputs, generated), or pass target=callable(output) -> (B,)."
-    )
-
-
-def dual_encoder_target(model: Module, target: TargetLike) -> Target:
-    """Dual encoders are explained per (image, text) pair (:func:`gae_utils.explain_dual`)."""
-    raise ValueError(
-        f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
-        "gae_utils.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."
     )

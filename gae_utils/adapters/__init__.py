@@ -31,7 +31,6 @@ __all__ = [
     "AttentionCaptureError",
     "AttentionSite",
     "UnsupportedModelError",
-    "attention_modules",
     "check_transformers_version",
     "find_adapter",
     "register_adapter",
@@ -92,27 +91,26 @@ def find_adapter(model: nn.Module) -> Adapter:
     the supported families and how to register an adapter."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    failed = []  # predicates that raised: not accepting, named in the error if nothing serves
     for adapter in ADAPTERS:
-        if adapter.matches(model):
+        try:
+            matched = adapter.matches(model)
+        except UnsupportedModelError:
+            raise  # a refusal naming its reason (a hybrid model's token mixers)
+        except Exception as error:
+            failed.append(f"  - adapter {adapter.name!r}: accepts() raised {type(error).__name__}: {error}")
+            continue
+        if matched:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
     families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
+    raised = "".join(f"Adapters whose predicate failed (treated as not serving it):\n{line}\n" for line in failed[:1])
+    raised += "".join(f"{line}\n" for line in failed[1:])
     raise UnsupportedModelError(
         f"no adapter captures the attention of {type(model).__name__}. Supported families:\n{families}\n"
+        f"{raised}"
         "To add one, describe where its attention probabilities live with "
         "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) and call "
         "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
     )
-
-
-def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.Module, AttentionSite]]:
-    """All modules of ``model`` matching one of the adapter's sites, in registration order."""
-    found = []
-    for name, module in model.named_modules():
-        classes = {cls.__name__ for cls in type(module).__mro__}
-        for site in adapter.sites_of(model):
-            if site.module_class in classes and (site.within is None or site.within in name.split(".")):
-                found.append((name, module, site))
-                break
-    return found

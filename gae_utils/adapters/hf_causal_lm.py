@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import NextTokenTarget, Target
-from .base import Adapter, check_text
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .base import Adapter, check_text, no_switch
+from .hf_interface import interface_sites, routes_attention
 
 __all__ = ["CAUSAL_LM", "causal_lm_target", "last_real_position"]
 
@@ -71,11 +71,12 @@ CAUSAL_LM = Adapter(
     model_classes=(),
     accepts=_is_causal_lm,
     sites=interface_sites,
-    eager=interface_eager,
+    eager=no_switch,
     call=_call,
     logits=lambda out: out.logits,
     check=check_text,
     layout=_layout,
     family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, Gemma, ...)",
     target=causal_lm_target,
+    task="causal_lm",
 )

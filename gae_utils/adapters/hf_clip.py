@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
-from ..targets import dual_encoder_target
 from .base import Adapter, AttentionSite, check_image_batch, check_image_size, check_text, hf_eager
 
 __all__ = ["CLIP", "clip_eot_index"]
@@ -55,5 +54,6 @@ CLIP = Adapter(
     check=_clip_check,
     layout=_clip_layout,
     family="Hugging Face CLIPModel (image tower read at CLS, text tower at EOT), via gae_utils.explain_dual",
-    target=dual_encoder_target,
+    target=None,
+    task="dual",
 )

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, check_text
-from .hf_interface import interface_eager, interface_sites
+from .base import Adapter, check_text, no_switch
+from .hf_interface import interface_sites
 
 __all__ = ["BERT_ENCODER"]
 
@@ -26,7 +26,7 @@ BERT_ENCODER = Adapter(
     name="hf-bert-encoder",
     model_classes=("BertModel", "RobertaModel", "XLMRobertaModel", "ElectraModel", "DistilBertModel"),
     sites=lambda model: interface_sites(model, "text", "text"),
-    eager=interface_eager,
+    eager=no_switch,
     call=lambda model, inputs: model(**inputs),
     logits=None,
     check=check_text,

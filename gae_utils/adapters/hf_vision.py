@@ -16,16 +16,14 @@ Rbar[image, image]``) and the readout is the probe's row.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size
+from .hf_interface import interface_sites, routes_attention
 from .seq2seq import mha_eager
 
 __all__ = ["HF_VISION", "POOLING", "PREFIX_TOKENS", "vision_pooling"]
@@ -81,13 +79,6 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     return interface_sites(model, "image", "image") + probe
 
 
-@contextmanager
-def _eager(model: nn.Module) -> Iterator[None]:
-    """The interface capture, and per-head weights from an attention-pooling head's ``nn.MultiheadAttention``."""
-    with interface_eager(model), mha_eager(model):
-        yield
-
-
 def _check(model: nn.Module, images: Tensor) -> None:
     config = _vision_config(model)
     check_image_batch(images, None, channels=getattr(config, "num_channels", 3))
@@ -97,12 +88,7 @@ def _check(model: nn.Module, images: Tensor) -> None:
             f"{type(model).__name__} has no fixed config.image_size (variable-resolution patches, e.g. SigLIP2 "
             "NaFlex); its patch grid cannot be laid out. Fixed-size image models are served."
         )
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(images.shape[-2:]) != size:
-        raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's config.image_size {size}; "
-            f"resize the images to {size}."
-        )
+    check_image_size(images, (size, size) if isinstance(size, int) else tuple(size), "config.image_size ")
 
 
 def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
@@ -126,7 +112,7 @@ HF_VISION = Adapter(
     model_classes=(),
     accepts=_is_image_model,
     sites=_sites,
-    eager=_eager,
+    eager=mha_eager,  # per-head weights of an attention-pooling head (the interface: its sites)
     call=lambda model, images: model(pixel_values=images),
     logits=lambda out: getattr(out, "logits", None),
     check=_check,

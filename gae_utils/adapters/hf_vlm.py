@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, check_joint
+from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .hf_interface import interface_sites, routes_attention
 
 __all__ = ["HF_VLM", "image_token_id"]
 
@@ -93,7 +93,7 @@ HF_VLM = Adapter(
     model_classes=(),
     accepts=_is_vlm,
     sites=_sites,
-    eager=interface_eager,
+    eager=no_switch,
     call=_call,
     logits=lambda out: out.logits,
     check=_check,
@@ -101,4 +101,5 @@ HF_VLM = Adapter(
     family="Hugging Face vision-language models with image tokens in the language model's sequence, routed "
     "through the attention interface (LLaVA, Idefics3, SmolVLM, ...): the next token over image and text tokens",
     target=causal_lm_target,
+    task="causal_lm",
 )

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layout import Readout, Segment, TokenLayout
-from ..targets import dual_encoder_target
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size, check_text
 from .seq2seq import mha_eager
 
@@ -82,5 +81,6 @@ OPEN_CLIP = Adapter(
     check=_check,
     layout=_layout,
     family="OpenCLIP CLIP / CustomTextCLIP with ViT towers (image CLS or mean, text EOT), via gae_utils.explain_dual",
-    target=dual_encoder_target,
+    target=None,
+    task="dual",
 )

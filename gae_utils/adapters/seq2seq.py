@@ -112,6 +112,7 @@ def _hf_seq2seq_adapter(name: str, model_class: str, attention: str, probs: int,
         layout=_seq2seq_layout,
         family=f"Hugging Face {model_class}{family}, via gae_utils.explain_generation",
         target=generation_target,
+        task="generate",
     )
 
 
@@ -137,4 +138,5 @@ TORCH_TRANSFORMER = Adapter(
     family="models containing torch.nn.Transformer with forward(input_ids, decoder_input_ids, attention_mask=None) "
     "-> logits (B, T, V), via gae_utils.explain_generation",
     target=generation_target,
+    task="generate",
 )
