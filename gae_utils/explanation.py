@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .layout import TokenLayout
@@ -105,9 +104,12 @@ class Explanation:
         return fig
 
     show = plot
+    """Alias of :meth:`plot` (the ``.show()`` name of other attribution libraries' results)."""
 
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata)."""
+        from safetensors.torch import save_file
+
         path = Path(path).with_suffix("")
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()}
@@ -125,6 +127,8 @@ class Explanation:
     @classmethod
     def load(cls, path: str | Path) -> Explanation:
         """Read an explanation written by :meth:`save`."""
+        from safetensors.torch import load_file
+
         path = Path(path).with_suffix("")
         tensors = load_file(str(path) + ".safetensors")
         meta = json.loads(Path(str(path) + ".json").read_text())
