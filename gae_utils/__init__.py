@@ -9,7 +9,14 @@ family); ``generation``, ``dual`` and ``similarity`` wrap ``explainer.record``.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .adapters import ADAPTERS, Adapter, AttentionSite, UnsupportedModelError, find_adapter, register_adapter
+from .adapters import (
+    ADAPTERS,
+    Adapter,
+    AttentionSite,
+    UnsupportedModelError,
+    find_adapter,
+    register_adapter,
+)
 from .attribution import GAEAttribution
 from .capture import AttentionCaptureError, AttentionRecorder
 from .dual import DualExplanation, explain_dual

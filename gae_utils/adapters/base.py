@@ -1,4 +1,5 @@
-"""Types and shared pieces of the adapters: where attention lives, fused-attention switches, input checks."""
+"""Types and shared pieces of the adapters: where attention lives, fused-attention switches, input
+checks."""
 
 from __future__ import annotations
 
@@ -47,14 +48,21 @@ def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | No
     if channels is None and proj is not None:
         channels = getattr(proj, "in_channels", None)
     if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"expected {channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
+        raise ValueError(
+            f"expected {channels} channels, got {images.shape[1]} (images of shape "
+            f"{tuple(images.shape)})"
+        )
 
 
-def check_image_size(images: Tensor, size: tuple[int, int], source: str = "", fix: str = "") -> None:
-    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the resize."""
+def check_image_size(
+    images: Tensor, size: tuple[int, int], source: str = "", fix: str = ""
+) -> None:
+    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the
+    resize."""
     if tuple(images.shape[-2:]) != tuple(size):
         raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's {source}{tuple(size)}; "
+            f"image size {tuple(images.shape[-2:])} does not match the model's "
+            f"{source}{tuple(size)}; "
             f"resize the images to {tuple(size)}{fix}."
         )
 
@@ -62,47 +70,58 @@ def check_image_size(images: Tensor, size: tuple[int, int], source: str = "", fi
 def check_text(model: nn.Module, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
-            "a text encoder takes the tokenizer's output as a dict with 'input_ids' and 'attention_mask' "
+            "a text encoder takes the tokenizer's output as a dict with 'input_ids' and "
+            "'attention_mask' "
             "(tokenizer(texts, padding=True, return_tensors='pt'))"
         )
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (B, L) with L > 0, got {tuple(ids.shape)}; is the text empty?")
+        raise ValueError(
+            f"input_ids must be (B, L) with L > 0, got {tuple(ids.shape)}; is the text empty?"
+        )
     mask = inputs.get("attention_mask")
     if mask is not None and (mask.sum(dim=1) == 0).any():
         empty = (mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-        raise ValueError(f"examples {empty} have no tokens (empty text); remove them before explaining")
+        raise ValueError(
+            f"examples {empty} have no tokens (empty text); remove them before explaining"
+        )
 
 
 def check_joint(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> None:
-    if not isinstance(inputs, Mapping) or "input_ids" not in inputs or not any(k in inputs for k in image_keys):
+    if (
+        not isinstance(inputs, Mapping)
+        or "input_ids" not in inputs
+        or not any(k in inputs for k in image_keys)
+    ):
         raise TypeError(
-            f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and {' or '.join(image_keys)} "
+            f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and "
+            f"{' or '.join(image_keys)} "
             "(the model's processor output)"
         )
     check_text(model, inputs)
 
 
-def joint_layout(n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]) -> TokenLayout:
-    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its ``R[t, t]`` block (the
-    row's own column zeroed) and ``R[t, i]`` block; ``layout``: its ``weights`` and ``positions``."""
+def joint_layout(
+    n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]
+) -> TokenLayout:
+    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its ``R[t,
+    t]`` block (the row's own column zeroed) and ``R[t, i]`` block; ``layout``: its ``weights`` and
+    ``positions``."""
     text = Segment("text", n_text, 0, stream="joint")
     image = replace(image, stream="joint", offset=n_text)
-    readouts = (Readout("text", "text", "text", rows, drop_self=True), Readout("image", "text", "image", rows))
+    readouts = (
+        Readout("text", "text", "text", rows, drop_self=True),
+        Readout("image", "text", "image", rows),
+    )
     return TokenLayout((Segment("joint", n_text + image.n_tokens), text, image), readouts, **layout)
 
 
-TASKS: dict[str, str] = {
-    "classify": "gae_utils.explain(model, inputs, target)",
-    "dual": "gae_utils.explain_dual(model, images, texts)",
-    "generate": "gae_utils.explain_generation(model, source_inputs, generated)",
-    "causal_lm": "gae_utils.explain_generation(model, prompt_inputs, generated)",
+TASKS: dict[str, str] = {  # what a family serves -> the entry point that explains it
+    "classify": "gae_utils.explain(model, inputs, target)",  # one (B, K) score per example
+    "dual": "gae_utils.explain_dual(model, images, texts)",  # two towers, a pair's similarity
+    "generate": "gae_utils.explain_generation(model, source_inputs, generated)",  # enc-dec
+    "causal_lm": "gae_utils.explain_generation(model, prompt_inputs, generated)",  # + explain
 }
-"""What a family serves -> the entry point that explains it. ``classify``: one forward pass, one
-``(B, K)`` score per example read from its output (classifiers, encoders, detectors); ``dual``: two
-towers on separate batches, a pair's similarity (:func:`~gae_utils.explain_dual`); ``generate``:
-an encoder-decoder's generated tokens; ``causal_lm``: a decoder-only LM, prompt then continuation
-(both :func:`~gae_utils.explain_generation`; ``explain`` explains a causal LM's next token)."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +136,14 @@ class Adapter:
         eager: context manager switching fused attention off for one call.
         call: ``call(model, inputs) -> output``.
         logits: ``logits(output) -> Tensor | None``: the output's scores (``(B, C)`` class logits,
-            ``(B, T, V)``, ``(B, Q, C + 1)``, ``(B_i, B_t)``, ...); None for encoders without a head.
+            ``(B, T, V)``, ``(B, Q, C + 1)``, ``(B_i, B_t)``, ...); None for encoders without a
+            head.
         check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
         layout: ``layout(model, inputs) -> TokenLayout``.
         family: one-line description for error messages.
         contains: also serve any model that *contains* a module of one of these classes (a user
-            model built around ``torch.nn.Transformer``, called by the convention ``family`` states).
+            model built around ``torch.nn.Transformer``, called by the convention ``family``
+            states).
         target: ``target(model, target) -> Target``: how this family reads ``target=`` (a
             :class:`~gae_utils.targets.Target` passed by the caller is used as is); ``None``: the
             family is explained only through its task's entry point (dual encoders).
@@ -147,10 +168,13 @@ class Adapter:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"adapter {self.name!r}: unknown task {self.task!r}; one of {list(TASKS)}")
+            raise ValueError(
+                f"adapter {self.name!r}: unknown task {self.task!r}; one of {list(TASKS)}"
+            )
 
     def matches(self, model: nn.Module) -> bool:
-        """Whether this adapter serves ``model`` (an ``accepts`` may raise; see ``find_adapter``)."""
+        """Whether this adapter serves ``model`` (an ``accepts`` may raise; see
+        ``find_adapter``)."""
         names = {cls.__name__ for cls in type(model).__mro__}
         if any(name in names for name in self.model_classes):
             return True

@@ -1,13 +1,14 @@
-"""Decoder-only language models of Hugging Face transformers, captured through the attention interface.
+"""Decoder-only language models of Hugging Face transformers, captured through the attention
+interface.
 
 Any causal LM whose attention is routed through ``ALL_ATTENTION_FUNCTIONS`` (GPT-2, Llama, Mistral,
 Qwen2/3, Gemma 1-3, Phi, OLMo, ...) is served with no per-architecture code: the capture of
 :mod:`~gae_utils.adapters.hf_interface` finds its attention classes on the model. The explained
 token is the next token after each row's last real (non-padding) position ``p``; the readout is
-row ``p`` of ``R[text, text] - I`` (docs/rules.md, "Reading the explanation": the identity only restates
-that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's first
-real token when the caller passes none (as generation does), so left and right padding give the
-unpadded example's numbers.
+row ``p`` of ``R[text, text] - I`` (docs/rules.md, "Reading the explanation": the identity only
+restates that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's
+first real token when the caller passes none (as generation does), so left and right padding give
+the unpadded example's numbers.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
 
 
 def causal_lm_target(model: nn.Module, target: Any) -> Target:
-    """The next token after each row's last real position (:class:`~gae_utils.targets.NextTokenTarget`)."""
+    """The next token after each row's last real position
+    (:class:`~gae_utils.targets.NextTokenTarget`)."""
     return NextTokenTarget(target, last_real_position)
 
 
@@ -76,7 +78,8 @@ CAUSAL_LM = Adapter(
     logits=lambda out: out.logits,
     check=check_text,
     layout=_layout,
-    family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, Gemma, ...)",
+    family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, "
+    "Gemma, ...)",
     target=causal_lm_target,
     task="causal_lm",
 )

@@ -35,13 +35,15 @@ def _is_routed(cls: type) -> bool:
 
 
 class TokenMixingError(UnsupportedModelError):
-    """Some layers of the model mix tokens outside softmax attention, which GAE cannot propagate through."""
+    """Some layers of the model mix tokens outside softmax attention, which GAE cannot propagate
+    through."""
 
 
 def _mixers(layer: nn.Module) -> list[str]:
-    """What mixes tokens in ``layer`` besides routed softmax attention: the owners of convolutions over the tokens
-    anywhere in it (kernel > 1: Mamba, gated delta-net, short convolutions, RG-LRU, ZAYA's attention projections),
-    or the layer itself if it runs no routed attention (lightning attention; an attention-free MLP layer too)."""
+    """What mixes tokens in ``layer`` besides routed softmax attention: the owners of convolutions
+    over the tokens anywhere in it (kernel > 1: Mamba, gated delta-net, short convolutions, RG-LRU,
+    ZAYA's attention projections), or the layer itself if it runs no routed attention (lightning
+    attention; an attention-free MLP layer too)."""
     convs = [
         type(owner).__name__
         for owner in layer.modules()
@@ -56,10 +58,11 @@ def _mixers(layer: nn.Module) -> list[str]:
 def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> None:
     """Refuse a model some of whose layers mix tokens outside the captured softmax attention.
 
-    GAE propagates relevance only through the captured maps (Eq. 6: ``R = prod_l (I + Abar_l)``): a state-space,
-    linear-attention, recurrent or convolutional mixer moves information between tokens that ``R`` never sees.
-    Read from the model: each layer of the outermost module lists holding routed attention (the decoder's or
-    encoder's layers of ``layers_of``, default ``model``) must run routed attention and no convolution over tokens.
+    GAE propagates relevance only through the captured maps (Eq. 6: ``R = prod_l (I + Abar_l)``): a
+    state-space, linear-attention, recurrent or convolutional mixer moves information between tokens
+    that ``R`` never sees. Read from the model: each layer of the outermost module lists holding
+    routed attention (the decoder's or encoder's layers of ``layers_of``, default ``model``) must
+    run routed attention and no convolution over tokens.
 
     Raises:
         TokenMixingError: naming the layers and their mixers.
@@ -67,7 +70,9 @@ def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> 
     found: dict[str, list[str]] = {}
     lists: list[str] = []
     for name, layers in (model if layers_of is None else layers_of).named_modules():
-        if not isinstance(layers, nn.ModuleList) or any(name.startswith(f"{outer}.") for outer in lists):
+        if not isinstance(layers, nn.ModuleList) or any(
+            name.startswith(f"{outer}.") for outer in lists
+        ):
             continue
         if any(_is_routed(type(m)) for m in layers.modules()):
             lists.append(name)
@@ -77,9 +82,12 @@ def check_token_mixing(model: nn.Module, layers_of: nn.Module | None = None) -> 
     if found:
         where = "; ".join(f"{mixer} {', '.join(layers)}" for mixer, layers in found.items())
         raise TokenMixingError(
-            f"{type(model).__name__} mixes tokens outside softmax attention ({where}). GAE propagates relevance only "
-            "through the captured attention maps (R = prod_l (I + Abar_l)), so it would miss this mixing and return a "
-            "wrong map: hybrid state-space, linear-attention, recurrent and convolutional models are not supported."
+            f"{type(model).__name__} mixes tokens outside softmax attention ({where}). GAE "
+            "propagates relevance only "
+            "through the captured attention maps (R = prod_l (I + Abar_l)), so it would miss this "
+            "mixing and return a "
+            "wrong map: hybrid state-space, linear-attention, recurrent and convolutional models "
+            "are not supported."
         )
 
 
@@ -92,7 +100,9 @@ def routes_attention(model: nn.Module, layers_of: nn.Module | None = None) -> bo
     return any(_is_routed(type(m)) for m in model.modules())
 
 
-def interface_sites(model: nn.Module, query: str = "text", key: str = "text") -> tuple[AttentionSite, ...]:
+def interface_sites(
+    model: nn.Module, query: str = "text", key: str = "text"
+) -> tuple[AttentionSite, ...]:
     """One self-attention site per routed attention class of ``model``, read from the capture."""
     classes = dict.fromkeys(type(m).__name__ for m in model.modules() if _is_routed(type(m)))
     return tuple(AttentionSite(name, FromInterface(), query=query, key=key) for name in classes)

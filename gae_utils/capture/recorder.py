@@ -34,8 +34,11 @@ __all__ = ["AttentionRecorder", "CaptureSpec", "Gradients"]
 class CaptureSpec(Protocol):
     """What the recorder needs from an adapter: where attention lives and how to switch it on."""
 
-    name: str
-    eager: Callable[[nn.Module], Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def eager(self) -> Callable[[nn.Module], Any]: ...
 
     def sites_of(self, model: nn.Module) -> tuple[AttentionSite, ...]: ...
 
@@ -87,7 +90,11 @@ class AttentionRecorder:
     """
 
     def __init__(
-        self, model: nn.Module, adapter: CaptureSpec, keep_heads: bool = False, eval_mode: bool = True
+        self,
+        model: nn.Module,
+        adapter: CaptureSpec,
+        keep_heads: bool = False,
+        eval_mode: bool = True,
     ):
         self.model = model
         self.adapter = adapter
@@ -108,8 +115,10 @@ class AttentionRecorder:
             if not modules:
                 raise AttentionCaptureError(
                     f"{type(self.model).__name__} matched adapter {self.adapter.name!r} but has no "
-                    f"module of class {[s.module_class for s in sites]}; the adapter's sites do not "
-                    "describe this model. Register an adapter whose sites name its attention modules."
+                    f"module of class {[s.module_class for s in sites]}; the adapter's sites do "
+                    "not "
+                    "describe this model. Register an adapter whose sites name its attention "
+                    "modules."
                 )
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)
             self._hooked = [name for name, _, _ in modules]
@@ -122,8 +131,12 @@ class AttentionRecorder:
                 pre = module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True)
                 self._undo.callback(pre.remove)
                 reader = site.reader
-                hooked = module.get_submodule(reader.name) if isinstance(reader, ChildOutput) else module
-                self._undo.callback(hooked.register_forward_hook(self._capture_hook(name, site)).remove)
+                hooked = (
+                    module.get_submodule(reader.name) if isinstance(reader, ChildOutput) else module
+                )
+                self._undo.callback(
+                    hooked.register_forward_hook(self._capture_hook(name, site)).remove
+                )
         except BaseException:
             self._restore()
             raise
@@ -141,12 +154,15 @@ class AttentionRecorder:
     @staticmethod
     def _ensure_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Let gradients reach ``A`` in a frozen model without touching its parameters: hidden
-        states that carry no graph are replaced by a detached copy (same values) that requires grad."""
+        states that carry no graph are replaced by a detached copy (same values) that requires
+        grad."""
         if not torch.is_grad_enabled():
             return None
         if args and _needs_graph(args[0]):
             return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
-        key = next((k for k in ("hidden_states", "x", "query") if _needs_graph(kwargs.get(k))), None)
+        key = next(
+            (k for k in ("hidden_states", "x", "query") if _needs_graph(kwargs.get(k))), None
+        )
         if not args and key is not None:
             return args, {**kwargs, key: kwargs[key].detach().requires_grad_(True)}
         return None
@@ -170,7 +186,8 @@ class AttentionRecorder:
         return hook
 
     def _interface_probs(self, module: nn.Module) -> Tensor | None:
-        """The probabilities the capturing function kept for this module's call (None: not called)."""
+        """The probabilities the capturing function kept for this module's call (None: not
+        called)."""
         calls = self._interface.pop(module, [])
         if len(calls) > 1:
             raise AttentionCaptureError(
@@ -255,7 +272,8 @@ class AttentionRecorder:
             batch = lives[0].record.attn_mean.shape[0]
             if scores.shape[0] != batch:
                 raise AttentionCaptureError(  # e.g. Swin: one map per window, not per example
-                    f"scores have {scores.shape[0]} rows but the attention maps a batch of {batch}: "
+                    f"scores have {scores.shape[0]} rows but the attention maps a batch of "
+                    f"{batch}: "
                     "the model attends within windows or per image, which the adapter's token "
                     "layout does not describe"
                 )
@@ -290,7 +308,9 @@ class AttentionRecorder:
                 live.record.grad = grad.transpose(0, 1)  # (B, K, H, Nq, Nk)
 
     @staticmethod
-    def _per_column(scores: Tensor, lives: list[_Captured], keep: set[int], free_graph: bool) -> None:
+    def _per_column(
+        scores: Tensor, lives: list[_Captured], keep: set[int], free_graph: bool
+    ) -> None:
         """One backward pass per column of ``scores`` ``(B, K)`` (exact per example when each
         example's score depends only on its own tokens). The pass stops at the first map of each
         modality; tensor hooks, removed after each pass, reduce each ``dA`` as it arrives."""
@@ -312,7 +332,9 @@ class AttentionRecorder:
             handles = [c.node.register_hook(on_grad(i, k)) for i, c in enumerate(lives)]
             try:
                 retain = not free_graph or k < n - 1
-                torch.autograd.grad(scores[:, k].sum(), roots, retain_graph=retain, allow_unused=True)
+                torch.autograd.grad(
+                    scores[:, k].sum(), roots, retain_graph=retain, allow_unused=True
+                )
             finally:
                 for handle in handles:
                     handle.remove()

@@ -51,8 +51,8 @@ class ReadWith:
 
 @dataclass(frozen=True)
 class FromInterface:
-    """The module calls Hugging Face's attention interface; the recorder routes that call through its
-    own capturing function for the recording and reads the probabilities it computed."""
+    """The module calls Hugging Face's attention interface; the recorder routes that call through
+    its own capturing function for the recording and reads the probabilities it computed."""
 
 
 ProbsReader = ChildOutput | OutputItem | ReadWith | FromInterface
@@ -115,7 +115,9 @@ def attention_modules(
     for name, module in model.named_modules():
         classes = {cls.__name__ for cls in type(module).__mro__}
         for site in sites:
-            if site.module_class in classes and (site.within is None or site.within in name.split(".")):
+            if site.module_class in classes and (
+                site.within is None or site.within in name.split(".")
+            ):
                 found.append((name, module, site))
                 break
     return found

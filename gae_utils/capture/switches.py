@@ -35,7 +35,8 @@ def evaluating(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
 
 @contextmanager
 def eager_flags(flags: list[tuple[Any, str, Any]]) -> Iterator[None]:
-    """Set ``attr = value`` on each module (or config) for the duration of the block, then restore."""
+    """Set ``attr = value`` on each module (or config) for the duration of the block, then
+    restore."""
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in flags]
     try:
         for module, attr, value in flags:
@@ -95,7 +96,9 @@ def _configs(model: nn.Module) -> list[Any]:
         if config is None or id(config) in found or not hasattr(config, attr):
             continue
         found[id(config)] = config
-        stack.extend(getattr(config, name, None) for name in getattr(config, "sub_configs", {}) or {})
+        stack.extend(
+            getattr(config, name, None) for name in getattr(config, "sub_configs", {}) or {}
+        )
     return list(found.values())
 
 
