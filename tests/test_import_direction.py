@@ -167,6 +167,8 @@ def test_gae_utils_has_no_upward_arrow_and_prints_its_layers():
         if t.startswith("gae_utils.") and _unit(t) != _unit(n) and FLOORS[_unit(t)] >= FLOORS[_unit(n)]
     ]
     assert not upward, upward
+    strict = {n: {t for t in ts if t != n} for n, ts in graph.items() if n.startswith("gae_utils")}
+    assert not _cycles(strict), _cycles(strict)  # also through package __init__ re-exports
     # capture knows no model family
     assert not [t for n, ts in graph.items() if n.startswith("gae_utils.capture") for t in ts if "adapters" in t]
 

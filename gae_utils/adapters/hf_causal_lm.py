@@ -13,6 +13,7 @@ the unpadded example's numbers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,11 @@ def _is_causal_lm(model: nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    return any(cls.__name__ in causal for cls in type(model).__mro__) and routes_attention(model)
+    if not any(cls.__name__ in causal for cls in type(model).__mro__):
+        return False
+    if "pixel_values" in inspect.signature(model.forward).parameters:
+        return False  # image tokens in the sequence (GIT): not a text-only LM
+    return routes_attention(model)
 
 
 def _call(model: nn.Module, inputs: Mapping) -> Any:

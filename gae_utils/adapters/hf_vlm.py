@@ -45,6 +45,10 @@ def _is_vlm(model: nn.Module) -> bool:
     classes = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
     if not any(cls.__name__ in classes for cls in type(model).__mro__):
         return False
+    config: Any = model.config
+    placeholder = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+    if getattr(config, "is_encoder_decoder", False) or placeholder is None:
+        return False  # image tokens must sit in one decoder-only sequence (not Pix2Struct, BLIP)
     decoder = model.get_decoder()  # type: ignore[operator]
     return routes_attention(model, decoder)  # the vision tower is not propagated
 
