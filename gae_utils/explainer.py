@@ -33,8 +33,9 @@ class Recording:
     Attributes:
         layers: recorded layers in forward order.
         layout: token layout of the inputs.
-        logits: the adapter's reading of the output, detached (``(B, C)`` class logits, ``(B, T,
-            V)`` next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for encoders
+        logits: the adapter's reading of the output, detached (``(B, C)`` class logits,
+            ``(B, T, V)`` next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for
+            encoders
             without a head.
         output: the model's raw output (tensors detached).
         target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity
@@ -52,9 +53,8 @@ class Recording:
     scores: Tensor
     multi_target: bool
     model_name: str
-    extra: dict = field(
-        default_factory=dict
-    )  # JSON-ready facts of the target (DETR: the explained queries)
+    # JSON-ready facts of the target (DETR: the explained queries)
+    extra: dict = field(default_factory=dict)
 
     def maps(self, method: str = "gae", start_layer: int = 0) -> dict[tuple[str, str], Tensor]:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
@@ -188,8 +188,9 @@ def record(
     Args:
         model: an unmodified model served by an adapter (see ``gae_utils.adapters.ADAPTERS``).
         inputs: what the adapter passes to the model (images ``(B, C, H, W)`` for ViTs).
-        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a ``(B,
-            K)`` tensor (K targets per example), a callable ``output -> (B,)`` scores (any custom
+        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a
+            ``(B, K)`` tensor (K targets per example), a callable ``output -> (B,)`` scores (any
+            custom
             scalar), or a :class:`~gae_utils.targets.Target`; the adapter says how its family reads
             it (DETR: queries).
         adapter: overrides the adapter lookup.

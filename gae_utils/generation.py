@@ -45,8 +45,8 @@ def _special_id(model: nn.Module, name: str) -> int | None:
 def generation_steps(
     generated: Tensor, eos_id: int | None = None, pad_id: int | None = None
 ) -> Tensor:
-    """Which steps of a generation produced a real token: ``(B, T)`` bool for ``generated`` ``(B, 1
-    + T)``.
+    """Which steps of a generation produced a real token: ``(B, T)`` bool for ``generated``
+    ``(B, 1 + T)``.
 
     Step ``t`` predicts ``generated[:, t + 1]``; it is real up to and including the first ``eos_id``
     (later steps pad a finished sequence), or, without ``eos_id``, when its token is not ``pad_id``.
@@ -64,8 +64,8 @@ def _checked_steps(
     adapter: Adapter, inputs: Any, generated: Any, steps: Sequence[int] | None
 ) -> tuple[int, list[int]]:
     """The prompt length ``P`` and the checked steps of ``generated``: ``(B, P + T)`` prompt then
-    continuation (causal LM), ``(B, 1 + T)`` decoder start token then T tokens (encoder-decoder, ``P
-    = 0``)."""
+    continuation (causal LM), ``(B, 1 + T)`` decoder start token then T tokens (encoder-decoder,
+    ``P = 0``)."""
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
             "inputs must be the source tokenizer output, a dict with 'input_ids' (B, S) and "

@@ -90,12 +90,10 @@ class TokenLayout:
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
-    weights: dict[str, Tensor] = field(
-        default_factory=dict, compare=False
-    )  # {readout name: (B, [K,] Na)}
-    positions: dict[str, Tensor] = field(
-        default_factory=dict, compare=False
-    )  # {modality: (B, n_content)}
+    # {readout name: (B, [K,] Na)}
+    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)
+    # {modality: (B, n_content)}
+    positions: dict[str, Tensor] = field(default_factory=dict, compare=False)
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
@@ -137,8 +135,8 @@ class TokenLayout:
         return weights
 
     def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
-        """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps ``{(a, b):
-        (..., Na, Nb)}``."""
+        """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps
+        ``{(a, b): (..., Na, Nb)}``."""
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
@@ -172,9 +170,11 @@ class TokenLayout:
     def read_rows(
         self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor
     ) -> dict[str, Tensor]:
-        """What :meth:`read` gives, without full maps: ``propagate_row(engine modality, v (B, K,
-        N))`` computes ``v^T R`` (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K,
-        ...)`` gives the sizes."""
+        """What :meth:`read` gives, without full maps.
+
+        ``propagate_row(engine modality, v (B, K, N))`` computes ``v^T R``
+        (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes.
+        """
         batch, k = like.shape[:2]
         out = {}
         for readout in self.readouts:
@@ -201,8 +201,8 @@ class TokenLayout:
         return out
 
     def _finish(self, readout: Readout, row: Tensor, weights: Tensor) -> Tensor:
-        """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights`` ``(...,
-        1, Na)``)."""
+        """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights``
+        ``(..., 1, Na)``)."""
         cols = self.segment(readout.columns_of)
         if readout.drop_self and readout.rows_of == readout.columns_of:
             if readout.rows == "weights":  # per-example rows: zero their columns

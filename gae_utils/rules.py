@@ -24,8 +24,8 @@ __all__ = [
 
 
 def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
-    """Gradient-weighted attention of each head, before the head average of Eq. 5: ``(grad *
-    attn)^+``.
+    """Gradient-weighted attention of each head, before the head average of Eq. 5:
+    ``(grad * attn)^+``.
 
     Args:
         attn: ``(..., Nq, Nk)`` attention probabilities of one or more heads.
@@ -54,8 +54,8 @@ def head_average(attn: Tensor, grad: Tensor) -> Tensor:
 
 
 def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
-    """Self-attention rule of modality ``s`` (Eq. 6 for ``R[s, s]``, Eq. 7 for ``R[s, q]``): ``R +
-    Abar @ R``.
+    """Self-attention rule of modality ``s`` (Eq. 6 for ``R[s, s]``, Eq. 7 for ``R[s, q]``):
+    ``R + Abar @ R``.
 
     Args:
         relevancy: ``(..., Ns, Nx)`` the map ``R[s, x]`` before the layer.

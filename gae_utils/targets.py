@@ -285,8 +285,9 @@ SCORES = ("logit", "log_prob")
 
 
 class TokenTarget(Target):
-    """Generated tokens under teacher forcing: target ``k`` is the score of token ``labels[:,
-    steps[k]]`` at step ``steps[k]``, read at row ``steps[k]``; the K gradients come from one
+    """Generated tokens under teacher forcing: target ``k`` is the score of token
+    ``labels[:, steps[k]]`` at step ``steps[k]``, read at row ``steps[k]``; the K gradients come
+    from one
     vectorised backward.
 
     Args:

@@ -104,8 +104,9 @@ def check_joint(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> N
 def joint_layout(
     n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]
 ) -> TokenLayout:
-    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its ``R[t,
-    t]`` block (the row's own column zeroed) and ``R[t, i]`` block; ``layout``: its ``weights`` and
+    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its
+    ``R[t, t]`` block (the row's own column zeroed) and ``R[t, i]`` block; ``layout``: its
+    ``weights`` and
     ``positions``."""
     text = Segment("text", n_text, 0, stream="joint")
     image = replace(image, stream="joint", offset=n_text)

@@ -77,8 +77,8 @@ def _detr_layout(model: Any, inputs: Any) -> TokenLayout:
 
 def _detr_layout_of_output(model: Any, inputs: Any, output: Any) -> TokenLayout:
     """Image tokens on the feature grid (known from the encoder's output) and object queries, each
-    target reading its query's row of ``R[query, image]`` (the object's map) and ``R[query,
-    query]``."""
+    target reading its query's row of ``R[query, image]`` (the object's map) and
+    ``R[query, query]``."""
     n_image = output.encoder_last_hidden_state.shape[1]
     pixels = _detr_pixels(inputs)  # (B, C, H, W), checked by _detr_check
     grid = detr_grid(n_image, (pixels.shape[-2], pixels.shape[-1]))

@@ -10,8 +10,8 @@ mean of the patch rows: BEiT's ``use_mean_pooling``, SigLIP's classifier, models
 token), ``"cls+mean"`` (Dinov2's classifier reads CLS concatenated with the patch mean: half each)
 and ``"probe"``: SigLIP's attention-pooling head, whose learned probe token attends to every patch
 through ``nn.MultiheadAttention``. That head is one more cross-attention layer, probe -> image, so
-it is captured and propagated with the cross-attention rule (Eq. 10: ``R[probe, image] = Abar
-Rbar[image, image]``) and the readout is the probe's row.
+it is captured and propagated with the cross-attention rule (Eq. 10:
+``R[probe, image] = Abar Rbar[image, image]``) and the readout is the probe's row.
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ def _layout(model: Any, inputs: Any) -> TokenLayout:
 
 
 def _logits(output: Any) -> Tensor:
-    """``(B_i, B_t)`` similarity logits from ``(image_features, text_features, logit_scale[,
-    logit_bias])``."""
+    """``(B_i, B_t)`` similarity logits from
+    ``(image_features, text_features, logit_scale[, logit_bias])``."""
     if isinstance(output, Mapping):
         output = (
             output["image_features"],
