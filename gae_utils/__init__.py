@@ -1,15 +1,24 @@
 """gae_utils: Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021) for unmodified
 transformers, with the paper's baselines computed from the same recording.
 
-Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``recorder`` -> ``records`` ->
-``layout`` -> ``targets`` -> ``explainer`` (the one recording skeleton) -> ``explanation``; ``adapters/``
-(one file per model family); ``generation``, ``dual`` and ``similarity`` wrap ``explainer.record``.
+Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``capture`` (the
+recorder, its attention sites and switches) -> ``records`` -> ``layout`` -> ``targets`` ->
+``explainer`` (the one recording skeleton) -> ``explanation``; ``adapters/`` (one file per model
+family); ``generation``, ``dual`` and ``similarity`` wrap ``explainer.record``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .adapters import ADAPTERS, Adapter, AttentionSite, UnsupportedModelError, find_adapter, register_adapter
+from .adapters import (
+    ADAPTERS,
+    Adapter,
+    AttentionSite,
+    UnsupportedModelError,
+    find_adapter,
+    register_adapter,
+)
 from .attribution import GAEAttribution
+from .capture import AttentionCaptureError, AttentionRecorder
 from .dual import DualExplanation, explain_dual
 from .explainer import Recording, explain, record
 from .explanation import Explanation
@@ -17,7 +26,6 @@ from .generation import explain_generation, record_generation
 from .layout import Readout, Segment, TokenLayout
 from .methods import METHODS, Method, method_names
 from .propagation import propagate
-from .recorder import AttentionCaptureError, AttentionRecorder
 from .records import LayerRecord
 from .similarity import PairExplanation, explain_similarity
 from .targets import (

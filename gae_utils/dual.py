@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from .adapters import Adapter, find_adapter
 from .explainer import Recording, record
 from .explanation import Explanation
-from .targets import PairSimilarity, dual_encoder_target
+from .propagation import check_start_layer
+from .targets import PairSimilarity
 
 __all__ = ["DualExplanation", "explain_dual"]
 
@@ -25,7 +26,8 @@ class DualExplanation:
 
     Attributes:
         logits: ``(B_i, B_t)`` the model's similarity logits.
-        image: ``relevance["image"]`` is ``(B_i, B_t, N_patches)``: image ``i``'s patches for text ``j``.
+        image: ``relevance["image"]`` is ``(B_i, B_t, N_patches)``: image ``i``'s patches for text
+            ``j``.
         text: ``relevance["text"]`` is ``(B_t, B_i, L)``: text ``j``'s tokens for image ``i``.
     """
 
@@ -34,11 +36,13 @@ class DualExplanation:
     text: Explanation
 
 
-def _tower(rec: Recording, modality: str, scores: Tensor, method: str, start_layer: int) -> Explanation:
-    """One tower's explanation from its own layers (their target columns are the other tower's examples)."""
+def _tower(
+    rec: Recording, modality: str, scores: Tensor, method: str, start_layer: int
+) -> Explanation:
+    """One tower's explanation from its own layers (their target columns are the other tower's
+    examples)."""
     own = [layer for layer in rec.layers if layer.query == modality]
-    if not 0 <= start_layer < len(own):
-        raise ValueError(f"start_layer={start_layer} is out of range for the {modality} tower's {len(own)} layers")
+    check_start_layer(start_layer, len(own), f"the {modality} tower")
     tower = replace(rec, layers=own, layout=rec.layout.only(modality), scores=scores)
     return tower.explanation(method, start_layer)
 
@@ -61,7 +65,8 @@ def explain_dual(
         images: ``(B_i, 3, H, W)`` pixel values as the model expects them.
         texts: tokenizer output (``input_ids``, ``attention_mask``) of ``B_t`` texts.
         method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
-        image_start_layer: first aggregated image-tower layer (the authors use it for CLIP ViT-B/16).
+        image_start_layer: first aggregated image-tower layer (the authors use it for CLIP
+            ViT-B/16).
         text_start_layer: first aggregated text-tower layer.
         pairs: ``"all"`` (every image with every text) or ``"diagonal"`` (image ``i`` with text
             ``i`` only, ``B_i == B_t``: one backward pass, relevance without a pair dimension).
@@ -70,12 +75,19 @@ def explain_dual(
     """
     target = PairSimilarity(pairs)
     adapter = adapter or find_adapter(model)
-    if adapter.target is not dual_encoder_target:
-        raise ValueError(f"{type(model).__name__} is not a dual encoder; use gae_utils.explain")
-    rec = record(model, {"pixel_values": images, **dict(texts)}, target, adapter=adapter, eval_mode=eval_mode)
+    if adapter.task != "dual":
+        raise ValueError(
+            f"{type(model).__name__} is not a dual encoder (adapter {adapter.name!r}, task "
+            f"{adapter.task!r}); use gae_utils.explain"
+        )
+    rec = record(
+        model, {"pixel_values": images, **dict(texts)}, target, adapter=adapter, eval_mode=eval_mode
+    )
     scores = rec.scores  # (B_i, B_t), or (B, 1) for diagonal pairs
     return DualExplanation(
         logits=scores if rec.multi_target else scores[:, 0],
         image=_tower(rec, "image", scores, method, image_start_layer),
-        text=_tower(rec, "text", scores.T if rec.multi_target else scores, method, text_start_layer),
+        text=_tower(
+            rec, "text", scores.T if rec.multi_target else scores, method, text_start_layer
+        ),
     )

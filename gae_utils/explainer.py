@@ -1,6 +1,6 @@
 """``explain`` and ``record``: the public entry points.
 
-``record`` runs an unmodified model once under an :class:`~gae_utils.recorder.AttentionRecorder`
+``record`` runs an unmodified model once under an :class:`~gae_utils.capture.AttentionRecorder`
 and differentiates each target, returning a :class:`Recording` from which every method of the
 comparison set is computed (:meth:`Recording.explanation`); ``explain`` does both steps.
 """
@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
+from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
 from .layout import TokenLayout
 from .methods import compute_maps, method_names
 from .propagation import attn_bar_of, propagate, propagate_rows
-from .recorder import AttentionCaptureError, AttentionRecorder, evaluating
 from .records import LayerRecord
 from .targets import Target, TargetLike
 
@@ -33,10 +33,13 @@ class Recording:
     Attributes:
         layers: recorded layers in forward order.
         layout: token layout of the inputs.
-        logits: the adapter's reading of the output, detached (``(B, C)`` class logits, ``(B, T, V)``
-            next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for encoders without a head.
+        logits: the adapter's reading of the output, detached (``(B, C)`` class logits,
+            ``(B, T, V)`` next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for
+            encoders
+            without a head.
         output: the model's raw output (tensors detached).
-        target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity targets).
+        target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity
+            targets).
         scores: ``(B, K)`` the explained scalars.
         multi_target: True when the caller asked for K targets per example.
         model_name: class name of the model.
@@ -50,24 +53,32 @@ class Recording:
     scores: Tensor
     multi_target: bool
     model_name: str
-    extra: dict = field(default_factory=dict)  # JSON-ready facts of the target (DETR: the explained queries)
+    # JSON-ready facts of the target (DETR: the explained queries)
+    extra: dict = field(default_factory=dict)
 
     def maps(self, method: str = "gae", start_layer: int = 0) -> dict[tuple[str, str], Tensor]:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
         return compute_maps(method, self.layers, self.layout, start_layer)
 
-    def explanation(self, method: str = "gae", start_layer: int = 0, maps: bool = True) -> Explanation:
-        """The :class:`Explanation` of ``method`` (a name of :data:`~gae_utils.methods.METHODS`); ``maps=False``
-        (GAE on one modality's self-attention stack) computes only the explained rows of ``R``, no maps."""
+    def explanation(
+        self, method: str = "gae", start_layer: int = 0, maps: bool = True
+    ) -> Explanation:
+        """The :class:`Explanation` of ``method`` (a name of :data:`~gae_utils.methods.METHODS`);
+        ``maps=False`` (GAE on one modality's self-attention stack) computes only the explained rows
+        of ``R``, no maps."""
         if maps:
             full = self.maps(method, start_layer)
             relevance = self.layout.read(full)
         elif method == "gae":
             like = attn_bar_of(self.layers[-1])
-            relevance = self.layout.read_rows(lambda _, rows: propagate_rows(self.layers, rows, start_layer), like)
+            relevance = self.layout.read_rows(
+                lambda _, rows: propagate_rows(self.layers, rows, start_layer), like
+            )
             full = {}
         else:
-            raise ValueError(f"maps=False computes GAE's rows only; method {method!r} needs maps=True")
+            raise ValueError(
+                f"maps=False computes GAE's rows only; method {method!r} needs maps=True"
+            )
         squeeze = (lambda t: t) if self.multi_target else (lambda t: t.squeeze(1))
         return Explanation(
             relevance={k: squeeze(v) for k, v in relevance.items()},
@@ -83,18 +94,25 @@ class Recording:
         )
 
     def scaled(self, factor: float) -> Recording:
-        """The recording that explaining ``factor * score`` would give, without running the model again.
+        """The recording that explaining ``factor * score`` would give, without running the model
+        again.
 
-        Exact, as Eq. 5 is positively homogeneous in ``dA``; GAE's sums ``I + Abar @ R`` (Eq. 6-11) are not
-        (small gradients: ``R ~ I + sum_l Abar_l``; large ones: products of layers' maps), hence this diagnostic.
+        Exact, as Eq. 5 is positively homogeneous in ``dA``; GAE's sums ``I + Abar @ R`` (Eq. 6-11)
+        are not (small gradients: ``R ~ I + sum_l Abar_l``; large ones: products of layers' maps),
+        hence this diagnostic.
         """
         if not factor > 0:
-            raise ValueError(f"factor must be positive (Eq. 5 keeps the positive part), got {factor}")
+            raise ValueError(
+                f"factor must be positive (Eq. 5 keeps the positive part), got {factor}"
+            )
 
         def scale(t: Tensor | None) -> Tensor | None:
             return None if t is None else t * factor
 
-        layers = [replace(layer, attn_bar=scale(layer.attn_bar), grad=scale(layer.grad)) for layer in self.layers]
+        layers = [
+            replace(layer, attn_bar=scale(layer.attn_bar), grad=scale(layer.grad))
+            for layer in self.layers
+        ]
         return replace(self, layers=layers, scores=self.scores * factor)
 
     def history(self, start_layer: int = 0) -> list[dict[tuple[str, str], Tensor]]:
@@ -106,13 +124,20 @@ class Recording:
 
 def _check_finite(inputs: Any) -> None:
     tensors = (
-        inputs.values() if isinstance(inputs, Mapping) else (inputs if isinstance(inputs, (tuple, list)) else [inputs])
+        inputs.values()
+        if isinstance(inputs, Mapping)
+        else (inputs if isinstance(inputs, (tuple, list)) else [inputs])
     )
     for t in tensors:
         if isinstance(t, Tensor) and torch.is_floating_point(t) and not torch.isfinite(t).all():
-            bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist() if t.ndim > 1 else []
+            bad = (
+                (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+                if t.ndim > 1
+                else []
+            )
             raise ValueError(
-                f"inputs contain NaN or Inf values (examples {bad}); clean or re-normalise them before explaining."
+                f"inputs contain NaN or Inf values (examples {bad}); clean or re-normalise them "
+                "before explaining."
             )
 
 
@@ -134,10 +159,14 @@ def _check_token_counts(layers: list[LayerRecord], layout: TokenLayout) -> None:
     """Every recorded layer's size must match the layout's segment of its modality."""
     sizes = {s.modality: s.n_tokens for s in layout.segments if s.stream is None}
     for layer in layers:
-        for modality, n in ((layer.query, layer.attn_mean.shape[-2]), (layer.key, layer.attn_mean.shape[-1])):
+        for modality, n in (
+            (layer.query, layer.attn_mean.shape[-2]),
+            (layer.key, layer.attn_mean.shape[-1]),
+        ):
             if modality in sizes and sizes[modality] != n:
                 raise AttentionCaptureError(
-                    f"the adapter's layout expects {sizes[modality]} {modality} tokens but attention layer "
+                    f"the adapter's layout expects {sizes[modality]} {modality} tokens but "
+                    "attention layer "
                     f"{layer.name!r} has {n}"
                 )
 
@@ -153,20 +182,23 @@ def record(
 ) -> Recording:
     """Run ``model`` once, capture every attention map and its gradient for each target.
 
-    The one recording skeleton: every entry point runs through it with its own :class:`~gae_utils.targets.Target`.
+    The one recording skeleton: every entry point runs through it with its own
+    :class:`~gae_utils.targets.Target`.
 
     Args:
         model: an unmodified model served by an adapter (see ``gae_utils.adapters.ADAPTERS``).
         inputs: what the adapter passes to the model (images ``(B, C, H, W)`` for ViTs).
-        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a ``(B, K)``
-            tensor (K targets per example), a callable ``output -> (B,)`` scores (any custom scalar), or a
-            :class:`~gae_utils.targets.Target`; the adapter says how its family reads it (DETR: queries).
+        target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a
+            ``(B, K)`` tensor (K targets per example), a callable ``output -> (B,)`` scores (any
+            custom
+            scalar), or a :class:`~gae_utils.targets.Target`; the adapter says how its family reads
+            it (DETR: queries).
         adapter: overrides the adapter lookup.
         keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
         eval_mode: explain the model in eval mode (restored afterwards).
     """
     adapter = adapter or find_adapter(model)
-    target = target if isinstance(target, Target) else adapter.target(model, target)
+    target = adapter.target_of(model, target)
     _check_finite(inputs)
     adapter.check(model, inputs)
     layout = adapter.layout(model, inputs)
@@ -175,9 +207,12 @@ def record(
             output = adapter.call(model, inputs)
             logits = adapter.logits(output) if adapter.logits is not None else None
             if logits is not None and not torch.isfinite(logits).all():
-                raise ValueError("the model produced NaN or Inf logits for these inputs; check the inputs and weights.")
+                raise ValueError(
+                    "the model produced NaN or Inf logits for these inputs; check the inputs and "
+                    "weights."
+                )
             selection = target.select(model, inputs, output, logits, layout)
-            target.backward(rec, selection)
+            rec.differentiate(selection.parts())
         layers = rec.complete_records()
     _check_token_counts(layers, selection.layout)
     return Recording(
@@ -214,11 +249,13 @@ def explain(
         model: an unmodified model (see :func:`record`).
         inputs: its inputs, e.g. images ``(B, C, H, W)``.
         target: see :func:`record`.
-        method: ``"gae"`` (Chefer et al. ICCV 2021) or another name of :data:`~gae_utils.methods.METHODS`.
+        method: ``"gae"`` (Chefer et al. ICCV 2021) or another name of
+            :data:`~gae_utils.methods.METHODS`.
         start_layer: first layer aggregated by ``gae`` and ``rollout``.
         adapter: overrides the adapter lookup.
         verify: also run the stock model (its own attention path, no hooks, no grad) and check that
-            the explained scores match the captured run's; raises ``AttentionCaptureError`` otherwise.
+            the explained scores match the captured run's; raises ``AttentionCaptureError``
+            otherwise.
         eval_mode: explain in eval mode (dropout off); the original modes are restored.
         maps: keep the full relevancy maps; ``False`` computes only the explained rows (GAE on a
             single-modality self-attention stack; long prompts), see :meth:`Recording.explanation`.
@@ -230,25 +267,31 @@ def explain(
     if method not in method_names(ablations=True):
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     adapter = adapter or find_adapter(model)
-    target = target if isinstance(target, Target) else adapter.target(model, target)
+    target = adapter.target_of(model, target)
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, target, rec.scores, eval_mode)
     return rec.explanation(method, start_layer, maps=maps)
 
 
-def _verify(model: nn.Module, inputs: Any, adapter: Adapter, target: Target, hooked: Tensor, eval_mode: bool) -> None:
-    """The explained scores (not all logits: fully masked padding rows differ between eager and fused
-    attention) of the stock model, with its own attention path, must equal the captured run's."""
+def _verify(
+    model: nn.Module, inputs: Any, adapter: Adapter, target: Target, hooked: Tensor, eval_mode: bool
+) -> None:
+    """The explained scores (not all logits: fully masked padding rows differ between eager and
+    fused attention) of the stock model, with its own attention path, must equal the captured
+    run's."""
     with evaluating(model, eval_mode), torch.no_grad():
         output = adapter.call(model, inputs)
         logits = adapter.logits(output) if adapter.logits is not None else None
         stock = target.select(model, inputs, output, logits, adapter.layout(model, inputs)).scores
     tol = 1e-4 if stock.dtype in (torch.float32, torch.float64) else 1e-2
-    if stock.shape != hooked.shape or not torch.allclose(stock, hooked.to(stock.dtype), atol=tol, rtol=tol):
+    if stock.shape != hooked.shape or not torch.allclose(
+        stock, hooked.to(stock.dtype), atol=tol, rtol=tol
+    ):
         diff = (stock - hooked).abs().max().item() if stock.shape == hooked.shape else float("nan")
         raise AttentionCaptureError(
             f"the explained scores differ from the stock model's by {diff:.3g}: the eager path of "
-            f"{type(model).__name__} does not reproduce its own attention path; the explanation would describe "
+            f"{type(model).__name__} does not reproduce its own attention path; the explanation "
+            "would describe "
             "another computation."
         )

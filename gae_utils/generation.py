@@ -13,21 +13,25 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, find_adapter
-from .adapters.hf_causal_lm import causal_lm_target
 from .explainer import Recording, record
 from .explanation import Explanation
-from .targets import TokenTarget, generation_target
+from .targets import TokenTarget
 
 __all__ = ["explain_generation", "record_generation", "generation_steps"]
+
+SERVES = ("generate", "causal_lm")  # adapter tasks explained here (``causal_lm``: prompt first)
 
 
 def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     adapter = adapter or find_adapter(model)
-    if adapter.target not in (generation_target, causal_lm_target):
+    if adapter.task not in SERVES:
         raise ValueError(
-            f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor a causal LM; explain "
-            "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model containing "
-            "torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention interface."
+            f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor "
+            "a causal LM; explain "
+            "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model "
+            "containing "
+            "torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention "
+            "interface."
         )
     return adapter
 
@@ -38,8 +42,11 @@ def _special_id(model: nn.Module, name: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def generation_steps(generated: Tensor, eos_id: int | None = None, pad_id: int | None = None) -> Tensor:
-    """Which steps of a generation produced a real token: ``(B, T)`` bool for ``generated`` ``(B, 1 + T)``.
+def generation_steps(
+    generated: Tensor, eos_id: int | None = None, pad_id: int | None = None
+) -> Tensor:
+    """Which steps of a generation produced a real token: ``(B, T)`` bool for ``generated``
+    ``(B, 1 + T)``.
 
     Step ``t`` predicts ``generated[:, t + 1]``; it is real up to and including the first ``eos_id``
     (later steps pad a finished sequence), or, without ``eos_id``, when its token is not ``pad_id``.
@@ -53,12 +60,16 @@ def generation_steps(generated: Tensor, eos_id: int | None = None, pad_id: int |
     return torch.ones_like(labels, dtype=torch.bool)
 
 
-def _checked_steps(adapter: Adapter, inputs: Any, generated: Any, steps: Sequence[int] | None) -> tuple[int, list[int]]:
-    """The prompt length ``P`` and the checked steps of ``generated``: ``(B, P + T)`` prompt then continuation
-    (causal LM), ``(B, 1 + T)`` decoder start token then T tokens (encoder-decoder, ``P = 0``)."""
+def _checked_steps(
+    adapter: Adapter, inputs: Any, generated: Any, steps: Sequence[int] | None
+) -> tuple[int, list[int]]:
+    """The prompt length ``P`` and the checked steps of ``generated``: ``(B, P + T)`` prompt then
+    continuation (causal LM), ``(B, 1 + T)`` decoder start token then T tokens (encoder-decoder,
+    ``P = 0``)."""
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
-            "inputs must be the source tokenizer output, a dict with 'input_ids' (B, S) and 'attention_mask' (B, S)"
+            "inputs must be the source tokenizer output, a dict with 'input_ids' (B, S) and "
+            "'attention_mask' (B, S)"
         )
     if not isinstance(generated, Tensor) or generated.dtype.is_floating_point:
         raise TypeError(
@@ -67,29 +78,37 @@ def _checked_steps(adapter: Adapter, inputs: Any, generated: Any, steps: Sequenc
         )
     if generated.ndim != 2 or generated.shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
-            f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} sources, got "
+            f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} "
+            "sources, got "
             f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
-    prompt = inputs["input_ids"].shape[1] if adapter.target is causal_lm_target else 0
+    prompt = inputs["input_ids"].shape[1] if adapter.task == "causal_lm" else 0
     if prompt and (
-        generated.shape[1] <= prompt or not torch.equal(generated[:, :prompt], inputs["input_ids"].to(generated))
+        generated.shape[1] <= prompt
+        or not torch.equal(generated[:, :prompt], inputs["input_ids"].to(generated))
     ):
         raise ValueError(
-            f"for a causal LM, generated must be the prompt followed by the continuation, (B, {prompt} + T), as "
+            "for a causal LM, generated must be the prompt followed by the continuation, (B, "
+            f"{prompt} + T), as "
             f"model.generate(**inputs) returns it; got {tuple(generated.shape)}"
         )
     n = generated.shape[1] - max(prompt, 1)  # generated tokens
     if n < 1:
         raise ValueError(
             "generated holds no token after the decoder start token (shape "
-            f"{tuple(generated.shape)}): nothing was generated to explain; pass the sequence including its start token"
+            f"{tuple(generated.shape)}): nothing was generated to explain; pass the sequence "
+            "including its start token"
         )
     steps = list(range(n)) if steps is None else [int(s) for s in steps]
     if not steps:
-        raise ValueError("steps is empty; pass None for every generated token or a list of step indices")
+        raise ValueError(
+            "steps is empty; pass None for every generated token or a list of step indices"
+        )
     bad = [s for s in steps if not 0 <= s < n]
     if bad:
-        raise ValueError(f"steps {bad} are out of range: the generation has {n} tokens (steps 0..{n - 1})")
+        raise ValueError(
+            f"steps {bad} are out of range: the generation has {n} tokens (steps 0..{n - 1})"
+        )
     return prompt, steps
 
 
@@ -108,20 +127,27 @@ def record_generation(
     per-head ``A`` and ``dA`` of every layer for the explorers).
 
     Returns:
-        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example, target ``k`` reading
-        step ``steps[k]``'s row; ``target``/``scores``: the tokens' ids and scores ``(B, K)``, ``logits`` ``(B, L, V)``.
+        A :class:`~gae_utils.explainer.Recording` with K = len(steps) targets per example, target
+        ``k`` reading step ``steps[k]``'s row; ``target``/``scores``: the tokens' ids and scores
+        ``(B, K)``, ``logits`` ``(B, L, V)``.
     """
     adapter = _generation_adapter(model, adapter)
     prompt, steps = _checked_steps(adapter, inputs, generated, steps)
     mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     if prompt:  # causal LM: one sequence, prompt then continuation (real up to its first EOS)
-        real = generation_steps(generated[:, prompt - 1 :], _special_id(model, "eos_token_id"))  # (B, T)
+        real = generation_steps(
+            generated[:, prompt - 1 :], _special_id(model, "eos_token_id")
+        )  # (B, T)
         full = {
             "input_ids": generated[:, :-1],  # (B, P + T - 1) teacher forcing
             "attention_mask": torch.cat([mask.to(real.device), real.long()], dim=1)[:, :-1],
         }
     else:
-        full = {"input_ids": inputs["input_ids"], "attention_mask": mask, "decoder_input_ids": generated[:, :-1]}
+        full = {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": mask,
+            "decoder_input_ids": generated[:, :-1],
+        }
     # labels (B, L): the token each position produced; step t is read at position prompt - 1 + t
     target = TokenTarget(generated[:, 1:], [max(prompt - 1, 0) + s for s in steps], score)
     return record(model, full, target, adapter=adapter, keep_heads=keep_heads, eval_mode=eval_mode)
@@ -142,13 +168,14 @@ def explain_generation(
     """Explain every generated token of a batch: translations, summaries, LM continuations.
 
     Args:
-        model: an encoder-decoder (Hugging Face Marian/BART/T5, a model containing ``torch.nn.Transformer``)
-            or a Hugging Face causal LM routed through the attention interface.
+        model: an encoder-decoder (Hugging Face Marian/BART/T5, a model containing
+            ``torch.nn.Transformer``) or a Hugging Face causal LM routed through the attention
+            interface.
         inputs: the source batch (encoder-decoder) or the prompt batch (causal LM, left-padded as
             ``generate`` wants it): ``{"input_ids": (B, S), "attention_mask": (B, S)}``.
-        generated: what ``model.generate(**inputs)`` returns: ``(B, 1 + T)`` decoder start token then
-            T tokens (encoder-decoder), ``(B, S + T)`` prompt then T tokens (causal LM); finished
-            sequences padded after their EOS.
+        generated: what ``model.generate(**inputs)`` returns: ``(B, 1 + T)`` decoder start token
+            then T tokens (encoder-decoder), ``(B, S + T)`` prompt then T tokens (causal LM);
+            finished sequences padded after their EOS.
         method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
         start_layer: first aggregated layer (forward order: encoder layers first).
         steps: the generated tokens to explain (default all T); step ``t`` is token ``t`` given
@@ -166,10 +193,14 @@ def explain_generation(
         example are real tokens (up to its EOS).
     """
     adapter = _generation_adapter(model, adapter)
-    rec = record_generation(model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode)
+    rec = record_generation(
+        model, inputs, generated, steps, score=score, adapter=adapter, eval_mode=eval_mode
+    )
     exp = rec.explanation(method, start_layer)
     prompt, explained = _checked_steps(adapter, inputs, generated, steps)
     continuation = generated[:, max(prompt - 1, 0) :]  # (B, 1 + T)
-    real = generation_steps(continuation, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id"))
+    real = generation_steps(
+        continuation, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id")
+    )
     exp.extra = {"steps": explained, "real_steps": real.sum(dim=1).tolist()}
     return exp

@@ -24,9 +24,9 @@ class Segment:
         n_tokens: number of tokens, prefix included.
         prefix: number of leading non-content tokens (CLS, distillation, registers).
         grid: ``(h, w)`` patch grid of the content tokens for image modalities, else ``None``.
-        stream: the engine modality whose maps hold these tokens when the segment is a view of a joint
-            stream (ViLT, VisualBERT: text and image tokens in one sequence, the engine modality
-            ``"joint"``); ``None``: the segment is itself an engine modality.
+        stream: the engine modality whose maps hold these tokens when the segment is a view of a
+            joint stream (ViLT, VisualBERT: text and image tokens in one sequence, the engine
+            modality ``"joint"``); ``None``: the segment is itself an engine modality.
         offset: index of the segment's first token in ``stream``.
     """
 
@@ -55,18 +55,23 @@ class Readout:
         name: key in ``Explanation.relevance`` (usually the modality of the columns).
         rows_of: modality whose token(s) are explained (the rows of the map).
         columns_of: modality whose content tokens get relevance (the columns).
-        rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``: all
-            content rows (average pooling); ``"weights"``: the row weights ``TokenLayout.weights[name]``,
-            ``(B, Na)`` per example (mean over the real tokens, CLIP's EOT token) or ``(B, K, Na)`` per
-            example and target (a generated token's step, a DETR object query).
+        rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``:
+            all content rows (average pooling); ``"weights"``: the row weights
+            ``TokenLayout.weights[name]``, ``(B, Na)`` per example (mean over the real tokens,
+            CLIP's EOT token) or ``(B, K, Na)`` per example and target (a generated token's step, a
+            DETR object query).
     """
 
     name: str
     rows_of: str
     columns_of: str
     rows: tuple[int, ...] | str | None = (0,)
-    drop_self: bool = False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
-    subtract_identity: bool = False  # read the row of R - I: what the layers added (decoder-only LMs)
+    drop_self: bool = (
+        False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
+    )
+    subtract_identity: bool = (
+        False  # read the row of R - I: what the layers added (decoder-only LMs)
+    )
 
 
 @dataclass(frozen=True)
@@ -74,26 +79,33 @@ class TokenLayout:
     """Segments of every modality plus the readouts that turn maps into relevance vectors.
 
     Attributes:
-        segments: the engine modalities first (the first recorded layer's first), then any views of a joint stream.
+        segments: the engine modalities first (the first recorded layer's first), then any views of
+            a joint stream.
         readouts: how each relevance vector is read.
         weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
-        positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content token
-            that reaches the model in another order (ViLT shuffles its patches); ``-1``: not this segment's.
+        positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content
+            token that reaches the model in another order (ViLT shuffles its patches); ``-1``: not
+            this segment's.
     """
 
     segments: tuple[Segment, ...]
     readouts: tuple[Readout, ...]
-    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {readout name: (B, [K,] Na)}
-    positions: dict[str, Tensor] = field(default_factory=dict, compare=False)  # {modality: (B, n_content)}
+    # {readout name: (B, [K,] Na)}
+    weights: dict[str, Tensor] = field(default_factory=dict, compare=False)
+    # {modality: (B, n_content)}
+    positions: dict[str, Tensor] = field(default_factory=dict, compare=False)
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
             if seg.modality == modality:
                 return seg
-        raise KeyError(f"no modality {modality!r} in layout; have {[s.modality for s in self.segments]}")
+        raise KeyError(
+            f"no modality {modality!r} in layout; have {[s.modality for s in self.segments]}"
+        )
 
     def only(self, modality: str) -> TokenLayout:
-        """The layout of one modality: its segment, its readout, its per-example weights (one tower)."""
+        """The layout of one modality: its segment, its readout, its per-example weights (one
+        tower)."""
         return TokenLayout(
             (self.segment(modality),),
             tuple(r for r in self.readouts if r.name == modality),
@@ -107,60 +119,90 @@ class TokenLayout:
         seg = self.segment(readout.rows_of)
         if readout.rows == "weights":
             if readout.name not in self.weights:
-                raise ValueError(f"readout {readout.name!r} asks for per-example row weights but the layout has none")
+                raise ValueError(
+                    f"readout {readout.name!r} asks for per-example row weights but the layout has "
+                    "none"
+                )
             return self.weights[readout.name].to(like)  # (B, Na) or (B, K, Na)
         if isinstance(readout.rows, str):
-            raise ValueError(f"readout {readout.name!r} has rows={readout.rows!r}; expected indices, None or 'weights'")
+            raise ValueError(
+                f"readout {readout.name!r} has rows={readout.rows!r}; expected indices, None or "
+                "'weights'"
+            )
         rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
         weights = like.new_zeros(seg.n_tokens)  # (Na,)
         weights[rows] = 1.0 / len(rows)
         return weights
 
     def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
-        """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps ``{(a, b): (..., Na, Nb)}``."""
+        """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps
+        ``{(a, b): (..., Na, Nb)}``."""
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            full = maps[(rows.engine_modality, cols.engine_modality)]  # (B, [K,] Na, Nb) of the engine modalities
-            full = full[..., rows.offset : rows.offset + rows.n_tokens, cols.offset : cols.offset + cols.n_tokens]
+            full = maps[
+                (rows.engine_modality, cols.engine_modality)
+            ]  # (B, [K,] Na, Nb) of the engine modalities
+            full = full[
+                ...,
+                rows.offset : rows.offset + rows.n_tokens,
+                cols.offset : cols.offset + cols.n_tokens,
+            ]
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
             if weights.ndim == 3:  # one row per target: needs maps with a target dimension
                 if full.ndim != 4 or full.shape[1] != weights.shape[1]:
                     raise ValueError(
-                        f"readout {readout.name!r} has row weights for {weights.shape[1]} targets but the map "
+                        f"readout {readout.name!r} has row weights for {weights.shape[1]} targets "
+                        "but the map "
                         f"has shape {tuple(full.shape)}; expected (B, {weights.shape[1]}, Na, Nb)"
                     )
                 weights = weights.unsqueeze(-2)  # (B, K, 1, Na)
             elif weights.ndim == 2:
-                weights = weights.reshape(weights.shape[0], *([1] * (full.ndim - 3)), 1, -1)  # (B, [1,] 1, Na)
+                weights = weights.reshape(
+                    weights.shape[0], *([1] * (full.ndim - 3)), 1, -1
+                )  # (B, [1,] 1, Na)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
             out[readout.name] = self._finish(readout, row, weights)
         return out
 
-    def read_rows(self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor) -> dict[str, Tensor]:
-        """What :meth:`read` gives, without full maps: ``propagate_row(engine modality, v (B, K, N))`` computes
-        ``v^T R`` (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes."""
+    def read_rows(
+        self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor
+    ) -> dict[str, Tensor]:
+        """What :meth:`read` gives, without full maps.
+
+        ``propagate_row(engine modality, v (B, K, N))`` computes ``v^T R``
+        (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes.
+        """
         batch, k = like.shape[:2]
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
             if rows.engine_modality != cols.engine_modality:
-                raise ValueError(f"readout {readout.name!r} reads across modalities; it needs the full maps")
+                raise ValueError(
+                    f"readout {readout.name!r} reads across modalities; it needs the full maps"
+                )
             weights = self.row_weights(readout, like)  # (Na,), (B, Na) or (B, K, Na)
-            if weights.ndim < 3:  # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+            if (
+                weights.ndim < 3
+            ):  # (Na,) shared by the batch or (B, Na) per example: the same row for every target
                 weights = weights[None, None] if weights.ndim == 1 else weights[:, None]
             weights = weights.expand(batch, k, -1)  # (B, K, Na)
             n = self.segment(rows.engine_modality).n_tokens
-            start = like.new_zeros(batch, k, n)  # (B, K, N) the explained rows inside the engine modality
+            start = like.new_zeros(
+                batch, k, n
+            )  # (B, K, N) the explained rows inside the engine modality
             start[..., rows.offset : rows.offset + rows.n_tokens] = weights
-            row = propagate_row(rows.engine_modality, start)[..., cols.offset : cols.offset + cols.n_tokens]
+            row = propagate_row(rows.engine_modality, start)[
+                ..., cols.offset : cols.offset + cols.n_tokens
+            ]
             out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2))
         return out
 
     def _finish(self, readout: Readout, row: Tensor, weights: Tensor) -> Tensor:
-        """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights`` ``(..., 1, Na)``)."""
+        """Explained row ``(B, [K,] Nb)`` -> relevance over the content tokens (``weights``
+        ``(..., 1, Na)``)."""
         cols = self.segment(readout.columns_of)
         if readout.drop_self and readout.rows_of == readout.columns_of:
             if readout.rows == "weights":  # per-example rows: zero their columns
@@ -177,20 +219,32 @@ class TokenLayout:
 
     @staticmethod
     def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:
-        """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing duplicates)."""
+        """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing
+        duplicates)."""
         cells = seg.grid[0] * seg.grid[1] if seg.grid else seg.n_content
-        index = positions.to(row.device).where(positions.to(row.device) >= 0, cells)  # -1 (other tokens): dropped
-        index = index.reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1).expand_as(row)  # (B, [K,] n)
+        index = positions.to(row.device).where(
+            positions.to(row.device) >= 0, cells
+        )  # -1 (other tokens): dropped
+        index = index.reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1).expand_as(
+            row
+        )  # (B, [K,] n)
         return row.new_zeros(*row.shape[:-1], cells + 1).scatter_add(-1, index, row)[..., :cells]
 
     def to_dict(self) -> dict:
         """JSON-ready description (per-example ``weights`` are tensors and are saved separately)."""
-        return {"segments": [vars(s) for s in self.segments], "readouts": [vars(r) for r in self.readouts]}
+        return {
+            "segments": [vars(s) for s in self.segments],
+            "readouts": [vars(r) for r in self.readouts],
+        }
 
     @classmethod
     def from_dict(cls, data: dict, weights: dict[str, Tensor] | None = None) -> TokenLayout:
-        """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example ``weights``."""
-        segments = tuple(Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None}) for s in data["segments"])
+        """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example
+        ``weights``."""
+        segments = tuple(
+            Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
+            for s in data["segments"]
+        )
         readouts = tuple(
             Readout(**{**r, "rows": tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]})
             for r in data["readouts"]

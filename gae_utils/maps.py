@@ -36,7 +36,8 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly upsamples patch maps ``(..., h, w)`` to pixel resolution ``(..., H, W)`` (align_corners=False)."""
+    """Bilinearly upsamples patch maps ``(..., h, w)`` to pixel resolution ``(..., H, W)``
+    (align_corners=False)."""
     if maps.dim() < 2:
         raise ValueError(f"maps must have at least 2 dims (..., h, w), got {tuple(maps.shape)}.")
     if len(size) != 2 or any(int(s) <= 0 for s in size):
@@ -45,11 +46,15 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     leading = maps.shape[:-2]
     h, w = maps.shape[-2:]
     flat = maps.reshape(-1, 1, h, w)  # (B, 1, h, w)
-    up = F.interpolate(flat, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)  # (B, 1, H, W)
+    up = F.interpolate(
+        flat, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False
+    )  # (B, 1, H, W)
     return up.reshape(*leading, int(size[0]), int(size[1]))  # (..., H, W)
 
 
-def grid_heatmap(relevance: Tensor, grid: tuple[int, int], size: int | tuple[int, int] | None = None) -> Tensor:
+def grid_heatmap(
+    relevance: Tensor, grid: tuple[int, int], size: int | tuple[int, int] | None = None
+) -> Tensor:
     """Relevance over a grid's cells as heatmaps in [0, 1].
 
     Args:
@@ -62,5 +67,7 @@ def grid_heatmap(relevance: Tensor, grid: tuple[int, int], size: int | tuple[int
     """
     maps = relevance.reshape(*relevance.shape[:-1], *grid)  # (..., h, w)
     if size is not None:
-        maps = upsample_maps(maps, (size, size) if isinstance(size, int) else cast("tuple[int, int]", tuple(size)))
+        maps = upsample_maps(
+            maps, (size, size) if isinstance(size, int) else cast("tuple[int, int]", tuple(size))
+        )
     return normalize_maps(maps)

@@ -1,7 +1,8 @@
 """The methods of the paper's comparison set, as one table computed from the same recording.
 
 Each :class:`Method` turns recorded layers into relevancy maps ``{(a, b): (B, K, Na, Nb)}``: GAE
-(Chefer et al. ICCV 2021, Eq. 5-11), its ablations and the baselines of Sec. 5, as docs/rules.md states them.
+(Chefer et al. ICCV 2021, Eq. 5-11), its ablations and the baselines of Sec. 5, as docs/rules.md
+states them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .layout import TokenLayout
-from .propagation import Maps, propagate
+from .propagation import Maps, check_start_layer, propagate
 from .records import LayerRecord, last_of_each_pair
 from .rules import gradcam_row, rollout_step
 
@@ -34,7 +35,8 @@ def _last_layers(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
 
 
 def _gae_last_layer(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Ablation "ours without aggregation": the last layer of each (query, key) pair only, same rules."""
+    """Ablation "ours without aggregation": the last layer of each (query, key) pair only, same
+    rules."""
     return propagate(_last_layers(layers))
 
 
@@ -49,20 +51,30 @@ def _per_target(attn_mean: Tensor, k: int) -> Tensor:
 
 
 def _raw_attention(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Last layer's attention averaged over heads (target independent), for each (query, key) pair."""
+    """Last layer's attention averaged over heads (target independent), for each (query, key)
+    pair."""
     k = _n_targets(layers)
-    return {(layer.query, layer.key): _per_target(layer.attn_mean, k) for layer in _last_layers(layers)}
+    return {
+        (layer.query, layer.key): _per_target(layer.attn_mean, k) for layer in _last_layers(layers)
+    }
 
 
 def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
     """Attention rollout (Abnar & Zuidema 2020) per modality over its self-attention layers; with
-    cross-attention layers, Eq. 6-11 on the head-averaged attention, no gradients (docs/rules.md)."""
+    cross-attention layers, Eq. 6-11 on the head-averaged attention, no gradients
+    (docs/rules.md)."""
     k = _n_targets(layers)
     if any(layer.kind == "cross" for layer in layers):
-        return propagate(layers, [_per_target(layer.attn_mean, k) for layer in layers], start_layer=start_layer)
+        return propagate(
+            layers, [_per_target(layer.attn_mean, k) for layer in layers], start_layer=start_layer
+        )
     maps: Maps = {}
     for modality in dict.fromkeys(layer.query for layer in layers):
-        own = [layer for layer in layers[start_layer:] if layer.kind == "self" and layer.query == modality]
+        own = [
+            layer
+            for layer in layers[start_layer:]
+            if layer.kind == "self" and layer.query == modality
+        ]
         if not own:
             continue
         joint = rollout_step(own[0].attn_mean)  # (B, N, N)
@@ -73,11 +85,14 @@ def _rollout(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: in
 
 
 def _attn_gradcam(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
-    """Attention Grad-CAM on the last layer of each (query, key) pair, every row (the readout picks one)."""
+    """Attention Grad-CAM on the last layer of each (query, key) pair, every row (the readout picks
+    one)."""
     maps: Maps = {}
     for last in _last_layers(layers):
         if last.attn is None or last.grad is None:
-            raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}; they were not kept")
+            raise ValueError(
+                f"attention Grad-CAM needs per-head maps of layer {last.name!r}; they were not kept"
+            )
         prefix = layout.segment(last.key).prefix
         attn = last.attn.unsqueeze(1)[..., prefix:]  # (B, 1, H, Nq, Nc)
         grad = last.grad[..., prefix:]  # (B, K, H, Nq, Nc)
@@ -95,8 +110,10 @@ class Method:
         name: the key users pass as ``method=``.
         fn: ``fn(layers, layout, start_layer) -> {(a, b): (B, K, Na, Nb)}``.
         label: how figures and tables name it.
-        uses_start_layer: aggregates layers from ``start_layer`` on (otherwise the option is ignored).
-        ablation: differs from a listed method only for some models; left out of default comparisons.
+        uses_start_layer: aggregates layers from ``start_layer`` on (otherwise the option is
+            ignored).
+        ablation: differs from a listed method only for some models; left out of default
+            comparisons.
     """
 
     name: str
@@ -114,7 +131,9 @@ METHODS: dict[str, Method] = {
         Method("raw_attention", _raw_attention, "raw attention"),
         Method("rollout", _rollout, "rollout", uses_start_layer=True),
         Method("attn_gradcam", _attn_gradcam, "attention Grad-CAM"),
-        Method("gae_no_norm", _gae_no_norm, "GAE without Eq. 8-9", uses_start_layer=True, ablation=True),
+        Method(
+            "gae_no_norm", _gae_no_norm, "GAE without Eq. 8-9", uses_start_layer=True, ablation=True
+        ),
     )
 }
 
@@ -129,20 +148,20 @@ def method_label(name: str) -> str:
     return METHODS[name].label if name in METHODS else name
 
 
-def compute_maps(method: str, layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int = 0) -> Maps:
-    """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method`` (one of :data:`METHODS`) from one recording.
+def compute_maps(
+    method: str, layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int = 0
+) -> Maps:
+    """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method`` (one of :data:`METHODS`) from one
+    recording.
 
-    ``start_layer`` is ignored by methods without ``uses_start_layer``; ``layout`` names Grad-CAM's prefix tokens.
+    ``start_layer`` is ignored by methods without ``uses_start_layer``; ``layout`` names Grad-CAM's
+    prefix tokens.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
     if not layers:
         raise ValueError("no attention layers were recorded")
-    if not 0 <= start_layer < len(layers):
-        raise ValueError(
-            f"start_layer={start_layer} is out of range: the model has {len(layers)} attention layers "
-            f"(use 0..{len(layers) - 1})."
-        )
+    check_start_layer(start_layer, len(layers))
     spec = METHODS[method]
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
     engine = {s.modality: s.engine_modality for s in layout.segments}

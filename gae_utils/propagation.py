@@ -2,7 +2,8 @@
 
 :func:`propagate` applies the rules of Chefer et al. ICCV 2021 (Eq. 5-11, :mod:`gae_utils.rules`)
 over an ordered list of :class:`~gae_utils.records.LayerRecord`. It never looks at the architecture:
-a ViT, a two-stream co-attention model and an encoder-decoder differ only in the records they produce.
+a ViT, a two-stream co-attention model and an encoder-decoder differ only in the records they
+produce.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _sizes(layers: Sequence[LayerRecord]) -> dict[str, int]:
         for modality, n in ((layer.query, nq), (layer.key, nk)):
             if sizes.setdefault(modality, n) != n:
                 raise ValueError(
-                    f"modality {modality!r} has {sizes[modality]} tokens in one layer and {n} in {layer.name!r}"
+                    f"modality {modality!r} has {sizes[modality]} tokens in one layer and {n} in "
+                    f"{layer.name!r}"
                 )
     return sizes
 
@@ -45,14 +47,18 @@ def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tens
     return maps
 
 
-def _deltas(layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool) -> Maps:
+def _deltas(
+    layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool
+) -> Maps:
     """The additions one layer makes to the maps (computed from ``maps`` as they are)."""
     s, q = layer.query, layer.key
     if layer.kind == "self":
         if s != q:
             raise ValueError(f"self-attention layer {layer.name!r} reads {q!r} but writes {s!r}")
         # Eq. 6 for R[s, s], Eq. 7 for every R[s, x], x != s.
-        return {(s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)] for x in modalities}
+        return {
+            (s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)] for x in modalities
+        }
     if layer.kind == "cross":
         delta_sq, delta_ss = cross_attention_update(
             maps[(s, q)], maps[(s, s)], maps[(q, q)], maps[(q, s)], attn_bar, normalize
@@ -62,10 +68,22 @@ def _deltas(layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequen
 
 
 def attn_bar_of(layer: LayerRecord) -> Tensor:
-    """The layer's Eq. 5 map ``(B, K, Nq, Nk)``; an error naming the cause when it was never computed."""
+    """The layer's Eq. 5 map ``(B, K, Nq, Nk)``; an error naming the cause when it was never
+    computed."""
     if layer.attn_bar is None:
-        raise ValueError(f"layer {layer.name!r} has no Eq. 5 map (attn_bar): run the backward pass first")
+        raise ValueError(
+            f"layer {layer.name!r} has no Eq. 5 map (attn_bar): run the backward pass first"
+        )
     return layer.attn_bar
+
+
+def check_start_layer(start_layer: int, n_layers: int, owner: str = "the recording") -> None:
+    """The one check of ``start_layer``: an index of the ``n_layers`` layers of ``owner``."""
+    if not 0 <= start_layer < n_layers:
+        raise ValueError(
+            f"start_layer={start_layer} is out of range for {owner} ({n_layers} attention layers: "
+            f"use 0..{n_layers - 1})"
+        )
 
 
 def layer_steps(layers: Sequence[LayerRecord], start_layer: int = 0) -> list[range]:
@@ -89,12 +107,14 @@ def propagate(
     history: list[Maps] | None = None,
     normalize: bool = True,
 ) -> Maps:
-    """Apply the self- and cross-attention rules over the recorded layers, in order; the layers of one
-    co-attention group are computed from the maps as they were before the group (:func:`layer_steps`).
+    """Apply the self- and cross-attention rules over the recorded layers, in order; the layers of
+    one co-attention group are computed from the maps as they were before the group
+    (:func:`layer_steps`).
 
     Args:
         layers: recorded layers in forward order.
-        attn_bars: each layer's aggregated map ``(..., Nq, Nk)``; default: its Eq. 5 map ``layer.attn_bar``.
+        attn_bars: each layer's aggregated map ``(..., Nq, Nk)``; default: its Eq. 5 map
+            ``layer.attn_bar``.
         start_layer: layers with a smaller index are skipped (the authors' CLIP ViT-B/16 option).
         history: if given, a copy of the maps after each applied layer (or group) is appended.
         normalize: apply Eq. 8-9 in cross-attention layers (False: the paper's ablation).
@@ -104,10 +124,7 @@ def propagate(
     """
     if not layers:
         raise ValueError("no attention layers were recorded")
-    if not 0 <= start_layer < len(layers):
-        raise ValueError(
-            f"start_layer={start_layer} is out of range for {len(layers)} recorded layers (0..{len(layers) - 1})"
-        )
+    check_start_layer(start_layer, len(layers))
     bars = list(attn_bars) if attn_bars is not None else [attn_bar_of(layer) for layer in layers]
     sizes = _sizes(layers)
     maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
@@ -125,8 +142,9 @@ def propagate(
 def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0) -> Tensor:
     """Rows of GAE's ``R`` for a stack of self-attention layers of one modality, without ``R``.
 
-    Eq. 6 gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried from the last layer
-    to the first, ``v <- v + v @ Abar_l``: vector-matrix products, and no ``N x N`` map is built.
+    Eq. 6 gives ``R = (I + Abar_N) ... (I + Abar_1)``, so a row ``v^T R`` is carried from the last
+    layer to the first, ``v <- v + v @ Abar_l``: vector-matrix products, and no ``N x N`` map is
+    built.
 
     Args:
         layers: recorded self-attention layers of one modality, in forward order.
@@ -142,8 +160,7 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
             "row propagation needs self-attention layers of one modality; this recording has "
             f"{sorted(modalities)}: compute the full maps instead"
         )
-    if not 0 <= start_layer < len(layers):
-        raise ValueError(f"start_layer={start_layer} is out of range for {len(layers)} recorded layers")
+    check_start_layer(start_layer, len(layers))
     row = rows.unsqueeze(-2)  # (B, K, 1, N)
     for layer in reversed(layers[start_layer:]):
         row = row + row @ attn_bar_of(layer)  # (B, K, 1, N) @ (B, K, N, N)

@@ -21,7 +21,8 @@ class LayerRecord:
         key: modality of the columns.
         group: co-attention group id (layers of one group are applied simultaneously), or None.
         attn_mean: ``(B, Nq, Nk)`` attention probabilities averaged over heads.
-        attn_bar: ``(B, K, Nq, Nk)`` Eq. 5 map ``Abar = mean_h (dA * A)^+`` for each of the K targets.
+        attn_bar: ``(B, K, Nq, Nk)`` Eq. 5 map ``Abar = mean_h (dA * A)^+`` for each of the K
+            targets.
         attn: ``(B, H, Nq, Nk)`` per-head probabilities, kept when requested (explorer, Grad-CAM).
         grad: ``(B, K, H, Nq, Nk)`` per-head gradients ``dA``, kept when requested.
         reached: False when no gradient reached the layer (the target does not depend on it).
@@ -40,6 +41,7 @@ class LayerRecord:
 
 
 def last_of_each_pair(layers: Sequence[LayerRecord]) -> list[int]:
-    """Indices, in forward order, of the last layer of every (query, key) modality pair (what the baselines read)."""
+    """Indices, in forward order, of the last layer of every (query, key) modality pair (what the
+    baselines read)."""
     last = {(layer.query, layer.key): i for i, layer in enumerate(layers)}
     return sorted(last.values())

@@ -2,9 +2,9 @@
 
 Pure functions of tensors implementing Chefer, Gur & Wolf, "Generic Attention-model
 Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV 2021,
-arXiv:2103.15679), Section 3, Eq. 5-11, and the baselines the paper compares against (docs/rules.md).
-Every function is batched over any leading dimensions, keeps the dtype and device of its inputs
-and never modifies its arguments.
+arXiv:2103.15679), Section 3, Eq. 5-11, and the baselines the paper compares against
+(docs/rules.md). Every function is batched over any leading dimensions, keeps the dtype and device
+of its inputs and never modifies its arguments.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ __all__ = [
 
 
 def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
-    """Gradient-weighted attention of each head, before the head average of Eq. 5: ``(grad * attn)^+``.
+    """Gradient-weighted attention of each head, before the head average of Eq. 5:
+    ``(grad * attn)^+``.
 
     Args:
         attn: ``(..., Nq, Nk)`` attention probabilities of one or more heads.
@@ -45,13 +46,16 @@ def head_average(attn: Tensor, grad: Tensor) -> Tensor:
         ``(..., Nq, Nk)`` aggregated map.
     """
     if attn.shape[-3:] != grad.shape[-3:]:
-        raise ValueError(f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same (H, Nq, Nk)")
+        raise ValueError(
+            f"attn {tuple(attn.shape)} and grad {tuple(grad.shape)} must have the same (H, Nq, Nk)"
+        )
     torch.broadcast_shapes(attn.shape, grad.shape)
     return head_relevance(attn, grad).mean(dim=-3)  # (..., Nq, Nk)
 
 
 def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
-    """Self-attention rule of modality ``s`` (Eq. 6 for ``R[s, s]``, Eq. 7 for ``R[s, q]``): ``R + Abar @ R``.
+    """Self-attention rule of modality ``s`` (Eq. 6 for ``R[s, s]``, Eq. 7 for ``R[s, q]``):
+    ``R + Abar @ R``.
 
     Args:
         relevancy: ``(..., Ns, Nx)`` the map ``R[s, x]`` before the layer.
@@ -66,7 +70,8 @@ def self_attention_update(relevancy: Tensor, attn_bar: Tensor) -> Tensor:
 def normalize_self_relevancy(relevancy: Tensor) -> Tensor:
     """Residual normalisation of a self-relevancy map (Eq. 8 and Eq. 9).
 
-    ``Rhat = R - I``; ``Rbar = Rhat / Rhat.sum(-1) + I``; rows of ``Rhat`` summing to zero stay identity rows.
+    ``Rhat = R - I``; ``Rbar = Rhat / Rhat.sum(-1) + I``; rows of ``Rhat`` summing to zero stay
+    identity rows.
 
     Args:
         relevancy: ``(..., N, N)`` the map ``R[x, x]``.
@@ -100,18 +105,22 @@ def cross_attention_update(
             that uses them as they are.
 
     Returns:
-        The additions ``(delta_sq, delta_ss)``, ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``, which the caller
-        adds (the two directions of a co-attention block are computed before either is applied).
+        The additions ``(delta_sq, delta_ss)``, ``(..., Ns, Nq)`` and ``(..., Ns, Ns)``, which the
+        caller adds (the two directions of a co-attention block are computed before either is
+        applied).
     """
     r_bar_ss = normalize_self_relevancy(r_ss) if normalize else r_ss  # (..., Ns, Ns)
     r_bar_qq = normalize_self_relevancy(r_qq) if normalize else r_qq  # (..., Nq, Nq)
-    delta_sq = r_bar_ss.transpose(-1, -2) @ attn_bar @ r_bar_qq  # (..., Ns, Ns) @ (..., Ns, Nq) @ (..., Nq, Nq)
+    delta_sq = (
+        r_bar_ss.transpose(-1, -2) @ attn_bar @ r_bar_qq
+    )  # (..., Ns, Ns) @ (..., Ns, Nq) @ (..., Nq, Nq)
     delta_ss = attn_bar @ r_qs  # (..., Ns, Nq) @ (..., Nq, Ns)
     return delta_sq, delta_ss
 
 
 def rollout_step(attn_mean: Tensor) -> Tensor:
-    """One layer of attention rollout (Abnar & Zuidema 2020): ``0.5 * A + 0.5 * I``, rows renormalised.
+    """One layer of attention rollout (Abnar & Zuidema 2020): ``0.5 * A + 0.5 * I``, rows
+    renormalised.
 
     Args:
         attn_mean: ``(..., N, N)`` attention averaged over heads.
@@ -126,9 +135,11 @@ def rollout_step(attn_mean: Tensor) -> Tensor:
 
 
 def gradcam_row(attn_row: Tensor, grad_row: Tensor) -> Tensor:
-    """Attention Grad-CAM on one attention row per head (the paper's ``generate_cam_attn`` baseline).
+    """Attention Grad-CAM on one attention row per head (the paper's ``generate_cam_attn``
+    baseline).
 
-    Each head is weighted by the mean of its gradient row; the map is the head mean, clamped at zero.
+    Each head is weighted by the mean of its gradient row; the map is the head mean, clamped at
+    zero.
 
     Args:
         attn_row: ``(..., H, N)`` the explained query's attention over the key tokens to map.

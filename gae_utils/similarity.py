@@ -1,6 +1,6 @@
-"""Which words carry the similarity of two sentences: GAE (Eq. 5-6) on a mean-pooled sentence encoder,
-the target being each pair's cosine similarity; one forward and one backward pass for the batch
-(:class:`~gae_utils.targets.SplitPairSimilarity`).
+"""Which words carry the similarity of two sentences: GAE (Eq. 5-6) on a mean-pooled sentence
+encoder, the target being each pair's cosine similarity; one forward and one backward pass for the
+batch (:class:`~gae_utils.targets.SplitPairSimilarity`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class PairExplanation:
         similarity: ``(B,)`` cosine similarity of each pair.
         first: explanation of the first sentences; ``relevance["text"]`` is ``(B, L)``.
         second: explanation of the second sentences.
-        tokens_first: token strings of the first sentences (padding removed), when a tokenizer was given.
+        tokens_first: token strings of the first sentences (padding removed), when a tokenizer was
+            given.
         tokens_second: the same for the second sentences.
     """
 
@@ -59,7 +60,8 @@ def explain_similarity(
 
     Args:
         model: a text encoder served by an adapter (Hugging Face ``BertModel``, e.g. MiniLM).
-        first: tokenizer output of the first sentences (``input_ids``, ``attention_mask``), B of them.
+        first: tokenizer output of the first sentences (``input_ids``, ``attention_mask``), B of
+            them.
         second: tokenizer output of the second sentences, B of them.
         method: ``gae`` or a baseline of :data:`gae_utils.methods.METHODS`.
         start_layer: first aggregated layer (gae, rollout).
@@ -72,26 +74,40 @@ def explain_similarity(
         adapter.check(model, inputs)
     batch = first["input_ids"].shape[0]
     if second["input_ids"].shape[0] != batch:
-        raise ValueError(f"{batch} first sentences but {second['input_ids'].shape[0]} second sentences; pass pairs")
+        raise ValueError(
+            f"{batch} first sentences but {second['input_ids'].shape[0]} second sentences; pass "
+            "pairs"
+        )
     length = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", 0) or 0
     ids, masks = [], []
     for x in (first, second):  # right-padded to the longer batch
         extra = length - x["input_ids"].shape[1]
         ids.append(F.pad(x["input_ids"], (0, extra), value=pad_id))
-        masks.append(F.pad(x.get("attention_mask", torch.ones_like(x["input_ids"])), (0, extra), value=0))
+        masks.append(
+            F.pad(x.get("attention_mask", torch.ones_like(x["input_ids"])), (0, extra), value=0)
+        )
     device = next(model.parameters()).device
-    inputs = {"input_ids": torch.cat(ids).to(device), "attention_mask": torch.cat(masks).to(device)}  # (2B, L) each
-    target = SplitPairSimilarity(lambda output, x: mean_pool(output.last_hidden_state, x["attention_mask"]))
+    inputs = {
+        "input_ids": torch.cat(ids).to(device),
+        "attention_mask": torch.cat(masks).to(device),
+    }  # (2B, L) each
+    target = SplitPairSimilarity(
+        lambda output, x: mean_pool(output.last_hidden_state, x["attention_mask"])
+    )
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
-    both = rec.explanation(method, start_layer)  # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
+    both = rec.explanation(
+        method, start_layer
+    )  # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
 
     def half(rows: slice) -> Explanation:
         return replace(
             both,
             relevance={k: v[rows] for k, v in both.relevance.items()},
             maps={k: v[rows] for k, v in both.maps.items()},
-            layout=replace(both.layout, weights={k: v[rows] for k, v in both.layout.weights.items()}),
+            layout=replace(
+                both.layout, weights={k: v[rows] for k, v in both.layout.weights.items()}
+            ),
         )
 
     tokens = None

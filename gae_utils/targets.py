@@ -2,25 +2,23 @@
 
 Chefer et al. ICCV 2021, Sec. 3: one explained scalar per example (a class logit, a detection, a
 generated token, a pair's similarity), whose gradient Eq. 5 takes. :meth:`Target.select` returns
-the ``(B, K)`` scores and the layout saying which row each target reads; :meth:`Target.backward`
-asks the recorder for the gradients.
+the ``(B, K)`` scores and the layout saying which row each target reads; how their gradients are
+taken is decided in one place, :meth:`~gae_utils.capture.AttentionRecorder.differentiate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from .capture import Gradients
 from .layout import TokenLayout
-
-if TYPE_CHECKING:
-    from .recorder import AttentionRecorder
 
 __all__ = [
     "Selection",
@@ -34,7 +32,6 @@ __all__ = [
     "SplitPairSimilarity",
     "class_target",
     "generation_target",
-    "dual_encoder_target",
 ]
 
 TargetLike = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
@@ -48,8 +45,12 @@ class Selection:
         scores: ``(B, K)`` the scalars, still attached to the graph.
         index: ``(B, K)`` the explained ids (classes, tokens), or None.
         multi_target: the caller asked for K targets per example (results keep the K dimension).
-        layout: the token layout, with per-(example, target) row weights where targets read their own rows.
+        layout: the token layout, with per-(example, target) row weights where targets read their
+            own rows.
         extra: JSON-ready facts for the result (DETR: the explained queries).
+        gradients: which layers explain which scores, when not every layer explains ``scores``
+            (dual encoders: each tower explains its own view of the pair matrix); empty: one
+            :class:`~gae_utils.capture.Gradients` of ``scores`` for every layer.
     """
 
     scores: Tensor
@@ -57,19 +58,24 @@ class Selection:
     multi_target: bool
     layout: TokenLayout
     extra: dict = field(default_factory=dict)
+    gradients: tuple[Gradients, ...] = ()
+
+    def parts(self) -> tuple[Gradients, ...]:
+        """What the recorder differentiates (:attr:`gradients`, by default ``scores``
+        everywhere)."""
+        return self.gradients or (Gradients(self.scores),)
 
 
 class Target:
-    """Base class: what to explain in a model's output, and how to differentiate it."""
+    """Base class: what to explain in a model's output (the scores and the rows they read)."""
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
-        """The explained scalars of this batch, from the model's ``output`` and the adapter's reading of
-        it, ``logits`` (None without a head), and ``layout`` of the inputs (gradients enabled)."""
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
+        """The explained scalars of this batch, from the model's ``output`` and the adapter's
+        reading of it, ``logits`` (None without a head), and ``layout`` of the inputs (gradients
+        enabled)."""
         raise NotImplementedError
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        """Fill the recorder's Eq. 5 maps: one backward pass per target column."""
-        recorder.backward(selection.scores)
 
 
 def _as_index(target: Any, batch: int, device: torch.device, what: str) -> Tensor:
@@ -90,27 +96,40 @@ class ClassTarget(Target):
     def __init__(self, target: int | Sequence[int] | Tensor | None = None):
         self.target = target
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None:
             raise ValueError(
-                f"{type(model).__name__} has no class logits (an encoder or a feature extractor without a "
-                "classification head): pass target=callable(output) -> (B,) scores, e.g. a similarity or a "
-                "projection of its features, or use gae_utils.explain_similarity for sentence pairs."
+                f"{type(model).__name__} has no class logits (an encoder or a feature extractor "
+                "without a "
+                "classification head): pass target=callable(output) -> (B,) scores, e.g. a "
+                "similarity or a "
+                "projection of its features, or use gae_utils.explain_similarity for sentence "
+                "pairs."
             )
         if logits.ndim != 2:
-            raise ValueError(f"class targets need (B, C) logits, but the model returned {tuple(logits.shape)}")
+            raise ValueError(
+                f"class targets need (B, C) logits, but the model returned {tuple(logits.shape)}"
+            )
         batch, num_classes = logits.shape
-        index = logits.argmax(dim=-1) if self.target is None else _as_index(self.target, batch, logits.device, "class")
+        index = (
+            logits.argmax(dim=-1)
+            if self.target is None
+            else _as_index(self.target, batch, logits.device, "class")
+        )
         multi = index.ndim == 2
         if index.ndim not in (1, 2) or index.shape[0] != batch:
             raise ValueError(
-                f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int, a ({batch},) "
+                f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an "
+                f"int, a ({batch},) "
                 f"tensor, or a ({batch}, K) tensor for K targets per example."
             )
         if index.numel() and (index.min() < 0 or index.max() >= num_classes):
             bad = int(index.max() if index.max() >= num_classes else index.min())
             raise ValueError(
-                f"target class {bad} is out of range: the model has {num_classes} classes (0..{num_classes - 1})."
+                f"target class {bad} is out of range: the model has {num_classes} classes "
+                f"(0..{num_classes - 1})."
             )
         index = index if multi else index[:, None]  # (B, K)
         return Selection(logits.gather(1, index), index, multi, layout)
@@ -123,7 +142,9 @@ class ScoreTarget(Target):
     def __init__(self, fn: Callable[[Any], Tensor]):
         self.fn = fn
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         scores = self.fn(output)
         batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
         if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
@@ -131,7 +152,9 @@ class ScoreTarget(Target):
                 f"a callable target must return one score per example, shape (B,) or (B, K); got "
                 f"{getattr(scores, 'shape', type(scores).__name__)}"
             )
-        return Selection(scores if scores.ndim == 2 else scores[:, None], None, scores.ndim == 2, layout)
+        return Selection(
+            scores if scores.ndim == 2 else scores[:, None], None, scores.ndim == 2, layout
+        )
 
 
 class NextTokenTarget(Target):
@@ -146,11 +169,15 @@ class NextTokenTarget(Target):
     def __init__(self, target: Any, position_of: Callable[[Any], Tensor]):
         self.target, self.position_of = target, position_of
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None or logits.ndim != 3:
             raise ValueError(f"{type(model).__name__} returned no (B, L, V) next-token logits")
         position = self.position_of(inputs).to(logits.device)  # (B,)
-        next_logits = logits[torch.arange(logits.shape[0], device=logits.device), position]  # (B, V)
+        next_logits = logits[
+            torch.arange(logits.shape[0], device=logits.device), position
+        ]  # (B, V)
         if callable(self.target):
             return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
         return ClassTarget(self.target).select(model, inputs, output, next_logits, layout)
@@ -164,9 +191,10 @@ class QueryTarget(Target):
 
     Args:
         target: ``None`` (every detection whose best real-class probability is above ``threshold``),
-            an ``int`` query for every image, a ``(B,)``/``(B, K)`` tensor of query indices, or a list
-            of B lists (images may differ in length; shorter ones are padded).
-        class_probabilities: ``(B, Q, C')`` logits -> ``(B, Q, C)`` probabilities of the real classes.
+            an ``int`` query for every image, a ``(B,)``/``(B, K)`` tensor of query indices, or a
+            list of B lists (images may differ in length; shorter ones are padded).
+        class_probabilities: ``(B, Q, C')`` logits -> ``(B, Q, C)`` probabilities of the real
+            classes.
         layout_of: ``(model, inputs, output) -> TokenLayout`` (the feature grid is known after the
             forward pass), whose readouts read query rows through per-target weights.
         threshold: confidence of a detection.
@@ -180,12 +208,14 @@ class QueryTarget(Target):
     def __post_init__(self) -> None:
         if callable(self.target):
             raise TypeError(
-                "detector targets are query indices (int, tensor or list of lists); a callable target has no "
+                "detector targets are query indices (int, tensor or list of lists); a callable "
+                "target has no "
                 "explained row of R[query, image]."
             )
 
     def queries(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """``queries (B, K)`` (-1 in padding slots) and ``classes (B, K)`` (their best real class, -1 padded)."""
+        """``queries (B, K)`` (-1 in padding slots) and ``classes (B, K)`` (their best real class,
+        -1 padded)."""
         batch, n_queries = logits.shape[:2]
         best, classes = self.class_probabilities(logits.detach()).max(-1)  # (B, Q) each
         if self.target is None:
@@ -193,40 +223,61 @@ class QueryTarget(Target):
             if not any(lists):
                 raise ValueError(
                     f"no object query of any image has a class probability above {self.threshold}; "
-                    "pass target=<query index> (or a list of query indices per image) to explain chosen queries."
+                    "pass target=<query index> (or a list of query indices per image) to explain "
+                    "chosen queries."
                 )
-        elif isinstance(self.target, (list, tuple)) and all(isinstance(row, (list, tuple)) for row in self.target):
+        elif isinstance(self.target, (list, tuple)) and all(
+            isinstance(row, (list, tuple)) for row in self.target
+        ):
             if len(self.target) != batch:
-                raise ValueError(f"a list target must hold one list of query indices per image ({batch} lists)")
+                raise ValueError(
+                    f"a list target must hold one list of query indices per image ({batch} lists)"
+                )
             lists = [[int(q) for q in row] for row in self.target]
         else:
             index = _as_index(self.target, batch, logits.device, "query")
             index = index[:, None] if index.ndim == 1 else index  # one query per image
             if index.ndim != 2 or index.shape[0] != batch:
                 raise ValueError(
-                    f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an int query, a "
-                    f"({batch},) or ({batch}, K) tensor of query indices, or a list of {batch} lists."
+                    f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass "
+                    "an int query, a "
+                    f"({batch},) or ({batch}, K) tensor of query indices, or a list of {batch} "
+                    "lists."
                 )
             lists = [[int(q) for q in row if int(q) >= 0] for row in index.tolist()]
         bad = [q for row in lists for q in row if not 0 <= q < n_queries]
         if bad:
-            raise ValueError(f"query index {bad[0]} is out of range: the model has {n_queries} object queries")
+            raise ValueError(
+                f"query index {bad[0]} is out of range: the model has {n_queries} object queries"
+            )
         k = max(1, max(len(row) for row in lists))
-        queries = torch.tensor([row + [-1] * (k - len(row)) for row in lists], dtype=torch.long, device=logits.device)
+        queries = torch.tensor(
+            [row + [-1] * (k - len(row)) for row in lists], dtype=torch.long, device=logits.device
+        )
         picked = classes.gather(1, queries.clamp_min(0))  # (B, K)
         return queries, torch.where(queries >= 0, picked, torch.full_like(picked, -1))
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None:
-            raise ValueError(f"{type(model).__name__} returned no (B, Q, C') class logits for its object queries")
+            raise ValueError(
+                f"{type(model).__name__} returned no (B, Q, C') class logits for its object queries"
+            )
         queries, classes = self.queries(logits)
         valid = queries >= 0  # (B, K)
-        per_query = logits.gather(1, queries.clamp_min(0)[..., None].expand(-1, -1, logits.shape[-1]))  # (B, K, C')
+        per_query = logits.gather(
+            1, queries.clamp_min(0)[..., None].expand(-1, -1, logits.shape[-1])
+        )  # (B, K, C')
         scores = per_query.gather(2, classes.clamp_min(0)[..., None]).squeeze(-1)  # (B, K)
         scores = torch.where(valid, scores, scores * 0)  # padding: a constant, its gradient is zero
-        rows = F.one_hot(queries.clamp_min(0), logits.shape[1]).to(logits.dtype) * valid[..., None]  # (B, K, Q)
+        rows = (
+            F.one_hot(queries.clamp_min(0), logits.shape[1]).to(logits.dtype) * valid[..., None]
+        )  # (B, K, Q)
         full = self.layout_of(model, inputs, output)
-        layout = TokenLayout(full.segments, full.readouts, {r.name: rows for r in full.readouts}, full.positions)
+        layout = TokenLayout(
+            full.segments, full.readouts, {r.name: rows for r in full.readouts}, full.positions
+        )
         return Selection(scores, classes, True, layout, {"queries": queries.tolist()})
 
 
@@ -234,8 +285,10 @@ SCORES = ("logit", "log_prob")
 
 
 class TokenTarget(Target):
-    """Generated tokens under teacher forcing: target ``k`` is the score of token ``labels[:, steps[k]]``
-    at step ``steps[k]``, read at row ``steps[k]``; the K gradients come from one vectorised backward.
+    """Generated tokens under teacher forcing: target ``k`` is the score of token
+    ``labels[:, steps[k]]`` at step ``steps[k]``, read at row ``steps[k]``; the K gradients come
+    from one
+    vectorised backward.
 
     Args:
         labels: ``(B, T)`` the token each step produced.
@@ -249,34 +302,42 @@ class TokenTarget(Target):
             raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
         self.labels, self.steps, self.score = labels, list(steps), score
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         batch, n = self.labels.shape
         if logits is None or logits.ndim != 3 or logits.shape[:2] != self.labels.shape:
             shape = None if logits is None else tuple(logits.shape)
             raise ValueError(
-                f"{type(model).__name__} returned logits of shape {shape}, expected (B, T, V) = ({batch}, {n}, V): "
+                f"{type(model).__name__} returned logits of shape {shape}, expected (B, T, V) = "
+                f"({batch}, {n}, V): "
                 "explain_generation needs an encoder-decoder's next-token logits"
             )
         if self.labels.min() < 0 or self.labels.max() >= logits.shape[-1]:
-            raise ValueError(f"generated holds ids outside the model's {logits.shape[-1]} output tokens")
+            raise ValueError(
+                f"generated holds ids outside the model's {logits.shape[-1]} output tokens"
+            )
         scored = logits.log_softmax(dim=-1) if self.score == "log_prob" else logits  # (B, T, V)
         steps = torch.tensor(self.steps, device=logits.device)
         labels = self.labels.to(logits.device)[:, steps]  # (B, K)
         scores = scored[:, steps].gather(-1, labels[..., None])[..., 0]  # (B, K)
-        rows = F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)  # (B, K, T): target k reads row steps[k]
-        layout = TokenLayout(layout.segments, layout.readouts, {r.name: rows for r in layout.readouts})
-        return Selection(scores, labels, True, layout)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        recorder.batched_backward(selection.scores, None)  # target k: column k of the (B, K) scores
+        rows = (
+            F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)
+        )  # (B, K, T): target k reads row steps[k]
+        layout = TokenLayout(
+            layout.segments, layout.readouts, {r.name: rows for r in layout.readouts}
+        )
+        return Selection(
+            scores, labels, True, layout, gradients=(Gradients(scores, vectorised=True),)
+        )
 
 
 class PairSimilarity(Target):
     """Every (image, text) pair of a dual encoder's batch, each tower explained on its own.
 
     ``pairs="all"``: image ``i`` for text ``j`` is ``sum_i s[i, j]`` through the image tower (one
-    vectorised pass over the texts), text ``j`` for image ``i`` is ``sum_j s[i, j]`` through the text
-    tower. ``pairs="diagonal"``: one pass of ``sum_i s[i, i]`` serves both towers.
+    vectorised pass over the texts), text ``j`` for image ``i`` is ``sum_j s[i, j]`` through the
+    text tower. ``pairs="diagonal"``: one pass of ``sum_i s[i, i]`` serves both towers.
     """
 
     def __init__(self, pairs: str = "all"):
@@ -284,63 +345,65 @@ class PairSimilarity(Target):
             raise ValueError(f"pairs must be 'all' or 'diagonal', got {pairs!r}")
         self.pairs = pairs
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         if logits is None or logits.ndim != 2:
-            raise ValueError(f"{type(model).__name__} returned no (B_images, B_texts) similarity logits")
+            raise ValueError(
+                f"{type(model).__name__} returned no (B_images, B_texts) similarity logits"
+            )
         n_images, n_texts = logits.shape
         if self.pairs == "diagonal":
             if n_images != n_texts:
-                raise ValueError(f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}")
+                raise ValueError(
+                    f"pairs='diagonal' needs as many images as texts, got {n_images} and {n_texts}"
+                )
             return Selection(logits.diagonal()[:, None], None, False, layout)  # (B, 1)
-        return Selection(logits, None, True, layout)  # (B_i, B_t)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        if self.pairs == "diagonal":
-            recorder.backward(selection.scores)
-            return
-        logits = selection.scores  # (B_i, B_t)
-        recorder.batched_backward(logits, "image")  # text j: column j, through the image tower
-        recorder.backward_objectives([row.sum() for row in logits], [{"text"}] * logits.shape[0])
+        towers = (
+            Gradients(logits, "image", vectorised=True),  # image i for text j: column j
+            Gradients(logits.T, "text"),  # (B_t, B_i) text j for image i: column i
+        )
+        return Selection(logits, None, True, layout, gradients=towers)  # (B_i, B_t)
 
 
 class SplitPairSimilarity(Target):
     """Pairs embedded in one batch, first members then second members: target ``i`` is the cosine
-    similarity of ``embed(output, inputs)`` ``(2B, D)`` rows ``i`` and ``B + i``. One backward pass of the
-    summed similarities serves every pair exactly (sentence ``i`` influences only ``sim_i``)."""
+    similarity of ``embed(output, inputs)`` ``(2B, D)`` rows ``i`` and ``B + i``. One backward pass
+    of the summed similarities serves every pair exactly (sentence ``i`` influences only
+    ``sim_i``)."""
 
     def __init__(self, embed: Callable[[Any, Any], Tensor]):
         self.embed = embed
 
-    def select(self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout) -> Selection:
+    def select(
+        self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
+    ) -> Selection:
         pooled = self.embed(output, inputs)  # (2B, D)
         if pooled.shape[0] % 2:
-            raise ValueError(f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows")
+            raise ValueError(
+                f"expected first and second members stacked (2B rows), got {pooled.shape[0]} rows"
+            )
         half = pooled.shape[0] // 2
         similarity = F.cosine_similarity(pooled[:half], pooled[half:], dim=-1)  # (B,)
-        return Selection(similarity[:, None], None, False, layout)
-
-    def backward(self, recorder: AttentionRecorder, selection: Selection) -> None:
-        recorder.backward_objectives([selection.scores.sum()])
+        # the 2B sentences' column: pair i's similarity on row i, 0 on row B + i; its sum is the sum
+        # of the similarities, whose one backward pass serves both members of every pair
+        both = torch.cat([similarity, torch.zeros_like(similarity)])[:, None]  # (2B, 1)
+        return Selection(similarity[:, None], None, False, layout, gradients=(Gradients(both),))
 
 
 def class_target(model: Module, target: TargetLike) -> Target:
-    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a :class:`ClassTarget`."""
+    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a
+    :class:`ClassTarget`."""
     return ScoreTarget(target) if callable(target) else ClassTarget(target)
 
 
 def generation_target(model: Module, target: TargetLike) -> Target:
-    """Encoder-decoders are explained per generated token; ``explain`` takes only a callable target."""
+    """Encoder-decoders are explained per generated token; ``explain`` takes only a callable
+    target."""
     if callable(target):
         return ScoreTarget(target)
     raise ValueError(
         f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
-        "gae_utils.explain_generation(model, source_inputs, generated), or pass target=callable(output) -> (B,)."
-    )
-
-
-def dual_encoder_target(model: Module, target: TargetLike) -> Target:
-    """Dual encoders are explained per (image, text) pair (:func:`gae_utils.explain_dual`)."""
-    raise ValueError(
-        f"{type(model).__name__} is a dual encoder whose towers run on separate batches; explain it with "
-        "gae_utils.explain_dual(model, images, texts) (each tower on its own, target = the pair's similarity)."
+        "gae_utils.explain_generation(model, source_inputs, generated), or pass "
+        "target=callable(output) -> (B,)."
     )

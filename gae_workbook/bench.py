@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from gae_utils.adapters import find_adapter
+from gae_utils.capture import AttentionRecorder
 from gae_utils.dual import explain_dual
 from gae_utils.explainer import explain
 from gae_utils.generation import explain_generation
-from gae_utils.recorder import AttentionRecorder
 from shapesworld.inputs import detr_pixels, vqa_inputs
 from shapesworld.language import Vocabulary, sample_question
 from shapesworld.scenes import ShapesWorld
@@ -378,12 +378,12 @@ def run_seq2seq_benchmark(
 
     def floor():
         with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
-            rec.backward_objectives([scores(model)[:, -1].sum()])
+            rec.backward(scores(model)[:, -1:])
 
     def per_token():
         with AttentionRecorder(model, adapter) as rec, torch.enable_grad():
             s = scores(model)
-            rec.backward_objectives([s[:, t].sum() for t in range(length)])
+            rec.backward(s)  # one backward pass per token
 
     seconds = {
         "forward": _time(forward, dev, repeats),

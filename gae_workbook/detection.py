@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from gae_utils.adapters.hf_detr import detr_class_probabilities
+from gae_utils.capture import evaluating
 from gae_utils.maps import grid_heatmap
-from gae_utils.recorder import evaluating
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import Scene, ShapesWorld
 from shapesworld.targets import cxcywh_to_xyxy

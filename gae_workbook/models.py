@@ -9,8 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gae_utils.adapters import Adapter, find_adapter
-from gae_utils.recorder import evaluating
-from gae_utils.targets import generation_target
+from gae_utils.capture import evaluating
 
 __all__ = ["TransformerTranslator", "greedy_decode"]
 
@@ -82,7 +81,7 @@ def greedy_decode(
     gives the same ids.
     """
     adapter = adapter or find_adapter(model)
-    if adapter.target is not generation_target:
+    if adapter.task != "generate":
         raise ValueError(f"{type(model).__name__} (adapter {adapter.name!r}) is not an encoder-decoder")
     read_logits = adapter.logits
     ids = inputs["input_ids"]

@@ -134,7 +134,8 @@ def test_a_model_that_does_not_route_its_attention_raises():
 EXPLAINED = [  # a spread of the families `python -m gae_workbook.probe` finds explained (93 in transformers 5.24)
     "gpt2", "gpt_neox", "gpt_bigcode", "opt", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3",
     "qwen3_moe", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "olmo", "olmo2", "starcoder2", "cohere",
-    "granite", "glm", "smollm3", "gpt_oss", "jetmoe", "nemotron", "helium", "persimmon",
+    "granite", "glm", "smollm3", "gpt_oss", "jetmoe", "nemotron", "helium", "persimmon", "falcon", "stablelm",
+    "biogpt",
 ]  # fmt: skip
 
 
@@ -147,7 +148,7 @@ def test_families_routed_through_the_interface_are_explained_with_parity(model_t
 
 
 REFUSED = {
-    "bloom": "not routed", "falcon": "not routed", "mpt": "not routed", "gpt_neo": "not routed",
+    "bloom": "not routed", "mpt": "not routed", "gpt_neo": "not routed",
     "jamba": "not routed", "minimax": "mixes tokens", "falcon_h1": "mixes tokens", "diffllama": "refused",
 }  # fmt: skip
 

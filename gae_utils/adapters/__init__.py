@@ -31,7 +31,6 @@ __all__ = [
     "AttentionCaptureError",
     "AttentionSite",
     "UnsupportedModelError",
-    "attention_modules",
     "check_transformers_version",
     "find_adapter",
     "register_adapter",
@@ -64,8 +63,9 @@ def register_adapter(adapter: Adapter) -> None:
 
 
 MIN_TRANSFORMERS = (5, 15)
-"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0); older ones return
-the probabilities elsewhere (T5) or only when asked (ViT, DETR), and name DETR's attention classes differently."""
+"""The oldest Transformers release the Hugging Face adapters are tested on (5.15.1 to 5.24.0); older
+ones return the probabilities elsewhere (T5) or only when asked (ViT, DETR), and name DETR's
+attention classes differently."""
 
 
 def _installed_transformers() -> str:
@@ -75,44 +75,52 @@ def _installed_transformers() -> str:
 
 
 def check_transformers_version(version: str | None = None) -> None:
-    """Raise :class:`UnsupportedModelError` naming the fix when Transformers is older than :data:`MIN_TRANSFORMERS`."""
+    """Raise :class:`UnsupportedModelError` naming the fix when Transformers is older than
+    :data:`MIN_TRANSFORMERS`."""
     version = version or _installed_transformers()
     parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
     if parts < MIN_TRANSFORMERS:
         need = ".".join(map(str, MIN_TRANSFORMERS))
         raise UnsupportedModelError(
-            f"transformers {version} is installed, but the Hugging Face adapters need transformers>={need}: "
+            f"transformers {version} is installed, but the Hugging Face adapters need "
+            f"transformers>={need}: "
             f"older releases return the attention probabilities elsewhere or not at all. "
             f"Upgrade with: pip install -U 'transformers>={need}'"
         )
 
 
 def find_adapter(model: nn.Module) -> Adapter:
-    """The first adapter of :data:`ADAPTERS` that serves ``model``, else an :class:`UnsupportedModelError` naming
-    the supported families and how to register an adapter."""
+    """The first adapter of :data:`ADAPTERS` that serves ``model``, else an
+    :class:`UnsupportedModelError` naming the supported families and how to register an adapter."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    failed = []  # predicates that raised: not accepting, named in the error if nothing serves
     for adapter in ADAPTERS:
-        if adapter.matches(model):
+        try:
+            matched = adapter.matches(model)
+        except UnsupportedModelError:
+            raise  # a refusal naming its reason (a hybrid model's token mixers)
+        except Exception as error:
+            failed.append(
+                f"  - adapter {adapter.name!r}: accepts() raised {type(error).__name__}: {error}"
+            )
+            continue
+        if matched:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
     families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
+    raised = "".join(
+        f"Adapters whose predicate failed (treated as not serving it):\n{line}\n"
+        for line in failed[:1]
+    )
+    raised += "".join(f"{line}\n" for line in failed[1:])
     raise UnsupportedModelError(
-        f"no adapter captures the attention of {type(model).__name__}. Supported families:\n{families}\n"
+        f"no adapter captures the attention of {type(model).__name__}. Supported "
+        f"families:\n{families}\n"
+        f"{raised}"
         "To add one, describe where its attention probabilities live with "
-        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) and call "
+        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) "
+        "and call "
         "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
     )
-
-
-def attention_modules(model: nn.Module, adapter: Adapter) -> list[tuple[str, nn.Module, AttentionSite]]:
-    """All modules of ``model`` matching one of the adapter's sites, in registration order."""
-    found = []
-    for name, module in model.named_modules():
-        classes = {cls.__name__ for cls in type(module).__mro__}
-        for site in adapter.sites_of(model):
-            if site.module_class in classes and (site.within is None or site.within in name.split(".")):
-                found.append((name, module, site))
-                break
-    return found

@@ -1,19 +1,27 @@
-"""Types and shared pieces of the adapters: where attention lives, fused-attention switches, input checks."""
+"""Types and shared pieces of the adapters: where attention lives, fused-attention switches, input
+checks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
 
+from ..capture import (
+    AttentionCaptureError,
+    AttentionSite,
+    UnsupportedModelError,
+    eager_flags,
+    hf_eager,
+    no_switch,
+)
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
 
 __all__ = [
+    "TASKS",
     "Adapter",
     "AttentionSite",
     "AttentionCaptureError",
@@ -29,83 +37,6 @@ __all__ = [
 ]
 
 
-class UnsupportedModelError(TypeError):
-    """Raised for a model whose attention probabilities no adapter knows how to capture."""
-
-
-class AttentionCaptureError(RuntimeError):
-    """The model ran but its attention probabilities could not be captured."""
-
-
-@dataclass(frozen=True)
-class AttentionSite:
-    """Where the attention probabilities of one kind of layer live.
-
-    Attributes:
-        module_class: class name of the attention module (matched on the class and its bases).
-        probs: how to read the probabilities ``(B, H, Nq, Nk)``: the name of a child module whose output
-            is them (timm's ``"attn_drop"``), an index into the module's output tuple, or a function
-            ``(module, output) -> Tensor | None``.
-        kind: ``"self"`` or ``"cross"``.
-        query: modality of the queries (the rows).
-        key: modality of the keys (the columns).
-        group: layers sharing a group id inside one block are applied simultaneously (co-attention).
-        within: only modules whose qualified name has this component (e.g. ``"vision_model"``).
-        calls: the ``(query, key)`` of successive calls of a module run several times per forward pass (LXMERT's
-            text->image, then image->text); ``group="module"`` makes each cycle one co-attention update.
-        graph_base: the returned probabilities are a view made after the module used them
-            (``torch.nn.MultiheadAttention``); gradients are taken at the view's ``(B*H, Nq, Nk)`` base.
-    """
-
-    module_class: str
-    probs: str | int | Callable[[nn.Module, Any], Tensor | None]
-    kind: str = "self"
-    query: str = "image"
-    key: str = "image"
-    group: str | None = None
-    within: str | None = None
-    calls: tuple[tuple[str, str], ...] | None = None
-    graph_base: bool = False
-
-
-@contextmanager
-def eager_flags(flags: list[tuple[Any, str, Any]]) -> Iterator[None]:
-    """Set ``attr = value`` on each module (or config) for the duration of the block, then restore."""
-    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in flags]
-    try:
-        for module, attr, value in flags:
-            setattr(module, attr, value)
-        yield
-    finally:
-        for module, attr, value in saved:
-            setattr(module, attr, value)
-
-
-@contextmanager
-def hf_eager(model: nn.Module) -> Iterator[None]:
-    """Switch a Hugging Face model to the eager attention implementation for the block."""
-    config = getattr(model, "config", None)
-    original = getattr(config, "_attn_implementation", None)
-    if original in (None, "eager"):
-        yield
-        return
-    assert config is not None  # original was read from it
-    switch = getattr(model, "set_attn_implementation", None) or partial(setattr, config, "_attn_implementation")
-    try:
-        switch("eager")
-        if config._attn_implementation != "eager":
-            raise UnsupportedModelError(
-                f"{type(model).__name__} uses attn_implementation={original!r} and cannot switch to "
-                "'eager' at run time; load it with attn_implementation='eager'."
-            )
-        yield
-    finally:
-        switch(original)
-
-
-no_switch = nullcontext  # families whose attention modules always return their probabilities
-
-
 def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | None = None) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"expected an image tensor (B, C, H, W), got {type(images).__name__}")
@@ -117,14 +48,21 @@ def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | No
     if channels is None and proj is not None:
         channels = getattr(proj, "in_channels", None)
     if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"expected {channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
+        raise ValueError(
+            f"expected {channels} channels, got {images.shape[1]} (images of shape "
+            f"{tuple(images.shape)})"
+        )
 
 
-def check_image_size(images: Tensor, size: tuple[int, int], source: str = "", fix: str = "") -> None:
-    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the resize."""
+def check_image_size(
+    images: Tensor, size: tuple[int, int], source: str = "", fix: str = ""
+) -> None:
+    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the
+    resize."""
     if tuple(images.shape[-2:]) != tuple(size):
         raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's {source}{tuple(size)}; "
+            f"image size {tuple(images.shape[-2:])} does not match the model's "
+            f"{source}{tuple(size)}; "
             f"resize the images to {tuple(size)}{fix}."
         )
 
@@ -132,34 +70,59 @@ def check_image_size(images: Tensor, size: tuple[int, int], source: str = "", fi
 def check_text(model: nn.Module, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
-            "a text encoder takes the tokenizer's output as a dict with 'input_ids' and 'attention_mask' "
+            "a text encoder takes the tokenizer's output as a dict with 'input_ids' and "
+            "'attention_mask' "
             "(tokenizer(texts, padding=True, return_tensors='pt'))"
         )
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (B, L) with L > 0, got {tuple(ids.shape)}; is the text empty?")
+        raise ValueError(
+            f"input_ids must be (B, L) with L > 0, got {tuple(ids.shape)}; is the text empty?"
+        )
     mask = inputs.get("attention_mask")
     if mask is not None and (mask.sum(dim=1) == 0).any():
         empty = (mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-        raise ValueError(f"examples {empty} have no tokens (empty text); remove them before explaining")
+        raise ValueError(
+            f"examples {empty} have no tokens (empty text); remove them before explaining"
+        )
 
 
 def check_joint(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> None:
-    if not isinstance(inputs, Mapping) or "input_ids" not in inputs or not any(k in inputs for k in image_keys):
+    if (
+        not isinstance(inputs, Mapping)
+        or "input_ids" not in inputs
+        or not any(k in inputs for k in image_keys)
+    ):
         raise TypeError(
-            f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and {' or '.join(image_keys)} "
+            f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and "
+            f"{' or '.join(image_keys)} "
             "(the model's processor output)"
         )
     check_text(model, inputs)
 
 
-def joint_layout(n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]) -> TokenLayout:
-    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its ``R[t, t]`` block (the
-    row's own column zeroed) and ``R[t, i]`` block; ``layout``: its ``weights`` and ``positions``."""
+def joint_layout(
+    n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]
+) -> TokenLayout:
+    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its
+    ``R[t, t]`` block (the row's own column zeroed) and ``R[t, i]`` block; ``layout``: its
+    ``weights`` and
+    ``positions``."""
     text = Segment("text", n_text, 0, stream="joint")
     image = replace(image, stream="joint", offset=n_text)
-    readouts = (Readout("text", "text", "text", rows, drop_self=True), Readout("image", "text", "image", rows))
+    readouts = (
+        Readout("text", "text", "text", rows, drop_self=True),
+        Readout("image", "text", "image", rows),
+    )
     return TokenLayout((Segment("joint", n_text + image.n_tokens), text, image), readouts, **layout)
+
+
+TASKS: dict[str, str] = {  # what a family serves -> the entry point that explains it
+    "classify": "gae_utils.explain(model, inputs, target)",  # one (B, K) score per example
+    "dual": "gae_utils.explain_dual(model, images, texts)",  # two towers, a pair's similarity
+    "generate": "gae_utils.explain_generation(model, source_inputs, generated)",  # enc-dec
+    "causal_lm": "gae_utils.explain_generation(model, prompt_inputs, generated)",  # + explain
+}
 
 
 @dataclass(frozen=True)
@@ -169,20 +132,25 @@ class Adapter:
     Attributes:
         name: short name shown in errors and results.
         model_classes: class names this adapter serves (matched on the model's class and bases).
-        sites: the attention layers as :class:`AttentionSite` entries, or a function of the model giving them.
+        sites: the attention layers as :class:`AttentionSite` entries, or a function of the model
+            giving them.
         eager: context manager switching fused attention off for one call.
         call: ``call(model, inputs) -> output``.
         logits: ``logits(output) -> Tensor | None``: the output's scores (``(B, C)`` class logits,
-            ``(B, T, V)``, ``(B, Q, C + 1)``, ``(B_i, B_t)``, ...); None for encoders without a head.
+            ``(B, T, V)``, ``(B, Q, C + 1)``, ``(B_i, B_t)``, ...); None for encoders without a
+            head.
         check: ``check(model, inputs)`` raising ``ValueError``/``TypeError`` with the fix.
         layout: ``layout(model, inputs) -> TokenLayout``.
         family: one-line description for error messages.
         contains: also serve any model that *contains* a module of one of these classes (a user
-            model built around ``torch.nn.Transformer``, called by the convention ``family`` states).
+            model built around ``torch.nn.Transformer``, called by the convention ``family``
+            states).
+        target: ``target(model, target) -> Target``: how this family reads ``target=`` (a
+            :class:`~gae_utils.targets.Target` passed by the caller is used as is); ``None``: the
+            family is explained only through its task's entry point (dual encoders).
         accepts: also serve any model for which ``accepts(model)`` is True (e.g. every causal LM
             routed through the attention interface).
-        target: ``target(model, target) -> Target``: how this family reads ``target=`` (a
-            :class:`~gae_utils.targets.Target` passed by the caller is used as is).
+        task: what the family serves, a key of :data:`TASKS`; the entry points dispatch on it.
     """
 
     name: str
@@ -195,17 +163,37 @@ class Adapter:
     layout: Callable[[nn.Module, Any], TokenLayout]
     family: str = ""
     contains: tuple[str, ...] = ()
-    target: Callable[[nn.Module, Any], Target] = class_target
+    target: Callable[[nn.Module, Any], Target] | None = class_target
     accepts: Callable[[nn.Module], bool] | None = None
+    task: str = "classify"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"adapter {self.name!r}: unknown task {self.task!r}; one of {list(TASKS)}"
+            )
 
     def matches(self, model: nn.Module) -> bool:
+        """Whether this adapter serves ``model`` (an ``accepts`` may raise; see
+        ``find_adapter``)."""
         names = {cls.__name__ for cls in type(model).__mro__}
         if any(name in names for name in self.model_classes):
             return True
         if self.contains and any(type(m).__name__ in self.contains for m in model.modules()):
             return True
-        return self.accepts is not None and self.accepts(model)
+        return self.accepts is not None and bool(self.accepts(model))
 
     def sites_of(self, model: nn.Module) -> tuple[AttentionSite, ...]:
         """The attention sites of ``model``."""
         return self.sites(model) if callable(self.sites) else self.sites
+
+    def target_of(self, model: nn.Module, target: Any) -> Target:
+        """The :class:`~gae_utils.targets.Target` that ``target=`` means for this family."""
+        if isinstance(target, Target):
+            return target
+        if self.target is None:
+            raise ValueError(
+                f"{type(model).__name__} is served by adapter {self.name!r} (task {self.task!r}); "
+                f"explain it with {TASKS[self.task]}."
+            )
+        return self.target(model, target)

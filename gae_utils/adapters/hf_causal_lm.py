@@ -1,17 +1,19 @@
-"""Decoder-only language models of Hugging Face transformers, captured through the attention interface.
+"""Decoder-only language models of Hugging Face transformers, captured through the attention
+interface.
 
 Any causal LM whose attention is routed through ``ALL_ATTENTION_FUNCTIONS`` (GPT-2, Llama, Mistral,
 Qwen2/3, Gemma 1-3, Phi, OLMo, ...) is served with no per-architecture code: the capture of
 :mod:`~gae_utils.adapters.hf_interface` finds its attention classes on the model. The explained
 token is the next token after each row's last real (non-padding) position ``p``; the readout is
-row ``p`` of ``R[text, text] - I`` (docs/rules.md, "Reading the explanation": the identity only restates
-that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's first
-real token when the caller passes none (as generation does), so left and right padding give the
-unpadded example's numbers.
+row ``p`` of ``R[text, text] - I`` (docs/rules.md, "Reading the explanation": the identity only
+restates that ``p`` is relevant to itself), 0 at padding. Position ids are counted from each row's
+first real token when the caller passes none (as generation does), so left and right padding give
+the unpadded example's numbers.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,8 +23,8 @@ from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import NextTokenTarget, Target
-from .base import Adapter, check_text
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .base import Adapter, check_text, no_switch
+from .hf_interface import interface_sites, routes_attention
 
 __all__ = ["CAUSAL_LM", "causal_lm_target", "last_real_position"]
 
@@ -44,7 +46,11 @@ def _is_causal_lm(model: nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    return any(cls.__name__ in causal for cls in type(model).__mro__) and routes_attention(model)
+    if not any(cls.__name__ in causal for cls in type(model).__mro__):
+        return False
+    if "pixel_values" in inspect.signature(model.forward).parameters:
+        return False  # image tokens in the sequence (GIT): not a text-only LM
+    return routes_attention(model)
 
 
 def _call(model: nn.Module, inputs: Mapping) -> Any:
@@ -62,7 +68,8 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
 
 
 def causal_lm_target(model: nn.Module, target: Any) -> Target:
-    """The next token after each row's last real position (:class:`~gae_utils.targets.NextTokenTarget`)."""
+    """The next token after each row's last real position
+    (:class:`~gae_utils.targets.NextTokenTarget`)."""
     return NextTokenTarget(target, last_real_position)
 
 
@@ -71,11 +78,13 @@ CAUSAL_LM = Adapter(
     model_classes=(),
     accepts=_is_causal_lm,
     sites=interface_sites,
-    eager=interface_eager,
+    eager=no_switch,
     call=_call,
     logits=lambda out: out.logits,
     check=check_text,
     layout=_layout,
-    family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, Gemma, ...)",
+    family="Hugging Face causal LMs routed through the attention interface (GPT-2, Llama, Qwen2, "
+    "Gemma, ...)",
     target=causal_lm_target,
+    task="causal_lm",
 )

@@ -1,37 +1,37 @@
 """Hugging Face image encoders and classifiers captured through the attention interface (ViT, DeiT,
-Dinov2 with and without registers, BEiT, SigLIP, ViT-MSN, I-JEPA, ...), with no per-architecture code.
+Dinov2 with and without registers, BEiT, SigLIP, ViT-MSN, I-JEPA, ...), with no per-architecture
+code.
 
 The facts that differ between families are read from the model: the prefix tokens before the patch
 grid are the embedding parameters named in :data:`PREFIX_TOKENS` (CLS, DeiT's distillation token,
-Dinov2's register tokens), and the row the head reads is :data:`POOLING` (docs/rules.md, "Reading the
-answer"): ``"cls"``, ``"cls+dist"`` (DeiT with teacher averages both heads), ``"mean"`` (the mean of
-the patch rows: BEiT's ``use_mean_pooling``, SigLIP's classifier, models without a CLS token),
-``"cls+mean"`` (Dinov2's classifier reads CLS concatenated with the patch mean: half each) and
-``"probe"``: SigLIP's attention-pooling head, whose learned probe token attends to every patch
+Dinov2's register tokens), and the row the head reads is :data:`POOLING` (docs/rules.md, "Reading
+the answer"): ``"cls"``, ``"cls+dist"`` (DeiT with teacher averages both heads), ``"mean"`` (the
+mean of the patch rows: BEiT's ``use_mean_pooling``, SigLIP's classifier, models without a CLS
+token), ``"cls+mean"`` (Dinov2's classifier reads CLS concatenated with the patch mean: half each)
+and ``"probe"``: SigLIP's attention-pooling head, whose learned probe token attends to every patch
 through ``nn.MultiheadAttention``. That head is one more cross-attention layer, probe -> image, so
-it is captured and propagated with the cross-attention rule (Eq. 10: ``R[probe, image] = Abar
-Rbar[image, image]``) and the readout is the probe's row.
+it is captured and propagated with the cross-attention rule (Eq. 10:
+``R[probe, image] = Abar Rbar[image, image]``) and the readout is the probe's row.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size
+from .hf_interface import interface_sites, routes_attention
 from .seq2seq import mha_eager
 
 __all__ = ["HF_VISION", "POOLING", "PREFIX_TOKENS", "vision_pooling"]
 
 PREFIX_TOKENS = ("cls_token", "class_embedding", "distillation_token", "register_tokens")
-"""Embedding parameters (``(1, n, D)``: ``n`` tokens; ``(D,)``: one) before the patch grid (not ``mask_token``)."""
+"""Embedding parameters (``(1, n, D)``: ``n`` tokens; ``(D,)``: one) before the patch grid (not
+``mask_token``)."""
 
 POOLING: dict[str, str] = {
     "CLIPForImageClassification": "mean",
@@ -45,7 +45,9 @@ POOLING: dict[str, str] = {
 """How a model's head reads the tokens, where it is not the default: ``"mean"`` with
 ``config.use_mean_pooling`` or without a CLS token, else ``"cls"``."""
 
-_PROBE = AttentionSite("MultiheadAttention", probs=1, kind="cross", query="probe", key="image", graph_base=True)
+_PROBE = AttentionSite(
+    "MultiheadAttention", probs=1, kind="cross", query="probe", key="image", graph_base=True
+)
 
 
 def _vision_config(model: nn.Module) -> Any:
@@ -73,19 +75,14 @@ def _is_image_model(model: nn.Module) -> bool:
         return False
     if getattr(model, "main_input_name", "") != "pixel_values":
         return False
-    return "input_ids" not in inspect.signature(model.forward).parameters and routes_attention(model)
+    return "input_ids" not in inspect.signature(model.forward).parameters and routes_attention(
+        model
+    )
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     probe = (_PROBE,) if vision_pooling(model) == "probe" else ()
     return interface_sites(model, "image", "image") + probe
-
-
-@contextmanager
-def _eager(model: nn.Module) -> Iterator[None]:
-    """The interface capture, and per-head weights from an attention-pooling head's ``nn.MultiheadAttention``."""
-    with interface_eager(model), mha_eager(model):
-        yield
 
 
 def _check(model: nn.Module, images: Tensor) -> None:
@@ -94,15 +91,13 @@ def _check(model: nn.Module, images: Tensor) -> None:
     size = getattr(config, "image_size", None)
     if size is None:
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no fixed config.image_size (variable-resolution patches, e.g. SigLIP2 "
+            f"{type(model).__name__} has no fixed config.image_size (variable-resolution patches, "
+            "e.g. SigLIP2 "
             "NaFlex); its patch grid cannot be laid out. Fixed-size image models are served."
         )
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(images.shape[-2:]) != size:
-        raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's config.image_size {size}; "
-            f"resize the images to {size}."
-        )
+    check_image_size(
+        images, (size, size) if isinstance(size, int) else tuple(size), "config.image_size "
+    )
 
 
 def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
@@ -112,11 +107,17 @@ def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
     prefix, pooling = _prefix(model), vision_pooling(model)
     image = Segment("image", prefix + grid[0] * grid[1], prefix, grid)
     if pooling == "probe":
-        return TokenLayout((image, Segment("probe", 1)), (Readout("image", "probe", "image", (0,)),))
-    if pooling == "cls+mean":  # logit = w_cls . x_cls + w_mean . mean(patches): half the weight on each
+        return TokenLayout(
+            (image, Segment("probe", 1)), (Readout("image", "probe", "image", (0,)),)
+        )
+    if (
+        pooling == "cls+mean"
+    ):  # logit = w_cls . x_cls + w_mean . mean(patches): half the weight on each
         weights = torch.full((images.shape[0], image.n_tokens), 0.5 / image.n_content)  # (B, N)
         weights[:, 0], weights[:, 1:prefix] = 0.5, 0.0  # CLS, then registers (not read)
-        return TokenLayout((image,), (Readout("image", "image", "image", "weights"),), {"image": weights})
+        return TokenLayout(
+            (image,), (Readout("image", "image", "image", "weights"),), {"image": weights}
+        )
     rows = {"cls": (0,), "cls+dist": (0, 1), "mean": None}[pooling]
     return TokenLayout((image,), (Readout("image", "image", "image", rows),))
 
@@ -126,11 +127,12 @@ HF_VISION = Adapter(
     model_classes=(),
     accepts=_is_image_model,
     sites=_sites,
-    eager=_eager,
+    eager=mha_eager,  # per-head weights of an attention-pooling head (the interface: its sites)
     call=lambda model, images: model(pixel_values=images),
     logits=lambda out: getattr(out, "logits", None),
     check=_check,
     layout=_layout,
-    family="Hugging Face image models routed through the attention interface (ViT, DeiT, Dinov2 (+registers), "
+    family="Hugging Face image models routed through the attention interface (ViT, DeiT, Dinov2 "
+    "(+registers), "
     "BEiT, SigLIP vision, ...): CLS, mean-pooled, CLS+mean or attention-pooled readouts",
 )

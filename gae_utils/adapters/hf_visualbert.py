@@ -21,7 +21,8 @@ def _visualbert_check(model: Any, inputs: Any) -> None:
     feats = inputs["visual_embeds"]
     if feats.ndim != 3 or feats.shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
-            f"visual_embeds must be (B, R, F) for the batch of {inputs['input_ids'].shape[0]} questions, "
+            f"visual_embeds must be (B, R, F) for the batch of {inputs['input_ids'].shape[0]} "
+            "questions, "
             f"got {tuple(feats.shape)}"
         )
     if feats.shape[-1] != model.config.visual_embedding_dim:
@@ -32,14 +33,16 @@ def _visualbert_check(model: Any, inputs: Any) -> None:
 
 
 def visualbert_answer_index(inputs: Mapping) -> Tensor:
-    """Token ``VisualBertForQuestionAnswering`` classifies: the last text token before [SEP], ``(B,)``."""
+    """Token ``VisualBertForQuestionAnswering`` classifies: the last text token before [SEP],
+    ``(B,)``."""
     mask = inputs.get("attention_mask")
     mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
     return mask.sum(dim=1) - 2
 
 
 def _visualbert_layout(model: nn.Module, inputs: Any, answer_row: bool) -> TokenLayout:
-    """Text then region tokens in one stream; read at the answer token (question answering) or [CLS]."""
+    """Text then region tokens in one stream; read at the answer token (question answering) or
+    [CLS]."""
     n_text = inputs["input_ids"].shape[1]
     regions = Segment("image", inputs["visual_embeds"].shape[1], 0)
     if answer_row:
@@ -52,7 +55,9 @@ def _visualbert(name: str, model_class: str, answer_row: bool) -> Adapter:
     return Adapter(
         name=name,
         model_classes=(model_class,),
-        sites=(AttentionSite("VisualBertSelfAttention", probs="dropout", query="joint", key="joint"),),
+        sites=(
+            AttentionSite("VisualBertSelfAttention", probs="dropout", query="joint", key="joint"),
+        ),
         eager=no_switch,
         call=lambda model, inputs: model(**inputs),
         logits=lambda out: out.logits,

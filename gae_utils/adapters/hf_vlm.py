@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, check_joint
+from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
-from .hf_interface import interface_eager, interface_sites, routes_attention
+from .hf_interface import interface_sites, routes_attention
 
 __all__ = ["HF_VLM", "image_token_id"]
 
@@ -45,7 +45,12 @@ def _is_vlm(model: nn.Module) -> bool:
     classes = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
     if not any(cls.__name__ in classes for cls in type(model).__mro__):
         return False
-    return routes_attention(model, model.get_decoder())  # type: ignore[operator]  # the vision tower is not propagated
+    config: Any = model.config
+    placeholder = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+    if getattr(config, "is_encoder_decoder", False) or placeholder is None:
+        return False  # image tokens must sit in one decoder-only sequence (not Pix2Struct, BLIP)
+    decoder = model.get_decoder()  # type: ignore[operator]
+    return routes_attention(model, decoder)  # the vision tower is not propagated
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
@@ -60,15 +65,20 @@ def _check(model: nn.Module, inputs: Any) -> None:
     pixels = inputs["pixel_values"]
     if pixels.ndim == 5 and pixels.shape[1] != 1:
         raise ValueError(
-            f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per example; explain one "
+            f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per "
+            "example; explain one "
             "image per example (Idefics3/SmolVLM processors: do_image_splitting=False)"
         )
-    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) image tokens per example
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(
+        dim=1
+    )  # (B,) image tokens per example
     side = math.isqrt(int(counts[0]))
     if (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
         raise ValueError(
-            f"every example needs one image's square grid of image tokens (id {image_token_id(model)}), got "
-            f"{counts.tolist()} per example; build the inputs with the model's processor, one image per example"
+            "every example needs one image's square grid of image tokens (id "
+            f"{image_token_id(model)}), got "
+            f"{counts.tolist()} per example; build the inputs with the model's processor, one "
+            "image per example"
         )
 
 
@@ -79,7 +89,10 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     grid_index = image.long().cumsum(dim=1) - 1  # (B, L) raster index of each image token
     tokens = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)  # (B, L)
     last = torch.nn.functional.one_hot(last_real_position(inputs), ids.shape[1]).float()  # (B, L)
-    segments = (Segment("text", ids.shape[1]), Segment("image", ids.shape[1], grid=(side, side), stream="text"))
+    segments = (
+        Segment("text", ids.shape[1]),
+        Segment("image", ids.shape[1], grid=(side, side), stream="text"),
+    )
     readouts = (
         Readout("text", "text", "text", "weights", subtract_identity=True),
         Readout("image", "text", "image", "weights"),
@@ -93,12 +106,15 @@ HF_VLM = Adapter(
     model_classes=(),
     accepts=_is_vlm,
     sites=_sites,
-    eager=interface_eager,
+    eager=no_switch,
     call=_call,
     logits=lambda out: out.logits,
     check=_check,
     layout=_layout,
-    family="Hugging Face vision-language models with image tokens in the language model's sequence, routed "
-    "through the attention interface (LLaVA, Idefics3, SmolVLM, ...): the next token over image and text tokens",
+    family="Hugging Face vision-language models with image tokens in the language model's "
+    "sequence, routed "
+    "through the attention interface (LLaVA, Idefics3, SmolVLM, ...): the next token over image "
+    "and text tokens",
     target=causal_lm_target,
+    task="causal_lm",
 )

@@ -1,7 +1,8 @@
 """timm ``VisionTransformer`` (ViT, DeiT with distillation token, register tokens, average pooling),
 ``Eva`` (EVA-02: rotary positions) and ``Beit`` (relative position bias).
 
-With ``fused_attn`` off the probabilities pass through ``attn_drop``, whose output the recorder reads.
+With ``fused_attn`` off the probabilities pass through ``attn_drop``, whose output the recorder
+reads.
 """
 
 from __future__ import annotations
@@ -13,20 +14,31 @@ from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size, eager_flags
+from .base import (
+    Adapter,
+    AttentionSite,
+    UnsupportedModelError,
+    check_image_batch,
+    check_image_size,
+    eager_flags,
+)
 
 __all__ = ["ADAPTER", "timm_eager"]
 
 
 def timm_eager(model: nn.Module) -> AbstractContextManager[None]:
     """Switch every timm ``fused_attn`` flag off for the block (timm reads it in ``forward``)."""
-    return eager_flags([(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")])
+    return eager_flags(
+        [(m, "fused_attn", False) for m in model.modules() if hasattr(m, "fused_attn")]
+    )
 
 
 def _timm_check(model: nn.Module, images: Tensor) -> None:
     check_image_batch(images, getattr(model.patch_embed, "proj", None))
     img_size = getattr(model.patch_embed, "img_size", None)
-    dynamic = getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "dynamic_img_pad", False)
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(
+        model.patch_embed, "dynamic_img_pad", False
+    )
     if img_size is not None and not dynamic:
         check_image_size(images, img_size, fix=" or build the model with dynamic_img_size=True")
 
@@ -50,25 +62,37 @@ def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
 
 
 def _timm_target(model: nn.Module, target: Any) -> Target:
-    """A headless timm model (``num_classes=0``) returns features, not logits: only callable targets."""
+    """A headless timm model (``num_classes=0``) returns features, not logits: only callable
+    targets."""
     if getattr(model, "num_classes", None) == 0 and not callable(target):
         raise ValueError(
-            f"{type(model).__name__} was built with num_classes=0: its output is a (B, D) feature vector, not class "
-            "logits, so there is no class to explain. Pass target=callable(features) -> (B,) scores (e.g. "
-            "lambda f: f @ direction, or a similarity to a reference embedding), or load the model with its head."
+            f"{type(model).__name__} was built with num_classes=0: its output is a (B, D) feature "
+            "vector, not class "
+            "logits, so there is no class to explain. Pass target=callable(features) -> (B,) "
+            "scores (e.g. "
+            "lambda f: f @ direction, or a similarity to a reference embedding), or load the model "
+            "with its head."
         )
     return class_target(model, target)
 
 
 ADAPTER = Adapter(
     name="timm-vit",
-    model_classes=("VisionTransformer", "Eva", "Beit"),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
-    sites=(AttentionSite("Attention", probs="attn_drop"), AttentionSite("EvaAttention", probs="attn_drop")),
+    model_classes=(
+        "VisionTransformer",
+        "Eva",
+        "Beit",
+    ),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
+    sites=(
+        AttentionSite("Attention", probs="attn_drop"),
+        AttentionSite("EvaAttention", probs="attn_drop"),
+    ),
     eager=timm_eager,
     call=lambda model, images: model(images),
     logits=lambda out: out,
     check=_timm_check,
     layout=_timm_layout,
-    family="timm VisionTransformer, Eva, Beit (vit_*, deit_*, eva02_*, beit*; distillation/register tokens, avg pool)",
+    family="timm VisionTransformer, Eva, Beit (vit_*, deit_*, eva02_*, beit*; "
+    "distillation/register tokens, avg pool)",
     target=_timm_target,
 )

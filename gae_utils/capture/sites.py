@@ -1,0 +1,123 @@
+"""Where attention probabilities live (:class:`AttentionSite`) and the errors of capturing them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = [
+    "AttentionCaptureError",
+    "AttentionSite",
+    "ChildOutput",
+    "FromInterface",
+    "OutputItem",
+    "ReadWith",
+    "UnsupportedModelError",
+    "attention_modules",
+]
+
+
+class UnsupportedModelError(TypeError):
+    """Raised for a model whose attention probabilities no adapter knows how to capture."""
+
+
+class AttentionCaptureError(RuntimeError):
+    """The model ran but its attention probabilities could not be captured."""
+
+
+@dataclass(frozen=True)
+class ChildOutput:
+    """The probabilities are the output of the child module ``name`` (timm's ``"attn_drop"``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class OutputItem:
+    """The probabilities are item ``index`` of the attention module's output tuple."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class ReadWith:
+    """The probabilities are ``fn(module, output)`` (None: the module returned none)."""
+
+    fn: Callable[[nn.Module, Any], Tensor | None]
+
+
+@dataclass(frozen=True)
+class FromInterface:
+    """The module calls Hugging Face's attention interface; the recorder routes that call through
+    its own capturing function for the recording and reads the probabilities it computed."""
+
+
+ProbsReader = ChildOutput | OutputItem | ReadWith | FromInterface
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where the attention probabilities of one kind of layer live.
+
+    Attributes:
+        module_class: class name of the attention module (matched on the class and its bases).
+        probs: how to read the probabilities ``(B, H, Nq, Nk)``, a :data:`ProbsReader`. For brevity
+            the constructor also takes a child's name (``"attn_drop"``: :class:`ChildOutput`), an
+            index into the output tuple (:class:`OutputItem`) or a function ``(module, output)``
+            (:class:`ReadWith`); the field always holds the reader.
+        kind: ``"self"`` or ``"cross"``.
+        query: modality of the queries (the rows).
+        key: modality of the keys (the columns).
+        group: layers sharing a group id inside one block are applied simultaneously
+            (co-attention).
+        within: only modules whose qualified name has this component (e.g. ``"vision_model"``).
+        calls: the ``(query, key)`` of successive calls of a module run several times per forward
+            pass (LXMERT's text->image, then image->text); ``group="module"`` makes each cycle one
+            co-attention update.
+        graph_base: the returned probabilities are a view made after the module used them
+            (``torch.nn.MultiheadAttention``); gradients are taken at the view's base.
+    """
+
+    module_class: str
+    probs: ProbsReader | str | int | Callable[[nn.Module, Any], Tensor | None]
+    kind: str = "self"
+    query: str = "image"
+    key: str = "image"
+    group: str | None = None
+    within: str | None = None
+    calls: tuple[tuple[str, str], ...] | None = None
+    graph_base: bool = False
+
+    def __post_init__(self) -> None:
+        probs = self.probs
+        if isinstance(probs, str):
+            probs = ChildOutput(probs)
+        elif isinstance(probs, int):
+            probs = OutputItem(probs)
+        elif not isinstance(probs, (ChildOutput, OutputItem, ReadWith, FromInterface)):
+            probs = ReadWith(probs)
+        object.__setattr__(self, "probs", probs)
+
+    @property
+    def reader(self) -> ProbsReader:
+        """The probabilities' reader (``probs``, typed)."""
+        return self.probs  # type: ignore[return-value]  # normalised in __post_init__
+
+
+def attention_modules(
+    model: nn.Module, sites: Sequence[AttentionSite]
+) -> list[tuple[str, nn.Module, AttentionSite]]:
+    """All modules of ``model`` matching one of ``sites``, in registration order."""
+    found = []
+    for name, module in model.named_modules():
+        classes = {cls.__name__ for cls in type(module).__mro__}
+        for site in sites:
+            if site.module_class in classes and (
+                site.within is None or site.within in name.split(".")
+            ):
+                found.append((name, module, site))
+                break
+    return found
