@@ -187,8 +187,14 @@ assert torch.allclose(mine, library.relevance["image"], atol=1e-6)
 # %%
 fig = figures.plot_rule_steps(rec, batch.images)
 _ = figures.save_figure(fig, "01_steps")
-for i, layer in enumerate(rec.layers):
-    print(f"layer {i}: CLS row of Abar sums to {float(layer.attn_bar[0, 0, 0].sum()):.3f}; I contributes 1")
+row_sums = [float(layer.attn_bar[0, 0, 0].sum()) for layer in rec.layers]
+for i, total in enumerate(row_sums):
+    print(f"layer {i}: CLS row of Abar sums to {total:.3f}; I contributes 1")
+largest = sorted(sorted(range(len(row_sums)), key=row_sums.__getitem__)[-2:])
+print("the two layers with the largest CLS row:", largest)
+# the notes below, checked
+assert min(row_sums) < 0.1 and 0.5 < max(row_sums) < 2  # a few hundredths in some layers, about 1 in others
+assert (rec.layers[-1].attn_bar[0, 0, 1:] == 0).all()  # only row 0 of the last layer's Abar is non-zero
 
 # %% [markdown]
 # **What to notice.**
@@ -196,9 +202,10 @@ for i, layer in enumerate(rec.layers):
 #   in others. The explanation is $R - I$'s CLS row, a small signal on top of the identity (this is
 #   why the figures subtract $I$, and why notebook 03 finds GAE sensitive to the scale of the
 #   explained score).
-# - In the last layer only row 0 of $\bar A$ is non-zero (exercise 2 asks why).
-# - The bottom row grows layer by layer, most at the layers whose $\bar A$ row is large (here 1 and
-#   3), and sits on the object: the relevance is accumulated, not read from one layer.
+# - Top row: the sum of each row of $\bar A$, one bar per query token. In the last layer only row 0
+#   (CLS) has a bar: "non-zero rows: 1 of 65" (exercise 2 asks why).
+# - The bottom row grows layer by layer, most at the layers whose $\bar A$ row is large (the two
+#   printed layers), and sits on the object: the relevance is accumulated, not read from one layer.
 
 # %% [markdown]
 # ## Class-specific explanations
@@ -248,7 +255,9 @@ columns = {method_label(m): rec2.explanation(m).heatmap(64)[:, 0] for m in metho
 fig = figures.plot_heatmap_grid(pairs.images, columns, row_labels=[CLASS_NAMES[t] for t in targets[:, 0].tolist()])
 _ = figures.save_figure(fig, "01_methods")
 gradcam = rec2.explanation("attn_gradcam").relevance["image"][:, 0]  # (4, 64) raw
-print("attention Grad-CAM maps that are all zero:", int((gradcam.amax(-1) == 0).sum()), "of", gradcam.shape[0])
+blank = int((gradcam.amax(-1) == 0).sum())
+print("attention Grad-CAM maps that are all zero:", blank, "of", gradcam.shape[0])
+assert blank > gradcam.shape[0] / 2  # "often a blank panel", and quiz question 4: "most scenes of the batch"
 
 # %% [markdown]
 # **What to notice.**
@@ -283,6 +292,14 @@ results, curves = cached_results(  # ({method: {metric: value}}, {method: (2, st
     save=not SMOKE,  # a smoke-size run must not replace the full-size results
 )
 print(format_table(results))
+lower = {"pos_auc"}
+best = {
+    c: (min if c in lower else max)((m for m in results if m != "random"), key=lambda m: results[m][c])
+    for c in results["gae"]
+    if c != "n"
+}
+print("best per column:", best)
+assert set(best.values()) == {"gae"}  # the take-away "GAE beats ... on every metric", checked
 
 # %%
 panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
@@ -291,16 +308,18 @@ panels = [  # (title, AUC column of the table, x axis) per test, in the order of
 ]
 fig = figures.plot_perturbation_panels(curves, results, PERTURBATION_STEPS, panels)
 _ = figures.save_figure(fig, "01_perturbation")
+near_random = {t: abs(results["attn_gradcam"][t] - results["random"][t]) for t in ("pos_auc", "neg_auc")}
+print("attention Grad-CAM's distance to random (AUC points):", {t: f"{v:.1f}" for t, v in near_random.items()})
+assert max(near_random.values()) < 10
 
 # %% [markdown]
 # **What to notice.**
 # - Left: removing GAE's most relevant pixels first makes the model lose the class fastest
 #   (lowest AUC); removing random pixels lowers the accuracy only in proportion to the pixels removed.
-# - Right: removing the least relevant pixels first, GAE keeps the class until 90% of the pixels
-#   are gone.
-# - Attention Grad-CAM is close to random in both tests. Its maps are mostly all-zero (see above):
-#   a blank map ranks every pixel equally, ties are removed in reading order, and the test
-#   degenerates to removing pixels from the top of the image down.
+# - Right: removing the least relevant pixels first, GAE keeps the class longest (highest AUC).
+# - Attention Grad-CAM is close to random in both tests (within 10 AUC points, printed). Its maps are
+#   mostly all-zero (see above): a blank map ranks every pixel equally, ties are removed in reading
+#   order, and the test degenerates to removing pixels from the top of the image down.
 # - Every curve starts at the same point (the unperturbed accuracy) and the AUC is the area under
 #   the curve times 100, so 90 is the largest possible value.
 

@@ -75,7 +75,7 @@ print(
 # A random description token is the answer's word about one time in 15 (3.5 sentences of 5 tokens on
 # average), and most other deletions leave the model able to answer, so `random_lost` is small. GAE's
 # first token is, in most stories, either the determining word or the word that locates its sentence
-# (the subject the question names; notebook 06's `pointing_pair`). Without the first the answer cannot
+# (the cue word, the word the question names; notebook 06's `pointing_pair`). Without the first the answer cannot
 # be copied; without the second the model cannot find the sentence.
 
 # %%
