@@ -63,6 +63,7 @@ __all__ = [
     "plot_segmentation_examples",
     "plot_alignment_methods",
     "plot_token_methods",
+    "plot_small_matrices",
 ]
 
 MATRIX_CMAP = "viridis"
@@ -1233,4 +1234,43 @@ def plot_token_methods(
         bar.ax.tick_params(labelsize=7)
     note = f"hatched: the explained position {tokens[p]!r}, left out of each row's scale; colour bars: raw values"
     fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
+    return fig
+
+
+def plot_small_matrices(
+    matrices: Mapping[str, Tensor],
+    tokens: Sequence[str],
+    title: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> plt.Figure:
+    """Small matrices (e.g. a 3-token attention map) side by side, every value written in its cell.
+
+    Each panel has its own colour scale from ``min(0, min)`` to its maximum, rows and columns are
+    labelled with the tokens, and the numbers are printed, so the figure can be checked by hand.
+
+    Args:
+        matrices: ``{panel title: (N, M) values}``.
+        tokens: the N row labels (also the column labels when ``columns`` is None and M == N).
+        title: figure title.
+        columns: the M column labels, when they are not the tokens (e.g. value dimensions).
+
+    Returns:
+        The figure.
+    """
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(PANEL * 0.95 * len(matrices), PANEL * 1.05), layout="constrained", squeeze=False
+    )
+    for ax, (label, matrix) in zip(axes[0], matrices.items()):
+        m = torch.as_tensor(matrix, dtype=torch.float32).detach().cpu()
+        low, high = min(float(m.min()), 0.0), max(float(m.max()), 1e-12)
+        ax.imshow(m.numpy(), cmap=MATRIX_CMAP, vmin=low, vmax=high)
+        for (r, c), v in np.ndenumerate(m.numpy()):
+            bright = (v - low) > 0.6 * (high - low)
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
+        cols = list(columns) if columns is not None else list(tokens)
+        ax.set_xticks(range(m.shape[1]), cols[: m.shape[1]], fontsize=7)
+        ax.set_yticks(range(m.shape[0]), list(tokens)[: m.shape[0]], fontsize=7)
+        ax.set_title(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

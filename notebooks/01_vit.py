@@ -105,7 +105,8 @@ _ = figures.save_figure(fig, "01_rule_diagram")
 # ## A worked example you can check on paper
 #
 # Three tokens (0 = CLS, 1 and 2 = patches), two heads, two layers. In the **last** layer only the
-# CLS row has a gradient (why is the question of exercise 2). Its two heads:
+# CLS row has a gradient: the classifier reads only the CLS token, so the other tokens' last-layer
+# outputs never reach the logit (exercise 2 changes the readout and asks what moves). Its two heads:
 #
 # $$A_{h=1} = \begin{pmatrix} .50 & .25 & .25 \\ .25 & .50 & .25 \\ .25 & .25 & .50 \end{pmatrix},\quad
 # \nabla A_{h=1} = \begin{pmatrix} .4 & -.4 & .8 \\ 0 & 0 & 0 \\ 0 & 0 & 0 \end{pmatrix},\qquad
@@ -203,7 +204,7 @@ assert (rec.layers[-1].attn_bar[0, 0, 1:] == 0).all()  # only row 0 of the last 
 #   why the figures subtract $I$, and why notebook 03 finds GAE sensitive to the scale of the
 #   explained score).
 # - Top row: the sum of each row of $\bar A$, one bar per query token. In the last layer only row 0
-#   (CLS) has a bar: "non-zero rows: 1 of 65" (exercise 2 asks why).
+#   (CLS) has a bar: "non-zero rows: 1 of 65", for the reason given in the worked example.
 # - The bottom row grows layer by layer, most at the layers whose $\bar A$ row is large (the two
 #   printed layers), and sits on the object: the relevance is accumulated, not read from one layer.
 
@@ -406,10 +407,11 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# - `01_vit_ex_01.py`: implement Eq. 5-6 for a batch with two targets per image and match
-#   `gu.explain` (solution: `01_vit_sol_01.py`).
-# - `01_vit_ex_02.py`: predict which rows of the last layer's $\bar A$ are non-zero, then verify; and
-#   what `start_layer` equal to the last layer computes (solution: `01_vit_sol_02.py`).
+# - `01_vit_ex_01.py` (20 min): take the gradient out of Eq. 5, predict what moves, and measure how
+#   often the maps still land on their own object (solution: `01_vit_sol_01.py`).
+# - `01_vit_ex_02.py` (20 min): switch the classifier to mean pooling, predict which rows of the last
+#   layer's $\bar A$ become non-zero, and find the row of $R$ to read instead of CLS (solution:
+#   `01_vit_sol_02.py`).
 #
 # ## Take-aways
 # - Eq. 5: $\bar A = \mathbb{E}_h[(\nabla A \odot A)^+]$, one gradient-weighted map per layer;
