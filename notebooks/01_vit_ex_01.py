@@ -68,6 +68,7 @@ def on_own_object(relevance: torch.Tensor) -> float:
 # solution's.
 
 # %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
 assert gae.shape == no_gradient.shape == (4, 2, 64), "both maps are (images, targets, patches) = (4, 2, 64)"
 assert torch.allclose(gae, gu.explain(model, images, target=targets).relevance["image"]), "gae: use gu.explain"
 assert torch.allclose(no_gradient[:, 0], no_gradient[:, 1]), (

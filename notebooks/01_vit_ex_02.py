@@ -66,6 +66,7 @@ def nonzero_rows(attn_bar: torch.Tensor) -> list[int]:
 # the solution's.
 
 # %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
 assert rows_cls == nonzero_rows(rec.layers[-1].attn_bar), "rows_cls: the non-zero rows of rec's last layer"
 assert rows_pooled == nonzero_rows(rec_pooled.layers[-1].attn_bar), "rows_pooled: the same for rec_pooled"
 assert rows_cls == [0], "with the CLS readout only row 0 reaches the logit"

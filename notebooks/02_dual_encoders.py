@@ -135,6 +135,7 @@ assert len(two_object) == 2 and abs(float(logits[two_object[0]] - logits[two_obj
 false_words = captions[-1].words
 top2 = {false_words[int(i)] for i in values[-1].topk(2).indices}
 print("the false caption's two most relevant words:", sorted(top2))
+assert top2 == {"green", "square"}  # the words of its true half, "a green square"
 
 # %% [markdown]
 # **What to notice.**

@@ -225,7 +225,7 @@ results, curves = cached_results(
     save=not SMOKE,
 )
 print(format_table(results))
-columns = [c for c in results["gae"] if c != "n"]
+columns = ["pointing", "pointing_pair", "key_rank", "pos_auc", "neg_auc", "pos_prob_auc", "neg_prob_auc"]
 lower = {"key_rank", "pos_auc", "pos_prob_auc"}
 methods = [m for m in results if m != "random"]
 best = {c: (min if c in lower else max)(methods, key=lambda m: results[m][c]) for c in columns}
