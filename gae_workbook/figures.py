@@ -607,7 +607,7 @@ def plot_rule_steps(
 def course_map() -> plt.Figure:
     """The course as a road map: one box per notebook, with the rule it introduces or applies and its time."""
     steps = [
-        ("00", "notation", "attention, heads,\nCLS, residual", "30 min"),
+        ("00", "prerequisites", "attention, heads,\nCLS, residual", "30 min"),
         ("01", "vision transformer", "new: self-attention\nrule, Eq. 5-6", "45 min"),
         ("02", "dual encoders", "Eq. 5-6 in\ntwo towers", "30 min"),
         ("03", "VQA co-attention", "new: cross-attention\nrules, Eq. 8-11", "60-75 min"),

@@ -146,6 +146,9 @@ print("CLS row, last layer only:", rules.self_attention_update(eye, abar_2)[0].t
 print("CLS row, both layers:    ", r_2[0].tolist())
 assert torch.allclose(abar_2[0], torch.tensor([0.2, 0.15, 0.1])) and abar_2[1:].abs().sum() == 0
 assert torch.allclose(r_2[0], torch.tensor([1.32, 0.20, 0.10]))
+quiz = torch.zeros(3, 3)
+quiz[0] = torch.tensor([0.0, 0.2, 0.4])  # quiz question 2's last layer
+assert torch.allclose(rules.self_attention_update(r_1, quiz)[0], torch.tensor([1.1, 0.4, 0.4]))
 
 # %% [markdown]
 # ## GAE from scratch on a real ViT
@@ -371,14 +374,15 @@ else:
 #
 # </details>
 #
-# **2.** Why does the accumulation start from $R = I$?
-# (a) the residual connection: before any layer each token is relevant to itself only; (b) it makes
-# $R$ invertible; (c) attention rows sum to 1; (d) it normalises the gradients.
+# **2.** Take the worked example's first layer, $\bar A_1$, but a last layer whose CLS row is
+# $\bar A_2[0] = (0, 0.2, 0.4)$ (other rows 0). What is the CLS row of $R_2$ over the two patches?
+# (a) $(0.4, 0.4)$; (b) $(0.2, 0.4)$; (c) $(0.2, 0.6)$; (d) $(0.4, 0.2)$.
 #
 # <details><summary>Answer</summary>
 #
-# (a). A transformer layer adds its attention output to its input, so the identity carries each
-# token's own contribution and $R \leftarrow R + \bar A R$ adds what the layer mixed in.
+# (a). $R_1 = I + \bar A_1$, and the CLS row of $R_2 = R_1 + \bar A_2 R_1$ is
+# $(1.1, 0, 0) + 0.2\,(0, 1, 0) + 0.4\,(0, 0.5, 1) = (1.1, 0.4, 0.4)$: patch 1 gets 0.2 directly and
+# $0.4 \times 0.5 = 0.2$ through patch 2 (the worked example's cell asserts it).
 #
 # </details>
 #

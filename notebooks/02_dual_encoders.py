@@ -245,14 +245,15 @@ else:
 # %% [markdown]
 # ## Check yourself
 #
-# **1.** Which scalar does this notebook explain for an (image, caption) pair?
-# (a) the cosine of the two embeddings; (b) the caption's log-probability; (c) the logit $\tau \cdot
-# \cos$ with CLIP's learned temperature $\tau$; (d) the norm of the image embedding.
+# **1.** This notebook explains the pair's logit $\tau \cdot \cos$, with $\tau \approx 18$ (printed at
+# the top). Two captions have cosines 0.50 and 0.45 with the image. How far apart are their explained
+# scalars?
+# (a) 0.05, the cosines' difference; (b) 0.45; (c) about 0.9; (d) about 18.
 #
 # <details><summary>Answer</summary>
 #
-# (c). We explain the logit, as the GAE authors do for CLIP; the scale matters because GAE depends on
-# the scale of the explained scalar (exercise 2).
+# (c). The explained scalar is the logit, $18 \times 0.50 = 9.0$ against $18 \times 0.45 = 8.1$; the scale
+# matters because GAE depends on the scale of the explained scalar (exercise 2).
 #
 # </details>
 #

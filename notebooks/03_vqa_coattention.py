@@ -171,6 +171,10 @@ assert torch.allclose(delta_ss, torch.tensor([[0.02, 0.12], [0.0, 0.0]]))
 # why Eq. 8-9: a self map whose context part is 10 times larger normalises to the same Rbar ...
 R_big = torch.eye(2) + 10 * (R_ss - torch.eye(2))
 assert torch.allclose(rbar(R_big), rbar(R_ss))
+quiz = torch.eye(3) + torch.tensor([[0.1, 0.3, 0.1], [0, 0, 0], [0, 0, 0]])  # quiz question 3
+assert torch.allclose(rbar(quiz)[0], torch.tensor([1.2, 0.6, 0.2])) and torch.allclose(
+    rbar(10 * quiz - 9 * torch.eye(3)), rbar(quiz)
+)
 # ... while without it Eq. 10's addition changes with that scale
 no_norm, _ = rules.cross_attention_update(R_sq, R_big, R_qq, R_qs, A_bar, normalize=False)
 print("without Eq. 8-9, the x10 self map gives", no_norm.tolist())
@@ -507,15 +511,16 @@ else:
 #
 # </details>
 #
-# **3.** The context part of a self map is multiplied by 10 ($R^{ss} = I + 10\,\hat R^{ss}$). What
-# happens to $\bar R^{ss}$ of Eq. 8-9?
-# (a) it is multiplied by 10; (b) its rows sum to 10; (c) it becomes the identity; (d) it does not
-# change.
+# **3.** Token 0's row of a self map $R^{ss}$ over three tokens is $(1.1, 0.3, 0.1)$. What is its row of
+# $\bar R^{ss}$ (Eq. 8-9)? And what if the context part were 10 times larger?
+# (a) $(1.1, 0.3, 0.1)$, both times; (b) $(0.2, 0.6, 0.2)$; (c) $(1, 0, 0)$; (d) $(1.2, 0.6, 0.2)$, both
+# times.
 #
 # <details><summary>Answer</summary>
 #
-# (d). Eq. 9 rescales each row's context part to sum 1, so the scale cancels: that is why the
-# normalisation exists (the 2 x 2 cell asserts it, and shows Eq. 10 changing without it).
+# (d). Eq. 8 leaves the context $(0.1, 0.3, 0.1)$, which sums to 0.5; Eq. 9 rescales it to
+# $(0.2, 0.6, 0.2)$ and adds the identity row back. Ten times the context rescales to the same row: the
+# scale cancels, which is why the normalisation exists (the 2 x 2 cell asserts it).
 #
 # </details>
 #
@@ -534,10 +539,10 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# - `03_vqa_ex_01.py`: explain the same questions with the logit and the log-probability target and
-#   count how often the map points at the referred object.
-# - `03_vqa_ex_02.py`: implement Eq. 8-11 for the first co-attention block of the recording, check
-#   them against `gae_utils.rules`, and explain why that block leaves $R^{tt}$ unchanged.
+# - `03_vqa_ex_01.py` (20 min): explain 20 colour and 20 shape questions with the logit and the
+#   log-probability target and count, per kind, how often the map points at the referred object.
+# - `03_vqa_ex_02.py` (25 min): at the *second* co-attention block, predict and compute what Eq. 11
+#   adds now, then leave out Eq. 8-9 and say why Eq. 10's addition shrinks.
 #
 # Solutions: `03_vqa_sol_01.py`, `03_vqa_sol_02.py`.
 #

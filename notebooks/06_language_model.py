@@ -318,14 +318,16 @@ for factor, shares in scaled_hits.items():
 # %% [markdown]
 # ## Check yourself
 #
-# **1.** In the last layer of `shapes-lm`, which rows of $\bar A$ can be non-zero?
-# (a) all rows up to the last real token; (b) only row $p$, the last real token (`A:`); (c) only the
-# padding rows; (d) the rows of the question's words.
+# **1.** In a two-layer model, $R = (I + \bar A_2)(I + \bar A_1)$. Say $\bar A_2[p, \text{blue}] = 0.3$,
+# $\bar A_1[\text{blue}, \text{square}] = 0.2$, and every other entry of row $p$ of $\bar A_2$, of row
+# `blue` of $\bar A_1$ and of row $p$ of $\bar A_1$ is 0. What is $R[p, \text{square}]$?
+# (a) 0.5; (b) 0.06; (c) 0.3; (d) 0.2.
 #
 # <details><summary>Answer</summary>
 #
-# (b). The next-token logit is read at $p$, and in the last layer nothing flows from another row to
-# $p$; the loop cell prints one non-zero row for the last layer.
+# (b). Expand the product: $R = I + \bar A_2 + \bar A_1 + \bar A_2 \bar A_1$. Only the last term reaches
+# `square` from $p$, through `blue`: $0.3 \times 0.2 = 0.06$, a second-order path, which is why GAE
+# misses shape questions (*Where GAE misses*).
 #
 # </details>
 #
