@@ -41,7 +41,7 @@ from gae_utils import rules
 from gae_utils.methods import method_label
 from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import cached_results, evaluate_vit, format_table
-from gae_workbook.metrics import PERTURBATION_STEPS
+from gae_workbook.metrics import PERTURBATION_STEPS, masks_to_grid
 from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
@@ -261,6 +261,28 @@ _ = figures.save_figure(fig, "01_methods")
 gradcam = rec2.explanation("attn_gradcam").relevance["image"][:, 0]  # (4, 64) raw
 blank = int((gradcam.amax(-1) == 0).sum())
 print("attention Grad-CAM maps that are all zero:", blank, "of", gradcam.shape[0])
+# where each method's most relevant patch lies: on the explained object, on the other one, or neither
+patches = torch.stack(
+    [masks_to_grid(pairs.masks[r, targets[r]], (8, 8)).flatten(1) for r in range(len(two))]
+)  # (4, 2, 64)
+
+
+def top_patch_on(relevance: torch.Tensor, r: int) -> str:
+    """Where row r's most relevant patch lies: the explained object, the other object, neither; or a blank map."""
+    if relevance[r].amax() == 0:
+        return "blank"
+    top = int(relevance[r].argmax())
+    return "explained" if patches[r, 0, top] else "other" if patches[r, 1, top] else "neither"
+
+
+where = {}
+for m in methods:
+    relevance = rec2.explanation(m).relevance["image"][:, 0]  # (4, 64) the first target of each scene
+    where[m] = [top_patch_on(relevance, r) for r in range(len(two))]
+    print(f"{method_label(m):22s} most relevant patch per row: {where[m]}")
+# row 1 in the notes below: only GAE's most relevant patch is on the explained object
+assert where["gae"][0] == "explained"
+assert all(where[m][0] == "other" for m in ("raw_attention", "rollout", "attn_gradcam", "gae_last_layer"))
 assert blank > gradcam.shape[0] / 2  # "often a blank panel", and quiz question 4: "most scenes of the batch"
 
 # %% [markdown]
@@ -268,9 +290,10 @@ assert blank > gradcam.shape[0] / 2  # "often a blank panel", and quiz question 
 # - Attention Grad-CAM is often a blank panel. That is the method, not a bug: it weights each head
 #   by its *mean* gradient and clamps the weighted sum at 0, so when heads with negative mean
 #   gradients dominate, every patch is 0 (the printed count says how often in this batch).
-# - Row 1: raw attention, rollout and Grad-CAM light the yellow cross while the green triangle is
-#   explained. Raw attention and rollout have no target: they would draw the same map for the
-#   cross. GAE follows the explained class.
+# - Row 1: raw attention, rollout and Grad-CAM put their most relevant patch on the yellow cross while
+#   the green triangle is explained (the printed lines say where each method's top patch lies, per
+#   row). Raw attention and rollout have no target: they would draw the same map for the cross. GAE
+#   follows the explained class.
 # - GAE with only the last layer also strays to the cross in row 1: a single layer's $\bar A$
 #   misses the paths through earlier layers. The table below measures the gap.
 

@@ -180,3 +180,13 @@ def test_region_maps_print_each_panels_own_maximum_under_it():
     assert [ax.get_xlabel() for ax in panels[0]] == ["raw max 1.5e+01", "raw max 3.1e+01"]
     assert panels[0, 0].get_ylabel() == "a"  # the row label holds no value
     plt.close(fig)
+
+
+def test_small_matrices_write_every_value_in_its_cell():
+    a = torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+    fig = figures.plot_small_matrices({"A": a, "I + A": torch.eye(3) + a}, ["[CLS]", "p1", "p2"], title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["A", "I + A"]
+    np.testing.assert_allclose(_images(fig.axes[1])[0], (torch.eye(3) + a).numpy())
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"{v:.2f}" for v in a.flatten().tolist()]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["[CLS]", "p1", "p2"]
+    plt.close(fig)
