@@ -313,6 +313,10 @@ first_block = next(i for i, step in enumerate(gu.propagation.layer_steps(rec.lay
 before, after = history[first_block - 1], history[first_block]
 assert not before["text", "image"].any() and not before["image", "text"].any()
 assert torch.equal(before["text", "text"], after["text", "text"])
+final = history[-1]
+increments = {k: float((final[k, k] - torch.eye(final[k, k].shape[-1])).abs().max()) for k in ("text", "image")}
+print("largest increment of the self maps over their identity start:", {k: f"{v:.3f}" for k, v in increments.items()})
+assert max(increments.values()) < 1  # "small next to the identity", below
 
 # %% [markdown]
 # **What to notice.**

@@ -252,6 +252,7 @@ print("spread of GAE, last layer only and raw attention:", {c: f"{v:.3f}" for c,
 print(f"mass: raw attention {results['raw_attention']['mass']:.3f}, GAE {results['gae']['mass']:.3f}")
 # the notes below and quiz question 4, checked
 assert max(spread.values()) < 0.02
+assert results["gae"]["pointing"] > 0.95  # "each map sits on its own object" (the detections above), at scale
 assert results["raw_attention"]["miou"] > results["gae"]["miou"]
 assert results["raw_attention"]["mass"] > results["gae"]["mass"] + 0.05
 assert all(results["rollout"][c] < results["gae"][c] for c in ("miou", "mass"))

@@ -200,6 +200,8 @@ assert 1 <= peak[method_label("rollout")] < 10
 # %%
 exp = explain_generation(model, inputs, generated)
 assert torch.allclose(exp.relevance["source"], rec.explanation("gae").relevance["source"])
+own = exp.relevance["target"][0, relation]  # (T,) the framed word's row of R[t, t], the figure's bottom strip
+assert int(own.argmax()) == relation and not own[relation + 1 :].any()  # the identity dominates; 0 after it
 {name: tuple(value.shape) for name, value in exp.relevance.items()}
 
 # %% [markdown]

@@ -262,7 +262,7 @@ _ = figures.save_figure(fig, "06_lm_deletion")
 misses = draw_stories(seed=7, n=60 if SMOKE else 300, rng=np.random.default_rng(7))
 batch = encode_stories(misses, vocab)
 facts_m = word_positions(misses, batch["input_ids"].shape[1])
-rec_m = gu.record(lm, batch)
+rec_m = gu.record(lm, batch, keep_heads=True)  # per-head attention kept for the 'Why' below
 
 
 def first_token_hits(recording: gu.Recording) -> dict[str, str]:
@@ -292,10 +292,24 @@ display(
     ),
 )
 
+# %%
+# what the 'Why' below says about the model's attention, measured on the shape questions
+shape_rows = torch.tensor([s.kind == "shape" for s in misses])
+p_m = batch["attention_mask"].sum(1) - 1  # (N,) the position of A:
+last_heads = rec_m.layers[-1].attn[torch.arange(len(misses)), :, p_m]  # (N, H, L) attention of A:, per head
+on_cue = last_heads.masked_fill(~facts_m["description"][:, None], -1).argmax(-1) == facts_m["subject"][:, None]
+share = on_cue[shape_rows].float().mean(0)  # (H,) per head: share of shape questions whose top token is the cue
+head = int(share.argmax())
+first = rec_m.layers[0].attn.mean(1)[torch.arange(len(misses)), facts_m["subject"], facts_m["key"]]  # (N,)
+print(f"last layer, head {head}: A: attends most to the cue word in {float(share[head]):.0%} of shape questions")
+print(f"first layer, head mean: the cue word's attention to the shape word, mean {float(first[shape_rows].mean()):.2f}")
+assert share[head] > 0.9 and first[shape_rows].mean() > 0.2  # the paragraph below, checked
+
 # %% [markdown]
-# **Why.** To answer "what shape is the blue object", the model's *last* layer attends from `A:` to the
-# token `blue` in the description (it matches the question's word), and reads there the shape that its
-# *first* layer had moved into `blue`'s position from two tokens earlier. In GAE's product
+# **Why.** To answer "what shape is the blue object", one head of the model's *last* layer attends from
+# `A:` to the token `blue` in the description (it matches the question's word; the printed head and
+# share), and reads there the shape that its *first* layer had moved into `blue`'s position from two
+# tokens earlier (the printed mean attention of the cue word to the shape word). In GAE's product
 # $R = (I + \bar A_2)(I + \bar A_1)$, row $p$ reaches the shape word only through the term
 # $\bar A_2[p, \text{blue}]\,\bar A_1[\text{blue}, \text{square}]$, a product of two small numbers,
 # next to the first-order term $\bar A_2[p, \text{blue}]$. The same diagnostic as notebook 03: explain
