@@ -64,6 +64,7 @@ __all__ = [
     "plot_segmentation_examples",
     "plot_alignment_methods",
     "plot_token_methods",
+    "plot_small_matrices",
 ]
 
 MATRIX_CMAP = "viridis"
@@ -513,11 +514,12 @@ def plot_rule_steps(
 ) -> plt.Figure:
     """Eq. 5-6 on a recorded ViT, layer by layer, in raw values with one colour bar per row.
 
-    Row 1: each layer's ``Abar`` (token x token). Row 2: ``R - I`` after that layer (what the layers
-    have added to the identity). Row 3: the CLS row of ``R - I`` over the image patches. The colour
-    scale is shared along each row, so a layer that adds little looks faint: nothing is min-max
-    normalised. The two matrix rows use a square-root colour scale (their colour bars say so), so
-    that the rows other than CLS, a hundred times weaker, stay visible.
+    Row 1: each layer's ``Abar`` summed along its rows, one bar per query token on a log scale, so a
+    row that is exactly zero has no bar and the count of non-zero rows is printed (in the last layer
+    only the CLS row, drawn in its own colour, is non-zero). Row 2: ``R - I`` after that layer (what
+    the layers have added to the identity), token x token on a square-root colour scale shared along
+    the row, so that the rows other than CLS, a hundred times weaker, stay visible. Row 3: the CLS
+    row of ``R - I`` over the image patches. Nothing is min-max normalised.
 
     Args:
         rec: a :class:`~gae_utils.explainer.Recording` of a single-modality self-attention stack with
@@ -549,7 +551,7 @@ def plot_rule_steps(
     axes[0, 0].text(
         0.5,
         0.5,
-        r"$\bar A_l$ (Eq. 5)" + "\nrows: query token\ncolumns: key token\ntoken 0 = CLS",
+        r"$\bar A_l$ (Eq. 5): sum of each row" + "\none bar per query token\n(log scale; a zero row\nhas no bar)",
         ha="center",
         va="center",
         fontsize=9,
@@ -558,25 +560,49 @@ def plot_rule_steps(
     axes[1, 0].text(
         0.5,
         0.5,
-        r"$R - I$ after layer $l$" + "\n(Eq. 6, accumulated)",
+        r"$R - I$ after layer $l$" + "\n(Eq. 6, accumulated)\nrows: query token\ncolumns: key token",
         ha="center",
         va="center",
         fontsize=9,
         transform=axes[1, 0].transAxes,
     )
-    panels = [(bars, "Abar (square-root scale)"), (gains, "R - I (square-root scale)"), (rows, "R[CLS] - I, patches")]
-    for r, (mats, label) in enumerate(panels):
+    sums = [m.clamp(min=0).sum(-1) for m in bars]  # (N,) each: the row sums of Abar
+    positive = torch.cat([v[v > 0] for v in sums])
+    low = float(positive.min()) / 2 if positive.numel() else 1e-6
+    high = float(positive.max()) * 2 if positive.numel() else 1.0
+    for layer, v in enumerate(sums):
+        ax = axes[0, layer + 1]
+        colours = ["tab:orange"] + ["0.35"] * (n - 1)  # the CLS row in its own colour
+        ax.bar(np.arange(n), v.numpy(), width=1.0, color=colours)
+        ax.set_yscale("log")
+        ax.set_ylim(low, high)
+        ax.set_xlim(-1, n)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("query token (0 = CLS)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if layer:
+            ax.tick_params(labelleft=False)
+        nonzero = int((v > 0).sum())
+        ax.text(
+            0.97,
+            0.95,
+            f"non-zero rows: {nonzero} of {n}",
+            ha="right",
+            va="top",
+            fontsize=7,
+            transform=ax.transAxes,
+            bbox={"facecolor": "white", "edgecolor": "0.7", "pad": 2},
+        )
+    panels = [(gains, "R - I (square-root scale)"), (rows, "R[CLS] - I, patches")]
+    for r, (mats, label) in enumerate(panels, start=1):
         vmax = max(float(m.max()) for m in mats)
-        # the token x token rows on a square-root scale, so that values 100x below the maximum stay visible
-        norm = PowerNorm(0.5, vmin=0, vmax=vmax) if r < 2 else Normalize(vmin=0, vmax=vmax)
+        norm = PowerNorm(0.5, vmin=0, vmax=vmax) if r == 1 else Normalize(vmin=0, vmax=vmax)
         artist = None
         for layer, m in enumerate(mats):
             ax = axes[r, layer + 1]
             artist = ax.imshow(m.clamp(min=0).numpy(), cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"layer {layer}")
             if r == 2:
                 ax.set_xlabel(f"CLS row sum {float(m.sum()):.2f}", fontsize=8)
         fig.colorbar(artist, ax=axes[r, 1:], shrink=0.9, label=label)
@@ -584,15 +610,15 @@ def plot_rule_steps(
 
 
 def course_map() -> plt.Figure:
-    """The course as a road map: one box per notebook, with the attention type and rule it adds and its time."""
+    """The course as a road map: one box per notebook, with the rule it introduces or applies and its time."""
     steps = [
-        ("00", "notation", "symbols, glossary,\nthis map", "15 min"),
-        ("01", "vision transformer", "self-attention:\nEq. 5, 6", "45 min"),
-        ("02", "dual encoders", "two towers,\nEq. 5-6 each", "30 min"),
-        ("03", "VQA co-attention", "cross-attention:\nEq. 7-11", "60-75 min"),
-        ("04", "DETR", "query → image\n(Eq. 10-11)", "45 min"),
-        ("05", "seq2seq", "target → source\n(Eq. 6-11)", "45 min"),
-        ("06", "causal LM", "one stream,\nlong prompts", "45 min"),
+        ("00", "prerequisites", "attention, heads,\nCLS, residual", "30 min"),
+        ("01", "vision transformer", "new: self-attention\nrule, Eq. 5-6", "45 min"),
+        ("02", "dual encoders", "Eq. 5-6 in\ntwo towers", "30 min"),
+        ("03", "VQA co-attention", "new: cross-attention\nrules, Eq. 8-11", "60-75 min"),
+        ("04", "DETR", "Eq. 10-11 on\nquery → image", "45 min"),
+        ("05", "seq2seq", "Eq. 6-11 on\ntarget → source", "45 min"),
+        ("06", "causal LM", "Eq. 5-6, causal,\nrow p of R - I", "45 min"),
     ]
     fig, ax = plt.subplots(figsize=(PANEL * 5.2, PANEL * 1.0), layout="constrained")
     ax.set_axis_off()
@@ -610,7 +636,7 @@ def course_map() -> plt.Figure:
             ax.annotate(
                 "", xy=(x + width + gap, 0.5), xytext=(x + width, 0.5), arrowprops={"arrowstyle": "->", "color": "0.2"}
             )
-    ax.set_title("the course: each notebook adds one attention type and its rule", fontsize=10)
+    ax.set_title("the course: 01 and 03 introduce the rules; 02, 04, 05 and 06 apply them to new models", fontsize=10)
     return fig
 
 
@@ -698,8 +724,9 @@ def plot_region_maps(
     """Region relevance of several questions about one image, one row per explained scalar or method.
 
     Each map is drawn on its region grid (nearest neighbour, with grid lines: a region is one
-    value, not a blurred pixel map), min-max normalised per panel; the panel's largest raw value is
-    printed under it, so maps of very different magnitude stay comparable. ``truth`` outlines the
+    value, not a blurred pixel map), min-max normalised per panel; each panel's own largest raw value
+    is printed under it (the row label names only the method), so maps of very different magnitude
+    stay comparable. ``truth`` outlines the
     objects each question refers to.
 
     Args:
@@ -749,12 +776,11 @@ def plot_region_maps(
                 ax.contour(truth[c].float().numpy(), levels=[0.5], colors="cyan", linewidths=1.2, linestyles="--")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(f"max {float(values.max()):.1e}", fontsize=7)
+            ax.set_xlabel(f"raw max {float(values.max()):.1e}", fontsize=7)  # this panel's own maximum
             if r == 0:
                 ax.set_title(titles[c], fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{label}\nmax {float(values.max()):.1e}", fontsize=8)
-                ax.set_xlabel("")
+                ax.set_ylabel(label, fontsize=8)
     fig.colorbar(artist, ax=all_axes, shrink=0.7, label="relevance, min-max normalised per panel")
     return fig
 
@@ -1144,9 +1170,22 @@ def plot_alignment_methods(
 
 
 def plot_token_methods(
-    rec, methods: Sequence[str], example: int, tokens: Sequence[str], frame: int | None = None, title: str | None = None
+    rec,
+    methods: Sequence[str],
+    example: int,
+    tokens: Sequence[str],
+    frame: int | None = None,
+    title: str | None = None,
+    explained: int | None = None,
 ) -> plt.Figure:
-    """One prompt's token relevance for every method, one strip per method (min-max per strip).
+    """One prompt's token relevance for every method, one strip per method, in raw values.
+
+    Every method is read the same way: the explained row (the last real token ``p``, whose next
+    token is explained) over the tokens before it. The explained position itself is left out of the
+    colour scale and drawn hatched: its value only restates that ``p`` is relevant to itself (for the
+    baselines' ``map - I`` it is negative, about -1, and would stretch the scale). Each strip is drawn
+    from 0 to its own largest raw value, with its own colour bar, so a method whose values are all
+    near 0 looks dark instead of being stretched to full contrast.
 
     Args:
         rec: a recording of a single-stream text model (relevance under ``"text"``).
@@ -1155,21 +1194,88 @@ def plot_token_methods(
         tokens: its tokens, without padding.
         frame: a token position to frame in every strip (e.g. the word that determines the answer).
         title: figure title.
+        explained: the explained position ``p`` (default: the last token).
 
     Returns:
         The figure.
     """
     n = len(tokens)
+    p = n - 1 if explained is None else explained
     fig, axes = plt.subplots(
-        len(methods), 1, figsize=(PANEL * 7, 0.55 * len(methods) + 0.6), layout="constrained", squeeze=False
+        len(methods), 1, figsize=(PANEL * 7, 0.62 * len(methods) + 0.7), layout="constrained", squeeze=False
     )
-    artist = None
+    cmap = matplotlib.colormaps[HEATMAP_CMAP].copy()
+    cmap.set_bad("0.85")
     for ax, method in zip(axes[:, 0], methods):
-        relevance = rec.explanation(method).relevance["text"][example, :n]
-        artist = plot_token_relevance(ax, tokens, relevance, method_label(method))
+        relevance = rec.explanation(method).relevance["text"][example, :n].detach().float().cpu()  # (n,) raw
+        others = torch.cat([relevance[:p], relevance[p + 1 :]])
+        vmax = max(float(others.max()), 1e-12)
+        vmin = min(float(others.min()), 0.0)
+        shown = np.ma.masked_array(relevance[None].numpy(), mask=np.arange(n)[None] == p)
+        artist = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.add_patch(plt.Rectangle((p - 0.5, -0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", linewidth=0))
+        for i, (token, v) in enumerate(zip(tokens, relevance.tolist())):
+            bright = i != p and (v - vmin) > 0.6 * (vmax - vmin)
+            ax.text(
+                i,
+                0,
+                token,
+                ha="center",
+                va="center",
+                fontsize=9 if len(token) <= 7 else 7,
+                color="black" if bright or i == p else "white",
+            )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        median = float(others.median())
+        ax.set_title(
+            f"{method_label(method)}   (raw max {vmax:.2g}, median {median:.2g})",
+            loc="left",
+            fontsize=9,
+        )
         if frame is not None:
             ax.add_patch(plt.Rectangle((frame - 0.5, -0.5), 1, 1, fill=False, edgecolor="deepskyblue", linewidth=2.5))
-    fig.colorbar(artist, ax=axes, shrink=0.9, label="relevance (min-max per row)")
+        bar = fig.colorbar(artist, ax=ax, pad=0.01, fraction=0.03, aspect=6)
+        bar.ax.tick_params(labelsize=7)
+    note = f"hatched: the explained position {tokens[p]!r}, left out of each row's scale; colour bars: raw values"
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
+    return fig
+
+
+def plot_small_matrices(
+    matrices: Mapping[str, Tensor],
+    tokens: Sequence[str],
+    title: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> plt.Figure:
+    """Small matrices (e.g. a 3-token attention map) side by side, every value written in its cell.
+
+    Each panel has its own colour scale from ``min(0, min)`` to its maximum, rows and columns are
+    labelled with the tokens, and the numbers are printed, so the figure can be checked by hand.
+
+    Args:
+        matrices: ``{panel title: (N, M) values}``.
+        tokens: the N row labels (also the column labels when ``columns`` is None and M == N).
+        title: figure title.
+        columns: the M column labels, when they are not the tokens (e.g. value dimensions).
+
+    Returns:
+        The figure.
+    """
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(PANEL * 0.95 * len(matrices), PANEL * 1.05), layout="constrained", squeeze=False
+    )
+    for ax, (label, matrix) in zip(axes[0], matrices.items()):
+        m = torch.as_tensor(matrix, dtype=torch.float32).detach().cpu()
+        low, high = min(float(m.min()), 0.0), max(float(m.max()), 1e-12)
+        ax.imshow(m.numpy(), cmap=MATRIX_CMAP, vmin=low, vmax=high)
+        for (r, c), v in np.ndenumerate(m.numpy()):
+            bright = (v - low) > 0.6 * (high - low)
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
+        cols = list(columns) if columns is not None else list(tokens)
+        ax.set_xticks(range(m.shape[1]), cols[: m.shape[1]], fontsize=7)
+        ax.set_yticks(range(m.shape[0]), list(tokens)[: m.shape[0]], fontsize=7)
+        ax.set_title(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

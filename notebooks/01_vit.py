@@ -41,7 +41,7 @@ from gae_utils import rules
 from gae_utils.methods import method_label
 from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import cached_results, evaluate_vit, format_table
-from gae_workbook.metrics import PERTURBATION_STEPS
+from gae_workbook.metrics import PERTURBATION_STEPS, masks_to_grid
 from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
@@ -105,7 +105,8 @@ _ = figures.save_figure(fig, "01_rule_diagram")
 # ## A worked example you can check on paper
 #
 # Three tokens (0 = CLS, 1 and 2 = patches), two heads, two layers. In the **last** layer only the
-# CLS row has a gradient (why is the question of exercise 2). Its two heads:
+# CLS row has a gradient: the classifier reads only the CLS token, so the other tokens' last-layer
+# outputs never reach the logit (exercise 2 changes the readout and asks what moves). Its two heads:
 #
 # $$A_{h=1} = \begin{pmatrix} .50 & .25 & .25 \\ .25 & .50 & .25 \\ .25 & .25 & .50 \end{pmatrix},\quad
 # \nabla A_{h=1} = \begin{pmatrix} .4 & -.4 & .8 \\ 0 & 0 & 0 \\ 0 & 0 & 0 \end{pmatrix},\qquad
@@ -145,6 +146,9 @@ print("CLS row, last layer only:", rules.self_attention_update(eye, abar_2)[0].t
 print("CLS row, both layers:    ", r_2[0].tolist())
 assert torch.allclose(abar_2[0], torch.tensor([0.2, 0.15, 0.1])) and abar_2[1:].abs().sum() == 0
 assert torch.allclose(r_2[0], torch.tensor([1.32, 0.20, 0.10]))
+quiz = torch.zeros(3, 3)
+quiz[0] = torch.tensor([0.0, 0.2, 0.4])  # quiz question 2's last layer
+assert torch.allclose(rules.self_attention_update(r_1, quiz)[0], torch.tensor([1.1, 0.4, 0.4]))
 
 # %% [markdown]
 # ## GAE from scratch on a real ViT
@@ -187,8 +191,14 @@ assert torch.allclose(mine, library.relevance["image"], atol=1e-6)
 # %%
 fig = figures.plot_rule_steps(rec, batch.images)
 _ = figures.save_figure(fig, "01_steps")
-for i, layer in enumerate(rec.layers):
-    print(f"layer {i}: CLS row of Abar sums to {float(layer.attn_bar[0, 0, 0].sum()):.3f}; I contributes 1")
+row_sums = [float(layer.attn_bar[0, 0, 0].sum()) for layer in rec.layers]
+for i, total in enumerate(row_sums):
+    print(f"layer {i}: CLS row of Abar sums to {total:.3f}; I contributes 1")
+largest = sorted(sorted(range(len(row_sums)), key=row_sums.__getitem__)[-2:])
+print("the two layers with the largest CLS row:", largest)
+# the notes below, checked
+assert min(row_sums) < 0.1 and 0.5 < max(row_sums) < 2  # a few hundredths in some layers, about 1 in others
+assert (rec.layers[-1].attn_bar[0, 0, 1:] == 0).all()  # only row 0 of the last layer's Abar is non-zero
 
 # %% [markdown]
 # **What to notice.**
@@ -196,9 +206,10 @@ for i, layer in enumerate(rec.layers):
 #   in others. The explanation is $R - I$'s CLS row, a small signal on top of the identity (this is
 #   why the figures subtract $I$, and why notebook 03 finds GAE sensitive to the scale of the
 #   explained score).
-# - In the last layer only row 0 of $\bar A$ is non-zero (exercise 2 asks why).
-# - The bottom row grows layer by layer, most at the layers whose $\bar A$ row is large (here 1 and
-#   3), and sits on the object: the relevance is accumulated, not read from one layer.
+# - Top row: the sum of each row of $\bar A$, one bar per query token. In the last layer only row 0
+#   (CLS) has a bar: "non-zero rows: 1 of 65", for the reason given in the worked example.
+# - The bottom row grows layer by layer, most at the layers whose $\bar A$ row is large (the two
+#   printed layers), and sits on the object: the relevance is accumulated, not read from one layer.
 
 # %% [markdown]
 # ## Class-specific explanations
@@ -248,16 +259,41 @@ columns = {method_label(m): rec2.explanation(m).heatmap(64)[:, 0] for m in metho
 fig = figures.plot_heatmap_grid(pairs.images, columns, row_labels=[CLASS_NAMES[t] for t in targets[:, 0].tolist()])
 _ = figures.save_figure(fig, "01_methods")
 gradcam = rec2.explanation("attn_gradcam").relevance["image"][:, 0]  # (4, 64) raw
-print("attention Grad-CAM maps that are all zero:", int((gradcam.amax(-1) == 0).sum()), "of", gradcam.shape[0])
+blank = int((gradcam.amax(-1) == 0).sum())
+print("attention Grad-CAM maps that are all zero:", blank, "of", gradcam.shape[0])
+# where each method's most relevant patch lies: on the explained object, on the other one, or neither
+patches = torch.stack(
+    [masks_to_grid(pairs.masks[r, targets[r]], (8, 8)).flatten(1) for r in range(len(two))]
+)  # (4, 2, 64)
+
+
+def top_patch_on(relevance: torch.Tensor, r: int) -> str:
+    """Where row r's most relevant patch lies: the explained object, the other object, neither; or a blank map."""
+    if relevance[r].amax() == 0:
+        return "blank"
+    top = int(relevance[r].argmax())
+    return "explained" if patches[r, 0, top] else "other" if patches[r, 1, top] else "neither"
+
+
+where = {}
+for m in methods:
+    relevance = rec2.explanation(m).relevance["image"][:, 0]  # (4, 64) the first target of each scene
+    where[m] = [top_patch_on(relevance, r) for r in range(len(two))]
+    print(f"{method_label(m):22s} most relevant patch per row: {where[m]}")
+# row 1 in the notes below: only GAE's most relevant patch is on the explained object
+assert where["gae"][0] == "explained"
+assert all(where[m][0] == "other" for m in ("raw_attention", "rollout", "attn_gradcam", "gae_last_layer"))
+assert blank > gradcam.shape[0] / 2  # "often a blank panel", and quiz question 4: "most scenes of the batch"
 
 # %% [markdown]
 # **What to notice.**
 # - Attention Grad-CAM is often a blank panel. That is the method, not a bug: it weights each head
 #   by its *mean* gradient and clamps the weighted sum at 0, so when heads with negative mean
 #   gradients dominate, every patch is 0 (the printed count says how often in this batch).
-# - Row 1: raw attention, rollout and Grad-CAM light the yellow cross while the green triangle is
-#   explained. Raw attention and rollout have no target: they would draw the same map for the
-#   cross. GAE follows the explained class.
+# - Row 1: raw attention, rollout and Grad-CAM put their most relevant patch on the yellow cross while
+#   the green triangle is explained (the printed lines say where each method's top patch lies, per
+#   row). Raw attention and rollout have no target: they would draw the same map for the cross. GAE
+#   follows the explained class.
 # - GAE with only the last layer also strays to the cross in row 1: a single layer's $\bar A$
 #   misses the paths through earlier layers. The table below measures the gap.
 
@@ -283,6 +319,14 @@ results, curves = cached_results(  # ({method: {metric: value}}, {method: (2, st
     save=not SMOKE,  # a smoke-size run must not replace the full-size results
 )
 print(format_table(results))
+lower = {"pos_auc"}
+best = {
+    c: (min if c in lower else max)((m for m in results if m != "random"), key=lambda m: results[m][c])
+    for c in results["gae"]
+    if c not in ("n", "pairs")
+}
+print("best per column:", best)
+assert set(best.values()) == {"gae"}  # the take-away "GAE beats ... on every metric", checked
 
 # %%
 panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
@@ -291,16 +335,18 @@ panels = [  # (title, AUC column of the table, x axis) per test, in the order of
 ]
 fig = figures.plot_perturbation_panels(curves, results, PERTURBATION_STEPS, panels)
 _ = figures.save_figure(fig, "01_perturbation")
+near_random = {t: abs(results["attn_gradcam"][t] - results["random"][t]) for t in ("pos_auc", "neg_auc")}
+print("attention Grad-CAM's distance to random (AUC points):", {t: f"{v:.1f}" for t, v in near_random.items()})
+assert max(near_random.values()) < 10
 
 # %% [markdown]
 # **What to notice.**
 # - Left: removing GAE's most relevant pixels first makes the model lose the class fastest
 #   (lowest AUC); removing random pixels lowers the accuracy only in proportion to the pixels removed.
-# - Right: removing the least relevant pixels first, GAE keeps the class until 90% of the pixels
-#   are gone.
-# - Attention Grad-CAM is close to random in both tests. Its maps are mostly all-zero (see above):
-#   a blank map ranks every pixel equally, ties are removed in reading order, and the test
-#   degenerates to removing pixels from the top of the image down.
+# - Right: removing the least relevant pixels first, GAE keeps the class longest (highest AUC).
+# - Attention Grad-CAM is close to random in both tests (within 10 AUC points, printed). Its maps are
+#   mostly all-zero (see above): a blank map ranks every pixel equally, ties are removed in reading
+#   order, and the test degenerates to removing pixels from the top of the image down.
 # - Every curve starts at the same point (the unperturbed accuracy) and the AUC is the area under
 #   the curve times 100, so 90 is the largest possible value.
 
@@ -351,14 +397,15 @@ else:
 #
 # </details>
 #
-# **2.** Why does the accumulation start from $R = I$?
-# (a) the residual connection: before any layer each token is relevant to itself only; (b) it makes
-# $R$ invertible; (c) attention rows sum to 1; (d) it normalises the gradients.
+# **2.** Take the worked example's first layer, $\bar A_1$, but a last layer whose CLS row is
+# $\bar A_2[0] = (0, 0.2, 0.4)$ (other rows 0). What is the CLS row of $R_2$ over the two patches?
+# (a) $(0.4, 0.4)$; (b) $(0.2, 0.4)$; (c) $(0.2, 0.6)$; (d) $(0.4, 0.2)$.
 #
 # <details><summary>Answer</summary>
 #
-# (a). A transformer layer adds its attention output to its input, so the identity carries each
-# token's own contribution and $R \leftarrow R + \bar A R$ adds what the layer mixed in.
+# (a). $R_1 = I + \bar A_1$, and the CLS row of $R_2 = R_1 + \bar A_2 R_1$ is
+# $(1.1, 0, 0) + 0.2\,(0, 1, 0) + 0.4\,(0, 0.5, 1) = (1.1, 0.4, 0.4)$: patch 1 gets 0.2 directly and
+# $0.4 \times 0.5 = 0.2$ through patch 2 (the worked example's cell asserts it).
 #
 # </details>
 #
@@ -387,10 +434,11 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# - `01_vit_ex_01.py`: implement Eq. 5-6 for a batch with two targets per image and match
-#   `gu.explain` (solution: `01_vit_sol_01.py`).
-# - `01_vit_ex_02.py`: predict which rows of the last layer's $\bar A$ are non-zero, then verify; and
-#   what `start_layer` equal to the last layer computes (solution: `01_vit_sol_02.py`).
+# - `01_vit_ex_01.py` (20 min): take the gradient out of Eq. 5, predict what moves, and measure how
+#   often the maps still land on their own object (solution: `01_vit_sol_01.py`).
+# - `01_vit_ex_02.py` (20 min): switch the classifier to mean pooling, predict which rows of the last
+#   layer's $\bar A$ become non-zero, and find the row of $R$ to read instead of CLS (solution:
+#   `01_vit_sol_02.py`).
 #
 # ## Take-aways
 # - Eq. 5: $\bar A = \mathbb{E}_h[(\nabla A \odot A)^+]$, one gradient-weighted map per layer;

@@ -11,33 +11,69 @@
 #     name: python3
 # ---
 
+
 # %% [markdown]
-# # 📝 Exercise 01-2: which rows of the last layer's $\bar A$ are non-zero?
+# # 📝 Exercise 01-2: change the readout, predict which rows of $\bar A$ move
 #
-# **About 15 minutes.** `shapes-vit` has four layers; its classifier reads only the CLS token
-# (token 0) after the last layer.
+# **About 20 minutes.** Notebook 01 showed that in the last layer of `shapes-vit` only the CLS row of
+# $\bar A$ is non-zero, because the classifier reads only the CLS token. Some ViTs (DeiT-III, BEiT) pool
+# instead: the classifier reads the **mean of the 64 patch tokens**, not CLS. timm switches a model to
+# that readout with `global_pool = "avg"`; the weights stay the same.
 #
-# **Predict before you run.** In the *last* layer, which rows of $\bar A = \mathbb{E}_h[(\nabla A \odot A)^+]$
-# can be non-zero? Which rows can be non-zero in the first layer? Write your prediction and one
-# sentence of reasoning down first.
+# **Predict before you run** (write it down, with one sentence of reasoning): with the mean-pooling
+# readout, which rows of the *last* layer's $\bar A = \mathbb{E}_h[(\nabla A \odot A)^+]$ can be
+# non-zero? How many, and is the CLS row among them?
 
 # %%
+import copy
+
+import torch
+
 import gae_utils as gu
 from gae_workbook import zoo
 from shapesworld.scenes import ShapesWorld
 
 model = zoo.load("shapes-vit")
+pooled = copy.deepcopy(model)
+pooled.global_pool = "avg"  # the classifier now reads the mean of the patch tokens
 images = ShapesWorld(seed=11).batch(6).images  # (6, 3, 64, 64)
-rec = gu.record(model, images)  # the predicted class of each image
+rec = gu.record(model, images)  # CLS readout, the predicted class of each image
+rec_pooled = gu.record(pooled, images)  # mean-pooling readout
+
+
+def nonzero_rows(attn_bar: torch.Tensor) -> list[int]:
+    """Rows of a ``(B, K, N, N)`` map that are non-zero in any example and target."""
+    return (attn_bar.abs().sum(dim=-1) > 0).flatten(0, 1).any(dim=0).nonzero().flatten().tolist()
+
 
 # %% [markdown]
-# **Task 1.** From `rec.layers[-1].attn_bar` (shape $(B, K, N, N)$), compute `nonzero_rows`: the
-# sorted list of row indices that are non-zero in *any* image of the batch. Do the same for the
-# first layer. Was your prediction right? Why?
+# **Task 1.** `rows_cls` and `rows_pooled`: the non-zero rows of the last layer's `attn_bar` in `rec`
+# and in `rec_pooled` (`rec.layers[-1].attn_bar`). Was your prediction right?
 #
-# **Task 2.** `rec.explanation("gae", start_layer=3)` aggregates only the last layer. Which other
-# method of `gu.method_names()` gives exactly the same relevance on this model? Check it with
-# `torch.allclose`.
+# **Task 2.** With mean pooling, the CLS row of $R$ would be the wrong explanation. Explain in one
+# sentence why (use `cls_row_last`: the sum of row 0 of the pooled model's last-layer $\bar A$), and say
+# which rows of $R$ to read instead. Then compute `pooled_readout`, `(B, 64)`: the mean of $R$'s 64 patch
+# rows, patch columns only, with `R = rec_pooled.explanation("gae").maps[("image", "image")]`
+# (`(B, 65, 65)`: one target per image), and compare it with what the library reports for this model,
+# `rec_pooled.explanation("gae").relevance["image"]`.
 
 # %%
 # Write your code here.
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your Task 2 sentence with
+# the solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+assert rows_cls == nonzero_rows(rec.layers[-1].attn_bar), "rows_cls: the non-zero rows of rec's last layer"
+assert rows_pooled == nonzero_rows(rec_pooled.layers[-1].attn_bar), "rows_pooled: the same for rec_pooled"
+assert rows_cls == [0], "with the CLS readout only row 0 reaches the logit"
+assert 0 not in rows_pooled and len(rows_pooled) == 64, "with mean pooling every patch row, and not CLS, is read"
+assert cls_row_last == float(rec_pooled.layers[-1].attn_bar[:, :, 0].sum()) == 0, "cls_row_last: the sum of row 0"
+assert pooled_readout.shape == (6, 64), "pooled_readout: one value per patch and image"
+assert torch.allclose(pooled_readout, rec_pooled.explanation("gae").relevance["image"], atol=1e-6), (
+    "pooled_readout: R[:, 1:, 1:].mean(dim=1), the mean of the patch rows over the patch columns"
+)
+print(f"✓ right: CLS readout -> rows {rows_cls}; mean pooling -> {len(rows_pooled)} rows, the patches; read their mean")

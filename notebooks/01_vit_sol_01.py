@@ -11,53 +11,90 @@
 #     name: python3
 # ---
 
+
 # %% [markdown]
-# # 📃 Solution of exercise 01-1: implement Eq. 5-6 and match `gu.explain`
+# # 📃 Solution of exercise 01-1: take the gradient out of Eq. 5 and see what moves
 #
-# For every layer $l$ in forward order:
-# $$\bar A_l = \mathbb{E}_h\big[(\nabla A_l \odot A_l)^+\big], \quad R_l = R_{l-1} + \bar A_l R_{l-1}, \quad R_0 = I.$$
+# **About 20 minutes.** Notebook 01 says the gradient in Eq. 5 is what makes GAE class-specific:
+# the same attention, explained for two different classes, gives two different maps. Here you change
+# that rule and measure what it changes.
 #
-# `rec.layers[l].attn` has shape $(B, H, N, N)$ and `rec.layers[l].grad` has shape
-# $(B, K, H, N, N)$: one gradient per target column. The explanation of target $k$ of image $b$ is
-# `R[b, k, 0, 1:]`, the CLS row without the CLS column.
+# Setup (run it): four scenes with two objects each, both classes explained (`targets`, `(4, 2)`),
+# and `object_patches`, `(4, 2, 64)`: which of the 64 patches hold pixels of each target's object.
 
 # %%
 import torch
 
 import gae_utils as gu
 from gae_workbook import zoo
+from gae_workbook.metrics import masks_to_grid
 from shapesworld.scenes import ShapesBatch, ShapesWorld
 
 model = zoo.load("shapes-vit")
 scenes = [s for s in ShapesWorld(seed=5).scenes(80) if len(s.objects) == 2][:4]
-images = ShapesBatch.from_scenes(scenes).images  # (4, 3, 64, 64)
+batch = ShapesBatch.from_scenes(scenes)
+images = batch.images  # (4, 3, 64, 64)
 targets = torch.tensor([[o.label for o in s.objects] for s in scenes])  # (4, 2): both objects of each scene
+object_patches = torch.stack(
+    [masks_to_grid(batch.masks[b, targets[b]], (8, 8)).flatten(1) for b in range(len(scenes))]
+)  # (4, 2, 64) bool
 rec = gu.record(model, images, target=targets, keep_heads=True)
 
+
+def on_own_object(relevance: torch.Tensor) -> float:
+    """Share of the (image, target) maps whose most relevant patch lies on the target's own object."""
+    return object_patches.gather(-1, relevance.argmax(-1, keepdim=True)).float().mean().item()
+
+
 # %% [markdown]
-# **Task.** Compute `mine`, a tensor of shape `(4, 2, 64)`: for each image and each of its two
-# targets, GAE's relevance of the 64 patches, using only `rec.layers` and `torch`. Then compare it
-# with `gu.explain(model, images, target=targets).relevance["image"]`.
+# **Predict first** (write it down): if Eq. 5 used the attention alone, $\bar A = \mathbb{E}_h[A]$, with
+# no gradient and no positive part, would the two targets of one image still get different maps? Would
+# the maps land on their own object more or less often than GAE's?
+#
+# **Task.**
+# 1. `gae`: GAE's relevance, `(4, 2, 64)` (`gu.explain(model, images, target=targets)`).
+# 2. `no_gradient`: the same Eq. 6 loop over `rec.layers` (`R = R + attn_bar @ R` from `R = I`, CLS row
+#    without its own column), with `attn_bar = layer.attn.mean(dim=1)` broadcast to both targets.
+#    Shapes: `layer.attn` is `(B, H, N, N)`, `layer.grad` is `(B, K, H, N, N)`.
+# 3. `share_gae`, `share_no_gradient`: `on_own_object(...)` of each.
+# 4. In one sentence: what did taking the gradient out change, and why?
 
 # %%
+gae = gu.explain(model, images, target=targets).relevance["image"]  # (4, 2, 64)
 B, K = targets.shape
 N = rec.layers[0].attn.shape[-1]  # 65 = CLS + 8 x 8 patches
 R = torch.eye(N).expand(B, K, N, N)  # (B, K, N, N), R = I
 for layer in rec.layers:
-    A = layer.attn[:, None]  # (B, 1, H, N, N): the same attention for every target
-    dA = layer.grad  # (B, K, H, N, N): one gradient per target
-    attn_bar = (dA * A).clamp(min=0).mean(dim=2)  # (B, K, N, N), Eq. 5
-    R = R + attn_bar @ R  # (B, K, N, N), Eq. 6
-mine = R[:, :, 0, 1:]  # (B, K, 64): CLS row, patch columns
-print(mine.shape)
+    attn_bar = layer.attn.mean(dim=1)[:, None].expand(B, K, N, N)  # (B, K, N, N): no gradient, no (.)+
+    R = R + attn_bar @ R  # (B, K, N, N), Eq. 6 unchanged
+no_gradient = R[:, :, 0, 1:]  # (B, K, 64): CLS row, patch columns
+share_gae, share_no_gradient = on_own_object(gae), on_own_object(no_gradient)
+print(f"on their own object: GAE {share_gae:.0%}, without the gradient {share_no_gradient:.0%}")
 
 # %% [markdown]
-# The two targets of one image get different maps: the same attention, weighted by two different
-# gradients. Each map's argmax should lie on its own object more often than not.
+# Without the gradient nothing in the rule depends on the target, so both classes of an image get one
+# and the same map: it can be right for at most one of the two objects, and the share on the own object
+# drops (the printed numbers). What remains is close to rollout, a map of where the model attends, not
+# of what made it say *this* class. The gradient is what turns an attention map into an explanation of
+# one decision.
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your sentence with the
+# solution's.
 
 # %%
-library = gu.explain(model, images, target=targets).relevance["image"]  # (B, K, 64)
-print("largest difference:", float((mine - library).abs().max()))
-print("the two targets' maps differ by", float((mine[:, 0] - mine[:, 1]).abs().amax(-1).min()), "at least")
-assert mine.shape == (4, 2, 64)
-assert torch.allclose(mine, library, atol=1e-6), "Eq. 5-6 from scratch must equal gu.explain"
+assert gae.shape == no_gradient.shape == (4, 2, 64), "both maps are (images, targets, patches) = (4, 2, 64)"
+assert torch.allclose(gae, gu.explain(model, images, target=targets).relevance["image"]), "gae: use gu.explain"
+assert torch.allclose(no_gradient[:, 0], no_gradient[:, 1]), (
+    "without the gradient nothing in Eq. 5-6 depends on the target: both targets must get the same map"
+)
+expected = torch.eye(65).expand(4, 2, 65, 65)
+for layer in rec.layers:  # the check recomputes the answer: write yours first
+    expected = expected + layer.attn.mean(dim=1)[:, None] @ expected
+assert torch.allclose(no_gradient, expected[:, :, 0, 1:], atol=1e-5), (
+    "no_gradient: attn_bar = layer.attn.mean(dim=1), the same for both targets; keep Eq. 6 and the CLS-row readout"
+)
+assert abs(share_gae - on_own_object(gae)) < 1e-9 and abs(share_no_gradient - on_own_object(no_gradient)) < 1e-9
+assert share_gae > share_no_gradient, "GAE's maps land on their own object more often"
+print(f"✓ right: on their own object, GAE {share_gae:.0%} of the maps, without the gradient {share_no_gradient:.0%}")

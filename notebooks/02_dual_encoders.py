@@ -98,14 +98,18 @@ dual = explain_dual(clip, normalize_pixels(image), {"input_ids": ids, "attention
 fig = figures.plot_caption_maps(image, dual, captions, is_true)  # one map per caption, min-max per map
 _ = figures.save_figure(fig, "02_clip_image_per_caption")
 raw = dual.image.relevance["image"][0]  # (n_captions, 64) raw relevance
-for c, row, ok in zip(captions, raw, is_true):
-    print(f"{'true ' if ok else 'FALSE'} {c.text!r:45} sum of patch relevance {float(row.sum()):.3f}")
+logits = dual.logits[0]  # (n_captions,) the explained scalar of each pair
+for c, row, ok, logit in zip(captions, raw, is_true, logits):
+    mark = "true " if ok else "FALSE"
+    print(f"{mark} {c.text!r:45} logit {float(logit):5.2f} | sum of patch relevance {float(row.sum()):.3f}")
+# the notes below, checked: the false caption (the last) has the lowest logit and the largest raw relevance
+assert int(logits.argmin()) == len(captions) - 1 and int(raw.sum(-1).argmax()) == len(captions) - 1
 
 # %% [markdown]
 # **What to notice.**
 # - A caption about one object lights that object; a caption about both objects lights both.
 # - The **false** caption ("a yellow square ...": the scene has a yellow *cross*) gets the lowest
-#   logit, but its map is not blank: it lights the green square, the part of the caption that is
+#   logit (printed, and asserted), but its map is not blank: it lights the green square, the part of the caption that is
 #   true. GAE explains what *raised* the score, however low the score is; it does not say whether
 #   the caption is true. Compare the logits, not the pictures, to tell.
 # - The maps are min-max normalised per panel; the printed sums are the raw magnitudes. The false
@@ -126,15 +130,22 @@ fig = figures.plot_token_matrix(
     words, values, labels, title="word relevance for the pair's logit (EOT row of the text tower)"
 )
 _ = figures.save_figure(fig, "02_clip_text_per_caption")
+two_object = [k for k, c in enumerate(captions) if is_true[k] and len(c.words) > 3]
+assert len(two_object) == 2 and abs(float(logits[two_object[0]] - logits[two_object[1]])) < 1
+false_words = captions[-1].words
+top2 = {false_words[int(i)] for i in values[-1].topk(2).indices}
+print("the false caption's two most relevant words:", sorted(top2))
+assert top2 == {"green", "square"}  # the words of its true half, "a green square"
 
 # %% [markdown]
 # **What to notice.**
 # - The content words (colours, shapes) carry more relevance than "a" and "of": the model matches
 #   what it can see.
 # - The relation words ("left", "right") get little: this small model matches objects far better
-#   than their arrangement, which is why the two true two-object captions score almost alike.
-# - The false caption puts its relevance on "green square", the true half; the wrong phrase
-#   "yellow square" gets almost none. The strip says which words raised the score, not whether
+#   than their arrangement, which is why the two true two-object captions score almost alike (their
+#   logits, printed above, differ by less than 1).
+# - The false caption puts its relevance on the words of its true half (its two most relevant words
+#   are printed); the wrong phrase "yellow square" gets less. The strip says which words raised the score, not whether
 #   the caption matches the image. Its values are the largest in the figure, as for the image map.
 
 # %% [markdown]
@@ -184,10 +195,12 @@ else:
         # the pooled row is the mean of R's rows over the sentence's tokens: the identity gives 1 in total
         added = [float(side.relevance["text"][i].sum()) - 1 for side in (pair.first, pair.second)]
         print(f"pair {i}: cos {float(pair.similarity[i]):+.3f}; added by the layers: {added[0]:.4f} / {added[1]:.4f}")
+        assert max(added) < 0.01  # "a few thousandths" below
+    assert float(pair.similarity[0]) > 0.5 and abs(float(pair.similarity[1])) < 0.1  # the notes below, checked
 
 # %% [markdown]
 # **What to notice.**
-# - Pair 0 (cosine 0.65) lights "guitar" in both sentences: the shared word carries the similarity.
+# - Pair 0 (cosine above 0.5, printed) lights "guitar" in both sentences: the shared word carries the similarity.
 # - Pair 1 is unrelated (cosine near 0), yet its strips look just as confident ("cat", "sofa",
 #   "fell"). GAE keeps only what pushed the score *up* (the positive part of Eq. 5); a near-zero
 #   cosine is such pushes cancelled by others the map cannot show. A confident-looking strip is not
@@ -232,14 +245,15 @@ else:
 # %% [markdown]
 # ## Check yourself
 #
-# **1.** Which scalar does this notebook explain for an (image, caption) pair?
-# (a) the cosine of the two embeddings; (b) the caption's log-probability; (c) the logit $\tau \cdot
-# \cos$ with CLIP's learned temperature $\tau$; (d) the norm of the image embedding.
+# **1.** This notebook explains the pair's logit $\tau \cdot \cos$, with $\tau \approx 18$ (printed at
+# the top). Two captions have cosines 0.50 and 0.45 with the image. How far apart are their explained
+# scalars?
+# (a) 0.05, the cosines' difference; (b) 0.45; (c) about 0.9; (d) about 18.
 #
 # <details><summary>Answer</summary>
 #
-# (c). We explain the logit, as the GAE authors do for CLIP; the scale matters because GAE depends on
-# the scale of the explained scalar (exercise 2).
+# (c). The explained scalar is the logit, $18 \times 0.50 = 9.0$ against $18 \times 0.45 = 8.1$; the scale
+# matters because GAE depends on the scale of the explained scalar (exercise 2).
 #
 # </details>
 #

@@ -59,3 +59,22 @@ reference = explain_dual(clip, pixels, texts)
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to Task 2's
+# question with the solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: image_rel, text_rel, R_it
+assert image_rel.shape == reference.image.relevance["image"].shape, "image_rel: (B_i, B_t, 64)"
+assert torch.allclose(image_rel, reference.image.relevance["image"], atol=1e-5), (
+    "image_rel: the CLS row of the image tower's R, patch columns 1:"
+)
+assert torch.allclose(text_rel, reference.text.relevance["text"], atol=1e-5), (
+    "text_rel: the EOT row (mask[j].sum() - 1) of the text tower's R, all columns"
+)
+assert R_it.abs().max() == 0, "R_it: Eq. 7 multiplies a map that starts at 0, so it must stay 0"
+print("✓ right: both towers match explain_dual, and R[image, text] stays exactly 0")

@@ -54,3 +54,19 @@ dual = explain_dual(clip, pixels, texts)  # dual.logits: (B_i, B_t)
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your prediction (Task 2)
+# with the solution's expansion of the product.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: tau, cosine, logit_rel, cosine_rel, ratio (logit_rel.sum(-1) / cosine_rel.sum(-1)), changed
+assert torch.allclose(dual.logits, tau * cosine, rtol=1e-4, atol=1e-4), "cosine: image_embeds @ text_embeds.T"
+assert logit_rel.shape == cosine_rel.shape == dual.logits.shape + (64,), "the CLS row over the 64 patches, per pair"
+assert (logit_rel >= tau * cosine_rel * (1 - 1e-5) - 1e-9).all(), "each path of k layers shrinks by tau**k >= tau"
+assert (ratio > tau).all(), "with paths through several layers, the cosine's relevance shrinks by more than tau"
+assert changed == int((logit_rel.argmax(-1) != cosine_rel.argmax(-1)).sum()), "changed: pairs whose argmax differs"
+print(f"✓ right: the relevance shrinks by {float(ratio.min()):.1f} to {float(ratio.max()):.1f} (tau = {tau:.1f})")

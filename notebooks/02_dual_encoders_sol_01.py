@@ -68,6 +68,7 @@ print("text tower, largest difference: ", float((text_rel - reference.text.relev
 # layer: zero stays zero. Only a cross-attention layer (Eq. 10) could write this block, and a dual
 # encoder has none. That is why the towers can be explained separately.
 
+
 # %%
 n_text = ids.shape[1]
 R_it = torch.zeros(*R_ii.shape[:2], R_ii.shape[-1], n_text)  # (B_i, B_t, 65, N_t)
@@ -75,6 +76,20 @@ for layer in image_layers:
     attn_bar = (layer.grad * layer.attn[:, None]).clamp(min=0).mean(dim=2)  # (B_i, B_t, 65, 65)
     R_it = R_it + attn_bar @ R_it  # Eq. 7
 print("largest entry of R[image, text]:", float(R_it.abs().max()))
-assert torch.allclose(image_rel, reference.image.relevance["image"], atol=1e-5)
-assert torch.allclose(text_rel, reference.text.relevance["text"], atol=1e-5)
-assert R_it.abs().max() == 0
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to Task 2's
+# question with the solution's.
+
+# %%
+# your code defines: image_rel, text_rel, R_it
+assert image_rel.shape == reference.image.relevance["image"].shape, "image_rel: (B_i, B_t, 64)"
+assert torch.allclose(image_rel, reference.image.relevance["image"], atol=1e-5), (
+    "image_rel: the CLS row of the image tower's R, patch columns 1:"
+)
+assert torch.allclose(text_rel, reference.text.relevance["text"], atol=1e-5), (
+    "text_rel: the EOT row (mask[j].sum() - 1) of the text tower's R, all columns"
+)
+assert R_it.abs().max() == 0, "R_it: Eq. 7 multiplies a map that starts at 0, so it must stay 0"
+print("✓ right: both towers match explain_dual, and R[image, text] stays exactly 0")

@@ -69,14 +69,30 @@ ratio = logit_rel.sum(-1) / cosine_rel.sum(-1)  # (B_i, B_t)
 print("total patch relevance, logit / cosine, per pair:\n", ratio)
 
 # %% [markdown]
-# **Task 3.** Count the pairs whose argmax patch differs. On this four-layer model the ratio is only
-# a few percent above $\tau$: the one-layer paths dominate (each $\bar A$ is small next to $I$), so the
+# **Task 3.** Count the pairs whose argmax patch differs. On this four-layer model the ratio is, for most
+# pairs, only a few percent above $\tau$ (the printed median; a pair whose relevance runs through several
+# layers goes further): the one-layer paths dominate (each $\bar A$ is small next to $I$), so the
 # most relevant patch rarely moves. The effect grows with depth and with the size of the
 # gradients; notebook 03 meets a model where the choice of the explained scalar changes the answer.
+
 
 # %%
 changed = int((logit_rel.argmax(-1) != cosine_rel.argmax(-1)).sum())
 print(f"the most relevant patch changes for {changed} of {ratio.numel()} pairs")
-assert torch.allclose(dual.logits, tau * cosine, rtol=1e-4, atol=1e-4)
+excess = ratio / tau - 1  # (B_i, B_t) how far the shrinking goes beyond tau
+print(f"beyond tau: median {float(excess.median()):.0%}, largest {float(excess.max()):.0%}")
+assert excess.median() < 0.1 and changed <= ratio.numel() // 4  # the paragraph above, checked
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your prediction (Task 2)
+# with the solution's expansion of the product.
+
+# %%
+# your code defines: tau, cosine, logit_rel, cosine_rel, ratio (logit_rel.sum(-1) / cosine_rel.sum(-1)), changed
+assert torch.allclose(dual.logits, tau * cosine, rtol=1e-4, atol=1e-4), "cosine: image_embeds @ text_embeds.T"
+assert logit_rel.shape == cosine_rel.shape == dual.logits.shape + (64,), "the CLS row over the 64 patches, per pair"
 assert (logit_rel >= tau * cosine_rel * (1 - 1e-5) - 1e-9).all(), "each path of k layers shrinks by tau**k >= tau"
 assert (ratio > tau).all(), "with paths through several layers, the cosine's relevance shrinks by more than tau"
+assert changed == int((logit_rel.argmax(-1) != cosine_rel.argmax(-1)).sum()), "changed: pairs whose argmax differs"
+print(f"✓ right: the relevance shrinks by {float(ratio.min()):.1f} to {float(ratio.max()):.1f} (tau = {tau:.1f})")

@@ -171,6 +171,10 @@ assert torch.allclose(delta_ss, torch.tensor([[0.02, 0.12], [0.0, 0.0]]))
 # why Eq. 8-9: a self map whose context part is 10 times larger normalises to the same Rbar ...
 R_big = torch.eye(2) + 10 * (R_ss - torch.eye(2))
 assert torch.allclose(rbar(R_big), rbar(R_ss))
+quiz = torch.eye(3) + torch.tensor([[0.1, 0.3, 0.1], [0, 0, 0], [0, 0, 0]])  # quiz question 3
+assert torch.allclose(rbar(quiz)[0], torch.tensor([1.2, 0.6, 0.2])) and torch.allclose(
+    rbar(10 * quiz - 9 * torch.eye(3)), rbar(quiz)
+)
 # ... while without it Eq. 10's addition changes with that scale
 no_norm, _ = rules.cross_attention_update(R_sq, R_big, R_qq, R_qs, A_bar, normalize=False)
 print("without Eq. 8-9, the x10 self map gives", no_norm.tolist())
@@ -259,21 +263,28 @@ regions = masks_to_grid(truth, (4, 4))  # (Q, 4, 4) regions holding pixels of a 
 for label, relevance in rows.items():  # the evaluation's pointing game, per question (None: nothing referred)
     hit = pointing_game(relevance.reshape(-1, 4, 4), regions).tolist()
     print(f"{label:24s} argmax region on a referred object:", [h if t.any() else None for h, t in zip(hit, truth)])
+# the claims below, checked on these numbers
+referred = [k for k, t in enumerate(truth) if t.any()]  # "how many circles" refers to none
+hits = {label: pointing_game(r.reshape(-1, 4, 4), regions)[referred] for label, r in rows.items()}
+assert not hits["GAE, logit target"].any() and hits["GAE, log-prob. target"].all()
+maxima = torch.cat([r.amax(-1) for r in rows.values()])  # each panel's raw maximum
+print(f"panel maxima range from {float(maxima.min()):.1e} to {float(maxima.max()):.1e}")
+assert maxima.max() / maxima.min() > 100  # orders of magnitude between the panels
 
 # %% [markdown]
 # **What to notice.**
 #
-# - With the logit target, GAE's maps **miss the object**: for "what colour is the square?" and "is
-#   there a yellow square?" its most relevant region lies on the triangle, for "what shape is the red
-#   object?" on empty background. This scene is a bad case, but not a rare one: the evaluation below
-#   counts how often GAE's logit maps miss over 300 questions.
+# - With the logit target, GAE's maps **miss the object** for every question that refers to one (the
+#   printed line, asserted in the cell): for "what colour is the square?" and "is there a yellow
+#   square?" its most relevant region lies on the triangle. This scene is a bad case, but not a rare
+#   one: the evaluation below counts how often GAE's logit maps miss over 300 questions.
 # - The cause is the explained scalar. The logit of "yellow" is raised by anything that makes the
 #   model answer *some* colour; the log-probability (logit minus the log-sum-exp over all answers)
 #   only by what favours "yellow" over the other answers. With it, the same questions point at the
 #   right objects (second row).
-# - The raw maxima differ by two orders of magnitude (printed under each row label): each panel is
-#   min-max normalised, so compare shapes within a row, and magnitudes only through the printed
-#   values.
+# - The panels' raw maxima span orders of magnitude (each panel's own maximum is printed under it,
+#   their range in the last printed line): each panel is min-max normalised, so compare shapes
+#   within a row, and magnitudes only through the printed values.
 # - "how many circles are there?" (answer 0) refers to no object: there is no outline to hit.
 #
 # The word strips below are the `[CLS]` row of $R^{tt}$ for the same questions (`[CLS]` zeroed,
@@ -297,6 +308,15 @@ _ = figures.save_figure(fig, "03_vqa_words_per_question")
 # %%
 fig = figures.plot_coattention_flow(rec, ["[CLS]", *chosen[0].words, "[SEP]"], example=0)  # rec.history() inside
 _ = figures.save_figure(fig, "03_vqa_flow")
+history = rec.history()  # the maps after every step; the claims below, checked
+first_block = next(i for i, step in enumerate(gu.propagation.layer_steps(rec.layers)) if len(step) == 2)
+before, after = history[first_block - 1], history[first_block]
+assert not before["text", "image"].any() and not before["image", "text"].any()
+assert torch.equal(before["text", "text"], after["text", "text"])
+final = history[-1]
+increments = {k: float((final[k, k] - torch.eye(final[k, k].shape[-1])).abs().max()) for k in ("text", "image")}
+print("largest increment of the self maps over their identity start:", {k: f"{v:.3f}" for k, v in increments.items()})
+assert max(increments.values()) < 1  # "small next to the identity", below
 
 # %% [markdown]
 # **What to notice.**
@@ -329,6 +349,11 @@ results, curves = cached_results(
     RESULTS / "03_vqa_logit.json", lambda: evaluate_vqa(vqa, n=n_eval, seed=7), RECOMPUTE, save=not SMOKE
 )
 print(format_table(results))
+best = {column: max(results, key=lambda m: results[m][column]) for column in ("pointing", "text_top1")}
+print("best pointing:", best["pointing"], "| best text_top1:", best["text_top1"])
+# the sentence below, checked
+assert results["gae"]["pointing"] < min(results["raw_attention"]["pointing"], results["rollout"]["pointing"])
+assert results["rollout"]["text_top1"] > 2 * results["gae"]["text_top1"]
 
 # %% [markdown]
 # With the logit target GAE does not win here: raw attention and rollout point at the objects more
@@ -346,12 +371,19 @@ print(format_table(results_lp))
 for label, table in (("logit", results), ("log-probability", results_lp)):
     miss = 1 - table["gae"]["pointing"]
     print(f"GAE, {label} target: the most relevant region misses the referred objects for {miss:.0%} of questions")
+changed = [m for m in results if m != "random" and results[m] != results_lp[m]]
+unchanged = [m for m in results if results[m] == results_lp[m]]
+print("rows that change with the explained scalar:", changed, "| rows that do not:", unchanged)
+# the paragraph below, checked
+assert {"raw_attention", "rollout"} <= set(unchanged)
+assert all(results_lp["gae"][k] > results["gae"][k] for k in ("pointing", "mass"))
 
 # %% [markdown]
 # **What to notice.** Compare the `gae` rows of the two tables: explaining the log-probability moves
 # GAE's image maps closer to the objects (`pointing`, `mass`), near raw attention and rollout: the
-# lesson of the failure case above at the scale of 300 questions. The baselines' rows do not change
-# (raw attention and rollout use no gradients), except attention Grad-CAM's. The perturbation curves
+# lesson of the failure case above at the scale of 300 questions. Raw attention and rollout use no
+# gradients, so their rows do not change; every method that uses the gradient changes with it (the
+# printed line lists them: GAE, its two ablations and attention Grad-CAM). The perturbation curves
 # of the logit target:
 
 # %%
@@ -365,12 +397,20 @@ fig = figures.plot_perturbation_panels(
     curves, results, VQA_STEPS, panels, ylabel="answer accuracy", legend_loc="lower left", legend_fontsize=7
 )
 _ = figures.save_figure(fig, "03_vqa_perturbation")
+methods = [m for m in results if m != "random"]
+winners = {
+    column: (min if "pos" in column else max)(methods, key=lambda m: results[m][column]) for _, column, _ in panels
+}
+print(f"{sum(w == 'rollout' for w in winners.values())} of {len(panels)} panels won by rollout:", winners)
+assert set(winners.values()) == {"rollout"}
+assert all(abs(results["gae"][c] - results["gae_no_norm"][c]) < 1 for c in ("text_pos_auc", "text_neg_auc"))
 
 # %% [markdown]
 # **What to notice.** In the positive panels the lowest curve wins (the removed tokens mattered); in
-# the negative panels the highest. Rollout wins three of the four panels; GAE and its no-normalisation
-# ablation coincide on the text panels. With 16 regions and about 6 words, each step removes several
-# tokens at once, so the curves are coarse: read the AUCs in the legend, not small gaps between curves.
+# the negative panels the highest. The printed line names each panel's winner (here rollout, in all
+# four, asserted); GAE and its no-normalisation ablation nearly coincide on the text panels. With 16
+# regions and about 6 words, each step removes several tokens at once, so the curves are coarse: read
+# the AUCs in the legend, not small gaps between curves.
 #
 # ## Why GAE's words are not the key words (*optional*)
 # Two effects, both measured on the same 300 questions:
@@ -401,6 +441,10 @@ for label in ("gae logit x1", "gae log_prob x1000", "rollout"):
     print(f"{label:20s} most frequent first word:", {k: f"{w} ({tops[label][k][w]:.0%})" for k, w in firsts.items()})
 fig = figures.plot_target_scale(ranks)
 _ = figures.save_figure(fig, "03_vqa_target_scale")
+# the claims around this cell, checked
+assert 0.01 <= ranks["gae logit x1"]["cam_row_sum"] < 0.1  # "a few hundredths"
+scaled = [ranks[f"gae logit x{f}"]["key_rank"] for f in (1, 10, 100, 1000)]
+assert scaled == sorted(scaled, reverse=True), scaled  # the key-word rank improves with the scale
 
 # %% [markdown]
 # **What to notice.** Multiplying the explained scalar by 10, 100, 1000 changes nothing in the model
@@ -471,15 +515,16 @@ else:
 #
 # </details>
 #
-# **3.** The context part of a self map is multiplied by 10 ($R^{ss} = I + 10\,\hat R^{ss}$). What
-# happens to $\bar R^{ss}$ of Eq. 8-9?
-# (a) it is multiplied by 10; (b) its rows sum to 10; (c) it becomes the identity; (d) it does not
-# change.
+# **3.** Token 0's row of a self map $R^{ss}$ over three tokens is $(1.1, 0.3, 0.1)$. What is its row of
+# $\bar R^{ss}$ (Eq. 8-9)? And what if the context part were 10 times larger?
+# (a) $(1.1, 0.3, 0.1)$, both times; (b) $(0.2, 0.6, 0.2)$; (c) $(1, 0, 0)$; (d) $(1.2, 0.6, 0.2)$, both
+# times.
 #
 # <details><summary>Answer</summary>
 #
-# (d). Eq. 9 rescales each row's context part to sum 1, so the scale cancels: that is why the
-# normalisation exists (the 2 x 2 cell asserts it, and shows Eq. 10 changing without it).
+# (d). Eq. 8 leaves the context $(0.1, 0.3, 0.1)$, which sums to 0.5; Eq. 9 rescales it to
+# $(0.2, 0.6, 0.2)$ and adds the identity row back. Ten times the context rescales to the same row: the
+# scale cancels, which is why the normalisation exists (the 2 x 2 cell asserts it).
 #
 # </details>
 #
@@ -498,10 +543,10 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# - `03_vqa_ex_01.py`: explain the same questions with the logit and the log-probability target and
-#   count how often the map points at the referred object.
-# - `03_vqa_ex_02.py`: implement Eq. 8-11 for the first co-attention block of the recording, check
-#   them against `gae_utils.rules`, and explain why that block leaves $R^{tt}$ unchanged.
+# - `03_vqa_ex_01.py` (20 min): explain 20 colour and 20 shape questions with the logit and the
+#   log-probability target and count, per kind, how often the map points at the referred object.
+# - `03_vqa_ex_02.py` (25 min): at the *second* co-attention block, predict and compute what Eq. 11
+#   adds now, then leave out Eq. 8-9 and say why Eq. 10's addition shrinks.
 #
 # Solutions: `03_vqa_sol_01.py`, `03_vqa_sol_02.py`.
 #

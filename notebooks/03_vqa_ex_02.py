@@ -11,21 +11,22 @@
 #     name: python3
 # ---
 
+
 # %% [markdown]
-# # Exercise 03.02 · Eq. 8-11 on the first co-attention block, by hand
+# # Exercise 03.02 · The second co-attention block: what Eq. 11 and Eq. 8-9 change
 #
-# Notebook 03 wrote the cross-attention rule as equations and ran it as a loop. Here you compute one
-# co-attention block yourself: its two cross-attentions (text -> image and image -> text), from the
-# maps as they were before the block, and compare with what the library's propagation produced.
+# **About 25 minutes.** Notebook 03 showed that at the *first* co-attention block Eq. 11 adds nothing,
+# because the streams are not yet connected. Here you look at the **second** block: predict, compute
+# one addition yourself, then change a rule (leave out the normalisation of Eq. 8-9) and say what moves.
 #
 # Setup (run it): one recording of four questions about one scene, with per-head attention and gradients
-# kept, the library's maps after every step (`rec.history()`), and the first co-attention block.
+# kept, the library's maps after every step (`rec.history()`), and the second co-attention block.
 
 # %%
-import torch  # noqa: F401 (for your code)
+import torch
 
 import gae_utils as gu
-from gae_utils import rules  # noqa: F401 (for your code)
+from gae_utils import rules
 from gae_utils.propagation import layer_steps
 from gae_workbook import zoo
 from shapesworld.inputs import vqa_inputs
@@ -40,24 +41,57 @@ rec = gu.record(vqa, x, keep_heads=True)
 
 steps = layer_steps(rec.layers)  # one entry per propagation step: one layer, or the two layers of a block
 history = rec.history()  # history[i][(a, b)]: the map R[a, b] after step i, (B, K, Na, Nb)
-block = next(i for i, step in enumerate(steps) if len(step) == 2)  # the first co-attention block
+blocks = [i for i, step in enumerate(steps) if len(step) == 2]  # the co-attention blocks
+block = blocks[1]  # the second one
 before, after = history[block - 1], history[block]
-cross = [rec.layers[n] for n in steps[block]]
-for layer in cross:
-    print(layer.kind, layer.query, "->", layer.key, "attn", tuple(layer.attn.shape), "grad", tuple(layer.grad.shape))
+text_to_image = next(rec.layers[n] for n in steps[block] if rec.layers[n].query == "text")
+print("second block: step", block, "| text -> image layer: attn", tuple(text_to_image.attn.shape))
+print("R[image, text] before the block is non-zero:", bool(before[("image", "text")].any()))
 
 # %% [markdown]
+# **Predict first** (write it down): at this block, does Eq. 11, $R^{tt} \mathrel{+}= \bar A\, R^{it}$,
+# still add nothing? And if Eq. 10 used $R^{tt}$ and $R^{ii}$ as they are, without Eq. 8-9, would its
+# addition to $R^{ti}$ be larger or smaller? (Hint: how large is the context part $R^{tt} - I$ here?)
+#
 # **Your task.**
 #
-# 1. Write `rbar(R)`, Eq. 8-9: subtract `I`, divide each row by its sum (a row summing to 0 stays 0),
-#    add `I` back. Check it against `rules.normalize_self_relevancy` on `before[("text", "text")]` and
-#    `before[("image", "image")]`.
-# 2. For each layer of `cross` (queries from `s = layer.query`, keys from `q = layer.key`): its Eq. 5
-#    map `A_bar = mean over heads of (grad * attn)^+` (`attn` is `(B, H, Nq, Nk)`, `grad` is
-#    `(B, K, H, Nq, Nk)`), then the additions of Eq. 10 to `R[s, q]` and of Eq. 11 to `R[s, s]`, both
-#    computed from `before`. Collect them in a dict `added = {(a, b): tensor}`.
-# 3. Check that `before[key] + added[key]` equals `after[key]` for the four blocks written.
-# 4. Two of the four additions are exactly zero. Which, and why?
+# 1. `A_bar`: Eq. 5 for `text_to_image`, mean over heads of `(grad * attn)^+`, shape `(B, K, Nt, Ni)`.
+# 2. `eq11_text`: the Eq. 11 addition to `R[text, text]`, from the maps `before` the block. In a
+#    co-attention block only Eq. 11 writes `R[text, text]`, so it must equal
+#    `after[("text", "text")] - before[("text", "text")]`.
+# 3. `eq10`, `eq10_no_norm`: the Eq. 10 additions to `R[text, image]` with and without Eq. 8-9
+#    (`rules.cross_attention_update(r_sq, r_ss, r_qq, r_qs, A_bar, normalize=...)` returns
+#    `(addition to R[s, q], addition to R[s, s])`), and `ratio = eq10_no_norm.sum() / eq10.sum()`.
+# 4. One sentence: why is the ratio on the side of 1 that it is? What does Eq. 8-9 do to a context part
+#    that sums to a few hundredths?
 
 # %%
 # Write your code here.
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your sentence with the
+# solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+expected_bar = (text_to_image.grad * text_to_image.attn[:, None]).clamp(min=0).mean(2)
+assert torch.allclose(A_bar, expected_bar), "A_bar: Eq. 5, the mean over the head axis (dim 2 of grad)"
+assert torch.allclose(eq11_text, after[("text", "text")] - before[("text", "text")], atol=1e-6), (
+    "eq11_text: A_bar @ before[('image', 'text')]"
+)
+assert eq11_text.abs().max() > 0, "at the second block R[image, text] is no longer 0, so Eq. 11 adds something"
+assert torch.allclose(eq10, after[("text", "image")] - before[("text", "image")], atol=1e-6), "eq10: normalize=True"
+check, _ = rules.cross_attention_update(
+    before[("text", "image")],
+    before[("text", "text")],
+    before[("image", "image")],
+    before[("image", "text")],
+    A_bar,
+    normalize=False,
+)
+assert torch.allclose(eq10_no_norm, check, atol=1e-6), "eq10_no_norm: the same call with normalize=False"
+assert abs(float(ratio) - float(eq10_no_norm.sum() / eq10.sum())) < 1e-6, "ratio = eq10_no_norm.sum() / eq10.sum()"
+print(
+    f"✓ right: Eq. 11 adds up to {float(eq11_text.abs().max()):.1e}; without Eq. 8-9 Eq. 10 adds {float(ratio):.2f} x"
+)

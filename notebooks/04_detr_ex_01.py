@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 04.01 · Which blocks of `R` does each DETR layer change?
 #
+# **About 15 minutes.**
+#
 # `shapes-detr` records six attention layers: two encoder self-attentions (image -> image), then per
 # decoder layer a self-attention (query -> query) and a cross-attention (query -> image). GAE keeps four
 # maps, `R[image, image]`, `R[image, query]`, `R[query, image]`, `R[query, query]`.
@@ -55,3 +57,21 @@ start = {
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to question 3
+# with the solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: predicted, changed
+expected = []
+for i, after in enumerate(history):
+    before = start if i == 0 else history[i - 1]
+    expected.append({key for key in after if not torch.equal(after[key], before[key])})
+assert changed == expected, "changed: the blocks whose map after layer i is not torch.equal to the map before it"
+wrong = [i for i, (p, e) in enumerate(zip(predicted, expected)) if p != e]
+assert not wrong, f"your prediction is wrong at layers {wrong}: which blocks can Eq. 7 and Eq. 11 change there?"
+print("✓ right: every layer changes exactly the blocks you predicted")

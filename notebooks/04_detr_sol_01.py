@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 04.01 · Which blocks of `R` does each DETR layer change?
 #
+# **About 15 minutes.**
+#
 # `shapes-detr` records six attention layers: two encoder self-attentions (image -> image), then per
 # decoder layer a self-attention (query -> query) and a cross-attention (query -> image). GAE keeps four
 # maps, `R[image, image]`, `R[image, query]`, `R[query, image]`, `R[query, query]`.
@@ -76,6 +78,19 @@ for i, c in enumerate(changed):
 # cross-attention adds `A_bar @ R[image, query]`, so it adds exactly 0. Only the decoder's
 # self-attention mixes queries.
 
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to question 3
+# with the solution's.
+
 # %%
-assert changed == predicted, (changed, predicted)
-assert torch.count_nonzero(history[-1][iq]) == 0
+# your code defines: predicted, changed
+expected = []
+for i, after in enumerate(history):
+    before = start if i == 0 else history[i - 1]
+    expected.append({key for key in after if not torch.equal(after[key], before[key])})
+assert changed == expected, "changed: the blocks whose map after layer i is not torch.equal to the map before it"
+wrong = [i for i, (p, e) in enumerate(zip(predicted, expected)) if p != e]
+assert not wrong, f"your prediction is wrong at layers {wrong}: which blocks can Eq. 7 and Eq. 11 change there?"
+print("✓ right: every layer changes exactly the blocks you predicted")

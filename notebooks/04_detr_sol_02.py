@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 04.02 · Do duplicate detections share a map?
 #
+# **About 15 minutes.**
+#
 # DETR has no non-maximum suppression: two object queries may detect the same object. A ShapesWorld
 # scene holds at most one object per class, so two detections of one class in one image are duplicates
 # of one object. Are their explanations the same, and how different are the maps of two *different*
@@ -64,7 +66,24 @@ for name, values in (("duplicates", duplicates), ("different", different)):
 # and the same class logit is explained, so the gradients select the same tokens. Different objects'
 # maps barely overlap. A duplicate is not a second piece of evidence; it is the same explanation twice.
 
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your 'why' with the solution's.
+
 # %%
-assert duplicates and different
-assert sum(duplicates) / len(duplicates) > 0.7 > 0.3 > sum(different) / len(different)
-assert min(duplicates) > max(different)
+# your code defines: duplicates, different (lists of cosine similarities)
+expected = {"duplicates": [], "different": []}
+for b, row in enumerate(queries):
+    slots = [k for k, q in enumerate(row) if q >= 0]
+    for i in slots:
+        for j in (j for j in slots if j > i):
+            cos = float(torch.nn.functional.cosine_similarity(relevance[b, i], relevance[b, j], dim=0))
+            expected["duplicates" if int(rec.target[b, i]) == int(rec.target[b, j]) else "different"].append(cos)
+assert sorted(duplicates) == sorted(expected["duplicates"]), "duplicates: every pair of same-class detections"
+assert sorted(different) == sorted(expected["different"]), "different: every pair of detections of two classes"
+assert min(duplicates) > max(different), "every duplicate pair is more alike than every pair of different objects"
+print(
+    f"✓ right: mean cosine of duplicates {sum(duplicates) / len(duplicates):.2f}, "
+    f"of different objects {sum(different) / len(different):.2f}"
+)

@@ -148,30 +148,48 @@ framed = {
     for score, r in [("logit", rec), ("log-prob.", rec_lp)]
 }
 framed |= {method_label(m): rec.explanation(m).relevance["source"][0, relation] for m in ("raw_attention", "rollout")}
+aligned = [cap.words[i] for i in reference.alignment[relation]]
+top_word = {}  # the most relevant source *word* (</s> left out, as the alignment score does)
 for label, row in framed.items():
     words = row[: len(cap.words)]
+    top_word[label] = cap.words[int(words.argmax())]
     print(
-        f"{label:16s} argmax: {cap.words[int(words.argmax())]:9s} max {float(row.max()):.1e} |",
+        f"{label:16s} top word: {top_word[label]:9s} ({float(words.max()):.1e}) | "
+        f"top token incl. </s>: {source_tokens[int(row.argmax())]:9s} ({float(row.max()):.1e}) |",
         " ".join(f"{v:.1e}" for v in row.tolist()),
     )
+on_aligned = [label for label, word in top_word.items() if word in aligned]
+print(
+    f"top word on an aligned word {aligned}:",
+    on_aligned,
+    "| elsewhere:",
+    {label: word for label, word in top_word.items() if word not in aligned},
+)
+# the notes below, checked on these numbers
+assert set(on_aligned) == {"GAE (log-prob.)", method_label("raw_attention"), method_label("rollout")}
+assert source_tokens[int(framed[method_label("raw_attention")].argmax())] == "</s>"
+peak = {label: float(row.max()) for label, row in framed.items()}
+assert peak["GAE (logit)"] > 10 * peak["GAE (log-prob.)"] and 1e-3 <= peak["GAE (logit)"] < 1e-2
+assert 1 <= peak[method_label("rollout")] < 10
 
 # %% [markdown]
 # **What to notice.**
 #
 # - Among the source *words* (the alignment score ignores `</s>`), raw attention, rollout and GAE with
-#   the log-probability target put the relation word on "right" or "of", its aligned words. GAE with the
-#   logit target puts it on "triangle": a failure, and a frequent one for this model (the evaluation
-#   below counts it over 300 captions).
-# - Raw cross-attention puts most of its weight on `</s>`, not on a word: the decoder routes the
-#   relation word through the end-of-sentence token, whose encoder state has read the whole caption.
+#   the log-probability target put the relation word on one of its aligned words ("right", "of"); GAE
+#   with the logit target puts it elsewhere (the printed line says where): a failure, and a frequent one
+#   for this model (the evaluation below counts it over 300 captions).
+# - Over all source tokens, raw cross-attention puts its largest weight for the relation word on `</s>`,
+#   not on a word: the decoder routes the relation word through the end-of-sentence token, whose encoder
+#   state has read the whole caption. That is why the printed line gives two maxima per method.
 #   A good discussion question: is a map on `</s>` wrong, or is it where this model keeps the relation?
 # - The cause of GAE's miss is the same as in notebook 03. Attending to any shape word raises *every*
 #   word's logit a little, and Eq. 5 keeps only the positive part of `dA * A`, so the logit's relevance
 #   is dominated by evidence shared with the competitors; the log-probability subtracts it.
 # - Magnitudes: GAE's logit row peaks at a few 1e-3, the log-probability row more than ten times lower
 #   (the model is sure of its word, $p \approx 1$, so the log-probability barely moves). Raw attention
-#   rows sum to 1, rollout's values are of order 1 to 10. The per-row min-max of the figures hides all
-#   of this; compare magnitudes only through the printed values.
+#   rows sum to 1, rollout's values are between 1 and 10 (all asserted in the cell). The per-row min-max
+#   of the figures hides all of this; compare magnitudes only through the printed values.
 # - The bottom strip is the framed word's row of $R^{tt}$ over the decoder inputs: the identity's 1 at
 #   its own position (the input "quoj") dominates it; $R^{tt}$ is zero after that position (causal
 #   decoder).
@@ -182,6 +200,8 @@ for label, row in framed.items():
 # %%
 exp = explain_generation(model, inputs, generated)
 assert torch.allclose(exp.relevance["source"], rec.explanation("gae").relevance["source"])
+own = exp.relevance["target"][0, relation]  # (T,) the framed word's row of R[t, t], the figure's bottom strip
+assert int(own.argmax()) == relation and not own[relation + 1 :].any()  # the identity dominates; 0 after it
 {name: tuple(value.shape) for name, value in exp.relevance.items()}
 
 # %% [markdown]
@@ -195,13 +215,43 @@ assert torch.allclose(exp.relevance["source"], rec.explanation("gae").relevance[
 # %%
 fig = figures.plot_alignment_methods(rec, source_tokens, target_tokens, gu.method_names(), highlight=relation)
 _ = figures.save_figure(fig, "05_translation_methods")
+rows = {m: rec.explanation(m).relevance["source"][0] for m in gu.method_names()}  # (T, S) each, raw
+print("generated token -> its most relevant source token, per method (* = an aligned word)")
+for t, token in enumerate(target_tokens):
+    aligned_t = reference.alignment[t] if t < len(reference.alignment) else []
+    cells = [
+        f"{source_tokens[int(rows[m][t].argmax())]}{'*' if int(rows[m][t].argmax()) in aligned_t else ''}"
+        if rows[m][t].any()
+        else "(all 0)"
+        for m in rows
+    ]
+    print(f"  {token:8s}", " | ".join(f"{method_label(m)}: {c}" for m, c in zip(rows, cells)))
+gae_hits = [
+    target_tokens[t] for t in range(len(reference.alignment)) if int(rows["gae"][t].argmax()) in reference.alignment[t]
+]
+same_as_last = sum(
+    int(rows["gae"][t].argmax()) == int(rows["gae_last_layer"][t].argmax()) for t in range(len(target_tokens))
+)
+blank = int((rows["attn_gradcam"].amax(-1) == 0).sum())
+raw_hits = sum(
+    int(rows["raw_attention"][t].argmax()) in reference.alignment[t] for t in range(len(reference.alignment))
+)
+assert raw_hits >= len(reference.alignment) - 1 and source_tokens[int(rows["raw_attention"][-1].argmax())] != "</s>"
+assert 0 < len(gae_hits) < len(reference.alignment) and same_as_last < len(target_tokens) and blank >= 1
+print(
+    f"GAE (logit) right on: {gae_hits}; GAE and its last-layer ablation share the top token on "
+    f"{same_as_last} of {len(target_tokens)} rows; attention Grad-CAM rows all zero: {blank} of {len(target_tokens)}"
+)
 
 # %% [markdown]
-# **What to notice.** Raw attention is close to a permutation matrix: each generated word attends to
-# its aligned source word, and the relation word and `[EOS]` to `</s>`. GAE with the logit target gets
-# only some words right here ("quoj" -> "yellow", "drenok" -> "triangle"); its last-layer ablation
-# looks alike. Attention Grad-CAM is black in almost every row: its head weights come out negative and
-# the clamped map is zero, the method's degenerate case, not a bug.
+# **What to notice.** Read the printed list beside the figure: for each generated word, the source token
+# each method ranks first (`*`: one of its aligned words).
+# - Raw attention puts most words on an aligned word; the relation word goes to `</s>` (see above), and
+#   `[EOS]`, which has no aligned word, attends most to a word of the caption (printed), not to `</s>`.
+# - GAE with the logit target is right on only some words (printed), and its last-layer ablation does
+#   not always agree with it (the printed count of rows where they share the top token).
+# - Attention Grad-CAM rows that are all zero (printed count) are black: its head weights come out
+#   negative and the clamped map is zero, the method's degenerate case, not a bug.
 #
 # ## Alignment accuracy against the known word alignment
 # For each generated word: is the argmax of its source relevance one of its aligned source words? Over
@@ -224,6 +274,19 @@ results_lp = cached_results(
     save=not SMOKE,
 )
 print(format_table(results_lp))
+acc = {
+    label: {m: r[m]["alignment_accuracy"] for m in r} for label, r in (("logit", results), ("log-prob.", results_lp))
+}
+print(
+    {
+        label: f"GAE {a['gae']:.0%}, raw attention {a['raw_attention']:.0%}, random {a['random']:.0%}"
+        for label, a in acc.items()
+    }
+)
+# the paragraph below and quiz question 3, checked
+assert acc["logit"]["gae"] - acc["logit"]["random"] < 0.1 < acc["logit"]["raw_attention"] - acc["logit"]["gae"]
+assert 0.4 < acc["log-prob."]["gae"] - acc["logit"]["gae"] < 0.6  # quiz question 3: about 50 points
+assert acc["log-prob."]["gae"] < min(acc["log-prob."]["raw_attention"], acc["log-prob."]["rollout"])
 
 # %% [markdown]
 # **What to notice.** With the logit target GAE is barely above the random floor on this model and
@@ -238,14 +301,25 @@ print(format_table(results_lp))
 # %%
 fig = widgets.render_translation_layer(rec, source_tokens, target_tokens, step=relation, layer=-1, head=0)
 _ = figures.save_figure(fig, "05_translation_layer_head")
+last_cross = [layer for layer in rec.layers if layer.kind == "cross"][-1]
+head_attn = last_cross.attn[0, 0, relation]  # (S,) head 0's attention of the relation word
+head_cam = (last_cross.grad[0, relation, 0] * last_cross.attn[0, 0])[relation].clamp(min=0)  # (S,) its Eq. 5 row
+cam_rows = (last_cross.grad[0, relation, 0] * last_cross.attn[0, 0]).clamp(min=0).abs().sum(-1) > 0  # (T,)
+print(
+    f"head 0, '{target_tokens[relation]}': attends most to {source_tokens[int(head_attn.argmax())]!r}; "
+    f"its (dA*A)+ is largest at {source_tokens[int(head_cam.argmax())]!r}; "
+    f"non-zero rows: {cam_rows.nonzero().flatten().tolist()}"
+)
+assert cam_rows.nonzero().flatten().tolist() == [relation]
 display(widgets.translation_explorer(model, inputs, generated, source_tokens, target_tokens))  # noqa: F821
 
 # %% [markdown]
 # **What to notice.** Left, one head of the last cross-attention: each generated word attends sharply to
-# one source token ("uvrin" to "of" in this head). Right, the same head's Eq. 5 map for "uvrin",
-# $(\nabla A \odot A)^+$: non-zero only in the framed row, because only that token's score is
-# differentiated, and there it sits on `</s>`, not on the word the head attends to most: the gradient
-# says which attention *mattered* for the score.
+# one source token (the printed line says which for the relation word). Right, the same head's Eq. 5
+# map for the relation word, $(\nabla A \odot A)^+$: non-zero only in the framed row (the printed row
+# indices), because only that token's score is differentiated, and its largest entry need not be where
+# the head attends most (compare the two printed tokens): the gradient says which attention
+# *mattered* for the score.
 #
 # %% [markdown]
 # ## A real translation model (when pretrained weights can be downloaded)
@@ -296,14 +370,14 @@ else:
 #
 # </details>
 #
-# **3.** Which change raises GAE's alignment accuracy most on `shapes-translate`?
-# (a) explaining each token's log-probability instead of its logit; (b) using only the last layer; (c)
-# min-max normalising each row; (d) adding `</s>` to the aligned words.
+# **3.** Read the two alignment tables. By how much does explaining each token's log-probability
+# instead of its logit change GAE's alignment accuracy on `shapes-translate`?
+# (a) it adds about 50 percentage points; (b) it adds about 5; (c) nothing; (d) it lowers it.
 #
 # <details><summary>Answer</summary>
 #
-# (a). In the two tables it moves GAE from near the random floor to well above it; raw attention and
-# rollout stay ahead.
+# (a). Subtract GAE's rows of the two tables: from near the random floor to well above it (the cell under
+# the tables asserts the size of the gain); raw attention and rollout stay ahead.
 #
 # </details>
 #

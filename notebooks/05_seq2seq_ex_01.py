@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 05.01 · Does each generated word point at its source words?
 #
+# **About 20 minutes.**
+#
 # The toy language has a known word alignment: each target word translates one source word, or both
 # words of a relation ("left of" -> "oskev"). A good explanation of a generated word should put its
 # largest source relevance on one of its aligned words. You score that yourself for three explanations:
@@ -66,3 +68,25 @@ print("alignment of the first:", translations[0].alignment)
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to question 4
+# with the solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: hits, rates ({"GAE, logit": ..., "GAE, log-probability": ..., "raw attention": ...})
+for rec_, method in ((rec_logit, "gae"), (rec_log_prob, "gae"), (rec_logit, "raw_attention")):
+    relevance_ = rec_.explanation(method).relevance["source"]
+    assert torch.equal(hits(relevance_), alignment_hits(relevance_, translations)), "hits: argmax over the words only"
+expected = {
+    "GAE, logit": alignment_hits(rec_logit.explanation("gae").relevance["source"], translations),
+    "GAE, log-probability": alignment_hits(rec_log_prob.explanation("gae").relevance["source"], translations),
+    "raw attention": alignment_hits(rec_logit.explanation("raw_attention").relevance["source"], translations),
+}
+for label, value in expected.items():
+    assert abs(rates[label] - value.float().mean().item()) < 1e-6, f"rates[{label!r}]: the share of hits"
+assert rates["GAE, log-probability"] > rates["GAE, logit"]
+print("✓ right:", {label: f"{rate:.0%}" for label, rate in rates.items()})

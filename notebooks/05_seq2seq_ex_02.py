@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 05.02 · The encoder-decoder rules as a loop
 #
+# **About 25 minutes.**
+#
 # Notebook 05 stated the rules of an encoder-decoder: encoder self-attention (Eq. 6-7 on the source
 # rows), decoder self-attention (Eq. 6-7 on the target rows) and decoder cross-attention (Eq. 10-11,
 # with the normalisation of Eq. 8-9). Here you implement them as a loop over the recorded layers and
@@ -59,3 +61,17 @@ library = rec.explanation("gae")  # library.maps[(a, b)]: (B, K, Na, Nb); librar
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: R (a dict of four maps), rows (B, T, S)
+assert set(R) == set(library.maps), "R: the four maps, keyed ('source', 'source'), ('source', 'target'), ..."
+for key in R:
+    assert torch.allclose(R[key], library.maps[key], atol=1e-6), f"R[{key}] differs from the library's"
+assert torch.allclose(rows, library.relevance["source"], atol=1e-6), "rows: row t of target t's R[target, source]"
+print("✓ right: your loop reproduces the library's four maps and its source relevance")

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 05.01 · Does each generated word point at its source words?
 #
+# **About 20 minutes.**
+#
 # The toy language has a known word alignment: each target word translates one source word, or both
 # words of a relation ("left of" -> "oskev"). A good explanation of a generated word should put its
 # largest source relevance on one of its aligned words. You score that yourself for three explanations:
@@ -95,6 +97,23 @@ for label, rel in relevance.items():
 # GAE with the logit target: the logit of a word is raised by evidence shared with the other words
 # (attending to any shape word raises every shape's logit), which the log-probability subtracts.
 
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to question 4
+# with the solution's.
+
 # %%
+# your code defines: hits, rates ({"GAE, logit": ..., "GAE, log-probability": ..., "raw attention": ...})
+for rec_, method in ((rec_logit, "gae"), (rec_log_prob, "gae"), (rec_logit, "raw_attention")):
+    relevance_ = rec_.explanation(method).relevance["source"]
+    assert torch.equal(hits(relevance_), alignment_hits(relevance_, translations)), "hits: argmax over the words only"
+expected = {
+    "GAE, logit": alignment_hits(rec_logit.explanation("gae").relevance["source"], translations),
+    "GAE, log-probability": alignment_hits(rec_log_prob.explanation("gae").relevance["source"], translations),
+    "raw attention": alignment_hits(rec_logit.explanation("raw_attention").relevance["source"], translations),
+}
+for label, value in expected.items():
+    assert abs(rates[label] - value.float().mean().item()) < 1e-6, f"rates[{label!r}]: the share of hits"
 assert rates["GAE, log-probability"] > rates["GAE, logit"]
-assert all(torch.equal(hits(rel), alignment_hits(rel, translations)) for rel in relevance.values())
+print("✓ right:", {label: f"{rate:.0%}" for label, rate in rates.items()})

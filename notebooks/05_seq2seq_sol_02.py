@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Exercise 05.02 · The encoder-decoder rules as a loop
 #
+# **About 25 minutes.**
+#
 # Notebook 05 stated the rules of an encoder-decoder: encoder self-attention (Eq. 6-7 on the source
 # rows), decoder self-attention (Eq. 6-7 on the target rows) and decoder cross-attention (Eq. 10-11,
 # with the normalisation of Eq. 8-9). Here you implement them as a loop over the recorded layers and
@@ -91,6 +93,15 @@ steps = torch.arange(K)
 rows = R["target", "source"][:, steps, steps]  # (B, T, S): row t of target t's map
 print("R[source, target] stays 0:", bool(torch.count_nonzero(R["source", "target"]) == 0))
 
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right.
+
 # %%
-assert all(torch.allclose(R[key], library.maps[key], atol=1e-6) for key in R)
-assert torch.allclose(rows, library.relevance["source"], atol=1e-6)
+# your code defines: R (a dict of four maps), rows (B, T, S)
+assert set(R) == set(library.maps), "R: the four maps, keyed ('source', 'source'), ('source', 'target'), ..."
+for key in R:
+    assert torch.allclose(R[key], library.maps[key], atol=1e-6), f"R[{key}] differs from the library's"
+assert torch.allclose(rows, library.relevance["source"], atol=1e-6), "rows: row t of target t's R[target, source]"
+print("✓ right: your loop reproduces the library's four maps and its source relevance")

@@ -102,8 +102,8 @@ for story, answer in zip(stories, logits[torch.arange(len(stories)), last].argma
 #   identity only says that $p$ is relevant to itself (it is 1 for every prompt and would drown the
 #   rest); $R_N - I$ keeps what the layers added. Padding columns are 0.
 #
-# Prediction before you run the next cell: in the last layer, which rows of $\bar A$ can be non-zero?
-# (Only row $p$: the logit is read at $p$, and in the last layer nothing flows from another row to $p$.)
+# *Predict before you run the next cell:* in the last layer, which rows of $\bar A$ can be non-zero?
+# Write your answer down; the cell prints, per layer, how many rows have a non-zero entry.
 
 # %%
 rec = gu.record(lm, inputs, keep_heads=True)  # the predicted next token of each prompt
@@ -118,37 +118,66 @@ for layer in rec.layers:
         f"{layer.name}: largest entry above the diagonal {float(attn_bar.triu(1).abs().max()):.1e}, "
         f"rows with a non-zero entry: {int((attn_bar[0].abs().sum(-1) > 0).sum())} of {L}"
     )
+    nonzero_rows = (attn_bar.abs().sum(-1) > 0).sum(-1)  # (B,) rows with a non-zero entry, per prompt
     R = R + attn_bar @ R  # (B, L, L), Eq. 6
+# the sentence after this cell, checked: the last layer has one non-zero row per prompt, the first several
+assert (nonzero_rows == 1).all() and float(
+    torch.stack([lay.attn_bar.triu(1).abs().max() for lay in rec.layers]).max()
+) == 0
 mine = (R - torch.eye(L))[torch.arange(B), last] * inputs["attention_mask"]  # (B, L): row p of R - I, 0 at padding
 library = gu.explain(lm, inputs).relevance["text"]  # (B, L)
 print("largest difference from gu.explain:", float((mine - library).abs().max()))
 assert torch.allclose(mine, library, atol=1e-6)
 
 # %% [markdown]
-# The last layer's $\bar A$ has one non-zero row (the answer's), the first layer's several: the rows
-# of the tokens whose outputs the last layer read. Everything above the diagonal is exactly 0.
+# The last layer's $\bar A$ has one non-zero row (the answer's, $p$: the logit is read there, and in the
+# last layer nothing flows from another row to $p$), the first layer's several: the rows of the tokens
+# whose outputs the last layer read. Everything above the diagonal is exactly 0 (both asserted).
 #
 # ## Token heatmaps
 # Each token shaded by its GAE relevance (min-max over the prompt; the raw value is the tooltip). Above
-# each map: the explained answer, the question's kind and the word that determines the answer.
+# each map: the explained answer and the question's kind. On the strip, the word that determines the
+# answer is marked `▸like this◂`, and the **cue word** (the description word the question names: the
+# shape in "what colour is the cross", the colour in "what shape is the blue object") `·like this·`.
 
 # %%
 exp = gu.explain(lm, inputs)
-facts = word_positions(stories, L)
+facts = word_positions(stories, L)  # "key": the determining word; "subject": the cue word (the data's name)
+
+
+def marked(tokens: list[str], key: int, cue: int) -> list[str]:
+    """The tokens with the determining word marked ▸ ◂ and the cue word · ·."""
+    return [f"▸{t}◂" if i == key else f"·{t}·" if i == cue else t for i, t in enumerate(tokens)]
+
+
+top = exp.relevance["text"].masked_fill(~facts["description"], float("-inf")).argmax(1)  # (B,) first description token
 for b, story in enumerate(stories):
     n = int(inputs["attention_mask"][b].sum())
     tokens = vocab.decode(inputs["input_ids"][b, :n], skip_special=False)
     answer = vocab.tokens[int(exp.target[b])]
-    head = f"<b>{story.kind} question, answer {answer}</b>, determining word at {int(facts['key'][b])}"
-    display(HTML(head), token_html(tokens, exp.relevance["text"][b, :n]))
+    lands = (
+        "determining word" if top[b] == facts["key"][b] else "cue word" if top[b] == facts["subject"][b] else "other"
+    )
+    head = (
+        f"<b>{story.kind} question, answer {answer}</b>; brightest description token: {tokens[int(top[b])]!r} ({lands})"
+    )
+    display(
+        HTML(head),
+        token_html(marked(tokens, int(facts["key"][b]), int(facts["subject"][b])), exp.relevance["text"][b, :n]),
+    )
+# the notes below, checked on these four prompts
+kinds = [s.kind for s in stories]
+assert all(top[b] == facts["key"][b] for b in range(len(stories)) if kinds[b] == "colour")
+assert all(top[b] == facts["subject"][b] for b in range(len(stories)) if kinds[b] == "shape")
 
 # %% [markdown]
 # **What to notice.** For a colour question ("what colour is the cross") the brightest description token
-# is the answer's own colour word in the cross's sentence; the other sentences, which hold the
-# distractors, stay dark. For a shape question ("what shape is the blue object") the brightest token is
-# the colour word `blue`, the word the question names, not the shape word that is the answer: we come
-# back to this in *Where GAE misses*. The question's own words (`Q:` to `A:`) also carry relevance: the
-# model must read which object is asked about.
+# is the answer's own colour word in the cross's sentence (the marked determining word). For a shape
+# question ("what shape is the blue object") the brightest token is the cue word `blue`, the word the
+# question names, not the shape word that is the answer (the line above each strip says where the
+# brightest token lands; the cell asserts both): we come back to this in *Where GAE misses*. The
+# question's own words (`Q:` to `A:`) also carry relevance: the model must read which object is asked
+# about.
 #
 # The same comparison for every method on one prompt, as a figure:
 
@@ -158,18 +187,26 @@ tokens = vocab.decode(inputs["input_ids"][b, : int(inputs["attention_mask"][b].s
 title = f"{stories[b].text} -> {stories[b].answer}   (framed: the determining word)"
 fig = figures.plot_token_methods(rec, gu.method_names(), b, tokens, frame=int(facts["key"][b]), title=title)
 _ = figures.save_figure(fig, "06_lm_tokens_methods")
+gradcam = rec.explanation("attn_gradcam").relevance["text"][b, : len(tokens) - 1]  # without the explained position
+print(
+    f"attention Grad-CAM on this prompt: max {float(gradcam.max()):.3f}, "
+    f"{int((gradcam == 0).sum())} of {len(gradcam)} tokens exactly 0"
+)
 
 # %% [markdown]
-# **What to notice.** Raw attention and rollout do not depend on the explained token; GAE and attention
-# Grad-CAM do. Attention Grad-CAM keeps only the last layer's heads whose mean gradient is positive,
-# and here it often keeps little: it sits near the random floor in the table below.
+# **What to notice.** Every strip is the same readout, row $p$ over the tokens before `A:` (the hatched
+# explained position is left out of each scale), in raw values with its own colour bar. Raw attention
+# and rollout do not depend on the explained token; GAE and attention Grad-CAM do. Attention Grad-CAM
+# keeps only the last layer's heads whose mean gradient is positive, and here it keeps little: its
+# values are a few hundredths at most and mostly exactly 0 (printed), and it sits near the random floor
+# in the table below.
 #
 # ## Ground truth and deletion, on 300 held-out stories
 # For each story the ground truth is the description word that determines the answer. Metrics, all
 # over the description tokens (`[BOS]` and the question excluded):
 #
 # - `pointing`: the most relevant description token is that word; `pointing_pair`: it is that word or
-#   its sentence's subject (the word the question names); `key_rank`: the word's rank (1 = first);
+#   the cue word of its sentence (the word the question names); `key_rank`: the word's rank (1 = first);
 # - `pos_auc`, `neg_auc`: **deletion test**. Description tokens are deleted (not masked: the model never
 #   saw a mask token), most relevant first (positive: the answer should go quickly, lower is better)
 #   or least relevant first (negative: it should stay, higher is better), 0 % to 90 % of them in steps
@@ -188,6 +225,15 @@ results, curves = cached_results(
     save=not SMOKE,
 )
 print(format_table(results))
+columns = ["pointing", "pointing_pair", "key_rank", "pos_auc", "neg_auc", "pos_prob_auc", "neg_prob_auc"]
+lower = {"key_rank", "pos_auc", "pos_prob_auc"}
+methods = [m for m in results if m != "random"]
+best = {c: (min if c in lower else max)(methods, key=lambda m: results[m][c]) for c in columns}
+print("best per column:", best)
+# the notes below, checked
+assert {c for c, m in best.items() if m == "gae"} == {"pointing_pair", "key_rank", "pos_auc", "pos_prob_auc"}
+assert best["pointing"] == best["neg_auc"] == "rollout" and len(set(best.values())) > 1
+assert abs(results["attn_gradcam"]["pos_auc"] - results["random"]["pos_auc"]) < 10
 
 # %%
 panels = [  # (title, AUC column of the table, x axis) per test, in the order of the curves
@@ -204,29 +250,31 @@ _ = figures.save_figure(fig, "06_lm_deletion")
 # (or the word that locates its sentence) is enough to lose the answer, so a method that ranks them
 # first drops the curve at the first step. In the negative panel the highest curve wins. GAE has the
 # best key rank, `pointing_pair` and positive AUCs; rollout points at the determining word itself more
-# often and holds the answer longest in the negative test. No method wins every column.
+# often and holds the answer longest in the negative test. No method wins every column (the printed
+# line gives each column's best; the cell asserts this paragraph).
 #
 # ## Where GAE misses: shape questions
-# GAE's first description token is the determining word for almost every colour question and for few
-# shape questions. When it misses, it lands on the subject, the colour word that the question names.
+# How often is GAE's first description token the determining word, per question kind, and when it
+# misses, does it land on the cue word (the colour word that a shape question names)? The cell prints
+# the shares on held-out stories.
 
 # %%
 misses = draw_stories(seed=7, n=60 if SMOKE else 300, rng=np.random.default_rng(7))
 batch = encode_stories(misses, vocab)
 facts_m = word_positions(misses, batch["input_ids"].shape[1])
-rec_m = gu.record(lm, batch)
+rec_m = gu.record(lm, batch, keep_heads=True)  # per-head attention kept for the 'Why' below
 
 
 def first_token_hits(recording: gu.Recording) -> dict[str, str]:
-    """Share of stories, per question kind, whose first description token is the determining word / the subject."""
+    """Share of stories, per question kind, whose first description token is the determining word / the cue word."""
     relevance = recording.explanation("gae").relevance["text"]  # (N, L)
     top = relevance.masked_fill(~facts_m["description"], float("-inf")).argmax(1)  # (N,)
     out = {}
     for kind in ("colour", "shape"):
         rows = torch.tensor([s.kind == kind for s in misses])
         key = (top == facts_m["key"])[rows].float().mean()
-        subject = (top == facts_m["subject"])[rows].float().mean()
-        out[kind] = f"determining word {key:.0%}, subject {subject:.0%} (n={int(rows.sum())})"
+        cue = (top == facts_m["subject"])[rows].float().mean()
+        out[kind] = f"determining word {key:.0%}, cue word {cue:.0%} (n={int(rows.sum())})"
     return out
 
 
@@ -237,14 +285,31 @@ i = next(i for i, s in enumerate(misses) if s.kind == "shape")
 n = int(batch["attention_mask"][i].sum())
 tokens = vocab.decode(batch["input_ids"][i, :n], skip_special=False)
 display(
-    HTML(f"<b>{misses[i].text} {misses[i].answer}</b>"),
-    token_html(tokens, rec_m.explanation("gae").relevance["text"][i, :n]),
+    HTML(f"<b>{misses[i].text} {misses[i].answer}</b> (determining word ▸ ◂, cue word · ·)"),
+    token_html(
+        marked(tokens, int(facts_m["key"][i]), int(facts_m["subject"][i])),
+        rec_m.explanation("gae").relevance["text"][i, :n],
+    ),
 )
 
+# %%
+# what the 'Why' below says about the model's attention, measured on the shape questions
+shape_rows = torch.tensor([s.kind == "shape" for s in misses])
+p_m = batch["attention_mask"].sum(1) - 1  # (N,) the position of A:
+last_heads = rec_m.layers[-1].attn[torch.arange(len(misses)), :, p_m]  # (N, H, L) attention of A:, per head
+on_cue = last_heads.masked_fill(~facts_m["description"][:, None], -1).argmax(-1) == facts_m["subject"][:, None]
+share = on_cue[shape_rows].float().mean(0)  # (H,) per head: share of shape questions whose top token is the cue
+head = int(share.argmax())
+first = rec_m.layers[0].attn.mean(1)[torch.arange(len(misses)), facts_m["subject"], facts_m["key"]]  # (N,)
+print(f"last layer, head {head}: A: attends most to the cue word in {float(share[head]):.0%} of shape questions")
+print(f"first layer, head mean: the cue word's attention to the shape word, mean {float(first[shape_rows].mean()):.2f}")
+assert share[head] > 0.9 and first[shape_rows].mean() > 0.2  # the paragraph below, checked
+
 # %% [markdown]
-# **Why.** To answer "what shape is the blue object", the model's *last* layer attends from `A:` to the
-# token `blue` in the description (it matches the question's word), and reads there the shape that its
-# *first* layer had moved into `blue`'s position from two tokens earlier. In GAE's product
+# **Why.** To answer "what shape is the blue object", one head of the model's *last* layer attends from
+# `A:` to the token `blue` in the description (it matches the question's word; the printed head and
+# share), and reads there the shape that its *first* layer had moved into `blue`'s position from two
+# tokens earlier (the printed mean attention of the cue word to the shape word). In GAE's product
 # $R = (I + \bar A_2)(I + \bar A_1)$, row $p$ reaches the shape word only through the term
 # $\bar A_2[p, \text{blue}]\,\bar A_1[\text{blue}, \text{square}]$, a product of two small numbers,
 # next to the first-order term $\bar A_2[p, \text{blue}]$. The same diagnostic as notebook 03: explain
@@ -252,11 +317,14 @@ display(
 # that the paths through intermediate tokens count:
 
 # %%
-{factor: first_token_hits(rec_m.scaled(factor)) for factor in (1, 10, 100)}
+scaled_hits = {factor: first_token_hits(rec_m.scaled(factor)) for factor in (1, 10, 100)}
+for factor, shares in scaled_hits.items():
+    print(f"x{factor:<4}", " | ".join(f"{kind}: {share}" for kind, share in shares.items()))
 
 # %% [markdown]
-# **What to notice.** With the gradients scaled by 10 GAE's first token on shape questions moves to the
-# shape word in most stories, at some cost on colour questions. GAE's answer depends on the scale of the
+# **What to notice.** Compare the shape rows of the three scales: scaling the gradients moves GAE's first
+# token on shape questions from the cue word to the determining shape word, and the colour rows show
+# what it costs there. GAE's answer depends on the scale of the
 # explained scalar; the ground truth here lets you see it. The map is not wrong about the model: the
 # last layer does read the answer at the colour word's position. It is a two-step route that the
 # first-order reading of $R$ shows only weakly.
@@ -264,14 +332,16 @@ display(
 # %% [markdown]
 # ## Check yourself
 #
-# **1.** In the last layer of `shapes-lm`, which rows of $\bar A$ can be non-zero?
-# (a) all rows up to the last real token; (b) only row $p$, the last real token (`A:`); (c) only the
-# padding rows; (d) the rows of the question's words.
+# **1.** In a two-layer model, $R = (I + \bar A_2)(I + \bar A_1)$. Say $\bar A_2[p, \text{blue}] = 0.3$,
+# $\bar A_1[\text{blue}, \text{square}] = 0.2$, and every other entry of row $p$ of $\bar A_2$, of row
+# `blue` of $\bar A_1$ and of row $p$ of $\bar A_1$ is 0. What is $R[p, \text{square}]$?
+# (a) 0.5; (b) 0.06; (c) 0.3; (d) 0.2.
 #
 # <details><summary>Answer</summary>
 #
-# (b). The next-token logit is read at $p$, and in the last layer nothing flows from another row to
-# $p$; the loop cell prints one non-zero row for the last layer.
+# (b). Expand the product: $R = I + \bar A_2 + \bar A_1 + \bar A_2 \bar A_1$. Only the last term reaches
+# `square` from $p$, through `blue`: $0.3 \times 0.2 = 0.06$, a second-order path, which is why GAE
+# misses shape questions (*Where GAE misses*).
 #
 # </details>
 #
@@ -299,14 +369,14 @@ display(
 # **4.** On shape questions ("what shape is the blue object?"), where does GAE's most relevant
 # description token usually fall?
 # (a) on the shape word that is the answer; (b) on the question mark; (c) on `[BOS]`; (d) on the
-# colour word the question names (the sentence's subject), because the shape reaches `A:` only through
-# a second-order path.
+# colour word the question names (the cue word), because the shape reaches `A:` only through a
+# second-order path.
 #
 # <details><summary>Answer</summary>
 #
 # (d). The last layer reads the answer at the colour word's position, where the first layer had moved
-# the shape; that path is a product of two small $\bar A$ entries. Scaling the explained scalar by 10
-# moves the first token to the shape word in most stories.
+# the shape; that path is a product of two small $\bar A$ entries. Scaling the explained scalar moves
+# the first token towards the shape word (the printed shares of the scaled rows).
 #
 # </details>
 
@@ -323,4 +393,5 @@ display(
 #   relevance: check shape questions before trusting a single top-1 number.
 #
 # **Exercises.** `06_language_model_ex_01.py`: carry one row vector through the layers instead of the
-# full matrix (the long-prompt form of Eq. 6). `06_language_model_ex_02.py`: a deletion test by hand.
+# full matrix, and predict what it saves (the one place the course touches long prompts).
+# `06_language_model_ex_02.py`: a deletion test by hand, GAE's first token against a random one.

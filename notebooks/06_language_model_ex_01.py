@@ -53,3 +53,18 @@ last = inputs["attention_mask"].sum(1) - 1  # (B,) position p of each prompt
 # %% [markdown]
 # **Question.** Why is the order of the layers reversed here, while notebook 06's loop runs in forward
 # order? (Write $e_p^\top R_N$ with the product above and group it from the left.)
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to the
+# question with the solution's.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: mine, (B, L)
+full = gu.explain(lm, inputs).relevance["text"]  # (B, L) the library's row p of R - I
+assert mine.shape == inputs["input_ids"].shape, "mine: one row of length L per prompt"
+assert torch.allclose(mine * inputs["attention_mask"], mine), "mine: 0 at padding columns"
+assert torch.allclose(mine, full, atol=1e-6), "the row-vector recursion must equal row p of the full product"
+print(f"✓ right: {len(mine)} rows equal to gu.explain's, without any L x L relevance")

@@ -56,11 +56,27 @@ def answered(input_ids: list[list[int]]) -> torch.Tensor:
 # 1. Explain the answer token of every story with GAE (`target=answers`).
 # 2. For each story, delete the description token GAE ranks first (remove it from the prompt: the
 #    kept tokens keep their order) and compute `gae_lost`, the share of stories no longer answered.
-# 3. Do the same with one description token drawn at random (`torch.Generator().manual_seed(0)`):
-#    `random_lost`.
+# 3. Do the same with one description token per story drawn at random, `random_lost`. Draw it so
+#    that every description token of a story is equally likely and the draw is repeatable: a uniform
+#    random number per token from `torch.rand(description.shape, generator=torch.Generator().manual_seed(0))`,
+#    set to -1 outside the description (`masked_fill(~description, -1.0)`), and the argmax of each row.
 #
 # Before running it: what do you expect for `random_lost`, knowing that a story has 2 to 5 sentences
 # of 5 tokens and only one token is the answer's word?
 
 # %%
 # Write your code here.
+
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your prediction for
+# random_lost with the solution's reasoning.
+
+# %%
+# ruff: noqa: F821 (the names below are the ones your code defines)
+# your code defines: before, gae_lost, random_lost (shares between 0 and 1)
+assert 0 <= random_lost <= 1 and 0 <= gae_lost <= 1, "shares of the 40 stories, between 0 and 1"
+assert before >= 0.95, "before: the share answered with nothing deleted (the shipped model answers almost all)"
+assert gae_lost > random_lost + 0.3, "deleting GAE's first token must hurt far more than deleting a random one"
+print(f"✓ right: GAE's first token deleted -> {gae_lost:.0%} lost; a random one -> {random_lost:.0%}")

@@ -47,10 +47,21 @@ print(mine[0])
 # The library gives the same numbers, with the full matrices (`maps=True`, the default) and with its
 # own row-vector path (`maps=False`).
 
+
 # %%
-full = gu.explain(lm, inputs).relevance["text"]  # (B, L)
-rows = gu.explain(lm, inputs, maps=False).relevance["text"]  # (B, L)
-print("largest differences:", float((mine - full).abs().max()), float((mine - rows).abs().max()))
-assert mine.shape == inputs["input_ids"].shape
-assert torch.allclose(mine, full, atol=1e-6), "the row-vector recursion must equal row p of the full product"
+rows = gu.explain(lm, inputs, maps=False).relevance["text"]  # (B, L): the library's own row recursion
+print("largest difference to the library's row recursion:", float((mine - rows).abs().max()))
 assert torch.allclose(mine, rows, atol=1e-6)
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your answer to the
+# question with the solution's.
+
+# %%
+# your code defines: mine, (B, L)
+full = gu.explain(lm, inputs).relevance["text"]  # (B, L) the library's row p of R - I
+assert mine.shape == inputs["input_ids"].shape, "mine: one row of length L per prompt"
+assert torch.allclose(mine * inputs["attention_mask"], mine), "mine: 0 at padding columns"
+assert torch.allclose(mine, full, atol=1e-6), "the row-vector recursion must equal row p of the full product"
+print(f"✓ right: {len(mine)} rows equal to gu.explain's, without any L x L relevance")

@@ -50,7 +50,9 @@ def answered(input_ids: list[list[int]]) -> torch.Tensor:
 relevance = gu.explain(lm, inputs, target=answers).relevance["text"]  # (40, L)
 first = relevance.masked_fill(~description, float("-inf")).argmax(1)  # (40,) GAE's first description token
 gen = torch.Generator().manual_seed(0)
-chance = torch.rand(description.shape, generator=gen).masked_fill(~description, -1.0).argmax(1)  # (40,)
+chance = (
+    torch.rand(description.shape, generator=gen).masked_fill(~description, -1.0).argmax(1)
+)  # (40,) uniform over each story's description
 
 
 def without(position: torch.Tensor) -> list[list[int]]:
@@ -75,9 +77,18 @@ print(
 # A random description token is the answer's word about one time in 15 (3.5 sentences of 5 tokens on
 # average), and most other deletions leave the model able to answer, so `random_lost` is small. GAE's
 # first token is, in most stories, either the determining word or the word that locates its sentence
-# (the subject the question names; notebook 06's `pointing_pair`). Without the first the answer cannot
+# (the cue word, the word the question names; notebook 06's `pointing_pair`). Without the first the answer cannot
 # be copied; without the second the model cannot find the sentence.
 
+
+# %% [markdown]
+# ## Check your answer
+# Run this cell: it says which part is wrong, or that all is right. Compare your prediction for
+# random_lost with the solution's reasoning.
+
 # %%
-assert before >= 0.95, "the shipped model answers held-out stories"
+# your code defines: before, gae_lost, random_lost (shares between 0 and 1)
+assert 0 <= random_lost <= 1 and 0 <= gae_lost <= 1, "shares of the 40 stories, between 0 and 1"
+assert before >= 0.95, "before: the share answered with nothing deleted (the shipped model answers almost all)"
 assert gae_lost > random_lost + 0.3, "deleting GAE's first token must hurt far more than deleting a random one"
+print(f"✓ right: GAE's first token deleted -> {gae_lost:.0%} lost; a random one -> {random_lost:.0%}")

@@ -3,7 +3,9 @@ the student's understanding with a quiz whose answers are given and explained, a
 take-aways; the instructor guide covers every notebook, exercise and quiz.
 
 Picked up by file name (``notebooks/NN_topic.py``, NN from 01), so a new notebook is held to the
-same standard without editing this file. Notebook 00 (notation and glossary) has no quiz.
+same standard without editing this file. Notebook 00 (prerequisites, notation and glossary) ends with
+a quiz too. A sentence about a computed result must come from the result: every cell that prints a
+results table is followed by asserts on it (the prose beside it says what they check).
 """
 
 import re
@@ -44,7 +46,14 @@ def test_notebook_states_objectives_time_and_take_aways(path):
     assert len(re.findall(r"^\s*-\s+\S", listed, re.M)) >= 2, f"{path.name}: list 2+ take-aways"
 
 
-@pytest.mark.parametrize("path", MAIN, ids=[p.stem for p in MAIN])
+ALL = notebook_paths()
+
+
+def _code(path: Path) -> list[str]:
+    return [c.source for c in jupytext.read(path).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
 def test_notebook_ends_with_a_quiz_whose_answers_are_options(path):
     cells = _markdown(path)
     quiz = [c for c in cells if re.search(r"^#+ Check yourself", c, re.M)]
@@ -105,3 +114,25 @@ def test_quiz_answers_stay_hidden_on_the_site(path):
         answer = block.get_text(" ", strip=True).removeprefix("Answer").strip()
         assert re.match(r"\([a-e]\)\. \S+", answer), f"{path.name}: an answer left its <details> block: {block}"
     assert "<math" in str(blocks[0].parent) or "$" not in quiz  # formulas in answers are rendered too
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_results_tables_are_checked_where_the_prose_reads_them(path):
+    """A printed table is read by the notes after it ("GAE wins ...", "rollout wins all four panels"):
+    the same code cell, or the next one, asserts what those notes claim, so a changed result fails the
+    notebook instead of leaving a sentence that contradicts the table."""
+    cells = _code(path)
+    for k, cell in enumerate(cells):
+        if "format_table(" in cell:
+            checked = "assert " in cell or (k + 1 < len(cells) and "assert " in cells[k + 1])
+            assert checked, f"{path.name}: code cell {k} prints a table but nothing asserts the claims about it"
+
+
+def test_notation_notebook_teaches_the_prerequisites_on_three_tokens():
+    path = next(p for p in ALL if p.name.startswith("00_"))
+    text = "\n".join(_markdown(path))
+    for topic in ("Softmax attention", "Heads", "The CLS token", "The residual connection"):
+        assert re.search(rf"^#+ \d\. {topic}", text, re.M), f"00: no section '{topic}'"
+    code = "\n".join(_code(path))
+    assert 'tokens = ["[CLS]", "p1", "p2"]' in code and "00_prerequisites" in code
+    assert "Vaswani" in text and "Dosovitskiy" in text  # the standard reading

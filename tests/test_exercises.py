@@ -1,11 +1,13 @@
-"""The exercises beside the notebooks: every exercise has its solution (and vice versa), every
-exercise leaves the student a place to write, and every solution runs and passes its own checks.
+"""The exercises beside the notebooks: every exercise has its solution (and vice versa), states its
+time, leaves the student a place to write and ends with a checking cell that tells the student whether
+the answer is right; every solution ends with the same checking cell, runs and passes it.
 
 Picked up by file name, ``notebooks/NN_topic_ex_KK.py`` / ``notebooks/NN_topic_sol_KK.py``, so a new
 notebook's exercises are tested without editing this file.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +49,29 @@ def test_solution_has_exercise_and_checks_its_answer(solution):
     assert PLACEHOLDER not in text, f"{solution.name} still holds the exercise's placeholder"
     last_cell = text.rsplit("# %%", 1)[-1]
     assert "assert " in last_cell, f"{solution.name} must end with a check that its answer is right"
+
+
+CHECK = "# ## Check your answer"
+
+
+def _last_code_cell(text: str) -> str:
+    """The source of the file's last ``# %%`` code cell, without ruff directives."""
+    cell = text.rsplit("\n# %%\n", 1)[-1]
+    return "\n".join(line for line in cell.splitlines() if not line.startswith("# ruff: noqa")).strip()
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=[p.stem for p in EXERCISES])
+def test_exercise_states_its_time_and_ends_with_the_solutions_check(exercise):
+    text = exercise.read_text()
+    title = text.split("# %% [markdown]", 1)[1].split("# %%\n", 1)[0]  # the first markdown cell
+    assert re.search(r"About \d+ minutes", title), f"{exercise.name}: say 'About N minutes' in the first cell"
+    assert CHECK in text, f"{exercise.name}: end with a '## Check your answer' cell"
+    check = _last_code_cell(text)
+    assert "assert " in check and "print(" in check, f"{exercise.name}: the check asserts and says when all is right"
+    solution = _solution_of(exercise).read_text()
+    assert CHECK in solution and _last_code_cell(solution) == check, (
+        f"{_solution_of(exercise).name} must end with the exercise's own checking cell (so the solution passes it)"
+    )
 
 
 def test_each_notebook_with_exercises_has_at_least_two():

@@ -113,10 +113,14 @@ def test_token_methods_and_alignment_methods_draw_every_method():
     tokens = vocab.decode(inputs["input_ids"][1, :n], skip_special=False)
     fig = figures.plot_token_methods(rec, ["gae", "raw_attention"], 1, tokens, frame=3, title="t")
     strips = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(fig.axes) == 2 * len(strips)  # one colour bar per strip: raw values
     relevance = rec.explanation("raw_attention").relevance["text"][1, :n]
-    shown = (relevance - relevance.min()) / (relevance.max() - relevance.min())
-    np.testing.assert_allclose(_images(strips[1])[0][0], shown.numpy(), atol=1e-6)
-    assert [p.get_x() for p in strips[0].patches] == [2.5]  # the framed token
+    drawn = strips[1].images[0].get_array()  # a masked array
+    assert drawn.mask[0, n - 1] and not drawn.mask[0, : n - 1].any()  # the explained position is left out
+    np.testing.assert_allclose(drawn[0, : n - 1], relevance[: n - 1].numpy(), atol=1e-6)  # raw, not min-max
+    vmin, vmax = strips[1].images[0].get_clim()
+    assert vmin == 0.0 and vmax == pytest.approx(float(relevance[: n - 1].max()))  # the scale ignores A:
+    assert [p.get_x() for p in strips[0].patches] == [n - 1.5, 2.5]  # the explained position, the framed token
     plt.close(fig)
 
     model, tv = zoo.load("shapes-translate"), translate_vocabulary()
@@ -150,4 +154,39 @@ def test_coattention_flow_shows_the_steps_around_each_block():
     final = rec.history()[-1][("text", "image")][1, 0][: len(tokens)]
     np.testing.assert_allclose(_images(panels[-1, 1])[0], final.numpy(), atol=1e-7)
     assert panels[0, 0].get_ylabel().startswith("after the")
+    plt.close(fig)
+
+
+def test_rule_steps_show_which_rows_of_abar_are_non_zero():
+    model = zoo.load("shapes-vit")
+    images = ShapesWorld(seed=2024).batch(1).images
+    rec = gu.record(model, images)
+    fig = figures.plot_rule_steps(rec, images)
+    bars = [ax for ax in fig.axes if ax.patches and ax.get_yscale() == "log"]
+    assert len(bars) == len(rec.layers)
+    for ax, layer in zip(bars, rec.layers):
+        sums = layer.attn_bar[0, 0].clamp(min=0).sum(-1)
+        np.testing.assert_allclose([p.get_height() for p in ax.patches], sums.numpy(), rtol=1e-6)
+        assert f"non-zero rows: {int((sums > 0).sum())} of" in " ".join(t.get_text() for t in ax.texts)
+    assert "non-zero rows: 1 of 65" in " ".join(t.get_text() for t in bars[-1].texts)  # only CLS in the last
+    plt.close(fig)
+
+
+def test_region_maps_print_each_panels_own_maximum_under_it():
+    image = torch.rand(3, 64, 64)
+    rows = {"a": torch.arange(32.0).reshape(2, 16), "b": torch.ones(2, 16)}
+    fig = figures.plot_region_maps(image, rows, ["q0", "q1"])
+    panels = np.array(fig.axes[:-1]).reshape(2, 3)[:, 1:]
+    assert [ax.get_xlabel() for ax in panels[0]] == ["raw max 1.5e+01", "raw max 3.1e+01"]
+    assert panels[0, 0].get_ylabel() == "a"  # the row label holds no value
+    plt.close(fig)
+
+
+def test_small_matrices_write_every_value_in_its_cell():
+    a = torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+    fig = figures.plot_small_matrices({"A": a, "I + A": torch.eye(3) + a}, ["[CLS]", "p1", "p2"], title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["A", "I + A"]
+    np.testing.assert_allclose(_images(fig.axes[1])[0], (torch.eye(3) + a).numpy())
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"{v:.2f}" for v in a.flatten().tolist()]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["[CLS]", "p1", "p2"]
     plt.close(fig)
