@@ -24,7 +24,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	touch $@
 
 workbook: $(VENV)/.runtime
-	$(PY) -m gae_workbook.run $(WORKBOOK_ARGS)
+	$(PY) -m gae_workbook.tools.run $(WORKBOOK_ARGS)
 
 test: $(VENV)/.dev
 	$(PY) -m ruff check .
@@ -40,16 +40,16 @@ lab: $(VENV)/.runtime
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 site: $(VENV)/.runtime
-	$(PY) -m gae_workbook.run $(WORKBOOK_ARGS)
-	$(PY) -m gae_workbook.site
+	$(PY) -m gae_workbook.tools.run $(WORKBOOK_ARGS)
+	$(PY) -m gae_workbook.tools.site
 
 # the instructor's opening talk: one self-contained HTML file, no network (arrow keys to move)
 slides: $(VENV)/.runtime
-	$(PY) -m gae_workbook.slides
+	$(PY) -m gae_workbook.tools.slides
 
 # the same full-size run as make workbook: figures/ (PNG + PDF), a figure rewritten only when its picture changed
 figures: $(VENV)/.runtime
-	$(PY) -m gae_workbook.run --figures figures
+	$(PY) -m gae_workbook.tools.run --figures figures
 
 $(VENV)/.lecture: $(VENV)/.runtime
 	$(PIP) install --quiet -e ".[hf,minilm,lecture]"
@@ -60,7 +60,7 @@ lecture: $(VENV)/.lecture
 	$(PY) -m voila lecture/ --Voila.ip=127.0.0.1 --token --preheat_kernel=True --VoilaKernelManager.fill_delay=600
 
 models: $(VENV)/.runtime
-	$(PY) -m gae_workbook.train all
+	$(PY) -m gae_workbook.models.train all
 
 evaluate: $(VENV)/.runtime
 	for m in shapes-vit shapes-clip shapes-vqa shapes-translate shapes-lm; do \
@@ -68,17 +68,17 @@ evaluate: $(VENV)/.runtime
 	done
 
 bench: $(VENV)/.runtime
-	$(PY) -m gae_workbook.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
-	$(PY) -m gae_workbook.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
-	$(PY) -m gae_workbook.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
-	$(PY) -m gae_workbook.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
-	$(PY) -m gae_workbook.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
+	$(PY) -m gae_workbook.tools.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
+	$(PY) -m gae_workbook.tools.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
+	$(PY) -m gae_workbook.tools.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
+	$(PY) -m gae_workbook.tools.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
+	$(PY) -m gae_workbook.tools.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
 
 # The README's GPU table on a machine with CUDA (outputs/gpu/table.md and one JSON per part).
 # GPU_PY=python3 uses a Python that already has torch, timm and transformers instead of the venv.
 GPU_PY ?= $(PY)
 gpu: $(if $(filter $(PY),$(GPU_PY)),$(VENV)/.runtime)
-	PYTHONUNBUFFERED=1 $(GPU_PY) -m gae_workbook.gpu --out outputs/gpu $(GPU_ARGS)
+	PYTHONUNBUFFERED=1 $(GPU_PY) -m gae_workbook.tools.gpu --out outputs/gpu $(GPU_ARGS)
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -1,10 +1,10 @@
 """Forwarding module: the family probe (``python -m gae_workbook.probe``) lives in
 :mod:`gae_workbook.evaluation.probe`."""
 
-from gae_workbook.evaluation.probe import *  # noqa: F403
-from gae_workbook.evaluation.probe import __all__  # noqa: F401
+from .evaluation.probe import *  # noqa: F403
+from .evaluation.probe import __all__  # noqa: F401
 
 if __name__ == "__main__":
-    from gae_workbook.evaluation.probe import main
+    from .evaluation.probe import main
 
     main()

@@ -1,10 +1,10 @@
 """Forwarding module: cascading model randomisation (``python -m gae_workbook.sanity``) lives in
 :mod:`gae_workbook.evaluation.sanity`."""
 
-from gae_workbook.evaluation.sanity import *  # noqa: F403
-from gae_workbook.evaluation.sanity import __all__  # noqa: F401
+from .evaluation.sanity import *  # noqa: F403
+from .evaluation.sanity import __all__  # noqa: F401
 
 if __name__ == "__main__":
-    from gae_workbook.evaluation.sanity import main
+    from .evaluation.sanity import main
 
     main()

@@ -69,7 +69,7 @@
 # %%
 import torch
 
-from gae_workbook import figures
+from gae_workbook.exploration import figures
 
 tokens = ["[CLS]", "p1", "p2"]
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (N=3, d=2) queries

@@ -39,9 +39,10 @@ import torch
 import gae_utils as gu
 from gae_utils import rules
 from gae_utils.methods import method_label
-from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import cached_results, evaluate_vit, format_table
-from gae_workbook.metrics import PERTURBATION_STEPS, masks_to_grid
+from gae_workbook.evaluation.metrics import PERTURBATION_STEPS, masks_to_grid
+from gae_workbook.exploration import figures, widgets
+from gae_workbook.models import zoo
 from shapesworld.scenes import CLASS_NAMES, ShapesBatch, ShapesWorld
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"
@@ -371,7 +372,7 @@ try:
 except zoo.PretrainedUnavailableError as err:
     print(err)
 else:
-    from gae_workbook.photos import imagenet_label, photo_batch
+    from gae_workbook.models.photos import imagenet_label, photo_batch
 
     photos, inputs = photo_batch(vit_b)
     with torch.no_grad():

@@ -30,7 +30,7 @@ import copy
 import torch
 
 import gae_utils as gu
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.scenes import ShapesWorld
 
 model = zoo.load("shapes-vit")

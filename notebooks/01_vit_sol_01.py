@@ -26,8 +26,8 @@
 import torch
 
 import gae_utils as gu
-from gae_workbook import zoo
-from gae_workbook.metrics import masks_to_grid
+from gae_workbook.evaluation.metrics import masks_to_grid
+from gae_workbook.models import zoo
 from shapesworld.scenes import ShapesBatch, ShapesWorld
 
 model = zoo.load("shapes-vit")

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from gae_utils.dual import explain_dual
-from gae_workbook import figures, widgets, zoo
+from gae_workbook.exploration import figures, widgets
+from gae_workbook.models import zoo
 from shapesworld.inputs import encode_captions, normalize_pixels
 from shapesworld.language import Vocabulary, all_captions, negative_caption
 from shapesworld.scenes import ShapesBatch, ShapesWorld
@@ -175,7 +176,7 @@ widgets.dual_explorer(
 # %%
 try:
     from gae_utils.similarity import explain_similarity
-    from gae_workbook.zoo import load_minilm
+    from gae_workbook.models.zoo import load_minilm
 
     minilm, tokenizer = load_minilm()
 except ModuleNotFoundError as err:
@@ -224,7 +225,7 @@ try:
 except OSError as err:
     print("pretrained CLIP unavailable offline:", str(err)[:160])
 else:
-    from gae_workbook.photos import load_photos
+    from gae_workbook.models.photos import load_photos
 
     photo = load_photos(["chelsea"], size=224)
     inputs = processor(

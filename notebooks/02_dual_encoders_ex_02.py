@@ -22,7 +22,7 @@
 import numpy as np
 
 from gae_utils.dual import explain_dual
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.inputs import encode_captions, normalize_pixels
 from shapesworld.language import Vocabulary, all_captions, negative_caption
 from shapesworld.scenes import ShapesBatch, ShapesWorld

@@ -44,9 +44,10 @@ import torch
 
 import gae_utils as gu
 from gae_utils import rules
-from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import VQA_STEPS, cached_results, evaluate_vqa, format_table, vqa_word_study
-from gae_workbook.metrics import masks_to_grid, pointing_game
+from gae_workbook.evaluation.metrics import masks_to_grid, pointing_game
+from gae_workbook.exploration import figures, widgets
+from gae_workbook.models import zoo
 from shapesworld.inputs import vqa_inputs
 from shapesworld.language import ANSWERS, Vocabulary, questions
 from shapesworld.scenes import ShapesBatch, ShapesWorld
@@ -480,7 +481,7 @@ try:
 except OSError as err:
     print("pretrained ViLT not available (no network access or no cached weights):", str(err)[:160])
 else:
-    from gae_workbook.photos import load_photos
+    from gae_workbook.models.photos import load_photos
 
     photo = load_photos(["chelsea"], size=384)
     inputs = processor(images=list(photo), text=["what animal is this?"], return_tensors="pt", do_rescale=False)

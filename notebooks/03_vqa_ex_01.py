@@ -30,7 +30,7 @@
 import torch
 
 import gae_utils as gu  # noqa: F401 (for your code)
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.inputs import vqa_inputs
 from shapesworld.language import Vocabulary, questions
 from shapesworld.scenes import ShapesBatch, ShapesWorld

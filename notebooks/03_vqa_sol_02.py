@@ -28,7 +28,7 @@ import torch
 import gae_utils as gu
 from gae_utils import rules
 from gae_utils.propagation import layer_steps
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.inputs import vqa_inputs
 from shapesworld.language import Vocabulary, questions
 from shapesworld.scenes import ShapesBatch, ShapesWorld

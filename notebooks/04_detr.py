@@ -31,7 +31,7 @@
 # tokens ("image"), the decoder's self-attention mixes the object queries ("query"), and its
 # cross-attention lets each query read the image tokens. A detected object is explained through its
 # query's class logit. `shapes-detr` is a tiny Hugging Face `DetrForObjectDetection` trained by this
-# repository on ShapesWorld boxes (`python -m gae_workbook.train shapes-detr`): 2 encoder layers,
+# repository on ShapesWorld boxes (`python -m gae_workbook.models.train shapes-detr`): 2 encoder layers,
 # 2 decoder layers, 8 object queries, an 8 x 8 feature grid. Set `GAE_SMOKE=1` for a quick run.
 
 # %%
@@ -41,9 +41,10 @@ from pathlib import Path
 import torch
 
 import gae_utils as gu
-from gae_workbook import figures, views, widgets, zoo
-from gae_workbook.detection import detect
 from gae_workbook.evaluate import cached_results, evaluate_detr, format_table
+from gae_workbook.exploration import figures, views, widgets
+from gae_workbook.models import zoo
+from gae_workbook.models.detection import detect
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 
@@ -285,7 +286,7 @@ try:
 except zoo.PretrainedUnavailableError as err:
     print("pretrained DETR not available (no network access or no cached weights):", str(err)[:160])
 else:
-    from gae_workbook.photos import load_photos
+    from gae_workbook.models.photos import load_photos
 
     photos = load_photos(["astronaut", "coffee"], size=512)
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

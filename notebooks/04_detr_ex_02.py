@@ -27,7 +27,7 @@
 import torch  # noqa: F401 (for your code)
 
 import gae_utils as gu
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 

@@ -27,7 +27,7 @@
 import torch
 
 import gae_utils as gu
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 

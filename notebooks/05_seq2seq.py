@@ -43,9 +43,10 @@ import torch
 import gae_utils as gu
 from gae_utils.generation import explain_generation, record_generation
 from gae_utils.methods import method_label
-from gae_workbook import figures, widgets, zoo
 from gae_workbook.evaluate import cached_results, evaluate_translate, format_table
-from gae_workbook.models import greedy_decode
+from gae_workbook.exploration import figures, widgets
+from gae_workbook.models import zoo
+from gae_workbook.models.translator import greedy_decode
 from shapesworld.inputs import encode_sources, translate_vocabulary
 from shapesworld.language import caption, translate
 from shapesworld.scenes import ShapesWorld
@@ -296,7 +297,7 @@ assert acc["log-prob."]["gae"] < min(acc["log-prob."]["raw_attention"], acc["log
 #
 # ## Explorer
 # Generated token, method, cross-attention layer and head; each control calls a pure function of
-# `gae_workbook.widgets` (`render_translation`, `render_translation_layer`).
+# `gae_workbook.exploration.widgets` (`render_translation`, `render_translation_layer`).
 
 # %%
 fig = widgets.render_translation_layer(rec, source_tokens, target_tokens, step=relation, layer=-1, head=0)

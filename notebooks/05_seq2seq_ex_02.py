@@ -28,8 +28,8 @@
 import torch  # noqa: F401 (for your code)
 
 from gae_utils.generation import record_generation
-from gae_workbook import zoo
-from gae_workbook.models import greedy_decode
+from gae_workbook.models import zoo
+from gae_workbook.models.translator import greedy_decode
 from shapesworld.inputs import encode_sources, translate_vocabulary
 from shapesworld.language import caption
 from shapesworld.scenes import ShapesWorld

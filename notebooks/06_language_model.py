@@ -47,9 +47,10 @@ from IPython.display import HTML, display
 
 import gae_utils as gu
 from gae_utils.plotting import token_html
-from gae_workbook import figures, zoo
 from gae_workbook.evaluate import cached_results, evaluate_lm, format_table
-from gae_workbook.metrics import PERTURBATION_STEPS
+from gae_workbook.evaluation.metrics import PERTURBATION_STEPS
+from gae_workbook.exploration import figures
+from gae_workbook.models import zoo
 from shapesworld.stories import draw_stories, encode_stories, story_vocabulary, word_positions
 
 SMOKE = os.environ.get("GAE_SMOKE", "0") == "1"

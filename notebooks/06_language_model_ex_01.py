@@ -30,7 +30,7 @@ import numpy as np
 import torch  # noqa: F401 (you will need it)
 
 import gae_utils as gu
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.stories import draw_stories, encode_stories, story_vocabulary
 
 lm = zoo.load("shapes-lm")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import gae_utils as gu
-from gae_workbook import zoo
+from gae_workbook.models import zoo
 from shapesworld.stories import draw_stories, encode_stories, story_vocabulary, word_positions
 
 lm = zoo.load("shapes-lm")

@@ -26,7 +26,7 @@ def test_attribute_shape_and_values(images):
 
 def test_quantus_pixel_flipping_runs_on_gae_and_beats_random():
     quantus = pytest.importorskip("quantus")
-    from gae_workbook import zoo
+    from gae_workbook.models import zoo
     from shapesworld.scenes import ShapesWorld
 
     model = zoo.load("shapes-vit")

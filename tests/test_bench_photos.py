@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import gae_utils as gu
-from gae_workbook import bench, zoo
-from gae_workbook.photos import imagenet_label, load_photos, photo_batch
+from gae_workbook.models import zoo
+from gae_workbook.models.photos import imagenet_label, load_photos, photo_batch
+from gae_workbook.tools import bench
 
 
 def test_benchmark_runs_and_agrees_with_the_authors_style_loop():
@@ -56,7 +57,7 @@ def test_long_prompt_benchmark_reports_ratios_for_each_mode():
 
 
 def test_gpu_report_runs_on_cpu_and_renders_from_its_json(tmp_path):
-    from gae_workbook import gpu
+    from gae_workbook.tools import gpu
 
     args = ["--device", "cpu", "--parts", "lm", "--lengths", "16", "--lm-dtypes", "float32", "--out", str(tmp_path)]
     results = gpu.main(args)
@@ -68,7 +69,7 @@ def test_gpu_report_runs_on_cpu_and_renders_from_its_json(tmp_path):
 
 
 def test_readme_gpu_table_is_the_rendering_of_the_committed_results():
-    from gae_workbook import gpu
+    from gae_workbook.tools import gpu
 
     root = Path(__file__).resolve().parent.parent
     rendered = gpu.render(gpu.load(root / "docs" / "results" / "gpu-h200"))

@@ -13,7 +13,7 @@ and no redraw may take longer than ``$GAE_BROWSER_MAX_REDRAW_S`` (default 0.5 s;
 moved twice more and judged by the median of its three redraws, all three reported). The same is done
 for each lecture notebook served by Voila as ``make lecture`` serves it, with its time to first paint.
 The executed copies ``outputs/notebooks/*.ipynb`` (``$GAE_BROWSER_EXECUTED``; made with
-``python -m gae_workbook.run --smoke`` where missing) are opened in the same JupyterLab: no dialog
+``python -m gae_workbook.tools.run --smoke`` where missing) are opened in the same JupyterLab: no dialog
 (a paired-notebook error), every ``image/png`` output shown as a loaded ``<img>``, no error output.
 
 Select with ``pytest -m browser``. Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get
@@ -50,13 +50,13 @@ REPO = Path(__file__).resolve().parent.parent
 # the course notebooks, not their exercises and solutions (NN_topic_ex_KK.py, NN_topic_sol_KK.py)
 NOTEBOOKS = sorted(p for p in (REPO / "notebooks").glob("0[1-6]_*.py") if not re.search(r"_(ex|sol)_\d+$", p.stem))
 LECTURES = sorted((REPO / "lecture").glob("*.ipynb"))
-# every course notebook, 00 included (the executed copies: what `python -m gae_workbook.run` writes)
+# every course notebook, 00 included (the executed copies: what `python -m gae_workbook.tools.run` writes)
 COURSE = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.py") if not re.search(r"_(ex|sol)_\d+$", p.stem))
 REPORT = Path(os.environ.get("GAE_BROWSER_REPORT", REPO / "outputs" / "browser-test.json"))
 RUN_ALL_TIMEOUT = float(os.environ.get("GAE_BROWSER_RUN_TIMEOUT", 300))  # seconds for one notebook's Run All
 # a redraw slower than this fails: the course's aim, 0.5 s on 2 cores
 MAX_REDRAW_S = float(os.environ.get("GAE_BROWSER_MAX_REDRAW_S", 0.5))
-# the executed copies (`python -m gae_workbook.run --smoke` writes them); missing ones are made first
+# the executed copies (`python -m gae_workbook.tools.run --smoke` writes them); missing ones are made first
 EXECUTED = Path(os.environ.get("GAE_BROWSER_EXECUTED", REPO / "outputs" / "notebooks"))
 VISIBLE = 0.005  # share of pixels that must change (by more than PIXEL_STEP) for a change to count as visible
 PIXEL_STEP = 12  # out of 255: a difference smaller than this is antialiasing, not a new picture
@@ -668,9 +668,9 @@ def _executed_notebooks(tmp: Path) -> list[Path]:
     """The executed copy of every course notebook: from ``EXECUTED``, made (smoke size) where missing."""
     sources = COURSE
     missing = [p for p in sources if not (EXECUTED / f"{p.stem}.ipynb").exists()]
-    if missing:  # as `python -m gae_workbook.run --smoke` makes them, into a folder of this test
+    if missing:  # as `python -m gae_workbook.tools.run --smoke` makes them, into a folder of this test
         out = tmp / "made"
-        command = [sys.executable, "-m", "gae_workbook.run", "--smoke", "--out", str(out), *map(str, missing)]
+        command = [sys.executable, "-m", "gae_workbook.tools.run", "--smoke", "--out", str(out), *map(str, missing)]
         env = {**os.environ, "GAE_FIGURES_DIR": str(tmp / "figures")}
         subprocess.run(command, cwd=REPO, env=env, check=True, timeout=1800)
     return [EXECUTED / f"{p.stem}.ipynb" if p not in missing else tmp / "made" / f"{p.stem}.ipynb" for p in sources]

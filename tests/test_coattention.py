@@ -180,8 +180,8 @@ def test_regions_are_grid_windows_with_their_boxes_and_labels():
 
 
 def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
-    from gae_workbook import zoo
-    from gae_workbook.train import train_shapes_vqa
+    from gae_workbook.models import zoo
+    from gae_workbook.models.train import train_shapes_vqa
     from shapesworld.inputs import vqa_inputs
     from shapesworld.language import Vocabulary, sample_question
     from shapesworld.scenes import ShapesWorld
@@ -204,7 +204,7 @@ def test_short_vqa_training_run_lowers_the_loss_and_is_explainable(tmp_path):
 def test_flow_steps_merge_a_co_attention_block_and_render():
     import matplotlib.pyplot as plt
 
-    from gae_workbook import views, widgets
+    from gae_workbook.exploration import views, widgets
 
     model = tiny_lxmert()
     x = inputs(batch=2, regions=4)

@@ -15,7 +15,7 @@ import pytest
 
 jupytext = pytest.importorskip("jupytext")
 
-from gae_workbook.run import notebook_paths  # noqa: E402
+from gae_workbook.tools.run import notebook_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = [p for p in notebook_paths() if not p.name.startswith("00_")]
@@ -102,7 +102,7 @@ def test_quiz_answers_stay_hidden_on_the_site(path):
     """The static site (``make site``) keeps each answer inside its collapsed ``<details>`` block."""
     bs4 = pytest.importorskip("bs4")
     nbformat = pytest.importorskip("nbformat")
-    from gae_workbook.site import OfflineHTMLExporter
+    from gae_workbook.tools.site import OfflineHTMLExporter
 
     quiz = next(c for c in _markdown(path) if re.search(r"^#+ Check yourself", c, re.M))
     page, _ = OfflineHTMLExporter().from_notebook_node(

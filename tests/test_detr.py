@@ -10,9 +10,10 @@ from gae_utils.adapters import find_adapter
 from gae_utils.adapters.hf_detr import detr_grid
 from gae_utils.explanation import Explanation
 from gae_utils.layout import Readout, Segment, TokenLayout
-from gae_workbook import views, zoo
-from gae_workbook.detection import detect, detections, object_heatmaps
-from gae_workbook.metrics import box_iou, detection_map
+from gae_workbook.evaluation.metrics import box_iou, detection_map
+from gae_workbook.exploration import views
+from gae_workbook.models import zoo
+from gae_workbook.models.detection import detect, detections, object_heatmaps
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import ShapesWorld
 from shapesworld.targets import scene_targets
@@ -274,7 +275,7 @@ def test_pretrained_detr_fails_fast_offline(monkeypatch):
 
 
 def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
-    from gae_workbook.train import train_shapes_detr
+    from gae_workbook.models.train import train_shapes_detr
 
     model, card = train_shapes_detr(
         steps=20, batch_size=8, train_scenes=160, warmup=5, eval_n=20, out=tmp_path, progress=False
@@ -293,7 +294,7 @@ def test_short_detr_training_run_lowers_the_loss_and_round_trips(tmp_path):
 def test_detr_render_callbacks():
     import matplotlib.pyplot as plt
 
-    from gae_workbook import widgets
+    from gae_workbook.exploration import widgets
 
     model = tiny_detr(confident_class=2)
     images = torch.rand(2, 3, 32, 32)
@@ -332,8 +333,8 @@ def shipped():
 
 
 def test_shipped_shapes_detr_card_is_reproducible(shipped):
-    from gae_workbook.detection import evaluate_detection
-    from gae_workbook.train import HELDOUT_SEED
+    from gae_workbook.models.detection import evaluate_detection
+    from gae_workbook.models.train import HELDOUT_SEED
     from shapesworld.scenes import CLASS_NAMES
 
     assert find_adapter(shipped).name == "hf-detr" and not shipped.training
@@ -349,7 +350,7 @@ def test_shipped_shapes_detr_card_is_reproducible(shipped):
 
 
 def test_shipped_detector_explains_each_object_of_a_batch(shipped):
-    from gae_workbook.detection import box_matched_queries
+    from gae_workbook.models.detection import box_matched_queries
 
     batch = ShapesWorld(seed=11).batch(6)
     pixels = detr_pixels(batch.images)
@@ -396,7 +397,7 @@ def test_evaluate_detr_scores_every_method(shipped):
 
 
 def test_detr_benchmark_reports_ratios(shipped):
-    from gae_workbook.bench import run_detr_benchmark
+    from gae_workbook.tools.bench import run_detr_benchmark
 
     result = run_detr_benchmark("shapes-detr", batch=2, repeats=1)
     assert result["seconds"]["forward"] > 0 and result["ratios"]["explain_all_detections / forward"] > 1
@@ -408,7 +409,7 @@ def test_detr_explorer_opens_on_the_first_detection_with_the_head_mean(monkeypat
     ipywidgets = pytest.importorskip("ipywidgets")
     import matplotlib.pyplot as plt
 
-    from gae_workbook import widgets
+    from gae_workbook.exploration import widgets
 
     drawn = []
     monkeypatch.setattr(widgets, "_show", lambda out, fig: (drawn.append(fig), plt.close(fig)))

@@ -140,8 +140,8 @@ def test_diagonal_pairs_equal_the_all_pairs_diagonal_with_one_backward():
 def test_dual_pair_figure_and_explorer_callback():
     import matplotlib.pyplot as plt
 
-    from gae_workbook import widgets
-    from gae_workbook.bench import _random_clip
+    from gae_workbook.exploration import widgets
+    from gae_workbook.tools.bench import _random_clip
 
     model = _random_clip(torch.device("cpu"), small=True)
     images = torch.rand(2, 3, 64, 64)

@@ -6,8 +6,9 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from gae_workbook import figures, zoo
 from gae_workbook.evaluation import evaluators as evaluate
+from gae_workbook.exploration import figures
+from gae_workbook.models import zoo
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The notebooks' one-call figure helpers (``gae_workbook.figures``) draw what they say, on the
+"""The notebooks' one-call figure helpers (``gae_workbook.exploration.figures``) draw what they say, on the
 embedded models: the values in each panel are the explanation's, not a re-computation."""
 
 from types import SimpleNamespace
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import gae_utils as gu
-from gae_workbook import figures, views, zoo
+from gae_workbook.exploration import figures, views
+from gae_workbook.models import zoo
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 
 
@@ -101,7 +102,7 @@ def test_segmentation_examples_pair_maps_with_true_masks(detr_setup):
 
 def test_token_methods_and_alignment_methods_draw_every_method():
     from gae_utils.generation import record_generation
-    from gae_workbook.models import greedy_decode
+    from gae_workbook.models.translator import greedy_decode
     from shapesworld.inputs import encode_sources, translate_vocabulary
     from shapesworld.language import caption
     from shapesworld.stories import draw_stories, encode_stories, story_vocabulary

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_timm_vit
 
 from gae_utils import record
-from gae_workbook.flow import attention_flow, flow_grid, residual_attention
+from gae_workbook.evaluation.flow import attention_flow, flow_grid, residual_attention
 
 A = torch.tensor([[0.2, 0.8], [0.6, 0.4]])  # A~ = 0.5 A + 0.5 I = [[0.6, 0.4], [0.3, 0.7]]
 
@@ -48,7 +48,8 @@ def test_flow_grid_from_a_vit_recording(images):
 
 
 def test_attention_flow_row_in_the_vit_evaluation():
-    from gae_workbook import evaluate, zoo
+    from gae_workbook import evaluate
+    from gae_workbook.models import zoo
 
     results, _ = evaluate.evaluate_vit(zoo.load("shapes-vit"), n=4, seed=3, methods=["gae"], flow=True, progress=False)
     assert list(results) == ["gae", "attention_flow", "random"]

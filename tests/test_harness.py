@@ -171,7 +171,7 @@ def test_replacement_curve_by_hand():
 
 def test_harness_matches_direct_computation_on_a_segmentation_file(tmp_path):
     """shapes-vit on a gtsegs_ijcv.mat file: GAE's numbers equal the metric functions applied by hand."""
-    from gae_workbook.zoo import load
+    from gae_workbook.models.zoo import load
 
     images, _, masks = _scenes(6)
     write_imagenet_seg(tmp_path / "seg.mat", images, masks)

@@ -1,4 +1,4 @@
-"""Hand-checked tests of gae_workbook.metrics: pointing, relevance mass, segmentation, perturbation."""
+"""Hand-checked tests of gae_workbook.evaluation.metrics: pointing, relevance mass, segmentation, perturbation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gae_utils.maps import normalize_maps, upsample_maps
-from gae_workbook.metrics import (
+from gae_workbook.evaluation.metrics import (
     PERTURBATION_STEPS,
     average_precision,
     otsu_threshold,
@@ -421,7 +421,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_masks_to_grid_marks_cells_holding_any_mask_pixel():
-    from gae_workbook.metrics import masks_to_grid
+    from gae_workbook.evaluation.metrics import masks_to_grid
 
     masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     masks[0, 0, 3] = True  # one pixel in the top-right 2x2 cell

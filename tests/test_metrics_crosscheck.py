@@ -1,4 +1,5 @@
-"""The hand-written metrics of ``gae_workbook.metrics`` against well-kept libraries, where the protocols coincide.
+"""The hand-written metrics of ``gae_workbook.evaluation.metrics`` against well-kept libraries, where
+the protocols coincide.
 
 Already cross-checked in ``test_metrics.py``: ``average_precision`` (scikit-learn) and ``otsu_threshold``
 (scikit-image). Where the paper's protocol differs from a library's, ours is kept (see the notes below).
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from gae_utils.maps import normalize_maps
-from gae_workbook.metrics import (
+from gae_workbook.evaluation.metrics import (
     average_precision,
     box_iou,
     masks_to_grid,

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from gae_workbook.run import execute_notebook, notebook_paths
+from gae_workbook.tools.run import execute_notebook, notebook_paths
 
 NOTEBOOKS = notebook_paths()
 BUDGET_S = 240  # per notebook, smoke sizes, 2 CPU cores

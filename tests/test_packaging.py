@@ -78,7 +78,7 @@ def test_notebooks_stay_thin():
 
 
 def test_shipped_checkpoints_are_safetensors_only():
-    weights = ROOT / "gae_workbook" / "weights"
+    weights = ROOT / "gae_workbook" / "models" / "weights"
     files = {p.suffix for p in weights.iterdir()}
     assert files <= {".safetensors", ".json"}, files
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()

@@ -7,8 +7,9 @@ from conftest import tiny_hf_vit, tiny_timm_vit
 pytest.importorskip("captum")
 pytest.importorskip("pytorch_grad_cam")
 
-from gae_workbook import evaluate, zoo  # noqa: E402
-from gae_workbook.peers import PEERS, PeerUnavailableError, saliency  # noqa: E402
+from gae_workbook import evaluate
+from gae_workbook.evaluation.peers import PEERS, PeerUnavailableError, saliency  # noqa: E402
+from gae_workbook.models import zoo
 
 WORKING = ["integrated_gradients", "saliency", "gradcam"]
 

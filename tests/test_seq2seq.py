@@ -6,9 +6,10 @@ import torch
 import gae_utils as gu
 from gae_utils.adapters import find_adapter
 from gae_utils.generation import explain_generation, generation_steps, record_generation
-from gae_workbook import views, zoo
 from gae_workbook.evaluate import alignment_hits
-from gae_workbook.models import TransformerTranslator, greedy_decode
+from gae_workbook.exploration import views
+from gae_workbook.models import zoo
+from gae_workbook.models.translator import TransformerTranslator, greedy_decode
 
 V = 30
 
@@ -340,7 +341,7 @@ def test_explanation_with_target_rows_saves_and_loads(tmp_path):
 
 
 def test_shapes_translate_card_number_is_recomputed_from_the_checkpoint():
-    from gae_workbook.train import HELDOUT_SEED, translation_accuracy
+    from gae_workbook.models.train import HELDOUT_SEED, translation_accuracy
     from shapesworld.scenes import ShapesWorld
 
     model = zoo.load("shapes-translate")
@@ -352,7 +353,7 @@ def test_shapes_translate_card_number_is_recomputed_from_the_checkpoint():
 
 
 def test_translation_trainer_smoke(tmp_path):
-    from gae_workbook.train import train_shapes_translate
+    from gae_workbook.models.train import train_shapes_translate
 
     model, card = train_shapes_translate(steps=3, batch_size=8, train_scenes=5, eval_n=4, out=tmp_path, progress=False)
     assert (tmp_path / "shapes-translate.safetensors").exists()
@@ -377,7 +378,7 @@ def test_evaluate_translate_reports_every_method():
 def test_translation_widgets_render_pure_figures():
     import matplotlib.pyplot as plt
 
-    from gae_workbook import widgets
+    from gae_workbook.exploration import widgets
 
     model = tiny_marian()
     inputs, generated = batch()
@@ -404,7 +405,7 @@ def test_translation_widgets_render_pure_figures():
 
 
 def test_seq2seq_benchmark_runs_on_a_tiny_marian():
-    from gae_workbook import bench
+    from gae_workbook.tools import bench
 
     result = bench.run_seq2seq_benchmark(length=6, repeats=1, small=True)
     assert set(result["ratios"]) >= {"explain_all / forward", "per_token_backward / explain_all"}
@@ -414,7 +415,7 @@ def test_seq2seq_benchmark_runs_on_a_tiny_marian():
 def test_pretrained_marian_fails_fast_offline_or_loads():
     import time
 
-    from gae_workbook.zoo import load_marian
+    from gae_workbook.models.zoo import load_marian
 
     started = time.perf_counter()
     try:

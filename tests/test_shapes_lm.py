@@ -100,7 +100,7 @@ def test_bad_requests_say_what_to_do():
 
 @pytest.fixture(scope="module")
 def lm():
-    from gae_workbook import zoo
+    from gae_workbook.models import zoo
 
     return zoo.load("shapes-lm")
 

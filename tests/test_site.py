@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gae_workbook.run import execute_notebook
-from gae_workbook.site import build_site, remote_references, tex_to_mathml
+from gae_workbook.tools.run import execute_notebook
+from gae_workbook.tools.site import build_site, remote_references, tex_to_mathml
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -123,5 +123,5 @@ def test_tex_to_mathml_handles_matrices_and_shows_source_it_cannot_read():
 
 
 def test_missing_notebooks_say_how_to_make_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gae_workbook.run"):
+    with pytest.raises(FileNotFoundError, match="gae_workbook.tools.run"):
         build_site(tmp_path, tmp_path / "site")

@@ -2,7 +2,7 @@
 and the markdown a forge shows (README, docs/).
 
 The site is built from the course notebooks as they are (converted, not executed: links live in the markdown
-cells, so executing would add minutes and no link), relinked as ``gae_workbook.run`` relinks its executed copies.
+cells, so executing would add minutes and no link), relinked as ``gae_workbook.tools.run`` relinks its executed copies.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import jupytext
 import nbformat
 import pytest
 
-from gae_workbook.run import REPO, notebook_paths, relink_markdown
-from gae_workbook.site import build_site, local_references, remote_references
+from gae_workbook.tools.run import REPO, notebook_paths, relink_markdown
+from gae_workbook.tools.site import build_site, local_references, remote_references
 
 DOCS = REPO / "docs"
 MARKDOWN_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -81,7 +81,7 @@ def test_every_link_of_every_page_of_the_site_resolves(course_site):
 
 
 def test_every_link_of_the_executed_copies_resolves():
-    """As `python -m gae_workbook.run` writes them to outputs/notebooks (checked without writing there)."""
+    """As `python -m gae_workbook.tools.run` writes them to outputs/notebooks (checked without writing there)."""
     out = REPO / "outputs" / "notebooks"
     course = {p.stem for p in notebook_paths()}
     broken, checked = [], 0
@@ -124,6 +124,6 @@ def test_every_relative_link_of_the_markdown_pages_resolves_in_the_repository(ma
 
 
 def _slug(heading: str) -> str:
-    from gae_workbook.site import _slug as site_slug
+    from gae_workbook.tools.site import _slug as site_slug
 
     return site_slug(heading)

@@ -6,9 +6,9 @@ import base64
 import html
 import re
 
-from gae_workbook.run import notebook_paths
-from gae_workbook.site import local_references, remote_references
-from gae_workbook.slides import KEY_FIGURES, build_slides, read_notebook
+from gae_workbook.tools.run import notebook_paths
+from gae_workbook.tools.site import local_references, remote_references
+from gae_workbook.tools.slides import KEY_FIGURES, build_slides, read_notebook
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,4 +37,4 @@ def test_key_figures_name_figures_the_notebooks_save():
     for notebook in notebook_paths():
         saved = read_notebook(notebook).saved
         missing = [name for name in KEY_FIGURES.get(notebook.stem, []) if name not in saved]
-        assert not missing, f"{notebook.name} no longer saves {missing}: update gae_workbook.slides.KEY_FIGURES"
+        assert not missing, f"{notebook.name} no longer saves {missing}: update gae_workbook.tools.slides.KEY_FIGURES"

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_timm_vit
 
 import gae_utils as gu
-from gae_workbook import figures, views, widgets
+from gae_workbook.exploration import figures, views, widgets
 
 
 @pytest.fixture(scope="module")
@@ -442,7 +442,7 @@ def test_explorers_keep_their_state_on_their_own_figure_class():
     import re
     from pathlib import Path
 
-    from gae_workbook import widgets
+    from gae_workbook.exploration import widgets
 
     source = Path(widgets.__file__).read_text()
     assert not re.search(r"\._gae_\w+|\b_colorbar\b|__class__\.__name__", source)

@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gae_workbook import zoo
-from gae_workbook.run import REPO, default_figures_dir, relink_markdown
+from gae_workbook.models import zoo
+from gae_workbook.tools.run import REPO, default_figures_dir, relink_markdown
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -31,7 +31,7 @@ def test_an_unchanged_picture_leaves_both_files_untouched(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gae_workbook.figures import save_figure
+    from gae_workbook.exploration.figures import save_figure
 
     def figure(value: float):
         fig, ax = plt.subplots(figsize=(2, 2))

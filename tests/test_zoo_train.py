@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import gae_utils as gu
-from gae_workbook import zoo
-from gae_workbook.train import HELDOUT_SEED, evaluate_multilabel, fold_input_normalization, train_shapes_vit
+from gae_workbook.models import zoo
+from gae_workbook.models.train import HELDOUT_SEED, evaluate_multilabel, fold_input_normalization, train_shapes_vit
 from shapesworld.scenes import CLASS_NAMES, ShapesWorld
 
 
@@ -59,7 +59,7 @@ def test_unknown_embedded_checkpoint_points_to_make_models(tmp_path):
 
 
 def test_shipped_shapes_clip_card_is_reproducible():
-    from gae_workbook.train import retrieval_accuracy
+    from gae_workbook.models.train import retrieval_accuracy
 
     model = zoo.load("shapes-clip")
     assert gu.find_adapter(model).name == "hf-clip"
@@ -70,7 +70,7 @@ def test_shipped_shapes_clip_card_is_reproducible():
 
 
 def test_short_clip_training_run_lowers_the_loss(tmp_path):
-    from gae_workbook.train import train_shapes_clip
+    from gae_workbook.models.train import train_shapes_clip
 
     model, card = train_shapes_clip(
         steps=25, batch_size=32, train_scenes=400, warmup=5, lr=3e-3, eval_n=100, out=tmp_path, progress=False
@@ -86,7 +86,7 @@ def test_short_clip_training_run_lowers_the_loss(tmp_path):
 
 
 def test_shipped_shapes_vqa_card_is_reproducible_and_meets_the_target():
-    from gae_workbook.train import vqa_accuracy
+    from gae_workbook.models.train import vqa_accuracy
 
     model = zoo.load("shapes-vqa")
     recorded = model.card.training["heldout"]

@@ -54,10 +54,10 @@ from shapesworld.inputs import (
 from shapesworld.language import ANSWERS, SPECIAL_TOKENS, Vocabulary, caption, sample_question, translate
 from shapesworld.scenes import ShapesWorld
 
-from ..detection import box_matched_queries, detections, match_to_objects
-from ..flow import flow_grid
-from ..models import greedy_decode
-from ..zoo import load
+from ..models.detection import box_matched_queries, detections, match_to_objects
+from ..models.translator import greedy_decode
+from ..models.zoo import load
+from .flow import flow_grid
 from .metrics import (
     PERTURBATION_STEPS,
     masks_to_grid,
@@ -256,7 +256,8 @@ def evaluate_vit(
             patch grid for ``pointing``. A peer that raises
             :class:`~gae_workbook.evaluation.peers.PeerUnavailableError` on the first scene is left out
             with a warning saying why.
-        flow: add ``attention_flow`` (Abnar & Zuidema 2020, :mod:`gae_workbook.flow`) from the same recording.
+        flow: add ``attention_flow`` (Abnar & Zuidema 2020, :mod:`gae_workbook.evaluation.flow`) from
+            the same recording.
 
     Returns:
         ``({method: {metric: value}}, {method: (2, S) positive/negative perturbation curves})``.
@@ -771,7 +772,7 @@ def evaluate_detr(
 
     ``queries="matched"`` scores, instead of the confident detections, the query whose box best
     overlaps each ground-truth object (IoU >= ``iou_threshold``) whatever its class confidence
-    (:func:`gae_workbook.detection.box_matched_queries`): every object is scored once, also for a
+    (:func:`gae_workbook.models.detection.box_matched_queries`): every object is scored once, also for a
     detector that localises well but is not yet confident about the class.
 
     Returns:

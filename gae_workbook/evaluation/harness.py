@@ -189,7 +189,7 @@ def load_classifier(spec: str, pretrained: bool = False, model_kwargs: dict | No
     """
     from torchvision import transforms
 
-    from .. import zoo
+    from ..models import zoo
 
     model_kwargs = dict(model_kwargs or {})
     if spec.startswith("timm:"):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from gae_utils import explain
 from shapesworld.scenes import ShapesWorld
 
-from ..zoo import load
+from ..models.zoo import load
 from .peers import PEERS, Peer
 from .protocol import keep_available
 

@@ -95,7 +95,7 @@ def figures_dir() -> Path:
     """Where figures go: ``$GAE_FIGURES_DIR``, else the repository's ``figures/``, else ``./figures``."""
     if os.environ.get("GAE_FIGURES_DIR"):
         return Path(os.environ["GAE_FIGURES_DIR"])
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").exists():
         return repo / "figures"
     return Path.cwd() / "figures"
@@ -1103,7 +1103,7 @@ def plot_segmentation_examples(rec, detr, pixels: Tensor, images: Tensor, scenes
     """DETR's weakly supervised segmentation on a few objects: GAE map, Otsu foreground, true mask.
 
     Each ground-truth object of the first ``n_images`` images is paired with the query whose box
-    overlaps it most (IoU >= 0.5, :func:`gae_workbook.detection.box_matched_queries`); objects whose
+    overlaps it most (IoU >= 0.5, :func:`gae_workbook.models.detection.box_matched_queries`); objects whose
     query was not explained (not a confident detection) are left out.
 
     Args:
@@ -1117,7 +1117,7 @@ def plot_segmentation_examples(rec, detr, pixels: Tensor, images: Tensor, scenes
     Returns:
         The figure: one row per object, columns GAE map / Otsu foreground / ground truth.
     """
-    from .detection import box_matched_queries, otsu_foreground
+    from ..models.detection import box_matched_queries, otsu_foreground
 
     with torch.no_grad():
         boxes = detr(pixel_values=pixels).pred_boxes

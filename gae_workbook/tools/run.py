@@ -1,10 +1,10 @@
 """Execute the workbook's notebooks headless and report the figures they wrote.
 
-    python -m gae_workbook.run                 # every notebooks/NN_*.py, in order; figures to figures/
-    python -m gae_workbook.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them;
+    python -m gae_workbook.tools.run                 # every notebooks/NN_*.py, in order; figures to figures/
+    python -m gae_workbook.tools.run --smoke         # small sizes (GAE_SMOKE=1), as the tests run them;
                                                # figures to outputs/figures-smoke
 
-A run leaves the git tree clean unless a figure changed: :func:`gae_workbook.figures.save_figure`
+A run leaves the git tree clean unless a figure changed: :func:`gae_workbook.exploration.figures.save_figure`
 leaves a figure's PNG and PDF untouched when the new PNG has the same bytes, since a PDF's vector
 data follows the last digits of the computed values (machines, thread counts) where no pixel moves.
 Smoke runs write to ``outputs/figures-smoke`` (ignored by git). ``GAE_FIGURES_DIR``, when set, is
@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 __all__ = ["notebook_paths", "execute_notebook", "relink_markdown", "default_figures_dir", "main"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def notebook_paths(directory: Path | None = None) -> list[Path]:

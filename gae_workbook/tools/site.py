@@ -1,9 +1,9 @@
 """Build a static HTML site of the executed workbook that opens offline: one page per notebook and an index.
 
-    python -m gae_workbook.site                              # outputs/notebooks/*.ipynb + docs/*.md -> outputs/site/
-    python -m gae_workbook.site --notebooks DIR --out DIR    # elsewhere
+    python -m gae_workbook.tools.site                            # executed notebooks + docs/*.md -> outputs/site/
+    python -m gae_workbook.tools.site --notebooks DIR --out DIR  # elsewhere
 
-Run ``python -m gae_workbook.run`` first: the pages show the executed notebooks, figures included.
+Run ``python -m gae_workbook.tools.run`` first: the pages show the executed notebooks, figures included.
 The reference pages of ``docs/`` (the rules, the evaluation protocols, the instructor guide, the model
 reference, ...) become pages of the site too, and every link between them is rewritten to the page it
 names: ``../docs/rules.md`` -> ``rules.html``, ``00_notation.py`` -> ``00_notation.html``. A relative
@@ -55,7 +55,7 @@ __all__ = [
     "main",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EXPLORER_NOTE = (
@@ -337,7 +337,7 @@ def build_page(notebook_path: Path, out: Path, base: Path | None = None) -> Path
         notebook_path: an executed ``.ipynb``.
         out: the site folder.
         base: where relative image links of markdown cells point from (default: ``notebooks/``, where the
-            notebooks ran; the executed copies of ``gae_workbook.run`` carry their images as attachments).
+            notebooks ran; the executed copies of ``gae_workbook.tools.run`` carry their images as attachments).
 
     Returns:
         The page written.
@@ -375,7 +375,7 @@ def _index(entries: list[tuple[str, str, int]], docs: list[tuple[str, str]] | No
         '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>GAE workbook</title>\n'
         "<style>body { font-family: sans-serif; max-width: 48em; margin: 2em auto; line-height: 1.5; }</style>\n"
         "</head>\n<body>\n<h1>GAE workbook: executed notebooks</h1>\n"
-        "<p>Each page is a notebook as <code>python -m gae_workbook.run</code> executed it, figures included. "
+        "<p>Each page is a notebook as <code>python -m gae_workbook.tools.run</code> executed it, figures included. "
         "The interactive explorers need a kernel: open the notebooks in JupyterLab (<code>make lab</code>) "
         "or start the lecture app (<code>make lecture</code>). Start with 00, then 01 to 06 in order.</p>\n"
         f"<ol>\n{items}\n</ol>\n{reference}</body>\n</html>\n"
@@ -400,7 +400,7 @@ def build_site(
         The pages written, index first.
 
     Raises:
-        FileNotFoundError: no executed notebook in ``notebooks`` (run ``python -m gae_workbook.run``).
+        FileNotFoundError: no executed notebook in ``notebooks`` (run ``python -m gae_workbook.tools.run``).
         ValueError: a reference page has the name of a notebook.
     """
     notebooks = Path(notebooks) if notebooks is not None else REPO / "outputs" / "notebooks"
@@ -409,7 +409,7 @@ def build_site(
     paths = sorted(notebooks.glob("*.ipynb"))
     if not paths:
         raise FileNotFoundError(
-            f"no executed notebook in {notebooks}: run `python -m gae_workbook.run` (or `make workbook`) first"
+            f"no executed notebook in {notebooks}: run `python -m gae_workbook.tools.run` (or `make workbook`) first"
         )
     doc_paths = sorted(Path(docs).glob("*.md")) if docs is not None else []
     clash = {p.stem for p in doc_paths} & {p.stem for p in paths} | {p.stem for p in doc_paths} & {"index"}

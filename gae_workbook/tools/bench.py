@@ -1,6 +1,6 @@
 """Speed and memory of an explanation, as ratios measured in one run.
 
-    python -m gae_workbook.bench --model vit_base_patch16_224 --batch 8 --device cpu --json bench.json
+    python -m gae_workbook.tools.bench --model vit_base_patch16_224 --batch 8 --device cpu --json bench.json
 
 On one model with random weights (no download) and one batch, it times (median of ``--repeats``):
 
@@ -41,8 +41,8 @@ from shapesworld.inputs import detr_pixels, vqa_inputs
 from shapesworld.language import Vocabulary, sample_question
 from shapesworld.scenes import ShapesWorld
 
-from .train import HELDOUT_SEED
-from .zoo import BUILDERS, load
+from ..models.train import HELDOUT_SEED
+from ..models.zoo import BUILDERS, load
 
 __all__ = ["run_benchmark", "main"]
 

@@ -146,8 +146,8 @@ def _load_hf_detr(name: str, pretrained: bool, **kwargs) -> nn.Module:
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(
             f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
-            "Offline, use the embedded detector with gae_workbook.zoo.load('shapes-detr'), or "
-            f"gae_workbook.zoo.load({name!r}, pretrained=False) for random weights of the same architecture."
+            "Offline, use the embedded detector with gae_workbook.models.zoo.load('shapes-detr'), or "
+            f"gae_workbook.models.zoo.load({name!r}, pretrained=False) for random weights of the same architecture."
         ) from err
 
 
@@ -221,7 +221,7 @@ EMBEDDED: dict[str, ModelCard] = {
 }
 
 # A tiny Hugging Face Marian translating ShapesWorld captions into the toy language
-# (shapesworld.language.translate); trained by `python -m gae_workbook.train shapes-translate`.
+# (shapesworld.language.translate); trained by `python -m gae_workbook.models.train shapes-translate`.
 EMBEDDED["shapes-translate"] = ModelCard(
     name="shapes-translate",
     arch="hf-marian",
@@ -299,7 +299,7 @@ BUILDERS["hf-llama"] = _build_hf_llama
 
 # A tiny Llama (grouped-query attention: 4 query heads share 2 key/value heads) that reads a ShapesWorld
 # scene description and answers a question about it (shapesworld.stories); word-level vocabulary
-# shapesworld.stories.story_vocabulary(). Trained by `python -m gae_workbook.train shapes-lm`.
+# shapesworld.stories.story_vocabulary(). Trained by `python -m gae_workbook.models.train shapes-lm`.
 EMBEDDED["shapes-lm"] = ModelCard(
     name="shapes-lm",
     arch="hf-llama",
@@ -409,7 +409,8 @@ def load(
     except Exception as err:  # network, hub or cache errors all mean: no weights here
         raise PretrainedUnavailableError(
             f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:200]}). "
-            f"Offline, use the embedded models ({', '.join(EMBEDDED)}) with gae_workbook.zoo.load('shapes-vit'), "
+            f"Offline, use the embedded models ({', '.join(EMBEDDED)}) with "
+            f"gae_workbook.models.zoo.load('shapes-vit'), "
             f"or pretrained=False for random weights of the same architecture."
         ) from err
     return model.to(device).eval()
@@ -441,7 +442,7 @@ def load_marian(name: str = MARIAN_EN_DE) -> tuple[nn.Module, Any]:
         )
         raise PretrainedUnavailableError(
             f"the pretrained model {name!r} needs the network {cause}. Offline, use the embedded model: "
-            "gae_workbook.zoo.load('shapes-translate')."
+            "gae_workbook.models.zoo.load('shapes-translate')."
         ) from err
     return model.eval(), tokenizer
 

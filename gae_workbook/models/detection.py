@@ -26,7 +26,7 @@ from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import Scene, ShapesWorld
 from shapesworld.targets import cxcywh_to_xyxy
 
-from .evaluation.metrics import box_iou, detection_map, otsu_threshold
+from ..evaluation.metrics import box_iou, detection_map, otsu_threshold
 
 __all__ = [
     "Detections",

@@ -1,14 +1,14 @@
 """The GPU table: one prepared run that measures what the README's GPU section reports.
 
-    make gpu                      # or: python -m gae_workbook.gpu --out outputs/gpu
+    make gpu                      # or: python -m gae_workbook.tools.gpu --out outputs/gpu
 
 On the first CUDA device, with random weights (no download), in one run:
 
-1. ViT-B/16 (timm, 224 px) at batch 1, 8 and 64 (:func:`gae_workbook.bench.run_benchmark`):
+1. ViT-B/16 (timm, 224 px) at batch 1, 8 and 64 (:func:`gae_workbook.tools.bench.run_benchmark`):
    ``explain`` against a plain forward, against the forward + input-gradient floor, with K = 5
    targets per image, and against a per-image loop (``retain_grad`` + ``.backward()``, the way the
    reference notebooks explain); peak allocated memory against a plain forward + backward.
-2. The long-prompt benchmark (:func:`gae_workbook.bench.run_lm_benchmark`) on the GPU: the random
+2. The long-prompt benchmark (:func:`gae_workbook.tools.bench.run_lm_benchmark`) on the GPU: the random
    4-layer Llama at ``--lengths`` tokens in float32 and bfloat16; the model's own SDPA and eager
    forward + backward, GAE's readout row (``maps=False``) and GAE with the full maps. (SDPA with
    grouped-query heads has no fused float32 kernel: there it runs PyTorch's math path, which holds
@@ -17,7 +17,7 @@ On the first CUDA device, with random weights (no download), in one run:
    ShapesWorld ImageFolder of ``--images`` scenes with masks, every protocol.
 
 Each part writes ``<out>/<part>.json``; ``<out>/table.md`` holds the tables built from them, and
-``python -m gae_workbook.gpu --render <out>`` prints them again from the JSON files.
+``python -m gae_workbook.tools.gpu --render <out>`` prints them again from the JSON files.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _harness(out: Path, n: int, batch: int, model: str, device: str) -> dict:
     command += ["-m", "gae_workbook.harness", "--model", f"timm:{model}", "--data", str(images)]
     command += ["--masks", str(masks), "--device", device, "--dtype", "bfloat16", "--batch-size", str(batch)]
     command += ["--shard-size", str(4 * batch), "--no-progress", "--out", str(out / "harness-run")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start

@@ -1,8 +1,8 @@
 """Interactive explorers: pure render functions, and ipywidgets that only wire controls to them.
 
-The tensors they draw come from :mod:`gae_workbook.views`. Each ``render_*`` function is a pure
+The tensors they draw come from :mod:`gae_workbook.exploration.views`. Each ``render_*`` function is a pure
 function of a recording and the control values that returns a matplotlib figure; the tests call
-them directly. An explorer records once (:func:`~gae_workbook.views.explore_record` records a batch
+them directly. An explorer records once (:func:`~gae_workbook.exploration.views.explore_record` records a batch
 for *every* class: one forward pass, one backward per class, per-head maps kept), keeps one figure
 per view, and on a control change redraws only the views that depend on it: each ``render_*``
 takes ``fig=`` (a figure it returned before) and then updates that figure's artists in place
@@ -480,12 +480,12 @@ def render_layer(
     scale), so the size of what a layer adds is read off the bar.
 
     Args:
-        rec: a recording with per-head maps (:func:`~gae_workbook.views.explore_record`).
+        rec: a recording with per-head maps (:func:`~gae_workbook.exploration.views.explore_record`).
         images: ``(B, 3, H, W)`` the recorded images in [0, 1].
         index: example.
         target: target column (the class for an ``explore_record`` recording).
         layer: layer index (negative counts from the end).
-        view: one of :data:`~gae_workbook.views.VIEWS`.
+        view: one of :data:`~gae_workbook.exploration.views.VIEWS`.
         head: head for ``view="head"``.
         start_layer: first accumulated layer of the relevancy view.
         class_names: names of the target columns.
@@ -818,7 +818,7 @@ def render_flow_step(
     Args:
         rec: a recording of a two-modality model.
         index, target: example and target column.
-        step: an index into :func:`~gae_workbook.views.flow_steps`.
+        step: an index into :func:`~gae_workbook.exploration.views.flow_steps`.
         pair: the selected map.
         tokens: the example's text tokens (axis labels).
         history: ``rec.history()``, when the caller keeps it.
@@ -976,7 +976,7 @@ def render_stream_row(
         rec: a recording of a two-modality model whose image tokens form a square grid.
         images: ``(B, 3, H, W)`` the images shown under the heatmaps.
         tokens: the text tokens of every example.
-        index, target, step, pair, token, view, head: see :func:`~gae_workbook.views.stream_row`.
+        index, target, step, pair, token, view, head: see :func:`~gae_workbook.exploration.views.stream_row`.
         target_names: names of the target columns (the answers).
         history: ``rec.history()``, when the caller keeps it.
         fig: a figure this function returned before for the same column modality and view: updated in place.
@@ -1196,7 +1196,7 @@ def render_dual_pair(
         image_start_layer: first aggregated image-tower layer.
         pixel_values: what the model takes for ``images`` (default: ``images`` themselves).
         word_offset: token index of the first word (1: after ``[BOS]``).
-        recording: a :func:`~gae_workbook.views.dual_record` of every pair (the explorer records
+        recording: a :func:`~gae_workbook.exploration.views.dual_record` of every pair (the explorer records
             once); None: explain this one pair now.
         towers: ``(modality, method, start_layer) -> Explanation`` of ``recording``, when cached.
         fig: a figure this function returned before: updated in place.

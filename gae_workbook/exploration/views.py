@@ -1,7 +1,7 @@
 """What the explorers show, as tensors: the recordings they read and the rows and matrices they draw.
 
 Pure functions of a :class:`~gae_utils.Recording` (no matplotlib, no widgets), tested on their
-values; :mod:`gae_workbook.widgets` draws them and wires them to controls.
+values; :mod:`gae_workbook.exploration.widgets` draws them and wires them to controls.
 """
 
 from __future__ import annotations

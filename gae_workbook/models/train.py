@@ -1,11 +1,11 @@
 """Train the embedded models on ShapesWorld (seeded, CPU-friendly, progress bars).
 
-    python -m gae_workbook.train shapes-vit            # retrain and overwrite the shipped checkpoint
-    python -m gae_workbook.train shapes-vit --steps 20 --out /tmp/w   # a quick smoke run elsewhere
+    python -m gae_workbook.models.train shapes-vit            # retrain and overwrite the shipped checkpoint
+    python -m gae_workbook.models.train shapes-vit --steps 20 --out /tmp/w   # a quick smoke run elsewhere
 
 Training scenes come from ``ShapesWorld(seed=TRAIN_SEED)`` (a fixed set, reshuffled each epoch); held-out
 metrics from ``ShapesWorld(seed=HELDOUT_SEED)``, scenes the model never saw. The measured metrics
-are written into the checkpoint's card (``gae_workbook/weights/<name>.json``).
+are written into the checkpoint's card (``gae_workbook/models/weights/<name>.json``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from shapesworld.stories import (
 from shapesworld.targets import region_labels, scene_targets
 
 from .detection import evaluate_detection
-from .models import greedy_decode
+from .translator import greedy_decode
 from .zoo import EMBEDDED, ModelCard, build, load, save_checkpoint, weights_dir
 
 __all__ = ["train_shapes_vit", "evaluate_multilabel", "TRAIN_SEED", "HELDOUT_SEED"]
@@ -539,7 +539,7 @@ def train_shapes_translate(
         "warmup": warmup,
         "train_scenes": train_scenes,
         "seed": seed,
-        "decoding": "greedy (gae_workbook.models.greedy_decode)",
+        "decoding": "greedy (gae_workbook.models.translator.greedy_decode)",
     }
     return attach_and_save(model, card, _training_record(recipe, losses, seconds, metrics), out)
 

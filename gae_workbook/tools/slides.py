@@ -1,7 +1,7 @@
 """Slides for the instructor's opening talk, made from the notebooks' own markdown and figures.
 
-    python -m gae_workbook.slides                       # -> outputs/slides/index.html (make slides)
-    python -m gae_workbook.slides --figures DIR --out DIR
+    python -m gae_workbook.tools.slides                       # -> outputs/slides/index.html (make slides)
+    python -m gae_workbook.tools.slides --figures DIR --out DIR
 
 One self-contained HTML file: styles and the small script that turns the pages are written here, the
 figures are embedded as ``data:`` URIs and formulas are MathML, so the file opens offline, from a USB

@@ -1,0 +1,1 @@
+"""Exploration: views of a recording, figures, and the explorers (widgets)."""
