@@ -14,8 +14,8 @@
 # %% [markdown]
 # # 01 · How a vision transformer decides: the self-attention rule
 #
-# **Estimated time: 45 minutes** (reading and running; about 30 minutes more for the two
-# exercises). The notebook runs in well under two minutes on a laptop CPU.
+# **Estimated time: 45 minutes** (reading and running; about 40 minutes more for the two
+# exercises, 20 each). The notebook runs in well under two minutes on a laptop CPU.
 #
 # **Learning objectives.** After this notebook you can
 # - state Eq. 5 and Eq. 6 of GAE with the shape of every term, and say why each part is there;
