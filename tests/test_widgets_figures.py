@@ -450,3 +450,27 @@ def test_explorers_keep_their_state_on_their_own_figure_class():
     ax = fig.subplots()
     bar = fig.colorbar(ax.imshow([[0.0, 1.0]]), ax=ax)
     assert fig.colorbars == {bar.ax: bar} and widgets.live_axes(ax) is ax and fig.live_axes == [ax]
+
+
+def test_relevancy_after_a_layer_of_a_co_attention_block_is_that_block_s_history_entry():
+    from gae_utils.propagation import layer_steps
+
+    rec, _, _ = _coattention()
+    history = rec.history()
+    steps = layer_steps(rec.layers)
+    assert len(history) == len(steps) < len(rec.layers)  # blocks share an entry: indexing by layer is wrong
+    for step, layers in enumerate(steps):
+        for layer in layers:
+            key = (rec.layers[layer].query, rec.layers[layer].key)
+            assert views.history_step(rec, layer) == step
+            shown = views.layer_matrix(rec, 0, 0, layer, "relevancy", history=history)
+            assert torch.equal(shown, history[step][key][0, 0])
+    checked = 0
+    for layer, record in enumerate(rec.layers):  # what a layer added: its step's entry less the one before
+        step = views.history_step(rec, layer)
+        if record.query == record.key and step > 0:
+            key = (record.query, record.key)
+            added = views.relevancy_added(rec, 0, 0, layer, history=history)
+            assert torch.equal(added, history[step][key][0, 0] - history[step - 1][key][0, 0])
+            checked += 1
+    assert checked > 0

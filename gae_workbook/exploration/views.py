@@ -31,6 +31,7 @@ __all__ = [
     "layer_matrix",
     "shown_matrix",
     "relevancy_added",
+    "history_step",
     "layers_attending",
     "dual_record",
     "dual_tower",
@@ -130,11 +131,9 @@ def layer_matrix(
         raise ValueError(f"layer {layer} is out of range (0..{len(rec.layers) - 1})")
     chosen_layer = rec.layers[layer]
     if view == "relevancy":
-        if layer < start_layer:
-            raise ValueError(f"layer {layer} comes before start_layer={start_layer}; nothing is accumulated yet")
         key = (chosen_layer.query, chosen_layer.key)
         history = rec.history(start_layer) if history is None else history
-        return history[layer - start_layer][key][index, target]  # (N, N)
+        return history[history_step(rec, layer, start_layer)][key][index, target]  # (N, N)
     if view == "attn_bar":
         return chosen_layer.attn_bar[index, target]  # (N, N)
     if chosen_layer.attn is None or chosen_layer.grad is None:
@@ -142,6 +141,18 @@ def layer_matrix(
     if not 0 <= head < chosen_layer.attn.shape[1]:
         raise ValueError(f"head {head} is out of range (0..{chosen_layer.attn.shape[1] - 1})")
     return head_relevance(chosen_layer.attn[index, head], chosen_layer.grad[index, target, head])  # (N, N)
+
+
+def history_step(rec: Recording, layer: int, start_layer: int = 0) -> int:
+    """The entry of ``rec.history(start_layer)`` that holds ``R`` after ``layer``. The layers of one
+    co-attention block are applied together (docs/rules.md), so they share one entry; a stack of
+    self-attention layers has one entry per layer."""
+    if layer < start_layer:
+        raise ValueError(f"layer {layer} comes before start_layer={start_layer}; nothing is accumulated yet")
+    for step, layers in enumerate(layer_steps(rec.layers, start_layer)):
+        if layer in layers:
+            return step
+    raise ValueError(f"layer {layer} is not among the propagated layers from start_layer={start_layer}")
 
 
 def relevancy_added(
@@ -152,17 +163,20 @@ def relevancy_added(
     start_layer: int = 0,
     history: list[dict[tuple[str, str], Tensor]] | None = None,
 ) -> Tensor:
-    """What layer ``layer`` added to ``R``: ``R_l - R_{l-1}`` (Eq. 6's term ``Abar_l @ R_{l-1}``),
-    with ``R_{start_layer - 1} = I``.
+    """What the step holding ``layer`` added to ``R``: ``R_l - R_{l-1}`` (Eq. 6's term
+    ``Abar_l @ R_{l-1}``), with ``R_{start_layer - 1} = I``; for a layer of a co-attention block,
+    what the block's layers added together (:func:`history_step`).
 
     Returns:
         ``(N, N)``.
     """
-    after = layer_matrix(rec, index, target, layer, "relevancy", start_layer=start_layer, history=history)
-    if layer == start_layer:
+    key = (rec.layers[layer].query, rec.layers[layer].key)
+    history = rec.history(start_layer) if history is None else history
+    step = history_step(rec, layer, start_layer)
+    after = history[step][key][index, target]  # (N, N)
+    if step == 0:
         return shown_matrix(after, "relevancy")  # (N, N) R - I
-    before = layer_matrix(rec, index, target, layer - 1, "relevancy", start_layer=start_layer, history=history)
-    return after - before  # (N, N)
+    return after - history[step - 1][key][index, target]  # (N, N)
 
 
 PAIRS = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
