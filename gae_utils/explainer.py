@@ -189,10 +189,10 @@ def record(
         model: an unmodified model served by an adapter (see ``gae_utils.adapters.ADAPTERS``).
         inputs: what the adapter passes to the model (images ``(B, C, H, W)`` for ViTs).
         target: ``None`` (each example's predicted class), an ``int``, a ``(B,)`` tensor, a
-            ``(B, K)`` tensor (K targets per example), a callable ``output -> (B,)`` scores (any
-            custom
-            scalar), or a :class:`~gae_utils.targets.Target`; the adapter says how its family reads
-            it (DETR: queries).
+            ``(B, K)`` tensor (K targets per example), a callable ``logits -> (B,)`` or ``(B, K)``
+            (any score of the logits of what is explained, in every family: see
+            :class:`~gae_utils.targets.ScoreTarget`), or a :class:`~gae_utils.targets.Target`;
+            the adapter says how its family reads it (DETR: queries).
         adapter: overrides the adapter lookup.
         keep_heads: keep per-head ``A`` and ``dA`` of every layer (the explorer's head slider).
         eval_mode: explain the model in eval mode (restored afterwards).

@@ -136,8 +136,12 @@ class ClassTarget(Target):
 
 
 class ScoreTarget(Target):
-    """Any scalar of the output: ``fn(output) -> (B,)`` or ``(B, K)`` (regression, similarity, a
-    contrastive logit difference)."""
+    """Any score of the logits of what is explained: ``fn(logits) -> (B,)`` or ``(B, K)``.
+
+    One contract in every family, ``logits`` being the adapter's reading of the output: image
+    classifiers (timm, HF): ``(B, C)``; VQA (LXMERT, ViLT, VisualBERT): ``(B, A)`` answers; causal
+    LMs, VLMs: next-token ``(B, V)``; encoder-decoders: ``(B, T, V)``; headless timm: ``(B, D)``
+    features. Models without logits (HF ``ViTModel``, text encoders): ``fn`` gets the output."""
 
     def __init__(self, fn: Callable[[Any], Tensor]):
         self.fn = fn
@@ -145,7 +149,18 @@ class ScoreTarget(Target):
     def select(
         self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
     ) -> Selection:
-        scores = self.fn(output)
+        received = output if logits is None else logits
+        try:
+            scores = self.fn(received)
+        except (AttributeError, TypeError, KeyError) as err:
+            fix = (
+                f"it receives the {tuple(received.shape)} logits of what is explained, not the "
+                "model's output object: e.g. target=lambda logits: logits[:, 3] - logits[:, 7]"
+                if isinstance(received, Tensor)
+                else f"{type(received).__name__}: the model has no logits, so it receives its "
+                "output: score one of its fields, e.g. target=lambda out: out.pooler_output @ w"
+            )
+            raise TypeError(f"the callable target failed ({err}): {fix}.") from err
         batch = logits.shape[0] if logits is not None else getattr(scores, "shape", (None,))[0]
         if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != batch:
             raise ValueError(
@@ -392,18 +407,18 @@ class SplitPairSimilarity(Target):
 
 
 def class_target(model: Module, target: TargetLike) -> Target:
-    """How classifiers read ``target=``: a callable is a :class:`ScoreTarget`, anything else a
-    :class:`ClassTarget`."""
+    """How classifiers read ``target=``: a callable ``logits -> (B,)`` or ``(B, K)`` is a
+    :class:`ScoreTarget`, anything else a :class:`ClassTarget`."""
     return ScoreTarget(target) if callable(target) else ClassTarget(target)
 
 
 def generation_target(model: Module, target: TargetLike) -> Target:
     """Encoder-decoders are explained per generated token; ``explain`` takes only a callable
-    target."""
+    target, which receives the ``(B, T, V)`` decoder logits (:class:`ScoreTarget`)."""
     if callable(target):
         return ScoreTarget(target)
     raise ValueError(
         f"{type(model).__name__} is an encoder-decoder: explain its generated tokens with "
         "gae_utils.explain_generation(model, source_inputs, generated), or pass "
-        "target=callable(output) -> (B,)."
+        "target=callable(logits (B, T, V)) -> (B,)."
     )

@@ -250,7 +250,7 @@ print("the loop reproduces gu's four maps; the [CLS] row of R[t, i] is exp.relev
 truth = torch.stack(
     [batch.masks[k, [scene.objects[o].label for o in q.referents]].any(0) for k, q in enumerate(chosen)]
 )  # (Q, H, W) the objects each question refers to ("how many ..." may refer to none)
-rec_lp = gu.record(vqa, x, target=lambda out: out.question_answering_score.log_softmax(-1).max(-1).values)
+rec_lp = gu.record(vqa, x, target=lambda logits: logits.log_softmax(-1).max(-1).values)
 rows = {
     "GAE, logit target": exp.relevance["image"],
     "GAE, log-prob. target": rec_lp.explanation("gae").relevance["image"],

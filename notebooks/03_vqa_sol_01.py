@@ -55,9 +55,9 @@ truth = torch.stack(
 regions = truth.reshape(-1, 4, 16, 4, 16).any(-1).any(-2).flatten(1)  # (N, 16) regions holding object pixels
 
 
-def log_prob(output) -> torch.Tensor:
-    """The predicted answer's log-probability, one scalar per question: a target for gu.record / gu.explain."""
-    return output.question_answering_score.log_softmax(-1).max(-1).values  # (B,)
+def log_prob(logits) -> torch.Tensor:
+    """The predicted answer's log-probability from the (B, A) answer logits: a target for gu.record / gu.explain."""
+    return logits.log_softmax(-1).max(-1).values  # (B,)
 
 
 print(len(asked), "questions:", {k: kinds.count(k) for k in sorted(set(kinds))}, "e.g.", [q.text for q in asked[:2]])

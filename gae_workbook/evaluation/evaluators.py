@@ -453,8 +453,7 @@ def _answer_score(score: str):
     if not _explains_log_prob(score):
         return None
 
-    def log_prob(output) -> Tensor:
-        logits = output.question_answering_score  # (B, A)
+    def log_prob(logits: Tensor) -> Tensor:  # (B, A) answer logits
         return logits.log_softmax(-1).gather(1, logits.argmax(-1, keepdim=True))[:, 0]  # (B,)
 
     return log_prob
