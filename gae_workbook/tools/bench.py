@@ -129,35 +129,8 @@ def _memory_worker(mode: str, name: str, batch: int, device_name: str, queue) ->
         loss.backward()
 
     fn = {"plain_fwd_bwd": plain, "gae": lambda: explain(model, images, target)}[mode]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        queue.put((torch.cuda.max_memory_allocated() - before) / 2**20)
-        return
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.001)
-
-    before = rss()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    fn()
-    stop.set()
-    thread.join()
-    queue.put((max(peak[0], rss()) - before) / 2**20)
+    measure = (lambda f: _cuda_peak(f, device)) if device.type == "cuda" else _rss_peak
+    queue.put(measure(fn)[1])  # peak MiB above the memory held before the call
 
 
 def _peak_mib(mode: str, name: str, batch: int, device: str) -> float:
