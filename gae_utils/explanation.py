@@ -182,8 +182,8 @@ class Explanation:
 
         from .plotting import PANEL, overlay, plot_token_matrix, plot_token_strips
 
-        if name not in self.relevance and self.token_ids:
-            name = next(iter(self.token_ids))  # a text explanation: its tokens
+        if name not in self.relevance:  # a text explanation: its tokens
+            name = next(iter(self.token_ids or self.relevance))
         if self.layout.segment(name).grid is None:
             if name not in self.token_ids:
                 self._grid(name)  # raises: says how to draw the tokens
@@ -233,30 +233,22 @@ class Explanation:
         read at position ``P - 1 + t``, sees the prompt and the tokens before token ``t``; steps
         after an EOS are dropped)."""
         rel = self.relevance[name] if self.multi_target else self.relevance[name][:, None]
-        generation = "steps" in self.extra  # (B, K, N): K explained steps
-        steps = self.extra.get("steps", list(range(rel.shape[1])))
+        generation, K = "steps" in self.extra, rel.shape[1]  # (B, K, N): K targets or steps
+        steps = self.extra.get("steps", list(range(K)))
         targets = None if self.target is None else self.target.reshape(rel.shape[0], -1)  # (B, K)
         examples = [index] if index is not None else list(range(rel.shape[0]))
         tokens, values, labels, last = [], [], [], []
         for b in examples:
             real = self.token_mask[name][b]  # (N,) bool
             ids = self.token_ids[name][b][real].tolist()
-            tokens.append(self.tokens[name][b] if self.tokens else [str(i) for i in ids])
+            tokens.append(self.tokens[name][b] if name in self.tokens else [str(i) for i in ids])
             n_steps = self.extra["real_steps"][b] if generation else len(steps)
             keep = [k for k, s in enumerate(steps) if s < n_steps]
             values.append(rel[b, keep][:, real.to(rel.device)].detach().float().cpu())  # (K, n)
-            named = self.target_tokens[b] if self.target_tokens else None
             kind = "token" if self.extra.get("target_is_token") else "class"
-            labels.append(
-                [
-                    repr(named[k])
-                    if named
-                    else ""
-                    if targets is None
-                    else f"{kind} {int(targets[b, k])}"
-                    for k in keep
-                ]
-            )
+            named = [f"{kind} {int(t)}" for t in targets[b]] if targets is not None else [""] * K
+            named = [repr(t) for t in self.target_tokens[b]] if self.target_tokens else named
+            labels.append([named[k] for k in keep])
             seen = [
                 max(self.extra.get("prompt_length", 0) - 1, 0) + steps[k]
                 if generation and name != "source"

@@ -154,6 +154,7 @@ def plot_token_matrix(
         ax.set_ylabel("generated token")
         ax.set_title(f"#{b}", loc="left", fontsize=9)
         fig.colorbar(artist, ax=ax, label="relevance", pad=0.01)
+    axes[-1, 0].set_xlabel("tokens seen: the prompt, then the generated tokens")
     fig.suptitle(title)
     return fig
 

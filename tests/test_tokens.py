@@ -132,8 +132,9 @@ def test_k_targets_give_one_strip_per_example_and_target(lm, tok):
 
 def test_text_without_token_ids_points_to_the_token_plots(lm):
     exp = replace(gu.explain(lm, batch(PROMPTS)), token_ids={}, token_mask={})
-    with pytest.raises(ValueError, match=r"no spatial grid.*token strip.*token_html"):
-        exp.plot(name="text")
+    for draw in (lambda: exp.plot(name="text"), exp.plot):  # not KeyError 'image'
+        with pytest.raises(ValueError, match=r"no spatial grid.*token strip.*token_html"):
+            draw()
     with pytest.raises(ValueError, match=r"exp.plot\(name='text'\)"):
         exp.heatmap(name="text")
 
