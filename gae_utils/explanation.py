@@ -94,8 +94,9 @@ class Explanation:
         if grid is None:
             raise ValueError(
                 f"modality {name!r} has no spatial grid, so no heatmap: its relevance is one value "
-                f"per token; draw it with exp.plot(name={name!r}) (a token strip) or "
-                "exp.token_html(b), or gae_utils.plotting.token_html(tokens, "
+                f"per token. exp.plot(name={name!r}) draws a token strip when the explanation "
+                "holds the token ids (text given as a dict with 'input_ids'; tokenizer= adds the "
+                "strings); else pass the tokens to gae_utils.plotting.token_html(tokens, "
                 f"exp.relevance[{name!r}][b])"
             )
         return grid
