@@ -154,7 +154,7 @@ def plot_token_matrix(
         ax.set_ylabel("generated token")
         ax.set_title(f"#{b}", loc="left", fontsize=9)
         fig.colorbar(artist, ax=ax, label="relevance", pad=0.01)
-    axes[-1, 0].set_xlabel("tokens seen: the prompt, then the generated tokens")
+    axes[-1, 0].set_xlabel("tokens (hatched: not yet generated when the row's token was)")
     fig.suptitle(title)
     return fig
 
@@ -167,7 +167,8 @@ class TokenHTML(str):
         return str(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write a standalone HTML page (UTF-8) holding the markup; returns its path."""
+        """Write a standalone HTML page (UTF-8) holding the markup to ``path`` with the suffix
+        ``.html``; returns that path."""
         path = Path(path).with_suffix(".html")
         path.parent.mkdir(parents=True, exist_ok=True)
         page = '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>token relevance</title>'
