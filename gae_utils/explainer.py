@@ -23,7 +23,7 @@ from .propagation import attn_bar_of, propagate, propagate_rows
 from .records import LayerRecord
 from .targets import Target, TargetLike
 
-__all__ = ["explain", "record", "Recording"]
+__all__ = ["explain", "record", "Recording", "with_input_tokens"]
 
 
 @dataclass
@@ -239,6 +239,7 @@ def explain(
     verify: bool = False,
     eval_mode: bool = True,
     maps: bool = True,
+    tokenizer: Any = None,
 ) -> Explanation:
     """Explain a transformer's decision with Generic Attention-model Explainability.
 
@@ -259,6 +260,11 @@ def explain(
         eval_mode: explain in eval mode (dropout off); the original modes are restored.
         maps: keep the full relevancy maps; ``False`` computes only the explained rows (GAE on a
             single-modality self-attention stack; long prompts), see :meth:`Recording.explanation`.
+        tokenizer: text given as a dict with ``input_ids`` (causal LMs, text encoders) keeps the
+            id of each token in ``exp.token_ids["text"]`` (``token_mask``: the attention mask);
+            a tokenizer (Hugging Face, a list of token strings, or a callable ids -> strings)
+            also fills ``exp.tokens["text"]``, per example without padding, for ``exp.plot()``.
+            Tokens can be attached later with :meth:`Explanation.with_tokens`.
 
     Returns:
         An :class:`Explanation`; ``relevance["image"]`` is ``(B, num_patches)`` raw relevance for a
@@ -271,7 +277,26 @@ def explain(
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, target, rec.scores, eval_mode)
-    return rec.explanation(method, start_layer, maps=maps)
+    exp = rec.explanation(method, start_layer, maps=maps)
+    if adapter.task == "causal_lm":
+        exp.extra["target_is_token"] = True  # the next token's id
+    return with_input_tokens(exp, inputs, tokenizer)
+
+
+def with_input_tokens(exp: Explanation, inputs: Any, tokenizer: Any = None) -> Explanation:
+    """``exp`` holding the inputs' ``input_ids`` as the tokens of ``relevance["text"]`` (with
+    their strings when a tokenizer is given), when that relevance has one column per id."""
+    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
+    text = exp.relevance.get("text")
+    if isinstance(ids, Tensor) and text is not None and text.shape[-1] == ids.shape[-1]:
+        return exp.with_token_ids(ids, inputs.get("attention_mask"), tokenizer)
+    if tokenizer is not None:
+        raise ValueError(
+            f"tokenizer= names the tokens of relevance['text'], one per input id, but this "
+            f"{exp.model_name} explanation has relevance {sorted(exp.relevance)} for inputs "
+            "without matching 'input_ids'; leave tokenizer out"
+        )
+    return exp
 
 
 def _verify(

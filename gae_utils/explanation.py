@@ -1,15 +1,18 @@
 """The result of one explanation (what :func:`gae_utils.explain` returns): raw relevance, full
 relevancy maps, target and token layout. Normalisation and upsampling are display steps
-(:meth:`Explanation.heatmap`); saved as one safetensors file and one JSON file.
+(:meth:`Explanation.heatmap`); saved as one safetensors file and one JSON file. Text explanations
+keep the token id of each relevance column, and the token strings when given a tokenizer.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from torch import Tensor
 
 from .layout import TokenLayout
@@ -18,7 +21,32 @@ from .maps import grid_heatmap
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Explanation"]
+    from .plotting import TokenHTML
+
+__all__ = ["Explanation", "token_strings"]
+
+
+def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
+    """One string per token id: ``tokenizer`` is a Hugging Face tokenizer
+    (``convert_ids_to_tokens``), a sequence of strings (the token of id ``i`` at index ``i``) or a
+    callable ``list[int] -> list[str]``."""
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        strings = tokenizer.convert_ids_to_tokens(ids)
+    elif isinstance(tokenizer, Sequence) and not isinstance(tokenizer, str):
+        strings = [tokenizer[i] for i in ids]
+    elif callable(tokenizer):
+        strings = tokenizer(ids)
+    else:
+        raise TypeError(
+            f"tokenizer is a {type(tokenizer).__name__}; pass a Hugging Face tokenizer, a list of "
+            "token strings indexed by id, or a callable ids -> strings"
+        )
+    if len(strings) != len(ids):
+        raise ValueError(
+            f"the tokenizer gave {len(strings)} strings for {len(ids)} token ids; pass one that "
+            "maps each id to one token (convert_ids_to_tokens, not decode)"
+        )
+    return [str(s) for s in strings]
 
 
 @dataclass
@@ -36,6 +64,14 @@ class Explanation:
         start_layer: first aggregated layer.
         model_name: class name of the explained model.
         multi_target: True when ``target`` had a K dimension.
+        token_ids: ``{name: (B, N)}`` the token id of each column of ``relevance[name]`` (text
+            explained from ``input_ids``: causal LMs, text encoders, generations), padding included.
+        token_mask: ``{name: (B, N)}`` bool, True at the real (non-padding) columns.
+        tokens: ``{name: [[str] * n_b for each example]}`` the strings of the real tokens (padding
+            removed), when a tokenizer was given (``explain(..., tokenizer=tok)``,
+            :meth:`with_tokens`).
+        target_tokens: ``[[str] * K for each example]`` the strings of the explained tokens when
+            the targets are token ids (next tokens, generated tokens) and a tokenizer was given.
     """
 
     relevance: dict[str, Tensor]
@@ -48,12 +84,66 @@ class Explanation:
     model_name: str = ""
     multi_target: bool = False
     extra: dict = field(default_factory=dict)
+    token_ids: dict[str, Tensor] = field(default_factory=dict)
+    token_mask: dict[str, Tensor] = field(default_factory=dict)
+    tokens: dict[str, list[list[str]]] = field(default_factory=dict)
+    target_tokens: list[list[str]] = field(default_factory=list)
 
     def _grid(self, name: str) -> tuple[int, int]:
         grid = self.layout.segment(name).grid
         if grid is None:
-            raise ValueError(f"modality {name!r} has no spatial grid")
+            raise ValueError(
+                f"modality {name!r} has no spatial grid, so no heatmap: its relevance is one value "
+                f"per token. exp.plot(name={name!r}) draws a token strip when the explanation "
+                "holds the token ids (text given as a dict with 'input_ids'; tokenizer= adds the "
+                "strings); else pass the tokens to gae_utils.plotting.token_html(tokens, "
+                f"exp.relevance[{name!r}][b])"
+            )
         return grid
+
+    def with_token_ids(
+        self, ids: Tensor, mask: Tensor | None = None, tokenizer: Any = None, name: str = "text"
+    ) -> Explanation:
+        """A copy holding ``ids`` ``(B, N)`` as the tokens of the columns of ``relevance[name]``
+        (``mask`` ``(B, N)``: 1 at real tokens, default all), and their strings when a
+        ``tokenizer`` is given (see :meth:`with_tokens`)."""
+        if ids.shape[-1] != self.relevance[name].shape[-1]:
+            raise ValueError(
+                f"{ids.shape[-1]} token ids for the {self.relevance[name].shape[-1]} columns of "
+                f"relevance[{name!r}]; pass the input_ids the explanation was computed from"
+            )
+        real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()  # (B, N)
+        exp = replace(
+            self,
+            token_ids={**self.token_ids, name: ids.detach().cpu()},
+            token_mask={**self.token_mask, name: real.detach().cpu()},
+        )
+        return exp if tokenizer is None else exp.with_tokens(tokenizer)
+
+    def with_tokens(self, tokenizer: Any) -> Explanation:
+        """A copy whose ``tokens`` are the strings of ``token_ids`` with padding removed (and whose
+        ``target_tokens`` are those of the explained token ids).
+
+        Args:
+            tokenizer: a Hugging Face tokenizer (``convert_ids_to_tokens``), a list of token
+                strings indexed by id, or a callable ``list[int] -> list[str]``.
+        """
+        if not self.token_ids:
+            raise ValueError(
+                "this explanation holds no token ids: they are kept for text given as a dict with "
+                "'input_ids'; pass the tokens to gae_utils.plotting.token_html yourself"
+            )
+        tokens = {
+            name: [token_strings(tokenizer, row[real].tolist()) for row, real in zip(ids, mask)]
+            for name, ids, mask in ((n, v, self.token_mask[n]) for n, v in self.token_ids.items())
+        }
+        targets = self.target if self.extra.get("target_is_token") else None
+        named = (
+            []
+            if targets is None
+            else [token_strings(tokenizer, t.reshape(-1).tolist()) for t in targets]
+        )
+        return replace(self, tokens=tokens, target_tokens=named)
 
     def grid_relevance(self, name: str = "image") -> Tensor:
         """Relevance reshaped to the patch grid: ``(B, h, w)`` or ``(B, K, h, w)``."""
@@ -73,19 +163,37 @@ class Explanation:
         index: int | None = None,
         size: int | tuple[int, int] | None = None,
         name: str = "image",
+        tokenizer: Any = None,
     ) -> Figure:
         """Heatmaps (over the images when given) in one figure: one panel per example (and per
-        target).
+        target). Text (a modality without a grid, the default when there is no image) is drawn
+        as token strips, one row per example and target, or, for a generation, as a steps x
+        tokens matrix (:func:`~gae_utils.plotting.plot_token_strips`,
+        :func:`~gae_utils.plotting.plot_token_matrix`).
 
         Args:
             images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
             index: plot only this example.
             size: heatmap size (default: the images' size, else the patch grid).
             name: which relevance to plot.
+            tokenizer: token strings for text explanations that hold only ids (else ids label
+                the tokens).
         """
         import matplotlib.pyplot as plt
 
-        from .plotting import PANEL, overlay
+        from .plotting import PANEL, overlay, plot_token_matrix, plot_token_strips
+
+        if name not in self.relevance:  # a text explanation: its tokens
+            name = next(iter(self.token_ids or self.relevance))
+        if self.layout.segment(name).grid is None:
+            if name not in self.token_ids:
+                self._grid(name)  # raises: says how to draw the tokens
+            exp = self if tokenizer is None else self.with_tokens(tokenizer)
+            examples, tokens, values, labels, last = exp._token_rows(name, index)
+            title = f"{self.method} relevance over the {name} tokens"
+            if "steps" in self.extra:  # a generation: steps x tokens
+                return plot_token_matrix(tokens, values, labels, last, examples, title)
+            return plot_token_strips(tokens, values, labels, examples, title)
 
         if size is None and images is not None:
             size = (images.shape[-2], images.shape[-1])
@@ -118,6 +226,47 @@ class Explanation:
     show = plot
     """Alias of :meth:`plot` (the ``.show()`` name of other attribution libraries' results)."""
 
+    def _token_rows(
+        self, name: str, index: int | None = None
+    ) -> tuple[list[int], list[list[str]], list[Tensor], list[list[str]], list[list[int]]]:
+        """Per example (padding removed): its index, its ``n`` tokens, its relevance ``(K, n)``,
+        its K targets' labels and the last token each target sees (a generation's step ``t``,
+        read at position ``P - 1 + t``, sees the prompt and the tokens before token ``t``; steps
+        after an EOS are dropped)."""
+        rel = self.relevance[name] if self.multi_target else self.relevance[name][:, None]
+        generation, K = "steps" in self.extra, rel.shape[1]  # (B, K, N): K targets or steps
+        steps = self.extra.get("steps", list(range(K)))
+        targets = None if self.target is None else self.target.reshape(rel.shape[0], -1)  # (B, K)
+        examples = [index] if index is not None else list(range(rel.shape[0]))
+        tokens, values, labels, last = [], [], [], []
+        for b in examples:
+            real = self.token_mask[name][b]  # (N,) bool
+            ids = self.token_ids[name][b][real].tolist()
+            tokens.append(self.tokens[name][b] if name in self.tokens else [str(i) for i in ids])
+            n_steps = self.extra["real_steps"][b] if generation else len(steps)
+            keep = [k for k, s in enumerate(steps) if s < n_steps]
+            values.append(rel[b, keep][:, real.to(rel.device)].detach().float().cpu())  # (K, n)
+            kind = "token" if self.extra.get("target_is_token") else "class"
+            named = [f"{kind} {int(t)}" for t in targets[b]] if targets is not None else [""] * K
+            named = [repr(t) for t in self.target_tokens[b]] if self.target_tokens else named
+            labels.append([named[k] for k in keep])
+            seen = [
+                max(self.extra.get("prompt_length", 0) - 1, 0) + steps[k]
+                if generation and name != "source"
+                else real.numel() - 1
+                for k in keep
+            ]  # position of the last token each target sees
+            last.append([int(real[: p + 1].sum()) - 1 for p in seen])  # among the real tokens
+        return examples, tokens, values, labels, last
+
+    def token_html(self, index: int = 0, k: int = 0, name: str = "text") -> TokenHTML:
+        """Example ``index``'s tokens (padding removed) shaded by their relevance for target ``k``
+        (a generation: the k-th explained step, over the tokens it sees), as notebook HTML."""
+        from .plotting import token_html
+
+        _, tokens, values, _, last = self._token_rows(name, index)
+        return token_html(tokens[0][: last[0][k] + 1], values[0][k, : last[0][k] + 1])
+
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata)."""
         from safetensors.torch import save_file
@@ -138,13 +287,23 @@ class Explanation:
                 for k, v in self.layout.weights.items()
             }
         )
+        tensors.update({f"token_ids/{k}": v.contiguous() for k, v in self.token_ids.items()})
+        tensors.update({f"token_mask/{k}": v.contiguous() for k, v in self.token_mask.items()})
         tensors["scores"] = self.scores.detach().cpu().contiguous()
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()
         save_file(tensors, str(path) + ".safetensors")
         meta = {
             key: getattr(self, key)
-            for key in ("method", "start_layer", "model_name", "multi_target", "extra")
+            for key in (
+                "method",
+                "start_layer",
+                "model_name",
+                "multi_target",
+                "extra",
+                "tokens",
+                "target_tokens",
+            )
         }
         meta["layout"] = self.layout.to_dict()
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
@@ -159,7 +318,7 @@ class Explanation:
         meta = json.loads(Path(str(path) + ".json").read_text())
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
-            for group in ("relevance", "maps", "layout_weights")
+            for group in ("relevance", "maps", "layout_weights", "token_ids", "token_mask")
         }
         return cls(
             relevance=groups["relevance"],
@@ -169,5 +328,7 @@ class Explanation:
             target=tensors.get("target"),
             scores=tensors["scores"],
             layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
-            **meta,  # method, start_layer, model_name, multi_target, extra
+            token_ids=groups["token_ids"],
+            token_mask=groups["token_mask"],
+            **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens
         )

@@ -164,6 +164,7 @@ def explain_generation(
     score: str = "logit",
     adapter: Adapter | None = None,
     eval_mode: bool = True,
+    tokenizer: Any = None,
 ) -> Explanation:
     """Explain every generated token of a batch: translations, summaries, LM continuations.
 
@@ -183,14 +184,22 @@ def explain_generation(
         score: ``"logit"`` or ``"log_prob"`` (see :class:`~gae_utils.targets.TokenTarget`).
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
+        tokenizer: fills ``exp.tokens`` (per example, padding and the steps after its EOS
+            removed) and ``exp.target_tokens`` (the explained tokens); without it only the ids are
+            kept (``exp.token_ids``), see :meth:`~gae_utils.explanation.Explanation.with_tokens`.
 
     Returns:
         An :class:`~gae_utils.explanation.Explanation` with K = len(steps) targets per example.
+        With prompt length ``P`` (0 for an encoder-decoder) and ``T`` generated tokens, step
+        ``t`` produces ``generated[:, P + t]`` from position ``P - 1 + t`` and sees the columns
+        ``0 .. P - 1 + t`` of ``generated[:, :-1]`` (the prompt and the tokens before it);
+        ``exp.plot()`` draws these rows as a steps x tokens matrix.
         Encoder-decoder: ``relevance["source"]`` ``(B, K, S)`` (row ``t`` of ``R[target, source]``)
         and ``relevance["target"]`` ``(B, K, T)`` (prefix relevance). Causal LM:
-        ``relevance["text"]`` ``(B, K, S + T - 1)`` (the step's row of ``R - I``, 0 after it).
+        ``relevance["text"]`` ``(B, K, P + T - 1)`` (the step's row of ``R - I``, 0 after it).
         ``extra["steps"]``: the explained steps; ``extra["real_steps"]``: how many steps of each
-        example are real tokens (up to its EOS).
+        example are real tokens (up to its EOS); ``extra["prompt_length"]``: ``P``.
+        ``token_ids``: ``"text"`` (causal LM) or ``"source"`` and ``"target"``.
     """
     adapter = _generation_adapter(model, adapter)
     rec = record_generation(
@@ -202,5 +211,16 @@ def explain_generation(
     real = generation_steps(
         continuation, _special_id(model, "eos_token_id"), _special_id(model, "pad_token_id")
     )
-    exp.extra = {"steps": explained, "real_steps": real.sum(dim=1).tolist()}
-    return exp
+    exp.extra = {
+        "steps": explained,
+        "real_steps": real.sum(dim=1).tolist(),
+        "prompt_length": prompt,
+        "target_is_token": True,
+    }
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).to(real.device)
+    before = torch.cat([mask.new_ones(mask.shape[0], max(1 - prompt, 0)), real.long()], dim=1)
+    decoded = torch.cat([mask[:, :prompt], before], dim=1)[:, :-1]  # (B, P + T - 1) or (B, T)
+    if prompt:  # causal LM: one sequence, the columns of generated[:, :-1]
+        return exp.with_token_ids(generated[:, :-1], decoded, tokenizer)
+    exp = exp.with_token_ids(inputs["input_ids"], mask, name="source")
+    return exp.with_token_ids(generated[:, :-1], decoded, tokenizer, name="target")

@@ -142,7 +142,7 @@ assert torch.allclose(mine, library, atol=1e-6)
 # shape in "what colour is the cross", the colour in "what shape is the blue object") `·like this·`.
 
 # %%
-exp = gu.explain(lm, inputs)
+exp = gu.explain(lm, inputs, tokenizer=vocab.tokens)  # exp.tokens["text"]: each prompt's tokens, padding removed
 facts = word_positions(stories, L)  # "key": the determining word; "subject": the cue word (the data's name)
 
 
@@ -153,9 +153,8 @@ def marked(tokens: list[str], key: int, cue: int) -> list[str]:
 
 top = exp.relevance["text"].masked_fill(~facts["description"], float("-inf")).argmax(1)  # (B,) first description token
 for b, story in enumerate(stories):
-    n = int(inputs["attention_mask"][b].sum())
-    tokens = vocab.decode(inputs["input_ids"][b, :n], skip_special=False)
-    answer = vocab.tokens[int(exp.target[b])]
+    tokens, answer = exp.tokens["text"][b], exp.target_tokens[b][0]  # the prompt's tokens, the explained answer
+    n = len(tokens)
     lands = (
         "determining word" if top[b] == facts["key"][b] else "cue word" if top[b] == facts["subject"][b] else "other"
     )
@@ -170,6 +169,13 @@ for b, story in enumerate(stories):
 kinds = [s.kind for s in stories]
 assert all(top[b] == facts["key"][b] for b in range(len(stories)) if kinds[b] == "colour")
 assert all(top[b] == facts["subject"][b] for b in range(len(stories)) if kinds[b] == "shape")
+
+# %% [markdown]
+# The same maps as a figure: `exp.plot()` draws one token strip per prompt (raw relevance, each with
+# its colour bar); `exp.token_html(b).save(path)` writes one strip as a standalone HTML page.
+
+# %%
+_ = exp.plot()
 
 # %% [markdown]
 # **What to notice.** For a colour question ("what colour is the cross") the brightest description token
