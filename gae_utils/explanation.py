@@ -6,9 +6,10 @@ relevancy maps, target and token layout. Normalisation and upsampling are displa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor
 
@@ -36,6 +37,10 @@ class Explanation:
         start_layer: first aggregated layer.
         model_name: class name of the explained model.
         multi_target: True when ``target`` had a K dimension.
+        labels: ``{class index: name}`` from the model (``id2label``; timm's ImageNet names), or
+            None; :meth:`plot`'s titles.
+        normalization: ``{"mean": [...], "std": [...]}`` of the model's inputs (timm's
+            ``pretrained_cfg``), or None; :meth:`plot` undoes it to draw the images.
     """
 
     relevance: dict[str, Tensor]
@@ -48,6 +53,8 @@ class Explanation:
     model_name: str = ""
     multi_target: bool = False
     extra: dict = field(default_factory=dict)
+    labels: dict[int, str] | None = field(default=None, repr=False)
+    normalization: dict[str, list[float]] | None = None
 
     def _grid(self, name: str) -> tuple[int, int]:
         grid = self.layout.segment(name).grid
@@ -73,47 +80,75 @@ class Explanation:
         index: int | None = None,
         size: int | tuple[int, int] | None = None,
         name: str = "image",
+        *,
+        ncols: int | None = None,
+        ax: Any = None,
+        cmap: str | None = None,
+        alpha: float = 0.6,
+        titles: Sequence[str] | Callable[[int, int | None], str] | None = None,
+        labels: Sequence[str] | Mapping[int, str] | None = None,
+        normalization: Any = None,
+        colorbar: bool = True,
     ) -> Figure:
-        """Heatmaps (over the images when given) in one figure: one panel per example (and per
-        target).
+        """Heatmaps (over the images when given), one panel per example and target, titled with
+        the class names, the method's label on top; save with ``fig.savefig("fig.pdf")``.
 
         Args:
-            images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
+            images: ``(B, C, H, W)`` the inputs under the heatmaps: raw (uint8, 0..255 or
+                [0, 1]) or normalised (undone with ``normalization``; see
+                :func:`~gae_utils.plotting.display_images`).
             index: plot only this example.
             size: heatmap size (default: the images' size, else the patch grid).
             name: which relevance to plot.
+            ncols: panels per row (default: a wide grid; one row per example for K targets).
+            ax: an axes or array of axes to draw into instead of a new figure.
+            cmap: the heatmaps' colour map (default ``inferno``, greyscale-safe).
+            alpha: the heatmaps' opacity over the image.
+            titles: one title per panel, or ``titles(example, target_class) -> str``.
+            labels: class names (a list or ``{index: name}``); default :attr:`labels`.
+            normalization: ``(mean, std)``, ``{"mean", "std"}`` or an image processor with
+                ``image_mean``/``image_std``; default :attr:`normalization`.
+            colorbar: draw the shared colour bar.
+
+        Returns:
+            The figure.
         """
-        import matplotlib.pyplot as plt
+        from .methods import method_label
+        from .plotting import HEATMAP_CMAP, display_images, heatmap_panels
 
-        from .plotting import PANEL, overlay
-
-        if size is None and images is not None:
-            size = (images.shape[-2], images.shape[-1])
+        norm = normalization if normalization is not None else self.normalization
+        shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
+        if size is None and shown is not None:
+            size = (shown.shape[-2], shown.shape[-1])
         heat = self.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
         heat = heat[:, None] if heat.ndim == 3 else heat  # (B, K, H, W)
-        target = (
-            self.target[:, None]
-            if self.target is not None and self.target.ndim == 1
-            else self.target
-        )  # (B, K)
-        examples = [index] if index is not None else list(range(heat.shape[0]))
-        k = heat.shape[1]
-        fig, axes = plt.subplots(
-            len(examples),
-            k,
-            figsize=(PANEL * k, PANEL * len(examples)),
-            squeeze=False,
-            layout="constrained",
-        )
-        for r, b in enumerate(examples):
-            for j in range(k):
-                title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
-                artist = overlay(
-                    axes[r, j], images[b] if images is not None else None, heat[b, j], title
+        target = None if self.target is None else self.target.reshape(heat.shape[0], -1)  # (B, K)
+        names = labels if labels is not None else self.labels
+        panels = [(b, k) for b in ([index] if index is not None else range(heat.shape[0]))
+                  for k in range(heat.shape[1])]  # fmt: skip
+        text = []
+        for i, (b, k) in enumerate(panels):
+            t = None if target is None else int(target[b, k])
+            if titles is not None:
+                text.append(titles(b, t) if callable(titles) else titles[i])
+            elif t is None:
+                text.append(f"#{b}")
+            else:
+                known = names is not None and (
+                    t in names if isinstance(names, Mapping) else t < len(names)
                 )
-        fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance (min-max per map)")
-        fig.suptitle(f"{self.method} relevance")
-        return fig
+                text.append(str(names[t]) if known else f"class {t}")  # type: ignore[index]
+        return heatmap_panels(
+            heat[[b for b, _ in panels], [k for _, k in panels]],  # (P, H, W)
+            None if shown is None else shown[[b for b, _ in panels]],  # (P, C, H, W)
+            text,
+            ncols=ncols if ncols is not None else (heat.shape[1] if heat.shape[1] > 1 else None),
+            ax=ax,
+            cmap=cmap or HEATMAP_CMAP,
+            alpha=alpha,
+            title=f"{method_label(self.method)} relevance",
+            colorbar=colorbar,
+        )
 
     show = plot
     """Alias of :meth:`plot` (the ``.show()`` name of other attribution libraries' results)."""
@@ -145,6 +180,7 @@ class Explanation:
         meta = {
             key: getattr(self, key)
             for key in ("method", "start_layer", "model_name", "multi_target", "extra")
+            + ("labels", "normalization")
         }
         meta["layout"] = self.layout.to_dict()
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
@@ -157,6 +193,8 @@ class Explanation:
         path = Path(path).with_suffix("")
         tensors = load_file(str(path) + ".safetensors")
         meta = json.loads(Path(str(path) + ".json").read_text())
+        if meta.get("labels"):  # JSON keys are strings
+            meta["labels"] = {int(k): v for k, v in meta["labels"].items()}
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
             for group in ("relevance", "maps", "layout_weights")
@@ -169,5 +207,5 @@ class Explanation:
             target=tensors.get("target"),
             scores=tensors["scores"],
             layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
-            **meta,  # method, start_layer, model_name, multi_target, extra
+            **meta,  # method, start_layer, model_name, multi_target, extra, labels, normalization
         )
