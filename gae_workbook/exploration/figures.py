@@ -92,12 +92,10 @@ def set_style() -> None:
 
 
 def figures_dir() -> Path:
-    """Where figures go: ``$GAE_FIGURES_DIR``, else the repository's ``figures/``, else ``./figures``."""
+    """Where figures go: ``$GAE_FIGURES_DIR``, else ``./figures`` in the current directory (never the
+    repository's committed ``figures/`` unless asked: ``make figures`` sets the variable)."""
     if os.environ.get("GAE_FIGURES_DIR"):
         return Path(os.environ["GAE_FIGURES_DIR"])
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").exists():
-        return repo / "figures"
     return Path.cwd() / "figures"
 
 
@@ -114,7 +112,7 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     Args:
         fig: the figure.
         name: stable file stem, e.g. ``"01_class_specific"``.
-        directory: defaults to :func:`figures_dir`.
+        directory: where to write, e.g. ``"paper"``; defaults to :func:`figures_dir`.
 
     Returns:
         The two written paths (a list).
@@ -152,7 +150,7 @@ def plot_heatmap_grid(
 
     Args:
         images: ``(R, 3, H, W)`` images shown in the first column (and under the maps), or None.
-        columns: ``{column title: (R, H, W)}`` maps in [0, 1].
+        columns: ``{column title: (R, H, W)}`` maps in [0, 1]; a method's key is shown by its label.
         row_labels: a label per row (e.g. the explained class).
         show_input: add the input image as the first column.
         colorbar: add one shared colour bar.
@@ -167,9 +165,8 @@ def plot_heatmap_grid(
             show_image(axes[r, 0], images[r], "input" if r == 0 else None)
             c0 = 1
         for c, (title, maps) in enumerate(columns.items()):
-            artist = overlay(
-                axes[r, c0 + c], images[r] if images is not None else None, maps[r], title if r == 0 else None
-            )
+            image = images[r] if images is not None else None
+            artist = overlay(axes[r, c0 + c], image, maps[r], method_label(title) if r == 0 else None)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r])
     if colorbar and artist is not None:
@@ -949,7 +946,7 @@ def plot_caption_maps(image: Tensor, dual, captions: Sequence, is_true: Sequence
     Args:
         image: ``(1, 3, H, W)`` the image.
         dual: the :func:`gae_utils.dual.explain_dual` result for this image and the captions.
-        captions: the captions (each with a ``.text``), in the order they were explained.
+        captions: the captions (strings, or objects with a ``.text``), in the order they were explained.
         is_true: whether each caption describes the image; shown in the panel's title with the logit.
 
     Returns:
@@ -958,9 +955,10 @@ def plot_caption_maps(image: Tensor, dual, captions: Sequence, is_true: Sequence
     import textwrap
 
     size = int(image.shape[-1])
+    texts = [getattr(c, "text", c) for c in captions]  # strings or the workbook's caption objects
     titles = [
-        textwrap.fill(c.text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {float(dual.logits[0, k]):.1f}"
-        for k, (c, ok) in enumerate(zip(captions, is_true))
+        textwrap.fill(text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {float(dual.logits[0, k]):.1f}"
+        for k, (text, ok) in enumerate(zip(texts, is_true))
     ]
     return plot_panels(image, dual.image.heatmap(size)[:1], [titles])
 
