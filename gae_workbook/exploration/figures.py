@@ -28,7 +28,7 @@ from torch import Tensor  # noqa: E402
 
 from gae_utils.maps import normalize_maps
 from gae_utils.methods import method_label
-from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, to_numpy_image
+from gae_utils.plotting import HEATMAP_CMAP, PANEL, display_images, overlay, to_numpy_image
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -145,6 +145,7 @@ def plot_heatmap_grid(
     row_labels: Sequence[str] | None = None,
     show_input: bool = True,
     colorbar: bool = True,
+    normalization=None,
 ) -> plt.Figure:
     """One row per example, one column per map (e.g. per method), heatmaps in [0, 1].
 
@@ -154,7 +155,10 @@ def plot_heatmap_grid(
         row_labels: a label per row (e.g. the explained class).
         show_input: add the input image as the first column.
         colorbar: add one shared colour bar.
+        normalization: the images' normalisation, undone to draw them (``exp.normalization``, an
+            image processor or ``(mean, std)``; see :func:`gae_utils.plotting.display_images`).
     """
+    images = None if images is None else display_images(images, normalization)  # (R, C, H, W) in [0, 1]
     rows = next(iter(columns.values())).shape[0]
     ncols = len(columns) + int(show_input and images is not None)
     fig, axes = plt.subplots(rows, ncols, figsize=(PANEL * ncols, PANEL * rows), squeeze=False, layout="constrained")
