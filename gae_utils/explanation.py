@@ -123,21 +123,17 @@ class Explanation:
         heat = self.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
         heat = heat[:, None] if heat.ndim == 3 else heat  # (B, K, H, W)
         target = None if self.target is None else self.target.reshape(heat.shape[0], -1)  # (B, K)
-        names = labels if labels is not None else self.labels
+        names = labels if labels is not None else (self.labels or {})
+        names = names if isinstance(names, Mapping) else dict(enumerate(names))  # {class: name}
         panels = [(b, k) for b in ([index] if index is not None else range(heat.shape[0]))
                   for k in range(heat.shape[1])]  # fmt: skip
         text = []
         for i, (b, k) in enumerate(panels):
             t = None if target is None else int(target[b, k])
-            if titles is not None:
-                text.append(titles(b, t) if callable(titles) else titles[i])
-            elif t is None:
-                text.append(f"#{b}")
-            else:
-                known = names is not None and (
-                    t in names if isinstance(names, Mapping) else t < len(names)
-                )
-                text.append(str(names[t]) if known else f"class {t}")  # type: ignore[index]
+            default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            text.append(
+                titles(b, t) if callable(titles) else default if titles is None else titles[i]
+            )
         return heatmap_panels(
             heat[[b for b, _ in panels], [k for _, k in panels]],  # (P, H, W)
             None if shown is None else shown[[b for b, _ in panels]],  # (P, C, H, W)

@@ -37,6 +37,7 @@ __all__ = [
 
 HEATMAP_CMAP = "inferno"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
+SLACK = 0.02  # how far past [0, 1] (x 255) a raw image may go and still be read as raw
 
 
 def class_names(model: Any) -> dict[int, str] | None:
@@ -82,7 +83,8 @@ def _mean_std(normalization: Any) -> tuple[Tensor, Tensor]:
 def display_images(images: Tensor | np.ndarray, normalization: Any = None) -> Tensor:
     """Images as drawn, ``(B, C, H, W)`` in [0, 1]; never clipped silently.
 
-    uint8 and 0..255 images are divided by 255, [0, 1] images kept; other values are
+    uint8 and 0..255 images are divided by 255, [0, 1] images kept (an overshoot of ``SLACK``,
+    as bicubic resizing leaves, is cut); other values are
     un-normalised (``x * std + mean``) with ``normalization`` (see :func:`_mean_std`) when given,
     else min-max rescaled per image with one warning.
 
@@ -95,10 +97,10 @@ def display_images(images: Tensor | np.ndarray, normalization: Any = None) -> Te
         x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
     raw_uint8, x = x.dtype == torch.uint8, x.float()
     low, high = (float(x.min()), float(x.max())) if x.numel() else (0.0, 1.0)
-    if raw_uint8 or (low >= 0 and 1 < high <= 255):
-        return x / 255
-    if low >= 0 and high <= 1:
-        return x
+    if raw_uint8 or (low >= 0 and 1 + SLACK < high <= 255 * (1 + SLACK)):
+        return (x / 255).clamp(0, 1)
+    if low >= -SLACK and high <= 1 + SLACK:
+        return x.clamp(0, 1)  # [0, 1] up to a resize's overshoot
     if normalization is not None:
         mean, std = _mean_std(normalization)
         restored = x * std + mean  # (B, C, H, W)

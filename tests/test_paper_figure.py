@@ -95,6 +95,17 @@ def test_a_timm_models_normalisation_is_recorded_and_undone(raw):
     plt.close(fig)
 
 
+def test_a_resize_overshoot_is_cut_but_a_wider_range_is_rescaled(raw):
+    overshoot = raw * 1.02 - 0.01  # [-0.01, 1.01], as bicubic resizing leaves
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(display_images(overshoot), overshoot.clamp(0, 1))
+    with pytest.warns(UserWarning, match=r"min-max rescaled for display"):
+        shown = display_images(raw * 1.2 - 0.1)
+    torch.testing.assert_close(shown.flatten(1).amin(1), torch.zeros(2))
+    torch.testing.assert_close(shown.flatten(1).amax(1), torch.ones(2))
+
+
 def test_a_processor_gives_the_normalisation(raw):
     processor = types.SimpleNamespace(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     torch.testing.assert_close(display_images(raw * 2 - 1, processor), raw, atol=1e-6, rtol=0)
@@ -141,6 +152,8 @@ def test_titles_axes_cmap_alpha(raw):
     assert out is mine and [ax.get_title() for ax in axes[:4]] == ["a", "b", "c", "d"]
     assert not axes[4].axison  # the unused axes is hidden
     plt.close(mine)
+    mine, one = plt.subplots()  # a single axes: one example, one target
+    assert gu.explain(vit, raw, target=3).plot(raw, index=1, ax=one) is mine and one.get_title() == "class 3"
     with pytest.raises(ValueError, match=r"ax has 2 axes for 4 panels; pass at least 4 axes"):
         exp.plot(raw, ax=plt.subplots(1, 2)[1])
     plt.close("all")
