@@ -187,7 +187,7 @@ def heatmap_panels(
     if ax is None:
         ncols = max(1, min(n, ncols or math.ceil(math.sqrt(2 * n))))
         nrows = -(-n // ncols)
-        size = (PANEL * ncols + 1.0, PANEL * nrows + 0.4)  # + colour bar, + title
+        size = (PANEL * ncols + float(colorbar), PANEL * nrows + 0.4)  # + colour bar, + title
         fig, grid = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
         axes = list(grid.flat)
     else:
