@@ -19,6 +19,7 @@ from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
 from .layout import TokenLayout
 from .methods import compute_maps, method_names
+from .plotting import class_names, pixel_normalization
 from .propagation import attn_bar_of, propagate, propagate_rows
 from .records import LayerRecord
 from .targets import Target, TargetLike
@@ -55,6 +56,8 @@ class Recording:
     model_name: str
     # JSON-ready facts of the target (DETR: the explained queries)
     extra: dict = field(default_factory=dict)
+    labels: dict[int, str] | None = field(default=None, repr=False)  # class names (plots)
+    normalization: dict[str, list[float]] | None = None  # the inputs' mean and std (plots)
 
     def maps(self, method: str = "gae", start_layer: int = 0) -> dict[tuple[str, str], Tensor]:
         """Relevancy maps ``{(a, b): (B, K, Na, Nb)}`` of ``method``."""
@@ -91,6 +94,8 @@ class Recording:
             model_name=self.model_name,
             multi_target=self.multi_target,
             extra=dict(self.extra),
+            labels=self.labels,
+            normalization=self.normalization,
         )
 
     def scaled(self, factor: float) -> Recording:
@@ -225,6 +230,8 @@ def record(
         multi_target=selection.multi_target,
         model_name=type(model).__name__,
         extra=selection.extra,
+        labels=class_names(model),
+        normalization=pixel_normalization(model),
     )
 
 

@@ -7,7 +7,7 @@ keep the token id of each relevance column, and the token strings when given a t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -72,6 +72,10 @@ class Explanation:
             :meth:`with_tokens`).
         target_tokens: ``[[str] * K for each example]`` the strings of the explained tokens when
             the targets are token ids (next tokens, generated tokens) and a tokenizer was given.
+        labels: ``{class index: name}`` from the model (``id2label``; timm's ImageNet names), or
+            None; :meth:`plot`'s titles.
+        normalization: ``{"mean": [...], "std": [...]}`` of the model's inputs (timm's
+            ``pretrained_cfg``), or None; :meth:`plot` undoes it to draw the images.
     """
 
     relevance: dict[str, Tensor]
@@ -88,6 +92,8 @@ class Explanation:
     token_mask: dict[str, Tensor] = field(default_factory=dict)
     tokens: dict[str, list[list[str]]] = field(default_factory=dict)
     target_tokens: list[list[str]] = field(default_factory=list)
+    labels: dict[int, str] | None = field(default=None, repr=False)
+    normalization: dict[str, list[float]] | None = None
 
     def _grid(self, name: str) -> tuple[int, int]:
         grid = self.layout.segment(name).grid
@@ -163,25 +169,53 @@ class Explanation:
         index: int | None = None,
         size: int | tuple[int, int] | None = None,
         name: str = "image",
+        *,
+        ncols: int | None = None,
+        ax: Any = None,
+        cmap: str | None = None,
+        alpha: float = 0.6,
+        titles: Sequence[str] | Callable[[int, int | None], str] | None = None,
+        labels: Sequence[str] | Mapping[int, str] | None = None,
+        normalization: Any = None,
+        colorbar: bool = True,
         tokenizer: Any = None,
     ) -> Figure:
-        """Heatmaps (over the images when given) in one figure: one panel per example (and per
-        target). Text (a modality without a grid, the default when there is no image) is drawn
-        as token strips, one row per example and target, or, for a generation, as a steps x
-        tokens matrix (:func:`~gae_utils.plotting.plot_token_strips`,
-        :func:`~gae_utils.plotting.plot_token_matrix`).
+        """Heatmaps (over the images when given), one panel per example and target, titled with
+        the class names, the method's label on top; save with ``fig.savefig("fig.pdf")``. Text
+        (a modality without a grid, the default without an image) is drawn as token strips, one
+        row per example and target, or for a generation as a steps x tokens matrix
+        (:func:`~gae_utils.plotting.plot_token_strips`, :func:`~.plotting.plot_token_matrix`).
 
         Args:
-            images: ``(B, 3, H, W)`` inputs to draw under the heatmaps.
+            images: ``(B, C, H, W)`` the inputs under the heatmaps: raw (uint8, 0..255 or
+                [0, 1]) or normalised (undone with ``normalization``; see
+                :func:`~gae_utils.plotting.display_images`).
             index: plot only this example.
             size: heatmap size (default: the images' size, else the patch grid).
             name: which relevance to plot.
+            ncols: panels per row (default: a wide grid; one row per example for K targets).
+            ax: an axes or array of axes to draw into instead of a new figure.
+            cmap: the heatmaps' colour map (default ``inferno``, greyscale-safe).
+            alpha: the heatmaps' opacity over the image.
+            titles: one title per panel, or ``titles(example, target_class) -> str``.
+            labels: class names (a list or ``{index: name}``); default :attr:`labels`.
+            normalization: ``(mean, std)``, ``{"mean", "std"}`` or an image processor with
+                ``image_mean``/``image_std``; default :attr:`normalization`.
+            colorbar: draw the shared colour bar.
             tokenizer: token strings for text explanations that hold only ids (else ids label
                 the tokens).
-        """
-        import matplotlib.pyplot as plt
 
-        from .plotting import PANEL, overlay, plot_token_matrix, plot_token_strips
+        Returns:
+            The figure.
+        """
+        from .methods import method_label
+        from .plotting import (
+            HEATMAP_CMAP,
+            display_images,
+            heatmap_panels,
+            plot_token_matrix,
+            plot_token_strips,
+        )
 
         if name not in self.relevance:  # a text explanation: its tokens
             name = next(iter(self.token_ids or self.relevance))
@@ -189,39 +223,43 @@ class Explanation:
             if name not in self.token_ids:
                 self._grid(name)  # raises: says how to draw the tokens
             exp = self if tokenizer is None else self.with_tokens(tokenizer)
-            examples, tokens, values, labels, last = exp._token_rows(name, index)
-            title = f"{self.method} relevance over the {name} tokens"
+            examples, tokens, values, rows, last = exp._token_rows(name, index)
+            title = f"{method_label(self.method)} relevance over the {name} tokens"
             if "steps" in self.extra:  # a generation: steps x tokens
-                return plot_token_matrix(tokens, values, labels, last, examples, title)
-            return plot_token_strips(tokens, values, labels, examples, title)
+                return plot_token_matrix(
+                    tokens, values, rows, last, examples, title, cmap or HEATMAP_CMAP
+                )
+            return plot_token_strips(tokens, values, rows, examples, title, cmap or HEATMAP_CMAP)
 
-        if size is None and images is not None:
-            size = (images.shape[-2], images.shape[-1])
+        norm = normalization if normalization is not None else self.normalization
+        shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
+        if size is None and shown is not None:
+            size = (shown.shape[-2], shown.shape[-1])
         heat = self.heatmap(size, name=name)  # (B, H, W) or (B, K, H, W)
         heat = heat[:, None] if heat.ndim == 3 else heat  # (B, K, H, W)
-        target = (
-            self.target[:, None]
-            if self.target is not None and self.target.ndim == 1
-            else self.target
-        )  # (B, K)
-        examples = [index] if index is not None else list(range(heat.shape[0]))
-        k = heat.shape[1]
-        fig, axes = plt.subplots(
-            len(examples),
-            k,
-            figsize=(PANEL * k, PANEL * len(examples)),
-            squeeze=False,
-            layout="constrained",
+        target = None if self.target is None else self.target.reshape(heat.shape[0], -1)  # (B, K)
+        names = labels if labels is not None else (self.labels or {})
+        names = names if isinstance(names, Mapping) else dict(enumerate(names))  # {class: name}
+        panels = [(b, k) for b in ([index] if index is not None else range(heat.shape[0]))
+                  for k in range(heat.shape[1])]  # fmt: skip
+        text = []
+        for i, (b, k) in enumerate(panels):
+            t = None if target is None else int(target[b, k])
+            default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            text.append(
+                titles(b, t) if callable(titles) else default if titles is None else titles[i]
+            )
+        return heatmap_panels(
+            heat[[b for b, _ in panels], [k for _, k in panels]],  # (P, H, W)
+            None if shown is None else shown[[b for b, _ in panels]],  # (P, C, H, W)
+            text,
+            ncols=ncols if ncols is not None else (heat.shape[1] if heat.shape[1] > 1 else None),
+            ax=ax,
+            cmap=cmap or HEATMAP_CMAP,
+            alpha=alpha,
+            title=f"{method_label(self.method)} relevance",
+            colorbar=colorbar,
         )
-        for r, b in enumerate(examples):
-            for j in range(k):
-                title = f"#{b}" + (f" class {int(target[b, j])}" if target is not None else "")
-                artist = overlay(
-                    axes[r, j], images[b] if images is not None else None, heat[b, j], title
-                )
-        fig.colorbar(artist, ax=axes, shrink=0.8, label="relevance (min-max per map)")
-        fig.suptitle(f"{self.method} relevance")
-        return fig
 
     show = plot
     """Alias of :meth:`plot` (the ``.show()`` name of other attribution libraries' results)."""
@@ -303,6 +341,8 @@ class Explanation:
                 "extra",
                 "tokens",
                 "target_tokens",
+                "labels",
+                "normalization",
             )
         }
         meta["layout"] = self.layout.to_dict()
@@ -316,6 +356,8 @@ class Explanation:
         path = Path(path).with_suffix("")
         tensors = load_file(str(path) + ".safetensors")
         meta = json.loads(Path(str(path) + ".json").read_text())
+        if meta.get("labels"):  # JSON keys are strings
+            meta["labels"] = {int(k): v for k, v in meta["labels"].items()}
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
             for group in ("relevance", "maps", "layout_weights", "token_ids", "token_mask")
@@ -330,5 +372,6 @@ class Explanation:
             layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],
-            **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens
+            **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens,
+            # labels, normalization
         )

@@ -7,8 +7,11 @@ monotonically, so a map still reads correctly in greyscale.
 
 from __future__ import annotations
 
+import functools
 import html
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +28,11 @@ __all__ = [
     "HEATMAP_CMAP",
     "PANEL",
     "TokenHTML",
+    "class_names",
+    "display_images",
+    "heatmap_panels",
     "overlay",
+    "pixel_normalization",
     "plot_token_matrix",
     "plot_token_strips",
     "to_numpy_image",
@@ -34,15 +41,101 @@ __all__ = [
 
 HEATMAP_CMAP = "inferno"
 PANEL = 2.2  # inches per image panel: every grid figure uses the same panel size
+SLACK = 0.02  # how far past [0, 1] (x 255) a raw image may go and still be read as raw
+
+
+def class_names(model: Any) -> dict[int, str] | None:
+    """The model's class names: a Hugging Face ``config.id2label`` (not the default ``LABEL_i``),
+    a timm ``pretrained_cfg["label_names"]``, or ImageNet's for a 1000-class timm model."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if id2label:
+        names = {int(k): str(v) for k, v in id2label.items()}
+        return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("label_names"):
+        return dict(enumerate(map(str, cfg["label_names"])))
+    if type(model).__module__.startswith("timm.") and getattr(model, "num_classes", 0) == 1000:
+        return dict(_imagenet_names())
+    return None
+
+
+@functools.cache
+def _imagenet_names() -> dict[int, str]:
+    """ImageNet-1k's class names as timm describes them, first synonym ("tabby, tabby cat")."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()  # reads a file: 80 ms, once
+    return {i: info.index_to_description(i).split(",")[0] for i in range(1000)}
+
+
+def pixel_normalization(model: Any) -> dict[str, list[float]] | None:
+    """``{"mean": [...], "std": [...]}`` a timm model normalises its inputs with
+    (``pretrained_cfg``); None when the model does not say (Hugging Face: the image processor)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        return None
+    return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
+
+
+def _mean_std(normalization: Any) -> tuple[Tensor, Tensor]:
+    """``(C, 1, 1)`` mean and std of a ``{"mean", "std"}`` dict, a ``(mean, std)`` pair or an
+    image processor (``image_mean``, ``image_std``)."""
+    if hasattr(normalization, "image_mean"):
+        pair = (normalization.image_mean, normalization.image_std)
+    elif isinstance(normalization, Mapping):
+        pair = (normalization["mean"], normalization["std"])
+    else:
+        pair = tuple(normalization)
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in pair)
+    return mean, std  # (C, 1, 1) each
+
+
+def display_images(images: Tensor | np.ndarray, normalization: Any = None) -> Tensor:
+    """Images as drawn, ``(B, C, H, W)`` in [0, 1]; never clipped silently.
+
+    uint8 and 0..255 images are divided by 255, [0, 1] images kept (an overshoot of ``SLACK``,
+    as bicubic resizing leaves, is cut); other values are
+    un-normalised (``x * std + mean``) with ``normalization`` (see :func:`_mean_std`) when given,
+    else min-max rescaled per image with one warning.
+
+    Args:
+        images: ``(B, C, H, W)`` or channels-last ``(B, H, W, C)``, C in (1, 3).
+        normalization: the inputs' normalisation, or None when unknown.
+    """
+    x = torch.as_tensor(images).detach().cpu()
+    if x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+    raw_uint8, x = x.dtype == torch.uint8, x.float()
+    low, high = (float(x.min()), float(x.max())) if x.numel() else (0.0, 1.0)
+    if raw_uint8 or (low >= 0 and 1 + SLACK < high <= 255 * (1 + SLACK)):
+        return (x / 255).clamp(0, 1)
+    if low >= -SLACK and high <= 1 + SLACK:
+        return x.clamp(0, 1)  # [0, 1] up to a resize's overshoot
+    if normalization is not None:
+        mean, std = _mean_std(normalization)
+        restored = x * std + mean  # (B, C, H, W)
+        if restored.min() > -1e-3 and restored.max() < 1 + 1e-3:
+            return restored.clamp(0, 1)  # rounding only
+    warnings.warn(
+        f"images range over [{low:.3g}, {high:.3g}], neither [0, 1] nor 0..255, and "
+        + (
+            "un-normalising them did not give [0, 1]"
+            if normalization is not None
+            else "their normalisation is unknown"
+        )
+        + ": each image is min-max rescaled for display. Pass the raw images, or "
+        "normalization=processor or (mean, std).",
+        stacklevel=3,
+    )
+    flat = x.flatten(1)  # (B, C*H*W)
+    low_b, high_b = flat.amin(1)[:, None, None, None], flat.amax(1)[:, None, None, None]
+    return (x - low_b) / (high_b - low_b).clamp_min(1e-12)  # (B, C, H, W)
 
 
 def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(image, Tensor):
-        image = image.detach().float().cpu()
-        if image.ndim == 3 and image.shape[0] in (1, 3):
-            image = image.permute(1, 2, 0)  # (H, W, C)
-        image = image.numpy()
-    return np.clip(image, 0, 1)
+    """One image ``(C, H, W)`` (or ``(H, W, C)``) as ``(H, W, C)`` in [0, 1]
+    (:func:`display_images`)."""
+    return display_images(torch.as_tensor(image)[None])[0].permute(1, 2, 0).numpy()
 
 
 def overlay(
@@ -51,6 +144,7 @@ def overlay(
     heat: Tensor | np.ndarray,
     title: str | None = None,
     alpha: float = 0.6,
+    cmap: str = HEATMAP_CMAP,
 ) -> AxesImage:
     """Heatmap (values in [0, 1]) over a dimmed greyscale copy of the image."""
     heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
@@ -58,9 +152,7 @@ def overlay(
         ax.imshow(
             to_numpy_image(image).mean(axis=-1), cmap="gray", vmin=0, vmax=1
         )  # (H, W) greyscale
-    artist = ax.imshow(
-        heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha if image is not None else None
-    )
+    artist = ax.imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=alpha if image is not None else None)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -156,6 +248,61 @@ def plot_token_matrix(
         fig.colorbar(artist, ax=ax, label="relevance", pad=0.01)
     axes[-1, 0].set_xlabel("tokens (hatched: not yet generated when the row's token was)")
     fig.suptitle(title)
+    return fig
+
+
+def heatmap_panels(
+    heat: Tensor,
+    images: Tensor | None,
+    titles: Sequence[str],
+    *,
+    ncols: int | None = None,
+    ax: Any = None,
+    cmap: str = HEATMAP_CMAP,
+    alpha: float = 0.6,
+    title: str = "",
+    colorbar: bool = True,
+) -> Figure:
+    """Heatmaps over their images, in a grid of ``ncols`` columns or in the axes ``ax``.
+
+    Args:
+        heat: ``(P, H, W)`` P panels' maps in [0, 1].
+        images: ``(P, C, H, W)`` images in [0, 1] under the maps, or None.
+        titles: one per panel.
+        ncols: panels per row (default: about twice as many columns as rows).
+        ax: an axes or an array of at least P axes to draw into, instead of a new figure.
+        cmap, alpha: the heatmaps' colour map and opacity over the image.
+        title: the new figure's title; with ``ax``, it heads the colour bar's label.
+        colorbar: add one colour bar for all panels.
+    """
+    import matplotlib.pyplot as plt
+
+    n, nrows = heat.shape[0], 1
+    if ax is None:
+        ncols = max(1, min(n, ncols or math.ceil(math.sqrt(2 * n))))
+        nrows = -(-n // ncols)
+        size = (PANEL * ncols + float(colorbar), PANEL * nrows + 0.4)  # + colour bar, + title
+        fig, grid = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
+        axes = list(grid.flat)
+    else:
+        axes = list(np.ravel(ax))
+        if len(axes) < n:
+            raise ValueError(
+                f"ax has {len(axes)} axes for {n} panels; pass at least {n} axes "
+                "(plt.subplots(rows, cols)) or leave ax=None for a new figure"
+            )
+        fig = axes[0].figure
+    for i, axis in enumerate(axes[:n]):
+        artist = overlay(
+            axis, None if images is None else images[i], heat[i], titles[i], alpha, cmap
+        )
+    for axis in axes[n:]:
+        axis.set_axis_off()
+    if colorbar and n:
+        label = "relevance (min-max per map)" if ax is None else f"{title} (min-max per map)"
+        fig.colorbar(artist, ax=axes, shrink=0.8 if nrows > 1 else 1.0, label=label)
+    if ax is None and title:
+        fig.suptitle(title)
     return fig
 
 

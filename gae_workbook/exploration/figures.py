@@ -28,7 +28,7 @@ from torch import Tensor  # noqa: E402
 
 from gae_utils.maps import normalize_maps
 from gae_utils.methods import method_label
-from gae_utils.plotting import HEATMAP_CMAP, PANEL, overlay, to_numpy_image
+from gae_utils.plotting import HEATMAP_CMAP, PANEL, display_images, overlay, to_numpy_image
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -92,12 +92,10 @@ def set_style() -> None:
 
 
 def figures_dir() -> Path:
-    """Where figures go: ``$GAE_FIGURES_DIR``, else the repository's ``figures/``, else ``./figures``."""
+    """Where figures go: ``$GAE_FIGURES_DIR``, else ``./figures`` in the current directory (never the
+    repository's committed ``figures/`` unless asked: ``make figures`` sets the variable)."""
     if os.environ.get("GAE_FIGURES_DIR"):
         return Path(os.environ["GAE_FIGURES_DIR"])
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").exists():
-        return repo / "figures"
     return Path.cwd() / "figures"
 
 
@@ -114,7 +112,7 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None)
     Args:
         fig: the figure.
         name: stable file stem, e.g. ``"01_class_specific"``.
-        directory: defaults to :func:`figures_dir`.
+        directory: where to write, e.g. ``"paper"``; defaults to :func:`figures_dir`.
 
     Returns:
         The two written paths (a list).
@@ -147,16 +145,20 @@ def plot_heatmap_grid(
     row_labels: Sequence[str] | None = None,
     show_input: bool = True,
     colorbar: bool = True,
+    normalization=None,
 ) -> plt.Figure:
     """One row per example, one column per map (e.g. per method), heatmaps in [0, 1].
 
     Args:
         images: ``(R, 3, H, W)`` images shown in the first column (and under the maps), or None.
-        columns: ``{column title: (R, H, W)}`` maps in [0, 1].
+        columns: ``{column title: (R, H, W)}`` maps in [0, 1]; a method's key is shown by its label.
         row_labels: a label per row (e.g. the explained class).
         show_input: add the input image as the first column.
         colorbar: add one shared colour bar.
+        normalization: the images' normalisation, undone to draw them (``exp.normalization``, an
+            image processor or ``(mean, std)``; see :func:`gae_utils.plotting.display_images`).
     """
+    images = None if images is None else display_images(images, normalization)  # (R, C, H, W) in [0, 1]
     rows = next(iter(columns.values())).shape[0]
     ncols = len(columns) + int(show_input and images is not None)
     fig, axes = plt.subplots(rows, ncols, figsize=(PANEL * ncols, PANEL * rows), squeeze=False, layout="constrained")
@@ -167,9 +169,8 @@ def plot_heatmap_grid(
             show_image(axes[r, 0], images[r], "input" if r == 0 else None)
             c0 = 1
         for c, (title, maps) in enumerate(columns.items()):
-            artist = overlay(
-                axes[r, c0 + c], images[r] if images is not None else None, maps[r], title if r == 0 else None
-            )
+            image = images[r] if images is not None else None
+            artist = overlay(axes[r, c0 + c], image, maps[r], method_label(title) if r == 0 else None)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r])
     if colorbar and artist is not None:
@@ -949,7 +950,7 @@ def plot_caption_maps(image: Tensor, dual, captions: Sequence, is_true: Sequence
     Args:
         image: ``(1, 3, H, W)`` the image.
         dual: the :func:`gae_utils.dual.explain_dual` result for this image and the captions.
-        captions: the captions (each with a ``.text``), in the order they were explained.
+        captions: the captions (strings, or objects with a ``.text``), in the order they were explained.
         is_true: whether each caption describes the image; shown in the panel's title with the logit.
 
     Returns:
@@ -958,9 +959,10 @@ def plot_caption_maps(image: Tensor, dual, captions: Sequence, is_true: Sequence
     import textwrap
 
     size = int(image.shape[-1])
+    texts = [getattr(c, "text", c) for c in captions]  # strings or the workbook's caption objects
     titles = [
-        textwrap.fill(c.text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {float(dual.logits[0, k]):.1f}"
-        for k, (c, ok) in enumerate(zip(captions, is_true))
+        textwrap.fill(text, 20) + f"\n{'TRUE' if ok else 'FALSE'}, logit {float(dual.logits[0, k]):.1f}"
+        for k, (text, ok) in enumerate(zip(texts, is_true))
     ]
     return plot_panels(image, dual.image.heatmap(size)[:1], [titles])
 
