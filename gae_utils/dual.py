@@ -73,6 +73,15 @@ def explain_dual(
         adapter: overrides the adapter lookup.
         eval_mode: explain in eval mode (restored afterwards).
     """
+    if not isinstance(texts, Mapping):
+        strings = isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts)
+        raise TypeError(
+            "texts must be the tokenizer's output (a dict with 'input_ids'), got "
+            f"{f'a list of {len(texts)} strings' if strings else type(texts).__name__}: tokenize "
+            "them first, Hugging Face CLIP with its CLIPProcessor or CLIPTokenizer "
+            "(processor(text=texts, padding=True, return_tensors='pt')), OpenCLIP with "
+            "{'input_ids': open_clip.get_tokenizer(name)(texts)}"
+        )
     target = PairSimilarity(pairs)
     adapter = adapter or find_adapter(model)
     if adapter.task != "dual":
