@@ -114,16 +114,18 @@ def test_an_empty_batch_is_named(vit):
         gu.explain(tiny_lm("gpt2"), {"input_ids": torch.zeros(0, 4, dtype=torch.long)})
 
 
-@pytest.mark.parametrize("model", [tiny_timm_vit(), tiny_hf_vit()], ids=["timm", "hf"])
-def test_integer_pixels_are_refused_with_the_conversion(model):
+@pytest.mark.parametrize("build", [tiny_timm_vit, tiny_hf_vit], ids=["timm", "hf"])
+def test_integer_pixels_are_refused_with_the_conversion(build):
+    model = build()
     pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     fix = r"images are torch.uint8 pixels, not floats: convert them to float and normalise"
     with pytest.raises(TypeError, match=fix):
         gu.explain(model, pixels)
 
 
-@pytest.mark.parametrize("model", [tiny_timm_vit(), tiny_hf_vit()], ids=["timm", "hf"])
-def test_grayscale_and_channels_last_images_get_the_fix(model):
+@pytest.mark.parametrize("build", [tiny_timm_vit, tiny_hf_vit], ids=["timm", "hf"])
+def test_grayscale_and_channels_last_images_get_the_fix(build):
+    model = build()
     with pytest.raises(ValueError, match=r"grayscale \(B, 1, H, W\) images: repeat it: images.expand\(-1, 3, -1, -1\)"):
         gu.explain(model, torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, H, W\) grayscale images have no channel dimension"):
@@ -134,8 +136,9 @@ def test_grayscale_and_channels_last_images_get_the_fix(model):
         gu.explain(model, torch.rand(3, 32, 32))
 
 
-@pytest.mark.parametrize("model", [tiny_timm_vit(), tiny_hf_vit()], ids=["timm", "hf"])
-def test_image_models_take_a_processors_batch_feature(model, images):
+@pytest.mark.parametrize("build", [tiny_timm_vit, tiny_hf_vit], ids=["timm", "hf"])
+def test_image_models_take_a_processors_batch_feature(build, images):
+    model = build()
     feature = transformers.BatchFeature({"pixel_values": images})
     expected = gu.explain(model, images, verify=True).relevance["image"]
     torch.testing.assert_close(gu.explain(model, feature, verify=True).relevance["image"], expected)
