@@ -252,7 +252,7 @@ def explain(
 
     Args:
         model: an unmodified model (see :func:`record`).
-        inputs: its inputs, e.g. images ``(B, C, H, W)``.
+        inputs: its inputs, e.g. float images ``(B, C, H, W)`` or a processor's ``BatchFeature``.
         target: see :func:`record`.
         method: ``"gae"`` (Chefer et al. ICCV 2021) or another name of
             :data:`~gae_utils.methods.METHODS`.
