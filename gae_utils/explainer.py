@@ -18,7 +18,7 @@ from .adapters import Adapter, find_adapter
 from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
 from .layout import TokenLayout
-from .methods import compute_maps, method_names
+from .methods import check_method, compute_maps
 from .plotting import class_names, pixel_normalization
 from .propagation import attn_bar_of, propagate, propagate_rows
 from .records import LayerRecord
@@ -134,6 +134,10 @@ def _check_finite(inputs: Any) -> None:
         else (inputs if isinstance(inputs, (tuple, list)) else [inputs])
     )
     for t in tensors:
+        if isinstance(t, Tensor) and t.ndim and t.shape[0] == 0:
+            raise ValueError(
+                f"the batch is empty (inputs of shape {tuple(t.shape)}): pass at least one example"
+            )
         if isinstance(t, Tensor) and torch.is_floating_point(t) and not torch.isfinite(t).all():
             bad = (
                 (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
@@ -204,6 +208,7 @@ def record(
     """
     adapter = adapter or find_adapter(model)
     target = adapter.target_of(model, target)
+    inputs = adapter.inputs_of(model, inputs)
     _check_finite(inputs)
     adapter.check(model, inputs)
     layout = adapter.layout(model, inputs)
@@ -255,7 +260,7 @@ def explain(
 
     Args:
         model: an unmodified model (see :func:`record`).
-        inputs: its inputs, e.g. images ``(B, C, H, W)``.
+        inputs: its inputs, e.g. float images ``(B, C, H, W)`` or a processor's ``BatchFeature``.
         target: see :func:`record`.
         method: ``"gae"`` (Chefer et al. ICCV 2021) or another name of
             :data:`~gae_utils.methods.METHODS`.
@@ -277,10 +282,10 @@ def explain(
         An :class:`Explanation`; ``relevance["image"]`` is ``(B, num_patches)`` raw relevance for a
         ViT (``(B, K, num_patches)`` for K targets).
     """
-    if method not in method_names(ablations=True):
-        raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
+    check_method(method)
     adapter = adapter or find_adapter(model)
     target = adapter.target_of(model, target)
+    inputs = adapter.inputs_of(model, inputs)
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
     if verify:
         _verify(model, inputs, adapter, target, rec.scores, eval_mode)

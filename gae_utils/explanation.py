@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .plotting import TokenHTML
 
-__all__ = ["Explanation", "token_strings"]
+__all__ = ["Explanation", "same", "token_strings"]
 
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
@@ -47,6 +47,25 @@ def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
             "maps each id to one token (convert_ids_to_tokens, not decode)"
         )
     return [str(s) for s in strings]
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b`` with tensors compared by value (``torch.equal``: same shape, dtype, values),
+    inside dicts, lists, tuples and dataclasses."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.dtype == b.dtype
+            and torch.equal(a.detach().cpu(), b.detach().cpu())
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    if is_dataclass(a) and not isinstance(a, type) and type(a) is type(b):
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+    return bool(a == b)
 
 
 @dataclass
@@ -94,6 +113,20 @@ class Explanation:
     target_tokens: list[list[str]] = field(default_factory=list)
     labels: dict[int, str] | None = field(default=None, repr=False)
     normalization: dict[str, list[float]] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        """Every field equal, tensors by value (:func:`same`); never raises."""
+        return same(self, other) if isinstance(other, Explanation) else NotImplemented
+
+    def __repr__(self) -> str:
+        """Shapes, not tensors: ``Explanation(method='gae', model='ViT', relevance={'image':
+        (2, 16)}, ...)``."""
+        shape = {k: tuple(v.shape) for k, v in self.relevance.items()}
+        target = None if self.target is None else tuple(self.target.shape)
+        return (
+            f"Explanation(method={self.method!r}, model={self.model_name!r}, relevance={shape}, "
+            f"target={target}, maps={len(self.maps)}, start_layer={self.start_layer})"
+        )
 
     def _grid(self, name: str) -> tuple[int, int]:
         grid = self.layout.segment(name).grid

@@ -83,14 +83,20 @@ def _checked_steps(
             f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
     prompt = inputs["input_ids"].shape[1] if adapter.task == "causal_lm" else 0
-    if prompt and (
-        generated.shape[1] <= prompt
-        or not torch.equal(generated[:, :prompt], inputs["input_ids"].to(generated))
-    ):
+    if prompt and generated.shape[1] <= prompt:
         raise ValueError(
-            "for a causal LM, generated must be the prompt followed by the continuation, (B, "
-            f"{prompt} + T), as "
-            f"model.generate(**inputs) returns it; got {tuple(generated.shape)}"
+            f"generated has {generated.shape[1]} columns, no more than the {prompt}-token prompt: "
+            "for a causal LM it must be the prompt followed by the continuation, as "
+            "model.generate(**inputs) returns it"
+        )
+    same = generated[:, :prompt] == inputs["input_ids"][:, :prompt].to(generated)  # (B, P)
+    if not same.all():
+        row, column = (~same).nonzero()[0].tolist()
+        raise ValueError(
+            f"generated does not start with the prompt: row {row} differs from "
+            f"inputs['input_ids'] at column {column}. For a causal LM it must be the prompt "
+            "followed by the continuation, as model.generate(**inputs) returns it (same prompts, "
+            "same padding)"
         )
     n = generated.shape[1] - max(prompt, 1)  # generated tokens
     if n < 1:
@@ -132,6 +138,7 @@ def record_generation(
         ``(B, K)``, ``logits`` ``(B, L, V)``.
     """
     adapter = _generation_adapter(model, adapter)
+    inputs = adapter.inputs_of(model, inputs)
     prompt, steps = _checked_steps(adapter, inputs, generated, steps)
     mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     if prompt:  # causal LM: one sequence, prompt then continuation (real up to its first EOS)

@@ -18,7 +18,7 @@ from .propagation import Maps, check_start_layer, propagate
 from .records import LayerRecord, last_of_each_pair
 from .rules import gradcam_row, rollout_step
 
-__all__ = ["Method", "METHODS", "method_names", "compute_maps", "method_label"]
+__all__ = ["Method", "METHODS", "method_names", "check_method", "compute_maps", "method_label"]
 
 
 def _gae(layers: Sequence[LayerRecord], layout: TokenLayout, start_layer: int) -> Maps:
@@ -143,6 +143,16 @@ def method_names(ablations: bool = False) -> list[str]:
     return [name for name, m in METHODS.items() if ablations or not m.ablation]
 
 
+def check_method(name: str) -> None:
+    """Raise naming the methods as :func:`method_names` lists them, ablations apart."""
+    if name not in METHODS:
+        extra = [n for n in method_names(ablations=True) if n not in method_names()]
+        raise ValueError(
+            f"unknown method {name!r}; choose one of method_names() = {method_names()}, or an "
+            f"ablation of method_names(ablations=True): {extra}"
+        )
+
+
 def method_label(name: str) -> str:
     """The display label of a method (``"random"``, the evaluation's floor, is not a method)."""
     return METHODS[name].label if name in METHODS else name
@@ -157,8 +167,7 @@ def compute_maps(
     ``start_layer`` is ignored by methods without ``uses_start_layer``; ``layout`` names Grad-CAM's
     prefix tokens.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {method_names(ablations=True)}")
+    check_method(method)
     if not layers:
         raise ValueError("no attention layers were recorded")
     check_start_layer(start_layer, len(layers))

@@ -34,7 +34,7 @@ __all__ = [
     "generation_target",
 ]
 
-TargetLike = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
+TargetLike = int | str | Sequence[int] | Sequence[str] | Tensor | Callable[[Any], Tensor] | None
 
 
 @dataclass
@@ -82,6 +82,8 @@ def _as_index(target: Any, batch: int, device: torch.device, what: str) -> Tenso
     """An int, a sequence or a tensor of integer ids as ``(B,)`` or ``(B, K)``."""
     if isinstance(target, int):
         return torch.full((batch,), target, dtype=torch.long, device=device)
+    if isinstance(target, str):
+        raise ValueError(f"target must hold {what} indices (integers), got the string {target!r}")
     index = torch.as_tensor(target, device=device)
     if index.dtype.is_floating_point or index.dtype == torch.bool:
         raise ValueError(f"target must hold {what} indices (integers), got dtype {index.dtype}")
@@ -89,12 +91,40 @@ def _as_index(target: Any, batch: int, device: torch.device, what: str) -> Tenso
     return index.expand(batch) if index.ndim == 0 else index
 
 
-class ClassTarget(Target):
-    """A class logit per example: ``None`` (the predicted class), an ``int``, a ``(B,)`` tensor, or
-    a ``(B, K)`` tensor for K classes per example from one forward pass."""
+def _label_ids(model: Module, target: str | Sequence[str], what: str) -> int | list[int]:
+    """Class names -> indices through ``model.config.id2label`` (case-insensitive)."""
+    if what == "token":
+        raise ValueError(
+            f"target={target!r} is a string, but a language model's target is a vocabulary token "
+            "id: pass tokenizer(' red', add_special_tokens=False).input_ids[0], or a callable of "
+            "the next-token logits (B, V)"
+        )
+    labels = getattr(getattr(model, "config", None), "id2label", None) or {}
+    index = {str(name).lower(): int(i) for i, name in labels.items()}
+    names = [target] if isinstance(target, str) else list(target)
+    missing = [n for n in names if n.lower() not in index]
+    if missing:
+        known = (
+            f"model.config.id2label has {len(index)} labels, e.g. {list(labels.values())[:5]}"
+            if index
+            else f"{type(model).__name__} has no label names (model.config.id2label)"
+        )
+        raise ValueError(
+            f"target {missing[0]!r} is not a class name: {known}. Pass a label of id2label, a "
+            "class index (int), a (B,) or (B, K) tensor of indices, or a callable of the logits"
+        )
+    ids = [index[n.lower()] for n in names]
+    return ids[0] if isinstance(target, str) else ids
 
-    def __init__(self, target: int | Sequence[int] | Tensor | None = None):
-        self.target = target
+
+class ClassTarget(Target):
+    """A class logit per example: ``None`` (the predicted class), an ``int``, a label of
+    ``model.config.id2label`` (or a list of B labels), a ``(B,)`` tensor, or a ``(B, K)`` tensor
+    for K classes per example from one forward pass; ``what``: ``"class"`` or ``"token"`` (a
+    language model's vocabulary), as errors name them."""
+
+    def __init__(self, target: TargetLike = None, what: str = "class"):
+        self.target, self.what = target, what
 
     def select(
         self, model: Module, inputs: Any, output: Any, logits: Tensor | None, layout: TokenLayout
@@ -113,10 +143,15 @@ class ClassTarget(Target):
                 f"class targets need (B, C) logits, but the model returned {tuple(logits.shape)}"
             )
         batch, num_classes = logits.shape
+        target = self.target
+        if isinstance(target, str) or (
+            isinstance(target, (list, tuple)) and target and isinstance(target[0], str)
+        ):
+            target = _label_ids(model, target, self.what)
         index = (
             logits.argmax(dim=-1)
-            if self.target is None
-            else _as_index(self.target, batch, logits.device, "class")
+            if target is None
+            else _as_index(target, batch, logits.device, self.what)
         )
         multi = index.ndim == 2
         if index.ndim not in (1, 2) or index.shape[0] != batch:
@@ -127,9 +162,13 @@ class ClassTarget(Target):
             )
         if index.numel() and (index.min() < 0 or index.max() >= num_classes):
             bad = int(index.max() if index.max() >= num_classes else index.min())
+            has = (
+                f"the model has {num_classes} classes"
+                if self.what == "class"
+                else f"the vocabulary has {num_classes} tokens"
+            )
             raise ValueError(
-                f"target class {bad} is out of range: the model has {num_classes} classes "
-                f"(0..{num_classes - 1})."
+                f"target {self.what} {bad} is out of range: {has} (0..{num_classes - 1})."
             )
         index = index if multi else index[:, None]  # (B, K)
         return Selection(logits.gather(1, index), index, multi, layout)
@@ -195,7 +234,7 @@ class NextTokenTarget(Target):
         ]  # (B, V)
         if callable(self.target):
             return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
-        return ClassTarget(self.target).select(model, inputs, output, next_logits, layout)
+        return ClassTarget(self.target, "token").select(model, inputs, output, next_logits, layout)
 
 
 @dataclass(eq=False)

@@ -24,6 +24,7 @@ from . import (
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
+from .images import convolutional_reason, windowed_reason
 
 __all__ = [
     "ADAPTERS",
@@ -91,7 +92,8 @@ def check_transformers_version(version: str | None = None) -> None:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The first adapter of :data:`ADAPTERS` that serves ``model``, else an
-    :class:`UnsupportedModelError` naming the supported families and how to register an adapter."""
+    :class:`UnsupportedModelError` saying why (a convolutional or windowed-attention network) or
+    where the supported families are listed and how to register an adapter."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     failed = []  # predicates that raised: not accepting, named in the error if nothing serves
@@ -109,18 +111,18 @@ def find_adapter(model: nn.Module) -> Adapter:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
-    families = "\n".join(f"  - {a.family or a.name}" for a in ADAPTERS)
+    reason = windowed_reason(model) or convolutional_reason(model)
+    if reason is not None:
+        raise UnsupportedModelError(reason)
     raised = "".join(
         f"Adapters whose predicate failed (treated as not serving it):\n{line}\n"
         for line in failed[:1]
     )
     raised += "".join(f"{line}\n" for line in failed[1:])
     raise UnsupportedModelError(
-        f"no adapter captures the attention of {type(model).__name__}. Supported "
-        f"families:\n{families}\n"
+        f"no adapter captures the attention of {type(model).__name__}. Supported families: "
+        "docs/models.md (gae_utils.adapters.ADAPTERS).\n"
         f"{raised}"
-        "To add one, describe where its attention probabilities live with "
-        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) "
-        "and call "
-        "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
+        "To add one, describe where its attention probabilities live in a gae_utils.Adapter and "
+        "call gae_utils.register_adapter(adapter) (docs/models.md, 'Adding a model')."
     )

@@ -19,6 +19,7 @@ from ..capture import (
 )
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
+from .images import check_image_batch, check_image_size
 
 __all__ = [
     "TASKS",
@@ -35,36 +36,6 @@ __all__ = [
     "check_joint",
     "joint_layout",
 ]
-
-
-def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | None = None) -> None:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"expected an image tensor (B, C, H, W), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(
-            f"expected images of shape (B, C, H, W), got {tuple(images.shape)}; "
-            "add a batch dimension with images[None] for a single image."
-        )
-    if channels is None and proj is not None:
-        channels = getattr(proj, "in_channels", None)
-    if channels is not None and images.shape[1] != channels:
-        raise ValueError(
-            f"expected {channels} channels, got {images.shape[1]} (images of shape "
-            f"{tuple(images.shape)})"
-        )
-
-
-def check_image_size(
-    images: Tensor, size: tuple[int, int], source: str = "", fix: str = ""
-) -> None:
-    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the
-    resize."""
-    if tuple(images.shape[-2:]) != tuple(size):
-        raise ValueError(
-            f"image size {tuple(images.shape[-2:])} does not match the model's "
-            f"{source}{tuple(size)}; "
-            f"resize the images to {tuple(size)}{fix}."
-        )
 
 
 def check_text(model: nn.Module, inputs: Any) -> None:
@@ -151,6 +122,9 @@ class Adapter:
         accepts: also serve any model for which ``accepts(model)`` is True (e.g. every causal LM
             routed through the attention interface).
         task: what the family serves, a key of :data:`TASKS`; the entry points dispatch on it.
+        prepare: ``prepare(model, inputs) -> inputs`` before the check (a processor's dict read as
+            its ``pixel_values``, a causal LM's attention mask inferred); applied twice, it
+            changes nothing the second time.
     """
 
     name: str
@@ -166,6 +140,7 @@ class Adapter:
     target: Callable[[nn.Module, Any], Target] | None = class_target
     accepts: Callable[[nn.Module], bool] | None = None
     task: str = "classify"
+    prepare: Callable[[nn.Module, Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -186,6 +161,10 @@ class Adapter:
     def sites_of(self, model: nn.Module) -> tuple[AttentionSite, ...]:
         """The attention sites of ``model``."""
         return self.sites(model) if callable(self.sites) else self.sites
+
+    def inputs_of(self, model: nn.Module, inputs: Any) -> Any:
+        """``inputs`` as this family's ``call`` takes them (see :attr:`prepare`)."""
+        return inputs if self.prepare is None else self.prepare(model, inputs)
 
     def target_of(self, model: nn.Module, target: Any) -> Target:
         """The :class:`~gae_utils.targets.Target` that ``target=`` means for this family."""

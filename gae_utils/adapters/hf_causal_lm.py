@@ -14,6 +14,7 @@ the unpadded example's numbers.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..targets import NextTokenTarget, Target
 from .base import Adapter, check_text, no_switch
 from .hf_interface import interface_sites, routes_attention
 
-__all__ = ["CAUSAL_LM", "causal_lm_target", "last_real_position"]
+__all__ = ["CAUSAL_LM", "causal_lm_target", "infer_attention_mask", "last_real_position"]
 
 
 def _mask(inputs: Mapping) -> Tensor:
@@ -38,6 +39,39 @@ def last_real_position(inputs: Mapping) -> Tensor:
     """``(B,)`` index of each row's last real token (right or left padding)."""
     mask = _mask(inputs).long()  # (B, L)
     return mask.shape[1] - 1 - mask.flip(-1).argmax(dim=-1)
+
+
+def _pad_id(model: nn.Module) -> int | None:
+    """``pad_token_id`` of the model's config, else of its generation config."""
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        pad = getattr(config, "pad_token_id", None)
+        if isinstance(pad, int):
+            return pad
+    return None
+
+
+def infer_attention_mask(model: nn.Module, inputs: Any) -> Any:
+    """``inputs`` without ``attention_mask`` whose rows start or end with the config's
+    ``pad_token_id`` get the mask of those runs (a pad id between real tokens stays real), and a
+    warning; other inputs are returned as they are."""
+    pad = _pad_id(model)
+    if not isinstance(inputs, Mapping) or "attention_mask" in inputs or pad is None:
+        return inputs
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or not (ids == pad).any():
+        return inputs
+    real = ids != pad  # (B, L)
+    after_first = real.long().cumsum(dim=1) > 0  # (B, L): from the first real token on
+    before_last = real.flip(1).long().cumsum(dim=1).flip(1) > 0  # (B, L): up to the last one
+    mask = (after_first & before_last).long()
+    if bool((mask == 1).all()):
+        return inputs
+    warnings.warn(
+        f"inputs have no 'attention_mask'; inferred it from pad_token_id={pad} (padding at the "
+        "ends of the rows). Pass the tokenizer's attention_mask to silence this.",
+        stacklevel=4,
+    )
+    return {**inputs, "attention_mask": mask}
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
@@ -87,4 +121,5 @@ CAUSAL_LM = Adapter(
     "Gemma, ...)",
     target=causal_lm_target,
     task="causal_lm",
+    prepare=infer_attention_mask,
 )

@@ -1,5 +1,9 @@
 """Hugging Face CLIP: a dual encoder, each tower read at the token it pools (image CLS, text EOT)
-and explained on its own with :func:`gae_utils.explain_dual`."""
+and explained on its own with :func:`gae_utils.explain_dual`.
+
+The text readout is the EOT row of ``R`` with its identity (1 on the EOT entry), as the authors'
+``R_text``; causal LMs read ``R - I`` (why: :class:`~gae_utils.dual.DualExplanation`,
+docs/models.md "Dual encoders and sentence encoders")."""
 
 from __future__ import annotations
 

@@ -23,8 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
-from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size
+from .base import (
+    Adapter,
+    AttentionCaptureError,
+    AttentionSite,
+    UnsupportedModelError,
+    check_image_batch,
+    check_image_size,
+)
 from .hf_interface import interface_sites, routes_attention
+from .images import pixel_values, windowed_reason
 from .seq2seq import mha_eager
 
 __all__ = ["HF_VISION", "POOLING", "PREFIX_TOKENS", "vision_pooling"]
@@ -86,6 +94,9 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
 
 
 def _check(model: nn.Module, images: Tensor) -> None:
+    reason = windowed_reason(model)  # its attention is routed, but per window
+    if reason is not None:
+        raise AttentionCaptureError(reason)
     config = _vision_config(model)
     check_image_batch(images, None, channels=getattr(config, "num_channels", 3))
     size = getattr(config, "image_size", None)
@@ -132,6 +143,7 @@ HF_VISION = Adapter(
     logits=lambda out: getattr(out, "logits", None),
     check=_check,
     layout=_layout,
+    prepare=pixel_values,  # a processor's BatchFeature -> its pixel_values
     family="Hugging Face image models routed through the attention interface (ViT, DeiT, Dinov2 "
     "(+registers), "
     "BEiT, SigLIP vision, ...): CLS, mean-pooled, CLS+mean or attention-pooled readouts",

@@ -22,6 +22,7 @@ from .base import (
     check_image_size,
     eager_flags,
 )
+from .images import pixel_values
 
 __all__ = ["ADAPTER", "timm_eager"]
 
@@ -95,4 +96,5 @@ ADAPTER = Adapter(
     family="timm VisionTransformer, Eva, Beit (vit_*, deit_*, eva02_*, beit*; "
     "distillation/register tokens, avg pool)",
     target=_timm_target,
+    prepare=pixel_values,  # a processor's BatchFeature -> its pixel_values
 )

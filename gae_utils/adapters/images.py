@@ -1,0 +1,120 @@
+"""Image inputs of the vision adapters, and the image models GAE cannot explain.
+
+The checks name the fix for each usual mistake (integer pixels, grayscale or channels-last arrays,
+a missing batch dimension, another size); a processor's ``BatchFeature`` is read as its
+``pixel_values``. Convolutional networks (no attention) and windowed-attention transformers (Swin:
+no token-by-token map of the whole image) are refused with the reason (raised by
+:func:`~gae_utils.adapters.find_adapter` or the adapter's check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = [
+    "check_image_batch",
+    "check_image_size",
+    "convolutional_reason",
+    "pixel_values",
+    "windowed_reason",
+]
+
+
+def pixel_values(model: nn.Module, inputs: Any) -> Any:
+    """A processor's output (``BatchFeature`` or dict) -> its ``pixel_values``; anything else as
+    is."""
+    if not isinstance(inputs, Mapping):
+        return inputs
+    if "pixel_values" not in inputs:
+        raise TypeError(
+            f"{type(model).__name__} takes images (B, C, H, W) or a processor's output with "
+            f"'pixel_values'; got a dict with keys {list(inputs)}"
+        )
+    return inputs["pixel_values"]
+
+
+def _layout_hint(images: Tensor, channels: int | None) -> str:
+    """How to turn a wrongly laid out image array into ``(B, C, H, W)``, or ``""``."""
+    c = channels or 3
+    shape = tuple(images.shape)
+    if images.ndim == 3 and shape[0] == c:
+        return "; add a batch dimension with images[None] for a single image"
+    if images.ndim == 3:
+        return (
+            f"; (B, H, W) grayscale images have no channel dimension: "
+            f"images[:, None].expand(-1, {c}, -1, -1)"
+        )
+    if images.ndim == 4 and shape[-1] == c and shape[1] != c:
+        return "; these look channels-last (B, H, W, C): images.permute(0, 3, 1, 2)"
+    if images.ndim == 4 and shape[1] == 1 and c != 1:
+        return f"; grayscale (B, 1, H, W) images: repeat it: images.expand(-1, {c}, -1, -1)"
+    return ""
+
+
+def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | None = None) -> None:
+    """``images`` must be float ``(B, C, H, W)`` with the model's ``C``, ``B > 0``; the error
+    names the conversion."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected an image tensor (B, C, H, W), got {type(images).__name__}")
+    if not images.dtype.is_floating_point:
+        raise TypeError(
+            f"images are {images.dtype} pixels, not floats: convert them to float and normalise "
+            "them as the model was trained (its processor's output, or "
+            "(images.float() / 255 - mean) / std); gae_utils does not guess the normalisation"
+        )
+    if channels is None and proj is not None:
+        channels = getattr(proj, "in_channels", None)
+    if images.ndim != 4:
+        raise ValueError(
+            f"expected images of shape (B, C, H, W), got {tuple(images.shape)}"
+            + (_layout_hint(images, channels) or "")
+        )
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(
+            f"expected {channels} channels, got {images.shape[1]} (images of shape "
+            f"{tuple(images.shape)})" + _layout_hint(images, channels)
+        )
+
+
+def check_image_size(
+    images: Tensor, size: tuple[int, int], source: str = "", fix: str = ""
+) -> None:
+    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the
+    resize."""
+    if tuple(images.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's "
+            f"{source}{tuple(size)}; "
+            f"resize the images to {tuple(size)}{fix}."
+        )
+
+
+def _names(model: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules()}
+
+
+def windowed_reason(model: nn.Module) -> str | None:
+    """Why a hierarchical windowed-attention model (Swin, timm or Hugging Face) is refused."""
+    if not any(n.startswith("Swin") or "WindowAttention" in n for n in _names(model)):
+        return None
+    return (
+        f"{type(model).__name__} is a hierarchical vision transformer with attention within "
+        "windows (Swin): windows shift between layers and stages merge patches, so no layer has "
+        "one token-by-token map of the image for GAE to propagate; not supported yet. Use a ViT, "
+        "DeiT, BEiT or Dinov2 (served), or a Grad-CAM-style method on its last stage."
+    )
+
+
+def convolutional_reason(model: nn.Module) -> str | None:
+    """Why a convolutional network (ConvNeXt, ResNet, ...) is refused: it has no attention."""
+    convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    if not convs or any("Attention" in n or "Attn" in n for n in _names(model)):
+        return None
+    return (
+        f"{type(model).__name__} is a convolutional network: it has no attention layers, so GAE, "
+        "which propagates relevance through attention maps, does not apply. Use a Grad-CAM-style "
+        "method on its last convolutional stage (e.g. pytorch-grad-cam's GradCAM)."
+    )
