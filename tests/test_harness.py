@@ -339,17 +339,19 @@ def test_a_plain_run_and_torchrun_give_the_same_numbers(tmp_path):
     assert reports[0]["curves"] == reports[1]["curves"]
 
 
-def test_another_configuration_in_the_same_out_is_one_line(tmp_path):
+def test_another_configuration_in_the_same_out_is_one_line(tmp_path, capsys):
     images, _ = _image_folder(tmp_path, n_per_class=1)
     common = [*TINY_TIMM, "--data", str(images), "--methods", "random", "--protocols", "perturbation"]
     _run(tmp_path, *common, out="same")
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         harness.command_line([*common, "--start-layer", "1", "--out", str(tmp_path / "same"), "--no-progress"])
-    message = str(exit_.value.code)
-    assert "another configuration" in message and "\n" not in message
+    message = capsys.readouterr().err
+    assert exit_.value.code == 2  # a user error, as argparse's
+    assert "another configuration" in message and message.count("\n") == 1
     command = [sys.executable, "-m", "gae_workbook.harness", *common, "--seed", "3", "--out", str(tmp_path / "same")]
     done = subprocess.run(command, env=_without_thread_settings(), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("gae_workbook.harness: error: ")
     assert "another configuration" in done.stderr
 
