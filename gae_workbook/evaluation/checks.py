@@ -241,20 +241,22 @@ def example_figure(
     import matplotlib.pyplot as plt
 
     n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 1.2, 4.0), squeeze=False, layout="constrained")
+    fig = plt.figure(figsize=(1.8 * n + 1.0, 4.2), layout="constrained")
+    grid = fig.add_gridspec(2, n + 1, width_ratios=[1.0] * n + [0.08])
+    axes = [[fig.add_subplot(grid[row, i]) for i in range(n)] for row in range(2)]
     heat = None
     for i in range(n):
-        axes[0, i].imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())  # (H, W, 3)
-        axes[0, i].set_title(titles[i], fontsize=8)
-        heat = axes[1, i].imshow(maps[i].cpu().numpy(), cmap="inferno", vmin=0, vmax=1)
+        axes[0][i].imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())  # (H, W, 3)
+        axes[0][i].set_title(titles[i], fontsize=8)
+        heat = axes[1][i].imshow(maps[i].cpu().numpy(), cmap="inferno", vmin=0, vmax=1)  # greyscale-safe
         if i < len(blank) and blank[i]:
-            axes[1, i].set_title("blank map", fontsize=8, color="black")
-        for ax in axes[:, i]:
+            axes[1][i].set_title("blank map", fontsize=8)
+        for ax in (axes[0][i], axes[1][i]):
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_ylabel("image", fontsize=9)
-    axes[1, 0].set_ylabel(method, fontsize=9)
-    fig.colorbar(heat, ax=axes[1, :].tolist(), shrink=0.9, label="relevance (min-max per map)")
+    axes[0][0].set_ylabel("image", fontsize=9)
+    axes[1][0].set_ylabel(method, fontsize=9)
+    fig.colorbar(heat, cax=fig.add_subplot(grid[1, n]), label="relevance\n(min-max per map)")
     fig.suptitle(f"{method}: relevance of the predicted class, as scored", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
