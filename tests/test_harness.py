@@ -490,6 +490,10 @@ def test_the_split_of_a_dataset_dict_is_printed_and_stored(tmp_path, capsys):
     assert "(split 'validation'): 2 images" in capsys.readouterr().out
     report = _run(tmp_path, *quick, "--protocols", "perturbation", "--split", "train", out="train")
     assert report["split"] == "train" and report["images"] == 4
+    named = part.cast_column("label", datasets.ClassLabel(names=["cat", "dog", "fig"]))
+    named.save_to_disk(str(tmp_path / "named"))
+    assert open_data(tmp_path / "named").class_names == ["cat", "dog", "fig"]  # matched against id2label
+    assert open_data(tmp_path / "named").split is None and open_data(tmp_path / "hf").class_names == []
 
 
 def _break_images(folder: Path) -> tuple[Path, Path]:
