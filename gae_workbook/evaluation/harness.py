@@ -841,12 +841,12 @@ def _label_mapping(
         if args.label_map is not None:
             raise UsageError(f"--label-map needs labelled data, and {args.data} has no labels; drop it.")
         return None, None
-    labels = data.labels()[:num_items]
+    labels = [label for label in data.labels()[:num_items] if label >= 0]  # -1: no label (refused later)
     names = data.class_names
     if not names and args.label_map is not None:  # labels without names: the map's keys are label indices
-        names = [str(i) for i in range(max(labels) + 1)]
+        names = [str(i) for i in range(max(labels, default=-1) + 1)]
     mapping, warning = match_labels(names, model_names, num_classes, args.label_map)
-    top = max(mapping[label] if mapping else label for label in labels)
+    top = max((mapping[label] if mapping else label for label in labels), default=-1)
     if top >= num_classes:
         raise UsageError(
             f"the labels of {args.data} reach class {top}, but the model has {num_classes} classes; map the "
@@ -1016,7 +1016,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             "clean_accuracy": correct / scored if data.has_labels and scored else None,
             "predicted_classes": {_class_name(c, names): int(k) for c, k in enumerate(totals["|predicted"]) if k},
             "label_map": (
-                {name: prepared.label_of[i] for i, name in enumerate(data.class_names or map(str, range(num_classes)))}
+                dict(zip(data.class_names or map(str, range(len(prepared.label_of))), prepared.label_of))
                 if prepared.label_of is not None
                 else None
             ),
