@@ -539,6 +539,7 @@ def test_unreadable_images_are_named_and_can_be_skipped(tmp_path, capsys):
         (["--model", "{tmp}/no_model"], "{images}", [], "cannot load --model '{tmp}/no_model' as a Hugging Face"),
         (TINY_TIMM, "{images}", ["--method", "mine=no_such_module:fn"], "'no_such_module'; put no_such_module.py on"),
         (TINY_TIMM, "{images}", ["--device", "cuda"], "--device cuda but torch sees no CUDA device; use --device cpu"),
+        (["--model", "timm:resnet10t", "--model-kwargs", '{"num_classes": 3}'], "{images}", [], "ResNet"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_code_2(tmp_path, capsys, model, data, extra, message):

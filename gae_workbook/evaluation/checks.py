@@ -36,6 +36,7 @@ __all__ = [
     "tie_warnings",
     "unstarred",
     "short_name",
+    "first_sentence",
     "example_figure",
 ]
 
@@ -90,6 +91,18 @@ def _normal(name: str) -> str:
 def short_name(name: str) -> str:
     """The first of a label's synonyms (``"tench, Tinca tinca"`` -> ``"tench"``)."""
     return name.split(",")[0].strip()
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of an error message, whole, on one line (the detail of an outcome).
+
+    A sentence ends at ``.``, ``!``, ``?`` or ``;`` followed by white space, or at a blank line; a
+    message of one sentence is kept whole, however long.
+    """
+    text = text.strip()
+    end = re.search(r"(?<!e\.g)(?<!i\.e)[.!?;](?=\s)|\n\s*\n", text)
+    sentence = text[: end.start() + (text[end.start()] != "\n")] if end else text
+    return " ".join(sentence.split())
 
 
 def _synset_index(names: Sequence[str], num_classes: int) -> list[int] | None:

@@ -77,6 +77,7 @@ from .checks import (
     UsageError,
     blank_maps,
     example_figure,
+    first_sentence,
     match_labels,
     model_class_names,
     prediction_warnings,
@@ -799,13 +800,13 @@ def command_line(argv: list[str] | None = None) -> None:
     """:func:`main` as a command: a user error ends the process with one line on stderr and exit code 2.
 
     User errors are :class:`UsageError` (what the command line asks cannot be done, an unreadable
-    image) and a model no adapter supports (the first line of its message); anything else is a bug
+    image) and a model no adapter supports (the first sentence of its message); anything else is a bug
     and keeps its traceback.
     """
     try:
         main(argv)
     except (UsageError, UnsupportedModelError) as error:
-        text = str(error) if isinstance(error, UsageError) else str(error).strip().splitlines()[0]
+        text = str(error) if isinstance(error, UsageError) else first_sentence(str(error))
         print(f"gae_workbook.harness: error: {' '.join(text.split())}", file=sys.stderr)
         sys.exit(2)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import textwrap
 import warnings
@@ -46,6 +45,8 @@ from tqdm.auto import tqdm
 
 import gae_utils as gu
 from gae_utils.adapters.hf_interface import TokenMixingError
+
+from .checks import first_sentence
 
 __all__ = [
     "TINY",
@@ -266,18 +267,6 @@ def _inputs(model: torch.nn.Module, kind: str) -> Any:
 def _stock_call(model: torch.nn.Module, inputs: Any) -> None:
     with torch.no_grad():
         model(**inputs) if isinstance(inputs, dict) else model(pixel_values=inputs)
-
-
-def first_sentence(text: str) -> str:
-    """The first sentence of an error message, whole, on one line (the detail of an outcome).
-
-    A sentence ends at ``.``, ``!``, ``?`` or ``;`` followed by white space, or at a blank line; a
-    message of one sentence is kept whole, however long.
-    """
-    text = text.strip()
-    end = re.search(r"(?<!e\.g)(?<!i\.e)[.!?;](?=\s)|\n\s*\n", text)
-    sentence = text[: end.start() + (text[end.start()] != "\n")] if end else text
-    return " ".join(sentence.split())
 
 
 def _refusal(err: gu.UnsupportedModelError) -> tuple[str, str]:
