@@ -570,3 +570,20 @@ def test_help_shows_every_option_and_its_default(capsys):
     for shown in ("--batch-size BATCH_SIZE images per batch", "(default: 16)", "--skip-bad-images", "(default: 8)"):
         assert shown in text
     assert "Hugging Face models are not taken here" in " ".join(bench.build_parser().format_help().split())
+
+
+def test_command_line_mistakes_are_one_line_too(capsys):
+    from gae_workbook.evaluation import probe
+    from gae_workbook.tools import bench
+
+    calls = [
+        (harness.command_line, ["--model", "m", "--data", "d", "--out", "o", "--n", "0"], "must be an integer >= 1"),
+        (harness.command_line, ["--model", "m"], "required: --data, --out"),
+        (bench.main, ["--repeats", "x"], "invalid int value: 'x'"),
+        (probe.main, ["--kind", "audio"], "invalid choice: 'audio'"),
+    ]
+    for call, argv, message in calls:
+        with pytest.raises(SystemExit) as exit_:
+            call(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and message in err and err.endswith("(see --help)\n")

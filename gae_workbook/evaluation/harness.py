@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from gae_utils import METHODS, UnsupportedModelError, find_adapter, method_names, record
 
-from ..tools.cli import HelpFormatter
+from ..tools.cli import HelpFormatter, Parser
 from . import protocol
 from .checks import (
     UsageError,
@@ -214,7 +214,14 @@ def load_classifier(spec: str, pretrained: bool = False, model_kwargs: dict | No
 
         if not timm.is_model(spec[5:]):
             raise UsageError(f"timm has no model {spec[5:]!r}; list the names with timm.list_models('*vit*').")
-        model = timm.create_model(spec[5:], pretrained=pretrained, **model_kwargs).eval()
+        try:
+            model = timm.create_model(spec[5:], pretrained=pretrained, **model_kwargs).eval()
+        except OSError as error:  # the pretrained weights cannot be fetched or read
+            why = " ".join(str(error).split())[:200]
+            raise UsageError(
+                f"cannot load the weights of {spec} ({why}); connect to the Hugging Face hub once, "
+                "or drop --pretrained."
+            ) from error
         size = model_kwargs.get("img_size")
         overrides = {"input_size": (3, *((size, size) if isinstance(size, int) else size))} if size else {}
         return _from_torchvision(model, create_transform(**resolve_data_config(overrides, model=model)))
@@ -657,9 +664,22 @@ def _dtype_deviation(
 # ----------------------------------------------------------------------------- CLI
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (else argparse's one-line error, exit code 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its error: "invalid integer value"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The harness's command line (``--help`` shows every default)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m gae_workbook.harness",
         description="Explain and score explanation methods on your image classifier and images; prints a table, "
         "warnings, and writes <out>/results.json and <out>/figures/ (docs/evaluation.md).",
@@ -690,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON: dataset class -> model class index or name, e.g. \'{"cat": 281, "dog": "golden retriever"}\' '
         "(none given: classes are matched by name where the model names them)",
     )
-    add("--n", type=int, default=None, help="score only the first n images (none given: all)")
+    add("--n", type=_at_least(1), default=None, help="score only the first n images (none given: all)")
     add(
         "--methods",
         nargs="+",
@@ -700,11 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--method", action="append", default=[], help="a callable: name=module:function (repeatable)")
     add("--protocols", nargs="+", default=None, choices=PROTOCOLS, help="none given: every protocol the data allows")
     add("--no-gt", action="store_true", help="explain the predicted class only (skip the gt rows)")
-    add("--curve-steps", type=int, default=16, help="deletion/insertion steps")
-    add("--start-layer", type=int, default=0, help="first layer aggregated by GAE and rollout")
-    add("--batch-size", type=int, default=16, help="images per batch (a batch never straddles two shards)")
-    add("--shard-size", type=int, default=256, help="images per shard (the unit of resumption)")
-    add("--workers", type=int, default=0, help="DataLoader workers per process")
+    add("--curve-steps", type=_at_least(1), default=16, help="deletion/insertion steps")
+    add("--start-layer", type=_at_least(0), default=0, help="first layer aggregated by GAE and rollout")
+    add("--batch-size", type=_at_least(1), default=16, help="images per batch (a batch never straddles two shards)")
+    add("--shard-size", type=_at_least(1), default=256, help="images per shard (the unit of resumption)")
+    add("--workers", type=_at_least(0), default=0, help="DataLoader workers per process")
     add("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per torchrun process (LOCAL_RANK)")
     add(
         "--dtype",
@@ -714,8 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--seed", type=int, default=0, help="seeds random weights and the random maps")
     add("--out", type=Path, required=True, help="run directory: shards/, results.json and figures/")
-    add("--threads", type=int, default=1, help="CPU threads per process (the same in every launch: same numbers)")
-    add("--figures", type=int, default=8, help="example figure per method of the first N images (0: none)")
+    add(
+        "--threads",
+        type=_at_least(1),
+        default=1,
+        help="CPU threads per process (the same in every launch: same numbers)",
+    )
+    add("--figures", type=_at_least(0), default=8, help="example figure per method of the first N images (0: none)")
     add("--skip-bad-images", action="store_true", help="leave out unreadable images (listed in results.json)")
     add("--no-progress", action="store_true", help="hide the progress bar")
     return parser

@@ -339,9 +339,9 @@ def format_line(kind: str, model_type: str, outcome: str, detail: str, width: in
 
 def build_parser(kind: str = "text") -> argparse.ArgumentParser:
     """The probe's command line (``--help`` shows every default); ``kind`` is the default of ``--kind``."""
-    from ..tools.cli import HelpFormatter
+    from ..tools.cli import HelpFormatter, Parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m gae_workbook.probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument(

@@ -616,9 +616,9 @@ def format_report(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line (``--help`` shows every default)."""
-    from .cli import HelpFormatter
+    from .cli import HelpFormatter, Parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m gae_workbook.tools.bench",
         description="Explanation time and memory as ratios to a plain forward pass, on models with random "
         "weights (nothing is downloaded). Prints a table; --json also writes the figures.",
