@@ -721,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--protocols", nargs="+", default=None, choices=PROTOCOLS, help="none given: every protocol the data allows")
     add("--no-gt", action="store_true", help="explain the predicted class only (skip the gt rows)")
     add("--curve-steps", type=_at_least(1), default=16, help="deletion/insertion steps")
-    add("--start-layer", type=_at_least(0), default=0, help="first layer aggregated by GAE and rollout")
+    add("--start-layer", type=int, default=0, help="first layer aggregated by GAE and rollout")
     add("--batch-size", type=_at_least(1), default=16, help="images per batch (a batch never straddles two shards)")
     add("--shard-size", type=_at_least(1), default=256, help="images per shard (the unit of resumption)")
     add("--workers", type=_at_least(0), default=0, help="DataLoader workers per process")
