@@ -529,6 +529,10 @@ def test_unreadable_images_are_named_and_can_be_skipped(tmp_path, capsys):
     assert "warning: skipped 2 unreadable image(s)" in capsys.readouterr().out
     again = _run(tmp_path, *quick, "--skip-bad-images", "--batch-size", "3", out="skips")  # resumed: still listed
     assert again["shards_resumed_by_rank0"] == 1 and again["skipped_images"] == report["skipped_images"]
+    junk.unlink()  # the truncated JPEG alone: named too, with PIL's error
+    with pytest.raises(harness.UsageError, match="--skip-bad-images") as error:
+        _run(tmp_path, *quick, out="truncated")
+    assert f"cannot read image {truncated} (OSError: " in str(error.value)
 
 
 @pytest.mark.parametrize(
