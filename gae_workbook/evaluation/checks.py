@@ -248,13 +248,10 @@ def example_figure(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
 
     n = images.shape[0]
-    fig = plt.figure(figsize=(1.8 * n + 1.0, 4.2), layout="constrained")
+    fig = Figure(figsize=(1.8 * n + 1.0, 4.2), layout="constrained")
     grid = fig.add_gridspec(2, n + 1, width_ratios=[1.0] * n + [0.08])
     axes = [[fig.add_subplot(grid[row, i]) for i in range(n)] for row in range(2)]
     heat = None
@@ -273,5 +270,4 @@ def example_figure(
     fig.suptitle(f"{method}: relevance of the predicted class, as scored", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

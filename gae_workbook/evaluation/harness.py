@@ -919,7 +919,8 @@ def _example_figures(
         pixels = normalize_maps(upsample_maps(maps[name][:, 0], tuple(images.shape[-2:])))  # (N, H, W)
         blank = [bool(blank_maps(m)) for m in maps[name][:, 0]]
         path = args.out / "figures" / (re.sub(r"[^\w.-]", "_", name) + ".png")
-        written[name] = str(example_figure(images.float().cpu(), pixels, titles, name, path, blank))
+        label = METHODS[name].label if name in METHODS else name  # how figures name a library method
+        written[name] = str(example_figure(images.float().cpu(), pixels, titles, label, path, blank))
     return written
 
 
