@@ -406,7 +406,7 @@ def test_a_one_class_model_is_reported_its_ties_said_and_blank_maps_never_starre
     printed = capsys.readouterr().out
     assert report["clean_accuracy"] == pytest.approx(3 / 9)  # every image called class1; 3 of 9 are class1
     assert report["images_scored"] == 9 and "clean accuracy 33.3% on the 9 scored images" in printed
-    assert report["predicted_classes"] == {"class1": 9}
+    assert report["predicted_classes"] == {"class1 (1)": 9}
     single = [w for w in report["warnings"] if w.startswith("single class")]
     assert single and "class 1 (class1) for all 9 images" in single[0] and "all methods tie" in single[0]
     ties = [w for w in report["warnings"] if w.startswith("all methods tie")]

@@ -1041,7 +1041,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             "images": num_items,
             "images_scored": int(scored),
             "clean_accuracy": correct / scored if data.has_labels and scored else None,
-            "predicted_classes": {_class_name(c, names): int(k) for c, k in enumerate(totals["|predicted"]) if k},
+            "predicted_classes": {  # "name (index)": names can repeat (ImageNet has two "crane"s)
+                f"{_class_name(c, names)} ({c})" if names else f"class {c}": int(k)
+                for c, k in enumerate(totals["|predicted"])
+                if k
+            },
             "label_map": (
                 dict(zip(data.class_names or map(str, range(len(prepared.label_of))), prepared.label_of))
                 if prepared.label_of is not None
