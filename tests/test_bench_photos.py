@@ -77,3 +77,23 @@ def test_readme_gpu_table_is_the_rendering_of_the_committed_results():
     for line in rendered.splitlines():
         if line.startswith("| ") and not line.startswith("|---"):
             assert line in readme, line
+
+
+def test_bench_prints_a_readable_table_and_takes_timm_names(tmp_path, capsys):
+    result = bench.main(["--model", "vit_tiny_patch16_224", "--batch", "1", "--repeats", "1", "--no-memory"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("model: vit_tiny_patch16_224, batch: 1")
+    gae = next(line for line in lines if line.startswith("gae / forward"))
+    assert float(gae.split()[-1]) == pytest.approx(result["ratios"]["gae / forward"], rel=1e-3)
+    rows = {"tokens": 24, "seconds": {"gae_rows": 0.5, "eager_fwd_bwd": 0.25}, "peak_mib": {"gae_rows": 3.0}}
+    table = bench.format_report({"model": "Llama", "rows": [rows]})
+    assert [line.split() for line in table.splitlines()] == [
+        ["model:", "Llama"],
+        ["rows:", "tokens", "24:"],
+        ["seconds", "peak_mib"],
+        ["gae_rows", "0.5", "3"],
+        ["eager_fwd_bwd", "0.25", "-"],
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--model", "google/vit-base-patch16-224"])
+    assert exit_.value.code == 2 and "is not a timm model name" in capsys.readouterr().err

@@ -339,17 +339,19 @@ def test_a_plain_run_and_torchrun_give_the_same_numbers(tmp_path):
     assert reports[0]["curves"] == reports[1]["curves"]
 
 
-def test_another_configuration_in_the_same_out_is_one_line(tmp_path):
+def test_another_configuration_in_the_same_out_is_one_line(tmp_path, capsys):
     images, _ = _image_folder(tmp_path, n_per_class=1)
     common = [*TINY_TIMM, "--data", str(images), "--methods", "random", "--protocols", "perturbation"]
     _run(tmp_path, *common, out="same")
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         harness.command_line([*common, "--start-layer", "1", "--out", str(tmp_path / "same"), "--no-progress"])
-    message = str(exit_.value.code)
-    assert "another configuration" in message and "\n" not in message
+    message = capsys.readouterr().err
+    assert exit_.value.code == 2  # a user error, as argparse's
+    assert "another configuration" in message and message.count("\n") == 1
     command = [sys.executable, "-m", "gae_workbook.harness", *common, "--seed", "3", "--out", str(tmp_path / "same")]
     done = subprocess.run(command, env=_without_thread_settings(), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("gae_workbook.harness: error: ")
     assert "another configuration" in done.stderr
 
@@ -359,3 +361,233 @@ def test_costs_are_reported_with_their_clock_and_threads(tmp_path):
     report = _run(tmp_path, *TINY_TIMM, "--data", str(images), "--methods", "gae", "--protocols", "perturbation")
     assert report["threads_per_process"] == 1 and report["cost"] == "process CPU time, 1 thread"
     assert report["results"]["gae"]["s_per_image"] > 0
+
+
+# ----------------------------------------------------------------------------- what the table cannot show
+
+
+def _hf_classifier(path: Path, names: list[str], constant: int | None = None) -> Path:
+    """A tiny Hugging Face ViT saved with ``id2label`` names; ``constant``: it predicts that class for every image."""
+    from conftest import tiny_hf_vit
+    from transformers import ViTImageProcessor
+
+    model = tiny_hf_vit()
+    config = model.config
+    config.num_labels, config.id2label = len(names), dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    model = type(model)(config).eval()
+    if constant is not None:  # the head ignores its input: every gradient reaching the attention is zero
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.nn.functional.one_hot(torch.tensor(constant), len(names)).float())
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _named_folder(root: Path, classes: list[str], n_per_class: int = 2, size=(36, 40)) -> Path:
+    rng = np.random.default_rng(1)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / c / f"{c}{i}.png")
+    return root
+
+
+def test_a_one_class_model_is_reported_its_ties_said_and_blank_maps_never_starred(tmp_path, capsys):
+    """The issue's case: a model predicting one class ties every method; attention Grad-CAM's zero maps win
+    threshold-at-mean segmentation unless they are counted and kept from the star."""
+    images, masks = _image_folder(tmp_path)  # class0, class1, class2: 3 images each
+    model = _hf_classifier(tmp_path / "model", ["class0", "class1", "class2"], constant=1)
+    report = _run(
+        tmp_path, "--model", str(model), "--data", str(images), "--masks", str(masks), "--methods", "gae",
+        "attn_gradcam", "rollout", "random", "--batch-size", "9", "--curve-steps", "2", "--figures", "3",
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert report["clean_accuracy"] == pytest.approx(3 / 9)  # every image called class1; 3 of 9 are class1
+    assert report["images_scored"] == 9 and "clean accuracy 33.3% on the 9 scored images" in printed
+    assert report["predicted_classes"] == {"class1 (1)": 9}
+    single = [w for w in report["warnings"] if w.startswith("single class")]
+    assert single and "class 1 (class1) for all 9 images" in single[0] and "all methods tie" in single[0]
+    ties = [w for w in report["warnings"] if w.startswith("all methods tie")]
+    assert ties and "pos_auc_pred" in ties[0] and "neg_auc_gt" in ties[0]
+    results = report["results"]
+    assert [results[m]["pos_auc_pred"] for m in results] == pytest.approx([30.0] * 4)  # 1/3 correct at each step
+    # zero gradients: attention Grad-CAM's maps and GAE's (I + 0) are all blank, rollout's are not
+    assert report["blank_maps"] == {"gae": 18.0, "attn_gradcam": 18.0, "rollout": 0.0, "random": 0.0}
+    assert any(w.startswith("blank maps: attn_gradcam gave 18 of 18") for w in report["warnings"])
+    rows = {line.split()[0]: line for line in printed.splitlines() if line.split() and line.split()[0] in results}
+    assert "*" not in rows["gae"] and "*" not in rows["attn_gradcam"]
+    assert results["attn_gradcam"]["pixel_accuracy"] > results["rollout"]["pixel_accuracy"]  # blank maps "win"...
+    unguarded = {line.split()[0]: line for line in harness.format_results(results).splitlines()[1:-1]}
+    assert "*" in unguarded["attn_gradcam"]  # ...and, not counted, would be starred best
+    assert "warning: single class" in printed
+    for method in results:
+        figure = Image.open(report["figures"][method])
+        assert figure.size[0] > figure.size[1]  # 3 columns of examples, 2 rows
+    assert "example figures (the first 3 images)" in printed
+
+
+def test_chance_level_is_warned():
+    from gae_workbook.evaluation.checks import prediction_warnings
+
+    spread = torch.tensor([3.0, 3.0, 4.0])  # three classes predicted
+    low = prediction_warnings(spread, correct=3, label_counts=torch.tensor([4.0, 3.0, 3.0]), class_names=[])
+    assert len(low) == 1 and low[0].startswith("chance level: clean accuracy 30.0%") and "40.0%" in low[0]
+    assert prediction_warnings(spread, correct=9, label_counts=torch.tensor([4.0, 3.0, 3.0]), class_names=[]) == []
+    assert prediction_warnings(torch.tensor([0.0, 5.0]), None, None, ["a", "b"])[0].startswith("single class")
+
+
+def test_labels_are_matched_to_the_model_by_name_or_warned(tmp_path, capsys):
+    model = _hf_classifier(tmp_path / "model", ["pear", "apple", "fig", "plum", "kiwi"])
+    quick = ["--methods", "random", "--protocols", "perturbation", "--figures", "0", "--model", str(model)]
+    # folders named after the model's labels, in another order: mapped by name (sorted: apple, pear, plum)
+    named = _named_folder(tmp_path / "named", ["pear", "apple", "plum"])
+    report = _run(tmp_path, *quick, "--data", str(named), out="named_run")
+    assert report["label_map"] == {"apple": 1, "pear": 0, "plum": 3}
+    assert not any("label mismatch" in w for w in report["warnings"])
+    assert "labels mapped to the model's classes" in capsys.readouterr().out
+    # folders the model does not name: a warning naming both sets and the fix
+    other = _named_folder(tmp_path / "other", ["red", "green", "blue"])
+    report = _run(tmp_path, *quick, "--data", str(other), out="other_run")
+    mismatch = [w for w in report["warnings"] if w.startswith("label mismatch")]
+    assert mismatch and "['blue', 'green', 'red']" in mismatch[0] and "'pear', 'apple', 'fig'" in mismatch[0]
+    assert "--label-map" in mismatch[0] and report["label_map"] is None
+    # the fix: a map by index or by the model's label name
+    fix = json.dumps({"blue": 4, "green": "fig", "red": "pear"})
+    report = _run(tmp_path, *quick, "--data", str(other), "--label-map", fix, out="mapped_run")
+    assert report["label_map"] == {"blue": 4, "green": 2, "red": 0} and report["warnings"] == [
+        w for w in report["warnings"] if not w.startswith("label mismatch")
+    ]
+    with pytest.raises(harness.UsageError, match=r"no entry for the dataset classes \['red'\]"):
+        _run(tmp_path, *quick, "--data", str(other), "--label-map", '{"blue": 4, "green": 2}', out="bad_map")
+    with pytest.raises(harness.UsageError, match="sends 'red' to 'cherry', which is not a class of the model"):
+        _run(tmp_path, *quick, "--data", str(other), "--label-map", fix.replace("pear", "cherry"), out="bad_map")
+    seven = _named_folder(tmp_path / "seven", [f"c{i}" for i in range(7)], n_per_class=1)
+    with pytest.raises(harness.UsageError, match="reach class 6, but the model has 5 classes"):
+        _run(tmp_path, *quick, "--data", str(seven), out="seven_run")
+
+
+def test_imagenet_synset_folders_map_to_the_standard_index():
+    from gae_workbook.evaluation.checks import match_labels
+
+    mapping, warning = match_labels(["n01443537", "n01440764"], ["tench, Tinca tinca"] * 1000, 1000)
+    assert mapping == [1, 0] and warning is None  # goldfish is class 1, tench class 0
+    assert match_labels(["n01440764", "n01484850"], [], 1000) == ([0, 2], None)  # a subset: not folder order
+    assert match_labels(["n01440764", "n01443537"], [], 1000) == (None, None)  # the index is the folder order
+
+
+def test_the_split_of_a_dataset_dict_is_printed_and_stored(tmp_path, capsys):
+    import datasets
+
+    scene_images, labels, _ = _scenes(4)
+    rows = {"image": [Image.fromarray(i) for i in scene_images], "label": [label % 3 for label in labels]}
+    part = datasets.Dataset.from_dict(rows)
+    datasets.DatasetDict({"train": part, "validation": part.select(range(2))}).save_to_disk(str(tmp_path / "hf"))
+    quick = [*TINY_TIMM, "--data", str(tmp_path / "hf"), "--methods", "random", "--figures", "0"]
+    report = _run(tmp_path, *quick, "--protocols", "perturbation", out="default")
+    assert report["split"] == "validation" and report["images"] == 2
+    assert "(split 'validation'): 2 images" in capsys.readouterr().out
+    report = _run(tmp_path, *quick, "--protocols", "perturbation", "--split", "train", out="train")
+    assert report["split"] == "train" and report["images"] == 4
+    report = _run(tmp_path, *quick, "--protocols", "perturbation", "--label-map", '{"0": 2, "1": 1, "2": 0}', out="map")
+    assert report["label_map"] == {"0": 2, "1": 1, "2": 0}  # integer labels: the map's keys are label indices
+    named = part.cast_column("label", datasets.ClassLabel(names=["cat", "dog", "fig"]))
+    named.save_to_disk(str(tmp_path / "named"))
+    assert open_data(tmp_path / "named").class_names == ["cat", "dog", "fig"]  # matched against id2label
+    assert open_data(tmp_path / "named").split is None and open_data(tmp_path / "hf").class_names == []
+
+
+def _break_images(folder: Path) -> tuple[Path, Path]:
+    """A truncated JPEG and a PNG of junk bytes in ``folder``."""
+    buffer = folder / "whole.jpg"
+    Image.fromarray(np.full((40, 48, 3), 128, np.uint8)).save(buffer, quality=95)
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(buffer.read_bytes()[: buffer.stat().st_size // 2])
+    buffer.unlink()
+    junk = folder / "junk.png"
+    junk.write_bytes(b"not an image at all" * 10)
+    return truncated, junk
+
+
+def test_unreadable_images_are_named_and_can_be_skipped(tmp_path, capsys):
+    images, _ = _image_folder(tmp_path, n_per_class=2)
+    truncated, junk = _break_images(images / "class1")
+    quick = [*TINY_TIMM, "--data", str(images), "--methods", "gae", "--protocols", "perturbation", "--figures", "2"]
+    with pytest.raises(harness.UsageError, match="--skip-bad-images") as error:
+        _run(tmp_path, *quick, out="stops")
+    assert str(junk) in str(error.value) and "UnidentifiedImageError" in str(error.value)
+    with pytest.raises(SystemExit) as exit_:
+        harness.command_line([*quick, "--out", str(tmp_path / "stops"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "cannot read image" in err
+    report = _run(tmp_path, *quick, "--skip-bad-images", "--batch-size", "3", out="skips")
+    assert sorted(s["source"] for s in report["skipped_images"]) == sorted([str(junk), str(truncated)])
+    assert "OSError" in next(s["error"] for s in report["skipped_images"] if s["source"] == str(truncated))
+    assert report["images"] == 8 and report["images_scored"] == 6 and report["results"]["gae"]["images"] == 6
+    assert any(w.startswith("skipped 2 unreadable image(s)") for w in report["warnings"])
+    assert "warning: skipped 2 unreadable image(s)" in capsys.readouterr().out
+    again = _run(tmp_path, *quick, "--skip-bad-images", "--batch-size", "3", out="skips")  # resumed: still listed
+    assert again["shards_resumed_by_rank0"] == 1 and again["skipped_images"] == report["skipped_images"]
+    junk.unlink()  # the truncated JPEG alone: named too, with PIL's error
+    with pytest.raises(harness.UsageError, match="--skip-bad-images") as error:
+        _run(tmp_path, *quick, out="truncated")
+    assert f"cannot read image {truncated} (OSError: " in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "extra", "message"),
+    [
+        (TINY_TIMM, "{tmp}/nowhere", [], "data path {tmp}/nowhere does not exist"),
+        (["--model", "timm:vit_nonexistent"], "{images}", [], "timm has no model 'vit_nonexistent'; list the names"),
+        (["--model", "{tmp}/no_model"], "{images}", [], "cannot load --model '{tmp}/no_model' as a Hugging Face"),
+        (TINY_TIMM, "{images}", ["--method", "mine=no_such_module:fn"], "'no_such_module'; put no_such_module.py on"),
+        (TINY_TIMM, "{images}", ["--device", "cuda"], "--device cuda but torch sees no CUDA device; use --device cpu"),
+        (["--model", "timm:resnet10t", "--model-kwargs", '{"num_classes": 3}'], "{images}", [], "ResNet"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_code_2(tmp_path, capsys, model, data, extra, message):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    images, _ = _image_folder(tmp_path, n_per_class=1)
+    argv = [*model, "--data", data, *extra, "--methods", "random", "--out", str(tmp_path / "run"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit_:
+        harness.command_line([a.replace("{tmp}", str(tmp_path)).replace("{images}", str(images)) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("gae_workbook.harness: error: ") and message.format(tmp=tmp_path) in err
+
+
+def _options_without_help(parser) -> list[str]:
+    return [a.dest for a in parser._actions if a.option_strings and not a.help]
+
+
+def test_help_shows_every_option_and_its_default(capsys):
+    from gae_workbook.evaluation import probe
+    from gae_workbook.tools import bench
+
+    for parser in (harness.build_parser(), bench.build_parser(), probe.build_parser()):
+        assert _options_without_help(parser) == []
+        text = parser.format_help()
+        assert "(default:" in text and "(default: None)" not in text and "(default: False)" not in text
+    text = " ".join(harness.build_parser().format_help().split())
+    for shown in ("--batch-size BATCH_SIZE images per batch", "(default: 16)", "--skip-bad-images", "(default: 8)"):
+        assert shown in text
+    assert "Hugging Face models are not taken here" in " ".join(bench.build_parser().format_help().split())
+
+
+def test_command_line_mistakes_are_one_line_too(capsys):
+    from gae_workbook.evaluation import probe
+    from gae_workbook.tools import bench
+
+    calls = [
+        (harness.command_line, ["--model", "m", "--data", "d", "--out", "o", "--n", "0"], "must be an integer >= 1"),
+        (harness.command_line, ["--model", "m"], "required: --data, --out"),
+        (bench.main, ["--repeats", "x"], "invalid int value: 'x'"),
+        (probe.main, ["--kind", "audio"], "invalid choice: 'audio'"),
+    ]
+    for call, argv, message in calls:
+        with pytest.raises(SystemExit) as exit_:
+            call(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and message in err and err.endswith("(see --help)\n")

@@ -49,10 +49,25 @@ class Sample:
 
 
 class _Data(Dataset):
-    """Base of the readers: ``has_labels`` and ``has_masks`` hold for every item or none."""
+    """Base of the readers: ``has_labels`` and ``has_masks`` hold for every item or none.
+
+    Attributes:
+        class_names: the name of each label index (ImageFolder folders, a ``ClassLabel``), or ``[]``.
+        split: the split of a ``DatasetDict`` that was read, or None.
+    """
 
     has_labels: bool = False
     has_masks: bool = False
+    class_names: list[str] = []
+    split: str | None = None
+
+    def source(self, index: int) -> str:
+        """Where item ``index`` is read from (a file, a row), without reading it: for error messages."""
+        return f"item {index}"
+
+    def labels(self) -> list[int]:
+        """Every item's label, without reading the images (``[]`` without labels)."""
+        return [self[i].label for i in range(len(self))] if self.has_labels else []
 
 
 def _mask_array(mask: Image.Image | np.ndarray) -> np.ndarray:
@@ -71,6 +86,7 @@ class _Folder(_Data):
             folder = ImageFolder(str(root))
             self.items = [(Path(path), label) for path, label in folder.samples]
             self.classes = folder.classes
+            self.class_names = list(folder.classes)
             self.has_labels = True
         else:
             self.items = [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -92,6 +108,12 @@ class _Folder(_Data):
     def __len__(self) -> int:
         return len(self.items)
 
+    def source(self, index: int) -> str:
+        return str(self.items[index][0])
+
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items] if self.has_labels else []
+
     def __getitem__(self, index: int) -> Sample:
         path, label = self.items[index]
         mask = _mask_array(Image.open(self.masks[index])) if self.masks is not None else None
@@ -111,14 +133,24 @@ class _HuggingFace(_Data):
             if split not in data:
                 raise ValueError(f"split {split!r} is not in {root}; it has {list(data)}.")
             data = data[split]
+            self.split = split
         if "image" not in data.column_names:
             raise ValueError(f"{root} has no 'image' column (columns: {data.column_names}); rename it to 'image'.")
         self.data = data
         self.has_labels = "label" in data.column_names
         self.has_masks = "mask" in data.column_names
+        self.root = root
+        label_feature = data.features.get("label") if self.has_labels else None
+        self.class_names = list(getattr(label_feature, "names", None) or [])
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def source(self, index: int) -> str:
+        return f"{self.root} row {index}" + (f" of split {self.split!r}" if self.split else "")
+
+    def labels(self) -> list[int]:
+        return [int(v) for v in self.data["label"]] if self.has_labels else []
 
     def __getitem__(self, index: int) -> Sample:
         row = self.data[index]
@@ -152,6 +184,9 @@ class _ImagenetSeg(_Data):
 
     def __len__(self) -> int:
         return self.length
+
+    def source(self, index: int) -> str:
+        return f"{self.path} entry {index}"
 
     def __getitem__(self, index: int) -> Sample:
         import h5py

@@ -54,6 +54,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -68,9 +69,22 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gae_utils import METHODS, find_adapter, method_names, record
+from gae_utils import METHODS, UnsupportedModelError, find_adapter, method_names, record
 
+from ..tools.cli import HelpFormatter, Parser
 from . import protocol
+from .checks import (
+    UsageError,
+    blank_maps,
+    example_figure,
+    first_sentence,
+    match_labels,
+    model_class_names,
+    prediction_warnings,
+    short_name,
+    tie_warnings,
+    unstarred,
+)
 from .datasets import Sample, open_data
 from .metrics import (
     PERTURBATION_STEPS,
@@ -98,6 +112,8 @@ __all__ = [
     "format_results",
     "shards_of",
     "UsageError",
+    "Unreadable",
+    "build_parser",
     "main",
     "command_line",
 ]
@@ -196,24 +212,40 @@ def load_classifier(spec: str, pretrained: bool = False, model_kwargs: dict | No
         import timm
         from timm.data import create_transform, resolve_data_config
 
-        model = timm.create_model(spec[5:], pretrained=pretrained, **model_kwargs).eval()
+        if not timm.is_model(spec[5:]):
+            raise UsageError(f"timm has no model {spec[5:]!r}; list the names with timm.list_models('*vit*').")
+        try:
+            model = timm.create_model(spec[5:], pretrained=pretrained, **model_kwargs).eval()
+        except OSError as error:  # the pretrained weights cannot be fetched or read
+            why = " ".join(str(error).split())[:200]
+            raise UsageError(
+                f"cannot load the weights of {spec} ({why}); connect to the Hugging Face hub once, "
+                "or drop --pretrained."
+            ) from error
         size = model_kwargs.get("img_size")
         overrides = {"input_size": (3, *((size, size) if isinstance(size, int) else size))} if size else {}
         return _from_torchvision(model, create_transform(**resolve_data_config(overrides, model=model)))
     if model_kwargs:
-        raise ValueError("--model-kwargs applies to timm:<name> models only.")
+        raise UsageError("--model-kwargs applies to timm:<name> models only; drop it or use timm:<name>.")
     if spec in zoo.EMBEDDED:
         card = zoo.EMBEDDED[spec]
         if card.arch != "timm-vit":
-            raise ValueError(f"{spec!r} is not an image classifier; the harness takes shapes-vit or your own model.")
+            raise UsageError(f"{spec!r} is not an image classifier; the harness takes shapes-vit or your own model.")
         size = (card.image_size, card.image_size)
         pipeline = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])  # shapes-vit reads [0, 1]
         return _from_torchvision(zoo.load(spec), pipeline)
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    with zoo.offline_unless_reachable():
-        model = AutoModelForImageClassification.from_pretrained(spec).eval()
-        processor = AutoImageProcessor.from_pretrained(spec)
+    try:
+        with zoo.offline_unless_reachable():
+            model = AutoModelForImageClassification.from_pretrained(spec).eval()
+            processor = AutoImageProcessor.from_pretrained(spec)
+    except (OSError, ValueError) as error:  # no such directory or id, or not an image classifier
+        why = " ".join(str(error).split())[:200]
+        raise UsageError(
+            f"cannot load --model {spec!r} as a Hugging Face image classifier ({why}); pass timm:<name>, "
+            f"an embedded model ({', '.join(zoo.EMBEDDED)}), a directory saved with save_pretrained or a hub id."
+        ) from error
 
     def transform(image: Image.Image) -> Tensor:
         return processor(image, do_normalize=False, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
@@ -231,17 +263,18 @@ def load_classifier(spec: str, pretrained: bool = False, model_kwargs: dict | No
 # ----------------------------------------------------------------------------- methods
 
 
-class UsageError(ValueError):
-    """A run the command line describes cannot be made (unknown method, no masks, an ``--out`` of another run)."""
-
-
 def _import_callable(spec: str) -> tuple[str, MapFn]:
     """``name=module:function`` -> (name, function)."""
     name, sep, target = spec.partition("=")
     module, colon, attr = target.partition(":")
     if not (sep and colon and name and module and attr):
         raise UsageError(f"--method takes name=module:function, got {spec!r}.")
-    return name, getattr(importlib.import_module(module), attr)
+    try:
+        return name, getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(
+            f"--method {spec!r}: {error}; put {module}.py on PYTHONPATH (or in the current directory)."
+        ) from error
 
 
 def resolve_methods(names: Sequence[str], custom: Sequence[str]) -> dict[str, MapFn | None]:
@@ -363,20 +396,23 @@ class Plan:
             read the first, the predicted class).
         protocols: subset of :data:`PROTOCOLS`.
         curve_steps: number of deletion/insertion steps (fractions ``0, 1/n, ..., 1``).
+        num_classes: the model's classes: the size of the prediction and label histograms.
     """
 
     methods: tuple[str, ...]
     classes: tuple[str, ...]
     protocols: tuple[str, ...]
     curve_steps: int = 16
+    num_classes: int = 0
 
     @property
     def fractions(self) -> list[float]:
         return [i / self.curve_steps for i in range(self.curve_steps + 1)]
 
     def sizes(self) -> dict[str, int]:
-        """Sum name -> length: ``<method>|<sum>``."""
-        per_method = {"n": 1, "seconds": 1}
+        """Sum name -> length: ``<method>|<sum>``, and the model's ``|clean`` (images, correct),
+        ``|predicted`` and ``|labels`` (images per class)."""
+        per_method = {"n": 1, "seconds": 1, "blank": 1}
         if "perturbation" in self.protocols:
             per_method.update(
                 {f"perturbation_{c}_{s}": len(PERTURBATION_STEPS) for c in self.classes for s in ("pos", "neg")}
@@ -385,7 +421,8 @@ class Plan:
             per_method["segmentation"] = 8
         if "deletion" in self.protocols:
             per_method.update(deletion=len(self.fractions), insertion=len(self.fractions))
-        return {f"{m}|{k}": size for m in self.methods for k, size in per_method.items()}
+        model = {"|clean": 2, "|predicted": self.num_classes, "|labels": self.num_classes}
+        return {f"{m}|{k}": size for m in self.methods for k, size in per_method.items()} | model
 
     def zeros(self) -> dict[str, Tensor]:
         return {key: torch.zeros(size, dtype=torch.float64) for key, size in self.sizes().items()}
@@ -426,6 +463,14 @@ def evaluate_batch(
     """
     with torch.no_grad():
         predicted = clf.logits(images).argmax(-1).cpu()  # (B,)
+    correct_clean = float((predicted == labels).sum()) if labels is not None else 0.0
+    sums = {
+        "|clean": torch.tensor([float(images.shape[0]), correct_clean], dtype=torch.float64),
+        "|predicted": torch.bincount(predicted, minlength=plan.num_classes)[: plan.num_classes].double(),
+        "|labels": torch.zeros(plan.num_classes, dtype=torch.float64),
+    }
+    if labels is not None:
+        sums["|labels"] = torch.bincount(labels.cpu(), minlength=plan.num_classes)[: plan.num_classes].double()
     explained = torch.stack([predicted if c == "pred" else labels for c in plan.classes], dim=1)  # (B, K)
     maps, seconds = explain_batch(clf, images, explained, methods, start_layer, seed)
     reference = labels if labels is not None else predicted  # accuracy is measured against the label
@@ -438,12 +483,12 @@ def evaluate_batch(
     def probability(x: Tensor, t: Tensor) -> Tensor:
         return clf.logits(x).softmax(-1).gather(1, t.to(x.device)[:, None])[:, 0]
 
-    sums = {}
     pixel_maps = {}
     for name in plan.methods:
         pixels = upsample_maps(maps[name], size)  # (B, K, H, W)
         pixel_maps[name] = normalize_maps(pixels)
         sums[f"{name}|n"] = torch.tensor([float(batch)], dtype=torch.float64)
+        sums[f"{name}|blank"] = blank_maps(maps[name])  # constant maps among the B * K
         sums[f"{name}|seconds"] = torch.tensor([seconds[name]], dtype=torch.float64)
         for k, cls in enumerate(plan.classes):
             if "perturbation" not in plan.protocols:
@@ -492,42 +537,79 @@ def summarize(totals: dict[str, Tensor], plan: Plan) -> tuple[dict[str, dict[str
     return results, curves
 
 
-def format_results(results: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table, best value of each metric marked with ``*`` (``random`` excluded)."""
+def format_results(results: dict[str, dict[str, float]], blank: dict[str, float] | None = None) -> str:
+    """A fixed-width table, best value of each metric marked with ``*``.
+
+    ``random`` and every method with a blank map (``blank``: ``{method: blank maps}``) are never
+    marked: a constant map wins threshold-at-mean segmentation on mostly-background images.
+    A ``blank_maps`` column is shown when ``blank`` is given.
+    """
     metrics = [k for k in next(iter(results.values())) if k in HIGHER_IS_BETTER]
-    lines = ["method".ljust(22) + "".join(k.rjust(15) for k in metrics)]
+    excluded = unstarred(blank or {})
+    lines = ["method".ljust(22) + "".join(k.rjust(15) for k in metrics) + ("blank_maps".rjust(12) if blank else "")]
     for method, row in results.items():
         cells = []
         for k in metrics:
-            rivals = [r[k] for m, r in results.items() if m != "random"]
+            rivals = [r[k] for m, r in results.items() if m not in excluded]
             best = (max if HIGHER_IS_BETTER[k] else min)(rivals) if len(set(rivals)) > 1 else None
-            cells.append((f"{row[k]:.4g}" + ("*" if row[k] == best and method != "random" else " ")).rjust(15))
-        lines.append(method.ljust(22) + "".join(cells))
-    lines.append("AUCs: pos/deletion lower is better, neg/insertion higher; * marks the best (random excluded)")
+            cells.append((f"{row[k]:.4g}" + ("*" if row[k] == best and method not in excluded else " ")).rjust(15))
+        count = f"{int(blank.get(method, 0))}".rjust(12) if blank else ""
+        lines.append(method.ljust(22) + "".join(cells) + count)
+    never = "random and methods with blank maps" if blank else "random"
+    lines.append(f"AUCs: pos/deletion lower is better, neg/insertion higher; * marks the best ({never} excluded)")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- data and shards
 
 
-class _Prepared(Dataset):
-    """Samples -> (image (3, H, W) in [0, 1], label, mask (H, W) bool or empty)."""
+class Unreadable(NamedTuple):
+    """An image that could not be read: where it is, and the error."""
 
-    def __init__(self, data: Any, clf: Classifier):
-        self.data, self.clf = data, clf
+    source: str
+    error: str
+
+    def message(self) -> str:
+        return (
+            f"cannot read image {self.source} ({self.error}); repair or remove the file, or pass "
+            "--skip-bad-images to score the other images (the skipped ones are listed in results.json)."
+        )
+
+
+class _Prepared(Dataset):
+    """Samples -> (image (3, H, W) in [0, 1], label, mask (H, W) bool or empty), or :class:`Unreadable`.
+
+    ``label_of[label]`` is the model class of a dataset label (None: the same index).
+    """
+
+    def __init__(self, data: Any, clf: Classifier, label_of: list[int] | None = None):
+        self.data, self.clf, self.label_of = data, clf, label_of
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
-        sample: Sample = self.data[index]
-        image = self.clf.transform(sample.image)
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor] | Unreadable:
+        try:
+            sample: Sample = self.data[index]
+            image = self.clf.transform(sample.image)
+        except OSError as error:  # PIL: a truncated file, an unidentified image (UnidentifiedImageError)
+            return Unreadable(self.data.source(index), f"{type(error).__name__}: {error}")
+        label = self.label_of[sample.label] if self.label_of is not None and sample.label >= 0 else sample.label
         if sample.mask is None:
-            return image, sample.label, torch.zeros(0, dtype=torch.bool)
+            return image, label, torch.zeros(0, dtype=torch.bool)
         mask = self.clf.mask_transform(Image.fromarray(sample.mask.astype(np.uint8) * 255))
         if mask.shape != image.shape[-2:]:
             raise ValueError(f"mask of {sample.name} became {tuple(mask.shape)}, image {tuple(image.shape[-2:])}.")
-        return image, sample.label, mask
+        return image, label, mask
+
+
+def _collate(items: list) -> tuple[Any, list[Unreadable]]:
+    """A batch of the readable items (None if there is none) and the unreadable ones."""
+    from torch.utils.data import default_collate
+
+    bad = [item for item in items if isinstance(item, Unreadable)]
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    return (default_collate(good) if good else None), bad
 
 
 def shards_of(num_items: int, shard_size: int, rank: int, world: int) -> list[tuple[int, range]]:
@@ -549,7 +631,9 @@ def _distributed(device: str) -> tuple[int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda but torch sees no CUDA device; use --device cpu.")
+            raise UsageError(
+                "--device cuda but torch sees no CUDA device; use --device cpu (or a CUDA build of torch)."
+            )
         torch.cuda.set_device(local)
     where = torch.device(f"cuda:{local}") if device == "cuda" else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -580,50 +664,105 @@ def _dtype_deviation(
 # ----------------------------------------------------------------------------- CLI
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (else argparse's one-line error, exit code 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its error: "invalid integer value"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's command line (``--help`` shows every default)."""
+    parser = Parser(
+        prog="python -m gae_workbook.harness",
+        description="Explain and score explanation methods on your image classifier and images; prints a table, "
+        "warnings, and writes <out>/results.json and <out>/figures/ (docs/evaluation.md).",
+        formatter_class=HelpFormatter,
+    )
+    add = parser.add_argument
+    add("--model", required=True, help="timm:<name>, a Hugging Face id or directory, or shapes-vit")
+    add("--pretrained", action="store_true", help="timm: load timm's pretrained weights (else random weights)")
+    add(
+        "--model-kwargs",
+        type=json.loads,
+        default=None,
+        help="timm: JSON for create_model, e.g. '{\"num_classes\": 10}'",
+    )
+    add(
+        "--data",
+        required=True,
+        help="an ImageFolder tree (or flat folder), a save_to_disk directory or gtsegs_ijcv.mat",
+    )
+    add("--masks", default=None, help="folder of <stem>.png masks for a folder of images")
+    add(
+        "--split", default=None, help="split of a saved DatasetDict (none given: validation if present, else the first)"
+    )
+    add(
+        "--label-map",
+        type=json.loads,
+        default=None,
+        help='JSON: dataset class -> model class index or name, e.g. \'{"cat": 281, "dog": "golden retriever"}\' '
+        "(none given: classes are matched by name where the model names them)",
+    )
+    add("--n", type=_at_least(1), default=None, help="score only the first n images (none given: all)")
+    add(
+        "--methods",
+        nargs="+",
+        default=[*method_names(), "random"],
+        help="library methods, 'random', peer names, 'peers'",
+    )
+    add("--method", action="append", default=[], help="a callable: name=module:function (repeatable)")
+    add("--protocols", nargs="+", default=None, choices=PROTOCOLS, help="none given: every protocol the data allows")
+    add("--no-gt", action="store_true", help="explain the predicted class only (skip the gt rows)")
+    add("--curve-steps", type=_at_least(1), default=16, help="deletion/insertion steps")
+    add("--start-layer", type=int, default=0, help="first layer aggregated by GAE and rollout")
+    add("--batch-size", type=_at_least(1), default=16, help="images per batch (a batch never straddles two shards)")
+    add("--shard-size", type=_at_least(1), default=256, help="images per shard (the unit of resumption)")
+    add("--workers", type=_at_least(0), default=0, help="DataLoader workers per process")
+    add("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per torchrun process (LOCAL_RANK)")
+    add(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="precision of the scored model; a lower one also reports its deviation from float32 on the first batch",
+    )
+    add("--seed", type=int, default=0, help="seeds random weights and the random maps")
+    add("--out", type=Path, required=True, help="run directory: shards/, results.json and figures/")
+    add(
+        "--threads",
+        type=_at_least(1),
+        default=1,
+        help="CPU threads per process (the same in every launch: same numbers)",
+    )
+    add("--figures", type=_at_least(0), default=8, help="example figure per method of the first N images (0: none)")
+    add("--skip-bad-images", action="store_true", help="leave out unreadable images (listed in results.json)")
+    add("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate explanation methods on your classifier and images.")
-    parser.add_argument("--model", required=True, help="timm:<name>, a Hugging Face id or directory, or shapes-vit")
-    parser.add_argument("--pretrained", action="store_true", help="timm: load pretrained weights")
-    parser.add_argument(
-        "--model-kwargs", type=json.loads, default=None, help="timm: JSON, e.g. '{\"num_classes\": 10}'"
-    )
-    parser.add_argument("--data", required=True, help="ImageFolder tree, save_to_disk directory or gtsegs_ijcv.mat")
-    parser.add_argument("--masks", default=None, help="folder of <stem>.png masks for a folder of images")
-    parser.add_argument("--split", default=None, help="split of a saved DatasetDict")
-    parser.add_argument("--n", type=int, default=None, help="score only the first n images")
-    parser.add_argument("--methods", nargs="+", default=[*method_names(), "random"], help="methods, 'random', peers")
-    parser.add_argument("--method", action="append", default=[], help="a callable: name=module:function (repeatable)")
-    parser.add_argument("--protocols", nargs="+", default=None, choices=PROTOCOLS, help="default: all the data allows")
-    parser.add_argument("--no-gt", action="store_true", help="explain the predicted class only (skip the gt rows)")
-    parser.add_argument("--curve-steps", type=int, default=16, help="deletion/insertion steps")
-    parser.add_argument("--start-layer", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--shard-size", type=int, default=256, help="images per shard (the unit of resumption)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--seed", type=int, default=0, help="seeds random weights and the random maps")
-    parser.add_argument("--out", type=Path, required=True, help="run directory: shards/ and results.json")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads per process (the same in every launch: same numbers)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-def _plan(args: argparse.Namespace, data: Any, methods: dict) -> Plan:
+def _plan(args: argparse.Namespace, data: Any, methods: dict, num_classes: int = 0) -> Plan:
     available = [p for p in PROTOCOLS if p != "segmentation" or data.has_masks]
     protocols = tuple(args.protocols or available)
     if "segmentation" in protocols and not data.has_masks:
         raise UsageError(f"{args.data} has no masks: drop 'segmentation' or pass --masks.")
     classes = ("pred", "gt") if data.has_labels and not args.no_gt else ("pred",)
-    return Plan(tuple(methods), classes, protocols, args.curve_steps)
+    return Plan(tuple(methods), classes, protocols, args.curve_steps, num_classes)
 
 
 def _fingerprint(args: argparse.Namespace, plan: Plan) -> str:
     """Identifies what a shard's sums depend on, so that a rerun never mixes two configurations."""
     keys = ("model", "pretrained", "model_kwargs", "data", "masks", "split", "method", "start_layer", "batch_size")
-    keys += ("shard_size", "dtype", "seed", "threads")
+    keys += ("shard_size", "dtype", "seed", "threads", "label_map")
     config = {k: str(getattr(args, k)) for k in keys} | {"plan": repr(plan)}
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -683,11 +822,106 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 def command_line(argv: list[str] | None = None) -> None:
-    """:func:`main` as a command: a :class:`UsageError` ends the process with one line, not a traceback."""
+    """:func:`main` as a command: a user error ends the process with one line on stderr and exit code 2.
+
+    User errors are :class:`UsageError` (what the command line asks cannot be done, an unreadable
+    image) and a model no adapter supports (the first sentence of its message); anything else is a bug
+    and keeps its traceback.
+    """
     try:
         main(argv)
-    except UsageError as error:
-        sys.exit(f"gae_workbook.harness: error: {error}")
+    except (UsageError, UnsupportedModelError) as error:
+        text = str(error) if isinstance(error, UsageError) else first_sentence(str(error))
+        print(f"gae_workbook.harness: error: {' '.join(text.split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _open_data(args: argparse.Namespace) -> Any:
+    """:func:`~.datasets.open_data`, its errors (a missing path, a wrong layout) as :class:`UsageError`."""
+    try:
+        return open_data(args.data, args.masks, args.split)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+
+
+def _first_image(prepared: _Prepared, num_items: int, skip: bool) -> Tensor:
+    """The first readable ``(3, H, W)`` image (an unreadable one is an error unless ``skip``)."""
+    for index in range(num_items):
+        item = prepared[index]
+        if not isinstance(item, Unreadable):
+            return item[0]
+        if not skip:
+            raise UsageError(item.message())
+    raise UsageError(f"none of the {num_items} images of {prepared.data.source(0)}... can be read.")
+
+
+def _label_mapping(
+    args: argparse.Namespace, data: Any, model_names: list[str], num_classes: int, num_items: int
+) -> tuple[list[int] | None, str | None]:
+    """The model class of each dataset label (:func:`~.checks.match_labels`) and a warning; checks the range.
+
+    Raises:
+        UsageError: a label is beyond the model's classes, or ``--label-map`` is wrong.
+    """
+    if not data.has_labels:
+        if args.label_map is not None:
+            raise UsageError(f"--label-map needs labelled data, and {args.data} has no labels; drop it.")
+        return None, None
+    labels = [label for label in data.labels()[:num_items] if label >= 0]  # -1: no label (refused later)
+    names = data.class_names
+    if not names and args.label_map is not None:  # labels without names: the map's keys are label indices
+        names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    mapping, warning = match_labels(names, model_names, num_classes, args.label_map)
+    top = max((mapping[label] if mapping else label for label in labels), default=-1)
+    if top >= num_classes:
+        raise UsageError(
+            f"the labels of {args.data} reach class {top}, but the model has {num_classes} classes; map the "
+            f"dataset's classes {names or '(unnamed)'} to the model's with --label-map, or use a model with "
+            "these classes."
+        )
+    return mapping, warning
+
+
+def _class_name(index: int, model_names: list[str]) -> str:
+    return short_name(model_names[index]) if index < len(model_names) else f"class {index}"
+
+
+def _example_figures(
+    clf: Classifier,
+    prepared: _Prepared,
+    num_items: int,
+    methods: dict[str, MapFn | None],
+    args: argparse.Namespace,
+    names: list[str],
+) -> dict[str, str]:
+    """``<out>/figures/<method>.png``: the first ``--figures`` readable images over each method's maps.
+
+    The maps are those the protocols score: the predicted class's map, upsampled to the pixels and
+    min-max normalised per map. Returns ``{method: path}``.
+    """
+    items = []
+    for index in range(num_items):
+        item = prepared[index]
+        if not isinstance(item, Unreadable):
+            items.append(item)
+        if len(items) == args.figures:
+            break
+    images = torch.stack([image for image, _, _ in items]).to(next(clf.model.parameters()).device)  # (N, 3, H, W)
+    with torch.no_grad():
+        predicted = clf.logits(images).argmax(-1).cpu()  # (N,)
+    maps, _ = explain_batch(clf, images, predicted[:, None], methods, args.start_layer, args.seed)
+    titles = []
+    for (_, label, _), pred in zip(items, predicted.tolist()):
+        given = f"\nlabel: {_class_name(int(label), names)}" if label >= 0 else ""
+        titles.append(f"pred: {_class_name(pred, names)}{given}")
+    written = {}
+    for name in methods:
+        pixels = normalize_maps(upsample_maps(maps[name][:, 0], tuple(images.shape[-2:])))  # (N, H, W)
+        blank = [bool(blank_maps(m)) for m in maps[name][:, 0]]
+        path = args.out / "figures" / (re.sub(r"[^\w.-]", "_", name) + ".png")
+        label = METHODS[name].label if name in METHODS else name  # how figures name a library method
+        written[name] = str(example_figure(images.float().cpu(), pixels, titles, label, path, blank))
+    return written
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -700,11 +934,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     clf = replace(clf, model=clf.model.to(device))
     dtype = getattr(torch, args.dtype)
     low = replace(clf, model=copy.deepcopy(clf.model).to(dtype)) if dtype != torch.float32 else None
-    data = open_data(args.data, args.masks, args.split)
+    data = _open_data(args)
     num_items = min(args.n or len(data), len(data))
     prepared = _Prepared(data, clf)
-    methods = drop_unavailable(clf, resolve_methods(args.methods, args.method), prepared[0][0].to(device))
-    plan = _plan(args, data, methods)
+    first = _first_image(prepared, num_items, args.skip_bad_images).to(device)
+    with torch.no_grad():
+        num_classes = clf.logits(first[None]).shape[-1]
+    names = model_class_names(clf.model)
+    prepared.label_of, label_warning = _label_mapping(args, data, names, num_classes, num_items)
+    methods = drop_unavailable(clf, resolve_methods(args.methods, args.method), first)
+    plan = _plan(args, data, methods, num_classes)
     fingerprint = _fingerprint(args, plan)
     shard_dir = args.out / "shards"
     every_shard = shards_of(num_items, args.shard_size, 0, 1)
@@ -712,7 +951,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     shard_dir.mkdir(parents=True, exist_ok=True)
 
     def batches(indices: range) -> DataLoader:
-        return DataLoader(Subset(prepared, list(indices)), batch_size=args.batch_size, num_workers=args.workers)
+        return DataLoader(
+            Subset(prepared, list(indices)), batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate
+        )
 
     def to_device(images: Tensor, labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if data.has_labels and int(labels.min()) < 0:
@@ -721,7 +962,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
 
     deviation = None
     if low is not None and rank == 0:
-        deviation = _dtype_deviation(clf, low, to_device(*next(iter(batches(range(num_items))))), plan, methods, args)
+        first_batch = next(batch for batch, _ in batches(range(num_items)) if batch is not None)
+        deviation = _dtype_deviation(clf, low, to_device(*first_batch), plan, methods, args)
     model_under_test = low or clf
     del clf
 
@@ -738,14 +980,24 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             bar.update(len(indices))
             continue
         sums = plan.zeros()
-        for b, batch in enumerate(batches(indices)):
-            batch_sums, _ = evaluate_batch(
-                model_under_test, *to_device(*batch), plan, methods, args.start_layer, args.seed + shard * 100_003 + b
-            )
-            for key, value in batch_sums.items():
-                sums[key] += value
-            bar.update(len(batch[0]))
-        payload = {"fingerprint": fingerprint, "items": [indices.start, indices.stop]}
+        unreadable: list[Unreadable] = []
+        for b, (batch, bad) in enumerate(batches(indices)):
+            if bad and not args.skip_bad_images:
+                raise UsageError(bad[0].message())
+            unreadable += bad
+            if batch is not None:
+                batch_sums, _ = evaluate_batch(
+                    model_under_test,
+                    *to_device(*batch),
+                    plan,
+                    methods,
+                    args.start_layer,
+                    args.seed + shard * 100_003 + b,
+                )
+                for key, value in batch_sums.items():
+                    sums[key] += value
+            bar.update(len(bad) + (len(batch[0]) if batch is not None else 0))
+        payload = {"fingerprint": fingerprint, "items": [indices.start, indices.stop], "skipped": unreadable}
         _write_json(shard_dir / f"{shard:06d}.json", payload | {"sums": {k: v.tolist() for k, v in sums.items()}})
         per_shard[shard] = sums
         done += 1
@@ -756,10 +1008,53 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     if rank == 0:
         results, curves = summarize(totals, plan)
         wall = time.perf_counter() - started
+        scored, correct = totals["|clean"].tolist()
+        blank = {name: float(totals[f"{name}|blank"][0]) for name in plan.methods}
+        unread = [
+            entry
+            for shard, _ in every_shard
+            for entry in json.loads((shard_dir / f"{shard:06d}.json").read_text()).get("skipped", [])
+        ]
+        warnings = [label_warning] if label_warning else []
+        warnings += prediction_warnings(
+            totals["|predicted"],
+            correct if data.has_labels else None,
+            totals["|labels"] if data.has_labels else None,
+            names,
+        )
+        metrics = [k for k in next(iter(results.values())) if k in HIGHER_IS_BETTER and k != "s_per_image"]
+        warnings += tie_warnings(results, {"random"}, metrics)
+        maps_per_method = scored * len(plan.classes)
+        warnings += [
+            f"blank maps: {name} gave {int(count)} of {int(maps_per_method)} constant maps (no ranking); it is "
+            "never marked best, as thresholding at the mean rewards blank maps in segmentation."
+            for name, count in blank.items()
+            if count > 0 and name != "random"
+        ]
+        if unread:
+            warnings.append(f"skipped {len(unread)} unreadable image(s): {', '.join(u[0] for u in unread)}.")
+        figures = _example_figures(model_under_test, prepared, num_items, methods, args, names) if args.figures else {}
         report = {
             "model": args.model,
             "data": str(args.data),
+            "split": data.split,
             "images": num_items,
+            "images_scored": int(scored),
+            "clean_accuracy": correct / scored if data.has_labels and scored else None,
+            "predicted_classes": {  # "name (index)": names can repeat (ImageNet has two "crane"s)
+                f"{_class_name(c, names)} ({c})" if names else f"class {c}": int(k)
+                for c, k in enumerate(totals["|predicted"])
+                if k
+            },
+            "label_map": (
+                dict(zip(data.class_names or map(str, range(len(prepared.label_of))), prepared.label_of))
+                if prepared.label_of is not None
+                else None
+            ),
+            "skipped_images": [{"source": source, "error": error} for source, error in unread],
+            "blank_maps": blank,
+            "warnings": warnings,
+            "figures": figures,
             "processes": world,
             "device": str(device.type),
             "dtype": args.dtype,
@@ -774,15 +1069,24 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             "curves": curves,
             "dtype_deviation_first_batch": deviation,
         }
+        split = f" (split {data.split!r})" if data.split else ""
         print(
-            f"{args.model} on {args.data}: {num_items} images, {world} process(es), {args.device}/{args.dtype}, "
+            f"{args.model} on {args.data}{split}: {num_items} images, {world} process(es), {args.device}/{args.dtype}, "
             f"{wall:.1f} s ({num_items / wall:.2f} images/s; rank 0 resumed {skipped} shard(s))"
         )
-        print(format_results(results))
+        if report["clean_accuracy"] is not None:
+            print(f"clean accuracy {report['clean_accuracy']:.1%} on the {int(scored)} scored images")
+        if report["label_map"]:
+            print(f"labels mapped to the model's classes: {report['label_map']}")
+        print(format_results(results, blank))
         print(f"s_per_image in {cost_note(device)} per process")
         if deviation:
             worst = {m: round(d["max_abs_map_diff"], 4) for m, d in deviation.items()}
             print(f"{args.dtype} vs float32 on the first batch, max |map difference|: {worst}")
+        for line in warnings:
+            print(f"warning: {line}")
+        if figures:
+            print(f"example figures (the first {min(args.figures, int(scored))} images): {args.out / 'figures'}")
         _write_json(args.out / "results.json", report)
     if world > 1:
         dist.barrier()

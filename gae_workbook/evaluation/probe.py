@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ from tqdm.auto import tqdm
 
 import gae_utils as gu
 from gae_utils.adapters.hf_interface import TokenMixingError
+
+from .checks import first_sentence
 
 __all__ = [
     "TINY",
@@ -55,6 +59,9 @@ __all__ = [
     "tiny_causal_lm",
     "probe_family",
     "probe",
+    "first_sentence",
+    "format_line",
+    "build_parser",
     "main",
 ]
 
@@ -263,7 +270,7 @@ def _stock_call(model: torch.nn.Module, inputs: Any) -> None:
 
 
 def _refusal(err: gu.UnsupportedModelError) -> tuple[str, str]:
-    return "mixes tokens" if isinstance(err, TokenMixingError) else "not routed", str(err).split("\n")[0][:160]
+    return "mixes tokens" if isinstance(err, TokenMixingError) else "not routed", first_sentence(str(err))
 
 
 def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
@@ -275,25 +282,25 @@ def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
     except TooBigError as err:
         return "too big", str(err)
     except Exception as err:  # any failure of the family's own constructor
-        return "build", f"{type(err).__name__}: {str(err)[:120]}"
+        return "build", f"{type(err).__name__}: {first_sentence(str(err))}"
     try:
         inputs = _inputs(model, kind)
     except Exception as err:
-        return "config", f"the stock model fails on the tiny inputs: {type(err).__name__}: {str(err)[:100]}"
+        return "config", f"the stock model fails on the tiny inputs: {type(err).__name__}: {first_sentence(str(err))}"
     try:
         exp = gu.explain(model, inputs, verify=True)
     except gu.UnsupportedModelError as err:
         return _refusal(err)
     except gu.AttentionCaptureError as err:
-        return "refused", str(err)[:160]
+        return "refused", first_sentence(str(err))
     except Exception as err:
         if kind == "text" and isinstance(err, TypeError) and model_type in _table("vlm"):
-            return "needs images", str(err)[:160]  # the vision-language adapter's input check
+            return "needs images", first_sentence(str(err))  # the vision-language adapter's input check
         try:
             _stock_call(model, inputs)
         except Exception as stock:
-            return "config", f"the stock model fails too: {type(stock).__name__}: {str(stock)[:100]}"
-        return "failed", f"{type(err).__name__}: {str(err)[:160]}"
+            return "config", f"the stock model fails too: {type(stock).__name__}: {first_sentence(str(stock))}"
+        return "failed", f"{type(err).__name__}: {first_sentence(str(err))}"
     relevance = exp.relevance["text" if kind == "text" else "image"]
     if not torch.isfinite(relevance).all():
         return "failed", "relevance is not finite"
@@ -317,18 +324,47 @@ def probe(families: list[str] | None = None, kind: str = "text", progress: bool 
     return results
 
 
+def format_line(kind: str, model_type: str, outcome: str, detail: str, width: int | None = None) -> str:
+    """One family's line: kind, family and outcome in columns, the detail wrapped under its column.
+
+    The detail (a whole first sentence, :func:`first_sentence`) is wrapped at ``width`` (default:
+    the terminal's), never cut.
+    """
+    head = f"{kind:5s} {model_type:28s} {outcome:12s} "
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    return textwrap.fill(
+        detail or "-", width=max(width, len(head) + 30), initial_indent=head, subsequent_indent=" " * len(head)
+    )
+
+
+def build_parser(kind: str = "text") -> argparse.ArgumentParser:
+    """The probe's command line (``--help`` shows every default); ``kind`` is the default of ``--kind``."""
+    from ..tools.cli import HelpFormatter, Parser
+
+    parser = Parser(
+        prog="python -m gae_workbook.probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--kind",
+        choices=(*KINDS, "both", "all"),
+        default=kind,
+        help="which table: both = image and vlm, all = every kind",
+    )
+    parser.add_argument(
+        "--families", nargs="*", default=None, help="model types (none given: every family of the kind)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
 def main(argv: list[str] | None = None, kind: str = "text") -> dict[str, Any]:
     """The probe's command line; ``kind`` is the default of ``--kind``.
 
     Returns:
         ``{"transformers": version, kind: {"counts": {outcome: n}, "families": {family: (outcome, detail)}}}``.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", choices=(*KINDS, "both", "all"), default=kind, help="both: image and vlm")
-    parser.add_argument("--families", nargs="*", default=None, help="model types (default: every family)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = build_parser(kind).parse_args(argv)
     import transformers
 
     kinds = {"both": ("image", "vlm"), "all": KINDS}.get(args.kind, (args.kind,))
@@ -339,7 +375,7 @@ def main(argv: list[str] | None = None, kind: str = "text") -> dict[str, Any]:
         for outcome, _ in results.values():
             counts[outcome] = counts.get(outcome, 0) + 1
         for model_type, (outcome, detail) in results.items():
-            print(f"{k:5s} {model_type:28s} {outcome:12s} {detail}")
+            print(format_line(k, model_type, outcome, detail))
         print(f"transformers {transformers.__version__}, {len(results)} {k} families: {counts}")
         payload[k] = {"counts": counts, "families": results}
     if args.json:

@@ -2,6 +2,8 @@
 
     python -m gae_workbook.tools.bench --model vit_base_patch16_224 --batch 8 --device cpu --json bench.json
 
+It prints a table of the figures (:func:`format_report`); ``--json`` also writes them.
+
 On one model with random weights (no download) and one batch, it times (median of ``--repeats``):
 
 - ``forward``: plain eager-attention forward, no graph (the unit every ratio divides by);
@@ -44,7 +46,7 @@ from shapesworld.scenes import ShapesWorld
 from ..models.train import HELDOUT_SEED
 from ..models.zoo import BUILDERS, load
 
-__all__ = ["run_benchmark", "main"]
+__all__ = ["run_benchmark", "format_report", "build_parser", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -573,27 +575,96 @@ def run_lm_benchmark(
     return {"model": model, "config": LM_CONFIG, "dtype": dtype, **machine, "rows": rows}
 
 
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _section(title: str, columns: dict[str, dict]) -> list[str]:
+    """A table whose rows are the inner keys of ``columns`` and whose columns are its keys."""
+    rows = list(dict.fromkeys(k for column in columns.values() for k in column))
+    width = max(len(r) for r in rows) + 2
+    heads = [max(len(c), 10) + 2 for c in columns]
+    lines = [f"{title}:", "".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, heads))]
+    for row in rows:
+        cells = [_cell(column.get(row, "-")).rjust(w) for column, w in zip(columns.values(), heads)]
+        lines.append(row.ljust(width) + "".join(cells))
+    return lines
+
+
+def format_report(result: dict) -> str:
+    """A benchmark's result as readable text: where it ran, then each group of figures as a table.
+
+    Scalars (model, batch, device, threads, ...) come first on one line; each dict (``seconds``,
+    ``ratios``, ``peak_mib``) is a two-column table; the long-prompt benchmark's ``rows`` become one
+    table per prompt length, with a column per measurement (seconds, MiB and their ratios).
+    """
+    scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+    lines = [", ".join(f"{k}: {_cell(v)}" for k, v in scalars.items())]
+    for key, value in result.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            lines += _section(key, value)
+        elif isinstance(value, dict):
+            lines += _section(key, {"value": value})
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for row in value:
+                title = ", ".join(f"{k} {_cell(v)}" for k, v in row.items() if not isinstance(v, dict))
+                lines += _section(f"{key}: {title}", {k: v for k, v in row.items() if isinstance(v, dict)})
+        elif isinstance(value, list):
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (``--help`` shows every default)."""
+    from .cli import HelpFormatter, Parser
+
+    parser = Parser(
+        prog="python -m gae_workbook.tools.bench",
+        description="Explanation time and memory as ratios to a plain forward pass, on models with random "
+        "weights (nothing is downloaded). Prints a table; --json also writes the figures.",
+        formatter_class=HelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--model",
+        default="vit_base_patch16_224",
+        help="a timm ViT name (timm.list_models('vit*')), built with random weights; Hugging Face models are "
+        "not taken here (the authors'-style loop runs on timm's blocks): time them with gae_utils.explain",
+    )
+    add("--batch", type=int, default=None, help="batch size (none given: 8 images, 16 VQA pairs, 1 generation)")
+    add("--device", default="cpu", help="cpu, cuda or cuda:<i>")
+    add("--repeats", type=int, default=3, help="timed calls per figure (the median is reported)")
+    add("--no-memory", action="store_true", help="skip the peak-memory subprocesses (ViT benchmark)")
+    add("--json", type=Path, default=None, help="also write the result to this JSON file")
+    add("--dual", action="store_true", help="one image against --captions captions on a random CLIP")
+    add("--captions", type=int, default=64, help="--dual: captions per image")
+    add("--vqa", choices=["shapes-vqa", "lxmert-base"], default=None, help="image-question pairs (--batch, e.g. 16)")
+    add("--detr", choices=["shapes-detr", "detr-r50"], default=None, help="explain every detection")
+    add("--size", type=int, default=320, help="--detr detr-r50: image side in pixels")
+    add("--seq2seq", action="store_true", help="every token of a --length generation, random Marian")
+    add("--length", type=int, default=32, help="--seq2seq: generated (and source) tokens")
+    add(
+        "--lm",
+        type=int,
+        nargs="*",
+        default=None,
+        help="long prompts of these lengths on a random Llama (given without lengths: 512 2048 4096)",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Explanation time and memory as ratios to a plain forward pass.")
-    parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name (random weights)")
-    parser.add_argument(
-        "--batch", type=int, default=None, help="batch size (default: 8 images, 16 VQA pairs, 1 generation)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--dual", action="store_true", help="one image against --captions captions on a random CLIP")
-    parser.add_argument("--captions", type=int, default=64)
-    parser.add_argument(
-        "--vqa", choices=["shapes-vqa", "lxmert-base"], default=None, help="image-question pairs (--batch, e.g. 16)"
-    )
-    parser.add_argument("--detr", choices=["shapes-detr", "detr-r50"], default=None, help="explain every detection")
-    parser.add_argument("--size", type=int, default=320, help="--detr detr-r50: image side in pixels")
-    parser.add_argument("--seq2seq", action="store_true", help="every token of a --length generation, random Marian")
-    parser.add_argument("--length", type=int, default=32)
-    parser.add_argument("--lm", type=int, nargs="*", default=None, help="long prompts of these lengths, random Llama")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    chosen = args.lm is not None or args.detr or args.seq2seq or args.dual or args.vqa
+    if not chosen:
+        import timm
+
+        if not timm.is_model(args.model):
+            parser.error(
+                f"--model {args.model!r} is not a timm model name; the ViT benchmark builds timm models "
+                "(e.g. vit_base_patch16_224, deit_small_patch16_224)."
+            )
     if args.lm is not None:
         result = run_lm_benchmark(tuple(args.lm or (512, 2048, 4096)), args.device)
     elif args.detr:
@@ -606,7 +677,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_vqa_benchmark(args.batch or 16, args.device, args.repeats, args.vqa)
     else:
         result = run_benchmark(args.model, args.batch or 8, args.device, args.repeats, memory=not args.no_memory)
-    print(json.dumps(result, indent=2))
+    print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
