@@ -56,22 +56,28 @@ class Readout:
         rows_of: modality whose token(s) are explained (the rows of the map).
         columns_of: modality whose content tokens get relevance (the columns).
         rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``:
-            all content rows (average pooling); ``"weights"``: the row weights
-            ``TokenLayout.weights[name]``, ``(B, Na)`` per example (mean over the real tokens,
-            CLIP's EOT token) or ``(B, K, Na)`` per example and target (a generated token's step, a
-            DETR object query).
+            all content rows (average pooling). Unused with ``per_example_rows``.
+        per_example_rows: the rows are weighted by ``TokenLayout.weights[name]``, ``(B, Na)`` per
+            example (mean over the real tokens, CLIP's EOT token) or ``(B, K, Na)`` per example and
+            target (a generated token's step, a DETR object query).
+        drop_self: zero the explained token's own column (the authors zero ``R[t, t][0, 0]``).
+        subtract_identity: read the row of ``R - I``: what the layers added (decoder-only LMs).
     """
 
     name: str
     rows_of: str
     columns_of: str
-    rows: tuple[int, ...] | str | None = (0,)
-    drop_self: bool = (
-        False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
-    )
-    subtract_identity: bool = (
-        False  # read the row of R - I: what the layers added (decoder-only LMs)
-    )
+    rows: tuple[int, ...] | None = (0,)
+    per_example_rows: bool = False
+    drop_self: bool = False
+    subtract_identity: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows, str):
+            raise TypeError(
+                f"Readout({self.name!r}) got rows={self.rows!r}; pass row indices, None (every "
+                "content row) or per_example_rows=True for the layout's per-example row weights."
+            )
 
 
 @dataclass(frozen=True)
@@ -117,18 +123,13 @@ class TokenLayout:
         """Weights of the explained rows: ``(Na,)`` shared by the batch, ``(B, Na)`` per example or
         ``(B, K, Na)`` per example and target."""
         seg = self.segment(readout.rows_of)
-        if readout.rows == "weights":
+        if readout.per_example_rows:
             if readout.name not in self.weights:
                 raise ValueError(
                     f"readout {readout.name!r} asks for per-example row weights but the layout has "
-                    "none"
+                    f"none; pass TokenLayout(..., weights={{{readout.name!r}: (B, Na) weights}})"
                 )
             return self.weights[readout.name].to(like)  # (B, Na) or (B, K, Na)
-        if isinstance(readout.rows, str):
-            raise ValueError(
-                f"readout {readout.name!r} has rows={readout.rows!r}; expected indices, None or "
-                "'weights'"
-            )
         rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
         weights = like.new_zeros(seg.n_tokens)  # (Na,)
         weights[rows] = 1.0 / len(rows)
@@ -205,7 +206,7 @@ class TokenLayout:
         ``(..., 1, Na)``)."""
         cols = self.segment(readout.columns_of)
         if readout.drop_self and readout.rows_of == readout.columns_of:
-            if readout.rows == "weights":  # per-example rows: zero their columns
+            if readout.per_example_rows:  # per-example rows: zero their columns
                 row = row * (weights.squeeze(-2) == 0)
             elif readout.rows is not None:
                 row = row.clone()
@@ -245,8 +246,14 @@ class TokenLayout:
             Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
             for s in data["segments"]
         )
-        readouts = tuple(
-            Readout(**{**r, "rows": tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]})
-            for r in data["readouts"]
-        )
+        readouts = tuple(_readout(r) for r in data["readouts"])
         return cls(segments, readouts, dict(weights or {}))
+
+
+def _readout(data: dict) -> Readout:
+    """The :class:`Readout` of its JSON form; files saved before ``per_example_rows`` existed say
+    ``rows="weights"``."""
+    rows = data["rows"]
+    if rows == "weights":
+        return Readout(**{**data, "rows": None, "per_example_rows": True})
+    return Readout(**{**data, "rows": tuple(rows) if isinstance(rows, list) else rows})

@@ -227,7 +227,7 @@ def test_adapter_that_captures_nothing_fails_loudly(vit, images):
     broken = gu.Adapter(
         name="broken",
         model_classes=("VisionTransformer",),
-        sites=(gu.AttentionSite("NoSuchAttention", "attn_drop"),),
+        sites=(gu.AttentionSite("NoSuchAttention", gu.capture.ChildOutput("attn_drop")),),
         eager=gu.adapters.timm_vit.timm_eager,
         call=lambda m, x: m(x),
         logits=lambda o: o,
@@ -433,7 +433,7 @@ def test_registering_an_adapter_for_a_custom_model(monkeypatch):
         gu.Adapter(
             name="tiny",
             model_classes=("_TinyTokenModel",),
-            sites=(gu.AttentionSite("_TinyAttention", probs="probs", query="tokens", key="tokens"),),
+            sites=(gu.AttentionSite("_TinyAttention", gu.capture.ChildOutput("probs"), query="tokens", key="tokens"),),
             eager=gu.adapters.base.no_switch,
             call=lambda m, x: m(x),
             logits=lambda out: out,

@@ -119,8 +119,7 @@ def find_adapter(model: nn.Module) -> Adapter:
         f"no adapter captures the attention of {type(model).__name__}. Supported "
         f"families:\n{families}\n"
         f"{raised}"
-        "To add one, describe where its attention probabilities live with "
-        "gae_utils.Adapter(..., sites=(gae_utils.AttentionSite('MyAttention', probs=...),), ...) "
-        "and call "
-        "gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
+        "To add one, describe where its attention probabilities live with gae_utils.Adapter(..., "
+        "sites=(gae_utils.AttentionSite('MyAttention', gae_utils.capture.OutputItem(1)),), ...) "
+        "and call gae_utils.register_adapter(adapter) (see the README section 'Adding a model')."
     )

@@ -9,6 +9,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_image_batch, check_image_size, check_text, hf_eager
 
@@ -48,7 +49,7 @@ def _clip_layout(model: Any, inputs: Any) -> TokenLayout:
     )
     readouts = (
         Readout("image", "image", "image", (0,)),
-        Readout("text", "text", "text", "weights"),
+        Readout("text", "text", "text", per_example_rows=True),
     )
     return TokenLayout(segments, readouts, {"text": eot})
 
@@ -57,8 +58,12 @@ CLIP = Adapter(
     name="hf-clip",
     model_classes=("CLIPModel",),
     sites=(
-        AttentionSite("CLIPAttention", probs=1, query="image", key="image", within="vision_model"),
-        AttentionSite("CLIPAttention", probs=1, query="text", key="text", within="text_model"),
+        AttentionSite(
+            "CLIPAttention", OutputItem(1), query="image", key="image", within="vision_model"
+        ),
+        AttentionSite(
+            "CLIPAttention", OutputItem(1), query="text", key="text", within="text_model"
+        ),
     ),
     eager=hf_eager,
     call=lambda model, inputs: model(**inputs),

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, check_image_size
 from .hf_interface import interface_sites, routes_attention
@@ -46,7 +47,7 @@ POOLING: dict[str, str] = {
 ``config.use_mean_pooling`` or without a CLS token, else ``"cls"``."""
 
 _PROBE = AttentionSite(
-    "MultiheadAttention", probs=1, kind="cross", query="probe", key="image", graph_base=True
+    "MultiheadAttention", OutputItem(1), kind="cross", query="probe", key="image", graph_base=True
 )
 
 
@@ -116,7 +117,9 @@ def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
         weights = torch.full((images.shape[0], image.n_tokens), 0.5 / image.n_content)  # (B, N)
         weights[:, 0], weights[:, 1:prefix] = 0.5, 0.0  # CLS, then registers (not read)
         return TokenLayout(
-            (image,), (Readout("image", "image", "image", "weights"),), {"image": weights}
+            (image,),
+            (Readout("image", "image", "image", per_example_rows=True),),
+            {"image": weights},
         )
     rows = {"cls": (0,), "cls+dist": (0, 1), "mean": None}[pooling]
     return TokenLayout((image,), (Readout("image", "image", "image", rows),))

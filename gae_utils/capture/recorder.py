@@ -123,14 +123,14 @@ class AttentionRecorder:
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)
             self._hooked = [name for name, _, _ in modules]
             self._undo.enter_context(self.adapter.eager(self.model))
-            if any(isinstance(site.reader, FromInterface) for _, _, site in modules):
+            if any(isinstance(site.probs, FromInterface) for _, _, site in modules):
                 keep = lambda module, probs: self._interface.setdefault(module, []).append(probs)
                 self._undo.enter_context(interface_capture(self.model, keep))
             self._undo.enter_context(evaluating(self.model, self.eval_mode))
             for name, module, site in modules:
                 pre = module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True)
                 self._undo.callback(pre.remove)
-                reader = site.reader
+                reader = site.probs
                 hooked = (
                     module.get_submodule(reader.name) if isinstance(reader, ChildOutput) else module
                 )
@@ -169,7 +169,7 @@ class AttentionRecorder:
 
     def _capture_hook(self, name: str, site: AttentionSite) -> Callable[..., None]:
         """Forward hook reading the probabilities as the site's reader says."""
-        reader = site.reader
+        reader = site.probs
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             probs: Any
@@ -210,7 +210,7 @@ class AttentionRecorder:
             self._calls[name] = n + 1
             query, key = site.calls[n % len(site.calls)]
             kind = "self" if query == key else "cross"
-            group = f"{name}#{n // len(site.calls)}" if group == "module" else group
+            group = f"{name}#{n // len(site.calls)}" if site.group_per_cycle else group
         record = LayerRecord(name, kind, query, key, group, probs.detach().mean(dim=1))
         self.records.append(record)
         if not probs.requires_grad:
