@@ -1,4 +1,4 @@
-"""The three packages depend one way: gae_utils <- shapesworld <- gae_workbook, with no import cycle.
+"""The three packages depend one way: gae_utils and shapesworld <- gae_workbook, with no import cycle.
 
 Every import statement of every module is read from its source (top level and inside functions),
 so a lazy import against the direction fails here as well as an eager one.
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gae_utils", "shapesworld", "gae_workbook")
 ALLOWED = {  # package -> the packages it may import
     "gae_utils": {"gae_utils"},
-    "shapesworld": {"gae_utils", "shapesworld"},
+    "shapesworld": {"shapesworld"},  # a dataset package: it knows nothing of explanations
     "gae_workbook": {"gae_utils", "shapesworld", "gae_workbook"},
 }
 
@@ -115,6 +115,17 @@ def test_import_gae_utils_loads_no_workbook_material_nor_plotting():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def test_import_gae_utils_loads_torch_and_the_standard_library_only():
+    """CONTRIBUTING's claim: beyond what ``import torch`` loads, ``import gae_utils`` adds no
+    top-level package but itself (transformers, safetensors, matplotlib are imported on use)."""
+    code = (
+        "import sys; top = lambda: {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names); "
+        "import torch; before = top(); import gae_utils; print(' '.join(sorted(top() - before)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["gae_utils"]
 
 
 FLOORS = {  # gae_utils's units by floor: a unit imports only units of lower floors (and itself)
