@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from .adapters import Adapter, find_adapter
 from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
+from .layers import LayerRecord
 from .layout import TokenLayout
 from .methods import compute_maps, method_names
 from .propagation import attn_bar_of, propagate, propagate_rows
-from .records import LayerRecord
 from .targets import Target, TargetLike
 
 __all__ = ["explain", "record", "Recording"]

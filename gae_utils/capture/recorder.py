@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..records import LayerRecord, last_of_each_pair
+from ..layers import LayerRecord, last_of_each_pair
 from ..rules import head_average
 from .sites import (
     AttentionCaptureError,

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from gae_utils.explainer import Recording, record
 from gae_utils.explanation import Explanation
+from gae_utils.heatmaps import grid_heatmap
 from gae_utils.layout import TokenLayout
-from gae_utils.maps import grid_heatmap
 from gae_utils.propagation import layer_steps
 from gae_utils.rules import head_relevance
 from gae_utils.targets import PairSimilarity
