@@ -46,6 +46,11 @@ class Segment:
     def n_content(self) -> int:
         return self.n_tokens - self.prefix
 
+    @property
+    def span(self) -> slice:
+        """The segment's tokens inside its engine modality."""
+        return slice(self.offset, self.offset + self.n_tokens)
+
 
 @dataclass(frozen=True)
 class Readout:
@@ -141,27 +146,20 @@ class TokenLayout:
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            full = maps[
-                (rows.engine_modality, cols.engine_modality)
-            ]  # (B, [K,] Na, Nb) of the engine modalities
-            full = full[
-                ...,
-                rows.offset : rows.offset + rows.n_tokens,
-                cols.offset : cols.offset + cols.n_tokens,
-            ]
+            full = maps[rows.engine_modality, cols.engine_modality]  # the engine modalities' map
+            full = full[..., rows.span, cols.span]  # (B, [K,] Na, Nb)
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
             if weights.ndim == 3:  # one row per target: needs maps with a target dimension
                 if full.ndim != 4 or full.shape[1] != weights.shape[1]:
                     raise ValueError(
                         f"readout {readout.name!r} has row weights for {weights.shape[1]} targets "
-                        "but the map "
-                        f"has shape {tuple(full.shape)}; expected (B, {weights.shape[1]}, Na, Nb)"
+                        f"but the map has shape {tuple(full.shape)}; expected "
+                        f"(B, {weights.shape[1]}, Na, Nb)"
                     )
                 weights = weights.unsqueeze(-2)  # (B, K, 1, Na)
             elif weights.ndim == 2:
-                weights = weights.reshape(
-                    weights.shape[0], *([1] * (full.ndim - 3)), 1, -1
-                )  # (B, [1,] 1, Na)
+                # (B, Na) -> (B, [1,] 1, Na)
+                weights = weights.reshape(weights.shape[0], *[1] * (full.ndim - 3), 1, -1)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
@@ -185,19 +183,14 @@ class TokenLayout:
                     f"readout {readout.name!r} reads across modalities; it needs the full maps"
                 )
             weights = self.row_weights(readout, like)  # (Na,), (B, Na) or (B, K, Na)
-            if (
-                weights.ndim < 3
-            ):  # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+            # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+            if weights.ndim < 3:
                 weights = weights[None, None] if weights.ndim == 1 else weights[:, None]
             weights = weights.expand(batch, k, -1)  # (B, K, Na)
             n = self.segment(rows.engine_modality).n_tokens
-            start = like.new_zeros(
-                batch, k, n
-            )  # (B, K, N) the explained rows inside the engine modality
-            start[..., rows.offset : rows.offset + rows.n_tokens] = weights
-            row = propagate_row(rows.engine_modality, start)[
-                ..., cols.offset : cols.offset + cols.n_tokens
-            ]
+            start = like.new_zeros(batch, k, n)  # (B, K, N): the explained rows in the stream
+            start[..., rows.span] = weights
+            row = propagate_row(rows.engine_modality, start)[..., cols.span]  # (B, K, Nb)
             out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2))
         return out
 
@@ -223,12 +216,10 @@ class TokenLayout:
         """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing
         duplicates)."""
         cells = seg.grid[0] * seg.grid[1] if seg.grid else seg.n_content
-        index = positions.to(row.device).where(
-            positions.to(row.device) >= 0, cells
-        )  # -1 (other tokens): dropped
-        index = index.reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1).expand_as(
-            row
-        )  # (B, [K,] n)
+        positions = positions.to(row.device)  # (B, n)
+        index = positions.where(positions >= 0, cells)  # -1 (other tokens): dropped
+        # (B, n) -> (B, [K,] n)
+        index = index.reshape(positions.shape[0], *[1] * (row.ndim - 2), -1).expand_as(row)
         return row.new_zeros(*row.shape[:-1], cells + 1).scatter_add(-1, index, row)[..., :cells]
 
     def to_dict(self) -> dict:

@@ -503,3 +503,11 @@ def test_rows_without_maps_refuse_a_recording_with_cross_attention():
     ]
     with pytest.raises(ValueError, match="self-attention layers of one modality"):
         gu.propagation.propagate_rows(layers, torch.rand(1, 1, 2))
+
+
+def test_image_size_check_takes_a_square_size_as_an_int():
+    from gae_utils.adapters.base import check_image_size
+
+    check_image_size(torch.zeros(2, 3, 32, 32), 32)  # the model's size: no error
+    with pytest.raises(ValueError, match=r"\(32, 48\) does not match the model's config.image_size \(32, 32\)"):
+        check_image_size(torch.zeros(2, 3, 32, 48), 32, "config.image_size ")

@@ -34,9 +34,7 @@ def _clip_check(model: Any, inputs: Any) -> None:
     check_text(model, inputs)
     vision = model.config.vision_config
     check_image_batch(inputs["pixel_values"], None, channels=vision.num_channels)
-    check_image_size(
-        inputs["pixel_values"], (vision.image_size, vision.image_size), "vision_config.image_size "
-    )
+    check_image_size(inputs["pixel_values"], vision.image_size, "vision_config.image_size ")
 
 
 def _clip_layout(model: Any, inputs: Any) -> TokenLayout:

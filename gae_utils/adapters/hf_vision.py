@@ -96,9 +96,7 @@ def _check(model: nn.Module, images: Tensor) -> None:
             "e.g. SigLIP2 "
             "NaFlex); its patch grid cannot be laid out. Fixed-size image models are served."
         )
-    check_image_size(
-        images, (size, size) if isinstance(size, int) else tuple(size), "config.image_size "
-    )
+    check_image_size(images, size, "config.image_size ")
 
 
 def _layout(model: nn.Module, images: Tensor) -> TokenLayout:

@@ -116,8 +116,7 @@ class AttentionRecorder:
                 raise AttentionCaptureError(
                     f"{type(self.model).__name__} matched adapter {self.adapter.name!r} but has no "
                     f"module of class {[s.module_class for s in sites]}; the adapter's sites do "
-                    "not "
-                    "describe this model. Register an adapter whose sites name its attention "
+                    "not describe this model. Register an adapter whose sites name its attention "
                     "modules."
                 )
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)
@@ -273,9 +272,8 @@ class AttentionRecorder:
             if scores.shape[0] != batch:
                 raise AttentionCaptureError(  # e.g. Swin: one map per window, not per example
                     f"scores have {scores.shape[0]} rows but the attention maps a batch of "
-                    f"{batch}: "
-                    "the model attends within windows or per image, which the adapter's token "
-                    "layout does not describe"
+                    f"{batch}: the model attends within windows or per image, which the adapter's "
+                    "token layout does not describe"
                 )
             keep = set(last_of_each_pair([c.record for c in lives]))
             keep = set(range(len(lives))) if self.keep_heads else keep
