@@ -61,7 +61,7 @@ class Readout:
         rows_of: modality whose token(s) are explained (the rows of the map).
         columns_of: modality whose content tokens get relevance (the columns).
         rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``:
-            all content rows (average pooling). Unused with ``per_example_rows``.
+            all content rows (average pooling). None with ``per_example_rows``.
         per_example_rows: the rows are weighted by ``TokenLayout.weights[name]``, ``(B, Na)`` per
             example (mean over the real tokens, CLIP's EOT token) or ``(B, K, Na)`` per example and
             target (a generated token's step, a DETR object query).
@@ -83,6 +83,8 @@ class Readout:
                 f"Readout({self.name!r}) got rows={self.rows!r}; pass row indices, None (every "
                 "content row) or per_example_rows=True for the layout's per-example row weights."
             )
+        if self.per_example_rows:  # the layout's weights say which rows: no indices kept
+            object.__setattr__(self, "rows", None)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class TokenLayout:
         segments: the engine modalities first (the first recorded layer's first), then any views of
             a joint stream.
         readouts: how each relevance vector is read.
-        weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
+        weights: per-example row weights ``{readout name: (B, [K,] Na)}`` for ``per_example_rows``.
         positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content
             token that reaches the model in another order (ViLT shuffles its patches); ``-1``: not
             this segment's.

@@ -34,6 +34,7 @@ def test_layout_round_trips_and_reads_files_saved_with_rows_weights():
     readouts = (Readout("text", "text", "text", per_example_rows=True), Readout("b", "text", "text", rows=(0, 1)))
     layout = TokenLayout((Segment("text", 3, grid=None),), readouts)
     assert TokenLayout.from_dict(layout.to_dict()) == layout
+    assert layout.readouts[0].rows is None  # per-example rows keep no indices
     old = {"segments": layout.to_dict()["segments"],
            "readouts": [{"name": "text", "rows_of": "text", "columns_of": "text", "rows": "weights",
                          "drop_self": False, "subtract_identity": False}]}  # fmt: skip
