@@ -2,9 +2,14 @@
 transformers, with the paper's baselines computed from the same recording.
 
 Read in this order: ``rules`` (Eq. 5-11) -> ``propagation`` -> ``methods``; ``capture`` (the
-recorder, its attention sites and switches) -> ``records`` -> ``layout`` -> ``targets`` ->
+recorder, its attention sites and switches) -> ``layers`` -> ``layout`` -> ``targets`` ->
 ``explainer`` (the one recording skeleton) -> ``explanation``; ``adapters/`` (one file per model
 family); ``generation``, ``dual`` and ``similarity`` wrap ``explainer.record``.
+
+Names: ``record()`` returns a ``Recording``, made by an ``AttentionRecorder`` that leaves one
+``LayerRecord`` per attention call (module ``layers``; the recorder's list is ``records``, every
+list passed on is ``layers``); ``maps`` are the relevancy maps ``{(a, b): R}`` (and the flag that
+asks for them); ``heatmaps`` are relevance as images in [0, 1].
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -23,10 +28,10 @@ from .dual import DualExplanation, explain_dual
 from .explainer import Recording, explain, record
 from .explanation import Explanation
 from .generation import explain_generation, record_generation
+from .layers import LayerRecord
 from .layout import Readout, Segment, TokenLayout
 from .methods import METHODS, Method, method_names
 from .propagation import propagate
-from .records import LayerRecord
 from .similarity import PairExplanation, explain_similarity
 from .targets import (
     ClassTarget,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .explainer import explain
-from .maps import upsample_maps
+from .heatmaps import upsample_maps
 
 __all__ = ["GAEAttribution"]
 

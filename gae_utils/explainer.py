@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from .adapters import Adapter, find_adapter
 from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
+from .layers import LayerRecord
 from .layout import TokenLayout
 from .methods import check_method, compute_maps
 from .plotting import class_names, pixel_normalization
 from .propagation import attn_bar_of, propagate, propagate_rows
-from .records import LayerRecord
 from .targets import Target, TargetLike
 
 __all__ = ["explain", "record", "Recording", "with_input_tokens"]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
+from .heatmaps import grid_heatmap
 from .layout import TokenLayout
-from .maps import grid_heatmap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -46,6 +46,11 @@ class Segment:
     def n_content(self) -> int:
         return self.n_tokens - self.prefix
 
+    @property
+    def span(self) -> slice:
+        """The segment's tokens inside its engine modality."""
+        return slice(self.offset, self.offset + self.n_tokens)
+
 
 @dataclass(frozen=True)
 class Readout:
@@ -56,22 +61,30 @@ class Readout:
         rows_of: modality whose token(s) are explained (the rows of the map).
         columns_of: modality whose content tokens get relevance (the columns).
         rows: indices of the explained rows, averaged (DeiT's CLS + distillation tokens); ``None``:
-            all content rows (average pooling); ``"weights"``: the row weights
-            ``TokenLayout.weights[name]``, ``(B, Na)`` per example (mean over the real tokens,
-            CLIP's EOT token) or ``(B, K, Na)`` per example and target (a generated token's step, a
-            DETR object query).
+            all content rows (average pooling). None with ``per_example_rows``.
+        per_example_rows: the rows are weighted by ``TokenLayout.weights[name]``, ``(B, Na)`` per
+            example (mean over the real tokens, CLIP's EOT token) or ``(B, K, Na)`` per example and
+            target (a generated token's step, a DETR object query).
+        drop_self: zero the explained token's own column (the authors zero ``R[t, t][0, 0]``).
+        subtract_identity: read the row of ``R - I``: what the layers added (decoder-only LMs).
     """
 
     name: str
     rows_of: str
     columns_of: str
-    rows: tuple[int, ...] | str | None = (0,)
-    drop_self: bool = (
-        False  # zero the explained token's own column (the authors zero R[t, t][0, 0])
-    )
-    subtract_identity: bool = (
-        False  # read the row of R - I: what the layers added (decoder-only LMs)
-    )
+    rows: tuple[int, ...] | None = (0,)
+    per_example_rows: bool = False
+    drop_self: bool = False
+    subtract_identity: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows, str):
+            raise TypeError(
+                f"Readout({self.name!r}) got rows={self.rows!r}; pass row indices, None (every "
+                "content row) or per_example_rows=True for the layout's per-example row weights."
+            )
+        if self.per_example_rows:  # the layout's weights say which rows: no indices kept
+            object.__setattr__(self, "rows", None)
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ class TokenLayout:
         segments: the engine modalities first (the first recorded layer's first), then any views of
             a joint stream.
         readouts: how each relevance vector is read.
-        weights: per-example row weights ``{readout name: (B, Na)}`` for ``rows="weights"``.
+        weights: per-example row weights ``{readout name: (B, [K,] Na)}`` for ``per_example_rows``.
         positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content
             token that reaches the model in another order (ViLT shuffles its patches); ``-1``: not
             this segment's.
@@ -117,18 +130,13 @@ class TokenLayout:
         """Weights of the explained rows: ``(Na,)`` shared by the batch, ``(B, Na)`` per example or
         ``(B, K, Na)`` per example and target."""
         seg = self.segment(readout.rows_of)
-        if readout.rows == "weights":
+        if readout.per_example_rows:
             if readout.name not in self.weights:
                 raise ValueError(
                     f"readout {readout.name!r} asks for per-example row weights but the layout has "
-                    "none"
+                    f"none; pass TokenLayout(..., weights={{{readout.name!r}: (B, Na) weights}})"
                 )
             return self.weights[readout.name].to(like)  # (B, Na) or (B, K, Na)
-        if isinstance(readout.rows, str):
-            raise ValueError(
-                f"readout {readout.name!r} has rows={readout.rows!r}; expected indices, None or "
-                "'weights'"
-            )
         rows = list(range(seg.prefix, seg.n_tokens)) if readout.rows is None else list(readout.rows)
         weights = like.new_zeros(seg.n_tokens)  # (Na,)
         weights[rows] = 1.0 / len(rows)
@@ -140,27 +148,20 @@ class TokenLayout:
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            full = maps[
-                (rows.engine_modality, cols.engine_modality)
-            ]  # (B, [K,] Na, Nb) of the engine modalities
-            full = full[
-                ...,
-                rows.offset : rows.offset + rows.n_tokens,
-                cols.offset : cols.offset + cols.n_tokens,
-            ]
+            full = maps[rows.engine_modality, cols.engine_modality]  # the engine modalities' map
+            full = full[..., rows.span, cols.span]  # (B, [K,] Na, Nb)
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
             if weights.ndim == 3:  # one row per target: needs maps with a target dimension
                 if full.ndim != 4 or full.shape[1] != weights.shape[1]:
                     raise ValueError(
                         f"readout {readout.name!r} has row weights for {weights.shape[1]} targets "
-                        "but the map "
-                        f"has shape {tuple(full.shape)}; expected (B, {weights.shape[1]}, Na, Nb)"
+                        f"but the map has shape {tuple(full.shape)}; expected "
+                        f"(B, {weights.shape[1]}, Na, Nb)"
                     )
                 weights = weights.unsqueeze(-2)  # (B, K, 1, Na)
             elif weights.ndim == 2:
-                weights = weights.reshape(
-                    weights.shape[0], *([1] * (full.ndim - 3)), 1, -1
-                )  # (B, [1,] 1, Na)
+                # (B, Na) -> (B, [1,] 1, Na)
+                weights = weights.reshape(weights.shape[0], *[1] * (full.ndim - 3), 1, -1)
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
@@ -184,19 +185,14 @@ class TokenLayout:
                     f"readout {readout.name!r} reads across modalities; it needs the full maps"
                 )
             weights = self.row_weights(readout, like)  # (Na,), (B, Na) or (B, K, Na)
-            if (
-                weights.ndim < 3
-            ):  # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+            # (Na,) shared by the batch or (B, Na) per example: the same row for every target
+            if weights.ndim < 3:
                 weights = weights[None, None] if weights.ndim == 1 else weights[:, None]
             weights = weights.expand(batch, k, -1)  # (B, K, Na)
             n = self.segment(rows.engine_modality).n_tokens
-            start = like.new_zeros(
-                batch, k, n
-            )  # (B, K, N) the explained rows inside the engine modality
-            start[..., rows.offset : rows.offset + rows.n_tokens] = weights
-            row = propagate_row(rows.engine_modality, start)[
-                ..., cols.offset : cols.offset + cols.n_tokens
-            ]
+            start = like.new_zeros(batch, k, n)  # (B, K, N): the explained rows in the stream
+            start[..., rows.span] = weights
+            row = propagate_row(rows.engine_modality, start)[..., cols.span]  # (B, K, Nb)
             out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2))
         return out
 
@@ -205,7 +201,7 @@ class TokenLayout:
         ``(..., 1, Na)``)."""
         cols = self.segment(readout.columns_of)
         if readout.drop_self and readout.rows_of == readout.columns_of:
-            if readout.rows == "weights":  # per-example rows: zero their columns
+            if readout.per_example_rows:  # per-example rows: zero their columns
                 row = row * (weights.squeeze(-2) == 0)
             elif readout.rows is not None:
                 row = row.clone()
@@ -222,12 +218,10 @@ class TokenLayout:
         """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing
         duplicates)."""
         cells = seg.grid[0] * seg.grid[1] if seg.grid else seg.n_content
-        index = positions.to(row.device).where(
-            positions.to(row.device) >= 0, cells
-        )  # -1 (other tokens): dropped
-        index = index.reshape(positions.shape[0], *([1] * (row.ndim - 2)), -1).expand_as(
-            row
-        )  # (B, [K,] n)
+        positions = positions.to(row.device)  # (B, n)
+        index = positions.where(positions >= 0, cells)  # -1 (other tokens): dropped
+        # (B, n) -> (B, [K,] n)
+        index = index.reshape(positions.shape[0], *[1] * (row.ndim - 2), -1).expand_as(row)
         return row.new_zeros(*row.shape[:-1], cells + 1).scatter_add(-1, index, row)[..., :cells]
 
     def to_dict(self) -> dict:
@@ -245,8 +239,14 @@ class TokenLayout:
             Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
             for s in data["segments"]
         )
-        readouts = tuple(
-            Readout(**{**r, "rows": tuple(r["rows"]) if isinstance(r["rows"], list) else r["rows"]})
-            for r in data["readouts"]
-        )
+        readouts = tuple(_readout(r) for r in data["readouts"])
         return cls(segments, readouts, dict(weights or {}))
+
+
+def _readout(data: dict) -> Readout:
+    """The :class:`Readout` of its JSON form; files saved before ``per_example_rows`` existed say
+    ``rows="weights"``."""
+    rows = data["rows"]
+    if rows == "weights":
+        return Readout(**{**data, "rows": None, "per_example_rows": True})
+    return Readout(**{**data, "rows": tuple(rows) if isinstance(rows, list) else rows})

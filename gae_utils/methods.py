@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .layers import LayerRecord, last_of_each_pair
 from .layout import TokenLayout
 from .propagation import Maps, check_start_layer, propagate
-from .records import LayerRecord, last_of_each_pair
 from .rules import gradcam_row, rollout_step
 
 __all__ = ["Method", "METHODS", "method_names", "check_method", "compute_maps", "method_label"]

@@ -1,7 +1,7 @@
 """The relevancy engine: from recorded attention layers to relevancy maps.
 
 :func:`propagate` applies the rules of Chefer et al. ICCV 2021 (Eq. 5-11, :mod:`gae_utils.rules`)
-over an ordered list of :class:`~gae_utils.records.LayerRecord`. It never looks at the architecture:
+over an ordered list of :class:`~gae_utils.layers.LayerRecord`. It never looks at the architecture:
 a ViT, a two-stream co-attention model and an encoder-decoder differ only in the records they
 produce.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .records import LayerRecord
+from .layers import LayerRecord
 from .rules import cross_attention_update, self_attention_update
 
 __all__ = ["attn_bar_of", "propagate", "propagate_rows", "layer_steps", "initial_maps", "Maps"]

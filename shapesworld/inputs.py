@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gae_utils.maps import grid_heatmap
-
 from .language import TOY_LEXICON, Vocabulary
 
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "REGION_GRID",
     "REGION_WINDOW",
     "region_features",
-    "region_heatmap",
     "encode_questions",
     "vqa_inputs",
     "detr_pixels",
@@ -90,12 +87,6 @@ def region_features(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pad = (REGION_WINDOW - stride) // 2
     feats = F.unfold(normalize_pixels(images), REGION_WINDOW, stride=stride, padding=pad)  # (B, 3*W*W, G*G)
     return feats.transpose(1, 2), _grid_boxes(h // stride, w // stride, b, images.dtype)
-
-
-def region_heatmap(relevance: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """shapes-vqa's region relevance ``(..., G*G)`` as images ``(..., H, W)``: bilinearly upsampled
-    from the region grid, min-max normalised per map."""
-    return grid_heatmap(relevance.float(), (REGION_GRID, REGION_GRID), size)  # (..., H, W)
 
 
 def encode_questions(questions, vocab) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_timm_vit
 
 from gae_utils import GAEAttribution, explain
-from gae_utils.maps import upsample_maps
+from gae_utils.heatmaps import upsample_maps
 
 
 def test_attribute_shape_and_values(images):

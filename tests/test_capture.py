@@ -8,6 +8,7 @@ from torch import nn
 import gae_utils as gu
 from gae_utils.adapters import ADAPTERS
 from gae_utils.adapters.base import Adapter, AttentionSite, no_switch
+from gae_utils.capture import OutputItem
 from gae_utils.layout import Readout, Segment, TokenLayout
 
 transformers = pytest.importorskip("transformers")
@@ -132,7 +133,7 @@ class ToyScorer(nn.Module):
 TOY = Adapter(
     name="toy-scorer",
     model_classes=("ToyScorer",),
-    sites=(AttentionSite("ToyAttention", probs=1, query="tokens", key="tokens"),),
+    sites=(AttentionSite("ToyAttention", OutputItem(1), query="tokens", key="tokens"),),
     eager=no_switch,
     call=lambda model, x: model(x),
     logits=lambda out: out,
@@ -166,3 +167,16 @@ def test_a_new_family_is_explained_from_its_registered_adapter_alone():
     for p, g in zip(probs, grads):
         relevancy = relevancy + (g * p).clamp(min=0).mean(1) @ relevancy
     torch.testing.assert_close(exp.relevance["tokens"], relevancy[:, -1].detach())
+
+
+@pytest.mark.parametrize("probs", [1, "attn_drop", lambda module, output: output[1]])
+def test_a_site_refuses_probs_that_are_not_a_reader_and_names_the_readers(probs):
+    with pytest.raises(TypeError, match=r"got probs=.*pass a reader: ChildOutput\('attn_drop'\), OutputItem\(1\)"):
+        AttentionSite("ToyAttention", probs)
+
+
+def test_group_per_cycle_needs_calls_and_no_group():
+    with pytest.raises(ValueError, match="group_per_cycle=True.*give it calls=.*and no group"):
+        AttentionSite("ToyAttention", OutputItem(1), group_per_cycle=True)
+    with pytest.raises(ValueError, match="no group"):
+        AttentionSite("ToyAttention", OutputItem(1), calls=(("a", "b"),), group="g", group_per_cycle=True)

@@ -160,7 +160,8 @@ def test_lxmert_bad_inputs():
 
 
 def test_regions_are_grid_windows_with_their_boxes_and_labels():
-    from shapesworld.inputs import normalize_pixels, region_features, region_heatmap
+    from gae_workbook.exploration.views import region_heatmap
+    from shapesworld.inputs import normalize_pixels, region_features
     from shapesworld.scenes import ShapesWorld
     from shapesworld.targets import region_labels
 

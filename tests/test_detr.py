@@ -185,7 +185,7 @@ def test_per_target_row_weights_in_the_layout():
     segments = (Segment("image", 3, 0, (1, 3)), Segment("query", 2))
     layout = TokenLayout(
         segments,
-        (Readout("image", "query", "image", "weights"),),
+        (Readout("image", "query", "image", per_example_rows=True),),
         {"image": torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]]])},  # (B=2, K=2, Q=2)
     )
     full = torch.arange(2 * 2 * 2 * 3, dtype=torch.float32).reshape(2, 2, 2, 3)  # (B, K, Q, N)

@@ -227,7 +227,7 @@ def test_adapter_that_captures_nothing_fails_loudly(vit, images):
     broken = gu.Adapter(
         name="broken",
         model_classes=("VisionTransformer",),
-        sites=(gu.AttentionSite("NoSuchAttention", "attn_drop"),),
+        sites=(gu.AttentionSite("NoSuchAttention", gu.capture.ChildOutput("attn_drop")),),
         eager=gu.adapters.timm_vit.timm_eager,
         call=lambda m, x: m(x),
         logits=lambda o: o,
@@ -433,7 +433,7 @@ def test_registering_an_adapter_for_a_custom_model(monkeypatch):
         gu.Adapter(
             name="tiny",
             model_classes=("_TinyTokenModel",),
-            sites=(gu.AttentionSite("_TinyAttention", probs="probs", query="tokens", key="tokens"),),
+            sites=(gu.AttentionSite("_TinyAttention", gu.capture.ChildOutput("probs"), query="tokens", key="tokens"),),
             eager=gu.adapters.base.no_switch,
             call=lambda m, x: m(x),
             logits=lambda out: out,
@@ -503,3 +503,11 @@ def test_rows_without_maps_refuse_a_recording_with_cross_attention():
     ]
     with pytest.raises(ValueError, match="self-attention layers of one modality"):
         gu.propagation.propagate_rows(layers, torch.rand(1, 1, 2))
+
+
+def test_image_size_check_takes_a_square_size_as_an_int():
+    from gae_utils.adapters.base import check_image_size
+
+    check_image_size(torch.zeros(2, 3, 32, 32), 32)  # the model's size: no error
+    with pytest.raises(ValueError, match=r"\(32, 48\) does not match the model's config.image_size \(32, 32\)"):
+        check_image_size(torch.zeros(2, 3, 32, 48), 32, "config.image_size ")

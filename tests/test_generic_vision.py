@@ -127,7 +127,8 @@ def test_generic_capture_gives_the_maps_of_the_former_hand_adapter(images, cls_n
 
     model = tiny_hf_vit(cls_name, attn="sdpa")
     attention = "DeiTAttention" if "DeiT" in cls_name else "ViTAttention"
-    hand = gu.Adapter(**{**HF_VISION.__dict__, "sites": (gu.AttentionSite(attention, probs=1),), "eager": hf_eager})
+    site = gu.AttentionSite(attention, gu.capture.OutputItem(1))
+    hand = gu.Adapter(**{**HF_VISION.__dict__, "sites": (site,), "eager": hf_eager})
     target = (lambda out: out.pooler_output.sum(-1)) if cls_name == "ViTModel" else torch.tensor([[1, 4]] * 4)
     generic = gu.record(model, images, target=target)
     by_hand = gu.record(model, images, target=target, adapter=hand)
@@ -222,7 +223,8 @@ def test_text_encoders_through_the_capture_give_the_hand_sites_maps(family):
     config = getattr(transformers, f"{family}Config")(**sizes, attn_implementation="sdpa")
     model = getattr(transformers, f"{family}Model")(config).eval()
     attention = {"DistilBert": "DistilBertSelfAttention"}.get(family, f"{family}SelfAttention")
-    hand = gu.Adapter(**{**BERT_ENCODER.__dict__, "sites": (gu.AttentionSite(attention, 1, query="text", key="text"),)})
+    site = gu.AttentionSite(attention, gu.capture.OutputItem(1), query="text", key="text")
+    hand = gu.Adapter(**{**BERT_ENCODER.__dict__, "sites": (site,)})
     hand = gu.Adapter(**{**hand.__dict__, "eager": hf_eager})
     ids = torch.randint(3, 50, (3, 7))
     mask = torch.ones_like(ids)

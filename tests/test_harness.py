@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from gae_utils import explain
-from gae_utils.maps import upsample_maps
+from gae_utils.heatmaps import upsample_maps
 from gae_workbook.evaluation import harness
 from gae_workbook.evaluation.datasets import open_data, write_imagenet_seg
 from gae_workbook.evaluation.metrics import (

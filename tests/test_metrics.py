@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.heatmaps import normalize_maps, upsample_maps
 from gae_workbook.evaluation.metrics import (
     PERTURBATION_STEPS,
     average_precision,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gae_utils.maps import normalize_maps
+from gae_utils.heatmaps import normalize_maps
 from gae_workbook.evaluation.metrics import (
     average_precision,
     box_iou,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from gae_utils.layers import LayerRecord
 from gae_utils.propagation import propagate
-from gae_utils.records import LayerRecord
 from gae_utils.rules import (
     cross_attention_update,
     gradcam_row,

@@ -42,8 +42,7 @@ def check_text(model: nn.Module, inputs: Any) -> None:
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise TypeError(
             "a text encoder takes the tokenizer's output as a dict with 'input_ids' and "
-            "'attention_mask' "
-            "(tokenizer(texts, padding=True, return_tensors='pt'))"
+            "'attention_mask' (tokenizer(texts, padding=True, return_tensors='pt'))"
         )
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[1] == 0:
@@ -66,24 +65,26 @@ def check_joint(model: nn.Module, inputs: Any, image_keys: tuple[str, ...]) -> N
     ):
         raise TypeError(
             f"{type(model).__name__} takes a dict with 'input_ids', 'attention_mask' and "
-            f"{' or '.join(image_keys)} "
-            "(the model's processor output)"
+            f"{' or '.join(image_keys)} (the model's processor output)"
         )
     check_text(model, inputs)
 
 
 def joint_layout(
-    n_text: int, image: Segment, rows: tuple[int, ...] | str, **layout: dict[str, Tensor]
+    n_text: int,
+    image: Segment,
+    rows: tuple[int, ...] | None,
+    per_example_rows: bool = False,
+    **layout: dict[str, Tensor],
 ) -> TokenLayout:
-    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` of its
-    ``R[t, t]`` block (the row's own column zeroed) and ``R[t, i]`` block; ``layout``: its
-    ``weights`` and
-    ``positions``."""
+    """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` (or the
+    per-example row weights) of its ``R[t, t]`` block (the row's own column zeroed) and ``R[t, i]``
+    block; ``layout``: its ``weights`` and ``positions``."""
     text = Segment("text", n_text, 0, stream="joint")
     image = replace(image, stream="joint", offset=n_text)
     readouts = (
-        Readout("text", "text", "text", rows, drop_self=True),
-        Readout("image", "text", "image", rows),
+        Readout("text", "text", "text", rows, per_example_rows, drop_self=True),
+        Readout("image", "text", "image", rows, per_example_rows),
     )
     return TokenLayout((Segment("joint", n_text + image.n_tokens), text, image), readouts, **layout)
 

@@ -97,7 +97,7 @@ def _call(model: nn.Module, inputs: Mapping) -> Any:
 def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     length = inputs["input_ids"].shape[1]
     rows = F.one_hot(last_real_position(inputs), length).float()  # (B, L)
-    readout = Readout("text", "text", "text", "weights", subtract_identity=True)
+    readout = Readout("text", "text", "text", per_example_rows=True, subtract_identity=True)
     return TokenLayout((Segment("text", length, prefix=0),), (readout,), {"text": rows})
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_image_batch, check_image_size, check_text, hf_eager
 
@@ -37,9 +38,7 @@ def _clip_check(model: Any, inputs: Any) -> None:
     check_text(model, inputs)
     vision = model.config.vision_config
     check_image_batch(inputs["pixel_values"], None, channels=vision.num_channels)
-    check_image_size(
-        inputs["pixel_values"], (vision.image_size, vision.image_size), "vision_config.image_size "
-    )
+    check_image_size(inputs["pixel_values"], vision.image_size, "vision_config.image_size ")
 
 
 def _clip_layout(model: Any, inputs: Any) -> TokenLayout:
@@ -52,7 +51,7 @@ def _clip_layout(model: Any, inputs: Any) -> TokenLayout:
     )
     readouts = (
         Readout("image", "image", "image", (0,)),
-        Readout("text", "text", "text", "weights"),
+        Readout("text", "text", "text", per_example_rows=True),
     )
     return TokenLayout(segments, readouts, {"text": eot})
 
@@ -61,8 +60,12 @@ CLIP = Adapter(
     name="hf-clip",
     model_classes=("CLIPModel",),
     sites=(
-        AttentionSite("CLIPAttention", probs=1, query="image", key="image", within="vision_model"),
-        AttentionSite("CLIPAttention", probs=1, query="text", key="text", within="text_model"),
+        AttentionSite(
+            "CLIPAttention", OutputItem(1), query="image", key="image", within="vision_model"
+        ),
+        AttentionSite(
+            "CLIPAttention", OutputItem(1), query="text", key="text", within="text_model"
+        ),
     ),
     eager=hf_eager,
     call=lambda model, inputs: model(**inputs),

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import QueryTarget
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_image_batch, eager_flags
@@ -84,8 +85,8 @@ def _detr_layout_of_output(model: Any, inputs: Any, output: Any) -> TokenLayout:
     grid = detr_grid(n_image, (pixels.shape[-2], pixels.shape[-1]))
     segments = (Segment("image", n_image, 0, grid), Segment("query", model.config.num_queries, 0))
     readouts = (
-        Readout("image", "query", "image", "weights"),
-        Readout("query", "query", "query", "weights"),
+        Readout("image", "query", "image", per_example_rows=True),
+        Readout("query", "query", "query", per_example_rows=True),
     )
     return TokenLayout(segments, readouts)
 
@@ -100,9 +101,15 @@ DETR = Adapter(
     name="hf-detr",
     model_classes=("DetrForObjectDetection",),
     sites=(
-        AttentionSite("DetrSelfAttention", probs=1, query="image", key="image", within="encoder"),
-        AttentionSite("DetrSelfAttention", probs=1, query="query", key="query", within="decoder"),
-        AttentionSite("DetrCrossAttention", probs=1, kind="cross", query="query", key="image"),
+        AttentionSite(
+            "DetrSelfAttention", OutputItem(1), query="image", key="image", within="encoder"
+        ),
+        AttentionSite(
+            "DetrSelfAttention", OutputItem(1), query="query", key="query", within="decoder"
+        ),
+        AttentionSite(
+            "DetrCrossAttention", OutputItem(1), kind="cross", query="query", key="image"
+        ),
     ),
     eager=detr_eager,
     call=_detr_call,

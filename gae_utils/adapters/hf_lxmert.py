@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..capture import ChildOutput
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_text, no_switch
 
@@ -51,7 +52,7 @@ def _lxmert_layout(model: nn.Module, inputs: Any) -> TokenLayout:
 
 
 _site = partial(
-    AttentionSite, "LxmertAttention", "dropout"
+    AttentionSite, "LxmertAttention", ChildOutput("dropout")
 )  # every layer's probabilities: its dropout's output
 
 LXMERT = Adapter(
@@ -65,7 +66,7 @@ LXMERT = Adapter(
             kind="cross",
             within="visual_attention",
             calls=(("text", "image"), ("image", "text")),
-            group="module",
+            group_per_cycle=True,
         ),
         _site(query="text", key="text", within="lang_self_att"),
         _site(query="image", key="image", within="visn_self_att"),

@@ -18,7 +18,7 @@ def _text_mean_layout(model: nn.Module, inputs: dict) -> TokenLayout:
     """Read at the mean over the non-padding tokens: row weights ``(B, L)`` summing to 1."""
     mask = inputs.get("attention_mask")
     mask = (torch.ones_like(inputs["input_ids"]) if mask is None else mask).float()  # (B, L)
-    readout = Readout("text", "text", "text", "weights")
+    readout = Readout("text", "text", "text", per_example_rows=True)
     return TokenLayout(
         (Segment("text", mask.shape[1]),),
         (readout,),

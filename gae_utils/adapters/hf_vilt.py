@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capture import ChildOutput
 from ..layout import Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_image_batch, check_joint, joint_layout, no_switch
 
@@ -70,7 +71,7 @@ def _vilt_layout(model: Any, inputs: Any) -> TokenLayout:
 VILT = Adapter(
     name="hf-vilt",
     model_classes=("ViltForQuestionAnswering", "ViltForImageAndTextRetrieval"),
-    sites=(AttentionSite("ViltSelfAttention", probs="dropout", query="joint", key="joint"),),
+    sites=(AttentionSite("ViltSelfAttention", ChildOutput("dropout"), query="joint", key="joint"),),
     eager=no_switch,
     call=_vilt_call,
     logits=lambda out: out.logits,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from .base import (
     Adapter,
@@ -54,7 +55,7 @@ POOLING: dict[str, str] = {
 ``config.use_mean_pooling`` or without a CLS token, else ``"cls"``."""
 
 _PROBE = AttentionSite(
-    "MultiheadAttention", probs=1, kind="cross", query="probe", key="image", graph_base=True
+    "MultiheadAttention", OutputItem(1), kind="cross", query="probe", key="image", graph_base=True
 )
 
 
@@ -106,9 +107,7 @@ def _check(model: nn.Module, images: Tensor) -> None:
             "e.g. SigLIP2 "
             "NaFlex); its patch grid cannot be laid out. Fixed-size image models are served."
         )
-    check_image_size(
-        images, (size, size) if isinstance(size, int) else tuple(size), "config.image_size "
-    )
+    check_image_size(images, size, "config.image_size ")
 
 
 def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
@@ -127,7 +126,9 @@ def _layout(model: nn.Module, images: Tensor) -> TokenLayout:
         weights = torch.full((images.shape[0], image.n_tokens), 0.5 / image.n_content)  # (B, N)
         weights[:, 0], weights[:, 1:prefix] = 0.5, 0.0  # CLS, then registers (not read)
         return TokenLayout(
-            (image,), (Readout("image", "image", "image", "weights"),), {"image": weights}
+            (image,),
+            (Readout("image", "image", "image", per_example_rows=True),),
+            {"image": weights},
         )
     rows = {"cls": (0,), "cls+dist": (0, 1), "mean": None}[pooling]
     return TokenLayout((image,), (Readout("image", "image", "image", rows),))

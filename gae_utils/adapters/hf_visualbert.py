@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..capture import ChildOutput
 from ..layout import Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, joint_layout, no_switch
 
@@ -47,7 +48,8 @@ def _visualbert_layout(model: nn.Module, inputs: Any, answer_row: bool) -> Token
     regions = Segment("image", inputs["visual_embeds"].shape[1], 0)
     if answer_row:
         rows = F.one_hot(visualbert_answer_index(inputs), n_text).float()  # (B, L)
-        return joint_layout(n_text, regions, "weights", weights={"text": rows, "image": rows})
+        weights = {"text": rows, "image": rows}
+        return joint_layout(n_text, regions, None, per_example_rows=True, weights=weights)
     return joint_layout(n_text, regions, (0,))
 
 
@@ -56,7 +58,9 @@ def _visualbert(name: str, model_class: str, answer_row: bool) -> Adapter:
         name=name,
         model_classes=(model_class,),
         sites=(
-            AttentionSite("VisualBertSelfAttention", probs="dropout", query="joint", key="joint"),
+            AttentionSite(
+                "VisualBertSelfAttention", ChildOutput("dropout"), query="joint", key="joint"
+            ),
         ),
         eager=no_switch,
         call=lambda model, inputs: model(**inputs),

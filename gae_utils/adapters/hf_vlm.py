@@ -94,8 +94,8 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
         Segment("image", ids.shape[1], grid=(side, side), stream="text"),
     )
     readouts = (
-        Readout("text", "text", "text", "weights", subtract_identity=True),
-        Readout("image", "text", "image", "weights"),
+        Readout("text", "text", "text", per_example_rows=True, subtract_identity=True),
+        Readout("image", "text", "image", per_example_rows=True),
     )
     positions = {"text": tokens.where(~image, -1), "image": grid_index.where(image, -1)}
     return TokenLayout(segments, readouts, {"text": last, "image": last}, positions)

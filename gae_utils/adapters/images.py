@@ -80,10 +80,11 @@ def check_image_batch(images: Tensor, proj: nn.Module | None, channels: int | No
 
 
 def check_image_size(
-    images: Tensor, size: tuple[int, int], source: str = "", fix: str = ""
+    images: Tensor, size: int | tuple[int, int], source: str = "", fix: str = ""
 ) -> None:
-    """Images ``(B, C, H, W)`` of another size than the model's ``size`` get an error naming the
-    resize."""
+    """Images ``(B, C, H, W)`` of another size than the model's ``size`` (an int: square) get an
+    error naming the resize."""
+    size = (size, size) if isinstance(size, int) else size
     if tuple(images.shape[-2:]) != tuple(size):
         raise ValueError(
             f"image size {tuple(images.shape[-2:])} does not match the model's "

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from .base import (
     Adapter,
@@ -74,7 +75,7 @@ def _layout(model: Any, inputs: Any) -> TokenLayout:
     segments = (Segment("image", 1 + grid[0] * grid[1], 1, grid), Segment("text", ids.shape[1], 0))
     readouts = (
         Readout("image", "image", "image", rows),
-        Readout("text", "text", "text", "weights"),
+        Readout("text", "text", "text", per_example_rows=True),
     )
     return TokenLayout(segments, readouts, {"text": eot})
 
@@ -102,10 +103,20 @@ OPEN_CLIP = Adapter(
     ),
     sites=(  # the image tower first: its blocks' names also contain "transformer"
         AttentionSite(
-            "MultiheadAttention", 1, query="image", key="image", within="visual", graph_base=True
+            "MultiheadAttention",
+            OutputItem(1),
+            query="image",
+            key="image",
+            within="visual",
+            graph_base=True,
         ),
         AttentionSite(
-            "MultiheadAttention", 1, query="text", key="text", within="transformer", graph_base=True
+            "MultiheadAttention",
+            OutputItem(1),
+            query="text",
+            key="text",
+            within="transformer",
+            graph_base=True,
         ),
     ),
     eager=mha_eager,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture import OutputItem
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import generation_target
 from .base import Adapter, AttentionSite, UnsupportedModelError, check_text, hf_eager
@@ -66,8 +67,8 @@ def _seq2seq_layout(model: nn.Module, inputs: Any) -> TokenLayout:
         Segment("target", dec.shape[1], 0),
     )
     readouts = (
-        Readout("source", "target", "source", "weights"),
-        Readout("target", "target", "target", "weights"),
+        Readout("source", "target", "source", per_example_rows=True),
+        Readout("target", "target", "target", per_example_rows=True),
     )
     return TokenLayout(segments, readouts, {"source": rows, "target": rows})
 
@@ -111,11 +112,12 @@ def _torch_seq2seq_check(model: nn.Module, inputs: Any) -> None:
 
 
 def _seq2seq_sites(
-    cls: str, probs: int, cross: str, graph_base: bool = False
+    cls: str, item: int, cross: str, graph_base: bool = False
 ) -> tuple[AttentionSite, ...]:
     """Cross-attention (module names with the part ``cross``; first, as Marian/BART's
     ``encoder_attn`` also contains ``encoder``), source and causal target sites of an
-    encoder-decoder whose attention is ``cls``."""
+    encoder-decoder whose attention is ``cls``, returning its probabilities as output ``item``."""
+    probs = OutputItem(item)
     return (
         AttentionSite(
             cls,
@@ -136,13 +138,13 @@ def _seq2seq_sites(
 
 
 def _hf_seq2seq_adapter(
-    name: str, model_class: str, attention: str, probs: int, cross: str, family: str
+    name: str, model_class: str, attention: str, item: int, cross: str, family: str
 ) -> Adapter:
     """A Hugging Face encoder-decoder LM: the families differ only in these facts."""
     return Adapter(
         name=name,
         model_classes=(model_class,),
-        sites=_seq2seq_sites(attention, probs, cross),
+        sites=_seq2seq_sites(attention, item, cross),
         eager=hf_eager,
         call=lambda model, inputs: model(**inputs, use_cache=False),
         logits=lambda out: out.logits,

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..capture import ChildOutput
 from ..layout import Readout, Segment, TokenLayout
 from ..targets import Target, class_target
 from .base import (
@@ -85,8 +86,8 @@ ADAPTER = Adapter(
         "Beit",
     ),  # also VisionTransformerDistilled (DeiT), reg-token ViTs
     sites=(
-        AttentionSite("Attention", probs="attn_drop"),
-        AttentionSite("EvaAttention", probs="attn_drop"),
+        AttentionSite("Attention", ChildOutput("attn_drop")),
+        AttentionSite("EvaAttention", ChildOutput("attn_drop")),
     ),
     eager=timm_eager,
     call=lambda model, images: model(images),

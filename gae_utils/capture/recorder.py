@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..records import LayerRecord, last_of_each_pair
+from ..layers import LayerRecord, last_of_each_pair
 from ..rules import head_average
 from .sites import (
     AttentionCaptureError,
@@ -116,21 +116,20 @@ class AttentionRecorder:
                 raise AttentionCaptureError(
                     f"{type(self.model).__name__} matched adapter {self.adapter.name!r} but has no "
                     f"module of class {[s.module_class for s in sites]}; the adapter's sites do "
-                    "not "
-                    "describe this model. Register an adapter whose sites name its attention "
+                    "not describe this model. Register an adapter whose sites name its attention "
                     "modules."
                 )
             self.num_modules = sum(len(site.calls) if site.calls else 1 for _, _, site in modules)
             self._hooked = [name for name, _, _ in modules]
             self._undo.enter_context(self.adapter.eager(self.model))
-            if any(isinstance(site.reader, FromInterface) for _, _, site in modules):
+            if any(isinstance(site.probs, FromInterface) for _, _, site in modules):
                 keep = lambda module, probs: self._interface.setdefault(module, []).append(probs)
                 self._undo.enter_context(interface_capture(self.model, keep))
             self._undo.enter_context(evaluating(self.model, self.eval_mode))
             for name, module, site in modules:
                 pre = module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True)
                 self._undo.callback(pre.remove)
-                reader = site.reader
+                reader = site.probs
                 hooked = (
                     module.get_submodule(reader.name) if isinstance(reader, ChildOutput) else module
                 )
@@ -169,7 +168,7 @@ class AttentionRecorder:
 
     def _capture_hook(self, name: str, site: AttentionSite) -> Callable[..., None]:
         """Forward hook reading the probabilities as the site's reader says."""
-        reader = site.reader
+        reader = site.probs
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             probs: Any
@@ -210,7 +209,7 @@ class AttentionRecorder:
             self._calls[name] = n + 1
             query, key = site.calls[n % len(site.calls)]
             kind = "self" if query == key else "cross"
-            group = f"{name}#{n // len(site.calls)}" if group == "module" else group
+            group = f"{name}#{n // len(site.calls)}" if site.group_per_cycle else group
         record = LayerRecord(name, kind, query, key, group, probs.detach().mean(dim=1))
         self.records.append(record)
         if not probs.requires_grad:
@@ -273,9 +272,8 @@ class AttentionRecorder:
             if scores.shape[0] != batch:
                 raise AttentionCaptureError(  # e.g. Swin: one map per window, not per example
                     f"scores have {scores.shape[0]} rows but the attention maps a batch of "
-                    f"{batch}: "
-                    "the model attends within windows or per image, which the adapter's token "
-                    "layout does not describe"
+                    f"{batch}: the model attends within windows or per image, which the adapter's "
+                    "token layout does not describe"
                 )
             keep = set(last_of_each_pair([c.record for c in lives]))
             keep = set(range(len(lives))) if self.keep_heads else keep

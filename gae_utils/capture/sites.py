@@ -64,10 +64,8 @@ class AttentionSite:
 
     Attributes:
         module_class: class name of the attention module (matched on the class and its bases).
-        probs: how to read the probabilities ``(B, H, Nq, Nk)``, a :data:`ProbsReader`. For brevity
-            the constructor also takes a child's name (``"attn_drop"``: :class:`ChildOutput`), an
-            index into the output tuple (:class:`OutputItem`) or a function ``(module, output)``
-            (:class:`ReadWith`); the field always holds the reader.
+        probs: how to read the probabilities ``(B, H, Nq, Nk)``: :class:`ChildOutput`,
+            :class:`OutputItem`, :class:`ReadWith` or :class:`FromInterface`.
         kind: ``"self"`` or ``"cross"``.
         query: modality of the queries (the rows).
         key: modality of the keys (the columns).
@@ -75,14 +73,15 @@ class AttentionSite:
             (co-attention).
         within: only modules whose qualified name has this component (e.g. ``"vision_model"``).
         calls: the ``(query, key)`` of successive calls of a module run several times per forward
-            pass (LXMERT's text->image, then image->text); ``group="module"`` makes each cycle one
-            co-attention update.
+            pass (LXMERT's text->image, then image->text).
         graph_base: the returned probabilities are a view made after the module used them
             (``torch.nn.MultiheadAttention``); gradients are taken at the view's base.
+        group_per_cycle: each cycle of ``calls`` is one co-attention group of its own (``group``
+            must then be None).
     """
 
     module_class: str
-    probs: ProbsReader | str | int | Callable[[nn.Module, Any], Tensor | None]
+    probs: ProbsReader
     kind: str = "self"
     query: str = "image"
     key: str = "image"
@@ -90,21 +89,19 @@ class AttentionSite:
     within: str | None = None
     calls: tuple[tuple[str, str], ...] | None = None
     graph_base: bool = False
+    group_per_cycle: bool = False
 
     def __post_init__(self) -> None:
-        probs = self.probs
-        if isinstance(probs, str):
-            probs = ChildOutput(probs)
-        elif isinstance(probs, int):
-            probs = OutputItem(probs)
-        elif not isinstance(probs, (ChildOutput, OutputItem, ReadWith, FromInterface)):
-            probs = ReadWith(probs)
-        object.__setattr__(self, "probs", probs)
-
-    @property
-    def reader(self) -> ProbsReader:
-        """The probabilities' reader (``probs``, typed)."""
-        return self.probs  # type: ignore[return-value]  # normalised in __post_init__
+        if not isinstance(self.probs, ProbsReader):
+            raise TypeError(
+                f"AttentionSite({self.module_class!r}) got probs={self.probs!r}; pass a reader: "
+                "ChildOutput('attn_drop'), OutputItem(1), ReadWith(fn) or FromInterface()."
+            )
+        if self.group_per_cycle and (self.calls is None or self.group is not None):
+            raise ValueError(
+                f"AttentionSite({self.module_class!r}) has group_per_cycle=True, which groups the "
+                "cycles of `calls`; give it calls=((query, key), ...) and no group."
+            )
 
 
 def attention_modules(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gae_utils.records import LayerRecord
+from gae_utils.layers import LayerRecord
 
 __all__ = ["attention_flow", "flow_grid", "residual_attention"]
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gae_utils.maps import normalize_maps, upsample_maps
+from gae_utils.heatmaps import normalize_maps, upsample_maps
 
 __all__ = [
     "PERTURBATION_STEPS",

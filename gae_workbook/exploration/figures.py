@@ -26,7 +26,7 @@ from matplotlib.colors import Normalize, PowerNorm  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gae_utils.maps import normalize_maps
+from gae_utils.heatmaps import normalize_maps
 from gae_utils.methods import method_label
 from gae_utils.plotting import HEATMAP_CMAP, PANEL, display_images, overlay, to_numpy_image
 

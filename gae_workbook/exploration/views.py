@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from gae_utils.explainer import Recording, record
 from gae_utils.explanation import Explanation
+from gae_utils.heatmaps import grid_heatmap
 from gae_utils.layout import TokenLayout
-from gae_utils.maps import grid_heatmap
 from gae_utils.propagation import layer_steps
 from gae_utils.rules import head_relevance
 from gae_utils.targets import PairSimilarity
+from shapesworld.inputs import REGION_GRID
 from shapesworld.targets import cxcywh_to_xyxy
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "explore_record",
     "explore_detr",
     "row_heatmap",
+    "region_heatmap",
     "readout_grid",
     "layer_matrix",
     "shown_matrix",
@@ -71,6 +73,12 @@ def row_heatmap(layout: TokenLayout, matrix: Tensor, size: tuple[int, int] | Non
     readout = layout.readouts[0]
     row = layout.read({(readout.rows_of, readout.columns_of): matrix[None]})[readout.name][0]  # (n_content,)
     return grid_heatmap(row.float(), layout.segment(readout.columns_of).grid, size)  # (H, W)
+
+
+def region_heatmap(relevance: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """shapes-vqa's region relevance ``(..., G*G)`` as images ``(..., H, W)``: bilinearly upsampled
+    from the region grid, min-max normalised per map."""
+    return grid_heatmap(relevance.float(), (REGION_GRID, REGION_GRID), size)  # (..., H, W)
 
 
 def readout_grid(layout: TokenLayout, matrix: Tensor) -> Tensor:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from gae_utils.dual import explain_dual
 from gae_utils.explainer import Recording
 from gae_utils.generation import record_generation
-from gae_utils.maps import normalize_maps
+from gae_utils.heatmaps import normalize_maps
 from gae_utils.methods import method_label, method_names
 from gae_utils.plotting import to_numpy_image
 from gae_utils.rules import head_relevance

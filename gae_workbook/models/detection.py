@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gae_utils.adapters.hf_detr import detr_class_probabilities
 from gae_utils.capture import evaluating
-from gae_utils.maps import grid_heatmap
+from gae_utils.heatmaps import grid_heatmap
 from shapesworld.inputs import detr_pixels
 from shapesworld.scenes import Scene, ShapesWorld
 from shapesworld.targets import cxcywh_to_xyxy

@@ -46,10 +46,9 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     leading = maps.shape[:-2]
     h, w = maps.shape[-2:]
     flat = maps.reshape(-1, 1, h, w)  # (B, 1, h, w)
-    up = F.interpolate(
-        flat, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False
-    )  # (B, 1, H, W)
-    return up.reshape(*leading, int(size[0]), int(size[1]))  # (..., H, W)
+    size = (int(size[0]), int(size[1]))
+    up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
+    return up.reshape(*leading, *size)  # (..., H, W)
 
 
 def grid_heatmap(
