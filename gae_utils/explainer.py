@@ -75,7 +75,9 @@ class Recording:
         elif method == "gae":
             like = attn_bar_of(self.layers[-1])
             relevance = self.layout.read_rows(
-                lambda _, rows: propagate_rows(self.layers, rows, start_layer), like
+                lambda _, rows: propagate_rows(self.layers, rows, start_layer),
+                like,
+                across=self.layers[-1].windows is not None,  # Swin: last stage -> first stage
             )
             full = {}
         else:
@@ -224,6 +226,9 @@ def record(
             selection = target.select(model, inputs, output, logits, layout)
             rec.differentiate(selection.parts())
         layers = rec.complete_records()
+    if adapter.windows is not None:  # windows folded into the batch: per-window maps per example
+        stages = adapter.windows(model, inputs)  # one (grid, (nW, Nw) index) per layer
+        layers = [layer.with_windows(idx, grid) for layer, (grid, idx) in zip(layers, stages)]
     _check_token_counts(layers, selection.layout)
     return Recording(
         layers=layers,

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .layers import LayerRecord, last_of_each_pair
 from .layout import TokenLayout
-from .propagation import Maps, check_start_layer, propagate
+from .propagation import Maps, attn_bar_of, check_start_layer, propagate, propagate_windowed
 from .rules import gradcam_row, rollout_step
 
 __all__ = ["Method", "METHODS", "method_names", "check_method", "compute_maps", "method_label"]
@@ -102,6 +102,33 @@ def _attn_gradcam(layers: Sequence[LayerRecord], layout: TokenLayout, start_laye
     return maps
 
 
+def _windowed(method: str, layers: Sequence[LayerRecord], start_layer: int) -> Tensor:
+    """``(B, K, N_S, N_0)`` of ``method`` for a windowed, hierarchical model (Swin): every method
+    scatters its per-window maps and merges patches as GAE does (docs/rules.md)."""
+    last = layers[-1]
+    k = attn_bar_of(last).shape[1]
+    kept: list[Tensor | None] = [None] * len(layers)
+    mean = [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1, -1) for layer in layers]
+    if method in ("gae", "gae_no_norm"):  # no cross-attention: Eq. 8-9 never apply
+        kept[start_layer:] = [attn_bar_of(layer) for layer in layers[start_layer:]]
+    elif method == "gae_last_layer":
+        kept[-1] = attn_bar_of(last)
+    elif method == "rollout":
+        kept[start_layer:] = [rollout_step(m) for m in mean[start_layer:]]
+    elif method == "raw_attention":
+        kept[-1] = mean[-1]
+    elif method == "attn_gradcam":
+        if last.attn is None or last.grad is None:
+            raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}")
+        attn = last.attn.unsqueeze(1).transpose(-2, -3)  # (B, 1, nW, Nw, H, Nw): rows first
+        cam = gradcam_row(attn, last.grad.transpose(-2, -3))  # (B, K, nW, Nw, Nw)
+        kept[-1] = cam
+    else:
+        raise ValueError(f"method {method!r} has no rule for windowed attention (Swin)")
+    residual = method in ("gae", "gae_no_norm", "gae_last_layer")
+    return propagate_windowed(layers, kept, residual=residual)
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the comparison set.
@@ -172,6 +199,9 @@ def compute_maps(
         raise ValueError("no attention layers were recorded")
     check_start_layer(start_layer, len(layers))
     spec = METHODS[method]
+    if layers[0].windows is not None:  # Swin: the last stage's rows over the first stage's grid
+        rows, cols = layout.readouts[0].rows_of, layout.readouts[0].columns_of
+        return {(rows, cols): _windowed(method, layers, start_layer)}
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
     engine = {s.modality: s.engine_modality for s in layout.segments}
     needed = [(engine[r.rows_of], engine[r.columns_of]) for r in layout.readouts]

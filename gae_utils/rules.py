@@ -20,6 +20,10 @@ __all__ = [
     "cross_attention_update",
     "rollout_step",
     "gradcam_row",
+    "window_update",
+    "window_update_rows",
+    "patch_merge",
+    "patch_merge_rows",
 ]
 
 
@@ -150,3 +154,86 @@ def gradcam_row(attn_row: Tensor, grad_row: Tensor) -> Tensor:
     """
     weight = grad_row.mean(dim=-1, keepdim=True)  # (..., H, 1)
     return (weight * attn_row).mean(dim=-2).clamp(min=0)  # (..., N)
+
+
+def _windows_of(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``(..., N, D)`` gathered per window ``(..., nW, Nw, D)``; padding (index ``N``) is 0."""
+    padded = torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)  # (..., N+1, D)
+    return padded[..., index.flatten(), :].unflatten(-2, tuple(index.shape))  # (..., nW, Nw, D)
+
+
+def _scatter_windows(x: Tensor, index: Tensor, n: int) -> Tensor:
+    """Inverse of :func:`_windows_of`: ``(..., nW, Nw, D)`` -> ``(..., N, D)``, padding dropped."""
+    flat = x.flatten(-3, -2)  # (..., nW*Nw, D)
+    out = flat.new_zeros(*flat.shape[:-2], n + 1, flat.shape[-1])  # (..., N+1, D)
+    return out.index_copy(-2, index.flatten().to(x.device), flat)[..., :n, :]
+
+
+def window_update(
+    relevancy: Tensor, window_maps: Tensor, index: Tensor, residual: bool = True
+) -> Tensor:
+    """Eq. 6 for windowed self-attention (Swin, method.md): ``R <- R + Abar R`` with ``Abar``
+    block-diagonal over the windows, one product per window (no dense ``(N, N)`` map).
+
+    Args:
+        relevancy: ``(..., N, N0)`` the stage's ``R``: its tokens (raster order) x input patches.
+        window_maps: ``(..., nW, Nw, Nw)`` each window's map (Eq. 5 ``Abar``, or rollout's step).
+        index: ``(nW, Nw)`` raster index of each window position in the stage's grid, the cyclic
+            shift and the partition undone; ``N`` marks a padding position.
+        residual: ``R + M R`` (Eq. 6); False: ``M R`` (rollout, raw attention, Grad-CAM).
+
+    Returns:
+        ``(..., N, N0)`` the map after the layer.
+    """
+    windows = _windows_of(relevancy, index)  # (..., nW, Nw, N0)
+    update = window_maps @ windows  # (..., nW, Nw, Nw) @ (..., nW, Nw, N0)
+    updated = _scatter_windows(update, index, relevancy.shape[-2])  # (..., N, N0)
+    return relevancy + updated if residual else updated
+
+
+def window_update_rows(row: Tensor, window_maps: Tensor, index: Tensor) -> Tensor:
+    """A row ``v^T`` of the map through one windowed layer, from the output side:
+    ``v <- v + v @ Abar`` (Eq. 6 transposed, block-diagonal ``Abar``).
+
+    Args:
+        row: ``(..., N)`` weights over the stage's tokens.
+        window_maps: ``(..., nW, Nw, Nw)`` each window's ``Abar``.
+        index: ``(nW, Nw)`` as in :func:`window_update`.
+    """
+    windows = _windows_of(row.unsqueeze(-1), index).transpose(-1, -2)  # (..., nW, 1, Nw)
+    update = (windows @ window_maps).transpose(-1, -2)  # (..., nW, Nw, 1)
+    return row + _scatter_windows(update, index, row.shape[-1]).squeeze(-1)  # (..., N)
+
+
+def patch_merge(relevancy: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:
+    """A 2x2 patch merge, ``R_{s+1} = P R_s``: each parent's row pools its four children's rows
+    (a grid of odd size is zero-padded, as the models pad their features).
+
+    Args:
+        relevancy: ``(..., h*w, N0)`` rows in raster order of ``grid = (h, w)``.
+        reduce: ``"mean"`` (``P`` has entries 1/4) or ``"sum"`` (entries 1).
+
+    Returns:
+        ``(..., ceil(h/2) * ceil(w/2), N0)``.
+    """
+    h, w = grid
+    rows = relevancy.unflatten(-2, (h, w)).movedim(-1, -3)  # (..., N0, h, w)
+    rows = torch.nn.functional.pad(rows, (0, w % 2, 0, h % 2))  # (..., N0, h', w')
+    rows = rows.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2))  # (..., N0, h'/2, 2, w'/2, 2)
+    pooled = rows.sum(dim=(-1, -3)) / (4.0 if reduce == "mean" else 1.0)  # (..., N0, h'/2, w'/2)
+    return pooled.flatten(-2).movedim(-2, -1)  # (..., h'/2 * w'/2, N0)
+
+
+def patch_merge_rows(row: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:
+    """A row through a merge from the output side, ``v_s^T = v_{s+1}^T P``: each child gets its
+    parent's weight (times 1/4 for the mean).
+
+    Args:
+        row: ``(..., ceil(h/2) * ceil(w/2))`` weights over the parents.
+        grid: ``(h, w)`` the children's grid.
+    """
+    h, w = grid
+    parents = row.unflatten(-1, ((h + 1) // 2, (w + 1) // 2))  # (..., h'/2, w'/2)
+    children = parents.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (..., h', w')
+    scale = 0.25 if reduce == "mean" else 1.0
+    return (children[..., :h, :w] * scale).flatten(-2)  # (..., h*w)

@@ -21,6 +21,7 @@ from . import (
     hf_vlm,
     openclip,
     seq2seq,
+    swin,
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
@@ -39,6 +40,8 @@ __all__ = [
 
 ADAPTERS: list[Adapter] = [
     timm_vit.ADAPTER,
+    swin.TIMM_SWIN,
+    swin.HF_SWIN,
     hf_text.BERT_ENCODER,
     hf_clip.CLIP,
     openclip.OPEN_CLIP,

@@ -98,14 +98,15 @@ def _names(model: nn.Module) -> set[str]:
 
 
 def windowed_reason(model: nn.Module) -> str | None:
-    """Why a hierarchical windowed-attention model (Swin, timm or Hugging Face) is refused."""
+    """Why a windowed-attention model no adapter serves (HF Swinv2, a headless SwinModel, ...) is
+    refused: what is missing and which Swin classes are explained."""
     if not any(n.startswith("Swin") or "WindowAttention" in n for n in _names(model)):
         return None
     return (
         f"{type(model).__name__} is a hierarchical vision transformer with attention within "
-        "windows (Swin): windows shift between layers and stages merge patches, so no layer has "
-        "one token-by-token map of the image for GAE to propagate; not supported yet. Use a ViT, "
-        "DeiT, BEiT or Dinov2 (served), or a Grad-CAM-style method on its last stage."
+        "windows, but no adapter gives its per-window attention maps and window layout; explained "
+        "are timm SwinTransformer/SwinTransformerV2 and Hugging Face SwinForImageClassification "
+        "(docs/models.md): load it as one of those, or register an adapter with windows=."
     )
 
 

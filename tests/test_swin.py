@@ -1,0 +1,272 @@
+"""Hierarchical windowed vision transformers (Swin, issue 19): GAE with shifted windows and patch
+merges, checked against a reference written out here with plain loops and dense matrices from
+attention maps and gradients captured by hooks of this file (not the library's recorder)."""
+
+import pytest
+import torch
+
+import gae_utils as gu
+from gae_utils.methods import METHODS
+from gae_utils.propagation import propagate_windowed
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+TARGETS = torch.tensor([[0, 2], [1, 0]])  # (B, K): two targets for each of two images
+
+
+def tiny_timm_swin(seed=0, version=1):
+    """16 x 16 patches, 4 x 4 windows: stage 0 has 16 windows, stage 1 (8 x 8) has 4; the second
+    block of each stage is shifted."""
+    torch.manual_seed(seed)
+    name = "swin_tiny_patch4_window7_224" if version == 1 else "swinv2_tiny_window8_256"
+    return timm.create_model(
+        name, pretrained=False, num_classes=3, embed_dim=8, depths=(2, 2), num_heads=(1, 2), img_size=64, window_size=4
+    ).eval()
+
+
+def tiny_hf_swin(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.SwinConfig(
+        image_size=32,
+        patch_size=2,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=4,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    return transformers.SwinForImageClassification(config).eval()
+
+
+def images(size, n=2, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the independent reference ----------------------------------------------------------------------
+
+
+def _stage_layers(model):
+    """(grid side, window, shift, stage) of each attention layer, read from the model's blocks."""
+    out = []
+    blocks = [m for m in model.modules() if type(m).__name__ in ("SwinTransformerBlock", "SwinTransformerV2Block", "SwinLayer")]
+    for block in blocks:
+        side = block.input_resolution[0]
+        window = block.window_size[0] if isinstance(block.window_size, tuple) else block.window_size
+        shift = block.shift_size[0] if isinstance(block.shift_size, tuple) else block.shift_size
+        out.append((side, window, shift))
+    return out
+
+
+def _captured_maps(model, x, kind):
+    """Per layer, the probabilities (B*nW, H, Nw, Nw) and, per target column, their gradient."""
+    probs = []
+    if kind == "timm":
+        for m in model.modules():
+            if type(m).__name__ == "WindowAttention":
+                m.fused_attn = False
+                m.attn_drop.register_forward_hook(lambda mod, inp, out: probs.append(out))
+        logits = model(x)
+    else:  # eager SwinAttention returns the probabilities it multiplied the values with
+        for m in model.modules():
+            if type(m).__name__ == "SwinAttention":
+                m.register_forward_hook(lambda mod, inp, out: probs.append(out[1]))
+        logits = model(pixel_values=x).logits
+    grads = []
+    for k in range(TARGETS.shape[1]):
+        score = logits.gather(1, TARGETS[:, k : k + 1]).sum()
+        grads.append(torch.autograd.grad(score, probs, retain_graph=True))
+    return [p.detach() for p in probs], grads
+
+
+def _block_diagonal(maps, side, window, shift):
+    """Dense (N, N) map of one example from its windows' (nW, Nw, Nw) maps: window (a, c),
+    position (p, q) sits at shifted coordinate (a*window + p, c*window + q) of the rolled grid,
+    i.e. at token ((r + shift) % side, (c + shift) % side) of the stage."""
+    n = side * side
+    dense = torch.zeros(n, n, dtype=torch.float64)
+    per_row = side // window
+    for w in range(maps.shape[0]):
+        a, c = divmod(w, per_row)
+        tokens = []
+        for p in range(window):
+            for q in range(window):
+                r, col = a * window + p, c * window + q
+                tokens.append(((r + shift) % side) * side + (col + shift) % side)
+        for i, ti in enumerate(tokens):
+            for j, tj in enumerate(tokens):
+                dense[ti, tj] = maps[w, i, j]
+    return dense
+
+
+def _merge(side, reduce="mean"):
+    """Dense P of a 2x2 merge: (side/2)^2 x side^2, each parent pools its four children."""
+    half = side // 2
+    merge = torch.zeros(half * half, side * side, dtype=torch.float64)
+    for i in range(side):
+        for j in range(side):
+            merge[(i // 2) * half + j // 2, i * side + j] = 0.25 if reduce == "mean" else 1.0
+    return merge
+
+
+def reference(model, x, kind, method="gae"):
+    """(B, K, N_0): per example and target, R over the stages with dense matrices, read as the
+    mean of the last stage's rows."""
+    probs, grads = _captured_maps(model, x, kind)
+    layers = _stage_layers(model)
+    batch, k_targets = TARGETS.shape
+    out = torch.zeros(batch, k_targets, layers[0][0] ** 2, dtype=torch.float64)
+    for b in range(batch):
+        for k in range(k_targets):
+            relevance, side = torch.eye(layers[0][0] ** 2, dtype=torch.float64), layers[0][0]
+            for n, (stage_side, window, shift) in enumerate(layers):
+                while side != stage_side:
+                    relevance, side = _merge(side) @ relevance, side // 2
+                n_windows = (side // window) ** 2
+                attn = probs[n][b * n_windows : (b + 1) * n_windows].double()  # (nW, H, Nw, Nw)
+                grad = grads[k][n][b * n_windows : (b + 1) * n_windows].double()
+                if method == "gae":
+                    bar = (grad * attn).clamp(min=0).mean(dim=1)  # Eq. 5, per window
+                    relevance = relevance + _block_diagonal(bar, side, window, shift) @ relevance
+                elif method == "rollout":
+                    eye = torch.eye(attn.shape[-1], dtype=torch.float64)
+                    step = 0.5 * attn.mean(dim=1) + 0.5 * eye
+                    step = step / step.sum(dim=-1, keepdim=True)
+                    relevance = _block_diagonal(step, side, window, shift) @ relevance
+                elif method == "raw_attention" and n == len(layers) - 1:
+                    relevance = _block_diagonal(attn.mean(dim=1), side, window, shift) @ relevance
+            out[b, k] = relevance.mean(dim=0)
+    return out
+
+
+# --- conformance ------------------------------------------------------------------------------------
+
+CASES = [("timm", tiny_timm_swin, 64), ("hf", tiny_hf_swin, 32)]
+
+
+@pytest.mark.parametrize("kind, build, size", CASES)
+@pytest.mark.parametrize("method", ["gae", "rollout", "raw_attention"])
+def test_methods_match_the_independent_per_window_reference(kind, build, size, method):
+    x = images(size)
+    model = build()
+    exp = gu.explain(model, x, target=TARGETS, method=method)
+    want = reference(build(), x, kind, method)
+    assert exp.relevance["image"].shape == want.shape == (2, 2, (size // {"timm": 4, "hf": 2}[kind]) ** 2)
+    torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_reference_sees_shifts_several_windows_and_a_merge():
+    """The tiny models have what the rule must handle: more than one window per stage, shifted
+    layers in each stage, and a merge (otherwise the conformance above would prove less)."""
+    for model in (tiny_timm_swin(), tiny_hf_swin()):
+        layers = _stage_layers(model)
+        assert all((side // window) ** 2 > 1 for side, window, _ in layers)
+        assert [shift > 0 for _, _, shift in layers] == [False, True, False, True]
+        assert layers[0][0] == 2 * layers[-1][0]
+
+
+@pytest.mark.parametrize("kind, build, size", CASES)
+def test_rows_without_maps_equal_the_maps_rows_and_every_method_runs(kind, build, size):
+    model, x = build(), images(size)
+    full = gu.explain(model, x, target=TARGETS)
+    rows = gu.explain(model, x, target=TARGETS, maps=False)
+    torch.testing.assert_close(rows.relevance["image"], full.relevance["image"], atol=1e-6, rtol=1e-5)
+    assert full.maps[("last_stage", "image")].shape == (2, 2, 8 * 8, 16 * 16)  # last stage x first
+    for method in METHODS:
+        one = gu.explain(model, x, target=TARGETS, method=method).relevance["image"]
+        assert one.shape == full.relevance["image"].shape and torch.isfinite(one).all() and one.abs().sum() > 0
+
+
+def test_one_target_per_example_and_a_batch_of_one_read_the_same_rows():
+    model, x = tiny_timm_swin(), images(64, n=3)
+    batch = gu.explain(model, x, target=torch.tensor([0, 1, 2]))
+    assert batch.relevance["image"].shape == (3, 256)
+    for b in range(3):
+        alone = gu.explain(model, x[b : b + 1], target=b)
+        torch.testing.assert_close(alone.relevance["image"][0], batch.relevance["image"][b], atol=1e-6, rtol=1e-5)
+    two = gu.explain(model, x, target=torch.tensor([[0, 1]] * 3))
+    torch.testing.assert_close(two.relevance["image"][:, 0], gu.explain(model, x, target=0).relevance["image"])
+
+
+def test_swinv2_of_timm_is_captured_the_same_way():
+    model, x = tiny_timm_swin(version=2), images(64)
+    exp = gu.explain(model, x, target=TARGETS)
+    torch.testing.assert_close(exp.relevance["image"].double(), reference(tiny_timm_swin(version=2), x, "timm"), atol=1e-5, rtol=1e-5)
+
+
+def test_merge_by_sum_scales_the_map_by_four_per_merge():
+    """Every step is a left product (Eq. 6: (I + Abar) R; merges: P R), so the sum pooling gives
+    the mean's R times 4 per merge: the normalised maps are the same."""
+    model, x = tiny_timm_swin(), images(64)
+    rec = gu.record(model, x, target=TARGETS)
+    bars = [layer.attn_bar for layer in rec.layers]
+    mean = propagate_windowed(rec.layers, bars, reduce="mean")
+    total = propagate_windowed(rec.layers, bars, reduce="sum")
+    torch.testing.assert_close(total, 4 * mean)  # one merge
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        propagate_windowed(rec.layers, bars, reduce="max")
+
+
+# --- window layout, the model unchanged, the map's grid -----------------------------------------------
+
+
+@pytest.mark.parametrize("grid, window, shift", [((8, 8), 4, 2), ((6, 10), 4, 2), ((7, 5), 3, 1)])
+def test_window_index_undoes_the_models_shift_partition_and_padding(grid, window, shift):
+    """Our index against the models' own roll + pad + window_partition of a grid of token ids."""
+    from timm.models.swin_transformer import window_partition as timm_partition
+    from transformers.models.swin.modeling_swin import window_partition as hf_partition
+
+    from gae_utils.adapters.swin import window_index
+
+    h, w = grid
+    ids = torch.arange(h * w, dtype=torch.float32).view(1, h, w, 1) + 1  # 0: padding
+    pad = (0, 0, 0, (-w) % window, 0, (-h) % window)
+    rolled = torch.nn.functional.pad(torch.roll(ids, (-shift, -shift), (1, 2)), pad)  # timm: roll, pad
+    want = timm_partition(rolled, (window, window)).reshape(-1, window * window).long() - 1
+    got = window_index(grid, (window, window), (shift, shift))
+    assert torch.equal(got, want.where(want >= 0, h * w))
+    padded = torch.roll(torch.nn.functional.pad(ids, pad), (-shift, -shift), (1, 2))  # HF: pad, roll
+    want = hf_partition(padded, window).reshape(-1, window * window).long() - 1
+    got = window_index(grid, (window, window), (shift, shift), pad_first=True)
+    assert torch.equal(got, want.where(want >= 0, h * w))
+
+
+def _state(model):
+    flags = [(n, getattr(m, "fused_attn", None)) for n, m in model.named_modules()]
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, m.training) for n, m in model.named_modules()],
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        flags,
+        getattr(getattr(model, "config", None), "_attn_implementation", None),
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
+    )
+
+
+@pytest.mark.parametrize("kind, build, size", CASES)
+def test_model_unchanged_after_explaining(kind, build, size):
+    model = build()
+    if kind == "timm":
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = True  # the fused path, switched off only for the call
+    else:
+        model.set_attn_implementation("sdpa")
+    model.train()
+    model.layers[0].requires_grad_(False) if kind == "timm" else model.swin.embeddings.requires_grad_(False)
+    before = _state(model)
+    for method in ("gae", "attn_gradcam"):
+        gu.explain(model, images(size), target=TARGETS, method=method)
+        after = _state(model)
+        assert after[1:] == before[1:]
+        assert all(torch.equal(after[0][k], v) for k, v in before[0].items())
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_swin_t_at_224_maps_onto_the_56_by_56_first_stage_grid():
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4).eval()
+    exp = gu.explain(model, images(224, n=1), target=1, maps=False)
+    assert exp.relevance["image"].shape == (1, 56 * 56)
+    assert exp.heatmap().shape == (1, 56, 56)
+    assert exp.heatmap(size=224).shape == (1, 224, 224)
