@@ -48,9 +48,10 @@ def images(size, n=2, seed=1):
 
 
 def _stage_layers(model):
-    """(grid side, window, shift, stage) of each attention layer, read from the model's blocks."""
+    """(grid side, window, shift) of each attention layer, read from the model's blocks."""
     out = []
-    blocks = [m for m in model.modules() if type(m).__name__ in ("SwinTransformerBlock", "SwinTransformerV2Block", "SwinLayer")]
+    names = ("SwinTransformerBlock", "SwinTransformerV2Block", "SwinLayer")
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
     for block in blocks:
         side = block.input_resolution[0]
         window = block.window_size[0] if isinstance(block.window_size, tuple) else block.window_size
@@ -192,7 +193,8 @@ def test_one_target_per_example_and_a_batch_of_one_read_the_same_rows():
 def test_swinv2_of_timm_is_captured_the_same_way():
     model, x = tiny_timm_swin(version=2), images(64)
     exp = gu.explain(model, x, target=TARGETS)
-    torch.testing.assert_close(exp.relevance["image"].double(), reference(tiny_timm_swin(version=2), x, "timm"), atol=1e-5, rtol=1e-5)
+    want = reference(tiny_timm_swin(version=2), x, "timm")
+    torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_merge_by_sum_scales_the_map_by_four_per_merge():
