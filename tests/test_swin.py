@@ -272,3 +272,26 @@ def test_swin_t_at_224_maps_onto_the_56_by_56_first_stage_grid():
     assert exp.relevance["image"].shape == (1, 56 * 56)
     assert exp.heatmap().shape == (1, 56, 56)
     assert exp.heatmap(size=224).shape == (1, 224, 224)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "twins_pcpvt_small", "mvitv2_tiny", "swinv2_cr_tiny_224"])
+def test_other_timm_hierarchical_families_are_refused_naming_what_is_missing(name):
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    with pytest.raises(gu.UnsupportedModelError) as info:
+        gu.find_adapter(model)
+    message = str(info.value)
+    families = gu.adapters.images.HIERARCHICAL_FAMILIES
+    what = next(w for k, w in families.items() if type(model).__name__.startswith(k))
+    assert message.startswith(f"{type(model).__name__} is a hierarchical vision transformer with {what}, which")
+    assert "Swin rule (per-window maps, 2x2 merges) does not describe" in message
+    assert "SwinForImageClassification" in message and message.count("\n") == 0
+
+
+def test_pvt_keys_pooled_by_a_convolution_are_refused_when_explained():
+    model = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=3).eval()
+    with pytest.raises(gu.UnsupportedModelError, match="keys and values pooled by a strided convolution"):
+        gu.explain(model, images(64))

@@ -25,7 +25,7 @@ from . import (
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
-from .images import convolutional_reason, windowed_reason
+from .images import convolutional_reason, hierarchical_reason, windowed_reason
 
 __all__ = [
     "ADAPTERS",
@@ -114,7 +114,7 @@ def find_adapter(model: nn.Module) -> Adapter:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
-    reason = windowed_reason(model) or convolutional_reason(model)
+    reason = hierarchical_reason(model) or windowed_reason(model) or convolutional_reason(model)
     if reason is not None:
         raise UnsupportedModelError(reason)
     raised = "".join(
