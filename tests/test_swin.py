@@ -295,3 +295,15 @@ def test_pvt_keys_pooled_by_a_convolution_are_refused_when_explained():
     model = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=3).eval()
     with pytest.raises(gu.UnsupportedModelError, match="keys and values pooled by a strided convolution"):
         gu.explain(model, images(64))
+
+
+def test_the_image_probe_reports_hierarchical_families_explained_with_parity_or_refused():
+    from gae_workbook.evaluation import probe
+
+    results = probe.probe(["swin", "swinv2", "pvt_v2", "timm:swin", "timm:pvt_v2", "vit"], "image", progress=False)
+    assert results["swin"] == ("ok", "hf-swin, image grid (16, 16)")  # explained with verify=True: parity
+    assert results["timm:swin"] == ("ok", "timm-swin, image grid (16, 16), parity with the stock model")
+    assert results["timm:pvt_v2"][0] == "refused" and "keys and values pooled by a strided" in results["timm:pvt_v2"][1]
+    assert results["pvt_v2"][0] == "not routed" and "keys and values pooled" in results["pvt_v2"][1]
+    assert results["swinv2"][0] == "not routed" and "no adapter gives its per-window" in results["swinv2"][1]
+    assert "timm:swinv2" not in results  # only the families asked for
