@@ -16,10 +16,8 @@ from torch import Tensor
 from .layers import LayerRecord
 from .rules import (
     cross_attention_update,
-    patch_merge,
     patch_merge_rows,
     self_attention_update,
-    window_update,
     window_update_rows,
 )
 
@@ -221,48 +219,50 @@ def propagate_windowed(
     window_maps: Sequence[Tensor | None],
     residual: bool = True,
     reduce: str = MERGE_REDUCE,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """``R`` of a hierarchical windowed transformer (Swin; method.md): ``R_0 = I`` over the first
-    stage's tokens, each layer's per-window map applied block-diagonally (Eq. 6,
-    :func:`~gae_utils.rules.window_update`), a 2x2 patch merge ``R_{s+1} = P R_s`` wherever the
-    stage grid halves (:func:`~gae_utils.rules.patch_merge`).
+    """``R_S`` of a hierarchical windowed transformer (Swin; method.md), or rows of it.
+
+    ``R_0 = I`` over the first stage's tokens; each layer's per-window map applies block-diagonally
+    (Eq. 6, ``R_s <- R_s + Abar R_s``); a 2x2 patch merge wherever the stage grid halves,
+    ``R_{s+1} = P R_s``. The product ``R_S = (I + Abar_L) ... P ... (I + Abar_1)`` is evaluated
+    from the output side, ``V <- V + V Abar`` and ``V <- V P``
+    (:func:`~gae_utils.rules.window_update_rows`, :func:`~gae_utils.rules.patch_merge_rows`),
+    starting from ``V = I`` (``N_S`` rows: all of ``R_S``) or the explained rows: the same
+    matrix, with ``N_S`` rows per product instead of ``N_s`` (64 times fewer for Swin-T's first
+    stage).
 
     Args:
         layers: windowed records (``LayerRecord.windows``) in forward order.
         window_maps: per layer ``(B, K, nW, Nw, Nw)``, or None to skip the layer (identity).
         residual: ``R + M R`` (GAE) or ``M R`` (rollout, raw attention, Grad-CAM).
         reduce: ``"mean"`` or ``"sum"`` over each parent's four children.
+        rows: ``(B, K, M, N_S)`` rows to carry; default the identity, giving ``R_S``.
 
     Returns:
-        ``(B, K, N_S, N_0)``: the last stage's tokens x the first stage's tokens.
+        ``(B, K, M, N_0)``; ``(B, K, N_S, N_0)`` by default: the last stage's tokens x the first
+        stage's.
     """
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce={reduce!r}: a patch merge pools with 'mean' or 'sum'")
-    like = next(m for m in window_maps if m is not None)  # (B, K, nW, Nw, Nw)
-    grid = _grid(layers[0])
-    n0 = grid[0] * grid[1]
-    eye = torch.eye(n0, dtype=like.dtype, device=like.device)  # (N0, N0)
-    relevancy = eye.expand(*like.shape[:2], n0, n0)  # (B, K, N0, N0)
-    for layer, window_map in zip(layers, window_maps):
-        for merged in _merges(grid, _grid(layer)):
-            relevancy = patch_merge(relevancy, merged, reduce)  # (B, K, N_s / 4, N0)
+    grid = _grid(layers[-1])
+    if rows is None:
+        like = next(m for m in window_maps if m is not None)  # (B, K, nW, Nw, Nw)
+        eye = torch.eye(grid[0] * grid[1], dtype=like.dtype, device=like.device)  # (N_S, N_S)
+        rows = eye.expand(*like.shape[:2], -1, -1)  # (B, K, N_S, N_S)
+    for layer, window_map in zip(reversed(layers), reversed(window_maps)):
+        for merged in reversed(_merges(_grid(layer), grid)):
+            rows = patch_merge_rows(rows, merged, reduce)  # (B, K, M, 4 N_{s+1})
         grid = _grid(layer)
         if window_map is not None:
-            relevancy = window_update(relevancy, window_map, _stage(layer)[1], residual)
-    return relevancy
+            rows = window_update_rows(rows, window_map, _stage(layer)[1], residual)
+    return rows
 
 
 def _propagate_windowed_rows(
-    layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0, reduce: str = MERGE_REDUCE
+    layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0
 ) -> Tensor:
-    """Rows ``v^T R`` of :func:`propagate_windowed` (GAE) from the last stage to the first,
-    without ``R``: ``(B, K, N_S)`` -> ``(B, K, N_0)``."""
+    """GAE's explained rows ``(B, K, N_S) -> (B, K, N_0)`` (:func:`propagate_windowed`)."""
     check_start_layer(start_layer, len(layers))
-    row, grid = rows, _grid(layers[-1])
-    for i in reversed(range(len(layers))):
-        for merged in reversed(_merges(_grid(layers[i]), grid)):
-            row = patch_merge_rows(row, merged, reduce)  # (B, K, 4 N_s)
-        grid = _grid(layers[i])
-        if i >= start_layer:
-            row = window_update_rows(row, attn_bar_of(layers[i]), _stage(layers[i])[1])
-    return row
+    bars = [attn_bar_of(layer) if i >= start_layer else None for i, layer in enumerate(layers)]
+    return propagate_windowed(layers, bars, rows=rows.unsqueeze(-2)).squeeze(-2)

@@ -20,9 +20,7 @@ __all__ = [
     "cross_attention_update",
     "rollout_step",
     "gradcam_row",
-    "window_update",
     "window_update_rows",
-    "patch_merge",
     "patch_merge_rows",
 ]
 
@@ -169,68 +167,42 @@ def _scatter_windows(x: Tensor, index: Tensor, n: int) -> Tensor:
     return out.index_copy(-2, index.flatten().to(x.device), flat)[..., :n, :]
 
 
-def window_update(
-    relevancy: Tensor, window_maps: Tensor, index: Tensor, residual: bool = True
+def window_update_rows(
+    rows: Tensor, window_maps: Tensor, index: Tensor, residual: bool = True
 ) -> Tensor:
-    """Eq. 6 for windowed self-attention (Swin, method.md): ``R <- R + Abar R`` with ``Abar``
-    block-diagonal over the windows, one product per window (no dense ``(N, N)`` map).
+    """Rows ``V`` of a map through one windowed layer (Swin, method.md), from the output side:
+    ``V <- V + V Abar`` (Eq. 6, ``R <- R + Abar R``, read by its rows: ``V R`` after the layer is
+    ``(V + V Abar)`` times ``R`` before it), with ``Abar`` block-diagonal over the windows: one
+    product per window, no dense ``(N, N)`` map.
 
     Args:
-        relevancy: ``(..., N, N0)`` the stage's ``R``: its tokens (raster order) x input patches.
+        rows: ``(..., M, N)`` M row vectors over the stage's tokens (raster order of its grid).
         window_maps: ``(..., nW, Nw, Nw)`` each window's map (Eq. 5 ``Abar``, or rollout's step).
         index: ``(nW, Nw)`` raster index of each window position in the stage's grid, the cyclic
             shift and the partition undone; ``N`` marks a padding position.
-        residual: ``R + M R`` (Eq. 6); False: ``M R`` (rollout, raw attention, Grad-CAM).
+        residual: ``V + V M`` (Eq. 6); False: ``V M`` (rollout, raw attention, Grad-CAM).
 
     Returns:
-        ``(..., N, N0)`` the map after the layer.
+        ``(..., M, N)``.
     """
-    windows = _windows_of(relevancy, index)  # (..., nW, Nw, N0)
-    update = window_maps @ windows  # (..., nW, Nw, Nw) @ (..., nW, Nw, N0)
-    updated = _scatter_windows(update, index, relevancy.shape[-2])  # (..., N, N0)
-    return relevancy + updated if residual else updated
-
-
-def window_update_rows(row: Tensor, window_maps: Tensor, index: Tensor) -> Tensor:
-    """A row ``v^T`` of the map through one windowed layer, from the output side:
-    ``v <- v + v @ Abar`` (Eq. 6 transposed, block-diagonal ``Abar``).
-
-    Args:
-        row: ``(..., N)`` weights over the stage's tokens.
-        window_maps: ``(..., nW, Nw, Nw)`` each window's ``Abar``.
-        index: ``(nW, Nw)`` as in :func:`window_update`.
-    """
-    windows = _windows_of(row.unsqueeze(-1), index).transpose(-1, -2)  # (..., nW, 1, Nw)
-    update = (windows @ window_maps).transpose(-1, -2)  # (..., nW, Nw, 1)
-    return row + _scatter_windows(update, index, row.shape[-1]).squeeze(-1)  # (..., N)
-
-
-def patch_merge(relevancy: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:
-    """A 2x2 patch merge, ``R_{s+1} = P R_s``: each parent's row pools its four children's rows
-    (a grid of odd size is zero-padded, as the models pad their features).
-
-    Args:
-        relevancy: ``(..., h*w, N0)`` rows in raster order of ``grid = (h, w)``.
-        reduce: ``"mean"`` (``P`` has entries 1/4) or ``"sum"`` (entries 1).
-
-    Returns:
-        ``(..., ceil(h/2) * ceil(w/2), N0)``.
-    """
-    h, w = grid
-    rows = relevancy.unflatten(-2, (h, w)).movedim(-1, -3)  # (..., N0, h, w)
-    rows = torch.nn.functional.pad(rows, (0, w % 2, 0, h % 2))  # (..., N0, h', w')
-    rows = rows.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2))  # (..., N0, h'/2, 2, w'/2, 2)
-    pooled = rows.sum(dim=(-1, -3)) / (4.0 if reduce == "mean" else 1.0)  # (..., N0, h'/2, w'/2)
-    return pooled.flatten(-2).movedim(-2, -1)  # (..., h'/2 * w'/2, N0)
+    windows = _windows_of(rows.transpose(-1, -2), index)  # (..., nW, Nw, M): V^T per window
+    update = window_maps.transpose(-1, -2) @ windows  # (..., nW, Nw, Nw) @ (..., nW, Nw, M)
+    updated = _scatter_windows(update, index, rows.shape[-1]).transpose(-1, -2)  # (..., M, N)
+    return rows + updated if residual else updated
 
 
 def patch_merge_rows(row: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:
-    """A row through a merge from the output side, ``v_s^T = v_{s+1}^T P``: each child gets its
-    parent's weight (times 1/4 for the mean).
+    """Rows through a 2x2 patch merge ``R_{s+1} = P R_s`` from the output side, ``V_s = V_{s+1}
+    P``: each parent pools its four children's rows of ``R``, so each child gets its parent's
+    weight (``P``'s entries: 1/4 for ``"mean"``, 1 for ``"sum"``; an odd grid is zero-padded, as
+    the models pad their features).
 
     Args:
         row: ``(..., ceil(h/2) * ceil(w/2))`` weights over the parents.
         grid: ``(h, w)`` the children's grid.
+
+    Returns:
+        ``(..., h*w)``.
     """
     h, w = grid
     parents = row.unflatten(-1, ((h + 1) // 2, (w + 1) // 2))  # (..., h'/2, w'/2)

@@ -15,14 +15,33 @@ transformers = pytest.importorskip("transformers")
 TARGETS = torch.tensor([[0, 2], [1, 0]])  # (B, K): two targets for each of two images
 
 
+GAIN, SHARPNESS = 1e4, 10.0
+"""The heads' weights are scaled by GAIN and the query/key projections by SHARPNESS: at random
+initialisation dy/dA is so small that GAE's relevance lies within 1e-6 of uniform, and attention
+is so flat that rollout's does too; a 1e-5 comparison would not see them. Scaled, the maps vary by
+more than 5e-4 (checked in the conformance test)."""
+
+
+def _scaled(model, head):
+    with torch.no_grad():
+        head.weight.mul_(GAIN)
+        for name, module in model.named_modules():
+            if name.rpartition(".")[2] in ("qkv", "q_proj", "k_proj"):
+                module.weight.mul_(SHARPNESS)
+            if name.rpartition(".")[2] in ("norm1", "norm2") and not module.weight.any():
+                module.weight.fill_(1.0)  # Swin v2 zero-initialises its post-norms: no attention path
+    return model.eval()
+
+
 def tiny_timm_swin(seed=0, version=1):
     """16 x 16 patches, 4 x 4 windows: stage 0 has 16 windows, stage 1 (8 x 8) has 4; the second
     block of each stage is shifted."""
     torch.manual_seed(seed)
     name = "swin_tiny_patch4_window7_224" if version == 1 else "swinv2_tiny_window8_256"
-    return timm.create_model(
+    model = timm.create_model(
         name, pretrained=False, num_classes=3, embed_dim=8, depths=(2, 2), num_heads=(1, 2), img_size=64, window_size=4
-    ).eval()
+    )
+    return _scaled(model, model.head.fc)
 
 
 def tiny_hf_swin(seed=0):
@@ -37,7 +56,8 @@ def tiny_hf_swin(seed=0):
         num_labels=3,
         attn_implementation="eager",
     )
-    return transformers.SwinForImageClassification(config).eval()
+    model = transformers.SwinForImageClassification(config)
+    return _scaled(model, model.classifier)
 
 
 def images(size, n=2, seed=1):
@@ -137,6 +157,16 @@ def reference(model, x, kind, method="gae"):
                     relevance = _block_diagonal(step, side, window, shift) @ relevance
                 elif method == "raw_attention" and n == len(layers) - 1:
                     relevance = _block_diagonal(attn.mean(dim=1), side, window, shift) @ relevance
+                elif method == "gae_last_layer" and n == len(layers) - 1:
+                    bar = (grad * attn).clamp(min=0).mean(dim=1)
+                    relevance = relevance + _block_diagonal(bar, side, window, shift) @ relevance
+                elif method == "attn_gradcam" and n == len(layers) - 1:
+                    cam = torch.zeros(attn.shape[0], attn.shape[2], attn.shape[3], dtype=torch.float64)
+                    for w in range(attn.shape[0]):
+                        for i in range(attn.shape[2]):  # each query row: heads weighted by their mean gradient
+                            weight = grad[w, :, i, :].mean(dim=-1, keepdim=True)  # (H, 1)
+                            cam[w, i] = (weight * attn[w, :, i, :]).mean(dim=0).clamp(min=0)
+                    relevance = _block_diagonal(cam, side, window, shift) @ relevance
             out[b, k] = relevance.mean(dim=0)
     return out
 
@@ -147,12 +177,13 @@ CASES = [("timm", tiny_timm_swin, 64), ("hf", tiny_hf_swin, 32)]
 
 
 @pytest.mark.parametrize("kind, build, size", CASES)
-@pytest.mark.parametrize("method", ["gae", "rollout", "raw_attention"])
+@pytest.mark.parametrize("method", ["gae", "rollout", "raw_attention", "gae_last_layer", "attn_gradcam"])
 def test_methods_match_the_independent_per_window_reference(kind, build, size, method):
     x = images(size)
     model = build()
     exp = gu.explain(model, x, target=TARGETS, method=method)
     want = reference(build(), x, kind, method)
+    assert (want - want.mean(dim=-1, keepdim=True)).abs().max() > 5e-4  # 50x the tolerance
     assert exp.relevance["image"].shape == want.shape == (2, 2, (size // {"timm": 4, "hf": 2}[kind]) ** 2)
     torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
 
@@ -179,6 +210,18 @@ def test_rows_without_maps_equal_the_maps_rows_and_every_method_runs(kind, build
         assert one.shape == full.relevance["image"].shape and torch.isfinite(one).all() and one.abs().sum() > 0
 
 
+def test_start_layer_skips_the_first_layers_in_maps_and_rows():
+    model, x = tiny_timm_swin(), images(64)
+    full = gu.explain(model, x, target=TARGETS, start_layer=2)
+    rows = gu.explain(model, x, target=TARGETS, start_layer=2, maps=False)
+    torch.testing.assert_close(rows.relevance["image"], full.relevance["image"], atol=1e-6, rtol=1e-5)
+    rec = gu.record(model, x, target=TARGETS)
+    bars = [None, None] + [layer.attn_bar for layer in rec.layers[2:]]  # stage 0 skipped
+    want = propagate_windowed(rec.layers, bars).mean(dim=-2)
+    torch.testing.assert_close(full.relevance["image"], want)
+    assert not torch.equal(full.relevance["image"], gu.explain(model, x, target=TARGETS).relevance["image"])
+
+
 def test_one_target_per_example_and_a_batch_of_one_read_the_same_rows():
     model, x = tiny_timm_swin(), images(64, n=3)
     batch = gu.explain(model, x, target=torch.tensor([0, 1, 2]))
@@ -194,6 +237,7 @@ def test_swinv2_of_timm_is_captured_the_same_way():
     model, x = tiny_timm_swin(version=2), images(64)
     exp = gu.explain(model, x, target=TARGETS)
     want = reference(tiny_timm_swin(version=2), x, "timm")
+    assert (want - want.mean(dim=-1, keepdim=True)).abs().max() > 5e-4
     torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
 
 
