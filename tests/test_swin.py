@@ -351,3 +351,27 @@ def test_the_image_probe_reports_hierarchical_families_explained_with_parity_or_
     assert results["pvt_v2"][0] == "not routed" and "keys and values pooled" in results["pvt_v2"][1]
     assert results["swinv2"][0] == "not routed" and "no adapter gives its per-window" in results["swinv2"][1]
     assert "timm:swinv2" not in results  # only the families asked for
+
+
+def test_errors_of_the_swin_path_name_the_fix():
+    model = tiny_timm_swin()
+    rec = gu.record(model, images(64), target=0)
+    with pytest.raises(ValueError, match=r"attend within windows \(Swin\).*use propagate_windowed"):
+        rec.history()
+    with pytest.raises(ValueError, match=r"resize the images to \(64, 64\)"):
+        gu.explain(model, images(32))
+    with pytest.raises(ValueError, match=r"resize the images to \(32, 32\)"):
+        gu.explain(tiny_hf_swin(), images(64))
+    pooled = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=3,
+        embed_dim=8,
+        depths=(2,),
+        num_heads=(1,),
+        img_size=64,
+        window_size=4,
+        global_pool="max",
+    ).eval()
+    with pytest.raises(ValueError, match="global_pool='max'.*build the model with global_pool='avg'"):
+        gu.explain(pooled, images(64))
