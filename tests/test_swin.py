@@ -375,3 +375,12 @@ def test_errors_of_the_swin_path_name_the_fix():
     ).eval()
     with pytest.raises(ValueError, match="global_pool='max'.*build the model with global_pool='avg'"):
         gu.explain(pooled, images(64))
+
+
+def test_a_swin_explanation_plots_on_its_grid_and_round_trips(tmp_path):
+    model, x = tiny_timm_swin(), images(64)
+    exp = gu.explain(model, x, target=TARGETS)
+    fig = exp.plot(torch.rand(2, 3, 64, 64))  # the pictures, in [0, 1]
+    assert len(fig.axes) >= 4  # 2 images x 2 targets, and colour bars
+    exp.save(tmp_path / "swin")
+    assert gu.Explanation.load(tmp_path / "swin") == exp
