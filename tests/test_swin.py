@@ -384,3 +384,13 @@ def test_a_swin_explanation_plots_on_its_grid_and_round_trips(tmp_path):
     assert len(fig.axes) >= 4  # 2 images x 2 targets, and colour bars
     exp.save(tmp_path / "swin")
     assert gu.Explanation.load(tmp_path / "swin") == exp
+
+
+def test_the_benchmark_times_a_swin_without_the_vit_only_loop():
+    from gae_workbook.tools import bench
+
+    result = bench.run_benchmark("swin_tiny_patch4_window7_224", batch=1, repeats=1, memory=False)
+    assert set(result["ratios"]) == {
+        f"{k} / forward" for k in ("forward", "forward_fused", "floor", "gae", "gae_rows", "gae_k5")
+    }
+    assert all(v > 0 for v in result["seconds"].values())
