@@ -394,3 +394,13 @@ def test_the_benchmark_times_a_swin_without_the_vit_only_loop():
         f"{k} / forward" for k in ("forward", "forward_fused", "floor", "gae", "gae_rows", "gae_k5")
     }
     assert all(v > 0 for v in result["seconds"].values())
+
+
+def test_a_method_without_a_windowed_form_is_refused_by_name(monkeypatch):
+    from dataclasses import replace
+
+    from gae_utils import methods
+
+    monkeypatch.setitem(methods.METHODS, "rollout", replace(methods.METHODS["rollout"], windows=None))
+    with pytest.raises(ValueError, match="method 'rollout' has no windowed form .*use one of \\['gae'"):
+        gu.explain(tiny_timm_swin(), images(64), method="rollout")
