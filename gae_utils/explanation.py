@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Explanation", "same", "token_strings"]
 
+# the fields :meth:`Explanation.save` writes to safetensors (the layout: its weights); the others
+# go to JSON
+_TENSOR_FIELDS = ("relevance", "maps", "target", "scores", "layout", "token_ids", "token_mask")
+
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
     """One string per token id: ``tokenizer`` is a Hugging Face tokenizer
@@ -344,40 +348,24 @@ class Explanation:
 
         path = Path(path).with_suffix("")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()
+        groups = {
+            "relevance": self.relevance,
+            "maps": {f"{a}|{b}": v for (a, b), v in self.maps.items()},
+            "layout_weights": self.layout.weights,
+            "token_ids": self.token_ids,
+            "token_mask": self.token_mask,
         }
-        tensors.update(
-            {f"maps/{a}|{b}": v.detach().cpu().contiguous() for (a, b), v in self.maps.items()}
-        )
-        # readouts may share one weight tensor (DETR, VisualBERT); safetensors stores each name
-        # separately
-        tensors.update(
-            {
-                f"layout_weights/{k}": v.detach().cpu().clone()
-                for k, v in self.layout.weights.items()
-            }
-        )
-        tensors.update({f"token_ids/{k}": v.contiguous() for k, v in self.token_ids.items()})
-        tensors.update({f"token_mask/{k}": v.contiguous() for k, v in self.token_mask.items()})
+        # cloned: readouts may share one weight tensor (DETR, VisualBERT), which safetensors refuses
+        tensors = {
+            f"{group}/{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for group, named in groups.items()
+            for k, v in named.items()
+        }
         tensors["scores"] = self.scores.detach().cpu().contiguous()
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()
         save_file(tensors, str(path) + ".safetensors")
-        meta = {
-            key: getattr(self, key)
-            for key in (
-                "method",
-                "start_layer",
-                "model_name",
-                "multi_target",
-                "extra",
-                "tokens",
-                "target_tokens",
-                "labels",
-                "normalization",
-            )
-        }
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSOR_FIELDS}
         meta["layout"] = self.layout.to_dict()
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
 
@@ -405,6 +393,5 @@ class Explanation:
             layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],
-            **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens,
-            # labels, normalization
+            **meta,  # the fields not in _TENSOR_FIELDS
         )
