@@ -36,8 +36,7 @@ class Recording:
         layout: token layout of the inputs.
         logits: the adapter's reading of the output, detached (``(B, C)`` class logits,
             ``(B, T, V)`` next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for
-            encoders
-            without a head.
+            encoders without a head.
         output: the model's raw output (tensors detached).
         target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity
             targets).
@@ -175,8 +174,7 @@ def _check_token_counts(layers: list[LayerRecord], layout: TokenLayout) -> None:
             if modality in sizes and sizes[modality] != n:
                 raise AttentionCaptureError(
                     f"the adapter's layout expects {sizes[modality]} {modality} tokens but "
-                    "attention layer "
-                    f"{layer.name!r} has {n}"
+                    f"attention layer {layer.name!r} has {n}"
                 )
 
 
@@ -329,6 +327,5 @@ def _verify(
         raise AttentionCaptureError(
             f"the explained scores differ from the stock model's by {diff:.3g}: the eager path of "
             f"{type(model).__name__} does not reproduce its own attention path; the explanation "
-            "would describe "
-            "another computation."
+            "would describe another computation."
         )

@@ -27,11 +27,9 @@ def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     if adapter.task not in SERVES:
         raise ValueError(
             f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor "
-            "a causal LM; explain "
-            "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model "
-            "containing "
-            "torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention "
-            "interface."
+            "a causal LM; explain it with gae_utils.explain. Encoder-decoders: Hugging Face "
+            "Marian/BART/T5 or a model containing torch.nn.Transformer; causal LMs: Hugging Face "
+            "models routed through the attention interface."
         )
     return adapter
 
