@@ -159,13 +159,10 @@ class ClassTarget(Target):
             )
         if index.numel() and (index.min() < 0 or index.max() >= num_classes):
             bad = int(index.max() if index.max() >= num_classes else index.min())
-            has = (
-                f"the model has {num_classes} classes"
-                if self.what == "class"
-                else f"the vocabulary has {num_classes} tokens"
-            )
+            owner, unit = ("model", "classes") if self.what == "class" else ("vocabulary", "tokens")
             raise ValueError(
-                f"target {self.what} {bad} is out of range: {has} (0..{num_classes - 1})."
+                f"target {self.what} {bad} is out of range: the {owner} has {num_classes} {unit} "
+                f"(0..{num_classes - 1})."
             )
         index = index if multi else index[:, None]  # (B, K)
         return Selection(logits.gather(1, index), index, multi, layout)
