@@ -167,10 +167,7 @@ def _check_token_counts(layers: list[LayerRecord], layout: TokenLayout) -> None:
     """Every recorded layer's size must match the layout's segment of its modality."""
     sizes = {s.modality: s.n_tokens for s in layout.segments if s.stream is None}
     for layer in layers:
-        for modality, n in (
-            (layer.query, layer.attn_mean.shape[-2]),
-            (layer.key, layer.attn_mean.shape[-1]),
-        ):
+        for modality, n in zip((layer.query, layer.key), layer.attn_mean.shape[-2:]):  # Nq, Nk
             if modality in sizes and sizes[modality] != n:
                 raise AttentionCaptureError(
                     f"the adapter's layout expects {sizes[modality]} {modality} tokens but "

@@ -254,6 +254,7 @@ class Explanation:
             plot_token_strips,
         )
 
+        cmap = cmap or HEATMAP_CMAP
         if name not in self.relevance:  # a text explanation: its tokens
             name = next(iter(self.token_ids or self.relevance))
         if self.layout.segment(name).grid is None:
@@ -263,10 +264,8 @@ class Explanation:
             examples, tokens, values, rows, last = exp._token_rows(name, index)
             title = f"{method_label(self.method)} relevance over the {name} tokens"
             if "steps" in self.extra:  # a generation: steps x tokens
-                return plot_token_matrix(
-                    tokens, values, rows, last, examples, title, cmap or HEATMAP_CMAP
-                )
-            return plot_token_strips(tokens, values, rows, examples, title, cmap or HEATMAP_CMAP)
+                return plot_token_matrix(tokens, values, rows, last, examples, title, cmap)
+            return plot_token_strips(tokens, values, rows, examples, title, cmap)
 
         norm = normalization if normalization is not None else self.normalization
         shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
@@ -292,7 +291,7 @@ class Explanation:
             text,
             ncols=ncols if ncols is not None else (heat.shape[1] if heat.shape[1] > 1 else None),
             ax=ax,
-            cmap=cmap or HEATMAP_CMAP,
+            cmap=cmap,
             alpha=alpha,
             title=f"{method_label(self.method)} relevance",
             colorbar=colorbar,
