@@ -138,11 +138,9 @@ def _check_finite(inputs: Any) -> None:
                 f"the batch is empty (inputs of shape {tuple(t.shape)}): pass at least one example"
             )
         if isinstance(t, Tensor) and torch.is_floating_point(t) and not torch.isfinite(t).all():
-            bad = (
-                (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
-                if t.ndim > 1
-                else []
-            )
+            bad = []  # the examples holding a non-finite value (none named for a 1-D input)
+            if t.ndim > 1:
+                bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(
                 f"inputs contain NaN or Inf values (examples {bad}); clean or re-normalise them "
                 "before explaining."

@@ -180,12 +180,9 @@ class Explanation:
             name: [token_strings(tokenizer, row[real].tolist()) for row, real in zip(ids, mask)]
             for name, ids, mask in ((n, v, self.token_mask[n]) for n, v in self.token_ids.items())
         }
-        targets = self.target if self.extra.get("target_is_token") else None
-        named = (
-            []
-            if targets is None
-            else [token_strings(tokenizer, t.reshape(-1).tolist()) for t in targets]
-        )
+        named = []  # the explained tokens' strings, when the targets are token ids
+        if self.target is not None and self.extra.get("target_is_token"):
+            named = [token_strings(tokenizer, t.reshape(-1).tolist()) for t in self.target]
         return replace(self, tokens=tokens, target_tokens=named)
 
     def grid_relevance(self, name: str = "image") -> Tensor:

@@ -223,9 +223,8 @@ class NextTokenTarget(Target):
         if logits is None or logits.ndim != 3:
             raise ValueError(f"{type(model).__name__} returned no (B, L, V) next-token logits")
         position = self.position_of(inputs).to(logits.device)  # (B,)
-        next_logits = logits[
-            torch.arange(logits.shape[0], device=logits.device), position
-        ]  # (B, V)
+        rows = torch.arange(logits.shape[0], device=logits.device)  # (B,)
+        next_logits = logits[rows, position]  # (B, V)
         if callable(self.target):
             return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
         return ClassTarget(self.target, "token").select(model, inputs, output, next_logits, layout)
