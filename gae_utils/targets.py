@@ -323,7 +323,7 @@ class QueryTarget(Target):
 
 
 def _reading(layout: TokenLayout, rows: Tensor) -> TokenLayout:
-    """``layout`` whose every readout reads the rows ``(B, K, N)`` weights, target ``k`` its own."""
+    """``layout`` with ``rows`` ``(B, K, N)`` as every readout's row weights (target ``k``: k)."""
     return replace(layout, weights={r.name: rows for r in layout.readouts})
 
 
