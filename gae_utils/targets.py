@@ -323,7 +323,7 @@ class QueryTarget(Target):
 
 
 def _reading(layout: TokenLayout, rows: Tensor) -> TokenLayout:
-    """``layout`` whose readouts weigh the rows of target ``k`` by ``rows[:, k]`` (``(B, K, N)``)."""
+    """``layout`` whose readouts weigh the rows of target ``k`` by ``rows[:, k]`` ``(B, N)``."""
     return replace(layout, weights={r.name: rows for r in layout.readouts})
 
 
