@@ -279,6 +279,7 @@ class Explanation:
         for i, (b, k) in enumerate(panels):
             t = None if target is None else int(target[b, k])
             default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            default = f"#{b} {default}" if heat.shape[1] > 1 and t is not None else default
             text.append(
                 titles(b, t) if callable(titles) else default if titles is None else titles[i]
             )
