@@ -279,6 +279,7 @@ class Explanation:
         for i, (b, k) in enumerate(panels):
             t = None if target is None else int(target[b, k])
             default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            default = f"#{b} {default}" if heat.shape[1] > 1 and t is not None else default
             text.append(
                 titles(b, t) if callable(titles) else default if titles is None else titles[i]
             )
@@ -358,6 +359,7 @@ class Explanation:
                 for k, v in self.layout.weights.items()
             }
         )
+        tensors.update({f"layout_positions/{k}": v.cpu() for k, v in self.layout.positions.items()})
         tensors.update({f"token_ids/{k}": v.contiguous() for k, v in self.token_ids.items()})
         tensors.update({f"token_mask/{k}": v.contiguous() for k, v in self.token_mask.items()})
         tensors["scores"] = self.scores.detach().cpu().contiguous()
@@ -393,7 +395,8 @@ class Explanation:
             meta["labels"] = {int(k): v for k, v in meta["labels"].items()}
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
-            for group in ("relevance", "maps", "layout_weights", "token_ids", "token_mask")
+            for group in ("relevance", "maps", "layout_weights", "layout_positions", "token_ids")
+            + ("token_mask",)
         }
         return cls(
             relevance=groups["relevance"],
@@ -402,7 +405,9 @@ class Explanation:
             },
             target=tensors.get("target"),
             scores=tensors["scores"],
-            layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
+            layout=TokenLayout.from_dict(
+                meta.pop("layout"), groups["layout_weights"], groups["layout_positions"]
+            ),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],
             **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens,
