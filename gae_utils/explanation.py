@@ -279,6 +279,7 @@ class Explanation:
         for i, (b, k) in enumerate(panels):
             t = None if target is None else int(target[b, k])
             default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            default = f"#{b} {default}" if heat.shape[1] > 1 and t is not None else default
             text.append(
                 titles(b, t) if callable(titles) else default if titles is None else titles[i]
             )
@@ -348,6 +349,7 @@ class Explanation:
             "relevance": self.relevance,
             "maps": {f"{a}|{b}": v for (a, b), v in self.maps.items()},
             "layout_weights": self.layout.weights,
+            "layout_positions": self.layout.positions,
             "token_ids": self.token_ids,
             "token_mask": self.token_mask,
         }
@@ -377,7 +379,8 @@ class Explanation:
             meta["labels"] = {int(k): v for k, v in meta["labels"].items()}
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
-            for group in ("relevance", "maps", "layout_weights", "token_ids", "token_mask")
+            for group in ("relevance", "maps", "layout_weights", "layout_positions", "token_ids")
+            + ("token_mask",)
         }
         return cls(
             relevance=groups["relevance"],
@@ -386,7 +389,9 @@ class Explanation:
             },
             target=tensors.get("target"),
             scores=tensors["scores"],
-            layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
+            layout=TokenLayout.from_dict(
+                meta.pop("layout"), groups["layout_weights"], groups["layout_positions"]
+            ),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],
             **meta,  # the fields not in _TENSOR_FIELDS

@@ -96,6 +96,14 @@ def _checked_steps(
             "followed by the continuation, as model.generate(**inputs) returns it (same prompts, "
             "same padding)"
         )
+    mask = inputs.get("attention_mask")  # (B, P): a right-padded prompt is continued after pads
+    if prompt and mask is not None and not bool(mask[:, -1].all()):
+        row = int((mask[:, -1] == 0).nonzero()[0])
+        raise ValueError(
+            f"the prompt of row {row} ends in padding (right-padded), so its continuation follows "
+            "the pads; pad prompts on the left as model.generate wants (tokenizer.padding_side = "
+            "'left'), then generate and explain"
+        )
     n = generated.shape[1] - max(prompt, 1)  # generated tokens
     if n < 1:
         raise ValueError(
