@@ -104,13 +104,11 @@ class DualExplanation:
         all_pairs = self.logits.ndim == 2  # else pairs="diagonal": (B,) logits, no pair dimension
         n_images = self.image.relevance["image"].shape[0]
         n_texts = self.text.relevance["text"].shape[0]
-        if pairs is None:
+        if pairs is None:  # the diagonal when square, else every pair
             square = not all_pairs or n_images == n_texts
-            pairs = (
-                [(i, i) for i in range(n_images)]
-                if square
-                else [(i, j) for i in range(n_images) for j in range(n_texts)]
-            )
+            pairs = [
+                (i, j) for i in range(n_images) for j in range(n_texts) if i == j or not square
+            ]
         size = None if images is None else (images.shape[-2], images.shape[-1])
         heat = self.image.heatmap(size)  # (B_i, B_t, H, W), or (B, H, W) for diagonal pairs
         text = self.text.relevance["text"].detach().float().cpu()  # (B_t, B_i, L) or (B, L)

@@ -36,8 +36,7 @@ class Recording:
         layout: token layout of the inputs.
         logits: the adapter's reading of the output, detached (``(B, C)`` class logits,
             ``(B, T, V)`` next-token logits, ``(B_i, B_t)`` pair similarities, ...); None for
-            encoders
-            without a head.
+            encoders without a head.
         output: the model's raw output (tensors detached).
         target: ``(B, K)`` explained indices (classes, tokens), or None (callable and similarity
             targets).
@@ -141,11 +140,9 @@ def _check_finite(inputs: Any) -> None:
                 f"the batch is empty (inputs of shape {tuple(t.shape)}): pass at least one example"
             )
         if isinstance(t, Tensor) and torch.is_floating_point(t) and not torch.isfinite(t).all():
-            bad = (
-                (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
-                if t.ndim > 1
-                else []
-            )
+            bad = []  # the examples holding a non-finite value (none named for a 1-D input)
+            if t.ndim > 1:
+                bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(
                 f"inputs contain NaN or Inf values (examples {bad}); clean or re-normalise them "
                 "before explaining."
@@ -170,15 +167,11 @@ def _check_token_counts(layers: list[LayerRecord], layout: TokenLayout) -> None:
     """Every recorded layer's size must match the layout's segment of its modality."""
     sizes = {s.modality: s.n_tokens for s in layout.segments if s.stream is None}
     for layer in layers:
-        for modality, n in (
-            (layer.query, layer.attn_mean.shape[-2]),
-            (layer.key, layer.attn_mean.shape[-1]),
-        ):
+        for modality, n in zip((layer.query, layer.key), layer.attn_mean.shape[-2:]):  # Nq, Nk
             if modality in sizes and sizes[modality] != n:
                 raise AttentionCaptureError(
                     f"the adapter's layout expects {sizes[modality]} {modality} tokens but "
-                    "attention layer "
-                    f"{layer.name!r} has {n}"
+                    f"attention layer {layer.name!r} has {n}"
                 )
 
 
@@ -334,6 +327,5 @@ def _verify(
         raise AttentionCaptureError(
             f"the explained scores differ from the stock model's by {diff:.3g}: the eager path of "
             f"{type(model).__name__} does not reproduce its own attention path; the explanation "
-            "would describe "
-            "another computation."
+            "would describe another computation."
         )

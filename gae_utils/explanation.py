@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Explanation", "same", "token_strings"]
 
+# the fields :meth:`Explanation.save` writes to safetensors (the layout: its weights); the others
+# go to JSON
+_TENSOR_FIELDS = ("relevance", "maps", "target", "scores", "layout", "token_ids", "token_mask")
+
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
     """One string per token id: ``tokenizer`` is a Hugging Face tokenizer
@@ -176,12 +180,9 @@ class Explanation:
             name: [token_strings(tokenizer, row[real].tolist()) for row, real in zip(ids, mask)]
             for name, ids, mask in ((n, v, self.token_mask[n]) for n, v in self.token_ids.items())
         }
-        targets = self.target if self.extra.get("target_is_token") else None
-        named = (
-            []
-            if targets is None
-            else [token_strings(tokenizer, t.reshape(-1).tolist()) for t in targets]
-        )
+        named = []  # the explained tokens' strings, when the targets are token ids
+        if self.target is not None and self.extra.get("target_is_token"):
+            named = [token_strings(tokenizer, t.reshape(-1).tolist()) for t in self.target]
         return replace(self, tokens=tokens, target_tokens=named)
 
     def grid_relevance(self, name: str = "image") -> Tensor:
@@ -250,6 +251,7 @@ class Explanation:
             plot_token_strips,
         )
 
+        cmap = cmap or HEATMAP_CMAP
         if name not in self.relevance:  # a text explanation: its tokens
             name = next(iter(self.token_ids or self.relevance))
         if self.layout.segment(name).grid is None:
@@ -259,10 +261,8 @@ class Explanation:
             examples, tokens, values, rows, last = exp._token_rows(name, index)
             title = f"{method_label(self.method)} relevance over the {name} tokens"
             if "steps" in self.extra:  # a generation: steps x tokens
-                return plot_token_matrix(
-                    tokens, values, rows, last, examples, title, cmap or HEATMAP_CMAP
-                )
-            return plot_token_strips(tokens, values, rows, examples, title, cmap or HEATMAP_CMAP)
+                return plot_token_matrix(tokens, values, rows, last, examples, title, cmap)
+            return plot_token_strips(tokens, values, rows, examples, title, cmap)
 
         norm = normalization if normalization is not None else self.normalization
         shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
@@ -279,6 +279,7 @@ class Explanation:
         for i, (b, k) in enumerate(panels):
             t = None if target is None else int(target[b, k])
             default = f"#{b}" if t is None else str(names.get(t, f"class {t}"))
+            default = f"#{b} {default}" if heat.shape[1] > 1 and t is not None else default
             text.append(
                 titles(b, t) if callable(titles) else default if titles is None else titles[i]
             )
@@ -288,7 +289,7 @@ class Explanation:
             text,
             ncols=ncols if ncols is not None else (heat.shape[1] if heat.shape[1] > 1 else None),
             ax=ax,
-            cmap=cmap or HEATMAP_CMAP,
+            cmap=cmap,
             alpha=alpha,
             title=f"{method_label(self.method)} relevance",
             colorbar=colorbar,
@@ -344,40 +345,25 @@ class Explanation:
 
         path = Path(path).with_suffix("")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"relevance/{k}": v.detach().cpu().contiguous() for k, v in self.relevance.items()
+        groups = {
+            "relevance": self.relevance,
+            "maps": {f"{a}|{b}": v for (a, b), v in self.maps.items()},
+            "layout_weights": self.layout.weights,
+            "layout_positions": self.layout.positions,
+            "token_ids": self.token_ids,
+            "token_mask": self.token_mask,
         }
-        tensors.update(
-            {f"maps/{a}|{b}": v.detach().cpu().contiguous() for (a, b), v in self.maps.items()}
-        )
-        # readouts may share one weight tensor (DETR, VisualBERT); safetensors stores each name
-        # separately
-        tensors.update(
-            {
-                f"layout_weights/{k}": v.detach().cpu().clone()
-                for k, v in self.layout.weights.items()
-            }
-        )
-        tensors.update({f"token_ids/{k}": v.contiguous() for k, v in self.token_ids.items()})
-        tensors.update({f"token_mask/{k}": v.contiguous() for k, v in self.token_mask.items()})
+        # cloned: readouts may share one weight tensor (DETR, VisualBERT), which safetensors refuses
+        tensors = {
+            f"{group}/{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for group, named in groups.items()
+            for k, v in named.items()
+        }
         tensors["scores"] = self.scores.detach().cpu().contiguous()
         if self.target is not None:
             tensors["target"] = self.target.detach().cpu().contiguous()
         save_file(tensors, str(path) + ".safetensors")
-        meta = {
-            key: getattr(self, key)
-            for key in (
-                "method",
-                "start_layer",
-                "model_name",
-                "multi_target",
-                "extra",
-                "tokens",
-                "target_tokens",
-                "labels",
-                "normalization",
-            )
-        }
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSOR_FIELDS}
         meta["layout"] = self.layout.to_dict()
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
 
@@ -393,7 +379,8 @@ class Explanation:
             meta["labels"] = {int(k): v for k, v in meta["labels"].items()}
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
-            for group in ("relevance", "maps", "layout_weights", "token_ids", "token_mask")
+            for group in ("relevance", "maps", "layout_weights", "layout_positions", "token_ids")
+            + ("token_mask",)
         }
         return cls(
             relevance=groups["relevance"],
@@ -402,9 +389,10 @@ class Explanation:
             },
             target=tensors.get("target"),
             scores=tensors["scores"],
-            layout=TokenLayout.from_dict(meta.pop("layout"), groups["layout_weights"]),
+            layout=TokenLayout.from_dict(
+                meta.pop("layout"), groups["layout_weights"], groups["layout_positions"]
+            ),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],
-            **meta,  # method, start_layer, model_name, multi_target, extra, tokens, target_tokens,
-            # labels, normalization
+            **meta,  # the fields not in _TENSOR_FIELDS
         )

@@ -27,11 +27,9 @@ def _generation_adapter(model: nn.Module, adapter: Adapter | None) -> Adapter:
     if adapter.task not in SERVES:
         raise ValueError(
             f"{type(model).__name__} (adapter {adapter.name!r}) is neither an encoder-decoder nor "
-            "a causal LM; explain "
-            "it with gae_utils.explain. Encoder-decoders: Hugging Face Marian/BART/T5 or a model "
-            "containing "
-            "torch.nn.Transformer; causal LMs: Hugging Face models routed through the attention "
-            "interface."
+            "a causal LM; explain it with gae_utils.explain. Encoder-decoders: Hugging Face "
+            "Marian/BART/T5 or a model containing torch.nn.Transformer; causal LMs: Hugging Face "
+            "models routed through the attention interface."
         )
     return adapter
 
@@ -79,8 +77,7 @@ def _checked_steps(
     if generated.ndim != 2 or generated.shape[0] != inputs["input_ids"].shape[0]:
         raise ValueError(
             f"generated must be (B, 1 + T) for the batch of {inputs['input_ids'].shape[0]} "
-            "sources, got "
-            f"{tuple(generated.shape)}; add a batch dimension with generated[None]"
+            f"sources, got {tuple(generated.shape)}; add a batch dimension with generated[None]"
         )
     prompt = inputs["input_ids"].shape[1] if adapter.task == "causal_lm" else 0
     if prompt and generated.shape[1] <= prompt:
@@ -97,6 +94,14 @@ def _checked_steps(
             f"inputs['input_ids'] at column {column}. For a causal LM it must be the prompt "
             "followed by the continuation, as model.generate(**inputs) returns it (same prompts, "
             "same padding)"
+        )
+    mask = inputs.get("attention_mask")  # (B, P): a right-padded prompt is continued after pads
+    if prompt and mask is not None and not bool(mask[:, -1].all()):
+        row = int((mask[:, -1] == 0).nonzero()[0])
+        raise ValueError(
+            f"the prompt of row {row} ends in padding (right-padded), so its continuation follows "
+            "the pads; pad prompts on the left as model.generate wants (tokenizer.padding_side = "
+            "'left'), then generate and explain"
         )
     n = generated.shape[1] - max(prompt, 1)  # generated tokens
     if n < 1:
@@ -142,9 +147,8 @@ def record_generation(
     prompt, steps = _checked_steps(adapter, inputs, generated, steps)
     mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     if prompt:  # causal LM: one sequence, prompt then continuation (real up to its first EOS)
-        real = generation_steps(
-            generated[:, prompt - 1 :], _special_id(model, "eos_token_id")
-        )  # (B, T)
+        eos = _special_id(model, "eos_token_id")
+        real = generation_steps(generated[:, prompt - 1 :], eos)  # (B, T)
         full = {
             "input_ids": generated[:, :-1],  # (B, P + T - 1) teacher forcing
             "attention_mask": torch.cat([mask.to(real.device), real.long()], dim=1)[:, :-1],

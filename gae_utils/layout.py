@@ -233,15 +233,20 @@ class TokenLayout:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, weights: dict[str, Tensor] | None = None) -> TokenLayout:
+    def from_dict(
+        cls,
+        data: dict,
+        weights: dict[str, Tensor] | None = None,
+        positions: dict[str, Tensor] | None = None,
+    ) -> TokenLayout:
         """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example
-        ``weights``."""
+        ``weights`` and ``positions`` (tensors, saved beside the JSON)."""
         segments = tuple(
             Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
             for s in data["segments"]
         )
         readouts = tuple(_readout(r) for r in data["readouts"])
-        return cls(segments, readouts, dict(weights or {}))
+        return cls(segments, readouts, dict(weights or {}), dict(positions or {}))
 
 
 def _readout(data: dict) -> Readout:

@@ -96,9 +96,8 @@ def explain_similarity(
         lambda output, x: mean_pool(output.last_hidden_state, x["attention_mask"])
     )
     rec = record(model, inputs, target, adapter=adapter, eval_mode=eval_mode)
-    both = rec.explanation(
-        method, start_layer
-    )  # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
+    # relevance["text"] (2B, L), maps (2B, L, L), scores (B,)
+    both = rec.explanation(method, start_layer)
 
     def half(rows: slice) -> Explanation:
         return replace(

@@ -9,7 +9,7 @@ taken is decided in one place, :meth:`~gae_utils.capture.AttentionRecorder.diffe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -132,11 +132,9 @@ class ClassTarget(Target):
         if logits is None:
             raise ValueError(
                 f"{type(model).__name__} has no class logits (an encoder or a feature extractor "
-                "without a "
-                "classification head): pass target=callable(output) -> (B,) scores, e.g. a "
-                "similarity or a "
-                "projection of its features, or use gae_utils.explain_similarity for sentence "
-                "pairs."
+                "without a classification head): pass target=callable(output) -> (B,) scores, "
+                "e.g. a similarity or a projection of its features, or use "
+                "gae_utils.explain_similarity for sentence pairs."
             )
         if logits.ndim != 2:
             raise ValueError(
@@ -157,18 +155,14 @@ class ClassTarget(Target):
         if index.ndim not in (1, 2) or index.shape[0] != batch:
             raise ValueError(
                 f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass an "
-                f"int, a ({batch},) "
-                f"tensor, or a ({batch}, K) tensor for K targets per example."
+                f"int, a ({batch},) tensor, or a ({batch}, K) tensor for K targets per example."
             )
         if index.numel() and (index.min() < 0 or index.max() >= num_classes):
             bad = int(index.max() if index.max() >= num_classes else index.min())
-            has = (
-                f"the model has {num_classes} classes"
-                if self.what == "class"
-                else f"the vocabulary has {num_classes} tokens"
-            )
+            owner, unit = ("model", "classes") if self.what == "class" else ("vocabulary", "tokens")
             raise ValueError(
-                f"target {self.what} {bad} is out of range: {has} (0..{num_classes - 1})."
+                f"target {self.what} {bad} is out of range: the {owner} has {num_classes} {unit} "
+                f"(0..{num_classes - 1})."
             )
         index = index if multi else index[:, None]  # (B, K)
         return Selection(logits.gather(1, index), index, multi, layout)
@@ -229,9 +223,8 @@ class NextTokenTarget(Target):
         if logits is None or logits.ndim != 3:
             raise ValueError(f"{type(model).__name__} returned no (B, L, V) next-token logits")
         position = self.position_of(inputs).to(logits.device)  # (B,)
-        next_logits = logits[
-            torch.arange(logits.shape[0], device=logits.device), position
-        ]  # (B, V)
+        rows = torch.arange(logits.shape[0], device=logits.device)  # (B,)
+        next_logits = logits[rows, position]  # (B, V)
         if callable(self.target):
             return ScoreTarget(self.target).select(model, inputs, next_logits, next_logits, layout)
         return ClassTarget(self.target, "token").select(model, inputs, output, next_logits, layout)
@@ -263,8 +256,7 @@ class QueryTarget(Target):
         if callable(self.target):
             raise TypeError(
                 "detector targets are query indices (int, tensor or list of lists); a callable "
-                "target has no "
-                "explained row of R[query, image]."
+                "target has no explained row of R[query, image]."
             )
 
     def queries(self, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -294,9 +286,8 @@ class QueryTarget(Target):
             if index.ndim != 2 or index.shape[0] != batch:
                 raise ValueError(
                     f"target of shape {tuple(index.shape)} does not fit a batch of {batch}: pass "
-                    "an int query, a "
-                    f"({batch},) or ({batch}, K) tensor of query indices, or a list of {batch} "
-                    "lists."
+                    f"an int query, a ({batch},) or ({batch}, K) tensor of query indices, or a "
+                    f"list of {batch} lists."
                 )
             lists = [[int(q) for q in row if int(q) >= 0] for row in index.tolist()]
         bad = [q for row in lists for q in row if not 0 <= q < n_queries]
@@ -325,14 +316,15 @@ class QueryTarget(Target):
         )  # (B, K, C')
         scores = per_query.gather(2, classes.clamp_min(0)[..., None]).squeeze(-1)  # (B, K)
         scores = torch.where(valid, scores, scores * 0)  # padding: a constant, its gradient is zero
-        rows = (
-            F.one_hot(queries.clamp_min(0), logits.shape[1]).to(logits.dtype) * valid[..., None]
-        )  # (B, K, Q)
-        full = self.layout_of(model, inputs, output)
-        layout = TokenLayout(
-            full.segments, full.readouts, {r.name: rows for r in full.readouts}, full.positions
-        )
+        # (B, K, Q): target k reads query row queries[:, k]
+        rows = F.one_hot(queries.clamp_min(0), logits.shape[1]).to(logits.dtype) * valid[..., None]
+        layout = _reading(self.layout_of(model, inputs, output), rows)
         return Selection(scores, classes, True, layout, {"queries": queries.tolist()})
+
+
+def _reading(layout: TokenLayout, rows: Tensor) -> TokenLayout:
+    """``layout`` whose readouts weigh the rows of target ``k`` by ``rows[:, k]`` ``(B, N)``."""
+    return replace(layout, weights={r.name: rows for r in layout.readouts})
 
 
 SCORES = ("logit", "log_prob")
@@ -341,8 +333,7 @@ SCORES = ("logit", "log_prob")
 class TokenTarget(Target):
     """Generated tokens under teacher forcing: target ``k`` is the score of token
     ``labels[:, steps[k]]`` at step ``steps[k]``, read at row ``steps[k]``; the K gradients come
-    from one
-    vectorised backward.
+    from one vectorised backward.
 
     Args:
         labels: ``(B, T)`` the token each step produced.
@@ -364,8 +355,8 @@ class TokenTarget(Target):
             shape = None if logits is None else tuple(logits.shape)
             raise ValueError(
                 f"{type(model).__name__} returned logits of shape {shape}, expected (B, T, V) = "
-                f"({batch}, {n}, V): "
-                "explain_generation needs an encoder-decoder's next-token logits"
+                f"({batch}, {n}, V): explain_generation needs an encoder-decoder's next-token "
+                "logits"
             )
         if self.labels.min() < 0 or self.labels.max() >= logits.shape[-1]:
             raise ValueError(
@@ -375,15 +366,10 @@ class TokenTarget(Target):
         steps = torch.tensor(self.steps, device=logits.device)
         labels = self.labels.to(logits.device)[:, steps]  # (B, K)
         scores = scored[:, steps].gather(-1, labels[..., None])[..., 0]  # (B, K)
-        rows = (
-            F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)
-        )  # (B, K, T): target k reads row steps[k]
-        layout = TokenLayout(
-            layout.segments, layout.readouts, {r.name: rows for r in layout.readouts}
-        )
-        return Selection(
-            scores, labels, True, layout, gradients=(Gradients(scores, vectorised=True),)
-        )
+        # (B, K, T): target k reads row steps[k]
+        rows = F.one_hot(steps, n).to(torch.float32).expand(batch, -1, -1)
+        vectorised = (Gradients(scores, vectorised=True),)
+        return Selection(scores, labels, True, _reading(layout, rows), gradients=vectorised)
 
 
 class PairSimilarity(Target):

@@ -128,6 +128,10 @@ def test_class_names_from_id2label_are_titles_and_survive_save_load(tmp_path, ra
     fig = loaded.plot(raw, labels=["a", "b", "c", "d", "e", "f", "g"])  # names given win
     assert [ax.get_title() for ax in _panels(fig)] == ["c", "f"]
     plt.close(fig)
+    two = gu.explain(model, raw, target=torch.tensor([[2, 5], [1, 0]]))  # K=2: a row per example
+    fig = two.plot(raw)
+    assert [ax.get_title() for ax in _panels(fig)] == ["#0 kind 2", "#0 kind 5", "#1 kind 1", "#1 kind 0"]
+    plt.close(fig)
 
 
 def test_a_timm_imagenet_model_knows_imagenet_names():

@@ -45,3 +45,10 @@ def test_help_shows_defaults_and_every_option_has_help():
     parser = probe.build_parser()
     assert all(action.help for action in parser._actions if action.option_strings)
     assert "(default: text)" in parser.format_help() and "hide the progress bar" in parser.format_help()
+
+
+def test_a_convolutional_family_is_said_to_have_no_attention():
+    outcome, detail = probe.probe_family("convnext", "image")
+    assert outcome == "no attention"
+    assert "is a convolutional network" in detail and detail.endswith(".")
+    assert probe.probe_family("vit", "image")[0] == "ok"  # an attention model is still probed

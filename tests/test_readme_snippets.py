@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Explain your own model"
-SHAPE = re.compile(r"\(([\w\s,]+)\)")
+SHAPE = re.compile(r"\(([\w\s,+-]+)\)")
 
 
 def _section() -> str:
@@ -115,12 +115,18 @@ def test_every_snippet_runs_on_timm_hf_and_an_lm(tmp_path, monkeypatch):
             checked += _check_shapes(statement, source, namespace)
             exec(compile(ast.Module([statement], []), "README", "exec"), namespace)
         plt.close("all")
-    assert checked == 4  # timm: relevance and heatmap; HF: relevance; LM: relevance
+    assert checked == 5  # timm: relevance and heatmap; HF: relevance; LM: relevance, generation
 
-    for name in ("gae", "methods", "hf_gae", "lm"):
+    for name in ("gae", "methods", "hf_gae", "lm", "lm_generation"):
         for suffix in (".png", ".pdf"):
             path = tmp_path / "paper" / f"{name}{suffix}"
             assert path.stat().st_size > 1000, path
+    assert "<span" in Path("paper/lm.html").read_text()  # the token page
+    prompt, generated = namespace["x"]["input_ids"].shape[1], namespace["out"].shape[1]
+    steps = generated - prompt  # T
+    assert namespace["gen"].relevance["text"].shape == (2, steps, prompt + steps - 1)
+    tokens, x = namespace["exp"].tokens["text"][1], namespace["x"]
+    assert len(tokens) == int(x["attention_mask"][1].sum())  # padding removed
     assert Path("runs/exp.safetensors").exists() and Path("runs/exp.json").exists()
     assert namespace["rec"].labels[namespace["rec"].target[0, 0].item()]  # timm: ImageNet names
     assert namespace["lm"].training is False and namespace["exp"].relevance["text"].shape[0] == 2

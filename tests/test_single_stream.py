@@ -185,3 +185,14 @@ def test_visualbert_explanation_saves_and_loads(tmp_path):
     back = gu.Explanation.load(tmp_path / "vb")
     torch.testing.assert_close(back.relevance["image"], exp.relevance["image"])
     torch.testing.assert_close(back.layout.weights["text"], exp.layout.weights["text"])
+
+
+def test_vilt_explanation_keeps_its_patch_order_through_save_and_load(tmp_path):
+    """ViLT's patch order is part of the layout: a loaded explanation reads its maps into the same
+    raster order as the one it was saved from."""
+    exp = gu.explain(tiny_vilt(), vilt_inputs())
+    exp.save(tmp_path / "vilt")
+    back = gu.Explanation.load(tmp_path / "vilt")
+    assert torch.equal(back.layout.positions["image"], exp.layout.positions["image"])
+    torch.testing.assert_close(back.layout.read(back.maps)["image"], exp.layout.read(exp.maps)["image"])
+    torch.testing.assert_close(back.layout.read(back.maps)["image"], exp.relevance["image"])

@@ -162,6 +162,12 @@ def test_generation_matrix_rows_equal_explaining_each_prefix(lm, tok):
     plt.close(fig)
 
 
+def test_a_right_padded_prompt_is_refused_with_the_fix(lm):
+    x, generated = generation("right")  # the continuation would follow the pads
+    with pytest.raises(ValueError, match=r"ends in padding \(right-padded\).*padding_side = 'left'"):
+        gu.explain_generation(lm, x, generated)
+
+
 def test_encoder_decoder_generation_keeps_source_and_target_tokens(tok):
     from test_seq2seq import batch as seq2seq_batch
     from test_seq2seq import tiny_marian

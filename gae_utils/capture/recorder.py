@@ -129,13 +129,9 @@ class AttentionRecorder:
             for name, module, site in modules:
                 pre = module.register_forward_pre_hook(self._ensure_grad, with_kwargs=True)
                 self._undo.callback(pre.remove)
-                reader = site.probs
-                hooked = (
-                    module.get_submodule(reader.name) if isinstance(reader, ChildOutput) else module
-                )
-                self._undo.callback(
-                    hooked.register_forward_hook(self._capture_hook(name, site)).remove
-                )
+                child = site.probs.name if isinstance(site.probs, ChildOutput) else ""  # "": itself
+                hook = self._capture_hook(name, site)
+                self._undo.callback(module.get_submodule(child).register_forward_hook(hook).remove)
         except BaseException:
             self._restore()
             raise

@@ -19,6 +19,7 @@ features have (``get_image_features``). Outcomes:
 - ``ok``: explained, parity holds, relevance finite;
 - ``not routed``: the family does not route attention through the interface; ``explain`` (or, for
   the vision kinds, ``find_adapter``) refuses it (``UnsupportedModelError``) before running;
+- ``no attention``: (image kind) a convolutional network (ConvNeXt, ResNet, ...): GAE does not apply;
 - ``mixes tokens``: some of its layers mix tokens outside softmax attention (Mamba, gated delta-net,
   short convolution, ...), which GAE cannot propagate through (``TokenMixingError``);
 - ``refused``: the capture found something it cannot explain and raised ``AttentionCaptureError``
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 
 import gae_utils as gu
 from gae_utils.adapters.hf_interface import TokenMixingError
-from gae_utils.adapters.images import hierarchical_reason, windowed_reason
+from gae_utils.adapters.images import convolutional_reason, hierarchical_reason, windowed_reason
 
 from .checks import first_sentence
 
@@ -166,6 +167,10 @@ class TooBigError(ValueError):
     """The generic tiny settings leave the family above :data:`MAX_PARAMETERS` parameters."""
 
 
+class NoAttentionError(gu.UnsupportedModelError):
+    """The family is a convolutional network: it has no attention for GAE to propagate."""
+
+
 def _table(kind: str) -> dict:
     """The installed transformers' model-type -> class name(s) table of ``kind``."""
     from transformers.models.auto import modeling_auto
@@ -234,7 +239,9 @@ def tiny_model(model_type: str, kind: str = "text", seed: int = 0) -> torch.nn.M
     if kind != "text":
         try:
             gu.find_adapter(meta)
-        except gu.UnsupportedModelError:  # say why: attention that bypasses the interface, or none at all
+        except gu.UnsupportedModelError as err:  # say why: no attention, or attention that bypasses the interface
+            if convolutional_reason(meta):
+                raise NoAttentionError(str(err)) from None
             found = sorted({type(m).__name__ for m in meta.modules() if "Attention" in type(m).__name__})
             why = f"attention classes {found}" if found else "no attention modules"  # routed or not: see the report
             why = hierarchical_reason(meta) or windowed_reason(meta) or why  # what its attention has
@@ -310,7 +317,8 @@ def _stock_call(model: torch.nn.Module, inputs: Any) -> None:
 
 
 def _refusal(err: gu.UnsupportedModelError) -> tuple[str, str]:
-    return "mixes tokens" if isinstance(err, TokenMixingError) else "not routed", first_sentence(str(err))
+    outcome = "no attention" if isinstance(err, NoAttentionError) else "not routed"
+    return "mixes tokens" if isinstance(err, TokenMixingError) else outcome, first_sentence(str(err))
 
 
 def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
