@@ -73,7 +73,7 @@ def _stage_layers(model):
     names = ("SwinTransformerBlock", "SwinTransformerV2Block", "SwinLayer")
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     for block in blocks:
-        side = block.input_resolution[0]
+        side = getattr(block, "ran_on", block.input_resolution)[0]
         window = block.window_size[0] if isinstance(block.window_size, tuple) else block.window_size
         shift = block.shift_size[0] if isinstance(block.shift_size, tuple) else block.shift_size
         out.append((side, window, shift))
@@ -93,6 +93,8 @@ def _captured_maps(model, x, kind):
         for m in model.modules():
             if type(m).__name__ == "SwinAttention":
                 m.register_forward_hook(lambda mod, inp, out: probs.append(out[1]))
+            if type(m).__name__ == "SwinLayer":  # the grid it runs on (input_resolution floors odd sizes)
+                m.register_forward_pre_hook(lambda mod, args: setattr(mod, "ran_on", args[1]))
         logits = model(pixel_values=x).logits
     grads = []
     for k in range(TARGETS.shape[1]):
@@ -101,29 +103,40 @@ def _captured_maps(model, x, kind):
     return [p.detach() for p in probs], grads
 
 
-def _block_diagonal(maps, side, window, shift):
+def _source(r, c, side, padded, shift, kind):
+    """Stage token at (r, c) of the rolled, padded grid, or None for padding: timm rolls the
+    side x side grid, then pads it to padded x padded; Hugging Face pads, then rolls."""
+    if kind == "timm":
+        return None if r >= side or c >= side else ((r + shift) % side) * side + (c + shift) % side
+    r, c = (r + shift) % padded, (c + shift) % padded
+    return None if r >= side or c >= side else r * side + c
+
+
+def _block_diagonal(maps, side, window, shift, kind):
     """Dense (N, N) map of one example from its windows' (nW, Nw, Nw) maps: window (a, c),
-    position (p, q) sits at shifted coordinate (a*window + p, c*window + q) of the rolled grid,
-    i.e. at token ((r + shift) % side, (c + shift) % side) of the stage."""
-    n = side * side
+    position (p, q) sits at (a*window + p, c*window + q) of the rolled, padded grid; pairs with a
+    padding position are left out (padding carries no input patch)."""
+    n, padded = side * side, -(-side // window) * window
     dense = torch.zeros(n, n, dtype=torch.float64)
-    per_row = side // window
+    per_row = padded // window
     for w in range(maps.shape[0]):
         a, c = divmod(w, per_row)
-        tokens = []
-        for p in range(window):
-            for q in range(window):
-                r, col = a * window + p, c * window + q
-                tokens.append(((r + shift) % side) * side + (col + shift) % side)
+        tokens = [
+            _source(a * window + p, c * window + q, side, padded, shift, kind)
+            for p in range(window)
+            for q in range(window)
+        ]
         for i, ti in enumerate(tokens):
             for j, tj in enumerate(tokens):
-                dense[ti, tj] = maps[w, i, j]
+                if ti is not None and tj is not None:
+                    dense[ti, tj] = maps[w, i, j]
     return dense
 
 
 def _merge(side, reduce="mean"):
-    """Dense P of a 2x2 merge: (side/2)^2 x side^2, each parent pools its four children."""
-    half = side // 2
+    """Dense P of a 2x2 merge: ceil(side/2)^2 x side^2, each parent pools its four children (an
+    odd side: the missing children are the models' zero padding)."""
+    half = (side + 1) // 2
     merge = torch.zeros(half * half, side * side, dtype=torch.float64)
     for i in range(side):
         for j in range(side):
@@ -143,30 +156,30 @@ def reference(model, x, kind, method="gae"):
             relevance, side = torch.eye(layers[0][0] ** 2, dtype=torch.float64), layers[0][0]
             for n, (stage_side, window, shift) in enumerate(layers):
                 while side != stage_side:
-                    relevance, side = _merge(side) @ relevance, side // 2
-                n_windows = (side // window) ** 2
+                    relevance, side = _merge(side) @ relevance, (side + 1) // 2
+                n_windows = (-(-side // window)) ** 2
                 attn = probs[n][b * n_windows : (b + 1) * n_windows].double()  # (nW, H, Nw, Nw)
                 grad = grads[k][n][b * n_windows : (b + 1) * n_windows].double()
                 if method == "gae":
                     bar = (grad * attn).clamp(min=0).mean(dim=1)  # Eq. 5, per window
-                    relevance = relevance + _block_diagonal(bar, side, window, shift) @ relevance
+                    relevance = relevance + _block_diagonal(bar, side, window, shift, kind) @ relevance
                 elif method == "rollout":
                     eye = torch.eye(attn.shape[-1], dtype=torch.float64)
                     step = 0.5 * attn.mean(dim=1) + 0.5 * eye
                     step = step / step.sum(dim=-1, keepdim=True)
-                    relevance = _block_diagonal(step, side, window, shift) @ relevance
+                    relevance = _block_diagonal(step, side, window, shift, kind) @ relevance
                 elif method == "raw_attention" and n == len(layers) - 1:
-                    relevance = _block_diagonal(attn.mean(dim=1), side, window, shift) @ relevance
+                    relevance = _block_diagonal(attn.mean(dim=1), side, window, shift, kind) @ relevance
                 elif method == "gae_last_layer" and n == len(layers) - 1:
                     bar = (grad * attn).clamp(min=0).mean(dim=1)
-                    relevance = relevance + _block_diagonal(bar, side, window, shift) @ relevance
+                    relevance = relevance + _block_diagonal(bar, side, window, shift, kind) @ relevance
                 elif method == "attn_gradcam" and n == len(layers) - 1:
                     cam = torch.zeros(attn.shape[0], attn.shape[2], attn.shape[3], dtype=torch.float64)
                     for w in range(attn.shape[0]):
                         for i in range(attn.shape[2]):  # each query row: heads weighted by their mean gradient
                             weight = grad[w, :, i, :].mean(dim=-1, keepdim=True)  # (H, 1)
                             cam[w, i] = (weight * attn[w, :, i, :]).mean(dim=0).clamp(min=0)
-                    relevance = _block_diagonal(cam, side, window, shift) @ relevance
+                    relevance = _block_diagonal(cam, side, window, shift, kind) @ relevance
             out[b, k] = relevance.mean(dim=0)
     return out
 
@@ -186,6 +199,62 @@ def test_methods_match_the_independent_per_window_reference(kind, build, size, m
     assert (want - want.mean(dim=-1, keepdim=True)).abs().max() > 5e-4  # 50x the tolerance
     assert exp.relevance["image"].shape == want.shape == (2, 2, (size // {"timm": 4, "hf": 2}[kind]) ** 2)
     torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
+
+
+def padded_timm_swin(seed=0):
+    """20 x 20 patches in 8 x 8 windows (padded to 24), then 10 x 10 (padded to 16), 5 x 5 (one
+    window of 5) and an odd merge to 3 x 3."""
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=3,
+        embed_dim=8,
+        depths=(2, 2, 2, 1),
+        num_heads=(1, 2, 2, 2),
+        img_size=80,
+        window_size=8,
+    )
+    return _scaled(model, model.head.fc)
+
+
+def padded_hf_swin(seed=0):
+    torch.manual_seed(seed)
+    """22 x 22 patches in 5 x 5 windows (padded to 25), 11 x 11 (to 15), an odd merge to 6 x 6 (to
+    10); Hugging Face Swin cannot run a stage smaller than its window (its position bias keeps the
+    window's size)."""
+    config = transformers.SwinConfig(
+        image_size=44,
+        patch_size=2,
+        embed_dim=8,
+        depths=[2, 2, 2],
+        num_heads=[1, 2, 2],
+        window_size=5,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    model = transformers.SwinForImageClassification(config)
+    return _scaled(model, model.classifier)
+
+
+PADDED = [
+    ("timm", padded_timm_swin, 80, [20, 20, 10, 10, 5, 5, 3]),
+    ("hf", padded_hf_swin, 44, [22, 22, 11, 11, 6, 6]),
+]
+
+
+@pytest.mark.parametrize("kind, build, size, sides", PADDED)
+@pytest.mark.parametrize("method", ["gae", "rollout"])
+def test_padded_windows_and_an_odd_merge_match_the_reference(kind, build, size, sides, method):
+    """Padding positions (timm pads after the roll, Hugging Face before it) and an odd merge
+    (5 x 5 -> 3 x 3, 11 x 11 -> 6 x 6), against the reference."""
+    x, model = images(size), build()
+    exp = gu.explain(build(), x, target=TARGETS, method=method)
+    want = reference(model, x, kind, method)
+    assert [side for side, _, _ in _stage_layers(model)] == sides  # as run
+    assert (want - want.mean(dim=-1, keepdim=True)).abs().max() > 5e-4
+    torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
+    assert exp.layout.segment("last_stage").grid == (sides[-1], sides[-1])
 
 
 def test_the_reference_sees_shifts_several_windows_and_a_merge():

@@ -120,15 +120,21 @@ TIMM_SWIN = Adapter(
 
 
 def _hf_windows(model: Any, images: Tensor) -> list[tuple[Grid, Tensor]]:
+    """The grids as the model computes them at run time (padded patches, ceil-halving merges; a
+    stage's ``input_resolution`` floors them), window and shift by its own rule."""
+    patch = _pair(model.config.patch_size)
+    grid = (-(-images.shape[-2] // patch[0]), -(-images.shape[-1] // patch[1]))
     out = []
-    layers: list[Any] = [m for m in model.modules() if type(m).__name__ == "SwinLayer"]
-    for layer in layers:
-        grid = _pair(layer.input_resolution)
-        window, shift = int(layer.window_size), int(layer.shift_size)
-        if min(grid) <= window:  # the model's own rule (SwinLayer.set_shift_and_window_size)
-            window, shift = min(grid), 0
-        index = window_index(grid, (window, window), (shift, shift), pad_first=True)
-        out.append((grid, index.to(images.device)))
+    stages: list[Any] = [m for m in model.modules() if type(m).__name__ == "SwinStage"]
+    for stage in stages:
+        for layer in stage.blocks:
+            window, shift = int(model.config.window_size), int(layer.shift_size)
+            if min(grid) <= window:  # SwinLayer.set_shift_and_window_size
+                window, shift = min(grid), 0
+            index = window_index(grid, (window, window), (shift, shift), pad_first=True)
+            out.append((grid, index.to(images.device)))
+        if stage.downsample is not None:
+            grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
     return out
 
 
