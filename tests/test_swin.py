@@ -473,3 +473,21 @@ def test_a_method_without_a_windowed_form_is_refused_by_name(monkeypatch):
     monkeypatch.setitem(methods.METHODS, "rollout", replace(methods.METHODS["rollout"], windows=None))
     with pytest.raises(ValueError, match="method 'rollout' has no windowed form .*use one of \\['gae'"):
         gu.explain(tiny_timm_swin(), images(64), method="rollout")
+
+
+def test_a_headless_timm_swin_asks_for_a_callable_target_and_explains_one():
+    torch.manual_seed(0)
+    headless = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=0,
+        embed_dim=8,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        img_size=64,
+        window_size=4,
+    ).eval()
+    with pytest.raises(ValueError, match="num_classes=0.*Pass target=callable"):
+        gu.explain(headless, images(64), target=0)
+    exp = gu.explain(headless, images(64), target=lambda features: features.sum(dim=-1))
+    assert exp.relevance["image"].shape == (2, 256) and torch.isfinite(exp.relevance["image"]).all()

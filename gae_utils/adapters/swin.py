@@ -20,7 +20,7 @@ from ..capture import ChildOutput, FromInterface
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_image_batch, check_image_size, no_switch
 from .images import pixel_values
-from .timm_vit import timm_eager
+from .timm_vit import timm_eager, timm_target
 
 __all__ = ["TIMM_SWIN", "HF_SWIN", "window_index"]
 
@@ -66,16 +66,15 @@ def _pair(x: Any) -> Grid:
 
 
 def _timm_windows(model: nn.Module, images: Tensor) -> list[tuple[Grid, Tensor]]:
-    blocks = [m for m in model.modules() if type(m).__name__ in _TIMM_BLOCKS]
-    return [
-        (
-            _pair(b.input_resolution),
-            window_index(_pair(b.input_resolution), _pair(b.window_size), _pair(b.shift_size)).to(
-                images.device
-            ),
+    out = []
+    for block in (m for m in model.modules() if type(m).__name__ in _TIMM_BLOCKS):
+        grid, window, shift = (
+            _pair(block.input_resolution),
+            _pair(block.window_size),
+            _pair(block.shift_size),
         )
-        for b in blocks
-    ]
+        out.append((grid, window_index(grid, window, shift).to(images.device)))
+    return out
 
 
 def _timm_check(model: Any, images: Tensor) -> None:
@@ -111,6 +110,7 @@ TIMM_SWIN = Adapter(
     layout=_timm_layout,
     family="timm SwinTransformer and SwinTransformerV2 (swin_*, swinv2_*): shifted windows, 2x2 "
     "patch merges, average-pooled head",
+    target=timm_target,  # a headless model (num_classes=0) takes a callable target
     prepare=pixel_values,
     windows=_timm_windows,
 )
