@@ -221,6 +221,14 @@ def record(
         layers = rec.complete_records()
     if adapter.windows is not None:  # windows folded into the batch: per-window maps per example
         stages = adapter.windows(model, inputs)  # one (grid, (nW, Nw) index) per layer
+        batch = selection.scores.shape[0]
+        for layer, (_, idx) in zip(layers, stages):
+            if layer.attn_mean.shape != (batch * idx.shape[0], idx.shape[1], idx.shape[1]):
+                raise AttentionCaptureError(
+                    f"layer {layer.name!r} has maps {tuple(layer.attn_mean.shape)} but the "
+                    f"adapter's windows give {batch} x {idx.shape[0]} windows of {idx.shape[1]} "
+                    "tokens: its window layout does not describe this model; fix its windows()"
+                )
         layers = [layer.with_windows(idx, grid) for layer, (grid, idx) in zip(layers, stages)]
     _check_token_counts(layers, selection.layout)
     return Recording(

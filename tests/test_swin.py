@@ -491,3 +491,15 @@ def test_a_headless_timm_swin_asks_for_a_callable_target_and_explains_one():
         gu.explain(headless, images(64), target=0)
     exp = gu.explain(headless, images(64), target=lambda features: features.sum(dim=-1))
     assert exp.relevance["image"].shape == (2, 256) and torch.isfinite(exp.relevance["image"]).all()
+
+
+def test_a_window_layout_that_does_not_fit_the_maps_is_refused():
+    from dataclasses import replace
+
+    from gae_utils.adapters.swin import TIMM_SWIN
+
+    def wrong(model, x):  # every stage read as one window of the whole grid
+        return [(grid, torch.arange(grid[0] * grid[1])[None]) for grid, _ in TIMM_SWIN.windows(model, x)]
+
+    with pytest.raises(gu.AttentionCaptureError, match=r"has maps \(32, 16, 16\) but the adapter's windows give 2 x 1"):
+        gu.explain(tiny_timm_swin(), images(64), adapter=replace(TIMM_SWIN, windows=wrong))
