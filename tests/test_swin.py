@@ -310,6 +310,13 @@ def test_swinv2_of_timm_is_captured_the_same_way():
     torch.testing.assert_close(exp.relevance["image"].double(), want, atol=1e-5, rtol=1e-5)
 
 
+def test_with_mean_merges_rollout_and_raw_attention_stay_distributions_over_the_patches():
+    for kind, build, size in CASES:
+        for method in ("rollout", "raw_attention"):
+            total = gu.explain(build(), images(size), target=TARGETS, method=method).relevance["image"].sum(-1)
+            torch.testing.assert_close(total, torch.ones_like(total))
+
+
 def test_merge_by_sum_scales_the_map_by_four_per_merge():
     """Every step is a left product (Eq. 6: (I + Abar) R; merges: P R), so the sum pooling gives
     the mean's R times 4 per merge: the normalised maps are the same."""
