@@ -311,7 +311,7 @@ def test_swinv2_of_timm_is_captured_the_same_way():
 
 
 def test_with_mean_merges_rollout_and_raw_attention_stay_distributions_over_the_patches():
-    for kind, build, size in CASES:
+    for _, build, size in CASES:
         for method in ("rollout", "raw_attention"):
             total = gu.explain(build(), images(size), target=TARGETS, method=method).relevance["image"].sum(-1)
             torch.testing.assert_close(total, torch.ones_like(total))
