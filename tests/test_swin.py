@@ -510,3 +510,11 @@ def test_a_window_layout_that_does_not_fit_the_maps_is_refused():
 
     with pytest.raises(gu.AttentionCaptureError, match=r"has maps \(32, 16, 16\) but the adapter's windows give 2 x 1"):
         gu.explain(tiny_timm_swin(), images(64), adapter=replace(TIMM_SWIN, windows=wrong))
+
+
+def test_a_float64_swin_is_explained_in_float64():
+    model, x = tiny_timm_swin().double(), images(64).double()
+    exp = gu.explain(model, x, target=TARGETS)
+    assert exp.relevance["image"].dtype == torch.float64
+    want = gu.explain(tiny_timm_swin(), images(64), target=TARGETS).relevance["image"]
+    torch.testing.assert_close(exp.relevance["image"].float(), want, atol=1e-6, rtol=1e-4)
