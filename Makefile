@@ -69,6 +69,7 @@ evaluate: $(VENV)/.runtime
 
 bench: $(VENV)/.runtime
 	$(PY) -m gae_workbook.tools.bench --model vit_base_patch16_224 --batch 8 --json outputs/bench-vit-b16.json
+	$(PY) -m gae_workbook.tools.bench --model swin_tiny_patch4_window7_224 --batch 8 --json outputs/bench-swin-t.json
 	$(PY) -m gae_workbook.tools.bench --dual --captions 64 --json outputs/bench-clip-64-captions.json
 	$(PY) -m gae_workbook.tools.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
 	$(PY) -m gae_workbook.tools.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json

@@ -74,7 +74,9 @@ class Recording:
         elif method == "gae":
             like = attn_bar_of(self.layers[-1])
             relevance = self.layout.read_rows(
-                lambda _, rows: propagate_rows(self.layers, rows, start_layer), like
+                lambda _, rows: propagate_rows(self.layers, rows, start_layer),
+                like,
+                across=self.layers[-1].windows is not None,  # Swin: last stage -> first stage
             )
             full = {}
         else:
@@ -217,6 +219,17 @@ def record(
             selection = target.select(model, inputs, output, logits, layout)
             rec.differentiate(selection.parts())
         layers = rec.complete_records()
+    if adapter.windows is not None:  # windows folded into the batch: per-window maps per example
+        stages = adapter.windows(model, inputs)  # one (grid, (nW, Nw) index) per layer
+        batch = selection.scores.shape[0]
+        for layer, (_, idx) in zip(layers, stages):
+            if layer.attn_mean.shape != (batch * idx.shape[0], idx.shape[1], idx.shape[1]):
+                raise AttentionCaptureError(
+                    f"layer {layer.name!r} has maps {tuple(layer.attn_mean.shape)} but the "
+                    f"adapter's windows give {batch} x {idx.shape[0]} windows of {idx.shape[1]} "
+                    "tokens: its window layout does not describe this model; fix its windows()"
+                )
+        layers = [layer.with_windows(idx, grid) for layer, (grid, idx) in zip(layers, stages)]
     _check_token_counts(layers, selection.layout)
     return Recording(
         layers=layers,

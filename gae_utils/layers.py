@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -26,6 +26,11 @@ class LayerRecord:
         attn: ``(B, H, Nq, Nk)`` per-head probabilities, kept when requested (explorer, Grad-CAM).
         grad: ``(B, K, H, Nq, Nk)`` per-head gradients ``dA``, kept when requested.
         reached: False when no gradient reached the layer (the target does not depend on it).
+        windows: ``(nW, Nw)`` for attention within windows (Swin): the raster index in ``grid``
+            of each window position (padding: ``h*w``); the maps are then per window,
+            ``attn_mean`` ``(B, nW, Nw, Nw)``, ``attn_bar`` ``(B, K, nW, Nw, Nw)``, ``attn``
+            ``(B, nW, H, Nw, Nw)``, ``grad`` ``(B, K, nW, H, Nw, Nw)``.
+        grid: ``(h, w)`` the token grid of the layer's stage (windowed layers).
     """
 
     name: str
@@ -38,6 +43,27 @@ class LayerRecord:
     attn: Tensor | None = None
     grad: Tensor | None = None
     reached: bool = True
+    windows: Tensor | None = None
+    grid: tuple[int, int] | None = None
+
+    def with_windows(self, index: Tensor, grid: tuple[int, int]) -> LayerRecord:
+        """This record, captured with the windows folded into the batch (``B*nW`` maps), as the
+        per-window maps of ``B`` examples (one layer, whatever the number of attention calls)."""
+        n_windows = index.shape[0]
+
+        def split(t: Tensor | None) -> Tensor | None:  # (B*nW, ...) -> (B, nW, ...)
+            return None if t is None else t.unflatten(0, (-1, n_windows))
+
+        bar, grad = split(self.attn_bar), split(self.grad)
+        return replace(
+            self,
+            attn_mean=self.attn_mean.unflatten(0, (-1, n_windows)),  # (B, nW, Nw, Nw)
+            attn_bar=None if bar is None else bar.transpose(1, 2),  # (B, K, nW, Nw, Nw)
+            attn=split(self.attn),  # (B, nW, H, Nw, Nw)
+            grad=None if grad is None else grad.transpose(1, 2),  # (B, K, nW, H, Nw, Nw)
+            windows=index,
+            grid=grid,
+        )
 
 
 def last_of_each_pair(layers: Sequence[LayerRecord]) -> list[int]:

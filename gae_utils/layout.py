@@ -169,18 +169,19 @@ class TokenLayout:
         return out
 
     def read_rows(
-        self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor
+        self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor, across: bool = False
     ) -> dict[str, Tensor]:
         """What :meth:`read` gives, without full maps.
 
         ``propagate_row(engine modality, v (B, K, N))`` computes ``v^T R``
-        (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes.
+        (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes;
+        ``across``: ``propagate_row`` maps the rows' modality to the columns' (Swin's stages).
         """
         batch, k = like.shape[:2]
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            if rows.engine_modality != cols.engine_modality:
+            if rows.engine_modality != cols.engine_modality and not across:
                 raise ValueError(
                     f"readout {readout.name!r} reads across modalities; it needs the full maps"
                 )

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .layers import LayerRecord, last_of_each_pair
 from .layout import TokenLayout
-from .propagation import Maps, check_start_layer, propagate
+from .propagation import Maps, attn_bar_of, check_start_layer, propagate, propagate_windowed
 from .rules import gradcam_row, rollout_step
 
 __all__ = ["Method", "METHODS", "method_names", "check_method", "compute_maps", "method_label"]
@@ -102,6 +102,39 @@ def _attn_gradcam(layers: Sequence[LayerRecord], layout: TokenLayout, start_laye
     return maps
 
 
+WindowMaps = list[Tensor | None]  # per layer (B, K, nW, Nw, Nw), None: the layer is skipped
+
+
+def _only_last(layers: Sequence[LayerRecord], last: Tensor) -> WindowMaps:
+    return [None] * (len(layers) - 1) + [last]
+
+
+def _window_means(layers: Sequence[LayerRecord]) -> list[Tensor]:
+    """Per-window head means ``(B, K, nW, Nw, Nw)`` (target independent, repeated over K)."""
+    k = attn_bar_of(layers[-1]).shape[1]
+    return [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1, -1) for layer in layers]
+
+
+def _gae_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
+    """Eq. 5 per window from ``start_layer`` on (no cross-attention: Eq. 8-9 never apply)."""
+    return [attn_bar_of(x) if i >= start_layer else None for i, x in enumerate(layers)]
+
+
+def _rollout_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
+    """Rollout's step per window: the block-diagonal step's blocks (its rows stay in a window)."""
+    means = _window_means(layers)
+    return [rollout_step(m) if i >= start_layer else None for i, m in enumerate(means)]
+
+
+def _gradcam_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
+    """Attention Grad-CAM of every row of the last layer's windows."""
+    last = layers[-1]
+    if last.attn is None or last.grad is None:
+        raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}")
+    attn = last.attn.unsqueeze(1).transpose(-2, -3)  # (B, 1, nW, Nw, H, Nw): rows first
+    return _only_last(layers, gradcam_row(attn, last.grad.transpose(-2, -3)))  # (B, K, nW, Nw, Nw)
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the comparison set.
@@ -114,6 +147,10 @@ class Method:
             ignored).
         ablation: differs from a listed method only for some models; left out of default
             comparisons.
+        windows: ``windows(layers, start_layer)``: each windowed layer's per-window map (Swin),
+            propagated through windows and merges by
+            :func:`~gae_utils.propagation.propagate_windowed`; None: no windowed form.
+        residual: the windowed maps update ``R + M R`` (GAE) rather than ``M R``.
     """
 
     name: str
@@ -121,18 +158,37 @@ class Method:
     label: str
     uses_start_layer: bool = False
     ablation: bool = False
+    windows: Callable[[Sequence[LayerRecord], int], WindowMaps] | None = None
+    residual: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("gae", _gae, "GAE", uses_start_layer=True),
-        Method("gae_last_layer", _gae_last_layer, "GAE, last layer only"),
-        Method("raw_attention", _raw_attention, "raw attention"),
-        Method("rollout", _rollout, "rollout", uses_start_layer=True),
-        Method("attn_gradcam", _attn_gradcam, "attention Grad-CAM"),
+        Method("gae", _gae, "GAE", uses_start_layer=True, windows=_gae_windows, residual=True),
         Method(
-            "gae_no_norm", _gae_no_norm, "GAE without Eq. 8-9", uses_start_layer=True, ablation=True
+            "gae_last_layer",
+            _gae_last_layer,
+            "GAE, last layer only",
+            windows=lambda layers, _: _only_last(layers, attn_bar_of(layers[-1])),
+            residual=True,
+        ),
+        Method(
+            "raw_attention",
+            _raw_attention,
+            "raw attention",
+            windows=lambda layers, _: _only_last(layers, _window_means(layers)[-1]),
+        ),
+        Method("rollout", _rollout, "rollout", uses_start_layer=True, windows=_rollout_windows),
+        Method("attn_gradcam", _attn_gradcam, "attention Grad-CAM", windows=_gradcam_windows),
+        Method(
+            "gae_no_norm",
+            _gae_no_norm,
+            "GAE without Eq. 8-9",
+            uses_start_layer=True,
+            ablation=True,
+            windows=_gae_windows,
+            residual=True,
         ),
     )
 }
@@ -172,6 +228,15 @@ def compute_maps(
         raise ValueError("no attention layers were recorded")
     check_start_layer(start_layer, len(layers))
     spec = METHODS[method]
+    if layers[0].windows is not None:  # Swin: the last stage's rows over the first stage's grid
+        if spec.windows is None:
+            raise ValueError(
+                f"method {method!r} has no windowed form for {layers[0].name!r} (Swin); "
+                f"use one of {[n for n, m in METHODS.items() if m.windows is not None]}"
+            )
+        rows, cols = layout.readouts[0].rows_of, layout.readouts[0].columns_of
+        window_maps = spec.windows(layers, start_layer if spec.uses_start_layer else 0)
+        return {(rows, cols): propagate_windowed(layers, window_maps, residual=spec.residual)}
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
     engine = {s.modality: s.engine_modality for s in layout.segments}
     needed = [(engine[r.rows_of], engine[r.columns_of]) for r in layout.readouts]

@@ -14,9 +14,27 @@ import torch
 from torch import Tensor
 
 from .layers import LayerRecord
-from .rules import cross_attention_update, self_attention_update
+from .rules import (
+    cross_attention_update,
+    patch_merge_rows,
+    self_attention_update,
+    window_update_rows,
+)
 
-__all__ = ["attn_bar_of", "propagate", "propagate_rows", "layer_steps", "initial_maps", "Maps"]
+__all__ = [
+    "attn_bar_of",
+    "propagate",
+    "propagate_rows",
+    "propagate_windowed",
+    "layer_steps",
+    "initial_maps",
+    "Maps",
+    "MERGE_REDUCE",
+]
+
+MERGE_REDUCE = "mean"
+"""How a 2x2 patch merge pools its children's rows of ``R`` (docs/rules.md, "Windows and
+merges")."""
 
 Maps = dict[tuple[str, str], Tensor]
 
@@ -124,6 +142,11 @@ def propagate(
     """
     if not layers:
         raise ValueError("no attention layers were recorded")
+    if layers[0].windows is not None:
+        raise ValueError(
+            "these layers attend within windows (Swin): their maps are per window; use "
+            "propagate_windowed(layers, maps) (per-layer history is not kept for them)"
+        )
     check_start_layer(start_layer, len(layers))
     bars = list(attn_bars) if attn_bars is not None else [attn_bar_of(layer) for layer in layers]
     sizes = _sizes(layers)
@@ -154,6 +177,8 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
     Returns:
         ``(B, K, N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
     """
+    if layers[0].windows is not None:
+        return _propagate_windowed_rows(layers, rows, start_layer)
     modalities = {(layer.kind, layer.query, layer.key) for layer in layers}
     if len(modalities) != 1 or next(iter(modalities))[0] != "self":
         raise ValueError(
@@ -165,3 +190,79 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
     for layer in reversed(layers[start_layer:]):
         row = row + row @ attn_bar_of(layer)  # (B, K, 1, N) @ (B, K, N, N)
     return row.squeeze(-2)  # (B, K, N)
+
+
+def _merges(before: tuple[int, int], after: tuple[int, int]) -> list[tuple[int, int]]:
+    """The grids of the 2x2 merges that take a stage of grid ``before`` to ``after``."""
+    grids, grid = [], before
+    while grid != after:
+        if grid[0] < after[0] or grid[1] < after[1] or grid == (1, 1):
+            raise ValueError(f"no 2x2 patch merges take a {before} token grid to {after}")
+        grids.append(grid)
+        grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+    return grids
+
+
+def _grid(layer: LayerRecord) -> tuple[int, int]:
+    return _stage(layer)[0]
+
+
+def _stage(layer: LayerRecord) -> tuple[tuple[int, int], Tensor]:
+    """The stage grid and window index of a windowed record."""
+    if layer.grid is None or layer.windows is None:
+        raise ValueError(f"layer {layer.name!r} has no window index and stage grid")
+    return layer.grid, layer.windows
+
+
+def propagate_windowed(
+    layers: Sequence[LayerRecord],
+    window_maps: Sequence[Tensor | None],
+    residual: bool = True,
+    reduce: str = MERGE_REDUCE,
+    rows: Tensor | None = None,
+) -> Tensor:
+    """``R_S`` of a hierarchical windowed transformer (Swin; method.md), or rows of it.
+
+    ``R_0 = I`` over the first stage's tokens; each layer's per-window map applies block-diagonally
+    (Eq. 6, ``R_s <- R_s + Abar R_s``); a 2x2 patch merge wherever the stage grid halves,
+    ``R_{s+1} = P R_s``. The product ``R_S = (I + Abar_L) ... P ... (I + Abar_1)`` is evaluated
+    from the output side, ``V <- V + V Abar`` and ``V <- V P``
+    (:func:`~gae_utils.rules.window_update_rows`, :func:`~gae_utils.rules.patch_merge_rows`),
+    starting from ``V = I`` (``N_S`` rows: all of ``R_S``) or the explained rows: the same
+    matrix, with ``N_S`` rows per product instead of ``N_s`` (64 times fewer for Swin-T's first
+    stage).
+
+    Args:
+        layers: windowed records (``LayerRecord.windows``) in forward order.
+        window_maps: per layer ``(B, K, nW, Nw, Nw)``, or None to skip the layer (identity).
+        residual: ``R + M R`` (GAE) or ``M R`` (rollout, raw attention, Grad-CAM).
+        reduce: ``"mean"`` or ``"sum"`` over each parent's four children.
+        rows: ``(B, K, M, N_S)`` rows to carry; default the identity, giving ``R_S``.
+
+    Returns:
+        ``(B, K, M, N_0)``; ``(B, K, N_S, N_0)`` by default: the last stage's tokens x the first
+        stage's.
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce={reduce!r}: a patch merge pools with 'mean' or 'sum'")
+    grid = _grid(layers[-1])
+    if rows is None:
+        like = next(m for m in window_maps if m is not None)  # (B, K, nW, Nw, Nw)
+        eye = torch.eye(grid[0] * grid[1], dtype=like.dtype, device=like.device)  # (N_S, N_S)
+        rows = eye.expand(*like.shape[:2], -1, -1)  # (B, K, N_S, N_S)
+    for layer, window_map in zip(reversed(layers), reversed(window_maps)):
+        for merged in reversed(_merges(_grid(layer), grid)):
+            rows = patch_merge_rows(rows, merged, reduce)  # (B, K, M, 4 N_{s+1})
+        grid = _grid(layer)
+        if window_map is not None:
+            rows = window_update_rows(rows, window_map, _stage(layer)[1], residual)
+    return rows
+
+
+def _propagate_windowed_rows(
+    layers: Sequence[LayerRecord], rows: Tensor, start_layer: int = 0
+) -> Tensor:
+    """GAE's explained rows ``(B, K, N_S) -> (B, K, N_0)`` (:func:`propagate_windowed`)."""
+    check_start_layer(start_layer, len(layers))
+    bars = [attn_bar_of(layer) if i >= start_layer else None for i, layer in enumerate(layers)]
+    return propagate_windowed(layers, bars, rows=rows.unsqueeze(-2)).squeeze(-2)

@@ -20,6 +20,8 @@ __all__ = [
     "cross_attention_update",
     "rollout_step",
     "gradcam_row",
+    "window_update_rows",
+    "patch_merge_rows",
 ]
 
 
@@ -150,3 +152,60 @@ def gradcam_row(attn_row: Tensor, grad_row: Tensor) -> Tensor:
     """
     weight = grad_row.mean(dim=-1, keepdim=True)  # (..., H, 1)
     return (weight * attn_row).mean(dim=-2).clamp(min=0)  # (..., N)
+
+
+def _windows_of(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``(..., N, D)`` gathered per window ``(..., nW, Nw, D)``; padding (index ``N``) is 0."""
+    padded = torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)  # (..., N+1, D)
+    return padded[..., index.flatten(), :].unflatten(-2, tuple(index.shape))  # (..., nW, Nw, D)
+
+
+def _scatter_windows(x: Tensor, index: Tensor, n: int) -> Tensor:
+    """Inverse of :func:`_windows_of`: ``(..., nW, Nw, D)`` -> ``(..., N, D)``, padding dropped."""
+    flat = x.flatten(-3, -2)  # (..., nW*Nw, D)
+    out = flat.new_zeros(*flat.shape[:-2], n + 1, flat.shape[-1])  # (..., N+1, D)
+    return out.index_copy(-2, index.flatten().to(x.device), flat)[..., :n, :]
+
+
+def window_update_rows(
+    rows: Tensor, window_maps: Tensor, index: Tensor, residual: bool = True
+) -> Tensor:
+    """Rows ``V`` of a map through one windowed layer (Swin, method.md), from the output side:
+    ``V <- V + V Abar`` (Eq. 6, ``R <- R + Abar R``, read by its rows: ``V R`` after the layer is
+    ``(V + V Abar)`` times ``R`` before it), with ``Abar`` block-diagonal over the windows: one
+    product per window, no dense ``(N, N)`` map.
+
+    Args:
+        rows: ``(..., M, N)`` M row vectors over the stage's tokens (raster order of its grid).
+        window_maps: ``(..., nW, Nw, Nw)`` each window's map (Eq. 5 ``Abar``, or rollout's step).
+        index: ``(nW, Nw)`` raster index of each window position in the stage's grid, the cyclic
+            shift and the partition undone; ``N`` marks a padding position.
+        residual: ``V + V M`` (Eq. 6); False: ``V M`` (rollout, raw attention, Grad-CAM).
+
+    Returns:
+        ``(..., M, N)``.
+    """
+    windows = _windows_of(rows.transpose(-1, -2), index)  # (..., nW, Nw, M): V^T per window
+    update = window_maps.transpose(-1, -2) @ windows  # (..., nW, Nw, Nw) @ (..., nW, Nw, M)
+    updated = _scatter_windows(update, index, rows.shape[-1]).transpose(-1, -2)  # (..., M, N)
+    return rows + updated if residual else updated
+
+
+def patch_merge_rows(row: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:
+    """Rows through a 2x2 patch merge ``R_{s+1} = P R_s`` from the output side, ``V_s = V_{s+1}
+    P``: each parent pools its four children's rows of ``R``, so each child gets its parent's
+    weight (``P``'s entries: 1/4 for ``"mean"``, 1 for ``"sum"``; an odd grid is zero-padded, as
+    the models pad their features).
+
+    Args:
+        row: ``(..., ceil(h/2) * ceil(w/2))`` weights over the parents.
+        grid: ``(h, w)`` the children's grid.
+
+    Returns:
+        ``(..., h*w)``.
+    """
+    h, w = grid
+    parents = row.unflatten(-1, ((h + 1) // 2, (w + 1) // 2))  # (..., h'/2, w'/2)
+    children = parents.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (..., h', w')
+    scale = 0.25 if reduce == "mean" else 1.0
+    return (children[..., :h, :w] * scale).flatten(-2)  # (..., h*w)

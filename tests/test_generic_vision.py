@@ -258,10 +258,12 @@ def test_image_families_the_capture_cannot_explain_are_refused(model_type):
 
 
 def test_windowed_attention_is_refused_not_misread():
-    """Swin routes its attention through the interface, but one map per window is no (B, N, N) token map."""
+    """A headless SwinModel routes its attention through the interface, but one map per window is
+    no (B, N, N) token map: the generic adapter refuses it (SwinForImageClassification has its own
+    adapter, tests/test_swin.py)."""
     config = transformers.SwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=3
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4
     )
-    swin = transformers.SwinForImageClassification(config).eval()
+    swin = transformers.SwinModel(config).eval()
     with pytest.raises(gu.AttentionCaptureError, match="within windows"):
-        gu.explain(swin, torch.rand(2, 3, 32, 32))
+        gu.explain(swin, torch.rand(2, 3, 32, 32), target=lambda out: out.pooler_output.sum(-1))

@@ -59,14 +59,36 @@ def test_convolutional_networks_are_named_with_grad_cam_as_the_alternative(build
 
 
 @pytest.mark.parametrize("build, size", [(tiny_timm_swin, 56), (tiny_hf_swin, 32)])
-def test_windowed_attention_models_are_named_as_such(build, size):
+def test_swin_models_are_explained_on_their_first_stage_grid(build, size):
+    exp = gu.explain(build(), torch.rand(2, 3, size, size))
+    assert exp.relevance["image"].shape == (2, (size // 4) ** 2)
+    assert torch.isfinite(exp.relevance["image"]).all()
+
+
+def tiny_hf_swinv2():
+    config = transformers.Swinv2Config(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=3
+    )
+    return transformers.Swinv2ForImageClassification(config).eval()
+
+
+def tiny_hf_swin_model():
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4
+    )
+    return transformers.SwinModel(config).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_hf_swinv2, tiny_hf_swin_model])
+def test_windowed_models_no_adapter_serves_name_what_is_missing(build):
     model = build()
     with pytest.raises((gu.UnsupportedModelError, gu.AttentionCaptureError)) as info:
-        gu.explain(model, torch.rand(2, 3, size, size))
+        gu.explain(model, torch.rand(2, 3, 32, 32))
     message = str(info.value)
-    assert "hierarchical vision transformer with attention within windows (Swin)" in message
-    assert "not supported yet" in message and "Use a ViT" in message
-    assert "scores have" not in message  # not the capture's shape mismatch
+    assert message.startswith(f"{type(model).__name__} is a hierarchical vision transformer with attention")
+    assert "no adapter gives its per-window attention maps and window layout" in message
+    assert "SwinForImageClassification" in message and "register an adapter" in message
+    assert "scores have" not in message and message.count("\n") == 0  # not the capture's shape mismatch
 
 
 def test_unknown_models_get_a_short_message_pointing_to_the_docs():

@@ -21,10 +21,11 @@ from . import (
     hf_vlm,
     openclip,
     seq2seq,
+    swin,
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
-from .images import convolutional_reason, windowed_reason
+from .images import convolutional_reason, hierarchical_reason, windowed_reason
 
 __all__ = [
     "ADAPTERS",
@@ -39,6 +40,8 @@ __all__ = [
 
 ADAPTERS: list[Adapter] = [
     timm_vit.ADAPTER,
+    swin.TIMM_SWIN,
+    swin.HF_SWIN,
     hf_text.BERT_ENCODER,
     hf_clip.CLIP,
     openclip.OPEN_CLIP,
@@ -111,7 +114,7 @@ def find_adapter(model: nn.Module) -> Adapter:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
-    reason = windowed_reason(model) or convolutional_reason(model)
+    reason = hierarchical_reason(model) or windowed_reason(model) or convolutional_reason(model)
     if reason is not None:
         raise UnsupportedModelError(reason)
     raised = "".join(

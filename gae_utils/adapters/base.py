@@ -126,6 +126,9 @@ class Adapter:
         prepare: ``prepare(model, inputs) -> inputs`` before the check (a processor's dict read as
             its ``pixel_values``, a causal LM's attention mask inferred); applied twice, it
             changes nothing the second time.
+        windows: ``windows(model, inputs) -> [(grid, index)]``, one per attention layer, for
+            attention within windows folded into the batch (Swin): the stage's token grid and the
+            ``(nW, Nw)`` raster index of each window position (:meth:`LayerRecord.with_windows`).
     """
 
     name: str
@@ -142,6 +145,7 @@ class Adapter:
     accepts: Callable[[nn.Module], bool] | None = None
     task: str = "classify"
     prepare: Callable[[nn.Module, Any], Any] | None = None
+    windows: Callable[[nn.Module, Any], list[tuple[tuple[int, int], Tensor]]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -33,7 +33,7 @@ from .base import (
     check_image_size,
 )
 from .hf_interface import interface_sites, routes_attention
-from .images import pixel_values, windowed_reason
+from .images import hierarchical_reason, pixel_values, windowed_reason
 from .seq2seq import mha_eager
 
 __all__ = ["HF_VISION", "POOLING", "PREFIX_TOKENS", "vision_pooling"]
@@ -95,7 +95,7 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
 
 
 def _check(model: nn.Module, images: Tensor) -> None:
-    reason = windowed_reason(model)  # its attention is routed, but per window
+    reason = hierarchical_reason(model) or windowed_reason(model)  # routed, but not N x N
     if reason is not None:
         raise AttentionCaptureError(reason)
     config = _vision_config(model)

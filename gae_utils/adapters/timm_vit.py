@@ -25,7 +25,7 @@ from .base import (
 )
 from .images import pixel_values
 
-__all__ = ["ADAPTER", "timm_eager"]
+__all__ = ["ADAPTER", "timm_eager", "timm_target"]
 
 
 def timm_eager(model: nn.Module) -> AbstractContextManager[None]:
@@ -63,7 +63,7 @@ def _timm_layout(model: Any, images: Tensor) -> TokenLayout:
     return TokenLayout((seg,), (Readout("image", "image", "image", rows),))
 
 
-def _timm_target(model: nn.Module, target: Any) -> Target:
+def timm_target(model: nn.Module, target: Any) -> Target:
     """A headless timm model (``num_classes=0``) returns features, not logits: only callable
     targets."""
     if getattr(model, "num_classes", None) == 0 and not callable(target):
@@ -96,6 +96,6 @@ ADAPTER = Adapter(
     layout=_timm_layout,
     family="timm VisionTransformer, Eva, Beit (vit_*, deit_*, eva02_*, beit*; "
     "distillation/register tokens, avg pool)",
-    target=_timm_target,
+    target=timm_target,
     prepare=pixel_values,  # a processor's BatchFeature -> its pixel_values
 )

@@ -265,8 +265,9 @@ class AttentionRecorder:
             if not lives:
                 raise ValueError(f"no recorded layers of modality {part.modality!r}")
             batch = lives[0].record.attn_mean.shape[0]
-            if scores.shape[0] != batch:
-                raise AttentionCaptureError(  # e.g. Swin: one map per window, not per example
+            windowed = any(s.windowed for s in self.adapter.sites_of(self.model))
+            if scores.shape[0] != batch and not (windowed and batch % scores.shape[0] == 0):
+                raise AttentionCaptureError(  # one map per window or image, sites not windowed
                     f"scores have {scores.shape[0]} rows but the attention maps a batch of "
                     f"{batch}: the model attends within windows or per image, which the adapter's "
                     "token layout does not describe"

@@ -78,6 +78,7 @@ class AttentionSite:
             (``torch.nn.MultiheadAttention``); gradients are taken at the view's base.
         group_per_cycle: each cycle of ``calls`` is one co-attention group of its own (``group``
             must then be None).
+        windowed: the module attends within windows folded into the batch (``B*nW`` maps; Swin).
     """
 
     module_class: str
@@ -90,6 +91,7 @@ class AttentionSite:
     calls: tuple[tuple[str, str], ...] | None = None
     graph_base: bool = False
     group_per_cycle: bool = False
+    windowed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.probs, ProbsReader):

@@ -3,6 +3,7 @@
     python -m gae_workbook.probe                                  # every causal-LM family (--kind text)
     python -m gae_workbook.probe --kind both                      # image classifiers and vision-language models
     python -m gae_workbook.probe --kind image --families vit dinov2 --json outputs/probe_vision.json
+    python -m gae_workbook.probe --kind image --families swin timm:swin timm:pvt_v2  # hierarchical
 
 Kinds (``--kind``): ``text`` (the causal-LM table of the installed transformers), ``image``
 (image classification), ``vlm`` (image-text-to-text), ``both`` (image and vlm), ``all``.
@@ -28,6 +29,10 @@ features have (``get_image_features``). Outcomes:
 - ``config``: the stock model itself fails on the generic tiny settings or inputs (no verdict on capture);
 - ``too big`` / ``build``: the generic settings do not shrink the family / do not build it.
 
+The image kind also probes the hierarchical families of the installed timm (``timm:<family>``,
+:data:`TIMM_HIERARCHICAL`): explained with parity (``ok``), or ``refused`` with the reason
+``find_adapter`` gives (what their attention has that the Swin rule does not describe).
+
 Every outcome is told apart by the exception's type, never by its message.
 """
 
@@ -46,7 +51,7 @@ from tqdm.auto import tqdm
 
 import gae_utils as gu
 from gae_utils.adapters.hf_interface import TokenMixingError
-from gae_utils.adapters.images import convolutional_reason
+from gae_utils.adapters.images import convolutional_reason, hierarchical_reason, windowed_reason
 
 from .checks import first_sentence
 
@@ -60,6 +65,9 @@ __all__ = [
     "tiny_model",
     "tiny_causal_lm",
     "probe_family",
+    "probe_timm_family",
+    "HIERARCHICAL_TINY",
+    "TIMM_HIERARCHICAL",
     "probe",
     "first_sentence",
     "format_line",
@@ -122,6 +130,34 @@ VISION_TINY: dict[str, Any] = dict(
 )
 """Generic tiny settings of an image model (or a vision-language model's vision tower)."""
 
+_SWIN_TINY: dict[str, Any] = dict(
+    patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], num_layers=2, hidden_size=32, window_size=4
+)
+HIERARCHICAL_TINY: dict[str, dict[str, Any]] = {
+    "swin": _SWIN_TINY,
+    "swinv2": {**_SWIN_TINY, "pretrained_window_sizes": [0, 0]},
+}
+"""Tiny settings of the Hugging Face windowed families, set as they are after :data:`VISION_TINY`: two
+stages of a plain and a shifted block, a 2x2 merge, 16 and 4 windows per stage."""
+
+_TIMM_SWIN_TINY: dict[str, Any] = dict(embed_dim=8, depths=(2, 2), num_heads=(1, 2), img_size=64, window_size=4)
+TIMM_HIERARCHICAL: dict[str, tuple[str, dict[str, Any]]] = {
+    "swin": ("swin_tiny_patch4_window7_224", _TIMM_SWIN_TINY),
+    "swinv2": ("swinv2_tiny_window8_256", _TIMM_SWIN_TINY),
+    "swinv2_cr": ("swinv2_cr_tiny_224", {}),
+    "pvt_v2": ("pvt_v2_b0", {}),
+    "twins": ("twins_pcpvt_small", {}),
+    "mvitv2": ("mvitv2_tiny", {}),
+    "hiera": ("hiera_tiny_224", {}),
+    "davit": ("davit_tiny", {}),
+    "maxvit": ("maxvit_tiny_tf_224", {}),
+    "coat": ("coat_lite_tiny", {}),
+    "nest": ("nest_tiny", {}),
+    "gcvit": ("gcvit_xxtiny", {}),
+    "focalnet": ("focalnet_tiny_srf", {}),
+}
+"""timm hierarchical families probed under the image kind: family -> (model name, tiny settings)."""
+
 IMAGE_TOKEN = 60  # placeholder id of the tiny vision-language models (inside the tiny vocabulary of 64)
 MAX_PARAMETERS = 3_000_000
 KINDS = ("text", "image", "vlm")
@@ -175,6 +211,8 @@ def _tiny_config(model_type: str, kind: str) -> Any:
                 _shrink(target, TINY, match_kind=False)
         return config
     _shrink(config, VISION_TINY if kind == "image" else {k: v for k, v in TINY.items() if k != "sliding_window"})
+    for key, value in HIERARCHICAL_TINY.get(model_type, {}).items() if kind == "image" else ():
+        setattr(config, key, value)  # per-stage lists of their own length
     if vision is not None:
         _shrink(vision, VISION_TINY)
     if text is not None:
@@ -206,6 +244,7 @@ def tiny_model(model_type: str, kind: str = "text", seed: int = 0) -> torch.nn.M
                 raise NoAttentionError(str(err)) from None
             found = sorted({type(m).__name__ for m in meta.modules() if "Attention" in type(m).__name__})
             why = f"attention classes {found}" if found else "no attention modules"  # routed or not: see the report
+            why = hierarchical_reason(meta) or windowed_reason(meta) or why  # what its attention has
             raise gu.UnsupportedModelError(f"find_adapter refuses it: {why}") from None
     n = sum(p.numel() for p in meta.parameters())
     if n > MAX_PARAMETERS:
@@ -318,15 +357,47 @@ def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
     return "ok", f"{gu.find_adapter(model).name}, image grid {exp.layout.segment('image').grid}"
 
 
+def probe_timm_family(family: str) -> tuple[str, str]:
+    """``(outcome, detail)`` of one hierarchical timm family of :data:`TIMM_HIERARCHICAL`: ``ok`` (explained,
+    parity with the stock model, finite relevance), ``refused`` (``find_adapter``'s reason, on the meta
+    device), ``build`` or ``failed``."""
+    import timm
+
+    name, tiny = TIMM_HIERARCHICAL[family]
+    if name not in timm.list_models():
+        return "build", f"timm {timm.__version__} has no {name}"
+    try:
+        with torch.device("meta"):
+            gu.find_adapter(timm.create_model(name, pretrained=False, num_classes=5, **tiny))
+    except gu.UnsupportedModelError as err:
+        return "refused", first_sentence(str(err))
+    except Exception as err:
+        return "build", f"{type(err).__name__}: {first_sentence(str(err))}"
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=5, **tiny).eval()
+    try:
+        exp = gu.explain(model, torch.randn(2, 3, *model.patch_embed.img_size), verify=True)
+    except (gu.UnsupportedModelError, gu.AttentionCaptureError) as err:
+        return "refused", first_sentence(str(err))
+    if not torch.isfinite(exp.relevance["image"]).all():
+        return "failed", "relevance is not finite"
+    grid = exp.layout.segment("image").grid
+    return "ok", f"{gu.find_adapter(model).name}, image grid {grid}, parity with the stock model"
+
+
 def probe(families: list[str] | None = None, kind: str = "text", progress: bool = True) -> dict[str, tuple[str, str]]:
-    """Probe ``families`` of ``kind`` (default: every family of that kind in the installed transformers)."""
+    """Probe ``families`` of ``kind`` (default: every family of that kind in the installed transformers, and for
+    the image kind the hierarchical timm families, named ``timm:<family>``)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     table = _table(kind)
     results = {}
+    timm_families = [f"timm:{f}" for f in TIMM_HIERARCHICAL] if kind == "image" else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        for name in [f for f in families or timm_families if f in timm_families]:
+            results[name] = probe_timm_family(name.removeprefix("timm:"))
         chosen = [f for f in families if f in table] if families else sorted(table)
         for model_type in tqdm(chosen, desc=f"{kind} families", disable=not progress):
             results[model_type] = probe_family(model_type, kind)

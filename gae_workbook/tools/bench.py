@@ -9,7 +9,9 @@ On one model with random weights (no download) and one batch, it times (median o
 - ``forward``: plain eager-attention forward, no graph (the unit every ratio divides by);
 - ``floor``: forward with a graph + one backward over activations only (gradient w.r.t. the
   input, no parameter gradients): the least any gradient-based explanation can cost;
-- ``gae``: :func:`gae_utils.explain`; ``gae_k5``: five targets per image in one call;
+- ``gae``: :func:`gae_utils.explain`; ``gae_rows``: the same with ``maps=False`` (the explained
+  rows only); ``gae_k5``: five targets per image in one call (rows only for a hierarchical model
+  such as ``swin_tiny_patch4_window7_224``, which has no authors' loop either);
 - ``authors_style``: one image at a time, attention maps kept with ``retain_grad()``,
   ``.backward()`` on the one-hot logit (parameter gradients included), the rules in a loop, as
   the reference notebooks do.
@@ -167,17 +169,31 @@ def run_benchmark(
         with torch.no_grad():
             stock(images)
 
+    # Swin (stages of windowed blocks, no .blocks): no authors' loop; five targets as rows only, as
+    # five full maps of the first stage's 56 x 56 tokens (R: 3136 x 3136 each) would take GBs.
+    hierarchical = not hasattr(eager, "blocks")
     jobs = {
         "forward": fwd,
         "forward_fused": fwd_fused,
         "floor": lambda: _floor(eager, images, target),
         "gae": lambda: explain(stock, images, target),
-        "gae_k5": lambda: explain(stock, images, targets5),
+        "gae_rows": lambda: explain(stock, images, target, maps=False),
+        "gae_k5": lambda: explain(stock, images, targets5, maps=not hierarchical),
         "authors_style": lambda: _authors_style(eager, images, target),
     }
+    if hierarchical:
+        del jobs["authors_style"]
     seconds = {}
     for key, fn in tqdm(jobs.items(), desc="timing", total=len(jobs)):
         seconds[key] = _time(fn, dev, repeats)
+    if hierarchical:
+        return {
+            "model": name,
+            "batch": batch,
+            **_machine(dev),
+            "seconds": seconds,
+            "ratios": {f"{key} / forward": seconds[key] / seconds["forward"] for key in jobs},
+        }
     ours = explain(stock, images, target).relevance["image"]
     theirs = _authors_style(eager, images, target)
     result = {
@@ -190,6 +206,7 @@ def run_benchmark(
             "floor / forward": seconds["floor"] / seconds["forward"],
             "gae / floor": seconds["gae"] / seconds["floor"],
             "gae_k5 / forward": seconds["gae_k5"] / seconds["forward"],
+            "gae_rows / forward": seconds["gae_rows"] / seconds["forward"],
             "authors_style / gae (per image)": seconds["authors_style"] / seconds["gae"],
         },
         "max_abs_diff_vs_authors_style": (ours - theirs).abs().max().item(),
