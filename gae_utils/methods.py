@@ -114,6 +114,8 @@ class Method:
             ignored).
         ablation: differs from a listed method only for some models; left out of default
             comparisons.
+        tower_norm: a row carried through a vision tower meets Eq. 8-9's ``Rbar_v`` (GAE), else
+            the tower's map as it is (docs/rules.md, "End to end through a vision tower").
     """
 
     name: str
@@ -121,13 +123,14 @@ class Method:
     label: str
     uses_start_layer: bool = False
     ablation: bool = False
+    tower_norm: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("gae", _gae, "GAE", uses_start_layer=True),
-        Method("gae_last_layer", _gae_last_layer, "GAE, last layer only"),
+        Method("gae", _gae, "GAE", uses_start_layer=True, tower_norm=True),
+        Method("gae_last_layer", _gae_last_layer, "GAE, last layer only", tower_norm=True),
         Method("raw_attention", _raw_attention, "raw attention"),
         Method("rollout", _rollout, "rollout", uses_start_layer=True),
         Method("attn_gradcam", _attn_gradcam, "attention Grad-CAM"),
@@ -174,7 +177,8 @@ def compute_maps(
     spec = METHODS[method]
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
     engine = {s.modality: s.engine_modality for s in layout.segments}
-    needed = [(engine[r.rows_of], engine[r.columns_of]) for r in layout.readouts]
+    needed = [(engine[r.rows_of], engine[r.through or r.columns_of]) for r in layout.readouts]
+    needed += [(engine[r.columns_of],) * 2 for r in layout.readouts if r.through]
     missing = [pair for pair in needed if pair not in maps]
     if missing:
         raise ValueError(f"method {method!r} gives no map for {missing}")

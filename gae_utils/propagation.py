@@ -148,11 +148,11 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
 
     Args:
         layers: recorded self-attention layers of one modality, in forward order.
-        rows: ``(B, K, N)`` the weights of the explained rows.
+        rows: ``(B, K, N)`` the weights of the explained rows (``(B, K, M, N)``: M rows each).
         start_layer: layers with a smaller index are skipped.
 
     Returns:
-        ``(B, K, N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
+        ``(B, K, [M,] N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
     """
     modalities = {(layer.kind, layer.query, layer.key) for layer in layers}
     if len(modalities) != 1 or next(iter(modalities))[0] != "self":
@@ -161,7 +161,7 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
             f"{sorted(modalities)}: compute the full maps instead"
         )
     check_start_layer(start_layer, len(layers))
-    row = rows.unsqueeze(-2)  # (B, K, 1, N)
+    row = rows.unsqueeze(-2) if rows.ndim == 3 else rows  # (B, K, M, N)
     for layer in reversed(layers[start_layer:]):
-        row = row + row @ attn_bar_of(layer)  # (B, K, 1, N) @ (B, K, N, N)
-    return row.squeeze(-2)  # (B, K, N)
+        row = row + row @ attn_bar_of(layer)  # (B, K, M, N) @ (B, K, N, N)
+    return row.squeeze(-2) if rows.ndim == 3 else row  # (B, K, [M,] N)

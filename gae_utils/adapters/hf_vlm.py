@@ -7,9 +7,14 @@ self-attention over the whole sequence, image tokens included: ``relevance["text
 ``R - I`` over the text tokens ``(B, L)`` (0 at padding and at image tokens), ``relevance["image"]``
 the same row over the image tokens, put back on their grid (``(B, h * w)``; ``grid_relevance`` gives
 ``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
-one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order. The vision tower's own
-attention is not propagated: the answer's relevance stops at the image tokens the language model
-reads, one image per example.
+one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example.
+
+LLaVA is also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the tower's input
+patch grid is that row carried through the projector's token map and the vision tower's own GAE
+map, recorded in the same backward pass (:func:`~gae_utils.rules.carry_through_tower`;
+docs/rules.md, "End to end through a vision tower"). Other families' projectors (pixel shuffle,
+patch mergers, tiles) are not carried: their relevance stops at the image tokens
+(:func:`end_to_end_reason`).
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
-from .hf_interface import interface_sites, routes_attention
+from .hf_interface import _is_routed, interface_sites, routes_attention
+from .hf_vision import _prefix
 
-__all__ = ["HF_VLM", "image_token_id"]
+__all__ = ["HF_VLM", "end_to_end_reason", "image_token_id"]
 
 
 def image_token_id(model: nn.Module) -> int:
@@ -53,11 +59,64 @@ def _is_vlm(model: nn.Module) -> bool:
     return routes_attention(model, decoder)  # the vision tower is not propagated
 
 
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module).rpartition(".")[2]
+
+
+def _tower(model: nn.Module) -> nn.Module:
+    """LLaVA's vision tower (``model.model.vision_tower``)."""
+    return next(m for n, m in model.named_modules() if n.rpartition(".")[2] == "vision_tower")
+
+
+def end_to_end_reason(model: nn.Module) -> str | None:
+    """Why ``relevance["pixels"]`` (the answer carried through the vision tower) is absent for
+    ``model``; None: LLaVA, whose projector reads one tower layer token by token."""
+    config: Any = model.config
+    name, layer = type(model).__name__, getattr(config, "vision_feature_layer", None)
+    if getattr(config, "model_type", None) != "llava":
+        return (
+            f"{name}'s projector ({config.model_type}: pixel shuffle, patch merger or tiles) is "
+            "not carried to the vision tower's patches; only LLaVA's is (docs/models.md, 'End to "
+            "end'). Use relevance['image'], the answer's row over the image tokens"
+        )
+    if not isinstance(layer, int) or config.vision_feature_select_strategy not in (
+        "default",
+        "full",
+    ):
+        return (
+            f"{name} reads vision_feature_layer={layer!r} with strategy "
+            f"{config.vision_feature_select_strategy!r}; the end-to-end map needs one tower layer "
+            "(an int) read with 'default' or 'full'. Use relevance['image']"
+        )
+    if not any(_is_routed(type(m)) for m in _tower(model).modules()):
+        return (
+            f"{name}'s vision tower does not route its attention through the attention interface, "
+            "so its maps cannot be captured. Use relevance['image']"
+        )
+    return None
+
+
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
-    """The language model's attention layers (the vision tower's are left out)."""
+    """The language model's attention layers, then LLaVA's vision tower's (modality "pixels")."""
     decoder = model.get_decoder()  # type: ignore[operator]
-    name = next(n for n, m in model.named_modules() if m is decoder).rpartition(".")[2]
-    return tuple(replace(site, within=name) for site in interface_sites(decoder, "text", "text"))
+    name = _name_of(model, decoder)
+    sites = tuple(replace(s, within=name) for s in interface_sites(decoder, "text", "text"))
+    if end_to_end_reason(model) is not None:
+        return sites
+    tower = _tower(model)
+    within = _name_of(model, tower)
+    return sites + tuple(
+        replace(s, within=within) for s in interface_sites(tower, "pixels", "pixels")
+    )
+
+
+def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:
+    """LLaVA's tower: its prefix tokens, its patch grid, and the tokens the projector drops (the
+    first, CLS, with ``vision_feature_select_strategy="default"``)."""
+    config: Any = model.config
+    patch = config.vision_config.patch_size
+    grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+    return _prefix(_tower(model)), grid, int(config.vision_feature_select_strategy == "default")
 
 
 def _check(model: nn.Module, inputs: Any) -> None:
@@ -69,11 +128,19 @@ def _check(model: nn.Module, inputs: Any) -> None:
             "example; explain one "
             "image per example (Idefics3/SmolVLM processors: do_image_splitting=False)"
         )
-    counts = (inputs["input_ids"] == image_token_id(model)).sum(
-        dim=1
-    )  # (B,) image tokens per example
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
     side = math.isqrt(int(counts[0]))
-    if (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
+    if end_to_end_reason(model) is None:  # LLaVA: one token per tower token it reads
+        prefix, grid, dropped = _tower_tokens(model, pixels)
+        expected = prefix + grid[0] * grid[1] - dropped
+        if pixels.shape[0] != counts.shape[0] or (counts != expected).any():
+            raise ValueError(
+                f"LLaVA reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
+                f"got {counts.tolist()} per example and {pixels.shape[0]} images for "
+                f"{counts.shape[0]} examples; build the inputs with the model's processor, one "
+                "image per example"
+            )
+    elif (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
         raise ValueError(
             "every example needs one image's square grid of image tokens (id "
             f"{image_token_id(model)}), got "
@@ -85,20 +152,30 @@ def _check(model: nn.Module, inputs: Any) -> None:
 def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     ids = inputs["input_ids"]
     image = ids == image_token_id(model)  # (B, L)
-    side = math.isqrt(int(image[0].sum()))
-    grid_index = image.long().cumsum(dim=1) - 1  # (B, L) raster index of each image token
+    count = int(image[0].sum())
+    side = math.isqrt(count)
+    order = image.long().cumsum(dim=1) - 1  # (B, L) index of each image token among them
     tokens = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)  # (B, L)
     last = torch.nn.functional.one_hot(last_real_position(inputs), ids.shape[1]).float()  # (B, L)
-    segments = (
-        Segment("text", ids.shape[1]),
-        Segment("image", ids.shape[1], grid=(side, side), stream="text"),
-    )
-    readouts = (
+    readouts: tuple[Readout, ...] = (
         Readout("text", "text", "text", per_example_rows=True, subtract_identity=True),
         Readout("image", "text", "image", per_example_rows=True),
     )
-    positions = {"text": tokens.where(~image, -1), "image": grid_index.where(image, -1)}
-    return TokenLayout(segments, readouts, {"text": last, "image": last}, positions)
+    reason = end_to_end_reason(model)
+    if reason is not None:
+        segments: tuple[Segment, ...] = (Segment("text", ids.shape[1]),)
+        grid, skip, maps, absent = (side, side), 0, {}, {"pixels": reason}
+    else:  # image token m reads tower token m + dropped: P (B, L, N_v), a selection
+        prefix, grid, dropped = _tower_tokens(model, inputs["pixel_values"])
+        n_v, skip = prefix + grid[0] * grid[1], prefix - dropped  # image tokens before the grid
+        segments = (Segment("pixels", n_v, prefix, grid), Segment("text", ids.shape[1]))
+        select = torch.nn.functional.one_hot((order + dropped).clamp(0, n_v - 1), n_v)
+        maps, absent = {"pixels": select * image[..., None]}, {}  # (B, L, N_v), 0 off the image
+        readouts += (Readout("pixels", "text", "pixels", per_example_rows=True, through="image"),)
+    segments += (Segment("image", ids.shape[1], grid=grid, stream="text"),)
+    positions = {"text": tokens.where(~image, -1), "image": (order - skip).where(image, -1)}
+    weights = {"text": last, "image": last} | ({} if reason else {"pixels": last})
+    return TokenLayout(segments, readouts, weights, positions, maps, absent)
 
 
 HF_VLM = Adapter(
