@@ -22,20 +22,20 @@ VISION = dict(
 )  # fmt: skip
 
 
-def tiny_llava(strategy: str = "default", feature_layer=-2, attn: str = "sdpa", seed: int = 0):
-    """A random LLaVA: CLIP tower (4 x 4 patches + CLS, 3 layers), Llama language model (3 layers)."""
+def tiny_llava(strategy="default", feature_layer=-2, attn="sdpa", seed=0, tower="clip_vision_model"):
+    """A random LLaVA: CLIP tower (4 x 4 patches + CLS, 3 layers; SigLIP: no CLS), Llama language
+    model (3 layers)."""
     torch.manual_seed(seed)
     config = transformers.LlavaConfig(
-        vision_config=VISION, text_config=TEXT, image_token_id=IMAGE,
+        vision_config=dict(VISION, model_type=tower), text_config=TEXT, image_token_id=IMAGE,
         vision_feature_select_strategy=strategy, vision_feature_layer=feature_layer,
     )  # fmt: skip
     config._attn_implementation = attn
     return transformers.LlavaForConditionalGeneration(config).eval()
 
 
-def left_padded(strategy: str = "default"):
+def left_padded(n_image: int = 16):
     """Two prompts of different lengths, left padded, one 32 x 32 image each."""
-    n_image = 16 if strategy == "default" else 17  # "full" keeps the CLS token
     rows = [[1, 5, 6, *[IMAGE] * n_image, 7, 8, 9], [1, *[IMAGE] * n_image, 30]]
     length = max(len(p) for p in rows)
     ids = torch.zeros(len(rows), length, dtype=torch.long)
@@ -86,7 +86,8 @@ def reference(model, prompt, pixels, token, normalize=True):
     carried = torch.zeros(n_v)
     for m in range(row_image.shape[0]):  # P: image token m reads tower token m + drop
         carried[m + drop] += row_image[m]
-    return (carried @ r_tower.detach())[1:], row_image[len(row_image) - 16 :]  # no CLS column
+    prefix = n_v - 16  # CLIP's CLS; SigLIP has none
+    return (carried @ r_tower.detach())[prefix:], row_image[len(row_image) - 16 :]
 
 
 def snapshot(model):
@@ -111,10 +112,13 @@ def assert_same(before, after):
     assert rest == list(after[1:])
 
 
-@pytest.mark.parametrize("strategy", ["default", "full"])
-def test_pixels_match_an_independent_reference_batched_left_padded_two_targets(strategy):
-    model = tiny_llava(strategy)
-    rows, x = left_padded(strategy)
+@pytest.mark.parametrize(
+    "tower, strategy, n_image",
+    [("clip_vision_model", "default", 16), ("clip_vision_model", "full", 17), ("siglip_vision_model", "full", 16)],
+)
+def test_pixels_match_an_independent_reference_batched_left_padded_two_targets(tower, strategy, n_image):
+    model = tiny_llava(strategy, tower=tower)
+    rows, x = left_padded(n_image)
     targets = torch.tensor([[3, 40], [11, 62]])
     with torch.no_grad():
         model(**x)  # transformers installs its own output-capturing hooks on the first call
