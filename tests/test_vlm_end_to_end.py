@@ -197,7 +197,7 @@ def test_other_families_keep_the_image_token_map_and_say_why_pixels_are_absent(f
     assert set(exp.relevance) == {"text", "image"}
     assert gu.find_adapter(model).name == "hf-vlm"
     for ask in (lambda: exp.grid_relevance("pixels"), lambda: exp.heatmap(name="pixels")):
-        with pytest.raises(KeyError, match="pixel shuffle, patch merger or tiles"):
+        with pytest.raises(KeyError, match="only LLaVA's one-token-per-patch projector"):
             ask()
     with pytest.raises(KeyError, match="Use relevance\\['image'\\]"):
         exp.plot(name="pixels")
@@ -214,3 +214,17 @@ def test_a_through_readout_needs_its_rule():
     maps = {("text", "text"): torch.eye(3).expand(1, 1, 3, 3), ("pixels", "pixels"): torch.eye(2).expand(1, 1, 2, 2)}
     with pytest.raises(ValueError, match="carry=gae_utils.rules.carry_through_tower"):
         layout.read(maps)
+
+
+def test_a_tower_other_than_one_fixed_grid_per_image_keeps_the_image_token_map(monkeypatch):
+    from gae_utils.adapters import vlm_tower
+    from gae_utils.adapters.hf_vlm import end_to_end_reason
+
+    model = tiny_llava("full", tower="siglip_vision_model")
+    assert end_to_end_reason(model) is None
+    monkeypatch.setattr(vlm_tower, "TOWERS", ("clip_vision_model",))  # as if SigLIP were Pixtral
+    assert "siglip_vision_model) is not one fixed patch grid" in end_to_end_reason(model)
+    exp = gu.explain(model, left_padded()[1])
+    assert set(exp.relevance) == {"text", "image"}
+    with pytest.raises(KeyError, match="not one fixed patch grid"):
+        exp.heatmap(name="pixels")

@@ -25,13 +25,13 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
-from .hf_interface import _is_routed, interface_sites, routes_attention
-from .hf_vision import _prefix
+from .hf_interface import interface_sites, routes_attention
+from .vlm_tower import _name_of, _tower, _tower_tokens, end_to_end_reason
 
 __all__ = ["HF_VLM", "end_to_end_reason", "image_token_id"]
 
@@ -59,43 +59,6 @@ def _is_vlm(model: nn.Module) -> bool:
     return routes_attention(model, decoder)  # the vision tower is not propagated
 
 
-def _name_of(model: nn.Module, module: nn.Module) -> str:
-    return next(n for n, m in model.named_modules() if m is module).rpartition(".")[2]
-
-
-def _tower(model: nn.Module) -> nn.Module:
-    """LLaVA's vision tower (``model.model.vision_tower``)."""
-    return next(m for n, m in model.named_modules() if n.rpartition(".")[2] == "vision_tower")
-
-
-def end_to_end_reason(model: nn.Module) -> str | None:
-    """Why ``relevance["pixels"]`` (the answer carried through the vision tower) is absent for
-    ``model``; None: LLaVA, whose projector reads one tower layer token by token."""
-    config: Any = model.config
-    name, layer = type(model).__name__, getattr(config, "vision_feature_layer", None)
-    if getattr(config, "model_type", None) != "llava":
-        return (
-            f"{name}'s projector ({config.model_type}: pixel shuffle, patch merger or tiles) is "
-            "not carried to the vision tower's patches; only LLaVA's is (docs/models.md, 'End to "
-            "end'). Use relevance['image'], the answer's row over the image tokens"
-        )
-    if not isinstance(layer, int) or config.vision_feature_select_strategy not in (
-        "default",
-        "full",
-    ):
-        return (
-            f"{name} reads vision_feature_layer={layer!r} with strategy "
-            f"{config.vision_feature_select_strategy!r}; the end-to-end map needs one tower layer "
-            "(an int) read with 'default' or 'full'. Use relevance['image']"
-        )
-    if not any(_is_routed(type(m)) for m in _tower(model).modules()):
-        return (
-            f"{name}'s vision tower does not route its attention through the attention interface, "
-            "so its maps cannot be captured. Use relevance['image']"
-        )
-    return None
-
-
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     """The language model's attention layers, then LLaVA's vision tower's (modality "pixels")."""
     decoder = model.get_decoder()  # type: ignore[operator]
@@ -108,15 +71,6 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     return sites + tuple(
         replace(s, within=within) for s in interface_sites(tower, "pixels", "pixels")
     )
-
-
-def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:
-    """LLaVA's tower: its prefix tokens, its patch grid, and the tokens the projector drops (the
-    first, CLS, with ``vision_feature_select_strategy="default"``)."""
-    config: Any = model.config
-    patch = config.vision_config.patch_size
-    grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-    return _prefix(_tower(model)), grid, int(config.vision_feature_select_strategy == "default")
 
 
 def _check(model: nn.Module, inputs: Any) -> None:
