@@ -358,6 +358,7 @@ class Explanation:
             "maps": {f"{a}|{b}": v for (a, b), v in self.maps.items()},
             "layout_weights": self.layout.weights,
             "layout_positions": self.layout.positions,
+            "layout_token_maps": self.layout.token_maps,
             "token_ids": self.token_ids,
             "token_mask": self.token_mask,
         }
@@ -388,7 +389,7 @@ class Explanation:
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
             for group in ("relevance", "maps", "layout_weights", "layout_positions", "token_ids")
-            + ("token_mask",)
+            + ("token_mask", "layout_token_maps")
         }
         return cls(
             relevance=groups["relevance"],
@@ -398,7 +399,8 @@ class Explanation:
             target=tensors.get("target"),
             scores=tensors["scores"],
             layout=TokenLayout.from_dict(
-                meta.pop("layout"), groups["layout_weights"], groups["layout_positions"]
+                meta.pop("layout"),
+                *(groups[f"layout_{k}"] for k in ("weights", "positions", "token_maps")),
             ),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],

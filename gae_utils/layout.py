@@ -266,6 +266,7 @@ class TokenLayout:
         return {
             "segments": [vars(s) for s in self.segments],
             "readouts": [vars(r) for r in self.readouts],
+            "absent": self.absent,
         }
 
     @classmethod
@@ -274,15 +275,17 @@ class TokenLayout:
         data: dict,
         weights: dict[str, Tensor] | None = None,
         positions: dict[str, Tensor] | None = None,
+        token_maps: dict[str, Tensor] | None = None,
     ) -> TokenLayout:
         """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example
-        ``weights`` and ``positions`` (tensors, saved beside the JSON)."""
+        ``weights``, ``positions`` and ``token_maps`` (tensors, saved beside the JSON)."""
         segments = tuple(
             Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
             for s in data["segments"]
         )
         readouts = tuple(_readout(r) for r in data["readouts"])
-        return cls(segments, readouts, dict(weights or {}), dict(positions or {}))
+        tensors = (dict(weights or {}), dict(positions or {}), dict(token_maps or {}))
+        return cls(segments, readouts, *tensors, data.get("absent", {}))
 
 
 def _readout(data: dict) -> Readout:

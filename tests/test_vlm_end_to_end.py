@@ -228,3 +228,17 @@ def test_a_tower_other_than_one_fixed_grid_per_image_keeps_the_image_token_map(m
     assert set(exp.relevance) == {"text", "image"}
     with pytest.raises(KeyError, match="not one fixed patch grid"):
         exp.heatmap(name="pixels")
+
+
+def test_an_end_to_end_explanation_saves_and_loads(tmp_path):
+    exp = gu.explain(tiny_llava(), left_padded()[1], target=torch.tensor([[3, 40], [11, 62]]))
+    exp.save(tmp_path / "llava")
+    loaded = gu.Explanation.load(tmp_path / "llava")
+    assert loaded == exp and loaded.layout.token_maps["pixels"].shape == (2, 22, 17)
+    torch.testing.assert_close(loaded.grid_relevance("pixels"), exp.grid_relevance("pixels"))
+    from test_vlm import batch, tiny_vlm
+
+    idefics = gu.explain(tiny_vlm("idefics3"), batch("idefics3")[1])
+    idefics.save(tmp_path / "idefics")
+    with pytest.raises(KeyError, match="only LLaVA's"):  # the reason survives the round trip
+        gu.Explanation.load(tmp_path / "idefics").grid_relevance("pixels")
