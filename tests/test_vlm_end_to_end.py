@@ -142,14 +142,20 @@ def test_pixels_match_an_independent_reference_batched_left_padded_two_targets(t
     assert not torch.allclose(exp.relevance["pixels"], no_norm.relevance["pixels"])
 
 
-def test_the_tower_layers_after_the_one_read_carry_nothing():
-    """vision_feature_layer=-2: the last tower layer runs but feeds nothing the answer reads."""
-    model = tiny_llava()
+def test_only_the_tower_layers_up_to_the_one_read_are_recorded():
+    """vision_feature_layer=-2: the last tower layer runs but feeds nothing the answer reads, so it is
+    not recorded (GAE would give it Abar = 0; raw attention and rollout would read it)."""
     _, x = left_padded()
-    rec = gu.record(model, x, target=torch.tensor([[3], [11]]))
-    tower = [layer for layer in rec.layers if layer.query == "pixels"]
-    assert len(tower) == 3 and [layer.reached for layer in tower] == [True, True, False]
-    assert (tower[-1].attn_bar == 0).all() and (tower[0].attn_bar > 0).any()
+    for feature_layer, n_read in ((-2, 2), (-1, 3), (1, 1)):
+        rec = gu.record(tiny_llava(feature_layer=feature_layer), x, target=torch.tensor([[3], [11]]))
+        tower = [layer for layer in rec.layers if layer.query == "pixels"]
+        assert [layer.name.split(".")[-2] for layer in tower] == [str(i) for i in range(n_read)]
+        assert all(layer.reached for layer in tower)
+    for method in gu.method_names(ablations=True):  # every method reads the pixels
+        assert rec.explanation(method).relevance["pixels"].shape == (2, 1, 16)  # K = 1 asked
+    from gae_utils.adapters.hf_vlm import end_to_end_reason
+
+    assert "reads the tower's embeddings" in end_to_end_reason(tiny_llava(feature_layer=0))
 
 
 def test_pixels_draw_as_heatmaps_and_figures():

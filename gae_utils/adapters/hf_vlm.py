@@ -31,7 +31,7 @@ from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
 from .hf_interface import interface_sites, routes_attention
-from .vlm_tower import _name_of, _tower, _tower_tokens, end_to_end_reason
+from .vlm_tower import _name_of, _tower_tokens, end_to_end_reason, tower_sites
 
 __all__ = ["HF_VLM", "end_to_end_reason", "image_token_id"]
 
@@ -64,13 +64,7 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     decoder = model.get_decoder()  # type: ignore[operator]
     name = _name_of(model, decoder)
     sites = tuple(replace(s, within=name) for s in interface_sites(decoder, "text", "text"))
-    if end_to_end_reason(model) is not None:
-        return sites
-    tower = _tower(model)
-    within = _name_of(model, tower)
-    return sites + tuple(
-        replace(s, within=within) for s in interface_sites(tower, "pixels", "pixels")
-    )
+    return sites if end_to_end_reason(model) is not None else sites + tower_sites(model)
 
 
 def _check(model: nn.Module, inputs: Any) -> None:

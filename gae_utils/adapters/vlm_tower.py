@@ -4,14 +4,16 @@ language model (docs/rules.md, "End to end through a vision tower")."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor, nn
 
-from .hf_interface import _is_routed
+from ..capture import AttentionSite
+from .hf_interface import _is_routed, interface_sites
 from .hf_vision import _prefix
 
-__all__ = ["TOWERS", "end_to_end_reason"]
+__all__ = ["TOWERS", "end_to_end_reason", "tower_sites"]
 
 
 TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -54,12 +56,28 @@ def end_to_end_reason(model: nn.Module) -> str | None:
             f"{config.vision_feature_select_strategy!r}; the end-to-end map needs one tower layer "
             "(an int) read with 'default' or 'full'. Use relevance['image']"
         )
+    if _layers_read(model) == 0:
+        return f"{name} reads the tower's embeddings (no attention layer). Use relevance['image']"
     if not any(_is_routed(type(m)) for m in _tower(model).modules()):
         return (
             f"{name}'s vision tower does not route its attention through the attention interface, "
             "so its maps cannot be captured. Use relevance['image']"
         )
     return None
+
+
+def _layers_read(model: nn.Module) -> int:
+    """How many tower layers the projector reads through: ``hidden_states[vision_feature_layer]``
+    is the output of the first ``n`` layers (``hidden_states[0]``: the embeddings)."""
+    config: Any = model.config
+    return config.vision_feature_layer % (config.vision_config.num_hidden_layers + 1)
+
+
+def tower_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
+    """The tower's attention layers up to the one the projector reads (modality ``"pixels"``):
+    the later ones run but feed nothing the answer reads (their gradient is 0)."""
+    sites = interface_sites(_tower(model), "pixels", "pixels")
+    return tuple(replace(s, within=str(i)) for s in sites for i in range(_layers_read(model)))
 
 
 def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:
