@@ -68,7 +68,7 @@ class Recording:
         self, method: str = "gae", start_layer: int = 0, maps: bool = True
     ) -> Explanation:
         """The :class:`Explanation` of ``method`` (a name of :data:`~gae_utils.methods.METHODS`);
-        ``maps=False`` (GAE on one modality's self-attention stack) computes only the explained rows
+        ``maps=False`` (GAE, each modality's self-attention stack) computes only the explained rows
         of ``R``, no maps."""
         norm = METHODS[method].tower_norm if method in METHODS else True  # Eq. 8-9 on R_v
         carry = partial(carry_through_tower, normalize=norm)
