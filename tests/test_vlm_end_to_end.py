@@ -248,3 +248,16 @@ def test_an_end_to_end_explanation_saves_and_loads(tmp_path):
     idefics.save(tmp_path / "idefics")
     with pytest.raises(KeyError, match="only LLaVA's"):  # the reason survives the round trip
         gu.Explanation.load(tmp_path / "idefics").grid_relevance("pixels")
+
+
+def test_start_layer_counts_the_tower_layers_first():
+    """Forward order: the 2 tower layers read (vision_feature_layer=-2), then the language model's 3.
+    Skipping the tower leaves R_v = I, so the pixels are the image-token map itself."""
+    rec = gu.record(tiny_llava(), left_padded()[1], target=torch.tensor([[3], [11]]))
+    assert [layer.query for layer in rec.layers] == ["pixels"] * 2 + ["text"] * 3
+    full, no_tower = rec.explanation(), rec.explanation(start_layer=2)
+    torch.testing.assert_close(no_tower.relevance["image"], full.relevance["image"])
+    torch.testing.assert_close(no_tower.relevance["pixels"], full.relevance["image"])
+    assert not torch.allclose(full.relevance["pixels"], full.relevance["image"])
+    rows = rec.explanation(start_layer=2, maps=False)
+    torch.testing.assert_close(rows.relevance["pixels"], no_tower.relevance["pixels"])
