@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,9 +20,10 @@ from .capture import AttentionCaptureError, AttentionRecorder, evaluating
 from .explanation import Explanation
 from .layers import LayerRecord
 from .layout import TokenLayout
-from .methods import check_method, compute_maps
+from .methods import METHODS, check_method, compute_maps
 from .plotting import class_names, pixel_normalization
-from .propagation import attn_bar_of, propagate, propagate_rows
+from .propagation import attn_bar_of, check_start_layer, propagate, propagate_rows
+from .rules import carry_through_tower
 from .targets import Target, TargetLike
 
 __all__ = ["explain", "record", "Recording", "with_input_tokens"]
@@ -66,17 +68,25 @@ class Recording:
         self, method: str = "gae", start_layer: int = 0, maps: bool = True
     ) -> Explanation:
         """The :class:`Explanation` of ``method`` (a name of :data:`~gae_utils.methods.METHODS`);
-        ``maps=False`` (GAE on one modality's self-attention stack) computes only the explained rows
+        ``maps=False`` (GAE, each modality's self-attention stack) computes only the explained rows
         of ``R``, no maps."""
+        norm = METHODS[method].tower_norm if method in METHODS else True  # Eq. 8-9 on R_v
+        carry = partial(carry_through_tower, normalize=norm)
         if maps:
             full = self.maps(method, start_layer)
-            relevance = self.layout.read(full)
+            relevance = self.layout.read(full, carry)
         elif method == "gae":
-            like = attn_bar_of(self.layers[-1])
+            check_start_layer(start_layer, len(self.layers))
+            windowed = self.layers[-1].windows is not None  # Swin: last stage -> first stage
+
+            def rows_of(modality: str, rows: Tensor) -> Tensor:  # one modality's layers: v^T R
+                if windowed:  # every stage's merges; Eq. 6 from start_layer
+                    return propagate_rows(self.layers, rows, start_layer)
+                own = [r for r in self.layers[start_layer:] if r.query == modality]
+                return propagate_rows(own, rows) if own else rows
+
             relevance = self.layout.read_rows(
-                lambda _, rows: propagate_rows(self.layers, rows, start_layer),
-                like,
-                across=self.layers[-1].windows is not None,  # Swin: last stage -> first stage
+                rows_of, attn_bar_of(self.layers[-1]), carry, across=windowed
             )
             full = {}
         else:

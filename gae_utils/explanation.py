@@ -185,16 +185,22 @@ class Explanation:
             named = [token_strings(tokenizer, t.reshape(-1).tolist()) for t in self.target]
         return replace(self, tokens=tokens, target_tokens=named)
 
+    def _relevance(self, name: str) -> Tensor:
+        if name not in self.relevance:  # the layout may say why the model cannot give it
+            why = self.layout.absent.get(name, f"pass one of {sorted(self.relevance)}")
+            raise KeyError(f"this {self.model_name} explanation has no relevance {name!r}: {why}")
+        return self.relevance[name]
+
     def grid_relevance(self, name: str = "image") -> Tensor:
         """Relevance reshaped to the patch grid: ``(B, h, w)`` or ``(B, K, h, w)``."""
-        rel = self.relevance[name]
+        rel = self._relevance(name)
         return rel.reshape(*rel.shape[:-1], *self._grid(name))  # (..., h, w)
 
     def heatmap(self, size: int | tuple[int, int] | None = None, name: str = "image") -> Tensor:
         """Relevance of ``name`` upsampled (bilinear) to ``size`` (an int: square; None: the patch
         grid) and min-max normalised per map: ``(B, H, W)`` or ``(B, K, H, W)`` in [0, 1], on the
         CPU as float32."""
-        rel = self.relevance[name].detach().float().cpu()  # (..., h*w)
+        rel = self._relevance(name).detach().float().cpu()  # (..., h*w)
         return grid_heatmap(rel, self._grid(name), size)  # (..., H, W)
 
     def plot(
@@ -252,6 +258,8 @@ class Explanation:
         )
 
         cmap = cmap or HEATMAP_CMAP
+        if name in self.layout.absent:
+            self._relevance(name)  # raises: says why the model has none
         if name not in self.relevance:  # a text explanation: its tokens
             name = next(iter(self.token_ids or self.relevance))
         if self.layout.segment(name).grid is None:
@@ -350,6 +358,7 @@ class Explanation:
             "maps": {f"{a}|{b}": v for (a, b), v in self.maps.items()},
             "layout_weights": self.layout.weights,
             "layout_positions": self.layout.positions,
+            "layout_token_maps": self.layout.token_maps,
             "token_ids": self.token_ids,
             "token_mask": self.token_mask,
         }
@@ -380,7 +389,7 @@ class Explanation:
         groups = {
             group: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{group}/")}
             for group in ("relevance", "maps", "layout_weights", "layout_positions", "token_ids")
-            + ("token_mask",)
+            + ("token_mask", "layout_token_maps")
         }
         return cls(
             relevance=groups["relevance"],
@@ -390,7 +399,8 @@ class Explanation:
             target=tensors.get("target"),
             scores=tensors["scores"],
             layout=TokenLayout.from_dict(
-                meta.pop("layout"), groups["layout_weights"], groups["layout_positions"]
+                meta.pop("layout"),
+                *(groups[f"layout_{k}"] for k in ("weights", "positions", "token_maps")),
             ),
             token_ids=groups["token_ids"],
             token_mask=groups["token_mask"],

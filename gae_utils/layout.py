@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 __all__ = ["Segment", "Readout", "TokenLayout"]
+
+Carry = Callable[[Tensor, Tensor, Tensor], Tensor]  # (row, token map, tower map) -> row
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class Readout:
             target (a generated token's step, a DETR object query).
         drop_self: zero the explained token's own column (the authors zero ``R[t, t][0, 0]``).
         subtract_identity: read the row of ``R - I``: what the layers added (decoder-only LMs).
+        through: the row is read over this segment's tokens, carried by the layout's
+            ``token_maps[name]`` into ``columns_of`` and right-multiplied by its ``R[b, b]``
+            (a vision tower feeding a language model: :func:`~gae_utils.rules.carry_through_tower`).
     """
 
     name: str
@@ -76,6 +82,7 @@ class Readout:
     per_example_rows: bool = False
     drop_self: bool = False
     subtract_identity: bool = False
+    through: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rows, str):
@@ -99,6 +106,9 @@ class TokenLayout:
         positions: ``{modality: (B, n_content)}`` raster index on the segment's grid of each content
             token that reaches the model in another order (ViLT shuffles its patches); ``-1``: not
             this segment's.
+        token_maps: ``{readout name: (B, N_through, N_b)}`` the projector's token map ``P`` of a
+            readout read ``through`` a segment.
+        absent: ``{name: why}`` relevance this model cannot give, named in the error asking for it.
     """
 
     segments: tuple[Segment, ...]
@@ -107,6 +117,8 @@ class TokenLayout:
     weights: dict[str, Tensor] = field(default_factory=dict, compare=False)
     # {modality: (B, n_content)}
     positions: dict[str, Tensor] = field(default_factory=dict, compare=False)
+    token_maps: dict[str, Tensor] = field(default_factory=dict, compare=False)
+    absent: dict[str, str] = field(default_factory=dict, compare=False)
 
     def segment(self, modality: str) -> Segment:
         for seg in self.segments:
@@ -142,14 +154,18 @@ class TokenLayout:
         weights[rows] = 1.0 / len(rows)
         return weights
 
-    def read(self, maps: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
+    def read(
+        self, maps: dict[tuple[str, str], Tensor], carry: Carry | None = None
+    ) -> dict[str, Tensor]:
         """Every relevance vector ``{name: (..., n_content)}`` of the layout from maps
-        ``{(a, b): (..., Na, Nb)}``."""
+        ``{(a, b): (..., Na, Nb)}``; ``carry``: the rule of a ``through`` readout
+        (:func:`~gae_utils.rules.carry_through_tower`)."""
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            full = maps[rows.engine_modality, cols.engine_modality]  # the engine modalities' map
-            full = full[..., rows.span, cols.span]  # (B, [K,] Na, Nb)
+            via = self.segment(readout.through) if readout.through else cols
+            full = maps[rows.engine_modality, via.engine_modality]  # the engine modalities' map
+            full = full[..., rows.span, via.span]  # (B, [K,] Na, Nb)
             weights = self.row_weights(readout, full)  # (Na,), (B, Na) or (B, K, Na)
             if weights.ndim == 3:  # one row per target: needs maps with a target dimension
                 if full.ndim != 4 or full.shape[1] != weights.shape[1]:
@@ -165,15 +181,31 @@ class TokenLayout:
             else:
                 weights = weights[None]  # (1, Na), broadcast over the batch
             row = (weights @ full).squeeze(-2)  # (B, [K,] Nb)
+            if readout.through:  # (B, K, N_via) -> (B, K, Nb)
+                tower = maps[cols.engine_modality, cols.engine_modality][..., cols.span, cols.span]
+                row = self._carry(readout, row, tower, carry)
             out[readout.name] = self._finish(readout, row, weights)
         return out
 
+    def _carry(self, readout: Readout, row: Tensor, tower: Tensor, carry: Carry | None) -> Tensor:
+        """``row`` ``(B, K, N_via)`` through the token map and ``tower`` ``(B, K, Nb, Nb)``."""
+        if carry is None:
+            raise ValueError(
+                f"readout {readout.name!r} is read through {readout.through!r}; pass its rule, "
+                "carry=gae_utils.rules.carry_through_tower"
+            )
+        return carry(row, self.token_maps[readout.name].to(row), tower)  # (B, K, Nb)
+
     def read_rows(
-        self, propagate_row: Callable[[str, Tensor], Tensor], like: Tensor, across: bool = False
+        self,
+        propagate_row: Callable[[str, Tensor], Tensor],
+        like: Tensor,
+        carry: Carry | None = None,
+        across: bool = False,
     ) -> dict[str, Tensor]:
         """What :meth:`read` gives, without full maps.
 
-        ``propagate_row(engine modality, v (B, K, N))`` computes ``v^T R``
+        ``propagate_row(engine modality, v (B, K, [M,] N))`` computes ``v^T R``
         (:func:`~gae_utils.propagation.propagate_rows`); ``like`` ``(B, K, ...)`` gives the sizes;
         ``across``: ``propagate_row`` maps the rows' modality to the columns' (Swin's stages).
         """
@@ -181,7 +213,8 @@ class TokenLayout:
         out = {}
         for readout in self.readouts:
             rows, cols = self.segment(readout.rows_of), self.segment(readout.columns_of)
-            if rows.engine_modality != cols.engine_modality and not across:
+            via = self.segment(readout.through) if readout.through else cols
+            if rows.engine_modality != via.engine_modality and not across:
                 raise ValueError(
                     f"readout {readout.name!r} reads across modalities; it needs the full maps"
                 )
@@ -193,7 +226,12 @@ class TokenLayout:
             n = self.segment(rows.engine_modality).n_tokens
             start = like.new_zeros(batch, k, n)  # (B, K, N): the explained rows in the stream
             start[..., rows.span] = weights
-            row = propagate_row(rows.engine_modality, start)[..., cols.span]  # (B, K, Nb)
+            row = propagate_row(rows.engine_modality, start)[..., via.span]  # (B, K, Nb)
+            if readout.through:  # the tower's full map: rows of I times R (the tower is short)
+                n = self.segment(cols.engine_modality).n_tokens
+                eye = torch.eye(n, dtype=like.dtype, device=like.device).expand(batch, k, n, n)
+                tower = propagate_row(cols.engine_modality, eye)[..., cols.span, cols.span]
+                row = self._carry(readout, row, tower, carry)
             out[readout.name] = self._finish(readout, row, weights.unsqueeze(-2))
         return out
 
@@ -230,6 +268,7 @@ class TokenLayout:
         return {
             "segments": [vars(s) for s in self.segments],
             "readouts": [vars(r) for r in self.readouts],
+            "absent": self.absent,
         }
 
     @classmethod
@@ -238,15 +277,17 @@ class TokenLayout:
         data: dict,
         weights: dict[str, Tensor] | None = None,
         positions: dict[str, Tensor] | None = None,
+        token_maps: dict[str, Tensor] | None = None,
     ) -> TokenLayout:
         """The layout :meth:`to_dict` described (JSON lists back to tuples), with its per-example
-        ``weights`` and ``positions`` (tensors, saved beside the JSON)."""
+        ``weights``, ``positions`` and ``token_maps`` (tensors, saved beside the JSON)."""
         segments = tuple(
             Segment(**{**s, "grid": tuple(s["grid"]) if s["grid"] else None})
             for s in data["segments"]
         )
         readouts = tuple(_readout(r) for r in data["readouts"])
-        return cls(segments, readouts, dict(weights or {}), dict(positions or {}))
+        tensors = (dict(weights or {}), dict(positions or {}), dict(token_maps or {}))
+        return cls(segments, readouts, *tensors, data.get("absent", {}))
 
 
 def _readout(data: dict) -> Readout:

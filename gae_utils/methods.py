@@ -151,6 +151,8 @@ class Method:
             propagated through windows and merges by
             :func:`~gae_utils.propagation.propagate_windowed`; None: no windowed form.
         residual: the windowed maps update ``R + M R`` (GAE) rather than ``M R``.
+        tower_norm: a row carried through a vision tower meets Eq. 8-9's ``Rbar_v`` (GAE), else
+            the tower's map as it is (docs/rules.md, "End to end through a vision tower").
     """
 
     name: str
@@ -160,18 +162,28 @@ class Method:
     ablation: bool = False
     windows: Callable[[Sequence[LayerRecord], int], WindowMaps] | None = None
     residual: bool = False
+    tower_norm: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("gae", _gae, "GAE", uses_start_layer=True, windows=_gae_windows, residual=True),
+        Method(
+            "gae",
+            _gae,
+            "GAE",
+            uses_start_layer=True,
+            windows=_gae_windows,
+            residual=True,
+            tower_norm=True,
+        ),
         Method(
             "gae_last_layer",
             _gae_last_layer,
             "GAE, last layer only",
             windows=lambda layers, _: _only_last(layers, attn_bar_of(layers[-1])),
             residual=True,
+            tower_norm=True,
         ),
         Method(
             "raw_attention",
@@ -239,7 +251,8 @@ def compute_maps(
         return {(rows, cols): propagate_windowed(layers, window_maps, residual=spec.residual)}
     maps = spec.fn(layers, layout, start_layer if spec.uses_start_layer else 0)
     engine = {s.modality: s.engine_modality for s in layout.segments}
-    needed = [(engine[r.rows_of], engine[r.columns_of]) for r in layout.readouts]
+    needed = [(engine[r.rows_of], engine[r.through or r.columns_of]) for r in layout.readouts]
+    needed += [(engine[r.columns_of],) * 2 for r in layout.readouts if r.through]
     missing = [pair for pair in needed if pair not in maps]
     if missing:
         raise ValueError(f"method {method!r} gives no map for {missing}")

@@ -66,16 +66,24 @@ def initial_maps(sizes: dict[str, int], batch_shape: tuple[int, ...], like: Tens
 
 
 def _deltas(
-    layer: LayerRecord, attn_bar: Tensor, maps: Maps, modalities: Sequence[str], normalize: bool
+    layer: LayerRecord,
+    attn_bar: Tensor,
+    maps: Maps,
+    modalities: Sequence[str],
+    normalize: bool,
+    zero: set[tuple[str, str]],
 ) -> Maps:
-    """The additions one layer makes to the maps (computed from ``maps`` as they are)."""
+    """The additions one layer makes to the maps (computed from ``maps`` as they are); the blocks
+    in ``zero`` are still 0, which Eq. 7 keeps 0 (a vision tower's layers beside an LM's)."""
     s, q = layer.query, layer.key
     if layer.kind == "self":
         if s != q:
             raise ValueError(f"self-attention layer {layer.name!r} reads {q!r} but writes {s!r}")
         # Eq. 6 for R[s, s], Eq. 7 for every R[s, x], x != s.
         return {
-            (s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)] for x in modalities
+            (s, x): self_attention_update(maps[(s, x)], attn_bar) - maps[(s, x)]
+            for x in modalities
+            if (s, x) not in zero
         }
     if layer.kind == "cross":
         delta_sq, delta_ss = cross_attention_update(
@@ -152,11 +160,13 @@ def propagate(
     sizes = _sizes(layers)
     maps = initial_maps(sizes, tuple(bars[0].shape[:-2]), bars[0])
     modalities = list(sizes)
+    zero = {key for key in maps if key[0] != key[1]}  # blocks no layer has written yet
     for step in layer_steps(layers, start_layer):
-        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize) for n in step]
+        additions = [_deltas(layers[n], bars[n], maps, modalities, normalize, zero) for n in step]
         for delta in additions:
             for key, value in delta.items():
                 maps[key] = maps[key] + value
+                zero.discard(key)
         if history is not None:
             history.append({key: value.clone() for key, value in maps.items()})
     return maps
@@ -171,11 +181,11 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
 
     Args:
         layers: recorded self-attention layers of one modality, in forward order.
-        rows: ``(B, K, N)`` the weights of the explained rows.
+        rows: ``(B, K, N)`` the weights of the explained rows (``(B, K, M, N)``: M rows each).
         start_layer: layers with a smaller index are skipped.
 
     Returns:
-        ``(B, K, N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
+        ``(B, K, [M,] N)`` the rows ``v^T R``, equal to ``rows @ propagate(layers)[(m, m)]``.
     """
     if layers[0].windows is not None:
         return _propagate_windowed_rows(layers, rows, start_layer)
@@ -186,10 +196,10 @@ def propagate_rows(layers: Sequence[LayerRecord], rows: Tensor, start_layer: int
             f"{sorted(modalities)}: compute the full maps instead"
         )
     check_start_layer(start_layer, len(layers))
-    row = rows.unsqueeze(-2)  # (B, K, 1, N)
+    row = rows.unsqueeze(-2) if rows.ndim == 3 else rows  # (B, K, M, N)
     for layer in reversed(layers[start_layer:]):
-        row = row + row @ attn_bar_of(layer)  # (B, K, 1, N) @ (B, K, N, N)
-    return row.squeeze(-2)  # (B, K, N)
+        row = row + row @ attn_bar_of(layer)  # (B, K, M, N) @ (B, K, N, N)
+    return row.squeeze(-2) if rows.ndim == 3 else row  # (B, K, [M,] N)
 
 
 def _merges(before: tuple[int, int], after: tuple[int, int]) -> list[tuple[int, int]]:

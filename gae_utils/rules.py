@@ -18,6 +18,7 @@ __all__ = [
     "self_attention_update",
     "normalize_self_relevancy",
     "cross_attention_update",
+    "carry_through_tower",
     "rollout_step",
     "gradcam_row",
     "window_update_rows",
@@ -118,6 +119,30 @@ def cross_attention_update(
     )  # (..., Ns, Ns) @ (..., Ns, Nq) @ (..., Nq, Nq)
     delta_ss = attn_bar @ r_qs  # (..., Ns, Nq) @ (..., Nq, Ns)
     return delta_sq, delta_ss
+
+
+def carry_through_tower(
+    row: Tensor, token_map: Tensor, tower_relevance: Tensor, normalize: bool = True
+) -> Tensor:
+    """An explained row over a language model's image tokens carried to the vision tower's input
+    tokens: ``r_pixels = r_img @ P @ Rbar_v`` (docs/rules.md, "End to end through a vision tower").
+
+    Each image token is a function of the tower's output tokens through the projector (``P``); the
+    tower's own map ``R_v`` (Eq. 6, from the same target's gradients) carries those to its input
+    patches. This is Eq. 10's right-multiplication by the key side's self-relevance ``Rbar[q, q]``,
+    normalised by Eq. 8-9; ``normalize=False`` uses ``R_v`` as it is (the paper's ablation).
+
+    Args:
+        row: ``(B, K, N_i)`` the explained row over the tokens holding the image tokens.
+        token_map: ``(B, N_i, N_v)`` ``P``: how much token ``i`` reads tower output token ``j``.
+        tower_relevance: ``(B, K, N_v, N_v)`` the tower's ``R_v`` at the layer the projector reads.
+
+    Returns:
+        ``(B, K, N_v)`` the row over the tower's input tokens.
+    """
+    r_v = normalize_self_relevancy(tower_relevance) if normalize else tower_relevance
+    carried = row.unsqueeze(-2) @ token_map.unsqueeze(-3)  # (B, K, 1, N_i) @ (B, 1, N_i, N_v)
+    return (carried @ r_v).squeeze(-2)  # (B, K, 1, N_v) @ (B, K, N_v, N_v)
 
 
 def rollout_step(attn_mean: Tensor) -> Tensor:

@@ -75,7 +75,7 @@ def joint_layout(
     image: Segment,
     rows: tuple[int, ...] | None,
     per_example_rows: bool = False,
-    **layout: dict[str, Tensor],
+    **layout: Any,
 ) -> TokenLayout:
     """One stream ``"joint"`` of text then ``image`` tokens, read at the text ``rows`` (or the
     per-example row weights) of its ``R[t, t]`` block (the row's own column zeroed) and ``R[t, i]``

@@ -7,9 +7,14 @@ self-attention over the whole sequence, image tokens included: ``relevance["text
 ``R - I`` over the text tokens ``(B, L)`` (0 at padding and at image tokens), ``relevance["image"]``
 the same row over the image tokens, put back on their grid (``(B, h * w)``; ``grid_relevance`` gives
 ``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
-one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order. The vision tower's own
-attention is not propagated: the answer's relevance stops at the image tokens the language model
-reads, one image per example.
+one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example.
+
+LLaVA is also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the tower's input
+patch grid is that row carried through the projector's token map and the vision tower's own GAE
+map, recorded in the same backward pass (:func:`~gae_utils.rules.carry_through_tower`;
+docs/rules.md, "End to end through a vision tower"). Other families' projectors (pixel shuffle,
+patch mergers, tiles) are not carried: their relevance stops at the image tokens
+(:func:`end_to_end_reason`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
 from .hf_interface import interface_sites, routes_attention
+from .vlm_tower import _name_of, _tower_tokens, end_to_end_reason, tower_sites
 
-__all__ = ["HF_VLM", "image_token_id"]
+__all__ = ["HF_VLM", "end_to_end_reason", "image_token_id"]
 
 
 def image_token_id(model: nn.Module) -> int:
@@ -54,10 +60,11 @@ def _is_vlm(model: nn.Module) -> bool:
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
-    """The language model's attention layers (the vision tower's are left out)."""
+    """The language model's attention layers, then LLaVA's vision tower's (modality "pixels")."""
     decoder = model.get_decoder()  # type: ignore[operator]
-    name = next(n for n, m in model.named_modules() if m is decoder).rpartition(".")[2]
-    return tuple(replace(site, within=name) for site in interface_sites(decoder, "text", "text"))
+    name = _name_of(model, decoder)
+    sites = tuple(replace(s, within=name) for s in interface_sites(decoder, "text", "text"))
+    return sites if end_to_end_reason(model) is not None else sites + tower_sites(model)
 
 
 def _check(model: nn.Module, inputs: Any) -> None:
@@ -69,11 +76,19 @@ def _check(model: nn.Module, inputs: Any) -> None:
             "example; explain one "
             "image per example (Idefics3/SmolVLM processors: do_image_splitting=False)"
         )
-    counts = (inputs["input_ids"] == image_token_id(model)).sum(
-        dim=1
-    )  # (B,) image tokens per example
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
     side = math.isqrt(int(counts[0]))
-    if (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
+    if end_to_end_reason(model) is None:  # LLaVA: one token per tower token it reads
+        prefix, grid, dropped = _tower_tokens(model, pixels)
+        expected = prefix + grid[0] * grid[1] - dropped
+        if pixels.shape[0] != counts.shape[0] or (counts != expected).any():
+            raise ValueError(
+                f"LLaVA reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
+                f"got {counts.tolist()} per example and {pixels.shape[0]} images for "
+                f"{counts.shape[0]} examples; build the inputs with the model's processor, one "
+                "image per example"
+            )
+    elif (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
         raise ValueError(
             "every example needs one image's square grid of image tokens (id "
             f"{image_token_id(model)}), got "
@@ -85,20 +100,30 @@ def _check(model: nn.Module, inputs: Any) -> None:
 def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     ids = inputs["input_ids"]
     image = ids == image_token_id(model)  # (B, L)
-    side = math.isqrt(int(image[0].sum()))
-    grid_index = image.long().cumsum(dim=1) - 1  # (B, L) raster index of each image token
+    count = int(image[0].sum())
+    side = math.isqrt(count)
+    order = image.long().cumsum(dim=1) - 1  # (B, L) index of each image token among them
     tokens = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)  # (B, L)
     last = torch.nn.functional.one_hot(last_real_position(inputs), ids.shape[1]).float()  # (B, L)
-    segments = (
-        Segment("text", ids.shape[1]),
-        Segment("image", ids.shape[1], grid=(side, side), stream="text"),
-    )
-    readouts = (
+    readouts: tuple[Readout, ...] = (
         Readout("text", "text", "text", per_example_rows=True, subtract_identity=True),
         Readout("image", "text", "image", per_example_rows=True),
     )
-    positions = {"text": tokens.where(~image, -1), "image": grid_index.where(image, -1)}
-    return TokenLayout(segments, readouts, {"text": last, "image": last}, positions)
+    reason = end_to_end_reason(model)
+    if reason is not None:
+        segments: tuple[Segment, ...] = (Segment("text", ids.shape[1]),)
+        grid, skip, maps, absent = (side, side), 0, {}, {"pixels": reason}
+    else:  # image token m reads tower token m + dropped: P (B, L, N_v), a selection
+        prefix, grid, dropped = _tower_tokens(model, inputs["pixel_values"])
+        n_v, skip = prefix + grid[0] * grid[1], prefix - dropped  # image tokens before the grid
+        segments = (Segment("pixels", n_v, prefix, grid), Segment("text", ids.shape[1]))
+        select = torch.nn.functional.one_hot((order + dropped).clamp(0, n_v - 1), n_v)
+        maps, absent = {"pixels": select * image[..., None]}, {}  # (B, L, N_v), 0 off the image
+        readouts += (Readout("pixels", "text", "pixels", per_example_rows=True, through="image"),)
+    segments += (Segment("image", ids.shape[1], grid=grid, stream="text"),)
+    positions = {"text": tokens.where(~image, -1), "image": (order - skip).where(image, -1)}
+    weights = {"text": last, "image": last} | ({} if reason else {"pixels": last})
+    return TokenLayout(segments, readouts, weights, positions, maps, absent)
 
 
 HF_VLM = Adapter(
