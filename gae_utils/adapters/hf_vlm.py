@@ -9,10 +9,11 @@ the same row over the image tokens, put back on their grid (``(B, h * w)``; ``gr
 ``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
 one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example.
 
-LLaVA is also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the tower's input
-patch grid is that row carried through the projector's token map and the vision tower's own GAE
-map, recorded in the same backward pass (:func:`~gae_utils.rules.carry_through_tower`;
-docs/rules.md, "End to end through a vision tower"). Other families' projectors (pixel shuffle,
+LLaVA and PaliGemma are also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the
+tower's input patch grid is that row carried through the projector's token map and the vision
+tower's own GAE map, recorded in the same backward pass
+(:func:`~gae_utils.rules.carry_through_tower`; docs/rules.md, "End to end through a vision
+tower"). Other families' projectors (pixel shuffle,
 patch mergers, tiles) are not carried: their relevance stops at the image tokens
 (:func:`end_to_end_reason`).
 """
@@ -60,7 +61,8 @@ def _is_vlm(model: nn.Module) -> bool:
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
-    """The language model's attention layers, then LLaVA's vision tower's (modality "pixels")."""
+    """The language model's attention layers, then the vision tower's (modality "pixels"; LLaVA,
+    PaliGemma)."""
     decoder = model.get_decoder()  # type: ignore[operator]
     name = _name_of(model, decoder)
     sites = tuple(replace(s, within=name) for s in interface_sites(decoder, "text", "text"))
@@ -78,12 +80,13 @@ def _check(model: nn.Module, inputs: Any) -> None:
         )
     counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
     side = math.isqrt(int(counts[0]))
-    if end_to_end_reason(model) is None:  # LLaVA: one token per tower token it reads
+    if end_to_end_reason(model) is None:  # LLaVA, PaliGemma: one token per tower token read
         prefix, grid, dropped = _tower_tokens(model, pixels)
         expected = prefix + grid[0] * grid[1] - dropped
+        family = "PaliGemma" if getattr(model.config, "model_type", "") == "paligemma" else "LLaVA"
         if pixels.shape[0] != counts.shape[0] or (counts != expected).any():
             raise ValueError(
-                f"LLaVA reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
+                f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
                 f"got {counts.tolist()} per example and {pixels.shape[0]} images for "
                 f"{counts.shape[0]} examples; build the inputs with the model's processor, one "
                 "image per example"
