@@ -240,6 +240,9 @@ def record(
                     "tokens: its window layout does not describe this model; fix its windows()"
                 )
         layers = [layer.with_windows(idx, grid) for layer, (grid, idx) in zip(layers, stages)]
+    if adapter.images is not None:  # images folded into the batch: block-diagonal per example
+        images = adapter.images(model, inputs)  # {modality: (B, n)}
+        layers = [r.per_example(images[r.query]) if r.query in images else r for r in layers]
     _check_token_counts(layers, selection.layout)
     return Recording(
         layers=layers,

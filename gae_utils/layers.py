@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor
 
-__all__ = ["LayerRecord", "last_of_each_pair"]
+__all__ = ["LayerRecord", "last_of_each_pair", "place_images"]
 
 
 @dataclass
@@ -46,6 +47,21 @@ class LayerRecord:
     windows: Tensor | None = None
     grid: tuple[int, int] | None = None
 
+    def per_example(self, images: Tensor) -> LayerRecord:
+        """This record, captured once per image (``N_img`` maps), as block-diagonal maps of the
+        ``B`` examples over their images' tokens side by side (:func:`place_images`)."""
+
+        def place(t: Tensor | None) -> Tensor | None:  # (N_img, ...) -> (B, ...)
+            return None if t is None else place_images(t, images)
+
+        return replace(
+            self,
+            attn_mean=place_images(self.attn_mean, images),  # (B, nN, nN)
+            attn_bar=place(self.attn_bar),  # (B, K, nN, nN)
+            attn=place(self.attn),  # (B, H, nN, nN)
+            grad=place(self.grad),  # (B, K, H, nN, nN)
+        )
+
     def with_windows(self, index: Tensor, grid: tuple[int, int]) -> LayerRecord:
         """This record, captured with the windows folded into the batch (``B*nW`` maps), as the
         per-window maps of ``B`` examples (one layer, whatever the number of attention calls)."""
@@ -64,6 +80,19 @@ class LayerRecord:
             windows=index,
             grid=grid,
         )
+
+
+def place_images(t: Tensor, images: Tensor) -> Tensor:
+    """Maps of a module run once per image, ``(N_img, ..., N, N)``, as block-diagonal maps of the
+    examples, ``(B, ..., n N, n N)``: slot ``j`` of example ``b`` holds image ``images[b, j]``
+    (``images`` ``(B, n)``; ``-1``: no image, zeros)."""
+    n, slots = t.shape[-1], images.shape[1]
+    padded = torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # (N_img + 1, ..., N, N); -1: zeros
+    picked = padded[images.flatten().to(t.device)].unflatten(0, tuple(images.shape))
+    out = t.new_zeros(images.shape[0], *t.shape[1:-2], slots * n, slots * n)  # (B, ..., nN, nN)
+    for j in range(slots):
+        out[..., j * n : (j + 1) * n, j * n : (j + 1) * n] = picked[:, j]  # (B, ..., N, N)
+    return out
 
 
 def last_of_each_pair(layers: Sequence[LayerRecord]) -> list[int]:

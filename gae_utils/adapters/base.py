@@ -129,6 +129,9 @@ class Adapter:
         windows: ``windows(model, inputs) -> [(grid, index)]``, one per attention layer, for
             attention within windows folded into the batch (Swin): the stage's token grid and the
             ``(nW, Nw)`` raster index of each window position (:meth:`LayerRecord.with_windows`).
+        images: ``images(model, inputs) -> {modality: (B, n)}``, the layers of ``modality`` run
+            once per image (sites with ``per_image``): the index of each example's images in
+            their batch, ``-1`` for none (:meth:`LayerRecord.per_example`).
     """
 
     name: str
@@ -146,6 +149,7 @@ class Adapter:
     task: str = "classify"
     prepare: Callable[[nn.Module, Any], Any] | None = None
     windows: Callable[[nn.Module, Any], list[tuple[tuple[int, int], Tensor]]] | None = None
+    images: Callable[[nn.Module, Any], dict[str, Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

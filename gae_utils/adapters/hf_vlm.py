@@ -7,7 +7,8 @@ self-attention over the whole sequence, image tokens included: ``relevance["text
 ``R - I`` over the text tokens ``(B, L)`` (0 at padding and at image tokens), ``relevance["image"]``
 the same row over the image tokens, put back on their grid (``(B, h * w)``; ``grid_relevance`` gives
 ``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
-one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example.
+one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example
+(LLaVA and PaliGemma: several, their grids stacked along the height, zeros where one has fewer).
 
 LLaVA and PaliGemma are also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the
 tower's input patch grid is that row carried through the projector's token map and the vision
@@ -26,13 +27,20 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
 from .hf_interface import interface_sites, routes_attention
-from .vlm_tower import _name_of, _tower_tokens, end_to_end_reason, tower_sites
+from .vlm_tower import (
+    _name_of,
+    _tower_tokens,
+    end_to_end_reason,
+    tower_images,
+    tower_layout,
+    tower_sites,
+)
 
 __all__ = ["HF_VLM", "end_to_end_reason", "image_token_id"]
 
@@ -84,12 +92,13 @@ def _check(model: nn.Module, inputs: Any) -> None:
         prefix, grid, dropped = _tower_tokens(model, pixels)
         expected = prefix + grid[0] * grid[1] - dropped
         family = "PaliGemma" if getattr(model.config, "model_type", "") == "paligemma" else "LLaVA"
-        if pixels.shape[0] != counts.shape[0] or (counts != expected).any():
+        whole = (counts % expected == 0).all() and int((counts // expected).sum()) == len(pixels)
+        if not whole or pixels.ndim != 4:
             raise ValueError(
                 f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
                 f"got {counts.tolist()} per example and {pixels.shape[0]} images for "
-                f"{counts.shape[0]} examples; build the inputs with the model's processor, one "
-                "image per example"
+                f"{counts.shape[0]} examples; build the inputs with the model's processor: each "
+                "example's image tokens are whole images, as many in all as pixel_values holds"
             )
     elif (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
         raise ValueError(
@@ -115,18 +124,26 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
     reason = end_to_end_reason(model)
     if reason is not None:
         segments: tuple[Segment, ...] = (Segment("text", ids.shape[1]),)
-        grid, skip, maps, absent = (side, side), 0, {}, {"pixels": reason}
-    else:  # image token m reads tower token m + dropped: P (B, L, N_v), a selection
-        prefix, grid, dropped = _tower_tokens(model, inputs["pixel_values"])
-        n_v, skip = prefix + grid[0] * grid[1], prefix - dropped  # image tokens before the grid
-        segments = (Segment("pixels", n_v, prefix, grid), Segment("text", ids.shape[1]))
-        select = torch.nn.functional.one_hot((order + dropped).clamp(0, n_v - 1), n_v)
-        maps, absent = {"pixels": select * image[..., None]}, {}  # (B, L, N_v), 0 off the image
+        grid, maps, absent = (side, side), {}, {"pixels": reason}
+        positions = {"image": order.where(image, -1)}
+    else:  # n images per example side by side; P (B, L, n N_v): a selection
+        slots = _images(model, inputs)["pixels"].shape[1]
+        tower, grid, select, pixels, at = tower_layout(model, inputs["pixel_values"], image, slots)
+        segments = (tower, Segment("text", ids.shape[1]))
+        maps, absent, positions = {"pixels": select}, {}, {"pixels": pixels, "image": at}
         readouts += (Readout("pixels", "text", "pixels", per_example_rows=True, through="image"),)
     segments += (Segment("image", ids.shape[1], grid=grid, stream="text"),)
-    positions = {"text": tokens.where(~image, -1), "image": (order - skip).where(image, -1)}
+    positions["text"] = tokens.where(~image, -1)
     weights = {"text": last, "image": last} | ({} if reason else {"pixels": last})
     return TokenLayout(segments, readouts, weights, positions, maps, absent)
+
+
+def _images(model: nn.Module, inputs: Mapping) -> dict[str, Tensor]:
+    """``{"pixels": (B, n)}``: the tower's batch index of each example's images (-1: none)."""
+    if end_to_end_reason(model) is not None:
+        return {}
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,)
+    return {"pixels": tower_images(model, inputs["pixel_values"], counts)}
 
 
 HF_VLM = Adapter(
@@ -139,6 +156,7 @@ HF_VLM = Adapter(
     logits=lambda out: out.logits,
     check=_check,
     layout=_layout,
+    images=_images,
     family="Hugging Face vision-language models with image tokens in the language model's "
     "sequence, routed "
     "through the attention interface (LLaVA, Idefics3, SmolVLM, ...): the next token over image "

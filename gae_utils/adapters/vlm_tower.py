@@ -7,13 +7,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.nn.functional import one_hot
 
 from ..capture import AttentionSite
+from ..layout import Segment
 from .hf_interface import _is_routed, interface_sites
 from .hf_vision import _prefix
 
-__all__ = ["FAMILIES", "TOWERS", "end_to_end_reason", "tower_sites"]
+__all__ = ["FAMILIES", "TOWERS", "end_to_end_reason", "tower_layout", "tower_images", "tower_sites"]
 
 
 FAMILIES = ("llava", "paligemma")
@@ -82,7 +85,42 @@ def tower_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     """The tower's attention layers up to the one the projector reads (modality ``"pixels"``):
     the later ones run but feed nothing the answer reads (their gradient is 0)."""
     sites = interface_sites(_tower(model), "pixels", "pixels")
-    return tuple(replace(s, within=str(i)) for s in sites for i in range(_layers_read(model)))
+    layers = range(_layers_read(model))
+    return tuple(replace(s, within=str(i), per_image=True) for s in sites for i in layers)
+
+
+def tower_images(model: nn.Module, pixels: Tensor, counts: Tensor) -> Tensor:
+    """``(B, n)`` the tower batch index of each example's images (``-1``: a slot it has no image
+    for), from its image-token counts ``(B,)``: the model fills the image tokens with the images
+    in order, example after example."""
+    prefix, grid, dropped = _tower_tokens(model, pixels)
+    per_example = counts // (prefix + grid[0] * grid[1] - dropped)  # (B,) images per example
+    slots = torch.arange(max(int(per_example.max()), 1), device=counts.device)  # (n,)
+    first = (per_example.cumsum(0) - per_example)[:, None]  # (B, 1) index of its first image
+    return (first + slots).where(slots < per_example[:, None], -1)  # (B, n)
+
+
+def tower_layout(
+    model: nn.Module, pixels: Tensor, image: Tensor, slots: int
+) -> tuple[Segment, tuple[int, int], Tensor, Tensor, Tensor]:
+    """The tower's tokens of ``slots`` images per example side by side, ``n N_v``: their segment
+    (the images' grids stacked along the height, ``(n h, w)``), the image tokens' grid, the
+    projector's token map ``P`` ``(B, L, n N_v)`` (image token ``m`` of image ``j`` reads tower
+    token ``j N_v + m + dropped``: a selection), and the raster positions of the tower tokens
+    ``(B, n N_v)`` and of the image tokens ``(B, L)`` on the stacked grid (-1: CLS, text)."""
+    prefix, grid, dropped = _tower_tokens(model, pixels)
+    n_v, cells = prefix + grid[0] * grid[1], grid[0] * grid[1]
+    order = image.long().cumsum(dim=1) - 1  # (B, L) index of each image token among them
+    slot, within = order.div(n_v - dropped, rounding_mode="floor"), order % (n_v - dropped)
+    read = (slot * n_v + within + dropped).clamp(0, slots * n_v - 1)  # (B, L) tower token read
+    select = one_hot(read, slots * n_v) * image[..., None]  # (B, L, n N_v), 0 off the image
+    token = torch.arange(slots * n_v, device=image.device)  # (n N_v,)
+    patch = token % n_v - prefix  # index on its image's grid; < 0: CLS
+    tower = (token // n_v * cells + patch).where(patch >= 0, -1).expand(image.shape[0], -1)
+    skip = prefix - dropped  # image tokens before the grid (CLS, strategy "full")
+    images = (slot * cells + within - skip).where(image & (within >= skip), -1)  # (B, L)
+    stacked = (slots * grid[0], grid[1])
+    return Segment("pixels", slots * n_v, 0, stacked), stacked, select, tower, images
 
 
 def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:

@@ -266,7 +266,9 @@ class AttentionRecorder:
                 raise ValueError(f"no recorded layers of modality {part.modality!r}")
             batch = lives[0].record.attn_mean.shape[0]
             windowed = any(s.windowed for s in self.adapter.sites_of(self.model))
-            if scores.shape[0] != batch and not (windowed and batch % scores.shape[0] == 0):
+            per_image = any(s.per_image for s in self.adapter.sites_of(self.model))
+            folded = per_image or (windowed and batch % scores.shape[0] == 0)
+            if scores.shape[0] != batch and not folded:
                 raise AttentionCaptureError(  # one map per window or image, sites not windowed
                     f"scores have {scores.shape[0]} rows but the attention maps a batch of "
                     f"{batch}: the model attends within windows or per image, which the adapter's "

@@ -79,6 +79,8 @@ class AttentionSite:
         group_per_cycle: each cycle of ``calls`` is one co-attention group of its own (``group``
             must then be None).
         windowed: the module attends within windows folded into the batch (``B*nW`` maps; Swin).
+        per_image: the module runs once per image, the batch's images folded into its batch (a
+            VLM's vision tower: ``N_img`` maps, placed per example by the adapter's ``images``).
     """
 
     module_class: str
@@ -92,6 +94,7 @@ class AttentionSite:
     graph_base: bool = False
     group_per_cycle: bool = False
     windowed: bool = False
+    per_image: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.probs, ProbsReader):
