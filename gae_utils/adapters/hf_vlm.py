@@ -10,12 +10,12 @@ the same row over the image tokens, put back on their grid (``(B, h * w)``; ``gr
 one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example
 (LLaVA and PaliGemma: several, their grids stacked along the height, zeros where one has fewer).
 
-LLaVA and PaliGemma are also explained end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the
-tower's input patch grid is that row carried through the projector's token map and the vision
-tower's own GAE map, recorded in the same backward pass
-(:func:`~gae_utils.rules.carry_through_tower`; docs/rules.md, "End to end through a vision
-tower"). Other families' projectors (pixel shuffle,
-patch mergers, tiles) are not carried: their relevance stops at the image tokens
+LLaVA, PaliGemma and LLaVA-NeXT (tiles: :mod:`~gae_utils.adapters.vlm_tiles`) are also explained
+end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the tower's input patch grid is that row
+carried through the projector's token map and the vision tower's own GAE map, recorded in the same
+backward pass (:func:`~gae_utils.rules.carry_through_tower`; docs/rules.md, "End to end through a
+vision tower"). Other families' projectors (pixel shuffle, patch mergers) are not carried: their
+relevance stops at the image tokens
 (:func:`end_to_end_reason`).
 """
 
@@ -33,10 +33,11 @@ from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
 from .hf_interface import interface_sites, routes_attention
+from .vlm_tiles import is_tiled, tile_features, tiles_per_example
 from .vlm_tower import (
     _name_of,
-    _tower_tokens,
     end_to_end_reason,
+    features_per_image,
     tower_images,
     tower_layout,
     tower_sites,
@@ -79,7 +80,17 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
 
 def _check(model: nn.Module, inputs: Any) -> None:
     check_joint(model, inputs, ("pixel_values",))
-    pixels = inputs["pixel_values"]
+    pixels, tiled = inputs["pixel_values"], is_tiled(model) and end_to_end_reason(model) is None
+    if tiled:  # LLaVA-NeXT: (B, tiles, C, H, W), one image per example
+        if pixels.ndim != 5 or pixels.shape[0] != inputs["input_ids"].shape[0]:
+            raise ValueError(
+                f"LLaVA-NeXT is explained with one image per example: pixel_values (B, tiles, C, "
+                f"H, W) and image_sizes (B, 2) from its processor, got {tuple(pixels.shape)} for "
+                f"{inputs['input_ids'].shape[0]} examples"
+            )
+        image = inputs["input_ids"] == image_token_id(model)
+        tile_features(model, inputs, image, features_per_image(model, pixels))
+        return
     if pixels.ndim == 5 and pixels.shape[1] != 1:
         raise ValueError(
             f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per "
@@ -89,8 +100,7 @@ def _check(model: nn.Module, inputs: Any) -> None:
     counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
     side = math.isqrt(int(counts[0]))
     if end_to_end_reason(model) is None:  # LLaVA, PaliGemma: one token per tower token read
-        prefix, grid, dropped = _tower_tokens(model, pixels)
-        expected = prefix + grid[0] * grid[1] - dropped
+        expected = features_per_image(model, pixels)
         family = "PaliGemma" if getattr(model.config, "model_type", "") == "paligemma" else "LLaVA"
         whole = (counts % expected == 0).all() and int((counts // expected).sum()) == len(pixels)
         if not whole or pixels.ndim != 4:
@@ -127,8 +137,12 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
         grid, maps, absent = (side, side), {}, {"pixels": reason}
         positions = {"image": order.where(image, -1)}
     else:  # n images per example side by side; P (B, L, n N_v): a selection
-        slots = _images(model, inputs)["pixels"].shape[1]
-        tower, grid, select, pixels, at = tower_layout(model, inputs["pixel_values"], image, slots)
+        slots, pixels = _images(model, inputs)["pixels"].shape[1], inputs["pixel_values"]
+        per_image = features_per_image(model, pixels)  # image tokens of an image (or tile)
+        tiles = is_tiled(model)
+        features = tile_features(model, inputs, image, per_image) if tiles else order
+        features = features.where(image, -1)  # (B, L) the feature each image token is
+        tower, grid, select, pixels, at = tower_layout(model, pixels, features, slots)
         segments = (tower, Segment("text", ids.shape[1]))
         maps, absent, positions = {"pixels": select}, {}, {"pixels": pixels, "image": at}
         readouts += (Readout("pixels", "text", "pixels", per_example_rows=True, through="image"),)
@@ -142,8 +156,10 @@ def _images(model: nn.Module, inputs: Mapping) -> dict[str, Tensor]:
     """``{"pixels": (B, n)}``: the tower's batch index of each example's images (-1: none)."""
     if end_to_end_reason(model) is not None:
         return {}
+    if is_tiled(model):
+        return {"pixels": tower_images(tiles_per_example(model, inputs))}
     counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,)
-    return {"pixels": tower_images(model, inputs["pixel_values"], counts)}
+    return {"pixels": tower_images(counts // features_per_image(model, inputs["pixel_values"]))}
 
 
 HF_VLM = Adapter(

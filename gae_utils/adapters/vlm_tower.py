@@ -19,7 +19,7 @@ from .hf_vision import _prefix
 __all__ = ["FAMILIES", "TOWERS", "end_to_end_reason", "tower_layout", "tower_images", "tower_sites"]
 
 
-FAMILIES = ("llava", "paligemma")
+FAMILIES = ("llava", "paligemma", "llava_next")
 """Models whose projector maps the tower's output tokens one by one to image tokens."""
 
 TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -47,9 +47,10 @@ def end_to_end_reason(model: nn.Module) -> str | None:
     if getattr(config, "model_type", None) not in FAMILIES:
         return (
             f"{name}'s projector ({config.model_type}) is not carried to the vision tower's "
-            "patches: only LLaVA's one-token-per-patch projector and PaliGemma's are (pixel "
-            "shuffle, patch mergers, tiles and other projectors are not handled; docs/models.md, "
-            "'End to end'). Use relevance['image'], the answer's row over the image tokens"
+            "patches: only LLaVA's one-token-per-patch projector, PaliGemma's and LLaVA-NeXT's "
+            "tiles are (pixel shuffle, patch mergers and other projectors are not handled; "
+            "docs/models.md, 'End to end'). Use relevance['image'], the answer's row over the "
+            "image tokens"
         )
     if config.vision_config.model_type not in TOWERS:
         return (
@@ -89,38 +90,50 @@ def tower_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     return tuple(replace(s, within=str(i), per_image=True) for s in sites for i in layers)
 
 
-def tower_images(model: nn.Module, pixels: Tensor, counts: Tensor) -> Tensor:
-    """``(B, n)`` the tower batch index of each example's images (``-1``: a slot it has no image
-    for), from its image-token counts ``(B,)``: the model fills the image tokens with the images
-    in order, example after example."""
-    prefix, grid, dropped = _tower_tokens(model, pixels)
-    per_example = counts // (prefix + grid[0] * grid[1] - dropped)  # (B,) images per example
-    slots = torch.arange(max(int(per_example.max()), 1), device=counts.device)  # (n,)
+def tower_images(per_example: Tensor) -> Tensor:
+    """``(B, n)`` the tower batch index of each example's images (or tiles; ``-1``: a slot it has
+    none for), from their number per example ``(B,)``: the model runs them in order, example
+    after example."""
+    slots = torch.arange(max(int(per_example.max()), 1), device=per_example.device)  # (n,)
     first = (per_example.cumsum(0) - per_example)[:, None]  # (B, 1) index of its first image
     return (first + slots).where(slots < per_example[:, None], -1)  # (B, n)
 
 
 def tower_layout(
-    model: nn.Module, pixels: Tensor, image: Tensor, slots: int
+    model: nn.Module, pixels: Tensor, features: Tensor, slots: int
 ) -> tuple[Segment, tuple[int, int], Tensor, Tensor, Tensor]:
-    """The tower's tokens of ``slots`` images per example side by side, ``n N_v``: their segment
-    (the images' grids stacked along the height, ``(n h, w)``), the image tokens' grid, the
-    projector's token map ``P`` ``(B, L, n N_v)`` (image token ``m`` of image ``j`` reads tower
-    token ``j N_v + m + dropped``: a selection), and the raster positions of the tower tokens
-    ``(B, n N_v)`` and of the image tokens ``(B, L)`` on the stacked grid (-1: CLS, text)."""
+    """The tower's tokens of ``slots`` images (or tiles) per example side by side, ``n N_v``.
+
+    Args:
+        features: ``(B, L)`` the projected feature each token is, ``j T + m`` for feature ``m``
+            of the example's image ``j`` (``T`` per image, the CLS dropped or not); ``-1``: none
+            (text, LLaVA-NeXT's newlines).
+
+    Returns:
+        The tower's segment (the images' grids stacked along the height, ``(n h, w)``), that
+        grid, the projector's token map ``P`` ``(B, L, n N_v)`` (feature ``j T + m`` reads tower
+        token ``j N_v + m + dropped``: a selection), and the raster positions on the stacked grid
+        of the tower tokens ``(B, n N_v)`` and of the image tokens ``(B, L)`` (-1: CLS, text).
+    """
     prefix, grid, dropped = _tower_tokens(model, pixels)
     n_v, cells = prefix + grid[0] * grid[1], grid[0] * grid[1]
-    order = image.long().cumsum(dim=1) - 1  # (B, L) index of each image token among them
-    slot, within = order.div(n_v - dropped, rounding_mode="floor"), order % (n_v - dropped)
+    image = features >= 0  # (B, L) tokens that are a tower token's feature
+    slot, within = features.div(n_v - dropped, rounding_mode="floor"), features % (n_v - dropped)
     read = (slot * n_v + within + dropped).clamp(0, slots * n_v - 1)  # (B, L) tower token read
     select = one_hot(read, slots * n_v) * image[..., None]  # (B, L, n N_v), 0 off the image
-    token = torch.arange(slots * n_v, device=image.device)  # (n N_v,)
+    token = torch.arange(slots * n_v, device=features.device)  # (n N_v,)
     patch = token % n_v - prefix  # index on its image's grid; < 0: CLS
-    tower = (token // n_v * cells + patch).where(patch >= 0, -1).expand(image.shape[0], -1)
+    tower = (token // n_v * cells + patch).where(patch >= 0, -1).expand(features.shape[0], -1)
     skip = prefix - dropped  # image tokens before the grid (CLS, strategy "full")
     images = (slot * cells + within - skip).where(image & (within >= skip), -1)  # (B, L)
     stacked = (slots * grid[0], grid[1])
     return Segment("pixels", slots * n_v, 0, stacked), stacked, select, tower, images
+
+
+def features_per_image(model: nn.Module, pixels: Tensor) -> int:
+    """The projected features (image tokens) of one image or tile: the tower's tokens read."""
+    prefix, grid, dropped = _tower_tokens(model, pixels)
+    return prefix + grid[0] * grid[1] - dropped
 
 
 def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:
