@@ -193,12 +193,12 @@ def test_a_projector_reading_several_tower_layers_keeps_the_image_token_map_only
         exp.grid_relevance("pixels")
 
 
-@pytest.mark.parametrize("family", ["idefics3", "smolvlm"])
+@pytest.mark.parametrize("family", ["internvl", "aya_vision"])
 def test_other_families_keep_the_image_token_map_and_say_why_pixels_are_absent(family):
-    from test_vlm import batch, tiny_vlm
+    from gae_workbook.evaluation.probe import _fit_vlm_inputs, tiny_model
 
-    model = tiny_vlm(family)
-    _, x = batch(family)
+    model = tiny_model(family, "vlm")  # pixel shuffle + MLP projectors not carried end to end
+    x = _fit_vlm_inputs(model)
     exp = gu.explain(model, x)
     assert set(exp.relevance) == {"text", "image"}
     assert gu.find_adapter(model).name == "hf-vlm"
@@ -242,12 +242,12 @@ def test_an_end_to_end_explanation_saves_and_loads(tmp_path):
     loaded = gu.Explanation.load(tmp_path / "llava")
     assert loaded == exp and loaded.layout.token_maps["pixels"].shape == (2, 22, 17)
     torch.testing.assert_close(loaded.grid_relevance("pixels"), exp.grid_relevance("pixels"))
-    from test_vlm import batch, tiny_vlm
+    from gae_workbook.evaluation.probe import _fit_vlm_inputs, tiny_model
 
-    idefics = gu.explain(tiny_vlm("idefics3"), batch("idefics3")[1])
-    idefics.save(tmp_path / "idefics")
+    internvl = tiny_model("internvl", "vlm")
+    gu.explain(internvl, _fit_vlm_inputs(internvl)).save(tmp_path / "internvl")
     with pytest.raises(KeyError, match="only LLaVA's"):  # the reason survives the round trip
-        gu.Explanation.load(tmp_path / "idefics").grid_relevance("pixels")
+        gu.Explanation.load(tmp_path / "internvl").grid_relevance("pixels")
 
 
 def test_start_layer_counts_the_tower_layers_first():

@@ -8,14 +8,16 @@ self-attention over the whole sequence, image tokens included: ``relevance["text
 the same row over the image tokens, put back on their grid (``(B, h * w)``; ``grid_relevance`` gives
 ``(B, h, w)``). Each image token is one patch (LLaVA's projector maps patch features one by one) or
 one block of ``s x s`` patches (Idefics3's pixel shuffle), in raster order, one image per example
-(LLaVA and PaliGemma: several, their grids stacked along the height, zeros where one has fewer).
+(the families carried end to end: several images or tiles, their grids stacked along the height,
+zeros where one has fewer).
 
-LLaVA, PaliGemma and LLaVA-NeXT (tiles: :mod:`~gae_utils.adapters.vlm_tiles`) are also explained
-end to end: ``relevance["pixels"]`` ``(B, h * w)`` on the tower's input patch grid is that row
-carried through the projector's token map and the vision tower's own GAE map, recorded in the same
-backward pass (:func:`~gae_utils.rules.carry_through_tower`; docs/rules.md, "End to end through a
-vision tower"). Other families' projectors (pixel shuffle, patch mergers) are not carried: their
-relevance stops at the image tokens
+LLaVA, PaliGemma, LLaVA-NeXT (tiles: :mod:`~gae_utils.adapters.vlm_tiles`), Idefics3 and SmolVLM
+(pixel shuffle, image splitting) are also explained end to end: ``relevance["pixels"]``
+``(B, n h * w)`` on the tower's input patch grids is that row carried through the projector's
+token map and the vision tower's own GAE map, recorded in the same backward pass
+(:func:`~gae_utils.rules.carry_through_tower`; docs/rules.md, "End to end through a vision
+tower"). Other families' projectors (InternVL's, Qwen2-VL's patch merger, ...) are not carried:
+their relevance stops at the image tokens
 (:func:`end_to_end_reason`).
 """
 
@@ -38,6 +40,7 @@ from .vlm_tower import (
     _name_of,
     end_to_end_reason,
     features_per_image,
+    shuffle,
     tower_images,
     tower_layout,
     tower_sites,
@@ -80,8 +83,8 @@ def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
 
 def _check(model: nn.Module, inputs: Any) -> None:
     check_joint(model, inputs, ("pixel_values",))
-    pixels, tiled = inputs["pixel_values"], is_tiled(model) and end_to_end_reason(model) is None
-    if tiled:  # LLaVA-NeXT: (B, tiles, C, H, W), one image per example
+    pixels, end_to_end = inputs["pixel_values"], end_to_end_reason(model) is None
+    if end_to_end and is_tiled(model):  # LLaVA-NeXT: (B, tiles, C, H, W), one image per example
         if pixels.ndim != 5 or pixels.shape[0] != inputs["input_ids"].shape[0]:
             raise ValueError(
                 f"LLaVA-NeXT is explained with one image per example: pixel_values (B, tiles, C, "
@@ -91,6 +94,8 @@ def _check(model: nn.Module, inputs: Any) -> None:
         image = inputs["input_ids"] == image_token_id(model)
         tile_features(model, inputs, image, features_per_image(model, pixels))
         return
+    if end_to_end:
+        return _check_whole_images(model, inputs)
     if pixels.ndim == 5 and pixels.shape[1] != 1:
         raise ValueError(
             f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per "
@@ -99,23 +104,33 @@ def _check(model: nn.Module, inputs: Any) -> None:
         )
     counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
     side = math.isqrt(int(counts[0]))
-    if end_to_end_reason(model) is None:  # LLaVA, PaliGemma: one token per tower token read
-        expected = features_per_image(model, pixels)
-        family = "PaliGemma" if getattr(model.config, "model_type", "") == "paligemma" else "LLaVA"
-        whole = (counts % expected == 0).all() and int((counts // expected).sum()) == len(pixels)
-        if not whole or pixels.ndim != 4:
-            raise ValueError(
-                f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels), "
-                f"got {counts.tolist()} per example and {pixels.shape[0]} images for "
-                f"{counts.shape[0]} examples; build the inputs with the model's processor: each "
-                "example's image tokens are whole images, as many in all as pixel_values holds"
-            )
-    elif (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
+    if (counts != counts[0]).any() or side * side != int(counts[0]) or side == 0:
         raise ValueError(
             "every example needs one image's square grid of image tokens (id "
             f"{image_token_id(model)}), got "
             f"{counts.tolist()} per example; build the inputs with the model's processor, one "
             "image per example"
+        )
+
+
+def _check_whole_images(model: nn.Module, inputs: Mapping) -> None:
+    """LLaVA, PaliGemma, Idefics3, SmolVLM: each example's image tokens are whole images (or
+    Idefics3's tiles), as many in all as the tower runs."""
+    pixels, s = inputs["pixel_values"], shuffle(model)
+    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
+    expected = features_per_image(model, pixels)
+    names = {"paligemma": "PaliGemma", "idefics3": "Idefics3", "smolvlm": "SmolVLM"}
+    family = names.get(getattr(model.config, "model_type", ""), "LLaVA")
+    images = len(pixels) if s == 1 else int((pixels.flatten(2) != 0).any(-1).sum())  # not padding
+    whole = (counts % expected == 0).all() and int((counts // expected).sum()) == images
+    if not whole or pixels.ndim != (4 if s == 1 else 5):
+        grid = "" if s == 1 else ", a square grid of image tokens per image or tile"
+        fix = "" if s == 1 else " (with image splitting or do_image_splitting=False)"
+        raise ValueError(
+            f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels"
+            f"{grid}), got {counts.tolist()} per example and {images} images for "
+            f"{counts.shape[0]} examples; build the inputs with the model's processor{fix}: each "
+            "example's image tokens are whole images, as many in all as pixel_values holds"
         )
 
 

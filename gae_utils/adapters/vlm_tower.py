@@ -9,20 +9,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import one_hot
 
 from ..capture import AttentionSite
 from ..layout import Segment
+from ..propagation import MERGE_REDUCE
 from .hf_interface import _is_routed, interface_sites
 from .hf_vision import _prefix
 
 __all__ = ["FAMILIES", "TOWERS", "end_to_end_reason", "tower_layout", "tower_images", "tower_sites"]
 
 
-FAMILIES = ("llava", "paligemma", "llava_next")
-"""Models whose projector maps the tower's output tokens one by one to image tokens."""
+FAMILIES = ("llava", "paligemma", "llava_next", "idefics3", "smolvlm")
+"""Models whose projector maps the tower's output tokens one by one to image tokens, or each
+``s x s`` block of them (a pixel shuffle) to one."""
 
-TOWERS = ("clip_vision_model", "siglip_vision_model")
+TOWERS = ("clip_vision_model", "siglip_vision_model", "idefics3_vision", "smolvlm_vision")
 """Vision towers whose tokens are one fixed grid per image (with or without CLS) in LLaVA, the ones
 carried end to end (Pixtral's packs several images of any size into one sequence)."""
 
@@ -32,8 +33,9 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
 
 
 def _tower(model: nn.Module) -> nn.Module:
-    """The vision tower (``model.model.vision_tower``, LLaVA and PaliGemma)."""
-    return next(m for n, m in model.named_modules() if n.rpartition(".")[2] == "vision_tower")
+    """The vision tower (``model.model.vision_tower``; Idefics3's ``vision_model``)."""
+    names = ("vision_tower", "vision_model")
+    return next(m for n, m in model.named_modules() if n.rpartition(".")[2] in names)
 
 
 def end_to_end_reason(model: nn.Module) -> str | None:
@@ -110,30 +112,49 @@ def tower_layout(
             (text, LLaVA-NeXT's newlines).
 
     Returns:
-        The tower's segment (the images' grids stacked along the height, ``(n h, w)``), that
-        grid, the projector's token map ``P`` ``(B, L, n N_v)`` (feature ``j T + m`` reads tower
-        token ``j N_v + m + dropped``: a selection), and the raster positions on the stacked grid
-        of the tower tokens ``(B, n N_v)`` and of the image tokens ``(B, L)`` (-1: CLS, text).
+        The tower's segment (the images' grids stacked along the height, ``(n h, w)``), the
+        image tokens' grid (``(n h / s, w / s)``), the projector's token map ``P``
+        ``(B, L, n N_v)``, and the raster positions of the tower tokens ``(B, n N_v)`` and of the
+        image tokens ``(B, L)`` on their stacked grids (-1: CLS, text). ``P`` is a selection,
+        feature ``j T + m`` reads tower token ``j N_v + m + dropped``, or for a pixel shuffle of
+        ``s`` (Idefics3) the mean over the ``s x s`` block of tower tokens it concatenates (a
+        grouping, as a patch merge: ``MERGE_REDUCE``).
     """
     prefix, grid, dropped = _tower_tokens(model, pixels)
-    n_v, cells = prefix + grid[0] * grid[1], grid[0] * grid[1]
+    s, (h, w) = shuffle(model), grid
+    n_v, cells = prefix + h * w, h * w // (s * s)  # tower tokens, features of one image
     image = features >= 0  # (B, L) tokens that are a tower token's feature
-    slot, within = features.div(n_v - dropped, rounding_mode="floor"), features % (n_v - dropped)
-    read = (slot * n_v + within + dropped).clamp(0, slots * n_v - 1)  # (B, L) tower token read
-    select = one_hot(read, slots * n_v) * image[..., None]  # (B, L, n N_v), 0 off the image
+    per = features_per_image(model, pixels)
+    slot, within = features.div(per, rounding_mode="floor"), features % per  # (B, L)
+    if s == 1:
+        read = (slot * n_v + within + dropped)[..., None]  # (B, L, 1) tower token read
+    else:  # feature (I, J) of the (h/s, w/s) grid reads rows I s.., columns J s.. of (h, w)
+        block = torch.arange(s, device=features.device)
+        offsets = (block[:, None] * w + block).flatten()  # (s s,)
+        corner = (within // (w // s)) * s * w + (within % (w // s)) * s  # (B, L)
+        read = (slot * n_v + prefix + corner)[..., None] + offsets  # (B, L, s s)
+    weight = (1.0 / read.shape[-1] if MERGE_REDUCE == "mean" else 1.0) * image[..., None]
+    select = pixels.new_zeros(*features.shape, slots * n_v, dtype=torch.float32)  # (B, L, n N_v)
+    select.scatter_add_(-1, read.clamp(0, slots * n_v - 1), weight.expand_as(read).to(select))
     token = torch.arange(slots * n_v, device=features.device)  # (n N_v,)
     patch = token % n_v - prefix  # index on its image's grid; < 0: CLS
-    tower = (token // n_v * cells + patch).where(patch >= 0, -1).expand(features.shape[0], -1)
+    tower = (token // n_v * h * w + patch).where(patch >= 0, -1).expand(features.shape[0], -1)
     skip = prefix - dropped  # image tokens before the grid (CLS, strategy "full")
     images = (slot * cells + within - skip).where(image & (within >= skip), -1)  # (B, L)
-    stacked = (slots * grid[0], grid[1])
-    return Segment("pixels", slots * n_v, 0, stacked), stacked, select, tower, images
+    grids = (slots * h, w), (slots * h // s, w // s)
+    return Segment("pixels", slots * n_v, 0, grids[0]), grids[1], select, tower, images
+
+
+def shuffle(model: nn.Module) -> int:
+    """``s`` of a pixel shuffle (Idefics3, SmolVLM: ``scale_factor``), 1 without one."""
+    config: Any = model.config
+    return config.scale_factor if config.model_type in ("idefics3", "smolvlm") else 1
 
 
 def features_per_image(model: nn.Module, pixels: Tensor) -> int:
     """The projected features (image tokens) of one image or tile: the tower's tokens read."""
     prefix, grid, dropped = _tower_tokens(model, pixels)
-    return prefix + grid[0] * grid[1] - dropped
+    return (prefix + grid[0] * grid[1] - dropped) // shuffle(model) ** 2
 
 
 def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:

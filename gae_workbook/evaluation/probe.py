@@ -354,7 +354,10 @@ def probe_family(model_type: str, kind: str = "text") -> tuple[str, str]:
         return "failed", "relevance is not finite"
     if kind == "text":
         return "ok", f"{len(exp.layout.segments)} segment, {relevance.shape[-1]} tokens"
-    return "ok", f"{gu.find_adapter(model).name}, image grid {exp.layout.segment('image').grid}"
+    detail = f"{gu.find_adapter(model).name}, image grid {exp.layout.segment('image').grid}"
+    if "pixels" in exp.relevance:  # carried through the vision tower (docs/models.md, "End to end")
+        detail += f", end to end: pixels grid {exp.layout.segment('pixels').grid}"
+    return "ok", detail
 
 
 def probe_timm_family(family: str) -> tuple[str, str]:
