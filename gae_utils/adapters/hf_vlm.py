@@ -35,14 +35,13 @@ from ..layout import Readout, Segment, TokenLayout
 from .base import Adapter, AttentionSite, check_joint, no_switch
 from .hf_causal_lm import _call, causal_lm_target, last_real_position
 from .hf_interface import interface_sites, routes_attention
+from .vlm_slots import tower_images, tower_layout
 from .vlm_tiles import is_tiled, tile_features, tiles_per_example
 from .vlm_tower import (
     _name_of,
+    check_whole_images,
     end_to_end_reason,
     features_per_image,
-    shuffle,
-    tower_images,
-    tower_layout,
     tower_sites,
 )
 
@@ -95,7 +94,8 @@ def _check(model: nn.Module, inputs: Any) -> None:
         tile_features(model, inputs, image, features_per_image(model, pixels))
         return
     if end_to_end:
-        return _check_whole_images(model, inputs)
+        counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
+        return check_whole_images(model, pixels, counts)
     if pixels.ndim == 5 and pixels.shape[1] != 1:
         raise ValueError(
             f"pixel_values {tuple(pixels.shape)} hold {pixels.shape[1]} images (or tiles) per "
@@ -113,25 +113,13 @@ def _check(model: nn.Module, inputs: Any) -> None:
         )
 
 
-def _check_whole_images(model: nn.Module, inputs: Mapping) -> None:
-    """LLaVA, PaliGemma, Idefics3, SmolVLM: each example's image tokens are whole images (or
-    Idefics3's tiles), as many in all as the tower runs."""
-    pixels, s = inputs["pixel_values"], shuffle(model)
-    counts = (inputs["input_ids"] == image_token_id(model)).sum(dim=1)  # (B,) per example
-    expected = features_per_image(model, pixels)
-    names = {"paligemma": "PaliGemma", "idefics3": "Idefics3", "smolvlm": "SmolVLM"}
-    family = names.get(getattr(model.config, "model_type", ""), "LLaVA")
-    images = len(pixels) if s == 1 else int((pixels.flatten(2) != 0).any(-1).sum())  # not padding
-    whole = (counts % expected == 0).all() and int((counts // expected).sum()) == images
-    if not whole or pixels.ndim != (4 if s == 1 else 5):
-        grid = "" if s == 1 else ", a square grid of image tokens per image or tile"
-        fix = "" if s == 1 else " (with image splitting or do_image_splitting=False)"
-        raise ValueError(
-            f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels"
-            f"{grid}), got {counts.tolist()} per example and {images} images for "
-            f"{counts.shape[0]} examples; build the inputs with the model's processor{fix}: each "
-            "example's image tokens are whole images, as many in all as pixel_values holds"
-        )
+def _call_vlm(model: nn.Module, inputs: Mapping) -> Any:
+    """The model on ``inputs``; the Qwen2-VL family computes its 3-D (M-RoPE) positions from the
+    mask and the image grids itself (1-D positions would replace them)."""
+    inner = getattr(model, "model", None)
+    if hasattr(inner, "get_rope_index") and "position_ids" not in inputs:
+        return model(**inputs, use_cache=False)
+    return _call(model, inputs)
 
 
 def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
@@ -183,7 +171,7 @@ HF_VLM = Adapter(
     accepts=_is_vlm,
     sites=_sites,
     eager=no_switch,
-    call=_call,
+    call=_call_vlm,
     logits=lambda out: out.logits,
     check=_check,
     layout=_layout,

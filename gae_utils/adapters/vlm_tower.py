@@ -7,16 +7,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..capture import AttentionSite
-from ..layout import Segment
-from ..propagation import MERGE_REDUCE
 from .hf_interface import _is_routed, interface_sites
 from .hf_vision import _prefix
 
-__all__ = ["FAMILIES", "TOWERS", "end_to_end_reason", "tower_layout", "tower_images", "tower_sites"]
+__all__ = [
+    "FAMILIES",
+    "TOWERS",
+    "check_whole_images",
+    "end_to_end_reason",
+    "features_per_image",
+    "shuffle",
+    "tower_sites",
+]
 
 
 FAMILIES = ("llava", "paligemma", "llava_next", "idefics3", "smolvlm")
@@ -40,19 +45,28 @@ def _tower(model: nn.Module) -> nn.Module:
 
 def end_to_end_reason(model: nn.Module) -> str | None:
     """Why ``relevance["pixels"]`` (the answer carried through the vision tower) is absent for
-    ``model``; None: LLaVA, whose projector reads one tower layer token by token, or PaliGemma,
-    whose linear projector reads the tower's last layer token by token."""
+    ``model``; None: one of :data:`FAMILIES`, whose projector reads one tower layer token by
+    token (LLaVA, PaliGemma, LLaVA-NeXT's tiles) or block by block (Idefics3's pixel shuffle)."""
     config: Any = model.config
     name = type(model).__name__
     layer = getattr(config, "vision_feature_layer", -1)  # PaliGemma: last_hidden_state
     strategy = getattr(config, "vision_feature_select_strategy", "full")  # PaliGemma: no CLS
+    vision: Any = getattr(config, "vision_config", None)
+    if getattr(vision, "spatial_merge_size", None) is not None:  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL
+        return (
+            f"{name}'s vision tower ({vision.model_type}) packs the images' patches into one "
+            "sequence and calls attention once per image (Qwen2.5-VL: per window), which the "
+            "capture does not record as one map per layer; its 2x2 patch merger is not carried "
+            "(docs/models.md, 'End to end'). Use relevance['image'], the answer's row over the "
+            "image tokens"
+        )
     if getattr(config, "model_type", None) not in FAMILIES:
         return (
             f"{name}'s projector ({config.model_type}) is not carried to the vision tower's "
-            "patches: only LLaVA's one-token-per-patch projector, PaliGemma's and LLaVA-NeXT's "
-            "tiles are (pixel shuffle, patch mergers and other projectors are not handled; "
-            "docs/models.md, 'End to end'). Use relevance['image'], the answer's row over the "
-            "image tokens"
+            "patches: only LLaVA's one-token-per-patch projector, PaliGemma's, LLaVA-NeXT's tiles "
+            "and Idefics3's / SmolVLM's pixel shuffle are (other projectors and patch mergers are "
+            "not handled; docs/models.md, 'End to end'). Use relevance['image'], the answer's row "
+            "over the image tokens"
         )
     if config.vision_config.model_type not in TOWERS:
         return (
@@ -92,59 +106,6 @@ def tower_sites(model: nn.Module) -> tuple[AttentionSite, ...]:
     return tuple(replace(s, within=str(i), per_image=True) for s in sites for i in layers)
 
 
-def tower_images(per_example: Tensor) -> Tensor:
-    """``(B, n)`` the tower batch index of each example's images (or tiles; ``-1``: a slot it has
-    none for), from their number per example ``(B,)``: the model runs them in order, example
-    after example."""
-    slots = torch.arange(max(int(per_example.max()), 1), device=per_example.device)  # (n,)
-    first = (per_example.cumsum(0) - per_example)[:, None]  # (B, 1) index of its first image
-    return (first + slots).where(slots < per_example[:, None], -1)  # (B, n)
-
-
-def tower_layout(
-    model: nn.Module, pixels: Tensor, features: Tensor, slots: int
-) -> tuple[Segment, tuple[int, int], Tensor, Tensor, Tensor]:
-    """The tower's tokens of ``slots`` images (or tiles) per example side by side, ``n N_v``.
-
-    Args:
-        features: ``(B, L)`` the projected feature each token is, ``j T + m`` for feature ``m``
-            of the example's image ``j`` (``T`` per image, the CLS dropped or not); ``-1``: none
-            (text, LLaVA-NeXT's newlines).
-
-    Returns:
-        The tower's segment (the images' grids stacked along the height, ``(n h, w)``), the
-        image tokens' grid (``(n h / s, w / s)``), the projector's token map ``P``
-        ``(B, L, n N_v)``, and the raster positions of the tower tokens ``(B, n N_v)`` and of the
-        image tokens ``(B, L)`` on their stacked grids (-1: CLS, text). ``P`` is a selection,
-        feature ``j T + m`` reads tower token ``j N_v + m + dropped``, or for a pixel shuffle of
-        ``s`` (Idefics3) the mean over the ``s x s`` block of tower tokens it concatenates (a
-        grouping, as a patch merge: ``MERGE_REDUCE``).
-    """
-    prefix, grid, dropped = _tower_tokens(model, pixels)
-    s, (h, w) = shuffle(model), grid
-    n_v, cells = prefix + h * w, h * w // (s * s)  # tower tokens, features of one image
-    image = features >= 0  # (B, L) tokens that are a tower token's feature
-    per = features_per_image(model, pixels)
-    slot, within = features.div(per, rounding_mode="floor"), features % per  # (B, L)
-    if s == 1:
-        read = (slot * n_v + within + dropped)[..., None]  # (B, L, 1) tower token read
-    else:  # feature (I, J) of the (h/s, w/s) grid reads rows I s.., columns J s.. of (h, w)
-        block = torch.arange(s, device=features.device)
-        offsets = (block[:, None] * w + block).flatten()  # (s s,)
-        corner = (within // (w // s)) * s * w + (within % (w // s)) * s  # (B, L)
-        read = (slot * n_v + prefix + corner)[..., None] + offsets  # (B, L, s s)
-    weight = (1.0 / read.shape[-1] if MERGE_REDUCE == "mean" else 1.0) * image[..., None]
-    select = pixels.new_zeros(*features.shape, slots * n_v, dtype=torch.float32)  # (B, L, n N_v)
-    select.scatter_add_(-1, read.clamp(0, slots * n_v - 1), weight.expand_as(read).to(select))
-    token = torch.arange(slots * n_v, device=features.device)  # (n N_v,)
-    patch = token % n_v - prefix  # index on its image's grid; < 0: CLS
-    tower = (token // n_v * h * w + patch).where(patch >= 0, -1).expand(features.shape[0], -1)
-    skip = prefix - dropped  # image tokens before the grid (CLS, strategy "full")
-    images = (slot * cells + within - skip).where(image & (within >= skip), -1)  # (B, L)
-    grids = (slots * h, w), (slots * h // s, w // s)
-    return Segment("pixels", slots * n_v, 0, grids[0]), grids[1], select, tower, images
-
-
 def shuffle(model: nn.Module) -> int:
     """``s`` of a pixel shuffle (Idefics3, SmolVLM: ``scale_factor``), 1 without one."""
     config: Any = model.config
@@ -155,6 +116,26 @@ def features_per_image(model: nn.Module, pixels: Tensor) -> int:
     """The projected features (image tokens) of one image or tile: the tower's tokens read."""
     prefix, grid, dropped = _tower_tokens(model, pixels)
     return (prefix + grid[0] * grid[1] - dropped) // shuffle(model) ** 2
+
+
+def check_whole_images(model: nn.Module, pixels: Tensor, counts: Tensor) -> None:
+    """LLaVA, PaliGemma, Idefics3, SmolVLM: each example's image tokens (``counts`` ``(B,)``) are
+    whole images (or Idefics3's tiles), as many in all as the tower runs."""
+    s = shuffle(model)
+    expected = features_per_image(model, pixels)
+    names = {"paligemma": "PaliGemma", "idefics3": "Idefics3", "smolvlm": "SmolVLM"}
+    family = names.get(getattr(model.config, "model_type", ""), "LLaVA")
+    images = len(pixels) if s == 1 else int((pixels.flatten(2) != 0).any(-1).sum())  # not padding
+    whole = (counts % expected == 0).all() and int((counts // expected).sum()) == images
+    if not whole or pixels.ndim != (4 if s == 1 else 5):
+        grid = "" if s == 1 else ", a square grid of image tokens per image or tile"
+        fix = "" if s == 1 else " (with image splitting or do_image_splitting=False)"
+        raise ValueError(
+            f"{family} reads {expected} image tokens per image ({tuple(pixels.shape)} pixels"
+            f"{grid}), got {counts.tolist()} per example and {images} images for "
+            f"{counts.shape[0]} examples; build the inputs with the model's processor{fix}: each "
+            "example's image tokens are whole images, as many in all as pixel_values holds"
+        )
 
 
 def _tower_tokens(model: nn.Module, pixels: Tensor) -> tuple[int, tuple[int, int], int]:
