@@ -132,3 +132,42 @@ def test_paligemma_inputs_whose_image_tokens_do_not_match_the_tower_are_refused(
     fewer["input_ids"][:, -13:-4] = IMAGE  # 9 image tokens, but the tower gives 16
     with pytest.raises(ValueError, match="PaliGemma reads 16 image tokens per image"):
         gu.explain(tiny_paligemma(), fewer)
+
+
+def test_paligemma_with_several_images_per_prompt_matches_the_reference():
+    """Example 0 reads two images, example 1 one (its second slot 0): each image's tokens carried
+    through its own tower map, against the reference fed both images' features."""
+    from test_vlm_end_to_end import gae
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = tiny_paligemma()
+    rows = [[*[IMAGE] * 32, 1, 5, 6], [*[IMAGE] * 16, 1, 30, 9, 7]]
+    length = max(len(p) for p in rows)
+    ids = torch.zeros(2, length, dtype=torch.long)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, p in enumerate(rows):
+        ids[i, length - len(p) :], mask[i, length - len(p) :] = torch.tensor(p), 1
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    x = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "token_type_ids": types}
+    exp = gu.explain(model, x, target=torch.tensor([[3], [11]]))
+    assert exp.grid_relevance("pixels").shape == (2, 1, 8, 4)
+    got = exp.relevance["pixels"].unflatten(-1, (2, 16))
+    assert (got[1, 0, 1] == 0).all()
+    model.set_attn_implementation("eager")
+    for b, (prompt, images, token) in enumerate(zip(rows, [pixels[:2], pixels[2:]], [3, 11])):
+        tower = model.model.vision_tower(images, output_attentions=True)
+        features = model.model.multi_modal_projector(tower.last_hidden_state)  # (n, 16, D)
+        out = model(
+            input_ids=torch.tensor([prompt]), token_type_ids=torch.zeros(1, len(prompt), dtype=torch.long),
+            output_attentions=True, use_cache=False,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+        )  # fmt: skip
+        grads = torch.autograd.grad(out.logits[0, -1, token], [*out.attentions, *tower.attentions])
+        row = gae(out.attentions, grads[: len(out.attentions)])[-1, torch.tensor(prompt) == IMAGE].detach()
+        for j in range(len(images)):
+            r_v = gae([a[j : j + 1] for a in tower.attentions], [g[j : j + 1] for g in grads[len(out.attentions) :]])
+            residual = r_v - torch.eye(16)
+            sums = residual.sum(-1, keepdim=True)
+            r_bar = residual / torch.where(sums == 0, torch.ones_like(sums), sums) + torch.eye(16)
+            want = row[16 * j : 16 * (j + 1)] @ r_bar.detach()  # P: image j's token m <- its tower token m
+            torch.testing.assert_close(got[b, 0, j], want, rtol=1e-5, atol=1e-6)

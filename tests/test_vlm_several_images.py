@@ -1,4 +1,4 @@
-"""Several images per prompt (LLaVA; PaliGemma takes the same path): each image's tokens are
+"""Several images per prompt (LLaVA; PaliGemma: tests/test_vlm_paligemma.py): each image's tokens are
 carried back to its own image's grid, the maps of an example's images stacked along the height;
 an example with fewer images than the batch's most has zeros in the slots it lacks. Against an
 independent reference: each example's images run through the tower by hand (one batch of its
