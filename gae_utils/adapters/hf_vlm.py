@@ -141,9 +141,9 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
         positions = {"image": order.where(image, -1)}
     else:  # n images per example side by side; P (B, L, n N_v): a selection
         slots, pixels = _images(model, inputs)["pixels"].shape[1], inputs["pixel_values"]
-        per_image = features_per_image(model, pixels)  # image tokens of an image (or tile)
-        tiles = is_tiled(model)
-        features = tile_features(model, inputs, image, per_image) if tiles else order
+        tiles = is_tiled(model)  # LLaVA-NeXT: the image tokens of each tile, from its packing
+        per_tile = features_per_image(model, pixels) if tiles else 0
+        features = tile_features(model, inputs, image, per_tile) if tiles else order
         features = features.where(image, -1)  # (B, L) the feature each image token is
         tower, grid, select, pixels, at = tower_layout(model, pixels, features, slots)
         segments = (tower, Segment("text", ids.shape[1]))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..layout import Segment
 from ..propagation import MERGE_REDUCE
-from .vlm_tower import _tower_tokens, features_per_image, shuffle
+from .vlm_tower import _tower_tokens, shuffle
 
 __all__ = ["tower_images", "tower_layout"]
 
@@ -46,7 +46,7 @@ def tower_layout(
     s, (h, w) = shuffle(model), grid
     n_v, cells = prefix + h * w, h * w // (s * s)  # tower tokens, features of one image
     image = features >= 0  # (B, L) tokens that are a tower token's feature
-    per = features_per_image(model, pixels)
+    per = (n_v - dropped) // (s * s)  # features of one image (features_per_image)
     slot, within = features.div(per, rounding_mode="floor"), features % per  # (B, L)
     if s == 1:
         read = (slot * n_v + within + dropped)[..., None]  # (B, L, 1) tower token read
