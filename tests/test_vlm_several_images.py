@@ -120,3 +120,13 @@ def test_image_tokens_that_are_not_whole_images_are_refused():
         gu.explain(model, broken)
     with pytest.raises(ValueError, match="4 images for 2 examples"):
         gu.explain(model, dict(x, pixel_values=torch.cat([x["pixel_values"], x["pixel_values"][:1]])))
+
+
+def test_stacked_image_maps_draw_at_the_images_size():
+    """docs/models.md: heatmap((n * H, W)) keeps each image's aspect; one (H, W) map per image."""
+    _, x, _ = several_images()
+    exp = gu.explain(tiny_llava(), x)
+    heat = exp.heatmap((2 * 32, 32), name="pixels")  # (B, n H, W), min-max per example
+    assert heat.shape == (2, 64, 32) and heat.amin((-1, -2)).eq(0).all() and heat.amax((-1, -2)).eq(1).all()
+    per_image = heat.unflatten(-2, (2, 32))  # (B, n, H, W)
+    assert per_image[0, 0].std() > 0 and per_image[0, 1].std() > 0
