@@ -72,8 +72,8 @@ def _is_vlm(model: nn.Module) -> bool:
 
 
 def _sites(model: nn.Module) -> tuple[AttentionSite, ...]:
-    """The language model's attention layers, then the vision tower's (modality "pixels"; LLaVA,
-    PaliGemma)."""
+    """The language model's attention layers, then the vision tower's (modality "pixels") for the
+    families carried end to end."""
     decoder = model.get_decoder()  # type: ignore[operator]
     name = _name_of(model, decoder)
     sites = tuple(replace(s, within=name) for s in interface_sites(decoder, "text", "text"))
@@ -139,7 +139,7 @@ def _layout(model: nn.Module, inputs: Mapping) -> TokenLayout:
         segments: tuple[Segment, ...] = (Segment("text", ids.shape[1]),)
         grid, maps, absent = (side, side), {}, {"pixels": reason}
         positions = {"image": order.where(image, -1)}
-    else:  # n images per example side by side; P (B, L, n N_v): a selection
+    else:  # n images per example side by side; P (B, L, n N_v): a selection or a grouping
         slots, pixels = _images(model, inputs)["pixels"].shape[1], inputs["pixel_values"]
         tiles = is_tiled(model)  # LLaVA-NeXT: the image tokens of each tile, from its packing
         per_tile = features_per_image(model, pixels) if tiles else 0
