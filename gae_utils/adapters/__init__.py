@@ -15,6 +15,7 @@ from . import (
     hf_detr,
     hf_lxmert,
     hf_text,
+    hf_video,
     hf_vilt,
     hf_vision,
     hf_visualbert,
@@ -54,6 +55,7 @@ ADAPTERS: list[Adapter] = [
     seq2seq.T5,
     seq2seq.TORCH_TRANSFORMER,
     hf_detr.DETR,
+    hf_video.HF_VIDEO,  # before the image models: a video classifier takes pixel_values too
     hf_vision.HF_VISION,  # the generic adapters last: a family's own adapter comes first
     hf_vlm.HF_VLM,
     hf_causal_lm.CAUSAL_LM,

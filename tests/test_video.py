@@ -1,0 +1,236 @@
+"""Video transformers (issue 22): relevance over space and time. VideoMAE and ViViT attend over all
+tubelets; each method is checked against a reference written out here, one clip at a time, from a
+copy of the model run with eager attention and ``output_attentions=True`` (the maps' gradients kept
+with ``retain_grad``), with plain loops for Eq. 5-6 and the baselines."""
+
+import copy
+
+import pytest
+import torch
+
+import gae_utils as gu
+
+transformers = pytest.importorskip("transformers")
+
+TARGETS = torch.tensor([[0, 2], [1, 0], [3, 3]])  # (B, K): two targets for each of three clips
+FRAMES, SIZE = 4, 16
+GAIN, SHARPNESS = 1e3, 6.0
+"""Head weights scaled by GAIN and query/key projections by SHARPNESS: at random initialisation the
+maps are near uniform and dy/dA tiny, so a 1e-5 comparison would see nothing; scaled, the maps vary
+(checked below)."""
+
+
+def _scaled(model, head):
+    with torch.no_grad():
+        head.weight.mul_(GAIN)
+        for name, module in model.named_modules():
+            if name.rpartition(".")[2] in ("query", "key", "q_proj", "k_proj", "qkv"):
+                module.weight.mul_(SHARPNESS)
+    return model.eval()
+
+
+def tiny_vivit(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.VivitConfig(
+        image_size=SIZE, num_frames=FRAMES, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=4, intermediate_size=64, num_labels=5,
+    )  # fmt: skip
+    model = transformers.VivitForVideoClassification(config)
+    return _scaled(model, model.classifier)
+
+
+def tiny_videomae(seed=0, mean_pooling=True):
+    torch.manual_seed(seed)
+    config = transformers.VideoMAEConfig(
+        image_size=SIZE, patch_size=8, num_frames=FRAMES, tubelet_size=2, hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=4, intermediate_size=64, num_labels=5, use_mean_pooling=mean_pooling,
+    )  # fmt: skip
+    model = transformers.VideoMAEForVideoClassification(config)
+    return _scaled(model, model.classifier)
+
+
+def clips(n=3, seed=1, frames=FRAMES):
+    return torch.randn(n, frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+GLOBAL = [("vivit", tiny_vivit, 1, "cls"), ("videomae", tiny_videomae, 0, "mean")]
+GLOBAL += [("videomae-first", lambda: tiny_videomae(mean_pooling=False), 0, "first")]
+
+
+# --- the independent reference ------------------------------------------------------------------
+
+
+def reference(model, x, targets, method, start_layer=0, prefix=1, pooling="cls"):
+    """``(B, K, T'*h*w)`` relevance, one clip and one target at a time, in plain loops."""
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    rows_all = []
+    for b in range(x.shape[0]):
+        rows_b = []
+        for k in range(targets.shape[1]):
+            output = eager(pixel_values=x[b : b + 1], output_attentions=True)
+            attns = list(output.attentions)  # each (1, H, N, N)
+            for a in attns:
+                a.retain_grad()
+            output.logits[0, int(targets[b, k])].backward()
+            n = attns[0].shape[-1]
+            explained = [0] if pooling in ("cls", "first") else list(range(prefix, n))
+            if method in ("gae", "gae_no_norm", "gae_last_layer"):
+                first = len(attns) - 1 if method == "gae_last_layer" else start_layer
+                r = torch.eye(n, dtype=x.dtype)
+                for a in attns[first:]:
+                    cam = torch.zeros(n, n, dtype=x.dtype)
+                    for h in range(a.shape[1]):  # Eq. 5: clamp per head, then the head mean
+                        cam += (a.grad[0, h] * a[0, h]).clamp(min=0) / a.shape[1]
+                    r = r + cam @ r  # Eq. 6
+            elif method == "raw_attention":
+                r = attns[-1][0].mean(0)
+            elif method == "rollout":
+                r = torch.eye(n, dtype=x.dtype)
+                for a in attns[start_layer:]:
+                    step = 0.5 * a[0].mean(0) + 0.5 * torch.eye(n, dtype=x.dtype)
+                    r = (step / step.sum(-1, keepdim=True)) @ r
+            else:  # attn_gradcam: per-head weight = mean gradient over the content columns
+                a = attns[-1]
+                r = torch.zeros(n, n, dtype=x.dtype)
+                for h in range(a.shape[1]):
+                    weight = a.grad[0, h, :, prefix:].mean(-1, keepdim=True)
+                    r += weight * a[0, h] / a.shape[1]
+                r = r.clamp(min=0)
+            row = sum(r[i] for i in explained) / len(explained)
+            rows_b.append(row[prefix:].detach())
+            eager.zero_grad()
+        rows_all.append(torch.stack(rows_b))
+    return torch.stack(rows_all)  # (B, K, T'*h*w)
+
+
+def _varies(model, x):
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        attns = eager(pixel_values=x, output_attentions=True).attentions
+    return min(float(a.amax(-1).mean() - 1 / a.shape[-1]) for a in attns)
+
+
+# --- conformance ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", gu.method_names(ablations=True))
+@pytest.mark.parametrize("name, build, prefix, pooling", GLOBAL)
+def test_every_method_matches_the_independent_reference(name, build, prefix, pooling, method):
+    model, x = build(), clips()
+    assert _varies(model, x) > 0.05  # the maps are not near uniform
+    exp = gu.explain(model, x, target=TARGETS, method=method)
+    assert exp.relevance["video"].shape == (3, 2, 8)  # (B, K, T' * h * w): 2 x 2 x 2 tubelets
+    ref = reference(model, x, TARGETS, method, prefix=prefix, pooling=pooling)
+    assert ref.std() > 1e-3  # the relevance varies over the tubelets
+    torch.testing.assert_close(exp.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, build, prefix, pooling", GLOBAL)
+def test_start_layer_and_rows_without_maps_match_the_reference(name, build, prefix, pooling):
+    model, x = build(), clips()
+    ref = reference(model, x, TARGETS, "gae", start_layer=1, prefix=prefix, pooling=pooling)
+    for maps in (True, False):
+        exp = gu.explain(model, x, target=TARGETS, start_layer=1, maps=maps)
+        torch.testing.assert_close(exp.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+    rollout = gu.explain(model, x, target=TARGETS, method="rollout", start_layer=1)
+    ref = reference(model, x, TARGETS, "rollout", start_layer=1, prefix=prefix, pooling=pooling)
+    torch.testing.assert_close(rollout.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_deliberate_mistake_in_the_reference_is_caught():
+    """The reference with the head mean taken before the clamp (not Eq. 5), and with VideoMAE read
+    at its first tubelet instead of the mean its head pools, differs from the library."""
+    model, x = tiny_videomae(), clips()
+    exp = gu.explain(model, x, target=TARGETS)
+    wrong_row = reference(model, x, TARGETS, "gae", prefix=0, pooling="first")
+    assert not torch.allclose(exp.relevance["video"], wrong_row, atol=1e-3)
+    model = tiny_vivit()
+    exp = gu.explain(model, x, target=TARGETS, method="gae_last_layer")
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    out = eager(pixel_values=x[:1], output_attentions=True)
+    attn = out.attentions[-1]
+    attn.retain_grad()
+    out.logits[0, int(TARGETS[0, 0])].backward()
+    wrong = (attn.grad * attn).mean(1).clamp(min=0)[0, 0, 1:]  # clamp after the head mean
+    assert not torch.allclose(exp.relevance["video"][0, 0], wrong.detach(), atol=1e-3)
+
+
+def test_one_target_a_batch_of_one_and_the_tubelet_order_in_time():
+    model, x = tiny_vivit(), clips()
+    batch = gu.explain(model, x, target=TARGETS[:, 0])
+    single = gu.explain(model, x[1:2], target=TARGETS[1:2, 0])
+    assert batch.relevance["video"].shape == (3, 8)
+    torch.testing.assert_close(single.relevance["video"][0], batch.relevance["video"][1], atol=1e-6, rtol=1e-5)
+    grid = batch.grid_relevance("video")  # (B, T', h, w): the first tubelets in time come first
+    assert grid.shape == (3, 2, 2, 2)
+    assert torch.equal(grid[:, 1].flatten(1), batch.relevance["video"][:, 4:])
+
+
+def test_the_heatmap_repeats_each_tubelet_over_its_frames_and_normalises_per_clip():
+    model, x = tiny_videomae(), clips()
+    exp = gu.explain(model, x, target=TARGETS)
+    heat = exp.heatmap(size=SIZE, name="video", frames=FRAMES)
+    assert heat.shape == (3, 2, FRAMES, SIZE, SIZE)  # (B, K, T, H, W)
+    assert torch.equal(heat[:, :, 0], heat[:, :, 1]) and torch.equal(heat[:, :, 2], heat[:, :, 3])
+    assert not torch.equal(heat[:, :, 1], heat[:, :, 2])  # tubelets differ in time
+    flat = heat.flatten(2)
+    assert torch.allclose(flat.amax(-1), torch.ones(3, 2)) and torch.allclose(flat.amin(-1), torch.zeros(3, 2))
+    per_tubelet = exp.heatmap(name="video")  # no size, no frames: the (T', h, w) grid
+    assert per_tubelet.shape == (3, 2, 2, 2, 2)
+    rel = exp.relevance["video"][0, 0]
+    assert per_tubelet[0, 0].flatten().argmax() == rel.argmax()
+    with pytest.raises(ValueError, match="not a multiple of the 2 tubelets in time; pass the clip's"):
+        exp.heatmap(name="video", frames=3)
+
+
+def _state(model):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, m.training) for n, m in model.named_modules()],
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        model.config._attn_implementation,
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
+        sorted(ALL_ATTENTION_FUNCTIONS.keys()),
+    )
+
+
+@pytest.mark.parametrize("name, build, prefix, pooling", GLOBAL[:2])
+def test_the_model_is_unchanged_after_explaining(name, build, prefix, pooling):
+    model = build()
+    model.set_attn_implementation("sdpa")
+    model.train()
+    model.classifier.requires_grad_(False)
+    before = _state(model)
+    for method in ("gae", "attn_gradcam"):
+        gu.explain(model, clips(), target=TARGETS, method=method)
+        after = _state(model)
+        assert after[1:] == before[1:]
+        assert all(torch.equal(after[0][k], v) for k, v in before[0].items())
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_clip_errors_name_the_fix():
+    model, x = tiny_vivit(), clips()
+    with pytest.raises(ValueError, match=r"add a batch dimension with clip\[None\]"):
+        gu.explain(model, x[0])
+    with pytest.raises(ValueError, match=r"channels-first \(B, C, T, H, W\): clips.permute\(0, 2, 1, 3, 4\)"):
+        gu.explain(model, x.transpose(1, 2).contiguous())
+    with pytest.raises(ValueError, match="built for clips of 4 frames .* sample 4 frames"):
+        gu.explain(model, clips(frames=6))
+    with pytest.raises(TypeError, match="float clips"):
+        gu.explain(model, (x * 255).to(torch.uint8))
+
+
+def test_a_clip_given_to_an_image_model_is_said_to_look_like_a_video():
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    vit = transformers.ViTForImageClassification(config).eval()
+    with pytest.raises(ValueError, match=r"looks like a video, and this is an image model.*VideoMAE, ViViT"):
+        gu.explain(vit, clips())
