@@ -23,6 +23,7 @@ from . import (
     openclip,
     seq2seq,
     swin,
+    timesformer,
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
@@ -55,6 +56,7 @@ ADAPTERS: list[Adapter] = [
     seq2seq.T5,
     seq2seq.TORCH_TRANSFORMER,
     hf_detr.DETR,
+    timesformer.TIMESFORMER,
     hf_video.HF_VIDEO,  # before the image models: a video classifier takes pixel_values too
     hf_vision.HF_VISION,  # the generic adapters last: a family's own adapter comes first
     hf_vlm.HF_VLM,
