@@ -234,3 +234,159 @@ def test_a_clip_given_to_an_image_model_is_said_to_look_like_a_video():
     vit = transformers.ViTForImageClassification(config).eval()
     with pytest.raises(ValueError, match=r"looks like a video, and this is an image model.*VideoMAE, ViViT"):
         gu.explain(vit, clips())
+
+
+# --- TimeSformer: divided space-time attention ------------------------------------------------------
+
+TS_FRAMES = 3
+
+
+def tiny_timesformer(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.TimesformerConfig(
+        image_size=SIZE, patch_size=8, num_frames=TS_FRAMES, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=5,
+    )  # fmt: skip
+    model = transformers.TimesformerForVideoClassification(config)
+    return _scaled(model, model.classifier)
+
+
+def _keep(probs):
+    def hook(module, args, out):
+        out.retain_grad()
+        probs.append(out)
+
+    return hook
+
+
+def _captured(model, clip, target):
+    """Per-group probabilities and their gradients of one clip, in the order the model runs them
+    (hooks of this file on each attention's ``attn_drop``)."""
+    probs, hooks = [], []
+    for layer in model.timesformer.encoder.layer:
+        for attention in (layer.temporal_attention, layer.attention):
+            hooks.append(attention.attention.attn_drop.register_forward_hook(_keep(probs)))
+    logits = model(pixel_values=clip).logits
+    logits[0, int(target)].backward()
+    for hook in hooks:
+        hook.remove()
+    model.zero_grad()
+    return [(p.detach(), p.grad) for p in probs]
+
+
+def _dense(temporal, spatial, frames, patches, grad=False, cls_scale=True):
+    """The two layers of one block as per-head ``(H, N, N)`` maps over the model's global token
+    order (token ``1 + p * T + t``; 0 the CLS). The CLS output is the mean of its per-frame copies:
+    its row of the attention is the mean of the copies' rows, and the gradient of that mean row is
+    T times a copy's (``cls_scale=False``: the deliberate mistake of forgetting it)."""
+    heads, n = temporal.shape[1], 1 + patches * frames
+    tok = lambda p, t: 1 + p * frames + t  # noqa: E731
+    a_t, a_s = torch.zeros(heads, n, n), torch.zeros(heads, n, n)
+    for p in range(patches):
+        for t in range(frames):
+            for t2 in range(frames):
+                a_t[:, tok(p, t), tok(p, t2)] = temporal[p, :, t, t2]
+    scale = (frames if cls_scale else 1.0) if grad else 1.0 / frames
+    for t in range(frames):
+        for i in range(patches):
+            a_s[:, tok(i, t), 0] = spatial[t, :, 1 + i, 0]
+            a_s[:, 0, tok(i, t)] = spatial[t, :, 0, 1 + i] * scale
+            for j in range(patches):
+                a_s[:, tok(i, t), tok(j, t)] = spatial[t, :, 1 + i, 1 + j]
+    if grad:  # every copy's gradient at the CLS column is the same (one value, one mean)
+        torch.testing.assert_close(spatial[:, :, 0, 0], spatial[:1, :, 0, 0].expand(frames, -1))
+    a_s[:, 0, 0] = spatial[:, :, 0, 0].mean(0) * (scale if grad else 1.0)
+    return a_t, a_s
+
+
+def ts_reference(model, x, targets, method, start_layer=0, cls_scale=True):
+    """``(B, K, T*h*w)``: dense global maps per clip and target, the methods as for a ViT, the row
+    moved from the model's (patch, frame) order to (frame, patch)."""
+    frames, patches = x.shape[1], (x.shape[-1] // 8) * (x.shape[-2] // 8)
+    n, out = 1 + frames * patches, []
+    for b in range(x.shape[0]):
+        rows = []
+        for k in range(targets.shape[1]):
+            cap = _captured(model, x[b : b + 1], targets[b, k])
+            layers = []
+            for block in range(0, len(cap), 2):
+                (pt, gt), (ps, gs) = cap[block], cap[block + 1]
+                a = _dense(pt, ps, frames, patches)
+                g = _dense(gt, gs, frames, patches, grad=True, cls_scale=cls_scale)
+                layers += [(a[0], g[0]), (a[1], g[1])]
+            eye = torch.eye(n)
+            if method in ("gae", "gae_no_norm", "gae_last_layer"):
+                r = eye.clone()
+                for a, g in layers[len(layers) - 1 if method == "gae_last_layer" else start_layer :]:
+                    r = r + (g * a).clamp(min=0).mean(0) @ r  # Eq. 5, Eq. 6
+            elif method == "raw_attention":
+                r = layers[-1][0].mean(0)
+            elif method == "rollout":
+                r = eye.clone()
+                for a, _ in layers[start_layer:]:
+                    step = 0.5 * a.mean(0) + 0.5 * eye
+                    r = (step / step.sum(-1, keepdim=True)) @ r
+            else:  # attn_gradcam of the last (spatial) layer per frame, the CLS copies averaged
+                (ps, gs), r = cap[-1], torch.zeros(n, n)
+                for t in range(frames):
+                    cam = (gs[t, :, 0].mean(-1, keepdim=True) * ps[t, :, 0]).mean(0).clamp(min=0)
+                    for i in range(patches):
+                        r[0, 1 + i * frames + t] = cam[1 + i] / frames
+            rows.append(r[0, 1:].view(patches, frames).T.flatten())  # (T * P,) in (t, p) order
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", gu.method_names(ablations=True))
+def test_timesformer_every_method_matches_the_independent_reference(method):
+    model, x = tiny_timesformer(), clips(frames=TS_FRAMES)
+    exp = gu.explain(model, x, target=TARGETS, method=method)
+    assert exp.relevance["video"].shape == (3, 2, TS_FRAMES * 4)  # (B, K, T * h * w)
+    ref = ts_reference(model, x, TARGETS, method)
+    assert ref.std() > 1e-3
+    torch.testing.assert_close(exp.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_timesformer_maps_vary_start_layer_and_rows_without_maps():
+    model, x = tiny_timesformer(), clips(frames=TS_FRAMES)
+    cap = _captured(model, x[:1], 0)
+    assert min(float(p.amax(-1).mean() - 1 / p.shape[-1]) for p, _ in cap) > 0.05  # not uniform
+    ref = ts_reference(model, x, TARGETS, "gae", start_layer=1)  # skips the first temporal layer
+    for maps in (True, False):
+        exp = gu.explain(model, x, target=TARGETS, start_layer=1, maps=maps)
+        torch.testing.assert_close(exp.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+    exp = gu.explain(model, x, target=TARGETS, method="rollout", start_layer=2)
+    ref = ts_reference(model, x, TARGETS, "rollout", start_layer=2)
+    torch.testing.assert_close(exp.relevance["video"], ref, atol=1e-5, rtol=1e-5)
+    grid = exp.grid_relevance("video")
+    assert grid.shape == (3, 2, TS_FRAMES, 2, 2)  # (B, K, T, h, w)
+    assert exp.heatmap(SIZE, name="video", frames=TS_FRAMES).shape == (3, 2, TS_FRAMES, SIZE, SIZE)
+
+
+def test_timesformer_a_deliberate_mistake_is_caught():
+    """Forgetting that the CLS output averages its frame copies (its gradient T times a copy's)
+    changes GAE's relevance beyond the tolerance."""
+    model, x = tiny_timesformer(), clips(n=1, frames=TS_FRAMES)
+    exp = gu.explain(model, x, target=TARGETS[:1])
+    wrong = ts_reference(model, x, TARGETS[:1], "gae", cls_scale=False)
+    assert not torch.allclose(exp.relevance["video"], wrong, atol=1e-4)
+
+
+def test_timesformer_is_unchanged_after_explaining_and_other_attention_types_are_refused():
+    model = tiny_timesformer()
+    model.train()
+    model.classifier.requires_grad_(False)
+    before = _state(model)
+    for method in ("gae", "attn_gradcam", "rollout"):
+        gu.explain(model, clips(frames=TS_FRAMES), target=TARGETS, method=method)
+        after = _state(model)
+        assert after[1:] == before[1:]
+        assert all(torch.equal(after[0][k], v) for k, v in before[0].items())
+        assert all(p.grad is None for p in model.parameters())
+    config = transformers.TimesformerConfig(
+        image_size=SIZE, patch_size=8, num_frames=TS_FRAMES, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, attention_type="joint_space_time",
+    )  # fmt: skip
+    joint = transformers.TimesformerForVideoClassification(config).eval()
+    with pytest.raises(gu.UnsupportedModelError, match="attention_type='divided_space_time'"):
+        gu.explain(joint, clips(frames=TS_FRAMES))
