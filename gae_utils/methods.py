@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from .layers import LayerRecord, last_of_each_pair
 from .layout import TokenLayout
-from .propagation import (
-    Maps,
-    _stage,
-    attn_bar_of,
-    check_start_layer,
-    propagate,
-    propagate_windowed,
-)
+from .propagation import Maps, attn_bar_of, check_start_layer, propagate, propagate_windowed
 from .rules import gradcam_row, rollout_step
 
 __all__ = ["Method", "METHODS", "method_names", "check_method", "compute_maps", "method_label"]
@@ -120,7 +114,7 @@ def _shared(layer: LayerRecord, maps: Tensor) -> Tensor:
     """Per-window maps ``(..., nW, Nw, Nw)`` with the row of a token held by ``c`` windows divided
     by ``c``: the token outputs the mean of its copies (TimeSformer's CLS, one per frame), so the
     scattered sum is the layer's map. Eq. 5 needs no division: a copy's ``dA`` carries the 1/c."""
-    index = _stage(layer)[1]  # (nW, Nw)
+    index = cast(Tensor, layer.windows)  # (nW, Nw)
     copies = torch.bincount(index.flatten().cpu()).to(maps)[index]  # (nW, Nw)
     return maps / copies[..., None]
 
