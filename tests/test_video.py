@@ -390,3 +390,33 @@ def test_timesformer_is_unchanged_after_explaining_and_other_attention_types_are
     joint = transformers.TimesformerForVideoClassification(config).eval()
     with pytest.raises(gu.UnsupportedModelError, match="attention_type='divided_space_time'"):
         gu.explain(joint, clips(frames=TS_FRAMES))
+
+
+# --- the probe and the refused families -------------------------------------------------------------
+
+
+def test_the_image_probe_reports_the_video_families_explained_with_parity_or_refused():
+    from gae_workbook.evaluation import probe
+
+    installed = set(probe._table("video"))
+    results = probe.probe([f"video:{f}" for f in installed], kind="image", progress=False)
+    explained = {f for f in ("videomae", "vivit", "timesformer") if f in installed}
+    assert explained == {"videomae", "vivit", "timesformer"}
+    for family in explained:
+        outcome, detail = results[f"video:{family}"]
+        assert outcome == "ok" and "parity with the stock model" in detail, (family, detail)
+    for family in installed - explained:  # VJEPA2, VideoPrism, ...: the reason names what is missing
+        outcome, detail = results[f"video:{family}"]
+        assert outcome == "refused" and "is a video model with" in detail, (family, detail)
+        assert "no adapter lays out its space-time tokens and reads its head" in detail
+
+
+def test_a_video_family_no_adapter_serves_is_refused_naming_what_is_missing():
+    config = transformers.VJEPA2Config(
+        crop_size=16, patch_size=8, frames_per_clip=4, tubelet_size=2, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, pred_hidden_size=32, pred_num_hidden_layers=1, pred_num_attention_heads=4,
+        num_pooler_layers=1, num_labels=3,
+    )  # fmt: skip
+    model = transformers.VJEPA2ForVideoClassification(config).eval()
+    with pytest.raises(gu.UnsupportedModelError, match="attentive pooler .* Explained video classifiers: Vivit"):
+        gu.explain(model, torch.randn(2, 4, 3, 16, 16))

@@ -118,7 +118,8 @@ def find_adapter(model: nn.Module) -> Adapter:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
-    reason = hierarchical_reason(model) or windowed_reason(model) or convolutional_reason(model)
+    reason = hierarchical_reason(model) or windowed_reason(model) or hf_video.video_reason(model)
+    reason = reason or convolutional_reason(model)
     if reason is not None:
         raise UnsupportedModelError(reason)
     raised = "".join(

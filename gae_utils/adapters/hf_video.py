@@ -20,7 +20,14 @@ from .hf_interface import interface_sites, routes_attention
 from .hf_vision import _prefix
 from .images import pixel_values
 
-__all__ = ["HF_VIDEO", "VIDEO_POOLING", "check_video_batch", "video_grid", "video_pooling"]
+__all__ = [
+    "HF_VIDEO",
+    "VIDEO_POOLING",
+    "check_video_batch",
+    "video_grid",
+    "video_pooling",
+    "video_reason",
+]
 
 VIDEO_POOLING: dict[str, str] = {
     "VivitForVideoClassification": "cls",  # classifier(sequence_output[:, 0])
@@ -97,6 +104,28 @@ def _layout(model: nn.Module, clips: Tensor) -> TokenLayout:
     video = Segment("video", prefix + grid[0] * grid[1] * grid[2], prefix, grid)
     rows = {"cls": (0,), "first": (0,), "mean": None}[video_pooling(model)]
     return TokenLayout((video,), (Readout("video", "video", "video", rows),))
+
+
+VIDEO_FAMILIES: dict[str, str] = {
+    "VJEPA2": "an attentive pooler (learned queries cross-attending the tubelets) as its head",
+    "VideoPrism": "factorised spatial then temporal encoders and an attention-pooling head",
+}
+"""Video families (class name prefix) that are refused, and what they have that no adapter reads."""
+
+
+def video_reason(model: nn.Module) -> str | None:
+    """Why a video model no adapter serves is refused: what is missing, and what is explained."""
+    config = getattr(model, "config", None)
+    if not any(hasattr(config, k) for k in ("num_frames", "frames_per_clip", "tubelet_size")):
+        return None
+    name = type(model).__name__
+    what = next((w for k, w in VIDEO_FAMILIES.items() if name.startswith(k)), "its own layout")
+    return (
+        f"{name} is a video model with {what}, but no adapter lays out its space-time tokens and "
+        "reads its head. Explained video classifiers: VivitForVideoClassification, "
+        "VideoMAEForVideoClassification, TimesformerForVideoClassification (docs/models.md, "
+        "'Video'); register an adapter giving its sites, (T', h, w) layout and readout."
+    )
 
 
 def _is_video_model(model: nn.Module) -> bool:
