@@ -277,6 +277,11 @@ class Explanation:
                 return plot_token_matrix(tokens, values, rows, last, examples, title, cmap)
             return plot_token_strips(tokens, values, rows, examples, title, cmap)
 
+        if len(self._grid(name)) == 3:
+            raise ValueError(
+                f"relevance {name!r} is over a clip's (T', h, w) tubelets; draw frame t of example "
+                f"b with exp.heatmap(size, name={name!r}, frames=T)[b, ..., t, :, :] over clips[b, t]"
+            )
         norm = normalization if normalization is not None else self.normalization
         shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
         if size is None and shown is not None:

@@ -184,6 +184,8 @@ def test_the_heatmap_repeats_each_tubelet_over_its_frames_and_normalises_per_cli
     assert per_tubelet[0, 0].flatten().argmax() == rel.argmax()
     with pytest.raises(ValueError, match="not a multiple of the 2 tubelets in time; pass the clip's"):
         exp.heatmap(name="video", frames=3)
+    with pytest.raises(ValueError, match=r"over a clip's \(T', h, w\) tubelets; draw frame t .* exp.heatmap"):
+        exp.plot(name="video")
 
 
 def _state(model):
