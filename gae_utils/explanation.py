@@ -280,7 +280,7 @@ class Explanation:
         if len(self._grid(name)) == 3:
             raise ValueError(
                 f"relevance {name!r} is over a clip's (T', h, w) tubelets; draw frame t of example "
-                f"b with exp.heatmap(size, name={name!r}, frames=T)[b, ..., t, :, :] over clips[b, t]"
+                f"b with exp.heatmap(size, name={name!r}, frames=T)[b, ..., t] over clips[b, t]"
             )
         norm = normalization if normalization is not None else self.normalization
         shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
