@@ -422,3 +422,17 @@ def test_a_video_family_no_adapter_serves_is_refused_naming_what_is_missing():
     model = transformers.VJEPA2ForVideoClassification(config).eval()
     with pytest.raises(gu.UnsupportedModelError, match="attentive pooler .* Explained video classifiers: Vivit"):
         gu.explain(model, torch.randn(2, 4, 3, 16, 16))
+
+
+def test_the_benchmark_times_a_batch_of_clips_against_a_forward_on_one_thread():
+    from gae_workbook.tools import bench
+
+    threads = torch.get_num_threads()
+    result = bench.run_video_benchmark("timesformer", batch=2, repeats=1, frames=2, size=32)
+    assert torch.get_num_threads() == threads  # restored
+    assert result["threads"] == 1 and result["tokens"] == 1 + 2 * 4
+    assert set(result["ratios"]) == {"gae / forward", "gae_rows / forward"}
+    assert all(v > 0 for v in result["seconds"].values())
+    assert result["ratios"]["gae / forward"] == result["seconds"]["gae"] / result["seconds"]["forward"]
+    with pytest.raises(ValueError, match="unknown video family 'x3d'; choose one of"):
+        bench.run_video_benchmark("x3d")
