@@ -436,3 +436,22 @@ def test_the_benchmark_times_a_batch_of_clips_against_a_forward_on_one_thread():
     assert result["ratios"]["gae / forward"] == result["seconds"]["gae"] / result["seconds"]["forward"]
     with pytest.raises(ValueError, match="unknown video family 'x3d'; choose one of"):
         bench.run_video_benchmark("x3d")
+
+
+def test_window_rows_sum_a_tokens_copies_and_pass_a_token_of_no_group_through():
+    """The grouped scatter against the dense block sum: token 0 sits in both groups, token 3 in
+    none (its step row is the identity's in a non-residual update)."""
+    from gae_utils.rules import window_update_rows
+
+    index = torch.tensor([[0, 1], [0, 2]])  # (nW, Nw) over N = 4 tokens
+    maps = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(0))  # (nW, Nw, Nw)
+    rows = torch.rand(3, 4, generator=torch.Generator().manual_seed(1))  # (M, N)
+    dense = torch.zeros(4, 4)
+    for w in range(2):
+        for i in range(2):
+            for j in range(2):
+                dense[index[w, i], index[w, j]] += maps[w, i, j]
+    torch.testing.assert_close(window_update_rows(rows, maps, index), rows + rows @ dense)
+    step = dense.clone()
+    step[3, 3] = 1.0  # no group: the token keeps itself
+    torch.testing.assert_close(window_update_rows(rows, maps, index, residual=False), rows @ step)
