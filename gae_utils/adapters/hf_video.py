@@ -115,10 +115,10 @@ VIDEO_FAMILIES: dict[str, str] = {
 
 def video_reason(model: nn.Module) -> str | None:
     """Why a video model no adapter serves is refused: what is missing, and what is explained."""
-    config = getattr(model, "config", None)
-    if not any(hasattr(config, k) for k in ("num_frames", "frames_per_clip", "tubelet_size")):
+    config, name = getattr(model, "config", None), type(model).__name__
+    frames = any(hasattr(config, k) for k in ("num_frames", "frames_per_clip", "tubelet_size"))
+    if "Video" not in name or not frames:
         return None
-    name = type(model).__name__
     what = next((w for k, w in VIDEO_FAMILIES.items() if name.startswith(k)), "its own layout")
     return (
         f"{name} is a video model with {what}, but no adapter lays out its space-time tokens and "
