@@ -34,7 +34,7 @@ def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
         attn: ``(..., Nq, Nk)`` attention probabilities of one or more heads.
         grad: gradient of the target with respect to ``attn``, broadcastable to it.
     """
-    return (grad * attn).clamp(min=0)  # (..., Nq, Nk)
+    return (grad * attn).clamp_(min=0)  # (..., Nq, Nk): in place on the fresh product
 
 
 def head_average(attn: Tensor, grad: Tensor) -> Tensor:
