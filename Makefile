@@ -74,6 +74,8 @@ bench: $(VENV)/.runtime
 	$(PY) -m gae_workbook.tools.bench --vqa shapes-vqa --batch 16 --json outputs/bench-shapes-vqa.json
 	$(PY) -m gae_workbook.tools.bench --vqa lxmert-base --batch 16 --json outputs/bench-lxmert-base.json
 	$(PY) -m gae_workbook.tools.bench --seq2seq --length 32 --json outputs/bench-marian-32-tokens.json
+	$(PY) -m gae_workbook.tools.bench --video videomae --json outputs/bench-videomae-4-clips.json
+	$(PY) -m gae_workbook.tools.bench --video timesformer --json outputs/bench-timesformer-4-clips.json
 
 # The README's GPU table on a machine with CUDA (outputs/gpu/table.md and one JSON per part).
 # GPU_PY=python3 uses a Python that already has torch, timm and transformers instead of the venv.

@@ -132,7 +132,7 @@ class Explanation:
             f"target={target}, maps={len(self.maps)}, start_layer={self.start_layer})"
         )
 
-    def _grid(self, name: str) -> tuple[int, int]:
+    def _grid(self, name: str) -> tuple[int, ...]:
         grid = self.layout.segment(name).grid
         if grid is None:
             raise ValueError(
@@ -192,16 +192,21 @@ class Explanation:
         return self.relevance[name]
 
     def grid_relevance(self, name: str = "image") -> Tensor:
-        """Relevance reshaped to the patch grid: ``(B, h, w)`` or ``(B, K, h, w)``."""
+        """Relevance reshaped to the patch grid: ``(B, h, w)`` or ``(B, K, h, w)`` (video:
+        ``(B, [K,] T', h, w)``)."""
         rel = self._relevance(name)
         return rel.reshape(*rel.shape[:-1], *self._grid(name))  # (..., h, w)
 
-    def heatmap(self, size: int | tuple[int, int] | None = None, name: str = "image") -> Tensor:
+    def heatmap(
+        self, size: int | tuple[int, int] | None = None, name: str = "image", frames: int = 0
+    ) -> Tensor:
         """Relevance of ``name`` upsampled (bilinear) to ``size`` (an int: square; None: the patch
         grid) and min-max normalised per map: ``(B, H, W)`` or ``(B, K, H, W)`` in [0, 1], on the
-        CPU as float32."""
-        rel = self._relevance(name).detach().float().cpu()  # (..., h*w)
-        return grid_heatmap(rel, self._grid(name), size)  # (..., H, W)
+        CPU as float32. Video (``name="video"``): ``(B, [K,] T, H, W)``, each tubelet's map
+        repeated over its ``frames / T'`` frames (``frames``: the clip's ``T``; 0: one map per
+        tubelet), normalised per clip (:func:`~gae_utils.heatmaps.grid_heatmap`)."""
+        rel = self._relevance(name).detach().float().cpu()  # (..., h*w) or (..., T'*h*w)
+        return grid_heatmap(rel, self._grid(name), size, frames)  # (..., [T,] H, W)
 
     def plot(
         self,
@@ -272,6 +277,11 @@ class Explanation:
                 return plot_token_matrix(tokens, values, rows, last, examples, title, cmap)
             return plot_token_strips(tokens, values, rows, examples, title, cmap)
 
+        if len(self._grid(name)) == 3:
+            raise ValueError(
+                f"relevance {name!r} is over a clip's (T', h, w) tubelets; draw frame t of example "
+                f"b with exp.heatmap(size, name={name!r}, frames=T)[b, ..., t] over clips[b, t]"
+            )
         norm = normalization if normalization is not None else self.normalization
         shown = None if images is None else display_images(images, norm)  # (B, C, H, W)
         if size is None and shown is not None:

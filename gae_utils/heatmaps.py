@@ -52,21 +52,41 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def grid_heatmap(
-    relevance: Tensor, grid: tuple[int, int], size: int | tuple[int, int] | None = None
+    relevance: Tensor,
+    grid: tuple[int, ...],
+    size: int | tuple[int, int] | None = None,
+    frames: int = 0,
 ) -> Tensor:
     """Relevance over a grid's cells as heatmaps in [0, 1].
 
+    A video's ``(T', h, w)`` tubelet grid gives one map per tubelet, upsampled in space; with
+    ``frames`` (the clip's ``T``, a multiple of ``T'``) each tubelet's map is *repeated* over its
+    ``T / T'`` frames, not interpolated: a tubelet is one token, the model sees nothing finer in
+    time. A clip is normalised as one map (its frames compare).
+
     Args:
-        relevance: ``(..., h*w)`` raw relevance of the content tokens, raster order.
-        grid: ``(h, w)`` the patch (or region, or feature) grid.
+        relevance: ``(..., h*w)`` raw relevance of the content tokens, raster order
+            (``(..., T'*h*w)`` for video).
+        grid: ``(h, w)`` the patch (or region, or feature) grid, or ``(T', h, w)``.
         size: output ``(H, W)``; an int means square; ``None`` keeps the grid.
+        frames: video only: the frames ``T`` of the output; 0 keeps ``T'``.
 
     Returns:
-        ``(..., H, W)`` maps, each min-max normalised on its own (a constant map becomes zeros).
+        ``(..., H, W)`` maps (video: ``(..., T, H, W)``), each min-max normalised on its own (a
+        constant map becomes zeros).
     """
-    maps = relevance.reshape(*relevance.shape[:-1], *grid)  # (..., h, w)
+    maps = relevance.reshape(*relevance.shape[:-1], *grid)  # (..., [T',] h, w)
     if size is not None:
         maps = upsample_maps(
             maps, (size, size) if isinstance(size, int) else cast("tuple[int, int]", tuple(size))
         )
-    return normalize_maps(maps)
+    if len(grid) == 2:
+        return normalize_maps(maps)
+    if frames:
+        if frames % grid[0]:
+            raise ValueError(
+                f"frames={frames} is not a multiple of the {grid[0]} tubelets in time; pass the "
+                "clip's number of frames (clips.shape[1])"
+            )
+        maps = maps.repeat_interleave(frames // grid[0], dim=-3)  # (..., T, H, W)
+    return normalize_maps(maps.flatten(-3, -2)).unflatten(-2, maps.shape[-3:-1])

@@ -7,6 +7,7 @@ tokens of modality ``b`` (patches, words; no CLS, distillation or register token
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +27,8 @@ class Segment:
         modality: name used in the relevancy maps, e.g. ``"image"``.
         n_tokens: number of tokens, prefix included.
         prefix: number of leading non-content tokens (CLS, distillation, registers).
-        grid: ``(h, w)`` patch grid of the content tokens for image modalities, else ``None``.
+        grid: ``(h, w)`` patch grid of the content tokens for image modalities, ``(T', h, w)``
+            tubelet grid for video, else ``None``.
         stream: the engine modality whose maps hold these tokens when the segment is a view of a
             joint stream (ViLT, VisualBERT: text and image tokens in one sequence, the engine
             modality ``"joint"``); ``None``: the segment is itself an engine modality.
@@ -36,7 +38,7 @@ class Segment:
     modality: str
     n_tokens: int
     prefix: int = 0
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
     stream: str | None = None
     offset: int = 0
 
@@ -256,7 +258,7 @@ class TokenLayout:
     def _to_grid_order(row: Tensor, positions: Tensor, seg: Segment) -> Tensor:
         """Move token-order relevance ``(B, [K,] n)`` to raster order of ``seg.grid`` (summing
         duplicates)."""
-        cells = seg.grid[0] * seg.grid[1] if seg.grid else seg.n_content
+        cells = math.prod(seg.grid) if seg.grid else seg.n_content
         positions = positions.to(row.device)  # (B, n)
         index = positions.where(positions >= 0, cells)  # -1 (other tokens): dropped
         # (B, n) -> (B, [K,] n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -109,10 +110,20 @@ def _only_last(layers: Sequence[LayerRecord], last: Tensor) -> WindowMaps:
     return [None] * (len(layers) - 1) + [last]
 
 
+def _shared(layer: LayerRecord, maps: Tensor) -> Tensor:
+    """Per-window maps ``(..., nW, Nw, Nw)`` with the row of a token held by ``c`` windows divided
+    by ``c``: the token outputs the mean of its copies (TimeSformer's CLS, one per frame), so the
+    scattered sum is the layer's map. Eq. 5 needs no division: a copy's ``dA`` carries the 1/c."""
+    index = cast(Tensor, layer.windows)  # (nW, Nw)
+    copies = torch.bincount(index.flatten().cpu()).to(maps)[index]  # (nW, Nw)
+    return maps / copies[..., None]
+
+
 def _window_means(layers: Sequence[LayerRecord]) -> list[Tensor]:
     """Per-window head means ``(B, K, nW, Nw, Nw)`` (target independent, repeated over K)."""
     k = attn_bar_of(layers[-1]).shape[1]
-    return [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1, -1) for layer in layers]
+    means = [layer.attn_mean.unsqueeze(1).expand(-1, k, -1, -1, -1) for layer in layers]
+    return [_shared(layer, m) for layer, m in zip(layers, means)]
 
 
 def _gae_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
@@ -122,8 +133,11 @@ def _gae_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
 
 def _rollout_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
     """Rollout's step per window: the block-diagonal step's blocks (its rows stay in a window)."""
-    means = _window_means(layers)
-    return [rollout_step(m) if i >= start_layer else None for i, m in enumerate(means)]
+    k = attn_bar_of(layers[-1]).shape[1]
+    steps = [rollout_step(x.attn_mean.unsqueeze(1).expand(-1, k, -1, -1, -1)) for x in layers]
+    return [
+        _shared(x, s) if i >= start_layer else None for i, (x, s) in enumerate(zip(layers, steps))
+    ]
 
 
 def _gradcam_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowMaps:
@@ -132,7 +146,8 @@ def _gradcam_windows(layers: Sequence[LayerRecord], start_layer: int) -> WindowM
     if last.attn is None or last.grad is None:
         raise ValueError(f"attention Grad-CAM needs per-head maps of layer {last.name!r}")
     attn = last.attn.unsqueeze(1).transpose(-2, -3)  # (B, 1, nW, Nw, H, Nw): rows first
-    return _only_last(layers, gradcam_row(attn, last.grad.transpose(-2, -3)))  # (B, K, nW, Nw, Nw)
+    cam = gradcam_row(attn, last.grad.transpose(-2, -3))  # (B, K, nW, Nw, Nw)
+    return _only_last(layers, _shared(last, cam))
 
 
 @dataclass(frozen=True)

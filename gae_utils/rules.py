@@ -34,7 +34,7 @@ def head_relevance(attn: Tensor, grad: Tensor) -> Tensor:
         attn: ``(..., Nq, Nk)`` attention probabilities of one or more heads.
         grad: gradient of the target with respect to ``attn``, broadcastable to it.
     """
-    return (grad * attn).clamp(min=0)  # (..., Nq, Nk)
+    return (grad * attn).clamp_(min=0)  # (..., Nq, Nk): in place on the fresh product
 
 
 def head_average(attn: Tensor, grad: Tensor) -> Tensor:
@@ -186,10 +186,11 @@ def _windows_of(x: Tensor, index: Tensor) -> Tensor:
 
 
 def _scatter_windows(x: Tensor, index: Tensor, n: int) -> Tensor:
-    """Inverse of :func:`_windows_of`: ``(..., nW, Nw, D)`` -> ``(..., N, D)``, padding dropped."""
+    """Inverse of :func:`_windows_of`: ``(..., nW, Nw, D)`` -> ``(..., N, D)``, padding dropped;
+    a token in several windows (TimeSformer's CLS in every frame) gets the sum of its copies."""
     flat = x.flatten(-3, -2)  # (..., nW*Nw, D)
     out = flat.new_zeros(*flat.shape[:-2], n + 1, flat.shape[-1])  # (..., N+1, D)
-    return out.index_copy(-2, index.flatten().to(x.device), flat)[..., :n, :]
+    return out.index_add(-2, index.flatten().to(x.device), flat)[..., :n, :]
 
 
 def window_update_rows(
@@ -205,7 +206,8 @@ def window_update_rows(
         window_maps: ``(..., nW, Nw, Nw)`` each window's map (Eq. 5 ``Abar``, or rollout's step).
         index: ``(nW, Nw)`` raster index of each window position in the stage's grid, the cyclic
             shift and the partition undone; ``N`` marks a padding position.
-        residual: ``V + V M`` (Eq. 6); False: ``V M`` (rollout, raw attention, Grad-CAM).
+        residual: ``V + V M`` (Eq. 6); False: ``V M`` (rollout, raw attention, Grad-CAM), where
+            a token in no window keeps its own row (TimeSformer's CLS in a temporal layer).
 
     Returns:
         ``(..., M, N)``.
@@ -213,7 +215,10 @@ def window_update_rows(
     windows = _windows_of(rows.transpose(-1, -2), index)  # (..., nW, Nw, M): V^T per window
     update = window_maps.transpose(-1, -2) @ windows  # (..., nW, Nw, Nw) @ (..., nW, Nw, M)
     updated = _scatter_windows(update, index, rows.shape[-1]).transpose(-1, -2)  # (..., M, N)
-    return rows + updated if residual else updated
+    if residual:
+        return rows + updated
+    alone = torch.ones(rows.shape[-1] + 1, device=rows.device).index_fill(0, index.flatten(), 0)
+    return updated + rows * alone[:-1]  # (..., M, N): the tokens of no window pass through
 
 
 def patch_merge_rows(row: Tensor, grid: tuple[int, int], reduce: str = "mean") -> Tensor:

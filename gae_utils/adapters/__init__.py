@@ -15,6 +15,7 @@ from . import (
     hf_detr,
     hf_lxmert,
     hf_text,
+    hf_video,
     hf_vilt,
     hf_vision,
     hf_visualbert,
@@ -22,6 +23,7 @@ from . import (
     openclip,
     seq2seq,
     swin,
+    timesformer,
     timm_vit,
 )
 from .base import Adapter, AttentionCaptureError, AttentionSite, UnsupportedModelError
@@ -54,6 +56,8 @@ ADAPTERS: list[Adapter] = [
     seq2seq.T5,
     seq2seq.TORCH_TRANSFORMER,
     hf_detr.DETR,
+    timesformer.TIMESFORMER,
+    hf_video.HF_VIDEO,  # before the image models: a video classifier takes pixel_values too
     hf_vision.HF_VISION,  # the generic adapters last: a family's own adapter comes first
     hf_vlm.HF_VLM,
     hf_causal_lm.CAUSAL_LM,
@@ -114,7 +118,8 @@ def find_adapter(model: nn.Module) -> Adapter:
             if type(model).__module__.startswith("transformers."):
                 check_transformers_version()
             return adapter
-    reason = hierarchical_reason(model) or windowed_reason(model) or convolutional_reason(model)
+    reason = hierarchical_reason(model) or windowed_reason(model) or hf_video.video_reason(model)
+    reason = reason or convolutional_reason(model)
     if reason is not None:
         raise UnsupportedModelError(reason)
     raised = "".join(

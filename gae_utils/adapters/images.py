@@ -43,6 +43,12 @@ def _layout_hint(images: Tensor, channels: int | None) -> str:
     """How to turn a wrongly laid out image array into ``(B, C, H, W)``, or ``""``."""
     c = channels or 3
     shape = tuple(images.shape)
+    if images.ndim == 5 and c in shape[1:3]:
+        return (
+            "; (B, T, C, H, W) looks like a video, and this is an image model: explain a video "
+            "classifier (Hugging Face VideoMAE, ViViT, TimeSformer; docs/models.md, 'Video'), or "
+            "one frame at a time as images clips[:, t]"
+        )
     if images.ndim == 3 and shape[0] == c:
         return "; add a batch dimension with images[None] for a single image"
     if images.ndim == 3:

@@ -68,6 +68,8 @@ __all__ = [
     "probe_timm_family",
     "HIERARCHICAL_TINY",
     "TIMM_HIERARCHICAL",
+    "VIDEO_TINY",
+    "probe_video_family",
     "probe",
     "first_sentence",
     "format_line",
@@ -158,6 +160,13 @@ TIMM_HIERARCHICAL: dict[str, tuple[str, dict[str, Any]]] = {
 }
 """timm hierarchical families probed under the image kind: family -> (model name, tiny settings)."""
 
+VIDEO_TINY: dict[str, Any] = dict(
+    image_size=16, crop_size=16, patch_size=8, num_frames=4, frames_per_clip=4, hidden_size=32, intermediate_size=64,
+    num_hidden_layers=2, num_attention_heads=4, num_labels=5,
+)  # fmt: skip
+"""Tiny settings of the video classifiers: 4 frames of 16 x 16 pixels, tubelets of 2 frames x 8 x 8 (ViViT's
+``tubelet_size`` is a triple, VideoMAE's an int beside ``patch_size``)."""
+
 IMAGE_TOKEN = 60  # placeholder id of the tiny vision-language models (inside the tiny vocabulary of 64)
 MAX_PARAMETERS = 3_000_000
 KINDS = ("text", "image", "vlm")
@@ -179,6 +188,7 @@ def _table(kind: str) -> dict:
         "text": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         "image": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
         "vlm": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        "video": modeling_auto.MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES,
     }[kind]
 
 
@@ -388,9 +398,44 @@ def probe_timm_family(family: str) -> tuple[str, str]:
     return "ok", f"{gu.find_adapter(model).name}, image grid {grid}, parity with the stock model"
 
 
+def probe_video_family(model_type: str) -> tuple[str, str]:
+    """``(outcome, detail)`` of one video classifier of the installed transformers (probed under the image kind,
+    named ``video:<family>``): ``ok`` (explained, parity with the stock model, finite relevance), ``refused``
+    (``find_adapter``'s reason, on the meta device), ``build`` or ``failed``."""
+    import transformers
+
+    config = transformers.CONFIG_MAPPING[model_type]()
+    _shrink(config, VIDEO_TINY)
+    tubelet = getattr(config, "tubelet_size", None)
+    if tubelet is not None:
+        config.tubelet_size = [2, 8, 8] if isinstance(tubelet, (list, tuple)) else 2
+    model_class = getattr(transformers, _table("video")[model_type])
+    try:
+        with torch.device("meta"):
+            gu.find_adapter(model_class(config))
+    except gu.UnsupportedModelError as err:
+        return "refused", first_sentence(str(err))
+    except Exception as err:
+        return "build", f"{type(err).__name__}: {first_sentence(str(err))}"
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    clips = torch.randn(2, config.num_frames, config.num_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    try:
+        exp = gu.explain(model, clips, verify=True)
+    except (gu.UnsupportedModelError, gu.AttentionCaptureError) as err:
+        return "refused", first_sentence(str(err))
+    except Exception as err:
+        return "failed", f"{type(err).__name__}: {first_sentence(str(err))}"
+    if not torch.isfinite(exp.relevance["video"]).all():
+        return "failed", "relevance is not finite"
+    grid = exp.layout.segment("video").grid
+    return "ok", f"{gu.find_adapter(model).name}, video grid (T', h, w) {grid}, parity with the stock model"
+
+
 def probe(families: list[str] | None = None, kind: str = "text", progress: bool = True) -> dict[str, tuple[str, str]]:
     """Probe ``families`` of ``kind`` (default: every family of that kind in the installed transformers, and for
-    the image kind the hierarchical timm families, named ``timm:<family>``)."""
+    the image kind the hierarchical timm families, named ``timm:<family>``, and the video classifiers, named
+    ``video:<family>``)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -401,6 +446,9 @@ def probe(families: list[str] | None = None, kind: str = "text", progress: bool 
         warnings.simplefilter("ignore")
         for name in [f for f in families or timm_families if f in timm_families]:
             results[name] = probe_timm_family(name.removeprefix("timm:"))
+        video_families = [f"video:{f}" for f in _table("video")] if kind == "image" else []
+        for name in [f for f in families or video_families if f in video_families]:
+            results[name] = probe_video_family(name.removeprefix("video:"))
         chosen = [f for f in families if f in table] if families else sorted(table)
         for model_type in tqdm(chosen, desc=f"{kind} families", disable=not progress):
             results[model_type] = probe_family(model_type, kind)

@@ -48,7 +48,7 @@ from shapesworld.scenes import ShapesWorld
 from ..models.train import HELDOUT_SEED
 from ..models.zoo import BUILDERS, load
 
-__all__ = ["run_benchmark", "format_report", "build_parser", "main"]
+__all__ = ["run_benchmark", "run_video_benchmark", "format_report", "build_parser", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -316,6 +316,89 @@ def run_vqa_benchmark(batch: int = 16, device: str = "cpu", repeats: int = 3, mo
         **_machine(dev),
         "seconds": seconds,
         "ratios": {"explain / forward": seconds["explain"] / seconds["forward"]},
+    }
+
+
+# ----------------------------------------------------------------------------- video
+
+VIDEO_FAMILIES = ("videomae", "vivit", "timesformer")
+
+
+def _random_video(family: str, frames: int, size: int, device: torch.device) -> nn.Module:
+    """The family's base configuration (ViT-B width and depth, tubelets of 2 frames x 16 x 16 pixels,
+    TimeSformer's 16 x 16 patches) at ``frames`` frames of ``size`` pixels, random weights."""
+    import transformers
+
+    common = dict(image_size=size, num_frames=frames, num_labels=400, attn_implementation="sdpa")
+    if family == "videomae":
+        config = transformers.VideoMAEConfig(tubelet_size=2, patch_size=16, **common)
+        model = transformers.VideoMAEForVideoClassification(config)
+    elif family == "vivit":
+        model = transformers.VivitForVideoClassification(transformers.VivitConfig(tubelet_size=[2, 16, 16], **common))
+    elif family == "timesformer":
+        common.pop("attn_implementation")  # it has one path, eager
+        model = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(patch_size=16, **common))
+    else:
+        raise ValueError(f"unknown video family {family!r}; choose one of {VIDEO_FAMILIES}")
+    return model.to(device).eval()
+
+
+def _fastest_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Seconds of each call, the fastest of ``repeats`` rounds that run every call once in turn (a slow
+    spell of the machine hits all of them alike), after one warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def run_video_benchmark(
+    family: str = "videomae", batch: int = 4, device: str = "cpu", repeats: int = 3, frames: int = 8, size: int = 112,
+    threads: int = 1,
+) -> dict:  # fmt: skip
+    """A batch of clips ``(B, T, 3, size, size)`` on a random video classifier of :data:`VIDEO_FAMILIES`:
+    ``explain`` (GAE of the predicted class, full maps), its rows only (``maps=False``) and every method's
+    maps from one recording are timed against a plain forward, on ``threads`` CPU threads, interleaved."""
+    dev = torch.device(device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = _random_video(family, frames, size, dev)
+        clips = torch.randn(batch, frames, 3, size, size, device=dev, generator=torch.Generator().manual_seed(0))
+
+        def forward():
+            with torch.no_grad():
+                model(pixel_values=clips)
+
+        seconds = _fastest_interleaved(
+            {
+                "forward": forward,
+                "gae": lambda: explain(model, clips),
+                "gae_rows": lambda: explain(model, clips, maps=False),
+            },
+            dev,
+            repeats,
+        )
+    finally:
+        torch.set_num_threads(before)
+    tokens = explain(model, clips[:1], maps=False).layout.segments[0].n_tokens
+    return {
+        "model": f"{family} (ViT-B, random weights)",
+        "batch": batch,
+        "clip": f"{frames} x 3 x {size} x {size}",
+        "tokens": tokens,
+        **_machine(dev),
+        "threads": threads,
+        "timing": f"fastest of {repeats} interleaved rounds",
+        "seconds": seconds,
+        "ratios": {f"{k} / forward": v / seconds["forward"] for k, v in seconds.items() if k != "forward"},
     }
 
 
@@ -658,6 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vqa", choices=["shapes-vqa", "lxmert-base"], default=None, help="image-question pairs (--batch, e.g. 16)")
     add("--detr", choices=["shapes-detr", "detr-r50"], default=None, help="explain every detection")
     add("--size", type=int, default=320, help="--detr detr-r50: image side in pixels")
+    add("--video", choices=VIDEO_FAMILIES, default=None, help="a batch of clips on a random video classifier")
+    add("--frames", type=int, default=8, help="--video: frames per clip")
+    add("--clip-size", type=int, default=112, help="--video: frame side in pixels")
+    add("--threads", type=int, default=1, help="--video: CPU threads")
     add("--seq2seq", action="store_true", help="every token of a --length generation, random Marian")
     add("--length", type=int, default=32, help="--seq2seq: generated (and source) tokens")
     add(
@@ -673,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    chosen = args.lm is not None or args.detr or args.seq2seq or args.dual or args.vqa
+    chosen = args.lm is not None or args.detr or args.seq2seq or args.dual or args.vqa or args.video
     if not chosen:
         import timm
 
@@ -686,6 +773,10 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_lm_benchmark(tuple(args.lm or (512, 2048, 4096)), args.device)
     elif args.detr:
         result = run_detr_benchmark(args.detr, args.batch or 8, args.device, args.repeats, args.size)
+    elif args.video:
+        result = run_video_benchmark(
+            args.video, args.batch or 4, args.device, args.repeats, args.frames, args.clip_size, args.threads
+        )
     elif args.seq2seq:
         result = run_seq2seq_benchmark(args.length, args.batch or 1, args.device, args.repeats)
     elif args.dual:
