@@ -213,8 +213,8 @@ for method in ("gae", "rollout", "raw_attention"):
 # The protocol of notebook 01, unchanged (`evaluate_vit`, defined in
 # [`docs/evaluation.md`](../docs/evaluation.md)): every class present in 150 held-out scenes
 # (seed 7) is explained and scored against its mask. `pointing` is scored on each map's own
-# grid: $16 \times 16$ for the Swin's maps, the pixel-level peers average-pooled to it. Two peers join: pytorch-grad-cam's
-# `GradCAM` with its Swin recipe (the last block's `norm2`, tokens reshaped to the last stage's
+# grid: $16 \times 16$ for the Swin's maps, the pixel-level peers average-pooled to it. Two peers
+# join: pytorch-grad-cam's `GradCAM` with its Swin recipe (the last block's `norm2`, tokens reshaped to the last stage's
 # $4 \times 4$ grid) and captum's `IntegratedGradients` (a missing library is skipped with a
 # printed reason). The notebook loads the committed result,
 # `notebooks/results/07_swin_evaluation.json`; `GAE_RECOMPUTE=1` runs it again
@@ -241,7 +241,9 @@ for metric, better in (("pointing", max), ("pos_auc", min)):
 for metric in ("pointing", "pointing_pixel", "mass", "pos_auc", "neg_auc"):
     print(f"GAE {metric:15s} shapes-swin {results['gae'][metric]:7.3f}   shapes-vit {vit_results['gae'][metric]:7.3f}")
 rows = [m for m in results if m != "random"]
-leader = {c: (min if c == "pos_auc" else max)(rows, key=lambda m: results[m][c]) for c in ("pointing", "mass", "pos_auc")}
+leader = {
+    c: (min if c == "pos_auc" else max)(rows, key=lambda m: results[m][c]) for c in ("pointing", "mass", "pos_auc")
+}
 print("best per column:", leader)
 # the notes below, checked
 assert all(claims.values())  # GAE beats rollout and raw attention on pointing and positive AUC
