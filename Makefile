@@ -63,7 +63,7 @@ models: $(VENV)/.runtime
 	$(PY) -m gae_workbook.models.train all
 
 evaluate: $(VENV)/.runtime
-	for m in shapes-vit shapes-clip shapes-vqa shapes-translate shapes-lm; do \
+	for m in shapes-vit shapes-swin shapes-clip shapes-vqa shapes-translate shapes-lm; do \
 		$(PY) -m gae_workbook.evaluate --model $$m --n 300 --seed 7 --json outputs/evaluate-$$m.json || exit 1; \
 	done
 

@@ -29,7 +29,7 @@ def _markdown(path: Path) -> list[str]:
 
 
 def test_main_notebooks_are_found():
-    assert [p.name[:2] for p in MAIN] == ["01", "02", "03", "04", "05", "06"], [p.name for p in MAIN]
+    assert [p.name[:2] for p in MAIN] == ["01", "02", "03", "04", "05", "06", "07"], [p.name for p in MAIN]
 
 
 @pytest.mark.parametrize("path", MAIN, ids=[p.stem for p in MAIN])

@@ -1080,6 +1080,9 @@ def _run_lm(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, f
 
 
 EVALUATORS["shapes-lm"] = _run_lm
+# shapes-swin: the same task, scenes and protocol as shapes-vit; its maps lie on the first stage's
+# 16 x 16 grid (4-pixel patches), so "pointing" is scored on a grid twice as fine as shapes-vit's.
+EVALUATORS["shapes-swin"] = _run_vit
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -1088,11 +1091,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--n", type=int, default=300, help="number of fresh scenes")
     parser.add_argument("--seed", type=int, default=7, help="ShapesWorld seed of the evaluation scenes")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--start-layer", type=int, default=0, help="first layer aggregated (shapes-vit)")
+    parser.add_argument("--start-layer", type=int, default=0, help="first layer aggregated (shapes-vit, shapes-swin)")
     parser.add_argument("--methods", nargs="*", default=None, choices=method_names(ablations=True))
     parser.add_argument("--json", type=Path, default=None, help="write {method: {metric: value}} here")
     parser.add_argument(
-        "--peers", nargs="*", default=None, choices=list(PEERS), help="shapes-vit: add peer rows (no name: all)"
+        "--peers",
+        nargs="*",
+        default=None,
+        choices=list(PEERS),
+        help="shapes-vit, shapes-swin: add peer rows (no name: all)",
     )
     parser.add_argument("--flow", action="store_true", help="shapes-vit: add attention flow (Abnar & Zuidema 2020)")
     parser.add_argument("--no-progress", action="store_true")

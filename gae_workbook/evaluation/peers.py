@@ -8,8 +8,9 @@ them (``PEERS["mine"] = my_method``). Installed with the ``peers`` extra (captum
   a black image, ``|sum over RGB|`` of the attribution; ``(B, H, W)``.
 - ``saliency``: captum ``Saliency`` (Simonyan et al. 2014), ``max over RGB of |d logit / d x|``; ``(B, H, W)``.
 - ``gradcam``: pytorch-grad-cam ``GradCAM`` with its ViT recipe (target layer: the last block's first
-  LayerNorm, tokens reshaped to the patch grid, prefix tokens dropped); ``(B, H, W)``, min-max
-  normalised by the library.
+  LayerNorm, tokens reshaped to the patch grid, prefix tokens dropped), or for a timm
+  ``SwinTransformer`` its Swin recipe (the last block's ``norm2``, tokens reshaped to the last
+  stage's grid); ``(B, H, W)``, min-max normalised by the library.
 - ``lxt_attnlrp``, ``lxt_cp_lrp``: LXT ships rules for torchvision's ``VisionTransformer`` only and
   ``import lxt.efficient`` fails under transformers >= 5 (it imports the removed
   ``transformers.modeling_attn_mask_utils``); both raise :class:`PeerUnavailableError` saying which.
@@ -119,15 +120,27 @@ def _vit_facts(model: nn.Module) -> tuple[nn.Module, int, int]:
     )
 
 
+def _swin_facts(model: nn.Module, pixel_values: Tensor) -> tuple[nn.Module, int, int, int]:
+    """pytorch-grad-cam's Swin recipe for a timm ``SwinTransformer``: the last block's second LayerNorm,
+    whose ``(B, h*w, D)`` tokens lie on the last stage's grid, ``(layer, prefix 0, h, w)``."""
+    block = model.layers[-1].blocks[-1]
+    stride = pixel_values.shape[-2] // block.input_resolution[0]  # patch size x 2 per merge
+    return block.norm2, 0, pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride
+
+
 def gradcam(model: nn.Module, pixel_values: Tensor, target: Tensor) -> Tensor:
-    """pytorch-grad-cam GradCAM with the ViT reshape transform: ``(B, H, W)`` in [0, 1]."""
+    """pytorch-grad-cam GradCAM with the ViT (or, for timm Swin, the Swin) reshape transform:
+    ``(B, H, W)`` in [0, 1]."""
     _require("pytorch_grad_cam", extra="peers (grad-cam)")
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     _check(pixel_values, target)
-    layer, prefix, patch = _vit_facts(model)
-    h, w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+    if type(model).__name__ == "SwinTransformer" and hasattr(model, "layers"):
+        layer, prefix, h, w = _swin_facts(model, pixel_values)
+    else:
+        layer, prefix, patch = _vit_facts(model)
+        h, w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
 
     def reshape(tokens: Tensor) -> Tensor:  # (B, N, D) -> (B, D, h, w)
         return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)

@@ -321,6 +321,42 @@ EMBEDDED["shapes-lm"] = ModelCard(
 )
 
 
+# ----------------------------------------------------------------------------- Swin (shapes-swin)
+
+
+def _build_timm_swin(**kwargs) -> nn.Module:
+    from timm.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(**kwargs)
+
+
+BUILDERS["timm-swin"] = _build_timm_swin
+
+# A tiny timm SwinTransformer (v1) for the same task as shapes-vit: 4-pixel patches give a 16 x 16
+# grid cut into 4 x 4 windows (16 windows, the second block shifted by 2); one 2x2 patch merge gives
+# an 8 x 8 grid (4 windows). Its GAE map lies on the 16 x 16 grid, twice as fine as shapes-vit's 8 x 8.
+# Trained by `python -m gae_workbook.models.train shapes-swin`.
+EMBEDDED["shapes-swin"] = ModelCard(
+    name="shapes-swin",
+    arch="timm-swin",
+    kwargs=dict(
+        img_size=64,
+        patch_size=4,
+        in_chans=3,
+        num_classes=16,
+        embed_dim=32,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=2.0,
+        drop_path_rate=0.0,
+        global_pool="avg",
+    ),
+    classes=[],  # shapesworld.scenes.CLASS_NAMES, filled at build time
+    image_size=64,
+)
+
+
 def build(card: ModelCard) -> nn.Module:
     """Instantiate the architecture of ``card`` with fresh weights."""
     if card.arch not in BUILDERS:
