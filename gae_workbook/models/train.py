@@ -211,6 +211,59 @@ def _training_set(
     return torch.cat(images), torch.cat(labels), scenes
 
 
+def _train_multilabel(
+    name: str,
+    no_decay_name: str,
+    task_note: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup: int,
+    train_scenes: int,
+    seed: int,
+    eval_n: int,
+    out: Path | None,
+    progress: bool,
+    device: str | torch.device,
+) -> tuple[nn.Module, ModelCard]:
+    """The multi-label ShapesWorld recipe of shapes-vit and shapes-swin (arguments as
+    :func:`train_shapes_vit`); parameters named ``no_decay_name`` (position embeddings or tables)
+    and 1-D ones take no weight decay."""
+    card, model = new_model(name, CLASS_NAMES, seed, device)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and no_decay_name not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and no_decay_name not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    started = time.perf_counter()
+    images, labels, _ = _training_set(train_scenes, seed, progress)  # (N, 3, H, W), (N, 16)
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = images[idx].to(device)  # (b, 3, H, W)
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips keep every label
+        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        return F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
+
+    losses = _train_loop(model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, name, progress)
+    seconds = time.perf_counter() - started
+    fold_input_normalization(model, PIXEL_MEAN, PIXEL_STD)
+    recipe = {
+        "task": "multi-label (colour, shape) classification, BCE on 16 logits" + task_note,
+        "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD}, folded into patch_embed.proj after training",
+        "steps": steps,
+        "train_scenes": train_scenes,
+        "augmentation": "horizontal flip",
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "seed": seed,
+    }
+    metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
+    return attach_and_save(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
+
+
 def train_shapes_vit(
     steps: int = 2250,
     batch_size: int = 128,
@@ -244,40 +297,22 @@ def train_shapes_vit(
         ``(model, card)``; the card's ``training`` holds the recipe, loss curve and held-out metrics.
     """
 
-    card, model = new_model("shapes-vit", CLASS_NAMES, seed, device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    return _train_multilabel(
+        "shapes-vit",
+        "pos_embed",
+        "",
+        steps,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup,
+        train_scenes,
+        seed,
+        eval_n,
+        out,
+        progress,
+        device,
     )
-    started = time.perf_counter()
-    images, labels, _ = _training_set(train_scenes, seed, progress)  # (N, 3, H, W), (N, 16)
-
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images[idx].to(device)  # (b, 3, H, W)
-        flip = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips keep every label
-        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-        return F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
-
-    losses = _train_loop(
-        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-vit", progress
-    )
-    seconds = time.perf_counter() - started
-    fold_input_normalization(model, PIXEL_MEAN, PIXEL_STD)
-    recipe = {
-        "task": "multi-label (colour, shape) classification, BCE on 16 logits",
-        "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD}, folded into patch_embed.proj after training",
-        "steps": steps,
-        "train_scenes": train_scenes,
-        "augmentation": "horizontal flip",
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup": warmup,
-        "seed": seed,
-    }
-    metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
-    return attach_and_save(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 @torch.no_grad()
@@ -794,40 +829,22 @@ def train_shapes_swin(
     Returns:
         ``(model, card)``; the card's ``training`` holds the recipe, loss curve and held-out metrics.
     """
-    card, model = new_model("shapes-swin", CLASS_NAMES, seed, device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "relative_position" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "relative_position" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    return _train_multilabel(
+        "shapes-swin",
+        "relative_position",
+        " (as shapes-vit)",
+        steps,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup,
+        train_scenes,
+        seed,
+        eval_n,
+        out,
+        progress,
+        device,
     )
-    started = time.perf_counter()
-    images, labels, _ = _training_set(train_scenes, seed, progress)  # (N, 3, H, W), (N, 16)
-
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images[idx].to(device)  # (b, 3, H, W)
-        flip = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips keep every label
-        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-        return F.binary_cross_entropy_with_logits(model((x - PIXEL_MEAN) / PIXEL_STD), labels[idx].to(device))
-
-    losses = _train_loop(
-        model, opt, batch_loss, train_scenes, steps, batch_size, lr, warmup, seed, "shapes-swin", progress
-    )
-    seconds = time.perf_counter() - started
-    fold_input_normalization(model, PIXEL_MEAN, PIXEL_STD)
-    recipe = {
-        "task": "multi-label (colour, shape) classification, BCE on 16 logits (as shapes-vit)",
-        "input_normalization": f"(x - {PIXEL_MEAN}) / {PIXEL_STD}, folded into patch_embed.proj after training",
-        "steps": steps,
-        "train_scenes": train_scenes,
-        "augmentation": "horizontal flip",
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup": warmup,
-        "seed": seed,
-    }
-    metrics = evaluate_multilabel(model, ShapesWorld(seed=HELDOUT_SEED), n=eval_n)
-    return attach_and_save(model.cpu(), card, _training_record(recipe, losses, seconds, metrics), out)
 
 
 TRAINERS["shapes-swin"] = train_shapes_swin
