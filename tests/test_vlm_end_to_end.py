@@ -112,6 +112,19 @@ def assert_same(before, after):
     assert rest == list(after[1:])
 
 
+def explained_three_ways(model, x, targets):
+    """GAE (verified against the stock model), its rows (``maps=False``) and ``gae_no_norm`` of
+    ``targets`` ``(B, K)``, with the model checked unchanged by the three explanations."""
+    with torch.no_grad():
+        model(**x)  # transformers installs its own output-capturing hooks on the first call
+    before = snapshot(model)
+    exp = gu.explain(model, x, target=targets, verify=True)
+    rows_only = gu.explain(model, x, target=targets, maps=False)
+    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
+    assert_same(before, snapshot(model))
+    return exp, rows_only, no_norm
+
+
 @pytest.mark.parametrize(
     "tower, strategy, n_image",
     [("clip_vision_model", "default", 16), ("clip_vision_model", "full", 17), ("siglip_vision_model", "full", 16)],
@@ -120,13 +133,7 @@ def test_pixels_match_an_independent_reference_batched_left_padded_two_targets(t
     model = tiny_llava(strategy, tower=tower)
     rows, x = left_padded(n_image)
     targets = torch.tensor([[3, 40], [11, 62]])
-    with torch.no_grad():
-        model(**x)  # transformers installs its own output-capturing hooks on the first call
-    before = snapshot(model)
-    exp = gu.explain(model, x, target=targets, verify=True)
-    rows_only = gu.explain(model, x, target=targets, maps=False)
-    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
-    assert_same(before, snapshot(model))
+    exp, rows_only, no_norm = explained_three_ways(model, x, targets)
     assert exp.relevance["pixels"].shape == (2, 2, 16)
     assert exp.grid_relevance("pixels").shape == (2, 2, 4, 4)
     model.set_attn_implementation("eager")  # the reference reads output_attentions

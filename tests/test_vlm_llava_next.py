@@ -7,7 +7,7 @@ tile."""
 
 import pytest
 import torch
-from test_vlm_end_to_end import IMAGE, TEXT, VISION, assert_same, gae, snapshot
+from test_vlm_end_to_end import IMAGE, TEXT, VISION, explained_three_ways, gae
 
 import gae_utils as gu
 
@@ -118,13 +118,7 @@ def test_llava_next_tiles_match_an_independent_reference():
     model = tiny_llava_next()
     rows, x = inputs()
     targets = torch.tensor([[3, 40], [11, 62]])
-    with torch.no_grad():
-        model(**x)  # transformers installs its own output-capturing hooks on the first call
-    before = snapshot(model)
-    exp = gu.explain(model, x, target=targets, verify=True)
-    rows_only = gu.explain(model, x, target=targets, maps=False)
-    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
-    assert_same(before, snapshot(model))
+    exp, rows_only, no_norm = explained_three_ways(model, x, targets)
     assert exp.grid_relevance("pixels").shape == (2, 2, 20, 4)  # 5 tile slots of 4 x 4
     pixels = exp.relevance["pixels"].unflatten(-1, (5, 16))
     image = exp.relevance["image"].unflatten(-1, (5, 16))

@@ -6,7 +6,7 @@ model (``mm_encoder_outputs``), and writes out Eq. 5-6 and ``r_img @ P @ Rbar_v`
 
 import pytest
 import torch
-from test_vlm_end_to_end import assert_same, gae, snapshot
+from test_vlm_end_to_end import explained_three_ways, gae
 
 import gae_utils as gu
 
@@ -91,13 +91,7 @@ def test_paligemma_pixels_match_an_independent_reference_batched_left_padded_two
     model = tiny_paligemma()
     rows, x = left_padded()
     targets = torch.tensor([[3, 40], [11, 62]])
-    with torch.no_grad():
-        model(**x)  # transformers installs its own output-capturing hooks on the first call
-    before = snapshot(model)
-    exp = gu.explain(model, x, target=targets, verify=True)
-    rows_only = gu.explain(model, x, target=targets, maps=False)
-    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
-    assert_same(before, snapshot(model))
+    exp, rows_only, no_norm = explained_three_ways(model, x, targets)
     assert gu.find_adapter(model).name == "hf-vlm"
     assert exp.grid_relevance("pixels").shape == (2, 2, 4, 4)
     pixels = exp.relevance["pixels"]

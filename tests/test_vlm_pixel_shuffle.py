@@ -9,7 +9,7 @@ a finite-difference check shows the connector's token (I, J) reads exactly that 
 import pytest
 import torch
 from test_vlm import tiny_vlm
-from test_vlm_end_to_end import IMAGE, assert_same, gae, snapshot
+from test_vlm_end_to_end import IMAGE, explained_three_ways, gae
 
 import gae_utils as gu
 
@@ -90,13 +90,7 @@ def test_pixel_shuffle_with_image_splitting_matches_an_independent_reference(fam
     model = scaled_vlm(family)
     rows, x, n_images = split_inputs()
     targets = torch.tensor([[3, 40], [11, 62]])
-    with torch.no_grad():
-        model(**x)  # transformers installs its own output-capturing hooks on the first call
-    before = snapshot(model)
-    exp = gu.explain(model, x, target=targets, verify=True)
-    rows_only = gu.explain(model, x, target=targets, maps=False)
-    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
-    assert_same(before, snapshot(model))
+    exp, rows_only, no_norm = explained_three_ways(model, x, targets)
     assert exp.grid_relevance("pixels").shape == (2, 2, 12, 4)  # 3 slots of 4 x 4 patches
     assert exp.grid_relevance("image").shape == (2, 2, 6, 2)  # 3 slots of 2 x 2 tokens
     pixels = exp.relevance["pixels"].unflatten(-1, (3, 16))

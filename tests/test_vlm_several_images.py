@@ -6,7 +6,7 @@ images), the language model by hand, Eq. 5-6 per image and ``r_img @ P @ Rbar_v`
 
 import pytest
 import torch
-from test_vlm_end_to_end import IMAGE, assert_same, gae, snapshot, tiny_llava
+from test_vlm_end_to_end import IMAGE, explained_three_ways, gae, tiny_llava
 
 import gae_utils as gu
 
@@ -73,13 +73,7 @@ def test_several_images_per_prompt_match_an_independent_reference(strategy, n_im
     model = scaled(tiny_llava(strategy))
     rows, x, images = several_images(n_image)
     targets = torch.tensor([[3, 40], [11, 62]])
-    with torch.no_grad():
-        model(**x)  # transformers installs its own output-capturing hooks on the first call
-    before = snapshot(model)
-    exp = gu.explain(model, x, target=targets, verify=True)
-    rows_only = gu.explain(model, x, target=targets, maps=False)
-    no_norm = gu.explain(model, x, target=targets, method="gae_no_norm")
-    assert_same(before, snapshot(model))
+    exp, rows_only, no_norm = explained_three_ways(model, x, targets)
     assert exp.grid_relevance("pixels").shape == (2, 2, 8, 4)  # two slots of 4 x 4, stacked
     assert exp.grid_relevance("image").shape == (2, 2, 8, 4)
     pixels = exp.relevance["pixels"].unflatten(-1, (2, 16))  # (B, K, n, h w): one map per image
