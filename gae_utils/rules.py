@@ -217,7 +217,7 @@ def window_update_rows(
     updated = _scatter_windows(update, index, rows.shape[-1]).transpose(-1, -2)  # (..., M, N)
     if residual:
         return rows + updated
-    alone = torch.ones(rows.shape[-1] + 1, device=rows.device).index_fill(0, index.flatten(), 0)
+    alone = rows.new_ones(rows.shape[-1] + 1).index_fill(0, index.flatten().to(rows.device), 0)
     return updated + rows * alone[:-1]  # (..., M, N): the tokens of no window pass through
 
 

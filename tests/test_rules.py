@@ -128,3 +128,14 @@ def test_rules_keep_dtype_float64():
     bar = head_average(a, torch.randn_like(a))
     assert bar.dtype == torch.float64
     assert self_attention_update(torch.eye(4, dtype=torch.float64).expand(2, 4, 4), bar).dtype == torch.float64
+
+
+def test_window_update_without_residual_keeps_the_rows_dtype_and_passes_unwindowed_tokens():
+    from gae_utils.rules import window_update_rows
+
+    rows = torch.rand(2, 1, 5, dtype=torch.bfloat16)  # (B, M, N): token 0 is in no window
+    maps = torch.rand(2, 2, 2, 2, dtype=torch.bfloat16)  # (B, nW, Nw, Nw)
+    index = torch.tensor([[1, 2], [3, 4]])
+    out = window_update_rows(rows, maps, index, residual=False)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[..., 0], rows[..., 0])
